@@ -1,0 +1,39 @@
+// Command custos is the backup and preservation agent and its command line.
+//
+// The command is thin: it parses flags, calls into the packages that do the
+// work, and prints. Subcommands are grouped by file: repo*.go holds the
+// repository commands that need no agent and no etcd; agent*.go holds the
+// agent, backup, find, restore and config commands.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRootCmd().ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "custos:", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "custos",
+		Short:         "Backup and preservation agent",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newRepoCmd())
+	addAgentCommands(root)
+	return root
+}

@@ -1,0 +1,83 @@
+// Package backend defines the small storage interface that a repository sits
+// on, and the object layout that every backend shares. Implementations live in
+// the local and s3 subpackages; backendtest holds the conformance suite that
+// both must pass.
+package backend
+
+import (
+	"context"
+	"errors"
+	"io"
+	"path"
+)
+
+// FileType is the kind of object a repository stores. It is also the name of
+// the top-level folder (or key prefix) that holds objects of that kind.
+type FileType string
+
+// The object kinds of a repository. ConfigFile is a single object named
+// "config" at the top; the others are folders.
+const (
+	ConfigFile   FileType = "config"
+	KeyFile      FileType = "keys"
+	PackFile     FileType = "data"
+	IndexFile    FileType = "index"
+	SnapshotFile FileType = "snapshots"
+	LockFile     FileType = "locks"
+)
+
+// Handle names one object.
+type Handle struct {
+	Type FileType
+	Name string
+}
+
+func (h Handle) String() string { return h.Path() }
+
+// Path is the object's path relative to the repository root. Packs are fanned
+// out over 256 folders by the first two characters of their name, so that no
+// single folder grows past what file systems and S3 listings handle well.
+func (h Handle) Path() string {
+	switch {
+	case h.Type == ConfigFile:
+		return "config"
+	case h.Type == PackFile && len(h.Name) >= 2:
+		return path.Join(string(h.Type), h.Name[:2], h.Name)
+	default:
+		return path.Join(string(h.Type), h.Name)
+	}
+}
+
+// FileInfo describes a stored object.
+type FileInfo struct {
+	Name string
+	Size int64
+}
+
+// ErrNotExist is wrapped by every backend error that means "no such object".
+// Test with errors.Is.
+var ErrNotExist = errors.New("object does not exist")
+
+// Backend stores named objects. Implementations must be safe for concurrent
+// use.
+type Backend interface {
+	// Location is a human-readable URL of the backend, without secrets.
+	Location() string
+	// Save stores size bytes from rd under h. It is atomic: a reader either
+	// sees the whole object or nothing, even if the process dies midway.
+	// rd may be rewound with Seek to retry.
+	Save(ctx context.Context, h Handle, rd io.ReadSeeker, size int64) error
+	// Load returns a reader over length bytes of h starting at offset.
+	// length 0 means up to the end. A missing object yields an error that
+	// wraps ErrNotExist.
+	Load(ctx context.Context, h Handle, length int, offset int64) (io.ReadCloser, error)
+	// Stat returns the object's size, or an error wrapping ErrNotExist.
+	Stat(ctx context.Context, h Handle) (FileInfo, error)
+	// List calls fn for every object of type t, in no particular order.
+	// For PackFile it walks all fan-out folders.
+	List(ctx context.Context, t FileType, fn func(FileInfo) error) error
+	// Remove deletes h. Removing a missing object wraps ErrNotExist.
+	Remove(ctx context.Context, h Handle) error
+	// Close releases resources.
+	Close() error
+}

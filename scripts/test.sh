@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The test command. It installs what the tests need (an S3 protocol server
+# and staticcheck, cached under ~/.cache/custos), then runs formatting and
+# static checks, the whole test suite, and a short fuzz run of every decoder.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+tools="${CUSTOS_TOOLS:-$HOME/.cache/custos/bin}"
+mkdir -p "$tools"
+
+# install_tool NAME MODULE@VERSION: one folder per version, so that bumping a
+# pin installs the new one instead of reusing a stale binary.
+install_tool() {
+	local name=$1 pkg=$2 dir
+	dir="$tools/${pkg##*/}"
+	if [ ! -x "$dir/$name" ]; then
+		echo "installing $pkg into $dir (first run only)"
+		GOBIN="$dir" go install "$pkg"
+	fi
+	printf '%s\n' "$dir/$name"
+}
+
+export CUSTOS_VERSITYGW
+CUSTOS_VERSITYGW=$(install_tool versitygw github.com/versity/versitygw/cmd/versitygw@v1.8.0 | tail -n1)
+staticcheck=$(install_tool staticcheck honnef.co/go/tools/cmd/staticcheck@v0.8.2 | tail -n1)
+
+echo "== gofmt"
+bad=$(gofmt -l $(git ls-files '*.go'; git ls-files --others --exclude-standard '*.go'))
+if [ -n "$bad" ]; then
+	echo "gofmt would change:"; echo "$bad"; exit 1
+fi
+echo "== go vet"
+go vet ./...
+echo "== staticcheck"
+"$staticcheck" ./...
+echo "== go test"
+go test -count=1 -timeout 20m ./...
+
+echo "== fuzz (short run of every target)"
+fuzztime="${CUSTOS_FUZZTIME:-5s}"
+grep -rl --include='*_test.go' '^func Fuzz' . | xargs -r -n1 dirname | sort -u | while read -r dir; do
+	for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go | sed 's/^func //'); do
+		echo "fuzz $dir $target"
+		go test -run='^$' -fuzz="^${target}\$" -fuzztime="$fuzztime" "$dir"
+	done
+done
+echo "== all tests passed"
