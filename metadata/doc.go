@@ -1,0 +1,94 @@
+// Package metadata is the custos catalog: which backups exist, which
+// datasets and atoms they hold, where their snapshots live, which jobs are
+// running now, and the fixity and replica records of the repositories. The
+// catalog lives in etcd, either an embedded server inside the agent
+// (subpackage etcdserver) or an external cluster. KEYS.md in this folder is
+// the key layout.
+//
+// # Model
+//
+//	Backup{ID, Timestamp, Host, Datasets []*Dataset}
+//	Dataset{ID, Source, Name, Handler, Atoms []Atom, SnapshotID, Repository,
+//	        TotalFiles, TotalBytes, BytesAdded, Duration time.Duration}
+//	Atom{Name, Path}
+//	AtomName(source, dataset, atom) string  // "source/dataset/atom"
+//	SplitAtomName(name) (source, dataset, atom string, ok bool)
+//	FindRequest{Pattern, Host, NumVersions, OlderThan}
+//	JobStatus{Host, JobID, Kind, Source, Dataset, BackupID, DatasetID, State,
+//	          StartedAt, Progress *JobProgress, Message}
+//	FixityResult{Repository, Pack, Time, OK, Bytes, Error, Host,
+//	             DamagedBlobs, Atoms, Healed}
+//	ReplicaRecord{Repository, SnapshotID, FromRepository, SourceSnapshot,
+//	              Source, Dataset, BackupID, Time, Verified, BlobsCopied, BytesCopied}
+//
+// Source and dataset names may not contain "/" or NUL; atom names may
+// contain "/" but not NUL. Errors: ErrInvalid, ErrConflict, ErrNotFound,
+// ErrClosed (test with errors.Is).
+//
+// # Opening the catalog
+//
+//	conn, err := metadata.Connect(ctx, metadata.Config{Embedded: true, DataDir: dir, Own: true})
+//	defer conn.Close()                 // after store.Close()
+//	store, err := metadata.NewStore(conn.Client, metadata.Options{SpoolDir: spoolDir, Host: host})
+//	defer store.Close()
+//
+// Config{Embedded, DataDir, Own, Endpoints, TLS *TLSConfig{CAFile, CertFile,
+// KeyFile, ServerName}, DialTimeout, Username, Password, Server
+// etcdserver.Options}. The agent sets Own: it serves the embedded catalog
+// and writes its client URL to DataDir/endpoint. A CLI leaves Own false: it
+// connects to that endpoint when it answers and otherwise starts the
+// server itself for as long as it runs. Conn{Client, Server} (Server is nil
+// when another process serves).
+//
+// # EtcdStore
+//
+//	NewStore(cli *clientv3.Client, Options) (*EtcdStore, error)
+//	Options{Prefix ("/custos/"), SpoolDir, Host, Logger, WriteTimeout (5s),
+//	        MinBackoff (1s), MaxBackoff (1m), LeaseTTL (15s), MaxTxnOps (128),
+//	        PageSize (256), OnSpoolDepth func(int)}
+//
+//	AddDataset(ctx, *Backup, *Dataset) error        // idempotent; spools when etcd is down
+//	FindAtoms(ctx, FindRequest) ([]*Backup, error)  // Backup→Dataset→matching atoms, newest first
+//	GetBackup(ctx, id) (*Backup, error)             // with all datasets; ErrNotFound
+//	ListBackups(ctx, host, limit) ([]*Backup, error) // newest first; host "" = all
+//	DatasetVersions(ctx, source, dataset, host, limit) ([]*Backup, error) // newest first
+//	PutJobStatus(ctx, host, []JobStatus) error      // replaces host's jobs; lease-bound
+//	StartUpdates(ctx, func() []JobStatus, interval) // PutJobStatus(Options.Host, fn()) every interval
+//	ActiveJobs(ctx) ([]JobStatus, error)
+//	PutFixityResult(ctx, *FixityResult) error
+//	GetFixityResult(ctx, repo, pack) (*FixityResult, error)
+//	ListFixityResults(ctx, repo) ([]*FixityResult, error) // latest per pack
+//	FixityHistory(ctx, repo, pack, limit) ([]*FixityResult, error) // newest first
+//	PutReplica(ctx, *ReplicaRecord) error
+//	GetReplica(ctx, repo, snapshotID) (*ReplicaRecord, error)
+//	ListReplicas(ctx, repo) ([]*ReplicaRecord, error)
+//	SpoolDepth() int; FlushSpool(ctx) error
+//	Client(); Prefix(); LockPrefix(); ElectionPrefix(); JournalPrefix()
+//	Close() error  // stops background work, revokes the job lease
+//
+// Store is the three-method interface {AddDataset, FindAtoms, GetBackup}.
+//
+// # Find
+//
+// Pattern is a glob over source/dataset/atom with path.Match syntax per
+// segment; a pattern also selects everything below a name it matches
+// ("src/db" = every atom of dataset db), and "*" alone selects everything.
+// FindAtoms range-scans only the keys under the pattern's literal prefix
+// (the part before the first of *?[\), in pages, and jumps past an atom's
+// remaining versions once it has NumVersions (default 1) of them; Host and
+// OlderThan filter versions before they are counted.
+//
+// # Durability
+//
+// AddDataset is meant to be called after the snapshot is durable in the
+// repository. It tries etcd (WriteTimeout per transaction); if that fails and SpoolDir is
+// set, the record is written to the spool (one file per record, temp file
+// + fsync + rename) and AddDataset returns nil. A background flusher writes
+// spooled records oldest first, with exponential backoff, and a new store on
+// the same spool dir flushes what an earlier process left. Records etcd
+// refuses for good (ErrInvalid, ErrConflict) are renamed to *.failed and
+// logged, so they do not block the queue.
+//
+// Job status entries are bound to a lease the store keeps alive: when the
+// agent dies they vanish after LeaseTTL; Close revokes the lease at once.
+package metadata

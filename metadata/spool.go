@@ -1,0 +1,276 @@
+package metadata
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// spoolRecord is one AddDataset call waiting for etcd.
+type spoolRecord struct {
+	Backup  *Backup  `json:"backup"`
+	Dataset *Dataset `json:"dataset"`
+}
+
+const (
+	spoolExt    = ".json"
+	spoolFailed = ".failed" // records etcd refused for good; kept for a person
+)
+
+// spool is a directory of records, one file per record, named by a
+// sequence number so that lexical order is arrival order. Files are written
+// to a temporary name, synced, renamed into place and the directory synced,
+// so a crash leaves either the whole record or none.
+type spool struct {
+	dir     string
+	onDepth func(int)
+
+	mu    sync.Mutex
+	seq   uint64
+	names []string // pending files, oldest first
+}
+
+func openSpool(dir string, onDepth func(int)) (*spool, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("metadata: spool dir %s: %w", dir, err)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("metadata: spool dir %s: %w", dir, err)
+	}
+	sp := &spool{dir: dir, onDepth: onDepth}
+	for _, e := range ents {
+		name := e.Name()
+		switch {
+		case strings.HasPrefix(name, ".tmp-"):
+			_ = os.Remove(filepath.Join(dir, name)) // a write that never completed
+		case strings.HasSuffix(name, spoolExt) || strings.HasSuffix(name, spoolFailed):
+			n, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSuffix(name, spoolFailed), spoolExt), 10, 64)
+			if err != nil {
+				continue
+			}
+			sp.seq = max(sp.seq, n)
+			if strings.HasSuffix(name, spoolExt) {
+				sp.names = append(sp.names, name)
+			}
+		}
+	}
+	sort.Strings(sp.names)
+	if onDepth != nil {
+		onDepth(len(sp.names))
+	}
+	return sp, nil
+}
+
+func (sp *spool) depth() int {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	return len(sp.names)
+}
+
+// add writes rec as the newest record.
+func (sp *spool) add(rec spoolRecord) error {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	return sp.addLocked(rec)
+}
+
+// addIfNotEmpty spools rec only when older records are waiting, so that
+// it does not overtake them.
+func (sp *spool) addIfNotEmpty(rec spoolRecord) (bool, error) {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	if len(sp.names) == 0 {
+		return false, nil
+	}
+	return true, sp.addLocked(rec)
+}
+
+func (sp *spool) addLocked(rec spoolRecord) error {
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("metadata: spool backup %s: %w", rec.Backup.ID, err)
+	}
+	seq := sp.seq + 1
+	name := fmt.Sprintf("%020d%s", seq, spoolExt)
+	if err := writeFileAtomic(sp.dir, name, data); err != nil {
+		return fmt.Errorf("metadata: spool backup %s dataset %s/%s: %w", rec.Backup.ID, rec.Dataset.Source, rec.Dataset.Name, err)
+	}
+	sp.seq = seq
+	sp.names = append(sp.names, name)
+	if sp.onDepth != nil {
+		sp.onDepth(len(sp.names))
+	}
+	return nil
+}
+
+// oldest returns the oldest pending record.
+func (sp *spool) oldest() (string, *spoolRecord, error) {
+	sp.mu.Lock()
+	if len(sp.names) == 0 {
+		sp.mu.Unlock()
+		return "", nil, nil
+	}
+	name := sp.names[0]
+	sp.mu.Unlock()
+	data, err := os.ReadFile(filepath.Join(sp.dir, name))
+	if err != nil {
+		return name, nil, fmt.Errorf("metadata: read spool file %s: %w", name, err)
+	}
+	var rec spoolRecord
+	if err := json.Unmarshal(data, &rec); err != nil || rec.Backup == nil || rec.Dataset == nil {
+		return name, nil, fmt.Errorf("%w: spool file %s is not a record: %v", ErrInvalid, name, err)
+	}
+	return name, &rec, nil
+}
+
+// done removes a flushed record; failed keeps it aside under another name.
+func (sp *spool) done(name string, failed bool) error {
+	p := filepath.Join(sp.dir, name)
+	var err error
+	if failed {
+		err = os.Rename(p, strings.TrimSuffix(p, spoolExt)+spoolFailed)
+	} else {
+		err = os.Remove(p)
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("metadata: remove spool file %s: %w", name, err)
+	}
+	sp.mu.Lock()
+	if len(sp.names) > 0 && sp.names[0] == name {
+		sp.names = sp.names[1:]
+	}
+	d := len(sp.names)
+	sp.mu.Unlock()
+	if sp.onDepth != nil {
+		sp.onDepth(d)
+	}
+	return nil
+}
+
+func writeFileAtomic(dir, name string, data []byte) error {
+	f, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(dir, name))
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// SpoolDepth is the number of records waiting in the spool for etcd.
+func (s *EtcdStore) SpoolDepth() int {
+	if s.spool == nil {
+		return 0
+	}
+	return s.spool.depth()
+}
+
+// FlushSpool writes spooled records to etcd now, oldest first, and returns
+// the first error. The background flusher does the same with backoff.
+func (s *EtcdStore) FlushSpool(ctx context.Context) error {
+	if s.spool == nil {
+		return nil
+	}
+	for {
+		name, rec, err := s.spool.oldest()
+		if err != nil {
+			if errors.Is(err, ErrInvalid) {
+				s.log.Error("moving unreadable spool file aside", "file", name, "err", err)
+				if derr := s.spool.done(name, true); derr != nil {
+					return derr
+				}
+				continue
+			}
+			return err
+		}
+		if rec == nil {
+			return nil
+		}
+		err = s.write(ctx, rec.Backup, rec.Dataset)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrConflict) {
+				return err
+			}
+			// Retrying can never succeed; keep the record for a person
+			// rather than block every later record behind it.
+			s.log.Error("catalog refused spooled record; kept aside", "file", name, "backup", rec.Backup.ID, "err", err)
+			if derr := s.spool.done(name, true); derr != nil {
+				return derr
+			}
+			continue
+		}
+		if err := s.spool.done(name, false); err != nil {
+			return err
+		}
+		s.log.Info("flushed spooled catalog record", "backup", rec.Backup.ID, "dataset", rec.Dataset.Source+"/"+rec.Dataset.Name)
+	}
+}
+
+func (s *EtcdStore) poke() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// flushLoop retries the spool with exponential backoff until Close. A
+// kick while etcd is down does not shorten the backoff.
+func (s *EtcdStore) flushLoop() {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.runCtx.Done():
+			return
+		case <-s.kick:
+		}
+		backoff := s.opts.MinBackoff
+		for s.spool.depth() > 0 {
+			err := s.FlushSpool(s.runCtx)
+			if err == nil {
+				break
+			}
+			if s.runCtx.Err() != nil {
+				return
+			}
+			s.log.Warn("catalog spool flush failed; will retry", "depth", s.spool.depth(), "retry_in", backoff, "err", err)
+			t := time.NewTimer(backoff)
+			select {
+			case <-s.runCtx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			backoff = min(2*backoff, s.opts.MaxBackoff)
+		}
+	}
+}

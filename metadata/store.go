@@ -1,0 +1,540 @@
+package metadata
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Store is the small part of the catalog that most callers need. Callers
+// that need more take *EtcdStore or define their own interface.
+type Store interface {
+	AddDataset(ctx context.Context, b *Backup, d *Dataset) error
+	FindAtoms(ctx context.Context, req FindRequest) ([]*Backup, error)
+	GetBackup(ctx context.Context, id string) (*Backup, error)
+}
+
+var _ Store = (*EtcdStore)(nil)
+
+// Options configure an EtcdStore. The zero value works.
+type Options struct {
+	// Prefix of every key; default "/custos/". Must end with "/".
+	Prefix string
+	// SpoolDir holds records that could not be written to etcd. Empty
+	// disables the spool: AddDataset then fails when etcd does.
+	SpoolDir string
+	// Host names this agent in job status updates (StartUpdates).
+	// Default: os.Hostname().
+	Host string
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+	// WriteTimeout bounds each etcd transaction of an AddDataset attempt;
+	// when one fails the record is spooled. Default 5s.
+	WriteTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the spool flusher's retry delay
+	// (doubling); defaults 1s and 1m.
+	MinBackoff, MaxBackoff time.Duration
+	// LeaseTTL of the job status lease; default 15s. etcd rounds it up to
+	// its minimum (about 2s with default timing).
+	LeaseTTL time.Duration
+	// MaxTxnOps caps operations per transaction; default 128 (etcd's
+	// default --max-txn-ops).
+	MaxTxnOps int
+	// PageSize is the number of keys per range request; default 256.
+	PageSize int
+	// OnSpoolDepth, when set, is called with the new depth after every
+	// change (from any goroutine; keep it fast).
+	OnSpoolDepth func(depth int)
+}
+
+func (o *Options) setDefaults() error {
+	if o.Prefix == "" {
+		o.Prefix = defaultPrefix
+	}
+	if o.Prefix[len(o.Prefix)-1] != '/' {
+		return fmt.Errorf("%w: key prefix %q must end with '/'", ErrInvalid, o.Prefix)
+	}
+	if o.Host == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("metadata: host name: %w", err)
+		}
+		o.Host = h
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 5 * time.Second
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = time.Second
+	}
+	if o.MaxBackoff < o.MinBackoff {
+		o.MaxBackoff = max(time.Minute, o.MinBackoff)
+	}
+	if o.LeaseTTL <= 0 {
+		o.LeaseTTL = 15 * time.Second
+	}
+	if o.MaxTxnOps <= 0 {
+		o.MaxTxnOps = 128
+	}
+	if o.PageSize <= 0 {
+		o.PageSize = 256
+	}
+	return nil
+}
+
+// EtcdStore is the catalog kept in etcd. It is safe for concurrent use.
+type EtcdStore struct {
+	cli  *clientv3.Client
+	kv   clientv3.KV // cli.KV; internal tests wrap it to count reads
+	opts Options
+	k    keys
+	log  *slog.Logger
+
+	spool *spool // nil without SpoolDir
+	kick  chan struct{}
+
+	runCtx context.Context // lives until Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	leaseMu sync.Mutex
+	lease   clientv3.LeaseID // 0: none granted or lost
+	noLease bool             // set by Close: grant no new lease
+
+	closeOnce sync.Once
+}
+
+// NewStore returns a store on an open etcd client. The store does not own
+// the client: close the client after the store. When SpoolDir is set, the
+// records already in the spool are flushed by a background goroutine that
+// runs until Close.
+func NewStore(cli *clientv3.Client, opts Options) (*EtcdStore, error) {
+	if cli == nil {
+		return nil, fmt.Errorf("%w: nil etcd client", ErrInvalid)
+	}
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &EtcdStore{
+		cli:    cli,
+		kv:     cli.KV,
+		opts:   opts,
+		k:      keys{p: opts.Prefix},
+		log:    opts.Logger.With("component", "metadata"),
+		kick:   make(chan struct{}, 1),
+		runCtx: ctx,
+		cancel: cancel,
+	}
+	if opts.SpoolDir != "" {
+		sp, err := openSpool(opts.SpoolDir, opts.OnSpoolDepth)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		s.spool = sp
+		s.wg.Add(1)
+		go s.flushLoop()
+		if sp.depth() > 0 {
+			s.log.Info("catalog spool holds records from an earlier run", "dir", opts.SpoolDir, "depth", sp.depth())
+			s.poke()
+		}
+	}
+	return s, nil
+}
+
+// Client returns the etcd client the store uses (for locks and elections
+// under LockPrefix).
+func (s *EtcdStore) Client() *clientv3.Client { return s.cli }
+
+// Prefix returns the key prefix of this catalog.
+func (s *EtcdStore) Prefix() string { return s.opts.Prefix }
+
+// LockPrefix returns the reserved prefix for clientv3/concurrency mutexes.
+func (s *EtcdStore) LockPrefix() string { return s.opts.Prefix + nsLocks }
+
+// ElectionPrefix returns the reserved prefix for clientv3/concurrency
+// elections.
+func (s *EtcdStore) ElectionPrefix() string { return s.opts.Prefix + nsElection }
+
+// JournalPrefix returns the reserved prefix for workflow journals.
+func (s *EtcdStore) JournalPrefix() string { return s.opts.Prefix + nsJournal }
+
+// Close stops the flusher and the job status updates and revokes the job
+// status lease, so this host's active jobs vanish at once. Records still in
+// the spool stay on disk for the next store. Safe to call twice.
+func (s *EtcdStore) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		// Take the lease before cancelling: the keep-alive goroutine
+		// forgets it when its channel closes.
+		s.leaseMu.Lock()
+		id := s.lease
+		s.lease = 0
+		s.noLease = true
+		s.leaseMu.Unlock()
+		s.cancel()
+		s.wg.Wait()
+		if id != 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			if _, rerr := s.cli.Revoke(ctx, id); rerr != nil {
+				err = fmt.Errorf("metadata: revoke job status lease %x: %w", int64(id), rerr)
+			}
+		}
+	})
+	return err
+}
+
+func (s *EtcdStore) closed() bool { return s.runCtx.Err() != nil }
+
+// Stored forms. The backup record is Backup without Datasets.
+type datasetRecord struct {
+	BackupID  string    `json:"backup_id"`
+	Host      string    `json:"host"`
+	Timestamp time.Time `json:"timestamp"`
+	Dataset   *Dataset  `json:"dataset"`
+}
+
+type atomRecord struct {
+	BackupID  string    `json:"backup_id"`
+	DatasetID string    `json:"dataset_id"`
+	Host      string    `json:"host"`
+	Timestamp time.Time `json:"timestamp"`
+	Atom      Atom      `json:"atom"`
+}
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Only plain structs of strings, numbers and times go through here.
+		panic(fmt.Sprintf("metadata: marshal %T: %v", v, err))
+	}
+	return string(b)
+}
+
+func header(b *Backup) *Backup {
+	return &Backup{ID: b.ID, Timestamp: b.Timestamp.UTC(), Host: b.Host}
+}
+
+// AddDataset records dataset d of backup b, with its atoms. It is
+// idempotent: the same backup and dataset twice leave one record. It fails
+// with ErrInvalid for bad names and ErrConflict when b.ID is already
+// recorded with another host or timestamp. When etcd does not answer within
+// WriteTimeout and a spool is configured, the record is written to the
+// spool, AddDataset returns nil, and a background flusher writes it when
+// etcd is back. While the spool is not empty new records queue behind it,
+// so records reach etcd in the order they were added.
+func (s *EtcdStore) AddDataset(ctx context.Context, b *Backup, d *Dataset) error {
+	if err := validate(b, d); err != nil {
+		return err
+	}
+	if s.closed() {
+		return ErrClosed
+	}
+	if s.spool != nil {
+		queued, err := s.spool.addIfNotEmpty(spoolRecord{Backup: header(b), Dataset: d})
+		if err != nil {
+			return err
+		}
+		if queued {
+			s.poke()
+			return nil
+		}
+	}
+	err := s.write(ctx, b, d)
+	if err == nil || s.spool == nil || errors.Is(err, ErrInvalid) || errors.Is(err, ErrConflict) {
+		return err
+	}
+	s.log.Warn("catalog write failed; spooling the record", "backup", b.ID, "dataset", d.Source+"/"+d.Name, "err", err)
+	if serr := s.spool.add(spoolRecord{Backup: header(b), Dataset: d}); serr != nil {
+		return fmt.Errorf("metadata: backup %s dataset %s/%s: etcd: %w; spool: %w", b.ID, d.Source, d.Name, err, serr)
+	}
+	s.poke()
+	return nil
+}
+
+// commit runs one transaction within WriteTimeout, so that a large
+// dataset gets time in proportion to its transactions.
+func (s *EtcdStore) commit(ctx context.Context, txn func(clientv3.Txn) clientv3.Txn) (*clientv3.TxnResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.opts.WriteTimeout)
+	defer cancel()
+	return txn(s.kv.Txn(ctx)).Commit()
+}
+
+// write puts the records of one dataset: first, in one transaction, the
+// backup record (if new), its indexes and the dataset record; then the atom
+// records in batches. Find never sees an atom whose dataset record is
+// missing, and a retry after a partial write completes it.
+func (s *EtcdStore) write(ctx context.Context, b *Backup, d *Dataset) error {
+	h := header(b)
+	hk := s.k.backup(h.ID)
+	hv := mustJSON(h)
+	dsKey := s.k.dataset(d.Source, d.Name, h.Timestamp, h.ID)
+	dsVal := mustJSON(datasetRecord{BackupID: h.ID, Host: h.Host, Timestamp: h.Timestamp, Dataset: d})
+	bdKey := s.k.backupDS(h.ID, d.Source, d.Name)
+	what := fmt.Sprintf("backup %s dataset %s/%s", h.ID, d.Source, d.Name)
+
+	resp, err := s.commit(ctx, func(t clientv3.Txn) clientv3.Txn {
+		return t.If(clientv3.Compare(clientv3.CreateRevision(hk), "=", 0)).
+			Then(clientv3.OpPut(hk, hv),
+				clientv3.OpPut(s.k.backupTime(h), hv),
+				clientv3.OpPut(s.k.backupHost(h), hv),
+				clientv3.OpPut(bdKey, ""),
+				clientv3.OpPut(dsKey, dsVal)).
+			Else(clientv3.OpGet(hk))
+	})
+	if err != nil {
+		return fmt.Errorf("metadata: write %s: %w", what, err)
+	}
+	if !resp.Succeeded {
+		kvs := resp.Responses[0].GetResponseRange().Kvs
+		if len(kvs) == 0 {
+			return fmt.Errorf("metadata: write %s: backup record vanished during write", what)
+		}
+		var old Backup
+		if err := json.Unmarshal(kvs[0].Value, &old); err != nil {
+			return fmt.Errorf("metadata: write %s: decode backup record: %w", what, err)
+		}
+		if old.Host != h.Host || !old.Timestamp.Equal(h.Timestamp) {
+			return fmt.Errorf("%w: %s: backup recorded with host %q time %s, got host %q time %s",
+				ErrConflict, what, old.Host, old.Timestamp.Format(time.RFC3339Nano), h.Host, h.Timestamp.Format(time.RFC3339Nano))
+		}
+		r2, err := s.commit(ctx, func(t clientv3.Txn) clientv3.Txn {
+			return t.If(clientv3.Compare(clientv3.ModRevision(hk), "=", kvs[0].ModRevision)).
+				Then(clientv3.OpPut(bdKey, ""), clientv3.OpPut(dsKey, dsVal))
+		})
+		if err != nil {
+			return fmt.Errorf("metadata: write %s: %w", what, err)
+		}
+		if !r2.Succeeded {
+			return fmt.Errorf("metadata: write %s: backup record changed during write", what)
+		}
+	}
+	ops := make([]clientv3.Op, 0, min(len(d.Atoms), s.opts.MaxTxnOps))
+	flush := func() error {
+		if len(ops) == 0 {
+			return nil
+		}
+		if _, err := s.commit(ctx, func(t clientv3.Txn) clientv3.Txn { return t.Then(ops...) }); err != nil {
+			return fmt.Errorf("metadata: write atoms of %s: %w", what, err)
+		}
+		ops = ops[:0]
+		return nil
+	}
+	for _, a := range d.Atoms {
+		name := AtomName(d.Source, d.Name, a.Name)
+		v := mustJSON(atomRecord{BackupID: h.ID, DatasetID: d.ID, Host: h.Host, Timestamp: h.Timestamp, Atom: a})
+		ops = append(ops, clientv3.OpPut(s.k.atom(name, h.Timestamp, h.ID), v))
+		if len(ops) == s.opts.MaxTxnOps {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
+}
+
+// GetBackup returns backup id with all its datasets, or ErrNotFound.
+func (s *EtcdStore) GetBackup(ctx context.Context, id string) (*Backup, error) {
+	resp, err := s.kv.Get(ctx, s.k.backup(id))
+	if err != nil {
+		return nil, fmt.Errorf("metadata: get backup %s: %w", id, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("backup %s: %w", id, ErrNotFound)
+	}
+	var b Backup
+	if err := json.Unmarshal(resp.Kvs[0].Value, &b); err != nil {
+		return nil, fmt.Errorf("metadata: decode backup %s: %w", id, err)
+	}
+	if err := s.fillDatasets(ctx, []*Backup{&b}); err != nil {
+		return nil, err
+	}
+	return &b, nil
+}
+
+// ListBackups returns the newest backups first, with their datasets. An
+// empty host means all hosts; limit <= 0 means no limit.
+func (s *EtcdStore) ListBackups(ctx context.Context, host string, limit int) ([]*Backup, error) {
+	start := s.k.p + nsBackupTime
+	if host != "" {
+		start = s.k.backupHostPrefix(host)
+	}
+	var out []*Backup
+	err := s.scan(ctx, start, prefixEnd(start), false, func(key, val []byte) (string, bool, error) {
+		var b Backup
+		if err := json.Unmarshal(val, &b); err != nil {
+			return "", false, fmt.Errorf("metadata: decode backup index %q: %w", key, err)
+		}
+		out = append(out, &b)
+		return "", limit > 0 && len(out) >= limit, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("metadata: list backups of host %q: %w", host, err)
+	}
+	if err := s.fillDatasets(ctx, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// DatasetVersions returns the recorded versions of one dataset, newest
+// first, each as a Backup holding just that dataset. An empty host means
+// all hosts; limit <= 0 means no limit.
+func (s *EtcdStore) DatasetVersions(ctx context.Context, source, dataset, host string, limit int) ([]*Backup, error) {
+	if err := checkName("source", source, false); err != nil {
+		return nil, err
+	}
+	if err := checkName("dataset", dataset, false); err != nil {
+		return nil, err
+	}
+	p := s.k.datasetVersions(source, dataset)
+	var out []*Backup
+	err := s.scan(ctx, p, prefixEnd(p), false, func(key, val []byte) (string, bool, error) {
+		var rec datasetRecord
+		if err := json.Unmarshal(val, &rec); err != nil || rec.Dataset == nil {
+			return "", false, fmt.Errorf("decode dataset record %q: %v", key, err)
+		}
+		if host != "" && rec.Host != host {
+			return "", false, nil
+		}
+		out = append(out, &Backup{ID: rec.BackupID, Timestamp: rec.Timestamp, Host: rec.Host, Datasets: []*Dataset{rec.Dataset}})
+		return "", limit > 0 && len(out) >= limit, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("metadata: versions of dataset %s/%s: %w", source, dataset, err)
+	}
+	return out, nil
+}
+
+// fillDatasets loads every dataset record of the given backups.
+func (s *EtcdStore) fillDatasets(ctx context.Context, bs []*Backup) error {
+	type ref struct {
+		b   *Backup
+		key string
+	}
+	var refs []ref
+	for _, b := range bs {
+		p := s.k.backupDSPrefix(b.ID)
+		err := s.scan(ctx, p, prefixEnd(p), true, func(key, _ []byte) (string, bool, error) {
+			src, ds, ok := strings.Cut(string(key[len(p):]), "/")
+			if !ok || src == "" || ds == "" {
+				return "", false, fmt.Errorf("malformed key %q", key)
+			}
+			refs = append(refs, ref{b, s.k.dataset(src, ds, b.Timestamp, b.ID)})
+			return "", false, nil
+		})
+		if err != nil {
+			return fmt.Errorf("metadata: datasets of backup %s: %w", b.ID, err)
+		}
+	}
+	keys := make([]string, len(refs))
+	for i, r := range refs {
+		keys[i] = r.key
+	}
+	vals, err := s.getMany(ctx, keys)
+	if err != nil {
+		return fmt.Errorf("metadata: load dataset records: %w", err)
+	}
+	for i, r := range refs {
+		if vals[i] == nil {
+			continue // index written, record not (yet): skip
+		}
+		var rec datasetRecord
+		if err := json.Unmarshal(vals[i], &rec); err != nil || rec.Dataset == nil {
+			return fmt.Errorf("metadata: decode dataset record %q: %v", r.key, err)
+		}
+		r.b.Datasets = append(r.b.Datasets, rec.Dataset)
+	}
+	for _, b := range bs {
+		sortDatasets(b.Datasets)
+	}
+	return nil
+}
+
+func sortDatasets(ds []*Dataset) {
+	sort.Slice(ds, func(i, j int) bool {
+		if ds[i].Source != ds[j].Source {
+			return ds[i].Source < ds[j].Source
+		}
+		return ds[i].Name < ds[j].Name
+	})
+}
+
+// getMany fetches keys in transactions of at most MaxTxnOps gets; missing
+// keys give nil.
+func (s *EtcdStore) getMany(ctx context.Context, keys []string) ([][]byte, error) {
+	out := make([][]byte, len(keys))
+	for lo := 0; lo < len(keys); lo += s.opts.MaxTxnOps {
+		hi := min(lo+s.opts.MaxTxnOps, len(keys))
+		ops := make([]clientv3.Op, 0, hi-lo)
+		for _, k := range keys[lo:hi] {
+			ops = append(ops, clientv3.OpGet(k))
+		}
+		resp, err := s.kv.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return nil, err
+		}
+		for i, r := range resp.Responses {
+			if kvs := r.GetResponseRange().Kvs; len(kvs) > 0 {
+				out[lo+i] = kvs[0].Value
+			}
+		}
+	}
+	return out, nil
+}
+
+// scan walks [start, end) in pages of PageSize keys at one revision. fn
+// returns a key to jump to (must be > the current key; "" for none) and
+// whether to stop.
+func (s *EtcdStore) scan(ctx context.Context, start, end string, keysOnly bool, fn func(key, val []byte) (jump string, stop bool, err error)) error {
+	var rev int64
+	for start < end {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(s.opts.PageSize))}
+		if keysOnly {
+			opts = append(opts, clientv3.WithKeysOnly())
+		}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := s.kv.Get(ctx, start, opts...)
+		if err != nil {
+			return err
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		next := ""
+		for _, kv := range resp.Kvs {
+			if next != "" && string(kv.Key) < next {
+				continue
+			}
+			jump, stop, err := fn(kv.Key, kv.Value)
+			if err != nil || stop {
+				return err
+			}
+			next = jump
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return nil
+		}
+		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		if next > start {
+			start = next
+		}
+	}
+	return nil
+}
