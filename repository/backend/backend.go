@@ -59,22 +59,32 @@ type FileInfo struct {
 var ErrNotExist = errors.New("object does not exist")
 
 // Backend stores named objects. Implementations must be safe for concurrent
-// use.
+// use. Errors name the object they are about; errors caused by a cancelled
+// context wrap ctx.Err(). The conformance suite in backendtest pins these
+// semantics down.
 type Backend interface {
 	// Location is a human-readable URL of the backend, without secrets.
 	Location() string
 	// Save stores size bytes from rd under h. It is atomic: a reader either
 	// sees the whole object or nothing, even if the process dies midway.
-	// rd may be rewound with Seek to retry.
+	// The object is the size bytes that follow rd's current position; a
+	// reader with fewer or more bytes than size is an error and stores
+	// nothing. rd may be rewound with Seek to retry. Saving over an existing
+	// object replaces it (last writer wins). For ConfigFile the handle's
+	// Name is ignored.
 	Save(ctx context.Context, h Handle, rd io.ReadSeeker, size int64) error
 	// Load returns a reader over length bytes of h starting at offset.
 	// length 0 means up to the end. A missing object yields an error that
-	// wraps ErrNotExist.
+	// wraps ErrNotExist. A range that runs past the end of the object is an
+	// error (from Load or from reading), never silently short data; offset
+	// equal to the size with length 0 gives an empty reader.
 	Load(ctx context.Context, h Handle, length int, offset int64) (io.ReadCloser, error)
 	// Stat returns the object's size, or an error wrapping ErrNotExist.
 	Stat(ctx context.Context, h Handle) (FileInfo, error)
 	// List calls fn for every object of type t, in no particular order.
-	// For PackFile it walks all fan-out folders.
+	// For PackFile it walks all fan-out folders. For ConfigFile it reports
+	// the config object, if any, with the name "config". An error from fn
+	// stops the listing and is returned.
 	List(ctx context.Context, t FileType, fn func(FileInfo) error) error
 	// Remove deletes h. Removing a missing object wraps ErrNotExist.
 	Remove(ctx context.Context, h Handle) error

@@ -1,0 +1,457 @@
+// Package local stores a repository in a directory on a local (or mounted)
+// file system.
+//
+// The layout mirrors backend.Handle.Path: a "config" file at the top and the
+// folders keys, data, index, snapshots and locks; packs are fanned out over
+// data/00 .. data/ff, created when first needed.
+//
+// Saves are crash-safe: the bytes go to a temp file in the destination folder,
+// which is fsynced, renamed into place, and then the folder itself is fsynced
+// so the new name survives a power loss. A reader therefore sees a whole
+// object or none. Temp files left by a crash carry the prefix TempPrefix; List
+// never reports them and removes those older than a day.
+//
+// Saving over an existing object replaces it atomically (last writer wins).
+//
+// Exported API:
+//
+//	func Create(ctx context.Context, dir string) (*Backend, error)
+//	func Open(ctx context.Context, dir string) (*Backend, error)
+//	const TempPrefix = ".custos-tmp-"
+//	func (*Backend) Location() string   // "local:/abs/dir"
+//	func (*Backend) Dir() string
+//	plus the backend.Backend methods Save, Load, Stat, List, Remove, Close.
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/custos-backup/custos/repository/backend"
+)
+
+// TempPrefix starts the name of every temp file a Save writes. Objects never
+// have such names, so List can tell leftovers of a crash from real objects.
+const TempPrefix = ".custos-tmp-"
+
+// staleTempAge is how old a temp file must be before List removes it. A Save
+// in progress (possibly from another process on a shared mount) must not lose
+// its file, so the margin is generous.
+const staleTempAge = 24 * time.Hour
+
+const (
+	dirMode  = 0o700
+	fileMode = 0o600
+)
+
+// layoutDirs are the folders a repository has from the start.
+var layoutDirs = []backend.FileType{
+	backend.KeyFile, backend.PackFile, backend.IndexFile, backend.SnapshotFile, backend.LockFile,
+}
+
+// Backend is a repository in a local directory. It is safe for concurrent use.
+type Backend struct {
+	dir string
+	log *slog.Logger
+	// syncDir fsyncs a directory; a field so tests can observe it.
+	syncDir func(dir string) error
+}
+
+var _ backend.Backend = (*Backend)(nil)
+
+// Create makes dir (and its parents) if needed, with the layout folders of a
+// repository, and returns a backend for it. It does not care whether a
+// repository already exists there: deciding that is the repository's job (it
+// looks for the config object).
+func Create(ctx context.Context, dir string) (*Backend, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	b, err := newBackend(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.mkdirAllSynced(b.dir); err != nil {
+		return nil, fmt.Errorf("local: create repository folder %s: %w", b.dir, err)
+	}
+	for _, t := range layoutDirs {
+		p := filepath.Join(b.dir, string(t))
+		if err := b.mkdirAllSynced(p); err != nil {
+			return nil, fmt.Errorf("local: create repository folder %s: %w", p, err)
+		}
+	}
+	return b, nil
+}
+
+// Open returns a backend for an existing directory. A missing directory is an
+// error wrapping backend.ErrNotExist; an existing directory without a
+// repository in it is not an error here (Stat of config will say so).
+func Open(ctx context.Context, dir string) (*Backend, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	b, err := newBackend(dir)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(b.dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("local: open repository folder %s: %w", b.dir, backend.ErrNotExist)
+	case err != nil:
+		return nil, fmt.Errorf("local: open repository folder: %w", err)
+	case !fi.IsDir():
+		return nil, fmt.Errorf("local: open repository folder %s: not a directory", b.dir)
+	}
+	return b, nil
+}
+
+func newBackend(dir string) (*Backend, error) {
+	if dir == "" {
+		return nil, errors.New("local: empty repository path")
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("local: repository path %q: %w", dir, err)
+	}
+	return &Backend{dir: abs, log: slog.Default(), syncDir: syncDir}, nil
+}
+
+// Location returns "local:" and the absolute directory.
+func (b *Backend) Location() string { return "local:" + filepath.ToSlash(b.dir) }
+
+// Dir returns the absolute directory of the repository.
+func (b *Backend) Dir() string { return b.dir }
+
+// Close does nothing; a local backend holds no resources between calls.
+func (b *Backend) Close() error { return nil }
+
+// checkHandle rejects names that would escape their folder or collide with
+// temp files. Config ignores the name: there is only one.
+func checkHandle(h backend.Handle) error {
+	switch h.Type {
+	case backend.ConfigFile:
+		return nil
+	case backend.KeyFile, backend.PackFile, backend.IndexFile, backend.SnapshotFile, backend.LockFile:
+	default:
+		return fmt.Errorf("invalid object type %q", h.Type)
+	}
+	switch {
+	case h.Name == "", h.Name == ".", h.Name == "..":
+		return fmt.Errorf("invalid %s object name %q", h.Type, h.Name)
+	case strings.ContainsAny(h.Name, `/\`) || strings.ContainsRune(h.Name, 0):
+		return fmt.Errorf("invalid %s object name %q: contains a path separator", h.Type, h.Name)
+	case strings.HasPrefix(h.Name, TempPrefix):
+		return fmt.Errorf("invalid %s object name %q: reserved temp-file prefix", h.Type, h.Name)
+	}
+	return nil
+}
+
+func (b *Backend) filename(h backend.Handle) string {
+	return filepath.Join(b.dir, filepath.FromSlash(h.Path()))
+}
+
+// Save writes the object via a synced temp file and an atomic rename.
+func (b *Backend) Save(ctx context.Context, h backend.Handle, rd io.ReadSeeker, size int64) (err error) {
+	if err := checkHandle(h); err != nil {
+		return fmt.Errorf("local: save in %s: %w", b.dir, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("local: save %s in %s: %w", h, b.dir, err)
+	}
+	if size < 0 {
+		return fmt.Errorf("local: save %s in %s: negative size %d", h, b.dir, size)
+	}
+	name := b.filename(h)
+	folder := filepath.Dir(name)
+	if err := b.mkdirAllSynced(folder); err != nil {
+		return fmt.Errorf("local: save %s: %w", h, err)
+	}
+	f, err := os.CreateTemp(folder, TempPrefix+"*")
+	if err != nil {
+		return fmt.Errorf("local: save %s: %w", h, err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			_ = f.Close()
+			_ = os.Remove(tmp)
+		}
+	}()
+	n, err := io.Copy(f, io.LimitReader(ctxReader{ctx, rd}, size))
+	if err != nil {
+		return fmt.Errorf("local: save %s in %s: write: %w", h, b.dir, err)
+	}
+	if n != size {
+		return fmt.Errorf("local: save %s in %s: reader gave %d bytes, want %d", h, b.dir, n, size)
+	}
+	if extra, _ := rd.Read(make([]byte, 1)); extra != 0 {
+		return fmt.Errorf("local: save %s in %s: reader has more than the %d bytes announced", h, b.dir, size)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("local: save %s: %w", h, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("local: save %s: %w", h, err)
+	}
+	// Last chance to give up without leaving a new object behind.
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("local: save %s in %s: %w", h, b.dir, err)
+	}
+	if err := os.Rename(tmp, name); err != nil {
+		return fmt.Errorf("local: save %s: %w", h, err)
+	}
+	if err := b.syncDir(folder); err != nil {
+		// The object is complete under its name; only its durability across
+		// a power loss is in doubt. Report it: the caller must not assume
+		// the data is safe.
+		return fmt.Errorf("local: save %s: sync folder: %w", h, err)
+	}
+	return nil
+}
+
+// mkdirAllSynced creates dir and any missing parents, fsyncing the parent of
+// each folder it creates so that the new entries are durable.
+func (b *Backend) mkdirAllSynced(dir string) error {
+	fi, err := os.Stat(dir)
+	if err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("%s: not a directory", dir)
+		}
+		return nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	parent := filepath.Dir(dir)
+	if parent != dir {
+		if err := b.mkdirAllSynced(parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, dirMode); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	// Also when another goroutine won the race to create it: that one may not
+	// have synced the parent yet, and our object will live in this folder.
+	if err := b.syncDir(parent); err != nil {
+		return fmt.Errorf("sync folder: %w", err)
+	}
+	return nil
+}
+
+// syncDir fsyncs a directory so that renames and creations inside it are
+// durable. File systems that cannot sync directories are tolerated.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	cerr := d.Close()
+	if err != nil {
+		if errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOTSUP) || errors.Is(err, errors.ErrUnsupported) {
+			return cerr
+		}
+		return err
+	}
+	return cerr
+}
+
+// Load opens h and returns a reader over the requested range. A range that
+// runs past the end of the object is an error here, never a short read.
+func (b *Backend) Load(ctx context.Context, h backend.Handle, length int, offset int64) (io.ReadCloser, error) {
+	if err := checkHandle(h); err != nil {
+		return nil, fmt.Errorf("local: load in %s: %w", b.dir, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("local: load %s in %s: %w", h, b.dir, err)
+	}
+	if length < 0 || offset < 0 {
+		return nil, fmt.Errorf("local: load %s in %s: invalid range offset %d length %d", h, b.dir, offset, length)
+	}
+	f, err := os.Open(b.filename(h))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("local: load %s in %s: %w", h, b.dir, backend.ErrNotExist)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("local: load %s: %w", h, err)
+	}
+	// Objects are replaced by rename, never written in place, so the size of
+	// the open file cannot change under us.
+	fi, err := f.Stat()
+	if err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("local: load %s: %w", h, err)
+	}
+	size := fi.Size()
+	n := int64(length)
+	if length == 0 {
+		n = size - offset
+	}
+	if offset > size || offset+n > size {
+		_ = f.Close()
+		return nil, fmt.Errorf("local: load %s in %s: range offset %d length %d is beyond the object size %d",
+			h, b.dir, offset, length, size)
+	}
+	return &fileRange{SectionReader: io.NewSectionReader(f, offset, n), f: f}, nil
+}
+
+type fileRange struct {
+	*io.SectionReader
+	f *os.File
+}
+
+func (r *fileRange) Close() error { return r.f.Close() }
+
+// Stat returns the size of h.
+func (b *Backend) Stat(ctx context.Context, h backend.Handle) (backend.FileInfo, error) {
+	if err := checkHandle(h); err != nil {
+		return backend.FileInfo{}, fmt.Errorf("local: stat in %s: %w", b.dir, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return backend.FileInfo{}, fmt.Errorf("local: stat %s in %s: %w", h, b.dir, err)
+	}
+	fi, err := os.Stat(b.filename(h))
+	if errors.Is(err, fs.ErrNotExist) {
+		return backend.FileInfo{}, fmt.Errorf("local: stat %s in %s: %w", h, b.dir, backend.ErrNotExist)
+	}
+	if err != nil {
+		return backend.FileInfo{}, fmt.Errorf("local: stat %s: %w", h, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return backend.FileInfo{}, fmt.Errorf("local: stat %s in %s: not a regular file", h, b.dir)
+	}
+	return backend.FileInfo{Name: nameOf(h), Size: fi.Size()}, nil
+}
+
+func nameOf(h backend.Handle) string {
+	if h.Type == backend.ConfigFile {
+		return string(backend.ConfigFile)
+	}
+	return h.Name
+}
+
+// List reports the objects of type t. For ConfigFile it reports the single
+// config object, if there is one, with the name "config".
+func (b *Backend) List(ctx context.Context, t backend.FileType, fn func(backend.FileInfo) error) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("local: list %s in %s: %w", t, b.dir, err)
+	}
+	switch t {
+	case backend.ConfigFile:
+		fi, err := b.Stat(ctx, backend.Handle{Type: backend.ConfigFile})
+		if errors.Is(err, backend.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return fn(fi)
+	case backend.PackFile:
+		return b.listDir(ctx, filepath.Join(b.dir, string(t)), true, fn)
+	case backend.KeyFile, backend.IndexFile, backend.SnapshotFile, backend.LockFile:
+		return b.listDir(ctx, filepath.Join(b.dir, string(t)), false, fn)
+	default:
+		return fmt.Errorf("local: list in %s: invalid object type %q", b.dir, t)
+	}
+}
+
+// listDir reports the regular files in dir, and, if descend is set, those of
+// its subfolders (the pack fan-out). A missing folder has no objects.
+func (b *Backend) listDir(ctx context.Context, dir string, descend bool, fn func(backend.FileInfo) error) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("local: list: %w", err)
+	}
+	for _, e := range entries {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("local: list %s: %w", dir, err)
+		}
+		name := e.Name()
+		if e.IsDir() {
+			if descend {
+				if err := b.listDir(ctx, filepath.Join(dir, name), false, fn); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if !e.Type().IsRegular() {
+			continue
+		}
+		fi, err := e.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed since ReadDir
+		}
+		if err != nil {
+			return fmt.Errorf("local: list: %w", err)
+		}
+		if strings.HasPrefix(name, TempPrefix) {
+			b.removeStaleTemp(filepath.Join(dir, name), fi)
+			continue
+		}
+		if err := fn(backend.FileInfo{Name: name, Size: fi.Size()}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *Backend) removeStaleTemp(path string, fi fs.FileInfo) {
+	if time.Since(fi.ModTime()) < staleTempAge {
+		return
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		b.log.Warn("cannot remove stale temp file", "path", path, "err", err)
+		return
+	}
+	b.log.Info("removed stale temp file left by an interrupted save", "path", path)
+}
+
+// Remove deletes h and syncs its folder so the removal is durable.
+func (b *Backend) Remove(ctx context.Context, h backend.Handle) error {
+	if err := checkHandle(h); err != nil {
+		return fmt.Errorf("local: remove in %s: %w", b.dir, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("local: remove %s in %s: %w", h, b.dir, err)
+	}
+	name := b.filename(h)
+	err := os.Remove(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("local: remove %s in %s: %w", h, b.dir, backend.ErrNotExist)
+	}
+	if err != nil {
+		return fmt.Errorf("local: remove %s: %w", h, err)
+	}
+	if err := b.syncDir(filepath.Dir(name)); err != nil {
+		return fmt.Errorf("local: remove %s: sync folder: %w", h, err)
+	}
+	return nil
+}
+
+// ctxReader stops a long copy soon after ctx is cancelled.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

@@ -1,0 +1,457 @@
+// Package s3 stores a repository in an S3 bucket (AWS or any S3-compatible
+// server) under an optional key prefix. The key of an object is
+// prefix + "/" + Handle.Path() (just Handle.Path() without a prefix).
+//
+// Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID and
+// AWS_SECRET_ACCESS_KEY, shared config and credentials files, SSO, IMDS ...)
+// unless Options.Credentials is set. The region comes from the chain too and
+// defaults to "us-east-1".
+//
+// The SDK's own retries are switched off; this package retries every request
+// itself, so that the policy is the same everywhere and testable: server
+// errors (5xx), throttling, broken connections and stalls are retried with
+// exponential backoff and jitter up to Options.MaxAttempts. A stall is an
+// attempt during which no bytes move for Options.StallTimeout: a server that
+// accepts a connection and never answers is abandoned and retried, not waited
+// on forever. Permanent errors (no such bucket, bad credentials, access
+// denied) are reported at once, naming the bucket and the object. Loads that
+// break midway resume from where they stopped (pinned to the object's ETag).
+//
+// Objects above Options.MultipartThreshold are uploaded in parts of
+// Options.PartSize; a failed multipart upload is aborted. Saving over an
+// existing object replaces it (last writer wins), as S3 does.
+//
+// Open checks the bucket with one listing request, because later HEAD
+// requests (Stat) cannot tell a missing bucket from a missing object. S3
+// deletes missing keys silently, so Remove looks the object up first to
+// report ErrNotExist (two requests; not atomic against a concurrent Save).
+//
+// Exported API:
+//
+//	type Options struct{ Endpoint, Bucket, Prefix, Region string; UsePathStyle bool;
+//	    Credentials aws.CredentialsProvider; PartSize, MultipartThreshold int64;
+//	    MaxAttempts int; RetryBaseDelay, RetryMaxDelay, StallTimeout time.Duration;
+//	    ListPageSize int32; Logger *slog.Logger }
+//	func Open(ctx context.Context, opts Options) (*Backend, error)
+//	func Create(ctx context.Context, opts Options) (*Backend, error)
+//	var ErrBucketNotFound, ErrAccessDenied, ErrNoCredentials error
+//	const DefaultPartSize (8 MiB), DefaultMultipartThreshold (16 MiB), DefaultMaxAttempts (6),
+//	    DefaultRetryBaseDelay, DefaultRetryMaxDelay, DefaultStallTimeout (2 min), DefaultRegion
+//	func (*Backend) Location() string // "s3:http://host:port/bucket/prefix", never secrets
+//	plus the backend.Backend methods Save, Load, Stat, List, Remove, Close.
+package s3
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	s3api "github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/custos-backup/custos/repository/backend"
+)
+
+// Defaults for the zero values of Options.
+const (
+	DefaultPartSize           = 8 << 20
+	DefaultMultipartThreshold = 16 << 20
+	DefaultMaxAttempts        = 6
+	DefaultRetryBaseDelay     = 250 * time.Millisecond
+	DefaultRetryMaxDelay      = 20 * time.Second
+	DefaultStallTimeout       = 2 * time.Minute
+	DefaultRegion             = "us-east-1"
+)
+
+// Options configure a Backend. Bucket is required.
+type Options struct {
+	// Endpoint is the base URL of an S3-compatible server, e.g.
+	// "http://127.0.0.1:9000". Empty means AWS.
+	Endpoint string
+	Bucket   string
+	// Prefix is prepended to every key, with a "/"; leading and trailing
+	// slashes are ignored. Empty means the top of the bucket.
+	Prefix string
+	// Region overrides the region from the AWS chain; if both are empty it
+	// is DefaultRegion.
+	Region string
+	// UsePathStyle addresses the bucket as http://host/bucket rather than
+	// http://bucket.host; most S3-compatible servers need it.
+	UsePathStyle bool
+	// Credentials overrides the standard AWS credential chain.
+	Credentials aws.CredentialsProvider
+
+	// PartSize is the size of multipart upload parts (S3 requires at least
+	// 5 MiB for all but the last part). 0 means DefaultPartSize.
+	PartSize int64
+	// MultipartThreshold: objects larger than this are uploaded in parts.
+	// 0 means DefaultMultipartThreshold.
+	MultipartThreshold int64
+
+	// MaxAttempts is how often one request is tried before giving up.
+	// 0 means DefaultMaxAttempts.
+	MaxAttempts int
+	// The wait before retry n is about RetryBaseDelay * 2^(n-1), with jitter,
+	// at most RetryMaxDelay. 0 means the defaults.
+	RetryBaseDelay time.Duration
+	RetryMaxDelay  time.Duration
+	// StallTimeout: an attempt during which no bytes move for this long is
+	// abandoned and retried. 0 means DefaultStallTimeout.
+	StallTimeout time.Duration
+
+	// ListPageSize is the number of keys asked for per listing request.
+	// 0 means the server's default (1000 on AWS).
+	ListPageSize int32
+
+	// Logger receives retry warnings. nil means slog.Default().
+	Logger *slog.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.PartSize <= 0 {
+		o.PartSize = DefaultPartSize
+	}
+	if o.MultipartThreshold <= 0 {
+		o.MultipartThreshold = DefaultMultipartThreshold
+	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = DefaultMaxAttempts
+	}
+	if o.RetryBaseDelay <= 0 {
+		o.RetryBaseDelay = DefaultRetryBaseDelay
+	}
+	if o.RetryMaxDelay <= 0 {
+		o.RetryMaxDelay = DefaultRetryMaxDelay
+	}
+	if o.StallTimeout <= 0 {
+		o.StallTimeout = DefaultStallTimeout
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	o.Prefix = strings.Trim(o.Prefix, "/")
+}
+
+// Backend is a repository in an S3 bucket. It is safe for concurrent use.
+type Backend struct {
+	client    *s3api.Client
+	transport *http.Transport
+	opts      Options
+	where     string // `s3 bucket "b" at http://host:port`, for errors
+	location  string
+	log       *slog.Logger
+}
+
+var _ backend.Backend = (*Backend)(nil)
+
+// Open connects to the bucket and checks, with one listing request, that it
+// exists and that the credentials may read it, so that such mistakes show up
+// at once with a clear error.
+func Open(ctx context.Context, opts Options) (*Backend, error) {
+	b, err := newBackend(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.checkBucket(ctx); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// Create is Open for a new repository. The bucket must exist already: buckets
+// carry region, policy and billing choices that are not custos's to make.
+func Create(ctx context.Context, opts Options) (*Backend, error) {
+	return Open(ctx, opts)
+}
+
+func newBackend(ctx context.Context, opts Options) (*Backend, error) {
+	opts.setDefaults()
+	if opts.Bucket == "" {
+		return nil, errors.New("s3: no bucket given")
+	}
+	endpoint, err := cleanEndpoint(opts.Endpoint)
+	if err != nil {
+		return nil, err
+	}
+	opts.Endpoint = endpoint
+
+	var loadOpts []func(*config.LoadOptions) error
+	if opts.Region != "" {
+		loadOpts = append(loadOpts, config.WithRegion(opts.Region))
+	}
+	if opts.Credentials != nil {
+		loadOpts = append(loadOpts, config.WithCredentialsProvider(opts.Credentials))
+	}
+	// Our own retry loop (retry.go) decides; the SDK tries each request once.
+	loadOpts = append(loadOpts, config.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }))
+	cfg, err := config.LoadDefaultConfig(ctx, loadOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("s3 bucket %q: load AWS configuration: %w", opts.Bucket, err)
+	}
+	if cfg.Region == "" {
+		cfg.Region = DefaultRegion
+	}
+	// Our own transport, so that Close can drop its connections and so that
+	// concurrent uploads keep theirs between requests. It starts from the
+	// SDK's, which carries settings from the chain such as AWS_CA_BUNDLE.
+	var transport *http.Transport
+	if bc, ok := cfg.HTTPClient.(*awshttp.BuildableClient); ok {
+		transport = bc.GetTransport()
+	} else {
+		transport = http.DefaultTransport.(*http.Transport).Clone()
+	}
+	transport.MaxIdleConnsPerHost = 64
+	cfg.HTTPClient = &http.Client{
+		Transport: transport,
+		// Like the SDK's client: a redirect is an answer, not a new target.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	opts.Region = cfg.Region
+	client := s3api.NewFromConfig(cfg, func(o *s3api.Options) {
+		if endpoint != "" {
+			o.BaseEndpoint = aws.String(endpoint)
+		}
+		o.UsePathStyle = opts.UsePathStyle
+		o.Retryer = aws.NopRetryer{}
+		// S3-compatible servers often send no checksums; the SDK would log a
+		// warning for every such response.
+		o.DisableLogOutputChecksumValidationSkipped = true
+	})
+
+	shown := endpoint
+	if shown == "" {
+		shown = "https://s3." + opts.Region + ".amazonaws.com"
+	}
+	loc := "s3:" + shown + "/" + opts.Bucket
+	if opts.Prefix != "" {
+		loc += "/" + opts.Prefix
+	}
+	return &Backend{
+		client:    client,
+		transport: transport,
+		opts:      opts,
+		where:     fmt.Sprintf("s3 bucket %q at %s", opts.Bucket, shown),
+		location:  loc,
+		log:       opts.Logger,
+	}, nil
+}
+
+// cleanEndpoint checks an endpoint URL and drops what must not be shown.
+func cleanEndpoint(endpoint string) (string, error) {
+	if endpoint == "" {
+		return "", nil
+	}
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return "", fmt.Errorf("s3: endpoint %q: %w", endpoint, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return "", fmt.Errorf("s3: endpoint %q: scheme must be http or https", endpoint)
+	}
+	if u.Host == "" {
+		return "", fmt.Errorf("s3: endpoint %q: no host", endpoint)
+	}
+	if u.User != nil {
+		return "", errors.New("s3: endpoint URL must not contain credentials; use AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+	}
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return "", fmt.Errorf("s3: endpoint %q: must be scheme://host[:port] only", endpoint)
+	}
+	return u.Scheme + "://" + u.Host, nil
+}
+
+// Location returns "s3:<endpoint>/<bucket>[/<prefix>]".
+func (b *Backend) Location() string { return b.location }
+
+// Close releases idle connections.
+func (b *Backend) Close() error {
+	b.transport.CloseIdleConnections()
+	return nil
+}
+
+// key returns the object key of h.
+func (b *Backend) key(h backend.Handle) string {
+	if b.opts.Prefix == "" {
+		return h.Path()
+	}
+	return b.opts.Prefix + "/" + h.Path()
+}
+
+// typePrefix is the key prefix under which objects of type t live.
+func (b *Backend) typePrefix(t backend.FileType) string {
+	if b.opts.Prefix == "" {
+		return string(t) + "/"
+	}
+	return b.opts.Prefix + "/" + string(t) + "/"
+}
+
+func (b *Backend) checkBucket(ctx context.Context) error {
+	return b.retry(ctx, "open", b.opts.Prefix, func(a *attempt) error {
+		_, err := b.client.ListObjectsV2(a.ctx, &s3api.ListObjectsV2Input{
+			Bucket:  aws.String(b.opts.Bucket),
+			Prefix:  aws.String(b.typePrefix(backend.ConfigFile)),
+			MaxKeys: aws.Int32(1),
+		})
+		return err
+	})
+}
+
+// checkHandle rejects names that would escape their folder.
+func checkHandle(h backend.Handle) error {
+	switch h.Type {
+	case backend.ConfigFile:
+		return nil
+	case backend.KeyFile, backend.PackFile, backend.IndexFile, backend.SnapshotFile, backend.LockFile:
+	default:
+		return fmt.Errorf("invalid object type %q", h.Type)
+	}
+	switch {
+	case h.Name == "", h.Name == ".", h.Name == "..":
+		return fmt.Errorf("invalid %s object name %q", h.Type, h.Name)
+	case strings.ContainsAny(h.Name, `/\`) || strings.ContainsRune(h.Name, 0):
+		return fmt.Errorf("invalid %s object name %q: contains a path separator", h.Type, h.Name)
+	}
+	return nil
+}
+
+func nameOf(h backend.Handle) string {
+	if h.Type == backend.ConfigFile {
+		return string(backend.ConfigFile)
+	}
+	return h.Name
+}
+
+// Stat returns the size of h.
+func (b *Backend) Stat(ctx context.Context, h backend.Handle) (backend.FileInfo, error) {
+	if err := checkHandle(h); err != nil {
+		return backend.FileInfo{}, fmt.Errorf("%s: stat: %w", b.where, err)
+	}
+	size, _, err := b.head(ctx, "stat", b.key(h))
+	if err != nil {
+		return backend.FileInfo{}, err
+	}
+	return backend.FileInfo{Name: nameOf(h), Size: size}, nil
+}
+
+// head returns the size and ETag of key.
+func (b *Backend) head(ctx context.Context, op, key string) (size int64, etag string, err error) {
+	err = b.retry(ctx, op, key, func(a *attempt) error {
+		out, err := b.client.HeadObject(a.ctx, &s3api.HeadObjectInput{
+			Bucket: aws.String(b.opts.Bucket),
+			Key:    aws.String(key),
+		})
+		if err != nil {
+			return err
+		}
+		size = aws.ToInt64(out.ContentLength)
+		etag = aws.ToString(out.ETag)
+		return nil
+	})
+	return size, etag, err
+}
+
+// Remove deletes h. S3 deletes missing keys without complaint, so the object
+// is looked up first to report ErrNotExist.
+func (b *Backend) Remove(ctx context.Context, h backend.Handle) error {
+	if err := checkHandle(h); err != nil {
+		return fmt.Errorf("%s: remove: %w", b.where, err)
+	}
+	key := b.key(h)
+	if _, _, err := b.head(ctx, "remove", key); err != nil {
+		return err
+	}
+	return b.retry(ctx, "remove", key, func(a *attempt) error {
+		_, err := b.client.DeleteObject(a.ctx, &s3api.DeleteObjectInput{
+			Bucket: aws.String(b.opts.Bucket),
+			Key:    aws.String(key),
+		})
+		return err
+	})
+}
+
+// List reports the objects of type t, page by page. For ConfigFile it
+// reports the config object, if there is one.
+func (b *Backend) List(ctx context.Context, t backend.FileType, fn func(backend.FileInfo) error) error {
+	switch t {
+	case backend.ConfigFile:
+		fi, err := b.Stat(ctx, backend.Handle{Type: backend.ConfigFile})
+		if errors.Is(err, backend.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return fn(fi)
+	case backend.KeyFile, backend.PackFile, backend.IndexFile, backend.SnapshotFile, backend.LockFile:
+	default:
+		return fmt.Errorf("%s: list: invalid object type %q", b.where, t)
+	}
+	prefix := b.typePrefix(t)
+	var token *string
+	for {
+		var out *s3api.ListObjectsV2Output
+		err := b.retry(ctx, "list", prefix, func(a *attempt) error {
+			var err error
+			in := &s3api.ListObjectsV2Input{
+				Bucket:            aws.String(b.opts.Bucket),
+				Prefix:            aws.String(prefix),
+				ContinuationToken: token,
+			}
+			if b.opts.ListPageSize > 0 {
+				in.MaxKeys = aws.Int32(b.opts.ListPageSize)
+			}
+			out, err = b.client.ListObjectsV2(a.ctx, in)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		for _, obj := range out.Contents {
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("%s: list %q: %w", b.where, prefix, err)
+			}
+			rest := strings.TrimPrefix(aws.ToString(obj.Key), prefix)
+			name := rest
+			if t == backend.PackFile {
+				// data/<xx>/<name>; also packs with short names at data/<name>.
+				dir, base, found := strings.Cut(rest, "/")
+				if found {
+					if strings.Contains(base, "/") || dir == "" {
+						continue
+					}
+					name = base
+				}
+			}
+			if name == "" || strings.Contains(name, "/") {
+				continue // not ours: a folder marker or something nested
+			}
+			if err := fn(backend.FileInfo{Name: name, Size: aws.ToInt64(obj.Size)}); err != nil {
+				return err
+			}
+		}
+		if !aws.ToBool(out.IsTruncated) || out.NextContinuationToken == nil {
+			return nil
+		}
+		token = out.NextContinuationToken
+	}
+}
+
+// backoff returns the wait before retry n (n >= 1): exponential with "equal
+// jitter", so that it never collapses to zero yet clients spread out.
+func (b *Backend) backoff(n int) time.Duration {
+	d := b.opts.RetryBaseDelay
+	for i := 1; i < n && d < b.opts.RetryMaxDelay; i++ {
+		d *= 2
+	}
+	d = min(d, b.opts.RetryMaxDelay)
+	half := d / 2
+	return half + time.Duration(rand.Int64N(int64(half)+1))
+}
