@@ -1,6 +1,310 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/custos-backup/custos/agent"
+	"github.com/custos-backup/custos/metadata"
+)
+
+// defaultConfig is where the commands look for agent.yml without -c.
+const defaultConfig = "/etc/custos/agent.yml"
 
 // addAgentCommands adds the agent, backup, find, restore and config commands.
-func addAgentCommands(root *cobra.Command) {}
+func addAgentCommands(root *cobra.Command) {
+	root.AddCommand(newConfigCmd(), newAgentCmd(), newBackupCmd(), newFindCmd(), newRestoreCmd())
+}
+
+func configFlag(cmd *cobra.Command, p *string) {
+	cmd.Flags().StringVarP(p, "config", "c", defaultConfig, "agent.yml (sources/ and handlers/ sit beside it)")
+}
+
+func newConfigCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "config", Short: "Work with the agent configuration"}
+	var path string
+	check := &cobra.Command{
+		Use:   "check",
+		Short: "Check agent.yml, sources/ and handlers/ and print every problem",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runConfigCheck(cmd.OutOrStdout(), cmd.ErrOrStderr(), path)
+		},
+	}
+	configFlag(check, &path)
+	cmd.AddCommand(check)
+	return cmd
+}
+
+// errReported is returned when the problems have been printed already; main
+// then only sets the exit status.
+type errReported struct{ n int }
+
+func (e errReported) Error() string { return fmt.Sprintf("%d problem(s) found", e.n) }
+
+func runConfigCheck(stdout, stderr io.Writer, path string) error {
+	cfg, err := agent.LoadConfig(path)
+	var ce agent.ConfigErrors
+	if errors.As(err, &ce) {
+		for _, e := range ce {
+			fmt.Fprintln(stderr, e)
+		}
+		return errReported{len(ce)}
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "config OK: %d source(s), %d handler(s), %d repository(ies), host %s\n",
+		len(cfg.Sources), len(cfg.Handlers), len(cfg.Repositories), cfg.Hostname)
+	return nil
+}
+
+// cliEnv is what the backup, find and restore commands share: the config,
+// the catalog (the running agent's, or one opened for this command), and a
+// Manager.
+type cliEnv struct {
+	cm      *agent.ConfigManager
+	catalog *agent.Catalog
+	mgr     *agent.Manager
+	log     *slog.Logger
+}
+
+func openCLI(ctx context.Context, path string, spool bool, level slog.Level) (*cliEnv, error) {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	cm, err := agent.NewConfigManager(path, log)
+	if err != nil {
+		return nil, configError(err)
+	}
+	cfg := cm.Current().Config
+	opts := agent.CatalogOptions{Logger: log}
+	if spool {
+		opts.SpoolDir = agent.CLISpoolDir(cfg)
+	}
+	cat, err := agent.OpenCatalog(ctx, cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &cliEnv{cm: cm, catalog: cat, mgr: agent.NewManager(cm, cat.Store, nil, log), log: log}, nil
+}
+
+func (e *cliEnv) Close() {
+	if err := e.mgr.Close(); err != nil {
+		e.log.Warn("closing repositories", "error", err)
+	}
+	if err := e.catalog.Close(); err != nil {
+		e.log.Warn("closing the catalog", "error", err)
+	}
+}
+
+// configError prints config problems one per line, as "config check" does.
+func configError(err error) error {
+	var ce agent.ConfigErrors
+	if errors.As(err, &ce) {
+		return fmt.Errorf("the configuration has problems:\n%w", err)
+	}
+	return err
+}
+
+func newBackupCmd() *cobra.Command {
+	var path, source, dataset string
+	cmd := &cobra.Command{
+		Use:   "backup",
+		Short: "Back up sources now, in this process, and exit",
+		Long: `Back up every source (or one, with --source; one dataset with --dataset)
+now, without the agent. Exits non-zero if any dataset failed. Works whether or
+not the agent is running.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if dataset != "" && source == "" {
+				return errors.New("--dataset needs --source")
+			}
+			ctx := cmd.Context()
+			env, err := openCLI(ctx, path, true, slog.LevelInfo)
+			if err != nil {
+				return err
+			}
+			defer env.Close()
+			results, err := agent.BackupNow(ctx, env.mgr, env.cm.Current(), source, dataset)
+			if err != nil {
+				return err
+			}
+			// Records spooled while etcd was away go in now if it is back.
+			if err := env.catalog.Store.FlushSpool(ctx); err != nil {
+				env.log.Warn("some catalog records are still spooled; the next backup or the agent writes them", "error", err)
+			}
+			failed := 0
+			for _, r := range results {
+				status := "ok"
+				switch {
+				case r.Err != nil:
+					failed++
+					status = "FAILED: " + r.Err.Error()
+				case r.Record == nil:
+					status = "dry-run"
+				default:
+					status = fmt.Sprintf("ok  %d files, %s, %s added, snapshot %s", r.Record.TotalFiles,
+						agent.HumanBytes(r.Record.TotalBytes), agent.HumanBytes(r.Record.BytesAdded), shortIDs(r.Record.SnapshotID))
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s/%s  %s\n", r.Source, r.Dataset, status)
+			}
+			if failed > 0 {
+				return fmt.Errorf("%d of %d dataset(s) failed", failed, len(results))
+			}
+			return nil
+		},
+	}
+	configFlag(cmd, &path)
+	cmd.Flags().StringVar(&source, "source", "", "only this source")
+	cmd.Flags().StringVar(&dataset, "dataset", "", "only this dataset of --source")
+	return cmd
+}
+
+func shortIDs(ids string) string {
+	parts := strings.Split(ids, ",")
+	for i, p := range parts {
+		if len(p) > 8 {
+			parts[i] = p[:8]
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// parseOlderThan accepts a duration back from now ("24h") or a time
+// (RFC 3339, or a date "2006-01-02").
+func parseOlderThan(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil {
+		if d < 0 {
+			return time.Time{}, fmt.Errorf("--older-than %q: a duration back from now cannot be negative", s)
+		}
+		return now.Add(-d), nil
+	}
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	if t, err := time.ParseInLocation("2006-01-02", s, time.Local); err == nil {
+		return t, nil
+	}
+	return time.Time{}, fmt.Errorf("--older-than %q: give a duration back from now (24h, 90m) or a time (2006-01-02T15:04:05Z07:00 or 2006-01-02)", s)
+}
+
+func newFindCmd() *cobra.Command {
+	var path, host, olderThan string
+	var versions int
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "find PATTERN",
+		Short: "List backed-up atoms matching a pattern (source/dataset/atom, with * and ?)",
+		Long: `List the versions of the atoms whose name source/dataset/atom matches
+PATTERN ("*" does not cross "/"; "src" or "src/*" means all of source src;
+"*" alone means everything). Newest first, --versions per atom. Works whether
+or not the agent is running.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			before, err := parseOlderThan(olderThan, time.Now())
+			if err != nil {
+				return err
+			}
+			if versions < 1 {
+				return fmt.Errorf("--versions must be at least 1")
+			}
+			ctx := cmd.Context()
+			env, err := openCLI(ctx, path, false, slog.LevelWarn)
+			if err != nil {
+				return err
+			}
+			defer env.Close()
+			found, err := env.mgr.Find(ctx, metadata.FindRequest{Pattern: args[0], Host: host, NumVersions: versions, OlderThan: before})
+			if err != nil {
+				return fmt.Errorf("find %q: %w", args[0], err)
+			}
+			atoms := agent.Flatten(found)
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(atoms)
+			}
+			if len(atoms) == 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "no atom matches %q\n", args[0])
+				return nil
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ATOM\tTIME\tHOST\tBACKUP\tHANDLER\tREPOSITORY\tSNAPSHOT")
+			for _, a := range atoms {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Atom, a.Time.Local().Format("2006-01-02 15:04:05"), a.Host, a.BackupID, a.Handler, a.Repository, shortIDs(a.SnapshotID))
+			}
+			return tw.Flush()
+		},
+	}
+	configFlag(cmd, &path)
+	cmd.Flags().StringVar(&host, "host", "", "only versions written by this host (default: all hosts)")
+	cmd.Flags().IntVar(&versions, "versions", 1, "versions per atom, newest first")
+	cmd.Flags().StringVar(&olderThan, "older-than", "", "only versions older than this: a duration (24h) or a time (RFC 3339)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newRestoreCmd() *cobra.Command {
+	var path, host, olderThan, target string
+	var toStdout bool
+	cmd := &cobra.Command{
+		Use:   "restore PATTERN --target DIR",
+		Short: "Restore the newest version of every atom matching a pattern",
+		Long: `Restore the newest version (or the newest older than --older-than) of every
+atom matching PATTERN. Each dataset goes into DIR/<source>/<dataset>/: file
+atoms as their paths under the source root, pipe atoms through the source's
+restore_command (with CUSTOS_RESTORE_TARGET set to that folder), or to
+standard output with --stdout. pre/post_restore_command run around each
+dataset. Only this host's backups unless --host is given ("*" = any host).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			before, err := parseOlderThan(olderThan, time.Now())
+			if err != nil {
+				return err
+			}
+			if target == "" && !toStdout {
+				return errors.New("say where to restore to: --target DIR (or --stdout for pipe atoms)")
+			}
+			if target != "" {
+				if target, err = filepath.Abs(target); err != nil {
+					return err
+				}
+			}
+			ctx := cmd.Context()
+			env, err := openCLI(ctx, path, false, slog.LevelWarn)
+			if err != nil {
+				return err
+			}
+			defer env.Close()
+			req := agent.RestoreRequest{Pattern: args[0], Host: host, OlderThan: before, Target: target}
+			if toStdout {
+				req.Stdout = cmd.OutOrStdout()
+			}
+			done, err := env.mgr.Restore(ctx, req)
+			for _, a := range done {
+				fmt.Fprintf(cmd.ErrOrStderr(), "restored %s (backup %s, %s) -> %s\n", a.Name, a.BackupID, a.Time.Local().Format("2006-01-02 15:04:05"), a.Target)
+			}
+			return err
+		},
+	}
+	configFlag(cmd, &path)
+	cmd.Flags().StringVar(&target, "target", "", "folder to restore into (created if missing)")
+	cmd.Flags().StringVar(&host, "host", "", `restore backups of this host (default: this host; "*" = any)`)
+	cmd.Flags().StringVar(&olderThan, "older-than", "", "restore the newest version older than this: a duration (24h) or a time (RFC 3339)")
+	cmd.Flags().BoolVar(&toStdout, "stdout", false, "write pipe atoms to standard output instead of running restore_command")
+	return cmd
+}

@@ -1,0 +1,226 @@
+// Package agent is the custos agent: its configuration (agent.yml with
+// sources/ and handlers/ beside it; strict loading that reports every
+// problem with file, line and field), the ConfigManager that swaps it on
+// SIGHUP, the Manager that turns sources into backups and catalog records
+// (and back, on restore), and the Agent daemon that schedules ingest jobs
+// and serves the status page, JSON API and metrics.
+//
+// # API
+//
+//	func LoadConfig(path string) (*Config, error)          // error is ConfigErrors
+//	func NewConfigManager(path string, log *slog.Logger) (*ConfigManager, error)
+//	func (m *ConfigManager) Current() *RuntimeContext       // one job's view
+//	func (m *ConfigManager) Reload() error                  // keeps the old config on error
+//	func OpenCatalog(ctx, cfg, CatalogOptions) (*Catalog, error) // embedded etcd or external
+//	func NewManager(cm, catalog CatalogStore, events Events, log) *Manager
+//	func (m *Manager) Ingest(ctx, rc, src, backup, dataset) *DatasetResult
+//	func BackupNow(ctx, m, rc, source, dataset string) ([]*DatasetResult, error)
+//	func (m *Manager) Find(ctx, metadata.FindRequest) ([]*metadata.Backup, error)
+//	func (m *Manager) Restore(ctx, RestoreRequest) ([]RestoredAtom, error)
+//	func New(cm, catalog *Catalog, opts Options) *Agent
+//	func (a *Agent) Start(ctx) error; Reload() error; Stop(ctx) error; Handler() http.Handler
+//	func Run(ctx, path string, opts RunOptions) error       // the whole daemon
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/custos-backup/custos/jobs"
+	"github.com/custos-backup/custos/metadata"
+)
+
+// Agent is the daemon: it schedules each source's ingest jobs, runs them in
+// queues, and serves its status over HTTP.
+type Agent struct {
+	cm      *ConfigManager
+	catalog *Catalog
+	mgr     *Manager
+	runner  *jobs.Runner
+	sched   *jobs.Scheduler
+	metrics *metrics
+	log     *slog.Logger
+	started time.Time
+	changes *changes     // wakes the status event streams
+	backups backupsCache // the catalog part of the status page
+
+	ctx    context.Context // lives until Stop
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // source runs listing their datasets
+}
+
+// Options tune an Agent. The zero value works.
+type Options struct {
+	Logger *slog.Logger
+	// Retry overrides the retry policy of ingest jobs (tests make it fast).
+	Retry *jobs.RetryPolicy
+}
+
+// New builds an agent on a loaded configuration and an open catalog.
+func New(cm *ConfigManager, catalog *Catalog, opts Options) *Agent {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	a := &Agent{cm: cm, catalog: catalog, log: log, started: time.Now(), changes: newChanges()}
+	a.metrics = newMetrics()
+	rc := cm.Current()
+	a.runner = jobs.NewRunner(jobs.Options{
+		Queues: jobs.QueueSpec{Workers: rc.Config.Queues},
+		Retry:  opts.Retry,
+		Logger: log,
+		OnChange: func(s jobs.Status) {
+			a.metrics.jobChanged(s)
+			if s.State == jobs.StateDone {
+				a.backups.invalidate() // an ingest wrote its record before it finished
+			}
+			a.changes.notify()
+		},
+	})
+	a.metrics.watchRunner(a.runner)
+	a.metrics.watchSpool(catalog.Store.SpoolDepth)
+	a.sched = jobs.NewScheduler(jobs.SchedulerOptions{Seed: rc.Seed, Logger: log})
+	a.mgr = NewManager(cm, catalog.Store, a.metrics, log)
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	return a
+}
+
+// Manager returns the agent's Manager (find and restore use it in process).
+func (a *Agent) Manager() *Manager { return a.mgr }
+
+// Runner returns the job runner (status).
+func (a *Agent) Runner() *jobs.Runner { return a.runner }
+
+// Schedule lists the scheduled sources with their next run.
+func (a *Agent) Schedule() []jobs.EntryStatus { return a.sched.Entries() }
+
+// Start installs the schedules, starts the scheduler and submits the sources
+// marked run_on_start.
+func (a *Agent) Start(ctx context.Context) error {
+	rc := a.cm.Current()
+	if err := a.sched.Set(a.entries(rc)); err != nil {
+		return fmt.Errorf("schedules: %w", err)
+	}
+	a.sched.Start(a.ctx)
+	a.changes.notify() // the schedule has its next times now
+	a.catalog.Store.StartUpdates(a.ctx, a.activeJobs, 5*time.Second)
+	for _, s := range rc.Config.Sources {
+		if s.RunOnStart {
+			a.SubmitSource(s.Name)
+		}
+	}
+	a.log.Info("agent started", "host", rc.Config.Hostname, "sources", len(rc.Config.Sources), "config", rc.Config.File)
+	return nil
+}
+
+func (a *Agent) entries(rc *RuntimeContext) []jobs.Entry {
+	var out []jobs.Entry
+	for _, s := range rc.Config.Sources {
+		if s.Schedule == "" {
+			continue
+		}
+		name := s.Name
+		out = append(out, jobs.Entry{Name: scheduleName(name), Schedule: s.Schedule, Run: func(context.Context) { a.SubmitSource(name) }})
+	}
+	return out
+}
+
+// Reload reads the configuration again and applies it: schedules and queue
+// limits change at once; running jobs finish with the config they started
+// with. On error the running configuration stays and the error is returned
+// (and logged). SIGHUP calls this.
+func (a *Agent) Reload() error {
+	if err := a.cm.Reload(); err != nil {
+		return err
+	}
+	defer a.changes.notify()
+	rc := a.cm.Current()
+	a.runner.SetQueues(jobs.QueueSpec{Workers: rc.Config.Queues})
+	if err := a.sched.Set(a.entries(rc)); err != nil {
+		a.log.Error("config reload: schedules not updated", "error", err)
+		return fmt.Errorf("schedules: %w", err)
+	}
+	return nil
+}
+
+// SubmitSource lists a source's datasets and submits one ingest job per
+// dataset, all belonging to one backup. It returns at once; the listing
+// (which may run datasets_command) happens in the background.
+func (a *Agent) SubmitSource(name string) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		if _, err := a.submitSource(a.ctx, name); err != nil && a.ctx.Err() == nil {
+			a.log.Error("cannot start backup", "source", name, "error", err)
+		}
+	}()
+}
+
+// submitSource submits the ingest jobs of one source run and returns their
+// ids.
+func (a *Agent) submitSource(ctx context.Context, name string) ([]string, error) {
+	rc := a.cm.Current()
+	src := rc.Source(name)
+	if src == nil {
+		return nil, fmt.Errorf("no source %q in the configuration", name)
+	}
+	dss, err := Datasets(ctx, rc.Shell().WithDir(rc.Config.Dir), src)
+	if err != nil {
+		a.metrics.sourceListFailed(name)
+		return nil, err
+	}
+	b := NewBackup(rc.Config.Hostname, time.Now())
+	var ids []string
+	for _, ds := range dss {
+		ds := ds
+		job := jobs.New(jobs.Info{
+			Kind:        "ingest",
+			LockKey:     "ingest:" + src.Name + "/" + ds.Name,
+			IfLocked:    jobs.LockSkip, // a schedule must not pile up runs of a slow dataset
+			Description: "back up " + src.Name + "/" + ds.Name,
+			Timeout:     src.Timeout,
+		}, func(ctx context.Context) error {
+			return a.mgr.Ingest(ctx, rc, src, b, ds).Err
+		})
+		id, err := a.runner.Submit(ctx, job)
+		if errors.Is(err, jobs.ErrAlreadyRunning) {
+			continue
+		}
+		if err != nil {
+			return ids, fmt.Errorf("dataset %s/%s: %w", src.Name, ds.Name, err)
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+// activeJobs is what the agent publishes in the catalog about its running
+// jobs (bound to a lease: they vanish if the agent dies).
+func (a *Agent) activeJobs() []metadata.JobStatus {
+	host := a.cm.Current().Config.Hostname
+	var out []metadata.JobStatus
+	for _, s := range a.runner.Running() {
+		p := s.Progress
+		out = append(out, metadata.JobStatus{
+			Host: host, JobID: s.ID, Kind: s.Kind, State: string(s.State), StartedAt: s.Started, Message: s.Description,
+			Progress: &metadata.JobProgress{Files: p.Files, Bytes: p.Bytes, TotalFiles: p.TotalFiles, TotalBytes: p.TotalBytes, Current: p.Current},
+		})
+	}
+	return out
+}
+
+// Stop stops the scheduler, cancels running jobs and waits for them (until
+// ctx ends), then closes the repositories. The catalog is the caller's.
+func (a *Agent) Stop(ctx context.Context) error {
+	var errs []error
+	errs = append(errs, a.sched.Stop(ctx))
+	a.cancel()
+	a.wg.Wait()
+	errs = append(errs, a.runner.Close(ctx))
+	errs = append(errs, a.mgr.Close())
+	return errors.Join(errs...)
+}

@@ -1,0 +1,560 @@
+package agent
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/custos-backup/custos/repository/backend/location"
+)
+
+// DefaultHTTPListen is where the agent serves its status page and API when
+// agent.yml does not say. 7373 is not assigned to anything common.
+const DefaultHTTPListen = "127.0.0.1:7373"
+
+// jobKinds are the kinds of job that have a queue. Concurrency per kind is
+// set in agent.yml under "queues".
+func jobKinds() []string { return []string{"ingest", "restore", "replicate", "fixity", "sync"} }
+
+func defaultQueues() map[string]int {
+	return map[string]int{"ingest": 2, "restore": 1, "replicate": 1, "fixity": 1, "sync": 1}
+}
+
+// Config is the whole configuration: agent.yml plus the sources/*.yml and
+// handlers/*.yml files beside it. All relative paths in it have been made
+// absolute against the folder of the file that held them.
+type Config struct {
+	File string // agent.yml as given
+	Dir  string // its folder, absolute
+
+	Hostname         string
+	WorkDir          string
+	RandomSeedFile   string
+	Queues           map[string]int
+	Repositories     []*RepositorySpec
+	MetaDB           MetaDBSpec
+	HTTPListen       string
+	DryRun           bool
+	DefaultNiceLevel int
+	DefaultIOClass   int
+
+	Handlers []*HandlerSpec
+	Sources  []*SourceSpec
+}
+
+// RepositorySpec names a repository the agent writes to.
+type RepositorySpec struct {
+	Name        string
+	URL         string // relative local paths made absolute
+	Password    Secret // resolved from password, password_file or password_env
+	Unencrypted bool
+
+	passwordFrom string // "password_file /x" etc., for messages; never the secret
+}
+
+// Secret is a password. It prints as "***" so that it cannot reach a log or
+// an error message by accident.
+type Secret struct{ b []byte }
+
+// Bytes returns the secret itself.
+func (s Secret) Bytes() []byte { return s.b }
+
+func (s Secret) String() string { return "***" }
+
+// LogValue keeps the secret out of slog output.
+func (s Secret) LogValue() slog.Value { return slog.StringValue("***") }
+
+// MarshalJSON keeps the secret out of JSON output.
+func (s Secret) MarshalJSON() ([]byte, error) { return []byte(`"***"`), nil }
+
+// MetaDBSpec says where the catalog lives: an embedded etcd server with its
+// data under DataDir (the default), or an external cluster.
+type MetaDBSpec struct {
+	Embedded  bool
+	DataDir   string // embedded only; default work_dir/etcd
+	Endpoints []string
+	CAFile    string
+	CertFile  string
+	KeyFile   string
+	Prefix    string // key prefix; "" lets the metadata package choose
+}
+
+// HandlerSpec is one handlers/*.yml file (or a built-in handler).
+type HandlerSpec struct {
+	Name   string
+	Type   string // "file" or "pipe"
+	Params Params
+	File   string
+	Line   int
+}
+
+// SourceSpec is one sources/*.yml file.
+type SourceSpec struct {
+	Name            string
+	Handler         string
+	Schedule        string // cron spec, descriptor or "@random_every <duration>"; "" = only on demand
+	RunOnStart      bool   // also run once shortly after the agent starts
+	Datasets        []*DatasetSpec
+	DatasetsCommand string
+
+	PreBackupCommand   string
+	PostBackupCommand  string
+	PreRestoreCommand  string
+	PostRestoreCommand string
+
+	Params     Params
+	Timeout    time.Duration
+	Repository string // name of a RepositorySpec; defaulted at load
+
+	File string // file the source came from, as given
+	Line int
+	Dir  string // folder of that file, absolute; commands run here
+}
+
+// DatasetSpec is a dataset written out in a source file.
+type DatasetSpec struct {
+	Name  string
+	Atoms []AtomSpec
+}
+
+// AtomSpec is one atom of a dataset. For the file handler Path is the path
+// under the source root (it defaults to Name); other handlers ignore it.
+type AtomSpec struct {
+	Name string `json:"name"`
+	Path string `json:"path,omitempty"`
+}
+
+// Param is one handler or source parameter, with where it was written so
+// that a handler's complaint about it can name the file and line.
+type Param struct {
+	Value any
+	File  string
+	Line  int
+}
+
+// Params are free-form handler parameters. Source params override handler
+// params of the same name.
+type Params map[string]Param
+
+// LoadConfig reads agent.yml at path and the sources/ and handlers/ folders
+// beside it, and checks all of it. On any problem it returns ConfigErrors
+// holding every problem found (not just the first), sorted by file and line.
+func LoadConfig(path string) (*Config, error) {
+	var errs ConfigErrors
+	cfg := load(path, &errs)
+	if len(errs) > 0 {
+		return nil, errs.sorted()
+	}
+	return cfg, nil
+}
+
+func load(path string, errs *ConfigErrors) *Config {
+	absFile, err := filepath.Abs(path)
+	if err != nil {
+		*errs = append(*errs, &ConfigError{File: path, Msg: err.Error()})
+		return nil
+	}
+	cfg := &Config{
+		File:       path,
+		Dir:        filepath.Dir(absFile),
+		Queues:     defaultQueues(),
+		HTTPListen: DefaultHTTPListen,
+	}
+	root, ok := readYAML(path, errs)
+	if !ok {
+		return cfg
+	}
+	d := &decoder{file: path, errs: errs}
+	cfg.decodeAgent(d, root)
+	cfg.applyDefaults(d, root)
+
+	dir := filepath.Dir(path)
+	for _, f := range yamlFiles(filepath.Join(dir, "handlers"), errs) {
+		cfg.loadHandler(f, errs)
+	}
+	addBuiltinHandlers(cfg)
+	for _, f := range yamlFiles(filepath.Join(dir, "sources"), errs) {
+		cfg.loadSource(f, errs)
+	}
+	cfg.checkCrossReferences(errs)
+	return cfg
+}
+
+// readYAML parses one file into its document node. An empty file is a valid
+// empty mapping.
+func readYAML(path string, errs *ConfigErrors) (*yaml.Node, bool) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		msg := err.Error()
+		if pe, ok := err.(*os.PathError); ok {
+			msg = pe.Err.Error()
+		}
+		*errs = append(*errs, &ConfigError{File: path, Msg: "cannot read config: " + msg})
+		return nil, false
+	}
+	var doc yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&doc); err != nil {
+		if err.Error() == "EOF" {
+			return &yaml.Node{Kind: yaml.MappingNode, Line: 1}, true
+		}
+		*errs = append(*errs, yamlSyntaxError(path, err))
+		return nil, false
+	}
+	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
+		return doc.Content[0], true
+	}
+	return &doc, true
+}
+
+// yamlSyntaxError turns "yaml: line 3: did not find expected key" into a
+// ConfigError with the line split out.
+func yamlSyntaxError(path string, err error) *ConfigError {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 0
+	if n, _ := fmt.Sscanf(msg, "line %d:", &line); n == 1 {
+		if i := strings.Index(msg, ":"); i >= 0 {
+			msg = strings.TrimSpace(msg[i+1:])
+		}
+	}
+	return &ConfigError{File: path, Line: line, Msg: "YAML syntax: " + msg}
+}
+
+func yamlFiles(dir string, errs *ConfigErrors) []string {
+	entries, err := os.ReadDir(dir)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		*errs = append(*errs, &ConfigError{File: dir, Msg: err.Error()})
+		return nil
+	}
+	var out []string
+	for _, e := range entries {
+		n := e.Name()
+		if e.IsDir() || strings.HasPrefix(n, ".") {
+			continue
+		}
+		if strings.HasSuffix(n, ".yml") || strings.HasSuffix(n, ".yaml") {
+			out = append(out, filepath.Join(dir, n))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// abs makes p absolute against dir; "" stays "".
+func abs(dir, p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(dir, p)
+}
+
+func (cfg *Config) decodeAgent(d *decoder, root *yaml.Node) {
+	dir := cfg.Dir
+	var seedFile, workDir string
+	d.mapping(root, "", fields{
+		"hostname": func(v *yaml.Node, f string) { d.str(v, f, &cfg.Hostname) },
+		"work_dir": func(v *yaml.Node, f string) {
+			if d.str(v, f, &workDir) {
+				cfg.WorkDir = abs(dir, workDir)
+			}
+		},
+		"random_seed_file": func(v *yaml.Node, f string) {
+			if d.str(v, f, &seedFile) {
+				cfg.RandomSeedFile = abs(dir, seedFile)
+			}
+		},
+		"queues": func(v *yaml.Node, f string) { cfg.decodeQueues(d, v, f) },
+		"repositories": func(v *yaml.Node, f string) {
+			seen := map[string]bool{}
+			d.sequence(v, f, func(_ int, item *yaml.Node, f string) {
+				r := decodeRepository(d, item, f, dir)
+				if r == nil {
+					return
+				}
+				if seen[r.Name] {
+					d.errorf(item, f+".name", "repository %q is defined more than once", r.Name)
+					return
+				}
+				seen[r.Name] = true
+				cfg.Repositories = append(cfg.Repositories, r)
+			})
+			if len(cfg.Repositories) == 0 && !isNull(v) && v.Kind == yaml.SequenceNode {
+				d.errorf(v, f, "at least one repository is needed")
+			}
+		},
+		"metadb":             func(v *yaml.Node, f string) { cfg.decodeMetaDB(d, v, f) },
+		"http_listen":        func(v *yaml.Node, f string) { d.str(v, f, &cfg.HTTPListen) },
+		"dry_run":            func(v *yaml.Node, f string) { d.boolean(v, f, &cfg.DryRun) },
+		"default_nice_level": func(v *yaml.Node, f string) { d.integer(v, f, &cfg.DefaultNiceLevel) },
+		"default_io_class": func(v *yaml.Node, f string) {
+			if d.integer(v, f, &cfg.DefaultIOClass) && (cfg.DefaultIOClass < 0 || cfg.DefaultIOClass > 3) {
+				d.errorf(v, f, "io class must be 0 (none), 1 (realtime), 2 (best-effort) or 3 (idle), got %d", cfg.DefaultIOClass)
+			}
+		},
+	})
+}
+
+func (cfg *Config) decodeQueues(d *decoder, v *yaml.Node, f string) {
+	fs := fields{}
+	for _, kind := range jobKinds() {
+		fs[kind] = func(v *yaml.Node, f string) {
+			var n int
+			if !d.integer(v, f, &n) {
+				return
+			}
+			if n < 1 {
+				d.errorf(v, f, "concurrency must be at least 1, got %d", n)
+				return
+			}
+			cfg.Queues[kind] = n
+		}
+	}
+	d.mapping(v, f, fs)
+}
+
+func decodeRepository(d *decoder, n *yaml.Node, prefix, dir string) *RepositorySpec {
+	r := &RepositorySpec{}
+	var pw, pwFile, pwEnv string
+	keys := d.mapping(n, prefix, fields{
+		"name": func(v *yaml.Node, f string) {
+			if d.str(v, f, &r.Name) {
+				checkName(d, v, f, r.Name)
+			}
+		},
+		"url": func(v *yaml.Node, f string) {
+			if d.str(v, f, &r.URL) {
+				r.URL = absURL(dir, r.URL)
+				if _, err := location.Parse(r.URL); err != nil {
+					d.errorf(v, f, "%v", err)
+				}
+			}
+		},
+		"password":      func(v *yaml.Node, f string) { d.str(v, f, &pw) },
+		"password_file": func(v *yaml.Node, f string) { d.str(v, f, &pwFile) },
+		"password_env":  func(v *yaml.Node, f string) { d.str(v, f, &pwEnv) },
+		"unencrypted":   func(v *yaml.Node, f string) { d.boolean(v, f, &r.Unencrypted) },
+	})
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	if keys["name"] == nil {
+		d.errorf(n, join(prefix, "name"), "missing: every repository needs a name")
+	}
+	if keys["url"] == nil {
+		d.errorf(n, join(prefix, "url"), "missing: where is repository %q?", r.Name)
+	}
+	sources := 0
+	for _, k := range []string{"password", "password_file", "password_env"} {
+		if keys[k] != nil {
+			sources++
+		}
+	}
+	switch {
+	case sources > 1:
+		d.errorf(n, join(prefix, "password"), "give only one of password, password_file and password_env")
+	case r.Unencrypted && sources > 0:
+		d.errorf(n, join(prefix, "unencrypted"), "an unencrypted repository takes no password")
+	case !r.Unencrypted && sources == 0:
+		d.errorf(n, join(prefix, "password_file"), "missing: repository %q needs password_file, password_env or password (or unencrypted: true)", r.Name)
+	case keys["password"] != nil:
+		r.Password = Secret{[]byte(pw)}
+		r.passwordFrom = "password"
+	case keys["password_file"] != nil:
+		p := abs(dir, pwFile)
+		r.passwordFrom = "password_file " + p
+		data, err := os.ReadFile(p)
+		if err != nil {
+			d.errorf(keys["password_file"], join(prefix, "password_file"), "cannot read password file: %v", unwrapPathError(err))
+			break
+		}
+		data = bytes.TrimRight(data, "\r\n")
+		if len(data) == 0 {
+			d.errorf(keys["password_file"], join(prefix, "password_file"), "password file %s is empty", p)
+		}
+		r.Password = Secret{data}
+	case keys["password_env"] != nil:
+		r.passwordFrom = "password_env " + pwEnv
+		val, ok := os.LookupEnv(pwEnv)
+		if !ok || val == "" {
+			d.errorf(keys["password_env"], join(prefix, "password_env"), "environment variable %s is not set", pwEnv)
+		}
+		r.Password = Secret{[]byte(val)}
+	}
+	return r
+}
+
+func unwrapPathError(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return fmt.Errorf("%s: %w", pe.Path, pe.Err)
+	}
+	return err
+}
+
+// absURL makes a local repository location absolute against dir. S3 URLs
+// and absolute paths are left alone.
+func absURL(dir, u string) string {
+	switch {
+	case strings.HasPrefix(u, "s3:"):
+		return u
+	case strings.HasPrefix(u, "local:"):
+		return "local:" + abs(dir, strings.TrimPrefix(u, "local:"))
+	case u == "":
+		return u
+	}
+	return abs(dir, u)
+}
+
+func (cfg *Config) decodeMetaDB(d *decoder, v *yaml.Node, f string) {
+	if v.Kind == yaml.ScalarNode && v.Value == "embedded" {
+		cfg.MetaDB.Embedded = true
+		return
+	}
+	m := &cfg.MetaDB
+	keys := d.mapping(v, f, fields{
+		"embedded":  func(v *yaml.Node, f string) { d.boolean(v, f, &m.Embedded) },
+		"data_dir":  func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.DataDir) },
+		"endpoints": func(v *yaml.Node, f string) { d.strList(v, f, &m.Endpoints) },
+		"ca_file":   func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.CAFile) },
+		"cert_file": func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.CertFile) },
+		"key_file":  func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.KeyFile) },
+		"prefix":    func(v *yaml.Node, f string) { d.str(v, f, &m.Prefix) },
+	})
+	if m.Embedded && len(m.Endpoints) > 0 {
+		d.errorf(keys["endpoints"], join(f, "endpoints"), "an embedded catalog takes no endpoints (remove embedded: true to use an external etcd)")
+	}
+	if !m.Embedded && len(m.Endpoints) == 0 {
+		if keys["embedded"] != nil {
+			d.errorf(keys["embedded"], join(f, "endpoints"), "embedded: false needs endpoints of an etcd cluster")
+		} else {
+			m.Embedded = true
+		}
+	}
+	if len(m.Endpoints) > 0 && m.DataDir != "" {
+		d.errorf(keys["data_dir"], join(f, "data_dir"), "data_dir is for the embedded catalog only")
+	}
+	if (m.CertFile == "") != (m.KeyFile == "") {
+		d.errorf(v, join(f, "cert_file"), "cert_file and key_file go together")
+	}
+}
+
+func pathField(d *decoder, v *yaml.Node, f, dir string, out *string) {
+	var s string
+	if d.str(v, f, &s) {
+		*out = abs(dir, s)
+	}
+}
+
+// checkName rejects names that cannot be one element of the atom namespace
+// "source/dataset/atom", or that could turn into a path outside a folder.
+func checkName(d *decoder, v *yaml.Node, f, name string) bool {
+	if err := validName(name); err != nil {
+		d.errorf(v, f, "%v", err)
+		return false
+	}
+	return true
+}
+
+func validName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("a name cannot be empty")
+	case name == "." || name == "..":
+		return fmt.Errorf("%q is not a usable name", name)
+	case strings.ContainsAny(name, "/\\*?[]{} \t\r\n\x00"):
+		return fmt.Errorf("name %q may not contain '/', '\\', spaces or glob characters", name)
+	}
+	return nil
+}
+
+func (cfg *Config) applyDefaults(d *decoder, root *yaml.Node) {
+	if cfg.Hostname == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			d.errorf(root, "hostname", "not set, and the system hostname is unknown: %v", err)
+		}
+		cfg.Hostname = h
+	}
+	if cfg.WorkDir == "" {
+		d.errorf(root, "work_dir", "missing: the agent needs a folder of its own for its state")
+	}
+	if cfg.RandomSeedFile == "" && cfg.WorkDir != "" {
+		cfg.RandomSeedFile = filepath.Join(cfg.WorkDir, "seed")
+	}
+	if !cfg.MetaDB.Embedded && len(cfg.MetaDB.Endpoints) == 0 {
+		cfg.MetaDB.Embedded = true
+	}
+	if cfg.MetaDB.Embedded && cfg.MetaDB.DataDir == "" && cfg.WorkDir != "" {
+		cfg.MetaDB.DataDir = filepath.Join(cfg.WorkDir, "etcd")
+	}
+	if len(cfg.Repositories) == 0 {
+		if _, ok := mappingKey(root, "repositories"); !ok {
+			d.errorf(root, "repositories", "missing: at least one repository is needed")
+		}
+	}
+}
+
+func mappingKey(n *yaml.Node, key string) (*yaml.Node, bool) {
+	if n == nil || n.Kind != yaml.MappingNode {
+		return nil, false
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			return n.Content[i+1], true
+		}
+	}
+	return nil, false
+}
+
+// DefaultRepository is the repository a source writes to when it names
+// none: the one called "local", or else the first.
+func (cfg *Config) DefaultRepository() *RepositorySpec {
+	for _, r := range cfg.Repositories {
+		if r.Name == "local" {
+			return r
+		}
+	}
+	if len(cfg.Repositories) > 0 {
+		return cfg.Repositories[0]
+	}
+	return nil
+}
+
+// Repository returns the named repository, or nil.
+func (cfg *Config) Repository(name string) *RepositorySpec {
+	for _, r := range cfg.Repositories {
+		if r.Name == name {
+			return r
+		}
+	}
+	return nil
+}
+
+// Source returns the named source, or nil.
+func (cfg *Config) Source(name string) *SourceSpec {
+	for _, s := range cfg.Sources {
+		if s.Name == name {
+			return s
+		}
+	}
+	return nil
+}
+
+// Handler returns the named handler, or nil.
+func (cfg *Config) Handler(name string) *HandlerSpec {
+	for _, h := range cfg.Handlers {
+		if h.Name == name {
+			return h
+		}
+	}
+	return nil
+}

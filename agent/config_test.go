@@ -1,0 +1,334 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// writeTree writes files (slash paths relative to dir) and returns dir.
+func writeTree(t *testing.T, dir string, files map[string]string) string {
+	t.Helper()
+	for name, body := range files {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+const goodAgent = `work_dir: work
+repositories:
+  - name: local
+    url: repo
+    password: secret
+`
+
+const goodSource = `name: home
+handler: file
+schedule: "@daily"
+params:
+  root: /srv
+datasets:
+  - name: alice
+    atoms:
+      - name: docs
+`
+
+func TestConfigErrors(t *testing.T) {
+	cases := []struct {
+		name  string
+		files map[string]string
+		want  []string // every message, in order (sorted by file and line)
+	}{
+		{
+			name:  "unknown field in a source",
+			files: map[string]string{"sources/home.yml": strings.Replace(goodSource, "schedule:", "schedul:", 1)},
+			want:  []string{`sources/home.yml:3: field "schedul": unknown field`},
+		},
+		{
+			name:  "bad cron spec",
+			files: map[string]string{"sources/home.yml": strings.Replace(goodSource, `"@daily"`, `"61 * * * *"`, 1)},
+			want:  []string{`sources/home.yml:3: field "schedule": `},
+		},
+		{
+			name:  "bad random_every duration",
+			files: map[string]string{"sources/home.yml": strings.Replace(goodSource, `"@daily"`, `"@random_every soon"`, 1)},
+			want:  []string{`sources/home.yml:3: field "schedule": `},
+		},
+		{
+			name:  "unknown handler",
+			files: map[string]string{"sources/home.yml": strings.Replace(goodSource, "handler: file", "handler: mysql", 1)},
+			want:  []string{`sources/home.yml:2: field "handler": unknown handler "mysql"`},
+		},
+		{
+			name:  "unknown repository",
+			files: map[string]string{"sources/home.yml": goodSource + "repository: offsite\n"},
+			want:  []string{`sources/home.yml:10: field "repository": unknown repository "offsite" (known: local)`},
+		},
+		{
+			name: "duplicate source names",
+			files: map[string]string{
+				"sources/a.yml": goodSource,
+				"sources/b.yml": goodSource,
+			},
+			want: []string{`sources/b.yml:1: field "name": source "home" is already defined in `},
+		},
+		{
+			name:  "duplicate dataset in a source",
+			files: map[string]string{"sources/home.yml": goodSource + "  - name: alice\n"},
+			want:  []string{`sources/home.yml:10: field "datasets[1].name": dataset "alice" is defined more than once`},
+		},
+		{
+			name:  "duplicate atom in a dataset",
+			files: map[string]string{"sources/home.yml": goodSource + "      - name: docs\n"},
+			want:  []string{`sources/home.yml:10: field "datasets[0].atoms[1].name": atom "docs" is defined more than once`},
+		},
+		{
+			name: "duplicate handler names",
+			files: map[string]string{
+				"handlers/a.yml": "name: dump\ntype: pipe\nparams: {backup_command: a, restore_command: b}\n",
+				"handlers/b.yml": "name: dump\ntype: pipe\nparams: {backup_command: a, restore_command: b}\n",
+			},
+			want: []string{`handlers/b.yml:1: field "name": handler "dump" is already defined in `},
+		},
+		{
+			name:  "duplicate repository names",
+			files: map[string]string{"agent.yml": goodAgent + "  - name: local\n    url: other\n    password: x\n"},
+			want:  []string{`agent.yml:6: field "repositories[1].name": repository "local" is defined more than once`},
+		},
+		{
+			name:  "bad types",
+			files: map[string]string{"agent.yml": goodAgent + "dry_run: maybe\ndefault_nice_level: high\nqueues:\n  ingest: two\n"},
+			want: []string{
+				`agent.yml:6: field "dry_run": expected true or false, got the string "maybe"`,
+				`agent.yml:7: field "default_nice_level": expected a whole number, got the string "high"`,
+				`agent.yml:9: field "queues.ingest": expected a whole number, got the string "two"`,
+			},
+		},
+		{
+			name:  "bad timeout and datasets not a list",
+			files: map[string]string{"sources/home.yml": "name: home\nhandler: file\nparams: {root: /srv}\ndatasets: alice\ntimeout: soon\n"},
+			want: []string{
+				`sources/home.yml:4: field "datasets": expected a list, got the string "alice"`,
+				`sources/home.yml:5: field "timeout": expected a duration like 30m or 2h, got "soon"`,
+			},
+		},
+		{
+			name:  "unknown queue kind and unknown agent field",
+			files: map[string]string{"agent.yml": goodAgent + "queues:\n  backup: 2\nlisten: 1.2.3.4:5\n"},
+			want: []string{
+				`agent.yml:7: field "queues.backup": unknown field`,
+				`agent.yml:8: field "listen": unknown field`,
+			},
+		},
+		{
+			name: "many errors at once, across files",
+			files: map[string]string{
+				"agent.yml":        goodAgent + "dry_run: 3\n",
+				"sources/home.yml": strings.Replace(goodSource, "handler: file", "handler: nope", 1) + "colour: blue\n",
+				"handlers/x.yml":   "name: x\ntype: tape\n",
+			},
+			want: []string{
+				`agent.yml:6: field "dry_run": expected true or false, got "3"`,
+				`handlers/x.yml:2: field "type": unknown handler type "tape"`,
+				`sources/home.yml:2: field "handler": unknown handler "nope"`,
+				`sources/home.yml:10: field "colour": unknown field`,
+			},
+		},
+		{
+			name:  "handler param problems point at the param",
+			files: map[string]string{"sources/home.yml": strings.Replace(goodSource, "  root: /srv", "  root: /srv\n  exclude: ['*.o']", 1)},
+			want:  []string{`sources/home.yml:6: field "params.exclude": unknown param for the file handler`},
+		},
+		{
+			name:  "file handler without root",
+			files: map[string]string{"sources/home.yml": strings.Replace(goodSource, "params:\n  root: /srv\n", "", 1)},
+			want:  []string{`sources/home.yml:1: field "params.root": missing: the file handler "file" needs it`},
+		},
+		{
+			name:  "pipe handler without commands",
+			files: map[string]string{"handlers/dump.yml": "name: dump\ntype: pipe\nparams:\n  backup_command: 'pg_dump db'\n", "sources/db.yml": "name: db\nhandler: dump\ndatasets: [{name: main}]\n"},
+			want:  []string{`sources/db.yml:1: field "params.restore_command": missing: the pipe handler "dump" needs it`},
+		},
+		{
+			name:  "atom path escaping the root",
+			files: map[string]string{"sources/home.yml": goodSource + "        path: ../../etc\n"},
+			want:  []string{`sources/home.yml:10: field "datasets[0].atoms[0].path": atom path "../../etc" must be relative`},
+		},
+		{
+			name:  "names that cannot be part of an atom path",
+			files: map[string]string{"sources/home.yml": strings.Replace(goodSource, "name: alice", "name: al/ice", 1)},
+			want:  []string{`sources/home.yml:7: field "datasets[0].name": name "al/ice" may not contain`},
+		},
+		{
+			name:  "both datasets and datasets_command",
+			files: map[string]string{"sources/home.yml": goodSource + "datasets_command: ls\n"},
+			want:  []string{`sources/home.yml:10: field "datasets_command": give either datasets or datasets_command, not both`},
+		},
+		{
+			name:  "yaml syntax error",
+			files: map[string]string{"sources/home.yml": "name: home\n  handler: [file\n"},
+			want:  []string{`sources/home.yml:2: YAML syntax: `},
+		},
+		{
+			name:  "password from an unset environment variable",
+			files: map[string]string{"agent.yml": strings.Replace(goodAgent, "password: secret", "password_env: CUSTOS_TEST_UNSET_VARIABLE", 1)},
+			want:  []string{`agent.yml:5: field "repositories[0].password_env": environment variable CUSTOS_TEST_UNSET_VARIABLE is not set`},
+		},
+		{
+			name:  "missing work_dir and repositories",
+			files: map[string]string{"agent.yml": "hostname: h\n"},
+			want: []string{
+				`agent.yml:1: field "work_dir": missing`,
+				`agent.yml:1: field "repositories": missing: at least one repository is needed`,
+			},
+		},
+		{
+			name:  "bad repository url",
+			files: map[string]string{"agent.yml": strings.Replace(goodAgent, "url: repo", "url: 's3:ftp://x/y'", 1)},
+			want:  []string{`agent.yml:4: field "repositories[0].url": `},
+		},
+		{
+			name:  "metadb with endpoints and embedded",
+			files: map[string]string{"agent.yml": goodAgent + "metadb:\n  embedded: true\n  endpoints: [http://10.0.0.1:2379]\n"},
+			want:  []string{`agent.yml:8: field "metadb.endpoints": an embedded catalog takes no endpoints`},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			files := map[string]string{"agent.yml": goodAgent}
+			for k, v := range tc.files {
+				files[k] = v
+			}
+			writeTree(t, dir, files)
+			_, err := LoadConfig(filepath.Join(dir, "agent.yml"))
+			var ce ConfigErrors
+			if !errors.As(err, &ce) {
+				t.Fatalf("want ConfigErrors, got %v", err)
+			}
+			var got []string
+			for _, e := range ce {
+				got = append(got, strings.TrimPrefix(e.Error(), dir+"/"))
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("got %d errors, want %d:\n%s", len(got), len(tc.want), strings.Join(got, "\n"))
+			}
+			for i := range got {
+				if !strings.HasPrefix(got[i], tc.want[i]) {
+					t.Errorf("error %d:\n got  %s\n want %s...", i, got[i], tc.want[i])
+				}
+			}
+		})
+	}
+}
+
+func TestConfigDefaultsAndRelativePaths(t *testing.T) {
+	dir := t.TempDir()
+	writeTree(t, dir, map[string]string{
+		"agent.yml":        goodAgent + "metadb: embedded\n",
+		"pw":               "from-file\n",
+		"sources/home.yml": strings.Replace(goodSource, "root: /srv", "root: ../data", 1),
+	})
+	cfg, err := LoadConfig(filepath.Join(dir, "agent.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.Hostname()
+	checks := []struct{ name, got, want string }{
+		{"hostname", cfg.Hostname, host},
+		{"work_dir", cfg.WorkDir, filepath.Join(dir, "work")},
+		{"random_seed_file", cfg.RandomSeedFile, filepath.Join(dir, "work", "seed")},
+		{"metadb data dir", cfg.MetaDB.DataDir, filepath.Join(dir, "work", "etcd")},
+		{"repository url", cfg.Repositories[0].URL, filepath.Join(dir, "repo")},
+		{"http listen", cfg.HTTPListen, DefaultHTTPListen},
+		{"source repository", cfg.Sources[0].Repository, "local"},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s: got %q, want %q", c.name, c.got, c.want)
+		}
+	}
+	if !cfg.MetaDB.Embedded {
+		t.Error("metadb: want embedded")
+	}
+	if cfg.Queues["ingest"] != 2 {
+		t.Errorf("default ingest concurrency: got %d", cfg.Queues["ingest"])
+	}
+	// The file handler's root is relative to the source file's folder.
+	h, err := NewHandler(cfg.Handler("file"), cfg.Sources[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Type() != "file" {
+		t.Errorf("handler type %q", h.Type())
+	}
+}
+
+func TestPasswordNeverPrinted(t *testing.T) {
+	dir := t.TempDir()
+	writeTree(t, dir, map[string]string{
+		"agent.yml": strings.Replace(goodAgent, "password: secret", "password_file: pw", 1),
+		"pw":        "hunter2-very-secret\n",
+	})
+	cfg, err := LoadConfig(filepath.Join(dir, "agent.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cfg.Repositories[0]
+	if string(r.Password.Bytes()) != "hunter2-very-secret" {
+		t.Fatalf("password from file: got %q", r.Password.Bytes())
+	}
+	for _, s := range []string{r.Password.String(), fmtV(r), fmtV(*r)} {
+		if strings.Contains(s, "hunter2") {
+			t.Errorf("password leaked: %s", s)
+		}
+	}
+}
+
+func TestExampleConfigLoads(t *testing.T) {
+	cfg, err := LoadConfig("../config.d/agent.yml")
+	if err != nil {
+		t.Fatalf("the shipped example config must load:\n%v", err)
+	}
+	if cfg.Source("example-files") == nil || cfg.Source("example-db") == nil {
+		t.Fatalf("example sources missing: %+v", cfg.Sources)
+	}
+	repoRoot, _ := filepath.Abs("..")
+	if cfg.WorkDir != filepath.Join(repoRoot, "work") {
+		t.Errorf("example work_dir %s: want the gitignored %s", cfg.WorkDir, filepath.Join(repoRoot, "work"))
+	}
+	for _, s := range cfg.Sources {
+		if !s.RunOnStart {
+			t.Errorf("example source %s should run on start so the tour works within a minute", s.Name)
+		}
+	}
+}
+
+func TestParseDatasets(t *testing.T) {
+	ds, err := ParseDatasets([]byte("# comment\n\npeople\nshop orders customers=db/customers\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ds) != 2 || ds[0].Name != "people" || len(ds[0].Atoms) != 1 || ds[0].Atoms[0].Name != "people" {
+		t.Fatalf("got %+v", ds)
+	}
+	if ds[1].Atoms[1].Name != "customers" || ds[1].Atoms[1].Path != "db/customers" {
+		t.Fatalf("got %+v", ds[1])
+	}
+	for _, bad := range []string{"a\na\n", "../x\n", "a b b\n", "a b=../../etc\n", "a/b\n"} {
+		if _, err := ParseDatasets([]byte(bad)); err == nil {
+			t.Errorf("%q: want an error", bad)
+		}
+	}
+}
+
+func fmtV(v any) string { return fmt.Sprintf("%v %+v", v, v) }

@@ -1,0 +1,416 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/custos-backup/custos/handlers"
+	"github.com/custos-backup/custos/jobs"
+	"github.com/custos-backup/custos/metadata"
+	"github.com/custos-backup/custos/repository"
+)
+
+// CatalogStore is what the Manager needs from the catalog;
+// *metadata.EtcdStore has it.
+type CatalogStore interface {
+	AddDataset(ctx context.Context, b *metadata.Backup, d *metadata.Dataset) error
+	FindAtoms(ctx context.Context, req metadata.FindRequest) ([]*metadata.Backup, error)
+}
+
+// Manager turns sources into backups and catalog records, and catalog
+// records back into data. It is used by the agent (scheduled jobs) and, in
+// process, by the backup, find and restore commands.
+type Manager struct {
+	cm      *ConfigManager
+	catalog CatalogStore
+	repos   *repoPool
+	log     *slog.Logger
+	events  Events
+}
+
+// Events receives the outcome of every ingest (metrics, status page). It
+// may be called from several goroutines at once.
+type Events interface {
+	Finished(r *DatasetResult)
+}
+
+type noEvents struct{}
+
+func (noEvents) Finished(*DatasetResult) {}
+
+// NewManager returns a Manager. events may be nil.
+func NewManager(cm *ConfigManager, catalog CatalogStore, events Events, log *slog.Logger) *Manager {
+	if log == nil {
+		log = slog.Default()
+	}
+	if events == nil {
+		events = noEvents{}
+	}
+	return &Manager{cm: cm, catalog: catalog, repos: newRepoPool(log), log: log, events: events}
+}
+
+// Close closes the repositories the Manager opened.
+func (m *Manager) Close() error { return m.repos.Close() }
+
+// DatasetResult is the outcome of one dataset's ingest.
+type DatasetResult struct {
+	Source, Dataset string
+	BackupID        string
+	Host            string
+	Start, End      time.Time
+	Record          *metadata.Dataset // nil on failure or in dry-run mode
+	Err             error
+}
+
+// NewBackup starts a backup record for one run of one source.
+func NewBackup(host string, t time.Time) *metadata.Backup {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return &metadata.Backup{ID: t.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:]), Timestamp: t, Host: host}
+}
+
+// Ingest backs up one dataset of a source and records it in the catalog:
+// pre_backup_command, the handler writes the snapshot(s), the catalog
+// record (only once the snapshots are durable), post_backup_command.
+// rc is the configuration view of the whole run. It holds the dataset's
+// lock (see lockDataset) while it runs.
+func (m *Manager) Ingest(ctx context.Context, rc *RuntimeContext, src *SourceSpec, b *metadata.Backup, ds Dataset) *DatasetResult {
+	res := &DatasetResult{Source: src.Name, Dataset: ds.Name, BackupID: b.ID, Host: b.Host, Start: time.Now()}
+	res.Record, res.Err = m.ingest(ctx, rc, src, b, ds)
+	res.End = time.Now()
+	log := m.log.With("source", src.Name, "dataset", ds.Name, "backup", b.ID)
+	if res.Err != nil {
+		log.Error("backup failed", "error", res.Err, "duration", res.End.Sub(res.Start).Round(time.Millisecond))
+	} else if res.Record != nil {
+		log.Info("backup done", "snapshot", res.Record.SnapshotID, "files", res.Record.TotalFiles, "bytes", res.Record.TotalBytes, "bytes_added", res.Record.BytesAdded, "duration", res.End.Sub(res.Start).Round(time.Millisecond))
+	}
+	m.events.Finished(res)
+	return res
+}
+
+func (m *Manager) ingest(ctx context.Context, rc *RuntimeContext, src *SourceSpec, b *metadata.Backup, ds Dataset) (*metadata.Dataset, error) {
+	name := src.Name + "/" + ds.Name
+	if src.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, src.Timeout, fmt.Errorf("source %s: timeout of %s reached", src.Name, src.Timeout))
+		defer cancel()
+	}
+	unlock, err := lockDataset(ctx, rc.Config.WorkDir, src.Name, ds.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	h := rc.Handler(src.Name)
+	if h == nil {
+		return nil, jobs.Permanent(fmt.Errorf("dataset %s: source %s has no handler in this configuration", name, src.Name))
+	}
+	cfg := rc.Config
+	repoSpec := cfg.Repository(src.Repository)
+	if repoSpec == nil {
+		return nil, jobs.Permanent(fmt.Errorf("dataset %s: repository %q is not configured", name, src.Repository))
+	}
+	env := commandEnv(src.Name, ds.Name, ds.Atoms, b.ID)
+	sh := rc.Shell().WithEnv(env...).WithDir(cfg.Dir)
+
+	if src.PreBackupCommand != "" {
+		if err := sh.Run(ctx, src.PreBackupCommand); err != nil {
+			return nil, fmt.Errorf("dataset %s: pre_backup_command: %w", name, err)
+		}
+	}
+	if cfg.DryRun {
+		m.log.Info("dry-run: not backing up", "source", src.Name, "dataset", ds.Name, "repository", repoSpec.Name)
+		if src.PostBackupCommand != "" {
+			_ = sh.Run(ctx, src.PostBackupCommand)
+		}
+		return nil, nil
+	}
+	repo, err := m.repos.Get(ctx, repoSpec)
+	if err != nil {
+		return nil, fmt.Errorf("dataset %s: %w", name, err)
+	}
+	start := time.Now()
+	snaps, err := h.Backup(ctx, &handlers.BackupRequest{
+		Source: src.Name, Dataset: ds.Name, Atoms: ds.Atoms,
+		Host: b.Host, BackupID: b.ID, Time: b.Timestamp,
+		Repo: repo, Shell: handlers.FromShell(sh), Env: env, Dir: cfg.Dir,
+		// Progress goes to the job's status when this runs as a job.
+		Progress: func(p repository.Progress) {
+			jobs.ReportProgress(ctx, jobs.Progress{Bytes: p.Bytes, Files: p.Files, TotalBytes: p.TotalBytes, TotalFiles: p.TotalFiles, Current: p.Current})
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dataset %s: %w", name, contextCause(ctx, err))
+	}
+	rec := &metadata.Dataset{
+		ID:         b.ID + "/" + name,
+		Source:     src.Name,
+		Name:       ds.Name,
+		Handler:    h.Type(),
+		Repository: repoSpec.Name,
+		Duration:   time.Since(start),
+	}
+	ids := make([]string, 0, len(snaps))
+	for _, s := range snaps {
+		ids = append(ids, s.ID.String())
+		rec.TotalFiles += s.Summary.Files
+		rec.TotalBytes += s.Summary.Bytes
+		rec.BytesAdded += s.Summary.BytesAdded
+	}
+	rec.SnapshotID = strings.Join(ids, ",")
+	for _, a := range ds.Atoms {
+		rec.Atoms = append(rec.Atoms, metadata.Atom{Name: a.Name, Path: a.Path})
+	}
+	// The snapshots are durable now (Backup returns after packs, index and
+	// snapshot are written): only now may the catalog point at them.
+	if err := m.catalog.AddDataset(ctx, b, rec); err != nil {
+		return nil, fmt.Errorf("dataset %s: stored as snapshot %s, but the catalog refused the record: %w", name, rec.SnapshotID, err)
+	}
+	if src.PostBackupCommand != "" {
+		if err := sh.Run(ctx, src.PostBackupCommand); err != nil {
+			return rec, fmt.Errorf("dataset %s: backed up and recorded, but post_backup_command failed: %w", name, err)
+		}
+	}
+	return rec, nil
+}
+
+// contextCause names the timeout when the job was stopped by it.
+func contextCause(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		if c := context.Cause(ctx); c != nil && !errors.Is(err, c) {
+			return fmt.Errorf("%w (%v)", err, c)
+		}
+	}
+	return err
+}
+
+func commandEnv(source, dataset string, atoms []handlers.Atom, backupID string) []string {
+	names := make([]string, len(atoms))
+	for i, a := range atoms {
+		names[i] = a.Name
+	}
+	return []string{
+		"CUSTOS_SOURCE=" + source,
+		"CUSTOS_DATASET=" + dataset,
+		"CUSTOS_ATOMS=" + strings.Join(names, " "),
+		"CUSTOS_BACKUP_ID=" + backupID,
+	}
+}
+
+// RunSource backs up every dataset of a source now, one after the other,
+// and returns the results. Datasets not in only (when non-empty) are
+// skipped. This is what "custos backup" does; the agent queues the
+// datasets as separate jobs instead.
+func (m *Manager) RunSource(ctx context.Context, rc *RuntimeContext, src *SourceSpec, only string) ([]*DatasetResult, error) {
+	dss, err := Datasets(ctx, rc.Shell().WithDir(rc.Config.Dir), src)
+	if err != nil {
+		return nil, err
+	}
+	b := NewBackup(rc.Config.Hostname, time.Now())
+	var out []*DatasetResult
+	found := false
+	for _, ds := range dss {
+		if only != "" && ds.Name != only {
+			continue
+		}
+		found = true
+		out = append(out, m.Ingest(ctx, rc, src, b, ds))
+	}
+	if only != "" && !found {
+		return nil, fmt.Errorf("source %s has no dataset %q", src.Name, only)
+	}
+	return out, nil
+}
+
+// BackupNow runs every source (or only the named one, and only one of its
+// datasets) now, in this process.
+func BackupNow(ctx context.Context, m *Manager, rc *RuntimeContext, source, dataset string) ([]*DatasetResult, error) {
+	srcs := rc.Config.Sources
+	if source != "" {
+		s := rc.Source(source)
+		if s == nil {
+			var names []string
+			for _, s := range srcs {
+				names = append(names, s.Name)
+			}
+			return nil, fmt.Errorf("no source %q in the configuration (there are: %s)", source, strings.Join(names, ", "))
+		}
+		srcs = []*SourceSpec{s}
+	}
+	var out []*DatasetResult
+	for _, s := range srcs {
+		res, err := m.RunSource(ctx, rc, s, dataset)
+		if err != nil {
+			out = append(out, &DatasetResult{Source: s.Name, Dataset: "*", Err: err})
+			continue
+		}
+		out = append(out, res...)
+	}
+	return out, nil
+}
+
+// Find looks atoms up in the catalog.
+func (m *Manager) Find(ctx context.Context, req metadata.FindRequest) ([]*metadata.Backup, error) {
+	return m.catalog.FindAtoms(ctx, req)
+}
+
+// RestoreRequest says what to restore and where.
+type RestoreRequest struct {
+	Pattern   string
+	Host      string    // "" = this host (the config's hostname); "*" = any host
+	OlderThan time.Time // zero = newest
+	// Target is the folder to restore into. Each dataset goes into
+	// Target/<source>/<dataset>/: file atoms as their paths under the
+	// source root, pipe atoms through restore_command with
+	// CUSTOS_RESTORE_TARGET set to that folder.
+	Target string
+	// Stdout, when set, receives pipe atoms instead of restore_command.
+	Stdout io.Writer
+}
+
+// RestoredAtom names one atom that was restored.
+type RestoredAtom struct {
+	Name     string // source/dataset/atom
+	BackupID string
+	Time     time.Time
+	Host     string
+	Target   string // folder, or "-" for stdout
+}
+
+// Restore restores the newest version (older than OlderThan, if set) of
+// every atom matching the pattern. It goes on after a failed dataset and
+// returns every error at the end.
+func (m *Manager) Restore(ctx context.Context, req RestoreRequest) ([]RestoredAtom, error) {
+	rc := m.cm.Current()
+	host := req.Host
+	switch host {
+	case "":
+		host = rc.Config.Hostname
+	case "*":
+		host = ""
+	}
+	found, err := m.catalog.FindAtoms(ctx, metadata.FindRequest{Pattern: req.Pattern, Host: host, NumVersions: 1, OlderThan: req.OlderThan})
+	if err != nil {
+		return nil, fmt.Errorf("find %q in the catalog: %w", req.Pattern, err)
+	}
+	if len(found) == 0 {
+		return nil, fmt.Errorf("no atom in the catalog matches %q%s", req.Pattern, hostNote(host))
+	}
+	var done []RestoredAtom
+	var errs []error
+	for _, b := range found {
+		for _, d := range b.Datasets {
+			atoms, err := m.restoreDataset(ctx, rc, req, b, d)
+			done = append(done, atoms...)
+			if err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return done, errors.Join(errs...)
+}
+
+func hostNote(host string) string {
+	if host == "" {
+		return ""
+	}
+	return " for host " + host + " (use --host to look at other hosts)"
+}
+
+func (m *Manager) restoreDataset(ctx context.Context, rc *RuntimeContext, req RestoreRequest, b *metadata.Backup, d *metadata.Dataset) ([]RestoredAtom, error) {
+	name := d.Source + "/" + d.Name
+	// Names come from the catalog: treat them as untrusted before they
+	// become parts of a path.
+	if err := validName(d.Source); err != nil {
+		return nil, fmt.Errorf("dataset %s in backup %s: source: %w", name, b.ID, err)
+	}
+	if err := validName(d.Name); err != nil {
+		return nil, fmt.Errorf("dataset %s in backup %s: %w", name, b.ID, err)
+	}
+	cfg := rc.Config
+	src := cfg.Source(d.Source)
+	h := rc.Handler(d.Source)
+	if h == nil || h.Type() != d.Handler {
+		var err error
+		if h, err = handlers.ForRestore(d.Handler); err != nil {
+			return nil, fmt.Errorf("dataset %s: %w", name, err)
+		}
+		src = nil // its hooks belong to another handler
+	}
+	if d.Handler != "pipe" || req.Stdout == nil {
+		if req.Target == "" {
+			return nil, fmt.Errorf("dataset %s: %s atoms need a target folder (--target)", name, d.Handler)
+		}
+	}
+	repoSpec := cfg.Repository(d.Repository)
+	if repoSpec == nil {
+		return nil, fmt.Errorf("dataset %s: it is stored in repository %q, which this configuration does not define", name, d.Repository)
+	}
+	repo, err := m.repos.Get(ctx, repoSpec)
+	if err != nil {
+		return nil, fmt.Errorf("dataset %s: %w", name, err)
+	}
+	var snaps []*repository.Snapshot
+	for _, s := range strings.Split(d.SnapshotID, ",") {
+		id, err := repository.ParseID(strings.TrimSpace(s))
+		if err != nil {
+			return nil, fmt.Errorf("dataset %s in backup %s: bad snapshot id %q in the catalog: %w", name, b.ID, s, err)
+		}
+		snap, err := repo.LoadSnapshot(ctx, id)
+		if err != nil {
+			return nil, fmt.Errorf("dataset %s in backup %s: snapshot %s in repository %s: %w", name, b.ID, id.Short(), repoSpec.Name, err)
+		}
+		if snap.Dataset != name {
+			return nil, fmt.Errorf("dataset %s in backup %s: snapshot %s belongs to dataset %q; the catalog is inconsistent", name, b.ID, id.Short(), snap.Dataset)
+		}
+		snaps = append(snaps, snap)
+	}
+	var target string
+	if req.Target != "" {
+		target = filepath.Join(req.Target, d.Source, d.Name)
+		if err := os.MkdirAll(target, 0o700); err != nil {
+			return nil, fmt.Errorf("dataset %s: %w", name, err)
+		}
+	}
+	atoms := make([]handlers.Atom, len(d.Atoms))
+	for i, a := range d.Atoms {
+		atoms[i] = handlers.Atom{Name: a.Name, Path: a.Path}
+	}
+	env := append(commandEnv(d.Source, d.Name, atoms, b.ID), "CUSTOS_RESTORE_TARGET="+target)
+	sh := rc.Shell().WithEnv(env...).WithDir(cfg.Dir)
+	if src != nil && src.PreRestoreCommand != "" {
+		if err := sh.Run(ctx, src.PreRestoreCommand); err != nil {
+			return nil, fmt.Errorf("dataset %s: pre_restore_command: %w", name, err)
+		}
+	}
+	rreq := &handlers.RestoreRequest{
+		Source: d.Source, Dataset: d.Name, Atoms: atoms, Snapshots: snaps,
+		Repo: repo, Shell: handlers.FromShell(sh), Target: target, Env: env, Dir: cfg.Dir,
+	}
+	where := target
+	if d.Handler == "pipe" && req.Stdout != nil {
+		rreq.Stdout = req.Stdout
+		where = "-"
+	}
+	if err := h.Restore(ctx, rreq); err != nil {
+		return nil, fmt.Errorf("dataset %s from backup %s: %w", name, b.ID, err)
+	}
+	if src != nil && src.PostRestoreCommand != "" {
+		if err := sh.Run(ctx, src.PostRestoreCommand); err != nil {
+			return nil, fmt.Errorf("dataset %s: restored, but post_restore_command failed: %w", name, err)
+		}
+	}
+	out := make([]RestoredAtom, 0, len(atoms))
+	for _, a := range atoms {
+		out = append(out, RestoredAtom{Name: metadata.AtomName(d.Source, d.Name, a.Name), BackupID: b.ID, Time: b.Timestamp, Host: b.Host, Target: where})
+	}
+	return out, nil
+}

@@ -1,0 +1,118 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"sync"
+
+	"github.com/custos-backup/custos/jobs"
+	"github.com/custos-backup/custos/repository"
+	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/backend/location"
+)
+
+// repoPool keeps repositories open across jobs and config generations:
+// opening one loads its index, which is worth doing once. A reload that
+// changes a repository's URL or password opens a new entry; jobs that
+// started with the old one keep using it until the pool closes.
+type repoPool struct {
+	log *slog.Logger
+
+	mu   sync.Mutex
+	open map[[32]byte]*poolEntry
+}
+
+type poolEntry struct {
+	once sync.Once
+	repo *repository.Repository
+	err  error
+}
+
+func newRepoPool(log *slog.Logger) *repoPool {
+	return &repoPool{log: log, open: map[[32]byte]*poolEntry{}}
+}
+
+func poolKey(spec *RepositorySpec) [32]byte {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s\x00%v\x00", spec.Name, spec.URL, spec.Unencrypted)
+	h.Write(spec.Password.Bytes())
+	var k [32]byte
+	copy(k[:], h.Sum(nil))
+	return k
+}
+
+// Get opens the repository, creating it if there is none at its URL yet.
+// A failed open is not cached, so the next job tries again.
+func (p *repoPool) Get(ctx context.Context, spec *RepositorySpec) (*repository.Repository, error) {
+	key := poolKey(spec)
+	p.mu.Lock()
+	e := p.open[key]
+	if e == nil {
+		e = &poolEntry{}
+		p.open[key] = e
+	}
+	p.mu.Unlock()
+	e.once.Do(func() { e.repo, e.err = openOrInit(ctx, spec, p.log) })
+	if e.err != nil {
+		p.mu.Lock()
+		if p.open[key] == e {
+			delete(p.open, key)
+		}
+		p.mu.Unlock()
+		return nil, e.err
+	}
+	return e.repo, nil
+}
+
+// Close closes every open repository.
+func (p *repoPool) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	for k, e := range p.open {
+		if e.repo != nil {
+			if err := e.repo.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		delete(p.open, k)
+	}
+	return errors.Join(errs...)
+}
+
+// openOrInit opens a repository, and initialises it when its location holds
+// none yet. A wrong password is never a reason to initialise.
+func openOrInit(ctx context.Context, spec *RepositorySpec, log *slog.Logger) (*repository.Repository, error) {
+	be, err := location.Open(ctx, spec.URL)
+	if err == nil {
+		repo, oerr := repository.Open(ctx, be, spec.Password.Bytes())
+		if oerr == nil {
+			return repo, nil
+		}
+		be.Close()
+		if errors.Is(oerr, repository.ErrWrongPassword) {
+			// Retrying cannot fix a wrong password.
+			return nil, jobs.Permanent(fmt.Errorf("repository %s (%s): wrong password (from %s)", spec.Name, spec.URL, spec.passwordFrom))
+		}
+		if !errors.Is(oerr, repository.ErrNotInitialized) {
+			return nil, fmt.Errorf("repository %s (%s): %w", spec.Name, spec.URL, oerr)
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, backend.ErrNotExist) {
+		return nil, fmt.Errorf("repository %s (%s): %w", spec.Name, spec.URL, err)
+	}
+	be, err = location.Create(ctx, spec.URL)
+	if err != nil {
+		return nil, fmt.Errorf("repository %s (%s): create: %w", spec.Name, spec.URL, err)
+	}
+	repo, err := repository.Init(ctx, be, repository.InitOptions{Password: spec.Password.Bytes(), Unencrypted: spec.Unencrypted})
+	if err != nil {
+		be.Close()
+		return nil, fmt.Errorf("repository %s (%s): initialise: %w", spec.Name, spec.URL, err)
+	}
+	log.Info("created a new repository", "repository", spec.Name, "url", spec.URL, "encrypted", !spec.Unencrypted)
+	return repo, nil
+}

@@ -1,0 +1,111 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/custos-backup/custos/jobs"
+	"github.com/custos-backup/custos/metadata/etcdserver"
+)
+
+// RunOptions tune Run. The zero value works.
+type RunOptions struct {
+	Logger *slog.Logger
+	// Reload delivers reload requests (the command wires SIGHUP to it).
+	Reload <-chan struct{}
+	// Listening, when set, is called with the HTTP address once it is
+	// listening (tests use port 0).
+	Listening func(addr string)
+	// HTTPListen overrides agent.yml's http_listen.
+	HTTPListen string
+	// StopGrace bounds the wait for running jobs to stop; default 30s.
+	StopGrace time.Duration
+	// EtcdOptions tune the embedded etcd server.
+	EtcdOptions etcdserver.Options
+	// Retry overrides the retry policy of ingest jobs.
+	Retry *jobs.RetryPolicy
+	// Started, when set, is called with the agent once it runs.
+	Started func(*Agent)
+}
+
+// Run is the daemon: it loads the config, opens the catalog (starting the
+// embedded etcd server unless metadb lists endpoints), schedules the
+// sources, serves HTTP, reloads on opts.Reload, and stops when ctx ends.
+func Run(ctx context.Context, path string, opts RunOptions) error {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	cm, err := NewConfigManager(path, log)
+	if err != nil {
+		return err
+	}
+	cfg := cm.Current().Config
+	cat, err := OpenCatalog(ctx, cfg, CatalogOptions{Serve: true, SpoolDir: AgentSpoolDir(cfg), EtcdOptions: opts.EtcdOptions, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer cat.Close()
+
+	a := New(cm, cat, Options{Logger: log, Retry: opts.Retry})
+	listen := cfg.HTTPListen
+	if opts.HTTPListen != "" {
+		listen = opts.HTTPListen
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("http_listen %s: %w (is another agent running? change http_listen in %s)", listen, err, cfg.File)
+	}
+	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srvErr := make(chan error, 1)
+	go func() { srvErr <- srv.Serve(ln) }()
+	log.Info("status page", "url", "http://"+ln.Addr().String()+"/")
+	if opts.Listening != nil {
+		opts.Listening(ln.Addr().String())
+	}
+	if err := a.Start(ctx); err != nil {
+		srv.Close()
+		return err
+	}
+	if opts.Started != nil {
+		opts.Started(a)
+	}
+
+	var etcdErr <-chan error
+	if e := cat.Embedded(); e != nil {
+		etcdErr = e.Err()
+	}
+	var runErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("stopping: waiting for running jobs to stop")
+			break loop
+		case <-opts.Reload:
+			_ = a.Reload() // logged inside; the old config stays on error
+		case err := <-srvErr:
+			runErr = fmt.Errorf("http server: %w", err)
+			break loop
+		case err := <-etcdErr:
+			runErr = fmt.Errorf("embedded catalog server failed: %w", err)
+			break loop
+		}
+	}
+	grace := opts.StopGrace
+	if grace <= 0 {
+		grace = 30 * time.Second
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	errs := []error{runErr, a.Stop(sctx)}
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,236 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/custos-backup/custos/jobs"
+	"github.com/custos-backup/custos/metadata"
+)
+
+// StatusReport is everything the status page shows, as GET /api/status
+// returns it and /api/events streams it.
+type StatusReport struct {
+	Host       string    `json:"host"`
+	Config     string    `json:"config"`
+	Generation int       `json:"generation"`
+	DryRun     bool      `json:"dry_run,omitempty"`
+	Now        time.Time `json:"now"`     // the agent's clock: the page counts ages from it
+	Started    time.Time `json:"started"` // when the agent started
+	SpoolDepth int       `json:"spool_depth"`
+
+	Sources []SourceStatus `json:"sources"`
+	Pending []jobs.Status  `json:"pending"`
+	Running []jobs.Status  `json:"running"`
+	Done    []jobs.Status  `json:"done"` // newest first, at most statusDoneLimit
+
+	// Backups are this host's newest backups in the catalog, newest first.
+	Backups []*metadata.Backup `json:"backups"`
+	// CatalogError says why Backups may be missing or stale.
+	CatalogError string `json:"catalog_error,omitempty"`
+}
+
+// SourceStatus is one configured source and its schedule.
+type SourceStatus struct {
+	Name       string    `json:"name"`
+	Handler    string    `json:"handler"`
+	Repository string    `json:"repository"`
+	Schedule   string    `json:"schedule,omitempty"` // "" = only on demand
+	RunOnStart bool      `json:"run_on_start,omitempty"`
+	Next       time.Time `json:"next,omitzero"`
+	Prev       time.Time `json:"prev,omitzero"`
+}
+
+const (
+	statusDoneLimit    = 30
+	statusBackupsLimit = 15
+	// backupsMaxAge bounds how stale the catalog part of a report may be;
+	// a finished job makes it stale at once.
+	backupsMaxAge = 10 * time.Second
+	// backupsTimeout keeps a status request fast while etcd is away.
+	backupsTimeout = 2 * time.Second
+	// progressInterval is how often the event stream sends a report while
+	// jobs run (their byte counters move without any state change).
+	progressInterval = time.Second
+	// heartbeatInterval keeps idle event streams open through proxies.
+	heartbeatInterval = 15 * time.Second
+)
+
+// changes wakes event streams when something they show changed.
+type changes struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+func newChanges() *changes { return &changes{ch: make(chan struct{})} }
+
+// wait returns a channel that is closed at the next notify.
+func (c *changes) wait() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ch
+}
+
+func (c *changes) notify() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	close(c.ch)
+	c.ch = make(chan struct{})
+}
+
+// backupsCache keeps the catalog part of the status report, so that every
+// open page polling once a second does not become an etcd range read.
+type backupsCache struct {
+	// stale is apart from mu: the runner's OnChange sets it and must not
+	// wait for a refresh in progress.
+	stale   atomic.Bool
+	mu      sync.Mutex
+	fetched time.Time
+	backups []*metadata.Backup
+	err     error
+}
+
+func (c *backupsCache) invalidate() { c.stale.Store(true) }
+
+// get returns the cached list, refreshing it when it is old or stale. The
+// lock is held during the refresh so that concurrent requests share one.
+func (c *backupsCache) get(ctx context.Context, fetch func(context.Context) ([]*metadata.Backup, error)) ([]*metadata.Backup, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.stale.Load() && !c.fetched.IsZero() && time.Since(c.fetched) < backupsMaxAge {
+		return c.backups, c.err
+	}
+	// Cleared before the read: a job that finishes during it marks the
+	// cache stale again.
+	c.stale.Store(false)
+	ctx, cancel := context.WithTimeout(ctx, backupsTimeout)
+	defer cancel()
+	b, err := fetch(ctx)
+	c.fetched = time.Now()
+	if err != nil {
+		// Keep showing what was there; the page says it may be stale.
+		c.err = err
+		return c.backups, err
+	}
+	c.backups, c.err = b, nil
+	return b, nil
+}
+
+// Status builds the status report.
+func (a *Agent) Status(ctx context.Context) *StatusReport {
+	rc := a.cm.Current()
+	cfg := rc.Config
+	s := a.runner.Status()
+	done := s.Done
+	if len(done) > statusDoneLimit {
+		done = done[:statusDoneLimit]
+	}
+	r := &StatusReport{
+		Host: cfg.Hostname, Config: cfg.File, Generation: rc.Generation, DryRun: cfg.DryRun,
+		Now: time.Now(), Started: a.started, SpoolDepth: a.catalog.Store.SpoolDepth(),
+		Sources: []SourceStatus{}, Pending: nonNil(s.Pending), Running: nonNil(s.Running), Done: nonNil(done),
+	}
+	sched := map[string]jobs.EntryStatus{}
+	for _, e := range a.Schedule() {
+		sched[e.Name] = e
+	}
+	for _, src := range cfg.Sources {
+		e := sched[scheduleName(src.Name)]
+		r.Sources = append(r.Sources, SourceStatus{
+			Name: src.Name, Handler: src.Handler, Repository: src.Repository,
+			Schedule: src.Schedule, RunOnStart: src.RunOnStart, Next: e.Next, Prev: e.Prev,
+		})
+	}
+	backups, err := a.backups.get(ctx, func(ctx context.Context) ([]*metadata.Backup, error) {
+		return a.catalog.Store.ListBackups(ctx, cfg.Hostname, statusBackupsLimit)
+	})
+	r.Backups = backups
+	if r.Backups == nil {
+		r.Backups = []*metadata.Backup{}
+	}
+	if err != nil {
+		r.CatalogError = err.Error()
+	}
+	return r
+}
+
+func (a *Agent) serveStatusJSON(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, a.Status(r.Context()))
+}
+
+// serveCancel cancels a pending or running job: POST /api/jobs/{id}/cancel.
+func (a *Agent) serveCancel(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := a.runner.Cancel(id); err != nil {
+		httpError(w, http.StatusNotFound, fmt.Sprintf("no pending or running job %q", id))
+		return
+	}
+	writeJSON(w, map[string]string{"job": id, "state": "cancelling"})
+}
+
+// serveEvents streams status reports as server-sent events ("status"
+// events, data = StatusReport JSON): one at once, one after every job
+// state change, and one a second while jobs run, for their progress.
+func (a *Agent) serveEvents(w http.ResponseWriter, r *http.Request) {
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	send := func(rep *StatusReport) bool {
+		b, err := json.Marshal(rep)
+		if err != nil {
+			a.log.Warn("status event", "error", err)
+			return false
+		}
+		if _, err := fmt.Fprintf(w, "event: status\ndata: %s\n\n", b); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
+	heartbeat := time.NewTicker(heartbeatInterval)
+	defer heartbeat.Stop()
+	for {
+		changed := a.changes.wait() // before building the report: no change is lost
+		rep := a.Status(r.Context())
+		if !send(rep) {
+			return
+		}
+		var progress <-chan time.Time
+		if len(rep.Running) > 0 {
+			progress = time.After(progressInterval)
+		}
+	wait:
+		for {
+			select {
+			case <-r.Context().Done():
+				return
+			case <-a.ctx.Done():
+				// The agent stops: end the stream so that the HTTP
+				// server's Shutdown does not wait for it.
+				return
+			case <-changed:
+				// Let a burst of changes (a source's datasets starting
+				// together) settle into one event.
+				select {
+				case <-time.After(100 * time.Millisecond):
+				case <-r.Context().Done():
+					return
+				}
+				break wait
+			case <-progress:
+				break wait
+			case <-heartbeat.C:
+				if _, err := fmt.Fprint(w, ": heartbeat\n\n"); err != nil || rc.Flush() != nil {
+					return
+				}
+			}
+		}
+	}
+}

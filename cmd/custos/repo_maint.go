@@ -1,0 +1,353 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/custos-backup/custos/repository"
+)
+
+func newRepoCheckCmd(f *repoFlags) *cobra.Command {
+	var (
+		readData bool
+		budget   string
+		cursor   string
+		asJSON   bool
+	)
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Verify the repository's structure, and with --read-data every byte",
+		Long: `Verify the repository.
+
+Without --read-data: config, keys, index and snapshot files decrypt and match
+their names, every tree referenced by a snapshot is readable, every blob a
+tree references is in the index, and every indexed pack exists with the
+right size.
+
+With --read-data, packs are also read: the pack's SHA-256 must equal its
+name, and every blob must decrypt, decompress and hash to its id.
+--budget BYTES (e.g. 100M, 2G) stops after about that much pack data and
+prints a cursor; pass it with --cursor to continue in the next run. Packs
+are visited in a stable (sorted) order.
+
+Every damaged object is named together with the snapshots and files that
+depend on it. The command exits non-zero when it finds a problem.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			opts := repository.CheckOptions{ReadData: readData, Cursor: cursor}
+			if budget != "" {
+				b, err := parseSize(budget)
+				if err != nil {
+					return fmt.Errorf("--budget: %w", err)
+				}
+				opts.Budget = b
+				opts.ReadData = true
+			}
+			r, err := f.openReading(ctx)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			res, err := r.Check(ctx, opts)
+			if err != nil {
+				return fmt.Errorf("check could not run: %w", err)
+			}
+			w := cmd.OutOrStdout()
+			if asJSON {
+				if err := writeJSON(w, res); err != nil {
+					return err
+				}
+			} else {
+				printCheck(w, res)
+			}
+			if len(res.Problems) > 0 {
+				return fmt.Errorf("check found %d problem(s)", len(res.Problems))
+			}
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.BoolVar(&readData, "read-data", false, "read and verify all pack data")
+	fl.StringVar(&budget, "budget", "", "read at most about this much pack data (implies --read-data), e.g. 100M")
+	fl.StringVar(&cursor, "cursor", "", "continue a budgeted check from this cursor")
+	fl.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	return cmd
+}
+
+func printCheck(w io.Writer, res *repository.CheckResult) {
+	for _, p := range res.Problems {
+		fmt.Fprintf(w, "DAMAGED %s: %s\n", p.Object, p.Err)
+		if len(p.Blobs) > 0 {
+			fmt.Fprintf(w, "  blobs: %s\n", strings.Join(shorten(p.Blobs, 10), " "))
+		}
+		if len(p.Snapshots) > 0 {
+			fmt.Fprintf(w, "  snapshots: %s\n", strings.Join(shorten(p.Snapshots, 20), " "))
+		}
+		for _, path := range shorten(p.Paths, 50) {
+			fmt.Fprintf(w, "  file: %s\n", path)
+		}
+	}
+	fmt.Fprintf(w, "checked %d packs, read %s", res.PacksChecked, formatBytes(res.BytesRead))
+	if res.Cursor != "" {
+		fmt.Fprintf(w, "; pass incomplete, continue with --cursor %s", res.Cursor)
+	}
+	fmt.Fprintln(w)
+	if len(res.Problems) == 0 {
+		fmt.Fprintln(w, "no problems found")
+	}
+}
+
+// shorten keeps the first n items of a long list and says how many it left out.
+func shorten(s []string, n int) []string {
+	if len(s) <= n {
+		return s
+	}
+	out := append([]string(nil), s[:n]...)
+	return append(out, fmt.Sprintf("(and %d more)", len(s)-n))
+}
+
+func newRepoCopyCmd(f *repoFlags) *cobra.Command {
+	var (
+		to, toPasswordFile string
+		sf                 snapFilter
+	)
+	cmd := &cobra.Command{
+		Use:   "copy --to URL [flags] [SNAPSHOT...]",
+		Short: "Copy snapshots into another repository",
+		Long: `Copy snapshots into another (already initialised) repository.
+
+Only blobs the destination lacks are sent; they are re-encrypted with the
+destination's keys. Snapshots already present in the destination are
+skipped, and an interrupted copy resumes without re-sending what the
+destination already holds. Without SNAPSHOT arguments (id prefixes), every
+snapshot matching --dataset, --host and --tag is copied.
+
+The destination's password comes from --to-password-file, else the file
+named by CUSTOS_TO_PASSWORD_FILE, else CUSTOS_TO_PASSWORD.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if to == "" {
+				return errors.New("--to URL is required")
+			}
+			src, err := f.open(ctx)
+			if err != nil {
+				return err
+			}
+			defer src.Close()
+			pw, err := findPassword(toPasswordFile, "CUSTOS_TO_PASSWORD_FILE", "CUSTOS_TO_PASSWORD", "destination repository password", true)
+			if err != nil {
+				return err
+			}
+			dst, err := openRepo(ctx, to, pw, "--to-password-file, CUSTOS_TO_PASSWORD_FILE or CUSTOS_TO_PASSWORD", false)
+			if err != nil {
+				return err
+			}
+			defer dst.Close()
+			var snaps []*repository.Snapshot
+			if len(args) > 0 {
+				for _, a := range args {
+					s, err := src.FindSnapshot(ctx, a, sf.dataset, sf.host)
+					if err != nil {
+						return fmt.Errorf("finding snapshot %q: %w", a, err)
+					}
+					snaps = append(snaps, s)
+				}
+			} else {
+				all, err := src.Snapshots(ctx)
+				if err != nil {
+					return fmt.Errorf("listing snapshots: %w", err)
+				}
+				for _, s := range all {
+					if sf.match(s) {
+						snaps = append(snaps, s)
+					}
+				}
+			}
+			if len(snaps) == 0 {
+				fmt.Fprintln(cmd.OutOrStdout(), "no snapshots to copy")
+				return nil
+			}
+			bar := newProgressBar("copy", f.quiet)
+			st, err := repository.Copy(ctx, src, dst, snaps, bar.Update)
+			bar.Done()
+			if st != nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "copied %d snapshots to %s: %d blobs, %s sent\n",
+					st.Snapshots, to, st.BlobsCopied, formatBytes(st.BytesCopied))
+			}
+			if err != nil {
+				return fmt.Errorf("copy to %s failed (run it again to resume): %w", to, err)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&to, "to", "", "destination repository URL")
+	cmd.Flags().StringVar(&toPasswordFile, "to-password-file", "", "file holding the destination password (default $CUSTOS_TO_PASSWORD_FILE, then $CUSTOS_TO_PASSWORD)")
+	sf.register(cmd)
+	return cmd
+}
+
+func newRepoForgetCmd(f *repoFlags) *cobra.Command {
+	var (
+		p              repository.RetentionPolicy
+		dryRun, prune  bool
+		asJSON         bool
+		confirmAllGone bool
+	)
+	cmd := &cobra.Command{
+		Use:   "forget",
+		Short: "Remove snapshots that a retention policy does not keep",
+		Long: `Remove snapshots that the retention policy does not keep.
+
+Snapshots are grouped by (dataset, host). In each group a snapshot is kept
+if any rule keeps it: --keep-last N keeps the N newest; --keep-hourly N
+keeps the newest snapshot of each of the N latest hours that have one, and
+likewise daily, weekly, monthly and yearly (local time). Only snapshot
+files are removed; run prune (or pass --prune) to free the data.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			if p == (repository.RetentionPolicy{}) && !confirmAllGone {
+				return errors.New("no --keep-* option given: that would remove every snapshot (refusing)")
+			}
+			r, err := f.open(ctx)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			keep, remove, err := r.Forget(ctx, p, dryRun)
+			if err != nil {
+				return fmt.Errorf("forget: %w", err)
+			}
+			w := cmd.OutOrStdout()
+			if asJSON {
+				out := struct {
+					DryRun bool          `json:"dry_run"`
+					Keep   []snapshotOut `json:"keep"`
+					Remove []snapshotOut `json:"remove"`
+				}{DryRun: dryRun, Keep: []snapshotOut{}, Remove: []snapshotOut{}}
+				for _, s := range keep {
+					out.Keep = append(out.Keep, snapshotJSON(s))
+				}
+				for _, s := range remove {
+					out.Remove = append(out.Remove, snapshotJSON(s))
+				}
+				if err := writeJSON(w, out); err != nil {
+					return err
+				}
+			} else {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "ACTION\tID\tTIME\tDATASET\tHOST")
+				for _, s := range keep {
+					fmt.Fprintf(tw, "keep\t%s\t%s\t%s\t%s\n", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"), s.Dataset, s.Host)
+				}
+				verb := "remove"
+				if dryRun {
+					verb = "would remove"
+				}
+				for _, s := range remove {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", verb, s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"), s.Dataset, s.Host)
+				}
+				if err := tw.Flush(); err != nil {
+					return err
+				}
+				fmt.Fprintf(w, "%d kept, %d %s\n", len(keep), len(remove), map[bool]string{true: "would be removed", false: "removed"}[dryRun])
+			}
+			if prune && !dryRun && len(remove) > 0 {
+				st, err := r.Prune(ctx)
+				if err != nil {
+					return fmt.Errorf("prune: %w", err)
+				}
+				if !asJSON {
+					printPrune(w, st)
+				}
+			}
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.IntVar(&p.Last, "keep-last", 0, "keep the N newest snapshots")
+	fl.IntVar(&p.Hourly, "keep-hourly", 0, "keep the newest snapshot of each of the last N hours")
+	fl.IntVar(&p.Daily, "keep-daily", 0, "keep the newest snapshot of each of the last N days")
+	fl.IntVar(&p.Weekly, "keep-weekly", 0, "keep the newest snapshot of each of the last N weeks")
+	fl.IntVar(&p.Monthly, "keep-monthly", 0, "keep the newest snapshot of each of the last N months")
+	fl.IntVar(&p.Yearly, "keep-yearly", 0, "keep the newest snapshot of each of the last N years")
+	fl.BoolVarP(&dryRun, "dry-run", "n", false, "only print what would be removed")
+	fl.BoolVar(&prune, "prune", false, "prune unreferenced data afterwards")
+	fl.BoolVar(&asJSON, "json", false, "print JSON")
+	fl.BoolVar(&confirmAllGone, "remove-all", false, "allow a policy without --keep-* options, which removes every snapshot")
+	return cmd
+}
+
+func printPrune(w io.Writer, st *repository.PruneStats) {
+	fmt.Fprintf(w, "prune: %d packs deleted, %d packs rewritten, %s freed\n", st.PacksDeleted, st.PacksRewritten, formatBytes(st.BytesFreed))
+}
+
+func newRepoPruneCmd(f *repoFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "prune",
+		Short: "Delete data no snapshot references",
+		Long: `Delete data that no snapshot references. Packs without any referenced
+blob are deleted; packs that are partly unreferenced are rewritten. Data
+that a backup running at the same time may still reference is left for a
+later prune.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			r, err := f.open(ctx)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			st, err := r.Prune(ctx)
+			if err != nil {
+				return fmt.Errorf("prune: %w", err)
+			}
+			printPrune(cmd.OutOrStdout(), st)
+			return nil
+		},
+	}
+}
+
+func newRepoStatsCmd(f *repoFlags) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "stats",
+		Short: "Show repository totals",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			r, err := f.openReading(ctx)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			st, err := r.Stats(ctx)
+			if err != nil {
+				return fmt.Errorf("stats: %w", err)
+			}
+			w := cmd.OutOrStdout()
+			if asJSON {
+				return writeJSON(w, st)
+			}
+			ratio := 0.0
+			if st.PackBytes > 0 {
+				ratio = float64(st.LogicalBytes) / float64(st.PackBytes)
+			}
+			fmt.Fprintf(w, "snapshots:     %d\n", st.Snapshots)
+			fmt.Fprintf(w, "packs:         %d\n", st.Packs)
+			fmt.Fprintf(w, "blobs:         %d\n", st.Blobs)
+			fmt.Fprintf(w, "stored size:   %s\n", formatBytes(st.PackBytes))
+			fmt.Fprintf(w, "logical size:  %s (all snapshots)\n", formatBytes(st.LogicalBytes))
+			fmt.Fprintf(w, "space saving:  %.2fx\n", ratio)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}

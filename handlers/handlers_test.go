@@ -1,0 +1,186 @@
+package handlers
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/custos-backup/custos/repository"
+	"github.com/custos-backup/custos/repository/backend/local"
+	"github.com/custos-backup/custos/shell"
+)
+
+func newRepo(t *testing.T) *repository.Repository {
+	t.Helper()
+	ctx := context.Background()
+	be, err := local.Create(ctx, filepath.Join(t.TempDir(), "repo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := repository.Init(ctx, be, repository.InitOptions{Password: []byte("pw"), KDF: "scrypt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+func TestNewChecksParams(t *testing.T) {
+	cases := []struct {
+		name      string
+		spec      Spec
+		wantParam string // "" = no error
+	}{
+		{"file ok", Spec{Name: "f", Type: "file", Params: map[string]any{"root": "/srv", "excludes": []any{"*.o"}}}, ""},
+		{"file without root", Spec{Name: "f", Type: "file"}, "root"},
+		{"file root not a string", Spec{Name: "f", Type: "file", Params: map[string]any{"root": 3}}, "root"},
+		{"file excludes not a list", Spec{Name: "f", Type: "file", Params: map[string]any{"root": "/", "excludes": "*.o"}}, "excludes"},
+		{"file unknown param", Spec{Name: "f", Type: "file", Params: map[string]any{"root": "/", "rooot": "/"}}, "rooot"},
+		{"pipe ok", Spec{Name: "p", Type: "pipe", Params: map[string]any{"backup_command": "a", "restore_command": "b"}}, ""},
+		{"pipe without restore_command", Spec{Name: "p", Type: "pipe", Params: map[string]any{"backup_command": "a"}}, "restore_command"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := New(tc.spec)
+			var pe *ParamError
+			switch {
+			case tc.wantParam == "" && err != nil:
+				t.Fatalf("unexpected error %v", err)
+			case tc.wantParam != "" && !errors.As(err, &pe):
+				t.Fatalf("want a ParamError about %q, got %v", tc.wantParam, err)
+			case tc.wantParam != "" && pe.Param != tc.wantParam:
+				t.Fatalf("error about %q, want %q: %v", pe.Param, tc.wantParam, err)
+			}
+		})
+	}
+	if _, err := New(Spec{Name: "x", Type: "tape"}); err == nil {
+		t.Error("unknown type accepted")
+	}
+}
+
+func TestFileHandlerRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	files := map[string]string{"a/one.txt": "one", "a/skip.tmp": "no", "b/two.txt": "two", "c/three.txt": "three"}
+	for p, body := range files {
+		full := filepath.Join(root, p)
+		os.MkdirAll(filepath.Dir(full), 0o755)
+		os.WriteFile(full, []byte(body), 0o644)
+	}
+	h, err := New(Spec{Name: "file", Type: "file", Params: map[string]any{"root": root, "excludes": []any{"*.tmp"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := newRepo(t)
+	atoms := []Atom{{Name: "a"}, {Name: "bee", Path: "b"}}
+	snaps, err := h.Backup(ctx, &BackupRequest{Source: "s", Dataset: "d", Atoms: atoms, Host: "h", BackupID: "b1", Time: time.Now(), Repo: repo})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snaps) != 1 || snaps[0].Dataset != "s/d" {
+		t.Fatalf("snapshots %+v", snaps)
+	}
+	// Restore only atom "bee": only b/ comes back.
+	target := t.TempDir()
+	if err := h.Restore(ctx, &RestoreRequest{Source: "s", Dataset: "d", Atoms: atoms[1:], Snapshots: snaps, Repo: repo, Target: target}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(target, "b", "two.txt")); err != nil || string(b) != "two" {
+		t.Errorf("b/two.txt: %q %v", b, err)
+	}
+	for _, p := range []string{"a/one.txt", "c/three.txt"} {
+		if _, err := os.Stat(filepath.Join(target, p)); err == nil {
+			t.Errorf("%s restored but not selected", p)
+		}
+	}
+	// All atoms: a/ without the excluded file; c/ was never in the dataset.
+	target = t.TempDir()
+	if err := h.Restore(ctx, &RestoreRequest{Source: "s", Dataset: "d", Atoms: atoms, Snapshots: snaps, Repo: repo, Target: target}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(target, "a", "one.txt")); string(b) != "one" {
+		t.Errorf("a/one.txt: %q", b)
+	}
+	for _, p := range []string{"a/skip.tmp", "c/three.txt"} {
+		if _, err := os.Stat(filepath.Join(target, p)); err == nil {
+			t.Errorf("%s should not be in the backup", p)
+		}
+	}
+}
+
+func TestPipeHandler(t *testing.T) {
+	ctx := context.Background()
+	sh := FromShell(shell.New(shell.Options{}))
+	dump := bytes.Repeat([]byte("row,of,data\n"), 50000)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "dump.csv"), dump, 0o644)
+
+	cases := []struct {
+		name, backup string
+		wantErr      bool
+	}{
+		{"complete dump", `cat dump.csv`, false},
+		{"fails mid-stream", `head -c 300000 dump.csv; exit 2`, true},
+		{"killed mid-stream", `head -c 300000 dump.csv; kill -KILL $$`, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			repo := newRepo(t)
+			h, err := New(Spec{Name: "p", Type: "pipe", Params: map[string]any{
+				"backup_command":  tc.backup,
+				"restore_command": `cat > "$CUSTOS_RESTORE_TARGET/$CUSTOS_SOURCE-$CUSTOS_DATASET-$CUSTOS_ATOM"`,
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			atoms := []Atom{{Name: "t1"}, {Name: "t2"}}
+			snaps, err := h.Backup(ctx, &BackupRequest{Source: "db", Dataset: "main", Atoms: atoms, Host: "h", BackupID: "b", Time: time.Now(), Repo: repo, Shell: sh, Dir: dir})
+			stored, lerr := repo.Snapshots(ctx)
+			if lerr != nil {
+				t.Fatal(lerr)
+			}
+			if tc.wantErr {
+				if err == nil {
+					t.Fatal("a failed dump was reported as good")
+				}
+				if len(stored) != 0 {
+					t.Errorf("a failed dump left %d snapshot(s) in the repository", len(stored))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(snaps) != 2 || len(stored) != 2 {
+				t.Fatalf("want one snapshot per atom, got %d (%d stored)", len(snaps), len(stored))
+			}
+			target := t.TempDir()
+			if err := h.Restore(ctx, &RestoreRequest{Source: "db", Dataset: "main", Atoms: atoms[1:], Snapshots: snaps, Repo: repo, Shell: sh, Target: target, Dir: dir}); err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(filepath.Join(target, "db-main-t2"))
+			if err != nil || !bytes.Equal(got, dump) {
+				t.Fatalf("restored atom t2: %d bytes, %v", len(got), err)
+			}
+			if _, err := os.Stat(filepath.Join(target, "db-main-t1")); err == nil {
+				t.Error("atom t1 restored but not selected")
+			}
+			// A restore_command that fails fails the restore.
+			bad, _ := New(Spec{Name: "p", Type: "pipe", Params: map[string]any{"backup_command": "true", "restore_command": "cat >/dev/null; exit 4"}})
+			err = bad.Restore(ctx, &RestoreRequest{Source: "db", Dataset: "main", Atoms: atoms[:1], Snapshots: snaps, Repo: repo, Shell: sh, Target: target})
+			if err == nil || !strings.Contains(err.Error(), "restore_command failed") {
+				t.Errorf("failing restore_command: %v", err)
+			}
+			// Stdout instead of restore_command.
+			var buf bytes.Buffer
+			if err := bad.Restore(ctx, &RestoreRequest{Source: "db", Dataset: "main", Atoms: atoms[:1], Snapshots: snaps, Repo: repo, Stdout: &buf}); err != nil || !bytes.Equal(buf.Bytes(), dump) {
+				t.Errorf("restore to stdout: %d bytes, %v", buf.Len(), err)
+			}
+		})
+	}
+}

@@ -1,0 +1,822 @@
+package repository
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/restic/chunker"
+	"golang.org/x/sync/errgroup"
+)
+
+// Progress reports how far a backup or restore is.
+type Progress struct {
+	Files, Bytes           int64 // done so far
+	TotalFiles, TotalBytes int64 // 0 when unknown
+	Current                string
+}
+
+// BackupOptions tune one backup.
+type BackupOptions struct {
+	Dataset, Host string
+	Tags          []string
+	BackupID      string
+	Time          time.Time // zero: now
+	Parent        *Snapshot // nil: latest snapshot with same Dataset and Host, if any
+	NoParent      bool      // read every file
+	Excludes      []string  // patterns on slash paths relative to root (path.Match per element; a pattern without "/" matches any base name)
+	Progress      func(Progress)
+}
+
+// maxRereads is how often a file that changed while being read is read
+// again before it is stored as read, with a warning.
+const maxRereads = 2
+
+// backupState is the shared state of one Backup run.
+type backupState struct {
+	r     *Repository
+	ctx   context.Context
+	saver *blobSaver
+	bufs  *bufPool
+	pol   chunker.Pol
+	opts  *BackupOptions
+
+	files chan *fileJob
+
+	warnMu   sync.Mutex
+	warnings []string
+
+	nFiles, nDirs, nNew, nChanged, nUnmod atomic.Int64
+	bytes, bytesRead                      atomic.Int64
+	current                               atomic.Pointer[string]
+
+	rootDone chan ID
+}
+
+func (b *backupState) warn(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	b.r.log.Warn("backup: " + msg)
+	b.warnMu.Lock()
+	b.warnings = append(b.warnings, msg)
+	b.warnMu.Unlock()
+}
+
+// dirState collects the nodes of one directory until all of them are known.
+type dirState struct {
+	nodes     []node
+	pending   atomic.Int64
+	parent    *dirState
+	parentIdx int
+	oldID     ID // the directory's subtree id in the parent snapshot
+}
+
+// fileJob asks a worker to read one regular file into nodes[idx] of dir.
+type fileJob struct {
+	dir  *dirState
+	idx  int
+	path string
+	rel  string
+	st   syscall.Stat_t
+	old  *node // same file in the parent snapshot, if any
+}
+
+// Backup saves root/paths as a new snapshot. See BackupOptions.
+func (r *Repository) Backup(ctx context.Context, root string, paths []string, opts BackupOptions) (*Snapshot, error) {
+	start := time.Now()
+	absRoot, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("backup %s: %w", root, err)
+	}
+	sel, err := newSelection(paths)
+	if err != nil {
+		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
+	}
+	for _, p := range paths {
+		if _, err := os.Lstat(filepath.Join(absRoot, filepath.FromSlash(path.Clean(p)))); err != nil {
+			return nil, fmt.Errorf("backup %s: %w", absRoot, err)
+		}
+	}
+	if err := checkExcludes(opts.Excludes); err != nil {
+		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
+	}
+	lock, err := r.Lock(ctx, false)
+	if err != nil {
+		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
+	}
+	defer func() { _ = lock.Unlock(context.WithoutCancel(ctx)) }()
+
+	parent, parentTree, err := r.parentFor(ctx, &opts)
+	if err != nil {
+		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	bufs := &bufPool{}
+	b := &backupState{
+		r:        r,
+		ctx:      gctx,
+		saver:    r.newBlobSaver(gctx, g, bufs),
+		bufs:     bufs,
+		pol:      r.cfg.pol,
+		opts:     &opts,
+		files:    make(chan *fileJob, 64),
+		rootDone: make(chan ID, 1),
+	}
+	stopProgress := b.startProgress()
+	workers := runtime.GOMAXPROCS(0)
+	var workWG sync.WaitGroup
+	workWG.Add(workers)
+	for range workers {
+		g.Go(func() error { defer workWG.Done(); return b.fileWorker() })
+	}
+	walkErr := make(chan error, 1)
+	go func() {
+		err := b.walkRoot(absRoot, sel, parentTree)
+		close(b.files)
+		walkErr <- err
+	}()
+	var rootID ID
+	err = <-walkErr
+	workWG.Wait()
+	if err == nil {
+		select {
+		case rootID = <-b.rootDone:
+		default:
+			err = context.Cause(gctx)
+			if err == nil {
+				err = errors.New("internal error: root tree not completed")
+			}
+		}
+	}
+	packs, ferr := b.saver.flush()
+	if err == nil {
+		err = ferr
+	}
+	if gerr := g.Wait(); err == nil {
+		err = gerr
+	}
+	stopProgress()
+	if err != nil {
+		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
+	}
+	if err := lock.Valid(); err != nil {
+		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
+	}
+	if err := r.commitPacks(ctx, packs); err != nil {
+		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
+	}
+	sn := b.snapshot(opts, rootID, start)
+	sn.Root = absRoot
+	sn.Paths = append([]string(nil), paths...)
+	if parent != nil {
+		pid := parent.ID
+		sn.Parent = &pid
+	}
+	if err := r.saveSnapshot(ctx, sn); err != nil {
+		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
+	}
+	return sn, nil
+}
+
+func (b *backupState) snapshot(opts BackupOptions, rootID ID, start time.Time) *Snapshot {
+	t := opts.Time
+	if t.IsZero() {
+		t = start
+	}
+	sort.Strings(b.warnings)
+	return &Snapshot{
+		Time:     t.UTC(),
+		Dataset:  opts.Dataset,
+		Host:     opts.Host,
+		Tags:     append([]string(nil), opts.Tags...),
+		BackupID: opts.BackupID,
+		Tree:     rootID,
+		Warnings: b.warnings,
+		Summary: Summary{
+			Files: b.nFiles.Load(), Dirs: b.nDirs.Load(),
+			FilesNew: b.nNew.Load(), FilesChanged: b.nChanged.Load(), FilesUnmodified: b.nUnmod.Load(),
+			Bytes: b.bytes.Load(), BytesRead: b.bytesRead.Load(),
+			BytesAdded: b.saver.bytesAdded.Load(), BlobsAdded: b.saver.blobsAdded.Load(),
+			Duration: time.Since(start),
+		},
+	}
+}
+
+// parentFor picks the parent snapshot and loads its root tree.
+func (r *Repository) parentFor(ctx context.Context, opts *BackupOptions) (*Snapshot, *tree, error) {
+	if opts.NoParent {
+		return nil, nil, nil
+	}
+	parent := opts.Parent
+	if parent == nil {
+		snaps, err := r.Snapshots(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, sn := range snaps {
+			if sn.Dataset == opts.Dataset && sn.Host == opts.Host {
+				parent = sn
+			}
+		}
+	}
+	if parent == nil {
+		return nil, nil, nil
+	}
+	t, err := r.loadTree(ctx, parent.Tree)
+	if err != nil {
+		r.log.Warn("backup: cannot load the parent snapshot's tree; reading every file", "parent", parent.ID.Short(), "err", err)
+		return nil, nil, nil
+	}
+	return parent, t, nil
+}
+
+func (b *backupState) startProgress() (stop func()) {
+	fn := b.opts.Progress
+	if fn == nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	report := func() {
+		p := Progress{Files: b.nFiles.Load(), Bytes: b.bytes.Load()}
+		if c := b.current.Load(); c != nil {
+			p.Current = *c
+		}
+		fn(p)
+	}
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				report()
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		wg.Wait()
+		report()
+	}
+}
+
+// selection is the set of paths given to Backup, as a trie.
+type selection struct {
+	all      bool
+	children map[string]*selection
+}
+
+func newSelection(paths []string) (*selection, error) {
+	s := &selection{children: map[string]*selection{}}
+	if len(paths) == 0 {
+		s.all = true
+		return s, nil
+	}
+	for _, p := range paths {
+		c := path.Clean(filepath.ToSlash(p))
+		if path.IsAbs(c) || c == ".." || strings.HasPrefix(c, "../") {
+			return nil, fmt.Errorf("path %q is not relative to the root", p)
+		}
+		if c == "." {
+			s.all = true
+			continue
+		}
+		cur := s
+		for _, el := range strings.Split(c, "/") {
+			next := cur.children[el]
+			if next == nil {
+				next = &selection{children: map[string]*selection{}}
+				cur.children[el] = next
+			}
+			cur = next
+		}
+		cur.all = true
+	}
+	return s, nil
+}
+
+func checkExcludes(patterns []string) error {
+	for _, p := range patterns {
+		for _, el := range strings.Split(strings.TrimPrefix(p, "/"), "/") {
+			if _, err := path.Match(el, ""); err != nil {
+				return fmt.Errorf("exclude pattern %q: %w", p, err)
+			}
+		}
+	}
+	return nil
+}
+
+// excluded reports whether the slash path rel (relative to the root)
+// matches an exclude pattern.
+func excluded(patterns []string, rel string) bool {
+	if len(patterns) == 0 {
+		return false
+	}
+	base := path.Base(rel)
+	els := strings.Split(rel, "/")
+	for _, p := range patterns {
+		if !strings.Contains(p, "/") {
+			if ok, _ := path.Match(p, base); ok {
+				return true
+			}
+			continue
+		}
+		pe := strings.Split(strings.TrimPrefix(p, "/"), "/")
+		if len(pe) != len(els) {
+			continue
+		}
+		match := true
+		for i := range pe {
+			if ok, _ := path.Match(pe[i], els[i]); !ok {
+				match = false
+				break
+			}
+		}
+		if match {
+			return true
+		}
+	}
+	return false
+}
+
+func (b *backupState) walkRoot(absRoot string, sel *selection, parentTree *tree) error {
+	root := &dirState{}
+	root.pending.Store(1)
+	err := b.walkDir(absRoot, "", root, sel, parentTree)
+	if err != nil {
+		return err
+	}
+	return b.finish(root)
+}
+
+// lstat returns the stat of p.
+func lstat(p string) (syscall.Stat_t, error) {
+	var st syscall.Stat_t
+	for {
+		err := syscall.Lstat(p, &st)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return st, &fs.PathError{Op: "lstat", Path: p, Err: err}
+		}
+		return st, nil
+	}
+}
+
+// nodeFromStat fills the metadata of a node.
+func nodeFromStat(name string, st *syscall.Stat_t) node {
+	n := node{
+		Name:   name,
+		Mode:   st.Mode & 0o7777,
+		UID:    st.Uid,
+		GID:    st.Gid,
+		MTime:  st.Mtim.Sec*1e9 + st.Mtim.Nsec,
+		CTime:  st.Ctim.Sec*1e9 + st.Ctim.Nsec,
+		Inode:  st.Ino,
+		Device: uint64(st.Dev),
+		Links:  uint64(st.Nlink),
+	}
+	switch st.Mode & syscall.S_IFMT {
+	case syscall.S_IFREG:
+		n.Type = nodeFile
+		n.Size = uint64(st.Size)
+	case syscall.S_IFDIR:
+		n.Type = nodeDir
+	case syscall.S_IFLNK:
+		n.Type = nodeSymlink
+	case syscall.S_IFIFO:
+		n.Type = nodeFIFO
+	case syscall.S_IFCHR:
+		n.Type = nodeChar
+		n.Rdev = uint64(st.Rdev)
+	case syscall.S_IFBLK:
+		n.Type = nodeBlock
+		n.Rdev = uint64(st.Rdev)
+	case syscall.S_IFSOCK:
+		n.Type = nodeSocket
+	}
+	return n
+}
+
+// walkDir lists the directory dirPath into d (whose pending count already
+// includes one hold for this walk) and queues its files. Subdirectories are
+// walked depth-first here; files are read by workers in parallel.
+func (b *backupState) walkDir(dirPath, rel string, d *dirState, sel *selection, old *tree) error {
+	if err := b.ctx.Err(); err != nil {
+		return context.Cause(b.ctx)
+	}
+	var names []string
+	if sel.all {
+		f, err := os.Open(dirPath)
+		if err == nil {
+			names, err = f.Readdirnames(-1)
+			_ = f.Close()
+		}
+		if err != nil {
+			b.warn("cannot list directory %q: %v", displayPath(rel), err)
+		}
+	} else {
+		for name := range sel.children {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	d.nodes = make([]node, 0, len(names))
+	type sub struct {
+		idx   int
+		sel   *selection
+		old   *tree
+		oldID ID
+		path  string
+		rel   string
+	}
+	var subs []sub
+	var jobs []*fileJob
+	for _, name := range names {
+		p := filepath.Join(dirPath, name)
+		r := name
+		if rel != "" {
+			r = rel + "/" + name
+		}
+		if excluded(b.opts.Excludes, r) {
+			continue
+		}
+		if err := checkName(name); err != nil {
+			b.warn("skipping %q: %v", displayPath(r), err)
+			continue
+		}
+		st, err := lstat(p)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				b.warn("skipping %q: vanished during backup", displayPath(r))
+			} else {
+				b.warn("skipping %q: %v", displayPath(r), err)
+			}
+			continue
+		}
+		n := nodeFromStat(name, &st)
+		if n.Type == 0 {
+			b.warn("skipping %q: unsupported file type %#o", displayPath(r), st.Mode&syscall.S_IFMT)
+			continue
+		}
+		childSel := sel
+		if !sel.all {
+			childSel = sel.children[name]
+			if !childSel.all && n.Type != nodeDir {
+				// An intermediate path element must be a directory.
+				b.warn("skipping %q: not a directory", displayPath(r))
+				continue
+			}
+		}
+		var oldNode *node
+		if old != nil {
+			oldNode = old.find(name)
+		}
+		idx := len(d.nodes)
+		switch n.Type {
+		case nodeSymlink:
+			target, err := os.Readlink(p)
+			if err != nil || target == "" {
+				b.warn("skipping symlink %q: %v", displayPath(r), err)
+				continue
+			}
+			n.LinkTarget = target
+		case nodeDir:
+			var oldSub *tree
+			var oldID ID
+			if oldNode != nil && oldNode.Type == nodeDir {
+				oldID = oldNode.Subtree
+				t, err := b.r.loadTree(b.ctx, oldNode.Subtree)
+				if err != nil {
+					b.warn("cannot load the parent snapshot's tree for %q, reading it anew: %v", displayPath(r), err)
+				} else {
+					oldSub = t
+				}
+			}
+			subs = append(subs, sub{idx: idx, sel: childSel, old: oldSub, oldID: oldID, path: p, rel: r})
+			b.nDirs.Add(1)
+		case nodeFile:
+			b.nFiles.Add(1)
+			b.bytes.Add(int64(n.Size))
+			if oldNode != nil && b.unchanged(oldNode, &n) {
+				n.Content = oldNode.Content
+				n.Digest = oldNode.Digest
+				b.nUnmod.Add(1)
+			} else {
+				jobs = append(jobs, &fileJob{dir: d, idx: idx, path: p, rel: r, st: st, old: oldNode})
+			}
+		}
+		d.nodes = append(d.nodes, n)
+	}
+	d.pending.Add(int64(len(subs) + len(jobs)))
+	for _, j := range jobs {
+		select {
+		case b.files <- j:
+		case <-b.ctx.Done():
+			return context.Cause(b.ctx)
+		}
+	}
+	for _, s := range subs {
+		sd := &dirState{parent: d, parentIdx: s.idx, oldID: s.oldID}
+		sd.pending.Store(1)
+		if err := b.walkDir(s.path, s.rel, sd, s.sel, s.old); err != nil {
+			return err
+		}
+		if err := b.finish(sd); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func displayPath(rel string) string {
+	if rel == "" {
+		return "."
+	}
+	return rel
+}
+
+// unchanged reports whether the file n can reuse the content of the parent
+// snapshot's node old without being read.
+func (b *backupState) unchanged(old, n *node) bool {
+	if old.Type != nodeFile || old.Size != n.Size || old.MTime != n.MTime || old.CTime != n.CTime || old.Inode != n.Inode {
+		return false
+	}
+	x := b.r.index()
+	for _, id := range old.Content {
+		if !x.has(id) {
+			return false
+		}
+	}
+	return true
+}
+
+// finish releases one hold on d; the last release completes the directory:
+// its tree blob is encoded and saved, and the parent is released in turn.
+func (b *backupState) finish(d *dirState) error {
+	for d != nil {
+		if d.pending.Add(-1) != 0 {
+			return nil
+		}
+		nodes := d.nodes[:0]
+		for _, n := range d.nodes {
+			if n.Type != 0 {
+				nodes = append(nodes, n)
+			}
+		}
+		enc := encodeTree(&tree{Nodes: nodes})
+		id := ID(sha256.Sum256(enc))
+		if id != d.oldID || !b.r.index().has(id) {
+			buf := b.bufs.get(len(enc))
+			copy(buf, enc)
+			if _, err := b.saver.save(TreeBlob, id, buf); err != nil {
+				return err
+			}
+		}
+		if d.parent == nil {
+			b.rootDone <- id
+			return nil
+		}
+		d.parent.nodes[d.parentIdx].Subtree = id
+		d = d.parent
+	}
+	return nil
+}
+
+func (b *backupState) fileWorker() error {
+	w := &chunkWorker{b: b, zeroIDs: map[int]ID{}}
+	for j := range b.files {
+		s := j.rel
+		b.current.Store(&s)
+		if err := w.backupFile(j); err != nil {
+			return err
+		}
+		if err := b.finish(j.dir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// chunkWorker reads files and cuts them into blobs. Each worker owns its
+// chunker and buffers.
+type chunkWorker struct {
+	b       *backupState
+	ch      *chunker.Chunker
+	chunk   []byte
+	digest  hash.Hash
+	zeroIDs map[int]ID // ids of all-zero chunks by length (sparse files)
+}
+
+// backupFile reads one file into its node. Read errors of the source become
+// warnings (the file is left out); repository errors are returned.
+func (w *chunkWorker) backupFile(j *fileJob) error {
+	b := w.b
+	n := &j.dir.nodes[j.idx]
+	before := j.st
+	for attempt := 0; ; attempt++ {
+		res, err := w.readFile(j.path, &before)
+		if err != nil {
+			if b.ctx.Err() != nil || isRepoError(err) {
+				return err
+			}
+			b.warn("skipping %q: %v", j.rel, err)
+			n.Type = 0 // dropped from the tree
+			b.nFiles.Add(-1)
+			b.bytes.Add(-int64(n.Size))
+			return nil
+		}
+		b.bytesRead.Add(res.size)
+		same := res.after.Size == before.Size && res.after.Mtim == before.Mtim && res.after.Ctim == before.Ctim && res.size == before.Size
+		if !same && attempt < maxRereads {
+			before = res.after
+			continue
+		}
+		nn := nodeFromStat(n.Name, &before)
+		nn.Size = uint64(res.size)
+		nn.Content = res.content
+		nn.Digest = res.digest
+		if !same {
+			// Keep the pre-read times: the next backup then sees a change
+			// and reads the file again.
+			b.warn("file changed while being read, stored as read (its digest matches the stored content): %q", j.rel)
+		} else if attempt > 0 {
+			b.warn("file changed while being read, read again: %q", j.rel)
+		}
+		b.bytes.Add(int64(nn.Size) - int64(n.Size))
+		*n = nn
+		if j.old != nil && j.old.Type == nodeFile {
+			b.nChanged.Add(1)
+		} else {
+			b.nNew.Add(1)
+		}
+		return nil
+	}
+}
+
+// repoError marks errors of the repository side (not of the source).
+type repoError struct{ err error }
+
+func (e *repoError) Error() string { return e.err.Error() }
+func (e *repoError) Unwrap() error { return e.err }
+
+func isRepoError(err error) bool {
+	var re *repoError
+	return errors.As(err, &re)
+}
+
+type readResult struct {
+	size    int64
+	content []ID
+	digest  ID
+	after   syscall.Stat_t
+}
+
+// readFile reads, chunks and queues one file. want is the stat the walker
+// saw; when the opened file is a different one it is replaced by the opened
+// file's stat, so that the caller compares like with like.
+func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, error) {
+	b := w.b
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		return nil, fmt.Errorf("fstat: %w", err)
+	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
+		return nil, errors.New("no longer a regular file")
+	}
+	if st.Ino != want.Ino || st.Dev != want.Dev {
+		*want = st
+	}
+	res := &readResult{}
+	minChunk := int(b.r.cfg.MinChunk)
+	// Small files (the common case) are read whole into one pooled buffer:
+	// one blob, whose id is also the file digest.
+	small := b.bufs.get(minChunk)
+	nr, err := io.ReadFull(f, small)
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		small = small[:nr]
+		id := w.blobID(small)
+		if b.r.testHookChunk != nil {
+			b.r.testHookChunk(p, 0)
+		}
+		if nr > 0 {
+			if _, err := b.saver.save(DataBlob, id, small); err != nil {
+				return nil, &repoError{err}
+			}
+			res.content = []ID{id}
+			res.digest = id
+		} else {
+			b.bufs.put(small)
+			res.digest = sha256.Sum256(nil)
+		}
+		res.size = int64(nr)
+		if err := syscall.Fstat(int(f.Fd()), &res.after); err != nil {
+			return nil, fmt.Errorf("fstat: %w", err)
+		}
+		return res, nil
+	}
+	if err != nil {
+		b.bufs.put(small)
+		return nil, err
+	}
+	// Larger file: content-defined chunks. The bytes already read are fed
+	// to the chunker first.
+	head := &bytesReader{b: small}
+	rd := io.MultiReader(head, f)
+	if w.ch == nil {
+		w.ch = chunker.NewWithBoundaries(rd, b.pol, b.r.cfg.MinChunk, b.r.cfg.MaxChunk)
+		w.chunk = make([]byte, 0, b.r.cfg.MaxChunk)
+		w.digest = sha256.New()
+	} else {
+		w.ch.ResetWithBoundaries(rd, b.pol, b.r.cfg.MinChunk, b.r.cfg.MaxChunk)
+	}
+	w.digest.Reset()
+	defer b.bufs.put(small)
+	for i := 0; ; i++ {
+		c, err := w.ch.Next(w.chunk[:0])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		if cap(c.Data) > cap(w.chunk) {
+			w.chunk = c.Data[:0]
+		}
+		w.digest.Write(c.Data)
+		id := w.blobID(c.Data)
+		if b.r.testHookChunk != nil {
+			b.r.testHookChunk(p, i)
+		}
+		res.content = append(res.content, id)
+		res.size += int64(len(c.Data))
+		if !b.saver.r.index().has(id) {
+			buf := b.bufs.get(len(c.Data))
+			copy(buf, c.Data)
+			if _, err := b.saver.save(DataBlob, id, buf); err != nil {
+				return nil, &repoError{err}
+			}
+		}
+		if i%8 == 7 {
+			if err := b.ctx.Err(); err != nil {
+				return nil, &repoError{context.Cause(b.ctx)}
+			}
+		}
+	}
+	copy(res.digest[:], w.digest.Sum(nil))
+	if err := syscall.Fstat(int(f.Fd()), &res.after); err != nil {
+		return nil, fmt.Errorf("fstat: %w", err)
+	}
+	return res, nil
+}
+
+// blobID hashes a chunk; all-zero chunks (sparse files) hash once per length.
+func (w *chunkWorker) blobID(data []byte) ID {
+	if len(data) >= 64<<10 && data[0] == 0 && data[len(data)-1] == 0 && isZero(data) {
+		if id, ok := w.zeroIDs[len(data)]; ok {
+			return id
+		}
+		id := ID(sha256.Sum256(data))
+		w.zeroIDs[len(data)] = id
+		return id
+	}
+	return sha256.Sum256(data)
+}
+
+// bytesReader reads a byte slice (bytes.Reader without the extra methods,
+// so io.MultiReader does not try WriterTo).
+type bytesReader struct{ b []byte }
+
+func (r *bytesReader) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, r.b)
+	r.b = r.b[n:]
+	return n, nil
+}

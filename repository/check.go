@@ -1,0 +1,824 @@
+package repository
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/custos-backup/custos/repository/backend"
+	"golang.org/x/sync/errgroup"
+)
+
+// CheckOptions say how much of a repository Check verifies.
+type CheckOptions struct {
+	ReadData bool   // read and verify every blob of the packs in scope
+	Budget   int64  // bytes of pack data to read this call; 0 = no limit
+	Cursor   string // from the previous CheckResult; "" = start
+}
+
+// Problem is one damaged or missing object, with what depends on it.
+type Problem struct {
+	Object    string   `json:"object"`              // backend path, e.g. "data/ab/ab12...", "index/...", "snapshots/..."
+	Err       string   `json:"error"`               // what is wrong
+	Blobs     []string `json:"blobs,omitempty"`     // damaged blob ids, if known
+	Snapshots []string `json:"snapshots,omitempty"` // snapshot ids that depend on the object
+	Paths     []string `json:"paths,omitempty"`     // "snapshotShortID:path" of files that depend on it
+}
+
+// CheckResult is the outcome of one Check call.
+type CheckResult struct {
+	Problems     []Problem `json:"problems"`
+	PacksChecked int       `json:"packs_checked"`
+	BytesRead    int64     `json:"bytes_read"`
+	Cursor       string    `json:"cursor,omitempty"` // "" when the pass is complete
+}
+
+// maxPathsPerProblem bounds how many dependent paths a problem lists, so that
+// one damaged tree near the root cannot make the result as large as the
+// repository's file list.
+const maxPathsPerProblem = 1000
+
+// checkState collects what Check learns while it walks the repository.
+type checkState struct {
+	r   *Repository
+	res *CheckResult
+
+	mu       sync.Mutex
+	problems map[string]*Problem // by object
+	order    []string
+
+	// index as read by check itself (not r.index(), which a damaged index
+	// file may have left incomplete)
+	packs     map[ID]int64             // pack -> size recorded in the index
+	packBlobs map[ID][]packedBlob      // pack -> its entries
+	blobPacks map[ID][]ID              // blob -> packs that hold it
+	entry     map[ID]map[ID]packedBlob // pack -> blob -> entry
+	stored    map[ID]int64             // packs present in data/, with size
+
+	damagedIndexes []string
+	damagedBlobs   map[ID]string // blob -> object (pack path or "index") it is attributed to
+}
+
+func (c *checkState) problem(object, format string, args ...any) *Problem {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	msg := fmt.Sprintf(format, args...)
+	if p, ok := c.problems[object]; ok {
+		if !strings.Contains(p.Err, msg) {
+			p.Err += "; " + msg
+		}
+		return p
+	}
+	p := &Problem{Object: object, Err: msg}
+	c.problems[object] = p
+	c.order = append(c.order, object)
+	return p
+}
+
+// damageBlob records that blob id cannot be read and blames object for it.
+func (c *checkState) damageBlob(object string, id ID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.damagedBlobs[id]; ok {
+		return
+	}
+	c.damagedBlobs[id] = object
+	if p := c.problems[object]; p != nil {
+		p.Blobs = append(p.Blobs, id.String())
+	}
+}
+
+func packPath(id ID) string {
+	return backend.Handle{Type: backend.PackFile, Name: id.String()}.Path()
+}
+
+// Check verifies the repository. Without ReadData it checks the structure:
+// every index and snapshot file verifies against its name and decrypts,
+// every indexed pack exists with the recorded size and every index entry
+// lies inside its pack, every tree reachable from a snapshot is readable and
+// every blob a tree references is indexed. With ReadData it also reads packs
+// (in sorted order, from Cursor, until Budget is spent): the pack's SHA-256
+// must equal its name, its header must decrypt and agree with the index, and
+// every blob must decrypt, decompress and hash to its id.
+//
+// Each damaged object is reported once, with the snapshots and file paths
+// that depend on it. Check returns an error only when it could not run (for
+// example the backend failed to list); damage is reported in the result.
+func (r *Repository) Check(ctx context.Context, opts CheckOptions) (*CheckResult, error) {
+	c := &checkState{
+		r:            r,
+		res:          &CheckResult{Problems: []Problem{}},
+		problems:     map[string]*Problem{},
+		packs:        map[ID]int64{},
+		packBlobs:    map[ID][]packedBlob{},
+		blobPacks:    map[ID][]ID{},
+		entry:        map[ID]map[ID]packedBlob{},
+		stored:       map[ID]int64{},
+		damagedBlobs: map[ID]string{},
+	}
+	if opts.Cursor != "" {
+		if _, err := ParseID(opts.Cursor); err != nil {
+			return nil, fmt.Errorf("check: bad cursor: %w", err)
+		}
+	}
+	if err := c.listPacks(ctx); err != nil {
+		return nil, err
+	}
+	if err := c.checkIndex(ctx); err != nil {
+		return nil, err
+	}
+	snaps, err := c.checkSnapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	missing, err := c.checkTrees(ctx, snaps)
+	if err != nil {
+		return nil, err
+	}
+	if opts.ReadData {
+		if err := c.readPacks(ctx, opts); err != nil {
+			return nil, err
+		}
+	}
+	c.attributeMissing(missing)
+	if len(c.damagedBlobs) > 0 {
+		if err := c.findDependents(ctx, snaps); err != nil {
+			return nil, err
+		}
+	}
+	for _, o := range c.order {
+		p := c.problems[o]
+		sort.Strings(p.Blobs)
+		c.res.Problems = append(c.res.Problems, *p)
+	}
+	return c.res, nil
+}
+
+func (c *checkState) listPacks(ctx context.Context) error {
+	err := c.r.be.List(ctx, backend.PackFile, func(fi backend.FileInfo) error {
+		id, err := ParseID(fi.Name)
+		if err != nil {
+			c.problem(backend.Handle{Type: backend.PackFile, Name: fi.Name}.Path(), "object name is not a pack id")
+			return nil
+		}
+		c.stored[id] = fi.Size
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("check: list packs: %w", err)
+	}
+	return nil
+}
+
+// checkIndex loads every index file itself (so that one damaged file is
+// reported instead of hiding the others) and checks each entry against the
+// packs that exist.
+func (c *checkState) checkIndex(ctx context.Context) error {
+	r := c.r
+	ids, err := r.listIDs(ctx, backend.IndexFile, func(name string) {
+		c.problem(backend.Handle{Type: backend.IndexFile, Name: name}.Path(), "object name is not an index id")
+	})
+	if err != nil {
+		return fmt.Errorf("check: %w", err)
+	}
+	files := make([]*indexFile, len(ids))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i, id := range ids {
+		g.Go(func() error {
+			f, err := r.loadIndexFile(gctx, id)
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				o := backend.Handle{Type: backend.IndexFile, Name: id.String()}.Path()
+				c.problem(o, "%v", err)
+				c.mu.Lock()
+				c.damagedIndexes = append(c.damagedIndexes, o)
+				c.mu.Unlock()
+				return nil
+			}
+			files[i] = f
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return fmt.Errorf("check: %w", err)
+	}
+	present := map[ID]bool{}
+	for i, id := range ids {
+		if files[i] != nil {
+			present[id] = true
+		}
+	}
+	superseded := map[ID]bool{}
+	for _, f := range files {
+		if f == nil {
+			continue
+		}
+		for _, s := range f.Supersedes {
+			if present[s] {
+				superseded[s] = true
+			}
+		}
+	}
+	overhead := r.seal.overhead()
+	for i, f := range files {
+		if f == nil || superseded[ids[i]] {
+			continue
+		}
+		obj := backend.Handle{Type: backend.IndexFile, Name: ids[i].String()}.Path()
+		for _, p := range f.Packs {
+			pp := packPath(p.ID)
+			if old, ok := c.packs[p.ID]; ok && old != p.Size {
+				c.problem(obj, "pack %s listed with size %d, another index says %d", pp, p.Size, old)
+			}
+			c.packs[p.ID] = p.Size
+			if c.entry[p.ID] == nil {
+				c.entry[p.ID] = map[ID]packedBlob{}
+			}
+			for _, pb := range p.Blobs {
+				if err := pb.check(overhead); err != nil {
+					c.problem(obj, "pack %s: %v", pp, err)
+					continue
+				}
+				if int64(pb.Offset)+int64(pb.Length) > p.Size-packTrailerSize {
+					c.problem(obj, "blob %s lies outside pack %s (%d+%d of %d bytes)", pb.ID, pp, pb.Offset, pb.Length, p.Size)
+					continue
+				}
+				if _, dup := c.entry[p.ID][pb.ID]; dup {
+					continue
+				}
+				c.entry[p.ID][pb.ID] = pb
+				c.packBlobs[p.ID] = append(c.packBlobs[p.ID], pb)
+				c.blobPacks[pb.ID] = append(c.blobPacks[pb.ID], p.ID)
+			}
+		}
+	}
+	for id, size := range c.packs {
+		st, ok := c.stored[id]
+		switch {
+		case !ok:
+			c.problem(packPath(id), "pack is in the index but missing from the backend")
+			for _, pb := range c.packBlobs[id] {
+				c.damageBlob(packPath(id), pb.ID)
+			}
+		case st != size:
+			c.problem(packPath(id), "pack has %d bytes, index says %d", st, size)
+			for _, pb := range c.packBlobs[id] {
+				c.damageBlob(packPath(id), pb.ID)
+			}
+		}
+	}
+	return nil
+}
+
+// checkSnapshots loads every snapshot file and returns the readable ones.
+func (c *checkState) checkSnapshots(ctx context.Context) ([]*Snapshot, error) {
+	r := c.r
+	ids, err := r.listIDs(ctx, backend.SnapshotFile, func(name string) {
+		c.problem(backend.Handle{Type: backend.SnapshotFile, Name: name}.Path(), "object name is not a snapshot id")
+	})
+	if err != nil {
+		return nil, fmt.Errorf("check: %w", err)
+	}
+	out := make([]*Snapshot, len(ids))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(16)
+	for i, id := range ids {
+		g.Go(func() error {
+			sn, err := r.LoadSnapshot(gctx, id)
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				p := c.problem(backend.Handle{Type: backend.SnapshotFile, Name: id.String()}.Path(), "%v", err)
+				c.mu.Lock()
+				p.Snapshots = []string{id.String()}
+				c.mu.Unlock()
+				return nil
+			}
+			out[i] = sn
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, fmt.Errorf("check: %w", err)
+	}
+	snaps := slices.DeleteFunc(out, func(s *Snapshot) bool { return s == nil })
+	sort.Slice(snaps, func(i, j int) bool { return snaps[i].ID.String() < snaps[j].ID.String() })
+	return snaps, nil
+}
+
+// lookupBlob finds a blob in check's own view of the index.
+func (c *checkState) lookupBlob(id ID) (ID, packedBlob, bool) {
+	ps := c.blobPacks[id]
+	if len(ps) == 0 {
+		return ID{}, packedBlob{}, false
+	}
+	return ps[0], c.entry[ps[0]][id], true
+}
+
+// checkTrees reads every tree reachable from snaps once and checks that every
+// blob it references is indexed. It returns the referenced blobs that are in
+// no index.
+func (c *checkState) checkTrees(ctx context.Context, snaps []*Snapshot) (map[ID]bool, error) {
+	seen := map[ID]bool{}
+	missing := map[ID]bool{}
+	var queue []ID
+	for _, sn := range snaps {
+		if !seen[sn.Tree] {
+			seen[sn.Tree] = true
+			queue = append(queue, sn.Tree)
+		}
+	}
+	// Trees are small; load them a level at a time with a few workers.
+	for len(queue) > 0 {
+		next := make([][]ID, len(queue))
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(max(4, runtime.GOMAXPROCS(0)))
+		for i, tid := range queue {
+			g.Go(func() error {
+				t, err := c.loadTree(gctx, tid)
+				if err != nil {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					return nil
+				}
+				var subs []ID
+				for j := range t.Nodes {
+					n := &t.Nodes[j]
+					switch n.Type {
+					case nodeDir:
+						subs = append(subs, n.Subtree)
+					case nodeFile:
+						for _, b := range n.Content {
+							if _, _, ok := c.lookupBlob(b); !ok {
+								c.mu.Lock()
+								missing[b] = true
+								c.mu.Unlock()
+							}
+						}
+					}
+				}
+				next[i] = subs
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return nil, fmt.Errorf("check: %w", err)
+		}
+		queue = queue[:0]
+		for _, subs := range next {
+			for _, s := range subs {
+				if !seen[s] {
+					seen[s] = true
+					queue = append(queue, s)
+				}
+			}
+		}
+	}
+	return missing, nil
+}
+
+// loadTree reads one tree through check's own index view and records why it
+// could not be read.
+func (c *checkState) loadTree(ctx context.Context, id ID) (*tree, error) {
+	pack, pb, ok := c.lookupBlob(id)
+	if !ok {
+		c.mu.Lock()
+		c.damagedBlobs[id] = ""
+		c.mu.Unlock()
+		return nil, fmt.Errorf("tree %s not in index", id)
+	}
+	if pb.Type != TreeBlob {
+		c.problem(packPath(pack), "blob %s is indexed as %s but used as a tree", id.Short(), pb.Type)
+		c.damageBlob(packPath(pack), id)
+		return nil, errors.New("not a tree blob")
+	}
+	if _, ok := c.stored[pack]; !ok {
+		return nil, errors.New("pack missing") // already reported
+	}
+	sealed, err := loadRange(ctx, c.r.be, backend.Handle{Type: backend.PackFile, Name: pack.String()}, int64(pb.Offset), int(pb.Length))
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		c.problem(packPath(pack), "reading tree %s: %v", id.Short(), err)
+		c.damageBlob(packPath(pack), id)
+		return nil, err
+	}
+	pt, err := c.r.openBlob(pb, sealed, nil)
+	if err != nil {
+		c.problem(packPath(pack), "tree blob %s: %v", id.Short(), err)
+		c.damageBlob(packPath(pack), id)
+		return nil, err
+	}
+	t, err := decodeTree(pt)
+	if err != nil {
+		c.problem(packPath(pack), "tree blob %s: %v", id.Short(), err)
+		c.damageBlob(packPath(pack), id)
+		return nil, err
+	}
+	return t, nil
+}
+
+// attributeMissing blames referenced blobs that no index lists: on the
+// damaged index files if there are any (they most likely listed them), or on
+// the index as a whole.
+func (c *checkState) attributeMissing(missing map[ID]bool) {
+	for id, obj := range c.damagedBlobs {
+		if obj == "" {
+			missing[id] = true
+			delete(c.damagedBlobs, id)
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	ids := make([]ID, 0, len(missing))
+	for id := range missing {
+		ids = append(ids, id)
+	}
+	slices.SortFunc(ids, func(a, b ID) int { return bytes.Compare(a[:], b[:]) })
+	if len(c.damagedIndexes) == 0 {
+		c.problem("index", "%d blobs referenced by snapshots are in no index file", len(ids))
+		for _, id := range ids {
+			c.damageBlob("index", id)
+		}
+		return
+	}
+	sort.Strings(c.damagedIndexes)
+	for _, o := range c.damagedIndexes {
+		c.problem(o, "%d blobs referenced by snapshots are in no readable index file", len(ids))
+	}
+	for _, id := range ids {
+		c.damageBlob(c.damagedIndexes[0], id)
+	}
+	// Every damaged index file may have held them: give each the same list.
+	first := c.problems[c.damagedIndexes[0]]
+	for _, o := range c.damagedIndexes[1:] {
+		c.problems[o].Blobs = append([]string(nil), first.Blobs...)
+	}
+}
+
+// readPacks reads the packs in scope and verifies them byte by byte.
+func (c *checkState) readPacks(ctx context.Context, opts CheckOptions) error {
+	all := make([]ID, 0, len(c.stored))
+	for id := range c.stored {
+		all = append(all, id)
+	}
+	slices.SortFunc(all, func(a, b ID) int { return bytes.Compare(a[:], b[:]) })
+	start := 0
+	if opts.Cursor != "" {
+		cur, _ := ParseID(opts.Cursor)
+		start = sort.Search(len(all), func(i int) bool { return bytes.Compare(all[i][:], cur[:]) > 0 })
+	}
+	var scope []ID
+	var planned int64
+	for _, id := range all[start:] {
+		size := c.stored[id]
+		if opts.Budget > 0 && len(scope) > 0 && planned+size > opts.Budget {
+			break
+		}
+		scope = append(scope, id)
+		planned += size
+	}
+	if start+len(scope) < len(all) && len(scope) > 0 {
+		c.res.Cursor = scope[len(scope)-1].String()
+	}
+	workers := max(2, runtime.GOMAXPROCS(0))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(workers)
+	var mu sync.Mutex
+	// One pack buffer per worker, reused: packs are large and a fresh
+	// buffer per pack would let garbage pile up to several packs' worth.
+	bufs := make(chan []byte, workers)
+	for _, id := range scope {
+		g.Go(func() error {
+			var buf []byte
+			select {
+			case buf = <-bufs:
+			default:
+			}
+			n, buf, err := c.readPack(gctx, id, buf)
+			bufs <- buf
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			c.res.PacksChecked++
+			c.res.BytesRead += n
+			mu.Unlock()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return fmt.Errorf("check: %w", err)
+	}
+	return nil
+}
+
+// readPack verifies one whole pack, reading it into buf's memory. It
+// returns the bytes read and the buffer for reuse; an error only when ctx
+// ended.
+func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []byte, error) {
+	pp := packPath(id)
+	size := c.stored[id]
+	h := backend.Handle{Type: backend.PackFile, Name: id.String()}
+	buf, err := loadWhole(ctx, c.r.be, h, size, buf)
+	if err != nil {
+		if ctx.Err() != nil {
+			return 0, buf, ctx.Err()
+		}
+		c.problem(pp, "reading pack: %v", err)
+		for _, pb := range c.packBlobs[id] {
+			c.damageBlob(pp, pb.ID)
+		}
+		return int64(len(buf)), buf, nil
+	}
+	indexed := c.entry[id]
+	if sha256.Sum256(buf) != id {
+		c.problem(pp, "pack content does not match its name (SHA-256 mismatch)")
+		defer func() {
+			// A pack whose hash fails is damaged even where every indexed
+			// blob still verifies (e.g. in its header): make sure it names
+			// what depends on it.
+			c.mu.Lock()
+			p := c.problems[pp]
+			nb := len(p.Blobs)
+			c.mu.Unlock()
+			if nb == 0 {
+				for _, pb := range c.packBlobs[id] {
+					c.damageBlob(pp, pb.ID)
+				}
+			}
+		}()
+	}
+	hdr, herr := c.r.parsePackTail(buf, int64(len(buf)))
+	if herr != nil {
+		c.problem(pp, "pack header: %v", herr)
+	} else {
+		inHeader := make(map[ID]packedBlob, len(hdr.Blobs))
+		for _, pb := range hdr.Blobs {
+			inHeader[pb.ID] = pb
+		}
+		for bid, pb := range indexed {
+			if hb, ok := inHeader[bid]; !ok || hb != pb {
+				c.problem(pp, "index entry for blob %s does not match the pack header", bid.Short())
+			}
+		}
+	}
+	// Verify blobs by the index entries (what restore uses); for a pack no
+	// index lists, by its header.
+	var blobs []packedBlob
+	if indexed != nil {
+		blobs = c.packBlobs[id]
+	} else if hdr != nil {
+		blobs = hdr.Blobs
+	}
+	// The pack hash and header are done with, and blobs occupy disjoint
+	// ranges, so each blob is opened in place.
+	var scratch []byte
+	for _, pb := range blobs {
+		end := int64(pb.Offset) + int64(pb.Length)
+		if end > int64(len(buf)) {
+			c.problem(pp, "blob %s lies beyond the end of the pack", pb.ID.Short())
+			c.damageBlob(pp, pb.ID)
+			continue
+		}
+		pt, err := c.r.openBlob(pb, buf[pb.Offset:end:end], scratch)
+		if err != nil {
+			c.problem(pp, "blob %s: %v", pb.ID.Short(), err)
+			c.damageBlob(pp, pb.ID)
+			continue
+		}
+		if pb.Flags&flagZstd != 0 {
+			scratch = pt[:0]
+		}
+	}
+	return int64(len(buf)), buf, nil
+}
+
+// loadWhole reads a whole object of the given size into buf's memory (or a
+// new buffer if buf is too small).
+func loadWhole(ctx context.Context, be backend.Backend, h backend.Handle, size int64, buf []byte) ([]byte, error) {
+	if int64(cap(buf)) < size+1 {
+		buf = make([]byte, 0, size+1)
+	}
+	rd, err := be.Load(ctx, h, 0, 0)
+	if err != nil {
+		return buf[:0], err
+	}
+	defer func() { _ = rd.Close() }()
+	buf, err = readAllInto(rd, buf[:0])
+	if err != nil {
+		return buf, fmt.Errorf("read %s: %w", h, err)
+	}
+	if int64(len(buf)) != size {
+		return buf, fmt.Errorf("read %s: got %d bytes, listed with %d", h, len(buf), size)
+	}
+	return buf, nil
+}
+
+func readAllInto(rd io.Reader, b []byte) ([]byte, error) {
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := rd.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+	}
+}
+
+// findDependents walks every readable snapshot's tree and records, for each
+// damaged blob, the snapshots and file paths that need it.
+func (c *checkState) findDependents(ctx context.Context, snaps []*Snapshot) error {
+	type dep struct {
+		snaps map[string]bool
+		paths []string
+	}
+	byObject := map[string]*dep{}
+	add := func(blob ID, sn *Snapshot, p string) {
+		obj, ok := c.damagedBlobs[blob]
+		if !ok {
+			return
+		}
+		d := byObject[obj]
+		if d == nil {
+			d = &dep{snaps: map[string]bool{}}
+			byObject[obj] = d
+		}
+		d.snaps[sn.ID.String()] = true
+		if p != "" && len(d.paths) < maxPathsPerProblem {
+			d.paths = append(d.paths, sn.ID.Short()+":"+p)
+		}
+	}
+	for _, sn := range snaps {
+		add(sn.Tree, sn, "/")
+		if _, bad := c.damagedBlobs[sn.Tree]; bad {
+			continue
+		}
+		err := c.walk(ctx, "", sn.Tree, func(p string, n *node) {
+			switch n.Type {
+			case nodeDir:
+				add(n.Subtree, sn, p+"/")
+			case nodeFile:
+				for _, b := range n.Content {
+					if _, bad := c.damagedBlobs[b]; bad {
+						add(b, sn, p)
+						break
+					}
+				}
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("check: %w", err)
+		}
+	}
+	for obj, d := range byObject {
+		p := c.problems[obj]
+		if p == nil {
+			continue
+		}
+		for s := range d.snaps {
+			if !slices.Contains(p.Snapshots, s) {
+				p.Snapshots = append(p.Snapshots, s)
+			}
+		}
+		sort.Strings(p.Snapshots)
+		p.Paths = append(p.Paths, d.paths...)
+	}
+	return nil
+}
+
+// walk visits the nodes below tree id, skipping subtrees that are damaged.
+// A node whose path is needed more than once (shared subtrees) is visited
+// once per path, which is what dependents need.
+func (c *checkState) walk(ctx context.Context, prefix string, id ID, fn func(p string, n *node)) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if _, bad := c.damagedBlobs[id]; bad {
+		return nil
+	}
+	t, err := c.loadTree(ctx, id)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return nil
+	}
+	for i := range t.Nodes {
+		n := &t.Nodes[i]
+		p := n.Name
+		if prefix != "" {
+			p = prefix + "/" + n.Name
+		}
+		fn(p, n)
+		if n.Type == nodeDir {
+			if err := c.walk(ctx, p, n.Subtree, fn); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// OpenTolerant opens a repository like Open, but a damaged or unreadable
+// index file does not stop it: the in-memory index is built from the index
+// files that verify, and the damaged ones are returned (as backend paths
+// with the reason). Blobs listed only in a damaged file are then "not in
+// index", so restore fails loudly for the files that need them and still
+// restores every other file, and Check names the damaged file. Commands that
+// delete data (forget --prune, prune) must use Open, which refuses.
+func OpenTolerant(ctx context.Context, be backend.Backend, password []byte) (*Repository, []string, error) {
+	r, err := Open(ctx, hideIndexes{be}, password)
+	if err != nil {
+		return nil, nil, err
+	}
+	r.be = be
+	ids, err := r.listIDs(ctx, backend.IndexFile, nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open %s: %w", be.Location(), err)
+	}
+	files := make([]*indexFile, len(ids))
+	damaged := make([]string, len(ids))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i, id := range ids {
+		g.Go(func() error {
+			f, err := r.loadIndexFile(gctx, id)
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				damaged[i] = fmt.Sprintf("%s: %v", backend.Handle{Type: backend.IndexFile, Name: id.String()}.Path(), err)
+				return nil
+			}
+			files[i] = f
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, nil, fmt.Errorf("open %s: load index: %w", be.Location(), err)
+	}
+	present := map[ID]bool{}
+	for i, id := range ids {
+		if files[i] != nil {
+			present[id] = true
+		}
+	}
+	superseded := map[ID]bool{}
+	for _, f := range files {
+		if f != nil {
+			for _, s := range f.Supersedes {
+				if present[s] {
+					superseded[s] = true
+				}
+			}
+		}
+	}
+	x := newIndex()
+	for i, f := range files {
+		if f == nil || superseded[ids[i]] {
+			continue
+		}
+		for _, p := range f.Packs {
+			x.addPack(p)
+		}
+		x.mu.Lock()
+		x.files[ids[i]] = struct{}{}
+		x.mu.Unlock()
+	}
+	r.idxMu.Lock()
+	r.idx = x
+	r.idxMu.Unlock()
+	return r, slices.DeleteFunc(damaged, func(s string) bool { return s == "" }), nil
+}
+
+// hideIndexes makes a backend look as if it had no index files, so that
+// Open does not stop at a damaged one; OpenTolerant loads them itself.
+type hideIndexes struct{ backend.Backend }
+
+func (h hideIndexes) List(ctx context.Context, t backend.FileType, fn func(backend.FileInfo) error) error {
+	if t == backend.IndexFile {
+		return nil
+	}
+	return h.Backend.List(ctx, t, fn)
+}

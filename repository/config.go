@@ -1,0 +1,225 @@
+package repository
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/custos-backup/custos/repository/backend"
+	"github.com/restic/chunker"
+)
+
+// formatVersion is the repository format this code writes and reads.
+const formatVersion = 1
+
+const (
+	formatName       = "custos-repository"
+	compressionZstd  = "zstd"
+	compressionNone  = "none"
+	cipherAESGCM     = "aes-256-gcm"
+	cipherNone       = "none"
+	defaultPackSize  = 16 << 20
+	minPackSize      = 1 << 20
+	maxPackSize      = 1 << 30
+	maxConfigSize    = 64 << 10
+	maxKeyFileSize   = 64 << 10
+	maxSnapshotSize  = 16 << 20
+	maxIndexFileSize = 1 << 30
+)
+
+// configFile is the "config" object. The outer part is plain JSON so that a
+// reader can tell an encrypted repository from an unencrypted one before it
+// has a key; the inner part (chunker polynomial etc.) is sealed with the
+// master key when the repository is encrypted.
+type configFile struct {
+	Format    string `json:"format"`
+	Version   int    `json:"version"`
+	ID        string `json:"id"`
+	Encrypted bool   `json:"encrypted"`
+	// Sealed is the sealed JSON of repoConfig (encrypted repositories).
+	Sealed []byte `json:"sealed,omitempty"`
+	// Config is repoConfig in the clear (unencrypted repositories).
+	Config *repoConfig `json:"config,omitempty"`
+}
+
+// repoConfig is the inner configuration.
+type repoConfig struct {
+	Version     int       `json:"version"`
+	ID          string    `json:"id"`
+	Created     time.Time `json:"created"`
+	Polynomial  string    `json:"chunker_polynomial"` // hex
+	MinChunk    uint      `json:"chunk_min"`
+	MaxChunk    uint      `json:"chunk_max"`
+	Compression string    `json:"compression"` // "zstd" or "none"
+	PackSize    int64     `json:"pack_size"`
+	Cipher      string    `json:"cipher"` // "aes-256-gcm" or "none"
+
+	pol chunker.Pol
+}
+
+// validate checks every field, so that later code can trust the config.
+func (c *repoConfig) validate() error {
+	if c.Version != formatVersion {
+		return fmt.Errorf("unsupported format version %d", c.Version)
+	}
+	if len(c.ID) != 64 {
+		return fmt.Errorf("invalid repository id %q", c.ID)
+	}
+	if _, err := hex.DecodeString(c.ID); err != nil {
+		return fmt.Errorf("invalid repository id %q", c.ID)
+	}
+	p, err := strconv.ParseUint(c.Polynomial, 16, 64)
+	if err != nil {
+		return fmt.Errorf("invalid chunker polynomial %q", c.Polynomial)
+	}
+	c.pol = chunker.Pol(p)
+	if !c.pol.Irreducible() || c.pol.Deg() != 53 {
+		return fmt.Errorf("chunker polynomial %q is not an irreducible polynomial of degree 53", c.Polynomial)
+	}
+	if c.MinChunk < 64<<10 || c.MaxChunk > 64<<20 || c.MinChunk >= c.MaxChunk {
+		return fmt.Errorf("invalid chunk size bounds %d..%d", c.MinChunk, c.MaxChunk)
+	}
+	switch c.Compression {
+	case compressionZstd, compressionNone:
+	default:
+		return fmt.Errorf("unknown compression %q", c.Compression)
+	}
+	if c.PackSize < minPackSize || c.PackSize > maxPackSize {
+		return fmt.Errorf("pack size %d out of range [%d, %d]", c.PackSize, minPackSize, maxPackSize)
+	}
+	switch c.Cipher {
+	case cipherAESGCM, cipherNone:
+	default:
+		return fmt.Errorf("unknown cipher %q", c.Cipher)
+	}
+	return nil
+}
+
+func newRepoConfig(opts InitOptions) (*repoConfig, error) {
+	pol, err := chunker.RandomPolynomial()
+	if err != nil {
+		return nil, fmt.Errorf("chunker polynomial: %w", err)
+	}
+	var id [32]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return nil, err
+	}
+	c := &repoConfig{
+		Version:     formatVersion,
+		ID:          hex.EncodeToString(id[:]),
+		Created:     time.Now().UTC().Truncate(time.Second),
+		Polynomial:  strconv.FormatUint(uint64(pol), 16),
+		MinChunk:    chunker.MinSize,
+		MaxChunk:    chunker.MaxSize,
+		Compression: compressionZstd,
+		PackSize:    opts.PackSize,
+		Cipher:      cipherAESGCM,
+	}
+	if c.PackSize == 0 {
+		c.PackSize = defaultPackSize
+	}
+	if opts.Unencrypted {
+		c.Cipher = cipherNone
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// decodeConfigFile parses the outer config object.
+func decodeConfigFile(b []byte) (*configFile, error) {
+	var cf configFile
+	if err := strictUnmarshal(b, &cf); err != nil {
+		return nil, fmt.Errorf("decode config: %w", err)
+	}
+	if cf.Format != formatName {
+		return nil, fmt.Errorf("decode config: not a custos repository (format %q)", cf.Format)
+	}
+	if cf.Version != formatVersion {
+		return nil, fmt.Errorf("decode config: unsupported format version %d", cf.Version)
+	}
+	if cf.Encrypted != (cf.Sealed != nil) || cf.Encrypted == (cf.Config != nil) {
+		return nil, errors.New("decode config: encrypted flag does not match its contents")
+	}
+	return &cf, nil
+}
+
+// decodeRepoConfig opens and validates the inner config with s.
+func decodeRepoConfig(cf *configFile, s *sealer) (*repoConfig, error) {
+	var c repoConfig
+	if cf.Encrypted {
+		if !s.encrypted() {
+			return nil, errors.New("config is encrypted but no key given")
+		}
+		pt, err := s.open(nil, cf.Sealed)
+		if err != nil {
+			return nil, fmt.Errorf("open config: %w", err)
+		}
+		if err := strictUnmarshal(pt, &c); err != nil {
+			return nil, fmt.Errorf("decode config: %w", err)
+		}
+	} else {
+		c = *cf.Config
+	}
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if c.ID != cf.ID {
+		return nil, errors.New("config: inner and outer repository ids differ")
+	}
+	if (c.Cipher == cipherNone) == cf.Encrypted {
+		return nil, errors.New("config: cipher does not match the encrypted flag")
+	}
+	return &c, nil
+}
+
+func encodeConfigFile(c *repoConfig, s *sealer) ([]byte, error) {
+	cf := configFile{Format: formatName, Version: formatVersion, ID: c.ID, Encrypted: s.encrypted()}
+	if s.encrypted() {
+		inner, err := json.Marshal(c)
+		if err != nil {
+			return nil, err
+		}
+		cf.Sealed = s.seal(nil, inner)
+	} else {
+		cf.Config = c
+	}
+	return json.MarshalIndent(&cf, "", "  ")
+}
+
+// strictUnmarshal decodes one JSON value and rejects trailing data.
+func strictUnmarshal(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("trailing data after JSON value")
+	}
+	return nil
+}
+
+// loadSmall reads a whole object of at most limit bytes.
+func loadSmall(ctx context.Context, be backend.Backend, h backend.Handle, limit int64) ([]byte, error) {
+	rd, err := be.Load(ctx, h, 0, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = rd.Close() }()
+	b, err := io.ReadAll(io.LimitReader(rd, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", h, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("read %s: larger than %d bytes", h, limit)
+	}
+	return b, nil
+}

@@ -1,0 +1,291 @@
+package repository
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// CopyStats says what Copy sent.
+type CopyStats struct {
+	Snapshots   int64 `json:"snapshots"`    // snapshots written to the destination
+	BlobsCopied int64 `json:"blobs_copied"` // blobs the destination lacked
+	BytesCopied int64 `json:"bytes_copied"` // packed bytes written to the destination
+}
+
+// copyCommitEvery is how many plaintext bytes Copy queues before it makes
+// them durable (packs, then an index file), so that an interrupted copy
+// resumes without sending them again.
+const copyCommitEvery = 64 << 20
+
+// Copy copies snaps from src into dst. Only blobs dst lacks are sent; they
+// are re-sealed with dst's key (blob ids are plaintext hashes, so trees stay
+// valid across keys and chunker polynomials). A snapshot that dst already
+// holds with the same content is skipped, so copying again is a no-op.
+//
+// Trees are copied after everything below them, and index files are
+// written every copyCommitEvery bytes, so that a tree present in dst always
+// has its whole subtree present: an interrupted copy resumes by skipping
+// what dst holds. progress may be nil.
+func Copy(ctx context.Context, src, dst *Repository, snaps []*Snapshot, progress func(Progress)) (*CopyStats, error) {
+	return copySnapshots(ctx, src, dst, snaps, progress, copyCommitEvery)
+}
+
+// copySnapshots is Copy with the commit interval as a parameter (tests use
+// a small one).
+func copySnapshots(ctx context.Context, src, dst *Repository, snaps []*Snapshot, progress func(Progress), commitEvery int64) (*CopyStats, error) {
+	st := &CopyStats{}
+	srcLock, err := src.Lock(ctx, false)
+	if err != nil {
+		return st, fmt.Errorf("copy: source: %w", err)
+	}
+	defer func() { _ = srcLock.Unlock(context.WithoutCancel(ctx)) }()
+	dstLock, err := dst.Lock(ctx, false)
+	if err != nil {
+		return st, fmt.Errorf("copy: destination: %w", err)
+	}
+	defer func() { _ = dstLock.Unlock(context.WithoutCancel(ctx)) }()
+
+	existing, err := dst.Snapshots(ctx)
+	if err != nil {
+		return st, fmt.Errorf("copy: destination: %w", err)
+	}
+	c := &copier{ctx: ctx, src: src, dst: dst, lock: dstLock, st: st, seen: map[ID]bool{}, progress: progress, total: int64(len(snaps)), commitEvery: commitEvery}
+	c.start()
+	defer c.abort()
+	for i, sn := range snaps {
+		c.current = sn.ID.Short()
+		c.report(int64(i), false)
+		if has, err := hasSnapshot(existing, sn); err != nil {
+			return st, err
+		} else if has {
+			continue
+		}
+		if err := c.tree(sn.Tree); err != nil {
+			return st, fmt.Errorf("copy snapshot %s: %w", sn.ID.Short(), err)
+		}
+		if err := c.commit(); err != nil {
+			return st, fmt.Errorf("copy snapshot %s: %w", sn.ID.Short(), err)
+		}
+		out := *sn
+		out.ID = ID{}
+		out.Parent = nil
+		if sn.Parent != nil {
+			// Point at the copied parent if it is in dst; a dangling id would mislead.
+			if p := findCopied(ctx, existing, sn.Parent, src); p != nil {
+				out.Parent = p
+			}
+		}
+		if err := dstLock.Valid(); err != nil {
+			return st, fmt.Errorf("copy snapshot %s: %w", sn.ID.Short(), err)
+		}
+		if err := dst.saveSnapshot(ctx, &out); err != nil {
+			return st, fmt.Errorf("copy snapshot %s: %w", sn.ID.Short(), err)
+		}
+		existing = append(existing, &out)
+		st.Snapshots++
+	}
+	c.report(int64(len(snaps)), true)
+	return st, nil
+}
+
+// sameContent is a snapshot's encoding without the fields that differ
+// between repositories (its id and its parent's id).
+func sameContent(s *Snapshot) ([]byte, error) {
+	c := *s
+	c.ID = ID{}
+	c.Parent = nil
+	return encodeSnapshot(&c)
+}
+
+func hasSnapshot(existing []*Snapshot, sn *Snapshot) (bool, error) {
+	want, err := sameContent(sn)
+	if err != nil {
+		return false, err
+	}
+	for _, e := range existing {
+		if e.Tree != sn.Tree || !e.Time.Equal(sn.Time) {
+			continue
+		}
+		got, err := sameContent(e)
+		if err != nil {
+			return false, err
+		}
+		if bytes.Equal(got, want) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// findCopied returns the id in dst of the copy of src's snapshot parent.
+func findCopied(ctx context.Context, existing []*Snapshot, parent *ID, src *Repository) *ID {
+	ps, err := src.LoadSnapshot(ctx, *parent)
+	if err != nil {
+		return nil
+	}
+	want, err := sameContent(ps)
+	if err != nil {
+		return nil
+	}
+	for _, e := range existing {
+		if e.Tree != ps.Tree {
+			continue
+		}
+		if got, err := sameContent(e); err == nil && bytes.Equal(got, want) {
+			id := e.ID
+			return &id
+		}
+	}
+	return nil
+}
+
+// copier moves blobs from src to dst through dst's blob saver.
+type copier struct {
+	ctx      context.Context
+	src, dst *Repository
+	lock     *Lock
+	st       *CopyStats
+	seen     map[ID]bool // queued in this run
+	progress func(Progress)
+	current  string
+	total    int64
+	done     int64
+	lastRep  time.Time
+
+	commitEvery int64
+
+	g      *errgroup.Group
+	gctx   context.Context
+	cancel context.CancelFunc
+	saver  *blobSaver
+	queued atomic.Int64 // plaintext bytes queued since the last commit
+	bytes  atomic.Int64 // plaintext bytes copied (progress)
+}
+
+func (c *copier) start() {
+	ctx, cancel := context.WithCancel(c.ctx)
+	c.cancel = cancel
+	c.g, c.gctx = errgroup.WithContext(ctx)
+	c.saver = c.dst.newBlobSaver(c.gctx, c.g, &bufPool{})
+	c.queued.Store(0)
+}
+
+// abort stops a saver that was not committed.
+func (c *copier) abort() {
+	if c.saver == nil {
+		return
+	}
+	c.cancel()
+	_, _ = c.saver.flush()
+	_ = c.g.Wait()
+	c.saver = nil
+}
+
+// commit makes everything queued durable and indexed in dst, then starts a
+// new saver.
+func (c *copier) commit() error {
+	packs, err := c.saver.flush()
+	if gerr := c.g.Wait(); err == nil {
+		err = gerr
+	}
+	c.cancel()
+	c.saver = nil
+	if err != nil {
+		return err
+	}
+	if err := c.lock.Valid(); err != nil {
+		return err
+	}
+	if err := c.dst.commitPacks(c.ctx, packs); err != nil {
+		return err
+	}
+	for _, p := range packs {
+		c.st.BlobsCopied += int64(len(p.Blobs))
+		c.st.BytesCopied += p.Size
+	}
+	c.start()
+	return nil
+}
+
+func (c *copier) report(done int64, final bool) {
+	c.done = done
+	if c.progress == nil {
+		return
+	}
+	now := time.Now()
+	if !final && now.Sub(c.lastRep) < 250*time.Millisecond {
+		return
+	}
+	c.lastRep = now
+	c.progress(Progress{Files: c.done, TotalFiles: c.total, Bytes: c.bytes.Load(), Current: c.current})
+}
+
+// tree copies the tree id and everything below it that dst lacks, the
+// tree blob itself last.
+func (c *copier) tree(id ID) error {
+	if c.seen[id] || c.dst.index().has(id) {
+		return nil
+	}
+	raw, err := c.src.loadBlob(c.ctx, TreeBlob, id, nil)
+	if err != nil {
+		return fmt.Errorf("source tree: %w", err)
+	}
+	t, err := decodeTree(raw)
+	if err != nil {
+		return fmt.Errorf("source tree %s: %w", id, err)
+	}
+	// File contents of this directory, a few blobs at a time.
+	g, gctx := errgroup.WithContext(c.ctx)
+	g.SetLimit(4)
+	for i := range t.Nodes {
+		n := &t.Nodes[i]
+		if n.Type != nodeFile {
+			continue
+		}
+		for _, b := range n.Content {
+			skip := c.seen[b]
+			c.seen[b] = true
+			if skip || c.dst.index().has(b) {
+				continue
+			}
+			g.Go(func() error { return c.blob(gctx, DataBlob, b) })
+		}
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	for i := range t.Nodes {
+		if n := &t.Nodes[i]; n.Type == nodeDir {
+			if err := c.tree(n.Subtree); err != nil {
+				return err
+			}
+		}
+	}
+	if _, err := c.saver.saveCopy(TreeBlob, raw); err != nil {
+		return err
+	}
+	c.seen[id] = true
+	c.report(c.done, false)
+	if c.queued.Add(int64(len(raw))) >= c.commitEvery {
+		return c.commit()
+	}
+	return nil
+}
+
+func (c *copier) blob(ctx context.Context, t BlobType, id ID) error {
+	data, err := c.src.loadBlob(ctx, t, id, nil)
+	if err != nil {
+		return fmt.Errorf("source: %w", err)
+	}
+	if _, err := c.saver.saveCopy(t, data); err != nil {
+		return err
+	}
+	c.queued.Add(int64(len(data)))
+	c.bytes.Add(int64(len(data)))
+	return nil
+}

@@ -1,0 +1,134 @@
+package repository
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/custos-backup/custos/repository/backend"
+)
+
+// RetentionPolicy says which snapshots Forget keeps in each (dataset, host)
+// group. Last keeps the Last newest snapshots; each other field keeps the
+// newest snapshot of each of the latest N hours, days, ISO weeks, months or
+// years (local time) that have a snapshot. A snapshot is kept if any rule
+// keeps it. A negative count means no limit; zero disables the rule.
+type RetentionPolicy struct{ Last, Hourly, Daily, Weekly, Monthly, Yearly int }
+
+// bucketRule maps a snapshot time to the period it falls in.
+type bucketRule struct {
+	count  int
+	bucket func(time.Time) int
+}
+
+func (p RetentionPolicy) rules() []bucketRule {
+	return []bucketRule{
+		{p.Hourly, func(t time.Time) int { y, m, d := t.Date(); return ((y*100+int(m))*100+d)*100 + t.Hour() }},
+		{p.Daily, func(t time.Time) int { y, m, d := t.Date(); return (y*100+int(m))*100 + d }},
+		{p.Weekly, func(t time.Time) int { y, w := t.ISOWeek(); return y*100 + w }},
+		{p.Monthly, func(t time.Time) int { y, m, _ := t.Date(); return y*100 + int(m) }},
+		{p.Yearly, func(t time.Time) int { return t.Year() }},
+	}
+}
+
+type groupKey struct{ dataset, host string }
+
+// applyPolicy splits snaps into those p keeps and those it removes, with the
+// semantics of restic's forget: within each (dataset, host) group, newest
+// first, keep-last keeps the first Last; a period rule keeps a snapshot when
+// it is the newest of a period not yet seen by that rule, until the rule has
+// kept its count. Both results are ordered oldest first; times are bucketed
+// in loc.
+func applyPolicy(snaps []*Snapshot, p RetentionPolicy, loc *time.Location) (keep, remove []*Snapshot) {
+	groups := map[groupKey][]*Snapshot{}
+	for _, s := range snaps {
+		k := groupKey{s.Dataset, s.Host}
+		groups[k] = append(groups[k], s)
+	}
+	kept := map[*Snapshot]bool{}
+	for _, g := range groups {
+		// Newest first; ties broken by id so the result does not depend on input order.
+		slices.SortStableFunc(g, func(a, b *Snapshot) int {
+			if c := b.Time.Compare(a.Time); c != 0 {
+				return c
+			}
+			return slices.Compare(a.ID[:], b.ID[:])
+		})
+		rules := p.rules()
+		last := make([]int, len(rules))
+		left := make([]int, len(rules))
+		for i, r := range rules {
+			last[i] = -1
+			left[i] = r.count
+		}
+		for n, s := range g {
+			k := p.Last < 0 || n < p.Last
+			t := s.Time.In(loc)
+			for i, r := range rules {
+				if left[i] == 0 {
+					continue
+				}
+				if b := r.bucket(t); b != last[i] {
+					last[i] = b
+					if left[i] > 0 {
+						left[i]--
+					}
+					k = true
+				}
+			}
+			if k {
+				kept[s] = true
+			}
+		}
+	}
+	for _, s := range snaps {
+		if kept[s] {
+			keep = append(keep, s)
+		} else {
+			remove = append(remove, s)
+		}
+	}
+	order := func(a, b *Snapshot) int {
+		if c := a.Time.Compare(b.Time); c != 0 {
+			return c
+		}
+		return slices.Compare(a.ID[:], b.ID[:])
+	}
+	slices.SortStableFunc(keep, order)
+	slices.SortStableFunc(remove, order)
+	return keep, remove
+}
+
+// Forget applies p to every snapshot, grouped by (Dataset, Host), and
+// removes the snapshot files of those it does not keep (unless dryRun).
+// Buckets use local time. Only snapshot files are removed; Prune frees the
+// data. Forget holds a shared lock: removing a snapshot never removes data
+// a running backup needs, so it need not wait for backups, while prune's
+// exclusive lock keeps the two apart. A repository with a damaged snapshot
+// file is refused, since the policy cannot be applied without it.
+func (r *Repository) Forget(ctx context.Context, p RetentionPolicy, dryRun bool) (keep, remove []*Snapshot, err error) {
+	if !dryRun {
+		lock, err := r.Lock(ctx, false)
+		if err != nil {
+			return nil, nil, fmt.Errorf("forget: %w", err)
+		}
+		defer func() { _ = lock.Unlock(context.WithoutCancel(ctx)) }()
+	}
+	snaps, err := r.Snapshots(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("forget: %w", err)
+	}
+	keep, remove = applyPolicy(snaps, p, time.Local)
+	if dryRun {
+		return keep, remove, nil
+	}
+	for _, s := range remove {
+		h := backend.Handle{Type: backend.SnapshotFile, Name: s.ID.String()}
+		if err := r.be.Remove(ctx, h); err != nil && !errors.Is(err, backend.ErrNotExist) {
+			return keep, remove, fmt.Errorf("forget: remove %s: %w", h, err)
+		}
+	}
+	return keep, remove, nil
+}

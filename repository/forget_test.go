@@ -1,0 +1,163 @@
+package repository
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// snapsAt builds synthetic snapshots of one group at the given UTC times
+// ("2006-01-02 15:04"); ids are distinct.
+func snapsAt(t *testing.T, dataset, host string, times ...string) []*Snapshot {
+	t.Helper()
+	var out []*Snapshot
+	for i, ts := range times {
+		tm, err := time.ParseInLocation("2006-01-02 15:04", ts, time.UTC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := &Snapshot{Time: tm, Dataset: dataset, Host: host}
+		s.ID = hashID(fmt.Appendf(nil, "%s/%s/%d/%s", dataset, host, i, ts))
+		out = append(out, s)
+	}
+	return out
+}
+
+func timesOf(ss []*Snapshot) []string {
+	out := []string{}
+	for _, s := range ss {
+		out = append(out, s.Dataset+"@"+s.Time.UTC().Format("2006-01-02 15:04"))
+	}
+	return out
+}
+
+func TestApplyPolicy(t *testing.T) {
+	// One snapshot every 6 hours over 3 days, plus older ones spread over months and years.
+	hist := []string{
+		"2023-06-01 10:00", "2024-03-15 10:00", "2024-12-31 23:00",
+		"2025-01-10 08:00", "2025-02-10 08:00", "2025-02-20 08:00",
+		"2025-03-01 00:00", "2025-03-01 06:00", "2025-03-01 12:00", "2025-03-01 18:00",
+		"2025-03-02 00:00", "2025-03-02 06:00", "2025-03-02 12:00", "2025-03-02 18:00",
+		"2025-03-03 00:00", "2025-03-03 06:00", "2025-03-03 06:30", "2025-03-03 12:00",
+	}
+	tests := []struct {
+		name string
+		p    RetentionPolicy
+		keep []string // times of kept snapshots (dataset "d")
+	}{
+		{"last 3", RetentionPolicy{Last: 3}, []string{"2025-03-03 06:00", "2025-03-03 06:30", "2025-03-03 12:00"}},
+		{"last more than there are", RetentionPolicy{Last: 100}, hist},
+		{"last unlimited", RetentionPolicy{Last: -1}, hist},
+		{"hourly 3 keeps newest per hour", RetentionPolicy{Hourly: 3}, []string{"2025-03-03 00:00", "2025-03-03 06:30", "2025-03-03 12:00"}},
+		{"daily 2", RetentionPolicy{Daily: 2}, []string{"2025-03-02 18:00", "2025-03-03 12:00"}},
+		{"daily 4 spans months", RetentionPolicy{Daily: 4}, []string{"2025-02-20 08:00", "2025-03-01 18:00", "2025-03-02 18:00", "2025-03-03 12:00"}},
+		{"weekly 2 (ISO weeks start Monday; 2025-03-03 is a Monday)", RetentionPolicy{Weekly: 2}, []string{"2025-03-02 18:00", "2025-03-03 12:00"}},
+		{"monthly 3", RetentionPolicy{Monthly: 3}, []string{"2025-01-10 08:00", "2025-02-20 08:00", "2025-03-03 12:00"}},
+		{"yearly 10", RetentionPolicy{Yearly: 10}, []string{"2023-06-01 10:00", "2024-12-31 23:00", "2025-03-03 12:00"}},
+		{"yearly unlimited", RetentionPolicy{Yearly: -1}, []string{"2023-06-01 10:00", "2024-12-31 23:00", "2025-03-03 12:00"}},
+		{"union of rules", RetentionPolicy{Last: 1, Daily: 2, Yearly: 2}, []string{"2024-12-31 23:00", "2025-03-02 18:00", "2025-03-03 12:00"}},
+		{"empty policy keeps nothing", RetentionPolicy{}, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			snaps := snapsAt(t, "d", "h", hist...)
+			// Shuffle the input order: the result must not depend on it.
+			slices.Reverse(snaps)
+			keep, remove := applyPolicy(snaps, tc.p, time.UTC)
+			want := []string{}
+			for _, ts := range tc.keep {
+				want = append(want, "d@"+ts)
+			}
+			if got := timesOf(keep); !slices.Equal(got, want) {
+				t.Errorf("keep = %v\nwant %v", got, want)
+			}
+			if len(keep)+len(remove) != len(hist) {
+				t.Errorf("keep %d + remove %d != %d snapshots", len(keep), len(remove), len(hist))
+			}
+			for _, r := range remove {
+				if slices.Contains(keep, r) {
+					t.Errorf("snapshot %s both kept and removed", r.ID.Short())
+				}
+			}
+		})
+	}
+}
+
+func TestApplyPolicyGroups(t *testing.T) {
+	var snaps []*Snapshot
+	snaps = append(snaps, snapsAt(t, "a", "h1", "2025-01-01 00:00", "2025-01-02 00:00", "2025-01-03 00:00")...)
+	snaps = append(snaps, snapsAt(t, "a", "h2", "2025-01-01 01:00", "2025-01-04 00:00")...)
+	snaps = append(snaps, snapsAt(t, "b", "h1", "2024-01-01 00:00")...)
+	keep, remove := applyPolicy(snaps, RetentionPolicy{Last: 1}, time.UTC)
+	want := []string{"b@2024-01-01 00:00", "a@2025-01-03 00:00", "a@2025-01-04 00:00"}
+	if got := timesOf(keep); !slices.Equal(got, want) {
+		t.Errorf("keep = %v, want %v (newest of each dataset/host group)", got, want)
+	}
+	if len(remove) != 3 {
+		t.Errorf("removed %d, want 3", len(remove))
+	}
+}
+
+func TestApplyPolicyLocalTime(t *testing.T) {
+	// 23:30 UTC and 00:30 UTC on consecutive UTC days fall on the same day in UTC-5.
+	snaps := snapsAt(t, "d", "h", "2025-05-01 23:30", "2025-05-02 00:30")
+	ny := time.FixedZone("UTC-5", -5*3600)
+	keep, _ := applyPolicy(snaps, RetentionPolicy{Daily: 5}, ny)
+	if len(keep) != 1 || keep[0] != snaps[1] {
+		t.Errorf("in UTC-5 kept %v, want only the newer snapshot", timesOf(keep))
+	}
+	keep, _ = applyPolicy(snaps, RetentionPolicy{Daily: 5}, time.UTC)
+	if len(keep) != 2 {
+		t.Errorf("in UTC kept %v, want both", timesOf(keep))
+	}
+}
+
+func TestForget(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newSmallPackRepo(t, "pw")
+	base := time.Date(2025, 6, 1, 12, 0, 0, 0, time.Local)
+	var made []*Snapshot
+	for i := range 5 {
+		for _, ds := range []string{"a", "b"} {
+			sn, err := r.BackupStream(ctx, "f", strings.NewReader(fmt.Sprint(ds, i)), BackupOptions{Dataset: ds, Host: "h", Time: base.AddDate(0, 0, i)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			made = append(made, sn)
+		}
+	}
+	keep, remove, err := r.Forget(ctx, RetentionPolicy{Last: 2}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keep) != 4 || len(remove) != 6 {
+		t.Fatalf("dry run: keep %d remove %d, want 4 and 6", len(keep), len(remove))
+	}
+	if all, _ := r.Snapshots(ctx); len(all) != 10 {
+		t.Fatalf("dry run removed snapshots: %d left", len(all))
+	}
+	keep, remove, err = r.Forget(ctx, RetentionPolicy{Last: 2}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	left, err := r.Snapshots(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []ID
+	for _, s := range left {
+		got = append(got, s.ID)
+	}
+	want := []ID{made[6].ID, made[7].ID, made[8].ID, made[9].ID}
+	byHex := func(a, b ID) int { return strings.Compare(a.String(), b.String()) }
+	slices.SortFunc(got, byHex)
+	slices.SortFunc(want, byHex)
+	if !slices.Equal(got, want) || len(keep) != 4 || len(remove) != 6 {
+		t.Errorf("after forget: %d left %v, want the two newest of each dataset", len(left), got)
+	}
+	// The repository still checks clean (snapshot files only were removed).
+	mustCheckClean(t, r, true)
+}

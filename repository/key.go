@@ -1,0 +1,213 @@
+package repository
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/custos-backup/custos/repository/backend"
+	"golang.org/x/crypto/argon2"
+	"golang.org/x/crypto/scrypt"
+)
+
+const (
+	kdfScrypt   = "scrypt"
+	kdfArgon2id = "argon2id"
+	saltSize    = 32
+)
+
+// kdfParams are the cost parameters of a key derivation.
+type kdfParams struct {
+	// scrypt
+	N int `json:"n,omitempty"`
+	R int `json:"r,omitempty"`
+	P int `json:"p,omitempty"`
+	// argon2id
+	Time      uint32 `json:"time,omitempty"`
+	MemoryKiB uint32 `json:"memory_kib,omitempty"`
+	Threads   uint8  `json:"threads,omitempty"`
+}
+
+// Default costs: about 0.1-0.3 s and 32 MiB on a current core. The memory
+// cost is kept at 32 MiB so that opening a repository does not dominate the
+// agent's peak memory.
+var (
+	defaultScrypt   = kdfParams{N: 1 << 15, R: 8, P: 3}
+	defaultArgon2id = kdfParams{Time: 3, MemoryKiB: 32 << 10, Threads: 2}
+)
+
+// keyFile is an object in keys/: the master key wrapped by a key derived
+// from a password.
+type keyFile struct {
+	Version  int       `json:"version"`
+	Created  time.Time `json:"created"`
+	Hostname string    `json:"hostname,omitempty"`
+	KDF      string    `json:"kdf"`
+	Params   kdfParams `json:"params"`
+	Salt     []byte    `json:"salt"`
+	// Data is the master key (32 bytes) sealed with AES-256-GCM under the
+	// derived key.
+	Data []byte `json:"data"`
+}
+
+// validate bounds the parameters, so that a hostile key file cannot make
+// Open burn unbounded memory or time.
+func (k *keyFile) validate() error {
+	if k.Version != formatVersion {
+		return fmt.Errorf("unsupported key version %d", k.Version)
+	}
+	p := k.Params
+	switch k.KDF {
+	case kdfScrypt:
+		if p.N < 1<<10 || p.N > 1<<20 || p.N&(p.N-1) != 0 {
+			return fmt.Errorf("scrypt N=%d out of range", p.N)
+		}
+		if p.R < 1 || p.R > 32 || p.P < 1 || p.P > 16 || int64(128)*int64(p.N)*int64(p.R) > 1<<30 {
+			return fmt.Errorf("scrypt r=%d p=%d out of range", p.R, p.P)
+		}
+	case kdfArgon2id:
+		if p.Time < 1 || p.Time > 20 || p.MemoryKiB < 8<<10 || p.MemoryKiB > 4<<20 || p.Threads < 1 {
+			return fmt.Errorf("argon2id time=%d memory=%dKiB threads=%d out of range", p.Time, p.MemoryKiB, p.Threads)
+		}
+	default:
+		return fmt.Errorf("unknown kdf %q", k.KDF)
+	}
+	if len(k.Salt) < 16 || len(k.Salt) > 64 {
+		return fmt.Errorf("salt of %d bytes", len(k.Salt))
+	}
+	if len(k.Data) != nonceSize+keySize+tagSize {
+		return fmt.Errorf("wrapped key of %d bytes", len(k.Data))
+	}
+	return nil
+}
+
+func decodeKeyFile(b []byte) (*keyFile, error) {
+	var k keyFile
+	if err := strictUnmarshal(b, &k); err != nil {
+		return nil, fmt.Errorf("decode key file: %w", err)
+	}
+	if err := k.validate(); err != nil {
+		return nil, fmt.Errorf("decode key file: %w", err)
+	}
+	return &k, nil
+}
+
+func deriveKey(kdf string, p kdfParams, password, salt []byte) ([]byte, error) {
+	switch kdf {
+	case kdfScrypt:
+		return scrypt.Key(password, salt, p.N, p.R, p.P, keySize)
+	case kdfArgon2id:
+		return argon2.IDKey(password, salt, p.Time, p.MemoryKiB, p.Threads, keySize), nil
+	}
+	return nil, fmt.Errorf("unknown kdf %q", kdf)
+}
+
+// newKeyFile wraps master with a key derived from password.
+func newKeyFile(kdf string, p kdfParams, password, master []byte) ([]byte, error) {
+	k := keyFile{Version: formatVersion, Created: time.Now().UTC().Truncate(time.Second), KDF: kdf, Params: p, Salt: make([]byte, saltSize)}
+	k.Hostname, _ = os.Hostname()
+	if _, err := rand.Read(k.Salt); err != nil {
+		return nil, err
+	}
+	kek, err := deriveKey(kdf, p, password, k.Salt)
+	if err != nil {
+		return nil, fmt.Errorf("derive key: %w", err)
+	}
+	s, err := newSealer(kek)
+	if err != nil {
+		return nil, err
+	}
+	k.Data = s.seal(nil, master)
+	if err := k.validate(); err != nil {
+		return nil, err
+	}
+	return json.MarshalIndent(&k, "", "  ")
+}
+
+// unwrap returns the master key if password is right.
+func (k *keyFile) unwrap(password []byte) ([]byte, error) {
+	kek, err := deriveKey(k.KDF, k.Params, password, k.Salt)
+	if err != nil {
+		return nil, err
+	}
+	s, err := newSealer(kek)
+	if err != nil {
+		return nil, err
+	}
+	master, err := s.open(nil, k.Data)
+	if err != nil {
+		return nil, ErrWrongPassword
+	}
+	if len(master) != keySize {
+		return nil, fmt.Errorf("unwrapped key has %d bytes", len(master))
+	}
+	return master, nil
+}
+
+// findMasterKey tries every key file with password and returns the master key
+// of the first that opens, checked against the config.
+func findMasterKey(ctx context.Context, be backend.Backend, cf *configFile, password []byte) ([]byte, *repoConfig, error) {
+	var names []string
+	err := be.List(ctx, backend.KeyFile, func(fi backend.FileInfo) error {
+		names = append(names, fi.Name)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("list keys: %w", err)
+	}
+	if len(names) == 0 {
+		return nil, nil, errors.New("encrypted repository has no key files")
+	}
+	var errs []error
+	for _, name := range names {
+		h := backend.Handle{Type: backend.KeyFile, Name: name}
+		b, err := loadSmall(ctx, be, h, maxKeyFileSize)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if id, err := ParseID(name); err != nil || hashID(b) != id {
+			errs = append(errs, fmt.Errorf("key %s: name does not match its SHA-256", h))
+			continue
+		}
+		k, err := decodeKeyFile(b)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("key %s: %w", h, err))
+			continue
+		}
+		master, err := k.unwrap(password)
+		if errors.Is(err, ErrWrongPassword) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("key %s: %w", h, err))
+			continue
+		}
+		s, err := newSealer(master)
+		if err != nil {
+			return nil, nil, err
+		}
+		cfg, err := decodeRepoConfig(cf, s)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("key %s opens but does not open the config: %w", h, err))
+			continue
+		}
+		return master, cfg, nil
+	}
+	if len(errs) > 0 {
+		return nil, nil, fmt.Errorf("%w (also: %w)", ErrWrongPassword, errors.Join(errs...))
+	}
+	return nil, nil, ErrWrongPassword
+}
+
+func saveBytes(ctx context.Context, be backend.Backend, h backend.Handle, b []byte) error {
+	if err := be.Save(ctx, h, bytes.NewReader(b), int64(len(b))); err != nil {
+		return fmt.Errorf("save %s: %w", h, err)
+	}
+	return nil
+}

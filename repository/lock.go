@@ -1,0 +1,271 @@
+package repository
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/custos-backup/custos/repository/backend"
+)
+
+// ErrLocked is wrapped by Lock when a conflicting live lock exists.
+var ErrLocked = errors.New("repository is locked")
+
+const (
+	// lockRefreshInterval is how often a held lock is rewritten.
+	lockRefreshInterval = 5 * time.Minute
+	// LockStaleAfter is the age of a lock's last refresh after which other
+	// processes treat it as abandoned.
+	LockStaleAfter  = 30 * time.Minute
+	maxLockFileSize = 64 << 10
+)
+
+// lockInfo is the content of a lock file.
+type lockInfo struct {
+	Version   int       `json:"version"`
+	Exclusive bool      `json:"exclusive"`
+	Created   time.Time `json:"created"`
+	Refreshed time.Time `json:"refreshed"`
+	Hostname  string    `json:"hostname"`
+	PID       int       `json:"pid"`
+}
+
+func decodeLockInfo(b []byte) (*lockInfo, error) {
+	var li lockInfo
+	if err := strictUnmarshal(b, &li); err != nil {
+		return nil, fmt.Errorf("decode lock: %w", err)
+	}
+	if li.Version != formatVersion {
+		return nil, fmt.Errorf("decode lock: unsupported version %d", li.Version)
+	}
+	if li.Refreshed.Before(li.Created) {
+		return nil, errors.New("decode lock: refreshed before created")
+	}
+	return &li, nil
+}
+
+// stale reports whether the lock was last refreshed too long ago.
+func (li *lockInfo) stale(now time.Time) bool { return now.Sub(li.Refreshed) > LockStaleAfter }
+
+// lockEntry is one lock file as found in locks/.
+type lockEntry struct {
+	Name string
+	Info *lockInfo // nil when the file could not be read or decoded
+	Err  error
+}
+
+// listLocks loads every lock file.
+func (r *Repository) listLocks(ctx context.Context) ([]lockEntry, error) {
+	var names []string
+	if err := r.be.List(ctx, backend.LockFile, func(fi backend.FileInfo) error {
+		names = append(names, fi.Name)
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("list locks: %w", err)
+	}
+	out := make([]lockEntry, 0, len(names))
+	for _, name := range names {
+		h := backend.Handle{Type: backend.LockFile, Name: name}
+		b, err := loadSmall(ctx, r.be, h, maxLockFileSize)
+		if errors.Is(err, backend.ErrNotExist) {
+			continue // released meanwhile
+		}
+		e := lockEntry{Name: name}
+		if err == nil {
+			var pt []byte
+			pt, err = r.seal.open(nil, b)
+			if err == nil {
+				e.Info, err = decodeLockInfo(pt)
+			}
+		}
+		if err != nil {
+			e.Err = fmt.Errorf("lock %s: %w", h, err)
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// conflicts returns an error describing the first live lock that conflicts
+// with a lock of the given kind. Unreadable lock files count as live
+// exclusive locks for an exclusive request (safe side) and are ignored for a
+// shared one.
+func conflicts(locks []lockEntry, own string, exclusive bool, now time.Time) error {
+	for _, l := range locks {
+		if l.Name == own {
+			continue
+		}
+		if l.Info == nil {
+			if exclusive {
+				return fmt.Errorf("%w: unreadable lock %s (%v); remove it if no process holds it", ErrLocked, l.Name, l.Err)
+			}
+			continue
+		}
+		if l.Info.stale(now) || !(exclusive || l.Info.Exclusive) {
+			continue
+		}
+		kind := "shared"
+		if l.Info.Exclusive {
+			kind = "exclusive"
+		}
+		return fmt.Errorf("%w: %s lock %s held by %s pid %d since %s", ErrLocked, kind, l.Name, l.Info.Hostname, l.Info.PID, l.Info.Created.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// Lock is a held repository lock. Its file is rewritten every few minutes
+// until Unlock.
+type Lock struct {
+	r      *Repository
+	name   string
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu          sync.Mutex
+	info        lockInfo
+	lastRefresh time.Time
+	refreshErr  error
+	// broken is set when the lock went unrefreshed for too long at some
+	// point: others may have treated it as stale meanwhile (and pruned),
+	// even if later refreshes succeeded.
+	broken bool
+}
+
+// staleMargin is how much earlier than LockStaleAfter a holder gives up its
+// claim, for clock differences between hosts.
+const staleMargin = 2 * time.Minute
+
+// Lock takes a shared (backup) or exclusive (prune) lock. It fails with an
+// error wrapping ErrLocked if a live conflicting lock exists.
+func (r *Repository) Lock(ctx context.Context, exclusive bool) (*Lock, error) {
+	return r.lock(ctx, exclusive, lockRefreshInterval)
+}
+
+func (r *Repository) lock(ctx context.Context, exclusive bool, refresh time.Duration) (*Lock, error) {
+	locks, err := r.listLocks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	if err := conflicts(locks, "", exclusive, now); err != nil {
+		return nil, err
+	}
+	host, _ := os.Hostname()
+	l := &Lock{
+		r:    r,
+		name: randomHex(32),
+		info: lockInfo{Version: formatVersion, Exclusive: exclusive, Created: now.UTC(), Refreshed: now.UTC(), Hostname: host, PID: os.Getpid()},
+		done: make(chan struct{}),
+	}
+	if err := l.write(ctx); err != nil {
+		return nil, err
+	}
+	l.lastRefresh = now
+	// Look again: a conflicting lock written at the same time as ours is
+	// seen by at least one of the two writers, which backs off.
+	locks, err = r.listLocks(ctx)
+	if err == nil {
+		err = conflicts(locks, l.name, exclusive, time.Now())
+	}
+	if err != nil {
+		_ = r.be.Remove(context.WithoutCancel(ctx), backend.Handle{Type: backend.LockFile, Name: l.name})
+		return nil, err
+	}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	l.cancel = cancel
+	go l.refreshLoop(rctx, refresh)
+	return l, nil
+}
+
+func (l *Lock) write(ctx context.Context) error {
+	l.mu.Lock()
+	b, err := json.Marshal(&l.info)
+	l.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return saveBytes(ctx, l.r.be, backend.Handle{Type: backend.LockFile, Name: l.name}, l.r.seal.seal(nil, b))
+}
+
+func (l *Lock) refreshLoop(ctx context.Context, every time.Duration) {
+	defer close(l.done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		l.mu.Lock()
+		l.info.Refreshed = now.UTC()
+		l.mu.Unlock()
+		err := l.write(ctx)
+		l.mu.Lock()
+		if now.Sub(l.lastRefresh) > LockStaleAfter-staleMargin {
+			l.broken = true
+		}
+		if err == nil {
+			l.lastRefresh = now
+			l.refreshErr = nil
+		} else if ctx.Err() == nil {
+			l.refreshErr = err
+			l.r.log.Warn("refreshing repository lock failed", "lock", l.name, "err", err)
+		}
+		l.mu.Unlock()
+	}
+}
+
+// Valid returns nil while other processes must still consider the lock
+// live, i.e. its last successful refresh is recent enough. Writers check it
+// before they make new data reachable (index, snapshot).
+func (l *Lock) Valid() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.broken {
+		return fmt.Errorf("lock %s went unrefreshed for longer than %s at some point (last error: %v)", l.name, LockStaleAfter-staleMargin, l.refreshErr)
+	}
+	if age := time.Since(l.lastRefresh); age > LockStaleAfter-staleMargin {
+		return fmt.Errorf("lock %s was last refreshed %s ago and may be considered stale (last error: %v)", l.name, age.Round(time.Second), l.refreshErr)
+	}
+	return nil
+}
+
+// Name is the lock file's name in locks/.
+func (l *Lock) Name() string { return l.name }
+
+// Unlock stops refreshing and removes the lock file.
+func (l *Lock) Unlock(ctx context.Context) error {
+	l.cancel()
+	<-l.done
+	err := l.r.be.Remove(ctx, backend.Handle{Type: backend.LockFile, Name: l.name})
+	if err != nil && !errors.Is(err, backend.ErrNotExist) {
+		return fmt.Errorf("unlock %s: %w", l.name, err)
+	}
+	return nil
+}
+
+// RemoveStaleLocks deletes lock files whose last refresh is older than
+// LockStaleAfter and returns how many it removed.
+func (r *Repository) RemoveStaleLocks(ctx context.Context) (int, error) {
+	locks, err := r.listLocks(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	now := time.Now()
+	for _, l := range locks {
+		if l.Info != nil && l.Info.stale(now) {
+			if err := r.be.Remove(ctx, backend.Handle{Type: backend.LockFile, Name: l.Name}); err != nil && !errors.Is(err, backend.ErrNotExist) {
+				return n, fmt.Errorf("remove stale lock %s: %w", l.Name, err)
+			}
+			n++
+		}
+	}
+	return n, nil
+}

@@ -1,0 +1,299 @@
+package repository
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/custos-backup/custos/repository/backend"
+)
+
+// PruneStats says what Prune removed.
+type PruneStats struct {
+	PacksDeleted   int   `json:"packs_deleted"`
+	PacksRewritten int   `json:"packs_rewritten"`
+	BytesFreed     int64 `json:"bytes_freed"`
+}
+
+// pruneGrace is G in FORMAT.md §12: an unindexed pack younger than this may
+// belong to a backup still running and is left alone.
+const pruneGrace = 2 * time.Hour
+
+// Prune deletes data no snapshot references, under an exclusive lock and by
+// the deletion rule of FORMAT.md §12: packs whose blobs are all unreferenced
+// are deleted; packs with some unreferenced blobs are rewritten (the used
+// blobs are copied, still sealed, into new packs); packs no index lists are
+// deleted only when older than the grace period and than every lock. New
+// index files, the last of which supersedes all old ones, are durable
+// before any pack is deleted; old index files are deleted last.
+func (r *Repository) Prune(ctx context.Context) (*PruneStats, error) {
+	lock, err := r.Lock(ctx, true)
+	if err != nil {
+		return nil, fmt.Errorf("prune: %w", err)
+	}
+	defer func() { _ = lock.Unlock(context.WithoutCancel(ctx)) }()
+	tStart := time.Now()
+	st, err := r.prune(ctx, lock, tStart)
+	if err != nil {
+		return st, fmt.Errorf("prune %s: %w", r.be.Location(), err)
+	}
+	return st, nil
+}
+
+func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time) (*PruneStats, error) {
+	st := &PruneStats{}
+	// A fresh view: other processes may have added index files since Open.
+	if err := r.loadIndex(ctx); err != nil {
+		return st, err
+	}
+	oldIndexes, err := r.listIDs(ctx, backend.IndexFile, nil)
+	if err != nil {
+		return st, err
+	}
+	snaps, err := r.Snapshots(ctx)
+	if err != nil {
+		return st, err
+	}
+	used, err := r.usedBlobs(ctx, snaps)
+	if err != nil {
+		return st, err
+	}
+
+	// Which packs hold which blobs, by the in-memory index. A blob is kept
+	// only at its canonical location (the one lookup returns); other copies
+	// count as unused.
+	type packUse struct {
+		size       int64
+		keep, drop []packedBlob
+	}
+	packs := map[ID]*packUse{}
+	var order []ID
+	err = r.forEachIndexFile(ctx, false, func(_ ID, f *indexFile) error {
+		x := r.index()
+		for _, p := range f.Packs {
+			pu := packs[p.ID]
+			if pu == nil {
+				pu = &packUse{size: p.Size}
+				packs[p.ID] = pu
+				order = append(order, p.ID)
+			} else {
+				continue // listed by two index files; the first suffices
+			}
+			for _, pb := range p.Blobs {
+				canon, _, ok := x.lookup(pb.ID)
+				if used[pb.ID] && ok && canon == p.ID {
+					pu.keep = append(pu.keep, pb)
+				} else {
+					pu.drop = append(pu.drop, pb)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return st, err
+	}
+
+	var (
+		keepPacks   []indexPack
+		deletePacks = map[ID]int64{}
+		toRewrite   []ID
+	)
+	for _, id := range order {
+		pu := packs[id]
+		switch {
+		case len(pu.drop) == 0:
+			keepPacks = append(keepPacks, indexPack{ID: id, Size: pu.size, Blobs: pu.keep})
+		case len(pu.keep) == 0:
+			deletePacks[id] = pu.size
+		default:
+			toRewrite = append(toRewrite, id)
+		}
+	}
+
+	// Rewrite: copy the used blobs, still sealed, into new packs.
+	var newPacks []indexPack
+	var cur packBuilder
+	flush := func() error {
+		if len(cur.blobs) == 0 {
+			return nil
+		}
+		cur.finish(r.seal, time.Now())
+		id := hashID(cur.buf)
+		if err := saveBytes(ctx, r.be, backend.Handle{Type: backend.PackFile, Name: id.String()}, cur.buf); err != nil {
+			return err
+		}
+		newPacks = append(newPacks, indexPack{ID: id, Size: int64(len(cur.buf)), Blobs: append([]packedBlob(nil), cur.blobs...)})
+		cur = packBuilder{}
+		return nil
+	}
+	for _, id := range toRewrite {
+		pu := packs[id]
+		h := backend.Handle{Type: backend.PackFile, Name: id.String()}
+		for _, pb := range pu.keep {
+			sealed, err := loadRange(ctx, r.be, h, int64(pb.Offset), int(pb.Length))
+			if err != nil {
+				return st, fmt.Errorf("rewrite %s: %w", h, err)
+			}
+			// Verify on a copy: openBlob works in place.
+			if _, err := r.openBlob(pb, append([]byte(nil), sealed...), nil); err != nil {
+				return st, fmt.Errorf("rewrite %s: blob %s is damaged (%v); run check and repair before pruning", h, pb.ID, err)
+			}
+			if len(cur.buf) > 0 && int64(len(cur.buf)+len(sealed)) > r.cfg.PackSize {
+				if err := flush(); err != nil {
+					return st, err
+				}
+			}
+			cur.add(pb.Type, pb.ID, pb.Flags, int(pb.RawLength), sealed)
+		}
+		deletePacks[id] = pu.size
+		st.PacksRewritten++
+	}
+	if err := flush(); err != nil {
+		return st, err
+	}
+
+	// Unindexed packs (crash leftovers, or a running backup's): FORMAT.md
+	// §12 rule 2.
+	stored := map[ID]int64{}
+	if err := r.be.List(ctx, backend.PackFile, func(fi backend.FileInfo) error {
+		if id, err := ParseID(fi.Name); err == nil {
+			stored[id] = fi.Size
+		}
+		return nil
+	}); err != nil {
+		return st, fmt.Errorf("list packs: %w", err)
+	}
+	locks, err := r.listLocks(ctx)
+	if err != nil {
+		return st, err
+	}
+	cutoff := tStart.Add(-pruneGrace)
+	for _, l := range locks {
+		if l.Name == lock.Name() {
+			continue
+		}
+		if l.Info == nil {
+			cutoff = time.Time{} // an unreadable lock: its age is unknown
+			break
+		}
+		if l.Info.Created.Before(cutoff) {
+			cutoff = l.Info.Created
+		}
+	}
+	for id, size := range stored {
+		if _, indexed := packs[id]; indexed {
+			continue
+		}
+		if !cutoff.After(time.Time{}) {
+			break
+		}
+		hdr, err := r.readPackHeader(ctx, id, size)
+		if err != nil {
+			if ctx.Err() != nil {
+				return st, ctx.Err()
+			}
+			r.log.Warn("prune: leaving an unindexed pack whose header cannot be read", "pack", packPath(id), "err", err)
+			continue
+		}
+		if hdr.Created.Before(cutoff) {
+			deletePacks[id] = size
+		}
+	}
+
+	if len(deletePacks) == 0 {
+		return st, nil
+	}
+
+	// New index files first; the last one supersedes every old file, so a
+	// crash before it leaves the old view intact (plus harmless duplicates).
+	all := append(keepPacks, newPacks...)
+	if err := lock.Valid(); err != nil {
+		return st, err
+	}
+	if err := r.writeIndexes(ctx, all, oldIndexes); err != nil {
+		return st, err
+	}
+	if err := lock.Valid(); err != nil {
+		return st, err
+	}
+	for id, size := range deletePacks {
+		h := backend.Handle{Type: backend.PackFile, Name: id.String()}
+		if err := r.be.Remove(ctx, h); err != nil && !errors.Is(err, backend.ErrNotExist) {
+			return st, fmt.Errorf("remove %s: %w", h, err)
+		}
+		st.PacksDeleted++
+		st.BytesFreed += size
+	}
+	for _, np := range newPacks {
+		st.BytesFreed -= np.Size
+	}
+	for _, id := range oldIndexes {
+		h := backend.Handle{Type: backend.IndexFile, Name: id.String()}
+		if err := r.be.Remove(ctx, h); err != nil && !errors.Is(err, backend.ErrNotExist) {
+			return st, fmt.Errorf("remove %s: %w", h, err)
+		}
+	}
+	return st, r.loadIndex(ctx)
+}
+
+// writeIndexes stores packs in index files of at most maxBlobsPerIndex
+// blobs; the last one written lists supersedes.
+func (r *Repository) writeIndexes(ctx context.Context, packs []indexPack, supersedes []ID) error {
+	var files []*indexFile
+	cur := &indexFile{}
+	n := 0
+	for _, p := range packs {
+		if n > 0 && n+len(p.Blobs) > maxBlobsPerIndex {
+			files = append(files, cur)
+			cur, n = &indexFile{}, 0
+		}
+		cur.Packs = append(cur.Packs, p)
+		n += len(p.Blobs)
+	}
+	files = append(files, cur)
+	files[len(files)-1].Supersedes = supersedes
+	for _, f := range files {
+		if _, err := r.saveIndexFile(ctx, f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// usedBlobs returns every blob (trees and data) reachable from snaps.
+func (r *Repository) usedBlobs(ctx context.Context, snaps []*Snapshot) (map[ID]bool, error) {
+	used := map[ID]bool{}
+	var visit func(id ID) error
+	visit = func(id ID) error {
+		if used[id] {
+			return nil
+		}
+		used[id] = true
+		t, err := r.loadTree(ctx, id)
+		if err != nil {
+			return fmt.Errorf("%w (run check; prune refuses to guess what a damaged tree references)", err)
+		}
+		for i := range t.Nodes {
+			n := &t.Nodes[i]
+			switch n.Type {
+			case nodeDir:
+				if err := visit(n.Subtree); err != nil {
+					return err
+				}
+			case nodeFile:
+				for _, b := range n.Content {
+					used[b] = true
+				}
+			}
+		}
+		return nil
+	}
+	for _, sn := range snaps {
+		if err := visit(sn.Tree); err != nil {
+			return nil, fmt.Errorf("snapshot %s: %w", sn.ID.Short(), err)
+		}
+	}
+	return used, nil
+}

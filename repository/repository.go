@@ -1,0 +1,213 @@
+package repository
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/custos-backup/custos/repository/backend"
+	"github.com/klauspost/compress/zstd"
+)
+
+// ErrWrongPassword is wrapped by Open when no key file opens with the password.
+var ErrWrongPassword = errors.New("wrong password or no matching key")
+
+// ErrNotInitialized is wrapped by Open when the location holds no repository.
+var ErrNotInitialized = errors.New("repository not initialized (no config object)")
+
+// InitOptions configure a new repository.
+type InitOptions struct {
+	Password    []byte // required unless Unencrypted
+	Unencrypted bool   // recorded in config; no keys/ then
+	KDF         string // "scrypt" (default) or "argon2id"
+	PackSize    int64  // target pack size in bytes; 0 = 16 MiB
+
+	// kdfParams overrides the KDF cost (tests use cheap parameters).
+	kdfParams *kdfParams
+}
+
+// Repository is an open repository. It is safe for concurrent use.
+type Repository struct {
+	be   backend.Backend
+	cfg  *repoConfig
+	seal *sealer
+	log  *slog.Logger
+
+	idxMu sync.RWMutex
+	idx   *index
+
+	encoders sync.Pool // *zstd.Encoder
+	decoders sync.Pool // *zstd.Decoder
+
+	// testHookChunk, when set, runs after each chunk a backup reads from a
+	// file (path is the source path, n the chunk number), so tests can
+	// change the file deterministically while it is being read.
+	testHookChunk func(path string, n int)
+}
+
+// Init creates a new repository in be, which must not hold one yet.
+func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repository, error) {
+	if _, err := be.Stat(ctx, backend.Handle{Type: backend.ConfigFile}); err == nil {
+		return nil, fmt.Errorf("init %s: a repository already exists there", be.Location())
+	} else if !errors.Is(err, backend.ErrNotExist) {
+		return nil, fmt.Errorf("init %s: %w", be.Location(), err)
+	}
+	cfg, err := newRepoConfig(opts)
+	if err != nil {
+		return nil, fmt.Errorf("init %s: %w", be.Location(), err)
+	}
+	var master []byte
+	if !opts.Unencrypted {
+		if len(opts.Password) == 0 {
+			return nil, fmt.Errorf("init %s: a password is required for an encrypted repository", be.Location())
+		}
+		kdf := opts.KDF
+		var params kdfParams
+		switch kdf {
+		case "", kdfScrypt:
+			kdf, params = kdfScrypt, defaultScrypt
+		case kdfArgon2id:
+			params = defaultArgon2id
+		default:
+			return nil, fmt.Errorf("init %s: unknown KDF %q", be.Location(), opts.KDF)
+		}
+		if opts.kdfParams != nil {
+			params = *opts.kdfParams
+		}
+		master = make([]byte, keySize)
+		if _, err := rand.Read(master); err != nil {
+			return nil, err
+		}
+		kb, err := newKeyFile(kdf, params, opts.Password, master)
+		if err != nil {
+			return nil, fmt.Errorf("init %s: key: %w", be.Location(), err)
+		}
+		if err := saveBytes(ctx, be, backend.Handle{Type: backend.KeyFile, Name: hashID(kb).String()}, kb); err != nil {
+			return nil, fmt.Errorf("init %s: %w", be.Location(), err)
+		}
+	}
+	s, err := newSealer(master)
+	if err != nil {
+		return nil, err
+	}
+	cb, err := encodeConfigFile(cfg, s)
+	if err != nil {
+		return nil, err
+	}
+	// The config goes last: its presence is what makes a repository.
+	if err := saveBytes(ctx, be, backend.Handle{Type: backend.ConfigFile}, cb); err != nil {
+		return nil, fmt.Errorf("init %s: %w", be.Location(), err)
+	}
+	return newRepository(be, cfg, s), nil
+}
+
+func newRepository(be backend.Backend, cfg *repoConfig, s *sealer) *Repository {
+	return &Repository{be: be, cfg: cfg, seal: s, log: slog.Default().With("repository", be.Location()), idx: newIndex()}
+}
+
+// Open opens the repository in be. password is ignored for an unencrypted
+// repository.
+func Open(ctx context.Context, be backend.Backend, password []byte) (*Repository, error) {
+	b, err := loadSmall(ctx, be, backend.Handle{Type: backend.ConfigFile}, maxConfigSize)
+	if errors.Is(err, backend.ErrNotExist) {
+		return nil, fmt.Errorf("open %s: %w", be.Location(), ErrNotInitialized)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", be.Location(), err)
+	}
+	cf, err := decodeConfigFile(b)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", be.Location(), err)
+	}
+	var r *Repository
+	if cf.Encrypted {
+		if len(password) == 0 {
+			return nil, fmt.Errorf("open %s: the repository is encrypted and no password was given: %w", be.Location(), ErrWrongPassword)
+		}
+		master, cfg, err := findMasterKey(ctx, be, cf, password)
+		if err != nil {
+			return nil, fmt.Errorf("open %s: %w", be.Location(), err)
+		}
+		s, err := newSealer(master)
+		if err != nil {
+			return nil, err
+		}
+		r = newRepository(be, cfg, s)
+	} else {
+		s, _ := newSealer(nil)
+		cfg, err := decodeRepoConfig(cf, s)
+		if err != nil {
+			return nil, fmt.Errorf("open %s: %w", be.Location(), err)
+		}
+		r = newRepository(be, cfg, s)
+	}
+	if err := r.loadIndex(ctx); err != nil {
+		return nil, fmt.Errorf("open %s: load index: %w", be.Location(), err)
+	}
+	return r, nil
+}
+
+// Close releases resources. It does not close the backend.
+func (r *Repository) Close() error {
+	for {
+		e, ok := r.encoders.Get().(*zstd.Encoder)
+		if !ok {
+			break
+		}
+		_ = e.Close()
+	}
+	for {
+		d, ok := r.decoders.Get().(*zstd.Decoder)
+		if !ok {
+			break
+		}
+		d.Close()
+	}
+	return nil
+}
+
+// Backend returns the storage the repository lives on.
+func (r *Repository) Backend() backend.Backend { return r.be }
+
+// ID returns the repository id (64 hex characters).
+func (r *Repository) ID() string { return r.cfg.ID }
+
+// Encrypted reports whether the repository is encrypted.
+func (r *Repository) Encrypted() bool { return r.seal.encrypted() }
+
+func (r *Repository) getEncoder() *zstd.Encoder {
+	if e, ok := r.encoders.Get().(*zstd.Encoder); ok {
+		return e
+	}
+	e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1),
+		zstd.WithEncoderCRC(false), zstd.WithLowerEncoderMem(true), zstd.WithWindowSize(1<<20))
+	if err != nil {
+		panic(fmt.Sprintf("zstd encoder with constant options: %v", err))
+	}
+	return e
+}
+
+func (r *Repository) putEncoder(e *zstd.Encoder) { r.encoders.Put(e) }
+
+func (r *Repository) getDecoder() *zstd.Decoder {
+	if d, ok := r.decoders.Get().(*zstd.Decoder); ok {
+		return d
+	}
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxBlobSize), zstd.WithDecoderMaxWindow(maxBlobSize))
+	if err != nil {
+		panic(fmt.Sprintf("zstd decoder with constant options: %v", err))
+	}
+	return d
+}
+
+func (r *Repository) putDecoder(d *zstd.Decoder) { r.decoders.Put(d) }
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

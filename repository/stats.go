@@ -1,0 +1,40 @@
+package repository
+
+import (
+	"context"
+	"fmt"
+)
+
+// Stats are repository totals.
+type Stats struct {
+	Snapshots int `json:"snapshots"`
+	Packs     int `json:"packs"` // packs listed in the index
+	Blobs     int `json:"blobs"` // distinct blobs in the index
+	// PackBytes is the stored size of the indexed packs.
+	PackBytes int64 `json:"pack_bytes"`
+	// LogicalBytes is the sum of every snapshot's file bytes: what restoring
+	// all snapshots would write. LogicalBytes / PackBytes is the space saved
+	// by deduplication and compression.
+	LogicalBytes int64 `json:"logical_bytes"`
+}
+
+// Stats counts snapshots, packs and blobs, and sums their sizes.
+func (r *Repository) Stats(ctx context.Context) (*Stats, error) {
+	snaps, err := r.Snapshots(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("stats: %w", err)
+	}
+	st := &Stats{Snapshots: len(snaps)}
+	for _, s := range snaps {
+		st.LogicalBytes += s.Summary.Bytes
+	}
+	x := r.index()
+	x.mu.RLock()
+	st.Blobs = len(x.blobs)
+	st.Packs = len(x.packs)
+	for _, n := range x.packSize {
+		st.PackBytes += n
+	}
+	x.mu.RUnlock()
+	return st, nil
+}

@@ -1,0 +1,110 @@
+package repository
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/restic/chunker"
+	"golang.org/x/sync/errgroup"
+)
+
+// BackupStream stores rd as one regular file called name at the top of the
+// tree. If rd returns an error, nothing is recorded and the error is
+// returned.
+func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader, opts BackupOptions) (*Snapshot, error) {
+	start := time.Now()
+	if err := checkName(name); err != nil {
+		return nil, fmt.Errorf("backup stream: %w", err)
+	}
+	lock, err := r.Lock(ctx, false)
+	if err != nil {
+		return nil, fmt.Errorf("backup stream %q: %w", name, err)
+	}
+	defer func() { _ = lock.Unlock(context.WithoutCancel(ctx)) }()
+	var parent *Snapshot
+	if !opts.NoParent {
+		if parent, _, err = r.parentFor(ctx, &opts); err != nil {
+			return nil, fmt.Errorf("backup stream %q: %w", name, err)
+		}
+	}
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	g, gctx := errgroup.WithContext(ctx)
+	bufs := &bufPool{}
+	saver := r.newBlobSaver(gctx, g, bufs)
+	b := &backupState{r: r, ctx: gctx, saver: saver, bufs: bufs, opts: &opts}
+
+	n := node{Name: name, Type: nodeFile, Mode: 0o600, UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), Links: 1}
+	readErr := func() error {
+		ch := chunker.NewWithBoundaries(rd, r.cfg.pol, r.cfg.MinChunk, r.cfg.MaxChunk)
+		buf := make([]byte, 0, r.cfg.MaxChunk)
+		digest := sha256.New()
+		for {
+			c, err := ch.Next(buf[:0])
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("read %q: %w", name, err)
+			}
+			digest.Write(c.Data)
+			id := ID(sha256.Sum256(c.Data))
+			n.Content = append(n.Content, id)
+			n.Size += uint64(len(c.Data))
+			b.bytesRead.Add(int64(len(c.Data)))
+			if !r.index().has(id) {
+				pb := bufs.get(len(c.Data))
+				copy(pb, c.Data)
+				if _, err := saver.save(DataBlob, id, pb); err != nil {
+					return err
+				}
+			}
+		}
+		copy(n.Digest[:], digest.Sum(nil))
+		return nil
+	}()
+	var rootID ID
+	if readErr == nil {
+		now := time.Now()
+		n.MTime, n.CTime = now.UnixNano(), now.UnixNano()
+		rootID, readErr = saver.saveCopy(TreeBlob, encodeTree(&tree{Nodes: []node{n}}))
+	}
+	if readErr != nil {
+		// Stop the pipeline; whatever packs were uploaded stay unreferenced
+		// (no index, no snapshot) and are removed by prune.
+		cancel(readErr)
+	}
+	packs, err := saver.flush()
+	if gerr := g.Wait(); err == nil {
+		err = gerr
+	}
+	if readErr != nil {
+		return nil, fmt.Errorf("backup stream %q: %w", name, readErr)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("backup stream %q: %w", name, err)
+	}
+	if err := lock.Valid(); err != nil {
+		return nil, fmt.Errorf("backup stream %q: %w", name, err)
+	}
+	if err := r.commitPacks(ctx, packs); err != nil {
+		return nil, fmt.Errorf("backup stream %q: %w", name, err)
+	}
+	b.nFiles.Store(1)
+	b.nNew.Store(1)
+	b.bytes.Store(int64(n.Size))
+	sn := b.snapshot(opts, rootID, start)
+	if parent != nil {
+		pid := parent.ID
+		sn.Parent = &pid
+	}
+	if err := r.saveSnapshot(ctx, sn); err != nil {
+		return nil, fmt.Errorf("backup stream %q: %w", name, err)
+	}
+	return sn, nil
+}
