@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+
+	"github.com/custos-backup/custos/jobs"
 )
 
 // chromiumPath finds the browser for the status page test. It is not
@@ -36,11 +39,11 @@ func chromiumPath(t *testing.T) string {
 // browser starts a headless Chromium with a fresh profile and returns a
 // tab's context. Page errors (uncaught exceptions, console.error) are
 // collected; check them with the returned func.
-func browser(ctx context.Context, t *testing.T) (tab context.Context, pageErrors func() []string) {
+func browser(ctx context.Context, t *testing.T, chromium string) (tab context.Context, pageErrors func() []string) {
 	t.Helper()
 	var out bytes.Buffer
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromiumPath(t)),
+		chromedp.ExecPath(chromium),
 		chromedp.Headless,
 		chromedp.NoSandbox,
 		chromedp.DisableGPU,
@@ -54,7 +57,9 @@ func browser(ctx context.Context, t *testing.T) (tab context.Context, pageErrors
 		chromedp.UserDataDir(t.TempDir()),
 		chromedp.CombinedOutput(&lockedWriter{w: &out}),
 	)
-	actx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
+	// The browser outlives ctx until the cleanup, so that a test that gave
+	// up can still show what the page looked like.
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.WithoutCancel(ctx), opts...)
 	tab, cancelTab := chromedp.NewContext(actx)
 	t.Cleanup(func() {
 		cancelTab()
@@ -152,6 +157,7 @@ func jsString(s string) string {
 // the page then shows finished, "cancel" stops a running job, and a source
 // whose name is made of HTML is shown as text.
 func TestStatusPageInBrowser(t *testing.T) {
+	chromium := chromiumPath(t)
 	ctx := testContext(t)
 	// A source name that is also markup: if the page ever inserts a name as
 	// HTML, <i> and <b> elements appear in it.
@@ -175,6 +181,21 @@ run_on_start: true
 datasets:
   - name: main
 `,
+		"handlers/multi.yml": `name: multi
+type: pipe
+params:
+  backup_command: 'printf "data of %s" "$CUSTOS_ATOM"'
+  restore_command: 'cat >/dev/null'
+`,
+		"sources/multi.yml": `name: multi
+handler: multi
+run_on_start: true
+datasets:
+  - name: ds
+    atoms:
+      - name: a
+      - name: b
+`,
 		"handlers/slow.yml": `name: slow
 type: pipe
 params:
@@ -190,17 +211,18 @@ datasets:
 	log := testLogger(t)
 	runCtx, stop := context.WithCancel(ctx)
 	addr := make(chan string, 1)
+	started := make(chan *Agent, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(runCtx, ts.cfgPath, RunOptions{Logger: log, Listening: func(s string) { addr <- s }})
+		done <- Run(runCtx, ts.cfgPath, RunOptions{Logger: log, Listening: func(s string) { addr <- s }, Started: func(a *Agent) { started <- a }})
 	}()
-	var base string
+	var a *Agent
 	select {
-	case a := <-addr:
-		base = "http://" + a
+	case a = <-started:
 	case err := <-done:
 		t.Fatalf("agent stopped: %v", err)
 	}
+	base := "http://" + <-addr
 	defer func() {
 		stop()
 		if err := <-done; err != nil {
@@ -208,13 +230,13 @@ datasets:
 		}
 	}()
 
-	tab, pageErrors := browser(ctx, t)
+	tab, pageErrors := browser(ctx, t, chromium)
 	if err := chromedp.Do(tab, chromedp.Navigate(base+"/")); err != nil {
 		t.Fatal(err)
 	}
 
 	// The run_on_start backups finish and the catalog lists them.
-	for _, ds := range []string{"files/docs", "files/photos", evil + "/main"} {
+	for _, ds := range []string{"files/docs", "files/photos", evil + "/main", "multi/ds"} {
 		waitJS(ctx, t, tab, "the backup of "+ds, `[...document.querySelectorAll("#backups tbody tr td:nth-child(2)")].some(td => td.textContent === `+jsString(ds)+`)`)
 	}
 	waitJS(ctx, t, tab, "the event stream connected", `document.getElementById("conn").textContent === "live"`)
@@ -233,7 +255,11 @@ datasets:
 		t.Errorf("schedule of the on-demand source: page shows %q", s)
 	}
 	// The finished ingest jobs are in the results, ok.
-	waitJS(ctx, t, tab, "three ok results", `document.querySelectorAll('#results tbody tr[data-result="ok"]').length === 3`)
+	waitJS(ctx, t, tab, "four ok results", `document.querySelectorAll('#results tbody tr[data-result="ok"]').length === 4`)
+	// A dataset stored as one snapshot per atom says so.
+	if got := evalJS[string](t, tab, `[...document.querySelectorAll("#backups tbody tr")].find(tr => tr.cells[1].textContent === "multi/ds").cells[7].textContent`); got != "2 snapshots (one per atom)" {
+		t.Errorf("snapshot of multi/ds: page shows %q", got)
+	}
 
 	// Escaping: the name is shown as the very text of the config, and no
 	// element came out of it.
@@ -261,7 +287,7 @@ datasets:
 	for _, id := range ids {
 		waitJS(ctx, t, tab, "job "+id+" finished ok", `!!document.querySelector('#results tbody tr[data-job=`+jsString(id)+`][data-result="ok"]')`)
 	}
-	waitJS(ctx, t, tab, "the new backup in the catalog list", `document.querySelectorAll("#backups tbody tr").length === 5`)
+	waitJS(ctx, t, tab, "the new backup in the catalog list", `document.querySelectorAll("#backups tbody tr").length === 6`)
 
 	// "run now" on the slow source, then "cancel" on its running job.
 	runSlow := chromedp.JSPath(`[...document.querySelectorAll("#sources button.run")].find(b => b.dataset.source === "slow")`)
@@ -276,6 +302,61 @@ datasets:
 	}
 	waitJS(ctx, t, tab, "the slow job canceled", `!!document.querySelector('#results tbody tr[data-job=`+jsString(slowID)+`][data-result="canceled"]')`)
 	waitJS(ctx, t, tab, "nothing running", `document.querySelectorAll("#running tbody tr").length === 0 && !document.getElementById("running-empty").hidden`)
+
+	// Live progress. Stream backups report no progress before they end
+	// (repository.BackupStream has no progress ticker), so a job of the
+	// agent's own runner reports it here, the way Manager.Ingest does.
+	progressed := make(chan struct{})
+	pid, err := a.Runner().Submit(ctx, jobs.New(jobs.Info{Kind: "ingest", Description: "back up progress/test"}, func(ctx context.Context) error {
+		jobs.ReportProgress(ctx, jobs.Progress{Files: 7, Bytes: 5 << 20, TotalFiles: 10, Current: "<b>docs/sub/big.bin"})
+		close(progressed)
+		<-ctx.Done()
+		return ctx.Err()
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-progressed:
+	case <-ctx.Done():
+		t.Fatal("the progress job never ran")
+	}
+	waitJS(ctx, t, tab, "the job's progress", `(() => {
+		const tr = document.querySelector('#running tbody tr[data-job=`+jsString(pid)+`]');
+		return !!tr && tr.cells[4].textContent === "7 of 10" && tr.cells[5].textContent === "5.0 MiB" &&
+			/ (KiB|MiB)\/s$/.test(tr.cells[6].textContent) && tr.cells[7].textContent === "<b>docs/sub/big.bin";
+	})()`)
+	if n := evalJS[int](t, tab, `document.querySelectorAll("body b").length`); n != 0 {
+		t.Errorf("the current file name was inserted as HTML")
+	}
+	if err := a.Runner().Cancel(pid); err != nil {
+		t.Fatal(err)
+	}
+
+	// The API behind the buttons: an unknown job is a 404, and a
+	// cross-site POST (another web page in the admin's browser) is refused.
+	for _, c := range []struct {
+		url, site string
+		want      int
+	}{
+		{"/api/jobs/ingest-nosuchjob/cancel", "", http.StatusNotFound},
+		{"/api/run?source=nosuchsource", "", http.StatusNotFound},
+		{"/api/run?source=files", "cross-site", http.StatusForbidden},
+		{"/api/jobs/" + slowID + "/cancel", "cross-site", http.StatusForbidden},
+	} {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+c.url, nil)
+		if c.site != "" {
+			req.Header.Set("Sec-Fetch-Site", c.site)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != c.want {
+			t.Errorf("POST %s (Sec-Fetch-Site %q): %s, want %d", c.url, c.site, resp.Status, c.want)
+		}
+	}
 
 	if errs := pageErrors(); len(errs) > 0 {
 		t.Errorf("the page reported errors:\n%v", errs)

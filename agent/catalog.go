@@ -6,28 +6,30 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"sync"
 	"time"
-
-	"go.etcd.io/etcd/client/pkg/v3/transport"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/custos-backup/custos/metadata"
 	"github.com/custos-backup/custos/metadata/etcdserver"
 )
 
-// Catalog is an open connection to the catalog: the metadata store, its
-// etcd client, and the embedded etcd server when this process runs it.
+// Catalog is an open connection to the catalog: the metadata store and the
+// connection under it (with the embedded etcd server when this process
+// runs it).
 type Catalog struct {
-	Store    *metadata.EtcdStore
-	cli      *clientv3.Client
-	embedded *etcdserver.Embedded
+	Store *metadata.EtcdStore
+	conn  *metadata.Conn
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // CatalogOptions say how to open the catalog.
 type CatalogOptions struct {
-	// Serve: this process is the agent and must run the embedded server
-	// itself (it fails if another process already serves work_dir/etcd).
+	// Serve: this process is the agent and runs the embedded server
+	// itself. While another process serves work_dir/etcd (a custos command
+	// started while no agent ran, or another agent) it waits for it to stop,
+	// until ctx ends, and logs that it waits.
 	// Without Serve, a command connects to the running agent's embedded
 	// server when there is one, and starts its own for the time it runs
 	// when there is not.
@@ -46,43 +48,61 @@ type CatalogOptions struct {
 	Logger *slog.Logger
 }
 
-// OpenCatalog opens the catalog named by cfg.MetaDB.
+const (
+	// commandCatalogWait bounds how long a command waits for the
+	// embedded catalog when another process holds it without answering
+	// (an agent that is starting answers well within it).
+	commandCatalogWait = 30 * time.Second
+	// catalogWaitNotice is when the agent says that it is waiting for the
+	// embedded catalog to become free.
+	catalogWaitNotice = 3 * time.Second
+)
+
+// OpenCatalog opens the catalog named by cfg.MetaDB through
+// metadata.Connect: an external cluster, or the embedded server (served by
+// this process with Serve, otherwise the agent's or, when no agent runs,
+// this process's own).
 func OpenCatalog(ctx context.Context, cfg *Config, opts CatalogOptions) (*Catalog, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	c := &Catalog{}
-	var endpoints []string
-	var tlsInfo *transport.TLSInfo
-	switch {
-	case !cfg.MetaDB.Embedded:
-		endpoints = cfg.MetaDB.Endpoints
-		if cfg.MetaDB.CAFile != "" || cfg.MetaDB.CertFile != "" {
-			tlsInfo = &transport.TLSInfo{TrustedCAFile: cfg.MetaDB.CAFile, CertFile: cfg.MetaDB.CertFile, KeyFile: cfg.MetaDB.KeyFile}
-		}
-	case opts.Serve:
-		e, err := etcdserver.StartEmbedded(ctx, cfg.MetaDB.DataDir, opts.EtcdOptions)
-		if errors.Is(err, etcdserver.ErrLocked) {
-			return nil, fmt.Errorf("the embedded catalog in %s is in use: is another custos agent running with this work_dir?", cfg.MetaDB.DataDir)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("start the embedded catalog: %w", err)
-		}
-		c.embedded = e
-		endpoints = e.Endpoints()
-	default:
-		ep, err := c.connectOrServe(ctx, cfg, opts)
-		if err != nil {
-			return nil, err
-		}
-		endpoints = ep
+	mc := metadata.Config{
+		Embedded:  cfg.MetaDB.Embedded,
+		DataDir:   cfg.MetaDB.DataDir,
+		Own:       opts.Serve,
+		Endpoints: cfg.MetaDB.Endpoints,
+		Server:    opts.EtcdOptions,
 	}
-	cli, err := newEtcdClient(endpoints, tlsInfo)
+	if !mc.Embedded {
+		mc.DataDir = ""
+	}
+	if cfg.MetaDB.CAFile != "" || cfg.MetaDB.CertFile != "" {
+		mc.TLS = &metadata.TLSConfig{CAFile: cfg.MetaDB.CAFile, CertFile: cfg.MetaDB.CertFile, KeyFile: cfg.MetaDB.KeyFile}
+	}
+	where := fmt.Sprintf("the catalog at %v", cfg.MetaDB.Endpoints)
+	if mc.Embedded {
+		where = "the embedded catalog in " + mc.DataDir
+	}
+	cctx := ctx
+	if mc.Embedded && !opts.Serve {
+		var cancel context.CancelFunc
+		cctx, cancel = context.WithTimeoutCause(ctx, commandCatalogWait,
+			fmt.Errorf("%s is locked by another process that does not answer on its endpoint", where))
+		defer cancel()
+	}
+	if mc.Embedded && opts.Serve {
+		notice := time.AfterFunc(catalogWaitNotice, func() {
+			opts.Logger.Warn("waiting for the embedded catalog: another process serves it (a custos command that will finish, or another agent with this work_dir)", "data_dir", mc.DataDir)
+		})
+		defer notice.Stop()
+	}
+	conn, err := metadata.Connect(cctx, mc)
 	if err != nil {
-		c.Close()
-		return nil, fmt.Errorf("connect to the catalog at %v: %w", endpoints, err)
+		if c := context.Cause(cctx); c != nil && ctx.Err() == nil {
+			err = fmt.Errorf("%w: %v", err, c)
+		}
+		return nil, fmt.Errorf("open %s: %w", where, err)
 	}
-	c.cli = cli
 	mo := metadata.Options{
 		Prefix:       cfg.MetaDB.Prefix,
 		SpoolDir:     opts.SpoolDir,
@@ -93,69 +113,11 @@ func OpenCatalog(ctx context.Context, cfg *Config, opts CatalogOptions) (*Catalo
 	if opts.Store != nil {
 		opts.Store(&mo)
 	}
-	st, err := metadata.NewStore(cli, mo)
+	st, err := metadata.NewStore(conn.Client, mo)
 	if err != nil {
-		c.Close()
-		return nil, fmt.Errorf("open the catalog: %w", err)
+		return nil, errors.Join(fmt.Errorf("open %s: %w", where, err), conn.Close())
 	}
-	c.Store = st
-	return c, nil
-}
-
-// connectOrServe finds the running agent's embedded server, or starts one
-// for this command when no agent runs.
-func (c *Catalog) connectOrServe(ctx context.Context, cfg *Config, opts CatalogOptions) ([]string, error) {
-	dir := cfg.MetaDB.DataDir
-	for attempt := 0; attempt < 3; attempt++ {
-		if ep, err := etcdserver.ReadEndpoint(dir); err == nil && ep != "" && answers(ctx, ep) {
-			return []string{ep}, nil
-		}
-		e, err := etcdserver.StartEmbedded(ctx, dir, opts.EtcdOptions)
-		if errors.Is(err, etcdserver.ErrLocked) {
-			// An agent holds the folder but has not written its endpoint
-			// yet (it is starting): look again shortly.
-			select {
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-time.After(time.Second):
-			}
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("start the embedded catalog: %w", err)
-		}
-		c.embedded = e
-		return e.Endpoints(), nil
-	}
-	return nil, fmt.Errorf("the embedded catalog in %s is locked by another process that does not answer on its endpoint", dir)
-}
-
-func answers(ctx context.Context, endpoint string) bool {
-	cli, err := newEtcdClient([]string{endpoint}, nil)
-	if err != nil {
-		return false
-	}
-	defer cli.Close()
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	_, err = cli.Status(ctx, endpoint)
-	return err == nil
-}
-
-func newEtcdClient(endpoints []string, tlsInfo *transport.TLSInfo) (*clientv3.Client, error) {
-	cc := clientv3.Config{
-		Endpoints:   endpoints,
-		DialTimeout: 5 * time.Second,
-		Logger:      zap.NewNop(),
-	}
-	if tlsInfo != nil {
-		tc, err := tlsInfo.ClientConfig()
-		if err != nil {
-			return nil, fmt.Errorf("catalog TLS files: %w", err)
-		}
-		cc.TLS = tc
-	}
-	return clientv3.New(cc)
+	return &Catalog{Store: st, conn: conn}, nil
 }
 
 // AgentSpoolDir is the agent's catalog spool; CLISpoolDir is the one of
@@ -166,19 +128,11 @@ func AgentSpoolDir(cfg *Config) string { return filepath.Join(cfg.WorkDir, "spoo
 func CLISpoolDir(cfg *Config) string { return filepath.Join(cfg.WorkDir, "spool-cli") }
 
 // Embedded returns the embedded server this process runs, or nil.
-func (c *Catalog) Embedded() *etcdserver.Embedded { return c.embedded }
+func (c *Catalog) Embedded() *etcdserver.Embedded { return c.conn.Server }
 
-// Close closes the store, the client and the embedded server, in that order.
+// Close closes the store, the client and the embedded server, in that
+// order. Later calls return the first one's result.
 func (c *Catalog) Close() error {
-	var errs []error
-	if c.Store != nil {
-		errs = append(errs, c.Store.Close())
-	}
-	if c.cli != nil {
-		errs = append(errs, c.cli.Close())
-	}
-	if c.embedded != nil {
-		errs = append(errs, c.embedded.Close())
-	}
-	return errors.Join(errs...)
+	c.closeOnce.Do(func() { c.closeErr = errors.Join(c.Store.Close(), c.conn.Close()) })
+	return c.closeErr
 }

@@ -89,9 +89,13 @@ func Flatten(found []*metadata.Backup) []BackupEntry {
 	for _, b := range found {
 		for _, d := range b.Datasets {
 			for _, at := range d.Atoms {
+				snap := at.SnapshotID
+				if snap == "" { // a record from before atoms had their own
+					snap = d.SnapshotID
+				}
 				out = append(out, BackupEntry{
 					Atom: metadata.AtomName(d.Source, d.Name, at.Name), Host: b.Host, Time: b.Timestamp, BackupID: b.ID,
-					Handler: d.Handler, Repository: d.Repository, SnapshotID: d.SnapshotID, Files: d.TotalFiles, Bytes: d.TotalBytes,
+					Handler: d.Handler, Repository: d.Repository, SnapshotID: snap, Files: d.TotalFiles, Bytes: d.TotalBytes,
 				})
 			}
 		}

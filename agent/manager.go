@@ -91,7 +91,7 @@ func (m *Manager) Ingest(ctx context.Context, rc *RuntimeContext, src *SourceSpe
 	if res.Err != nil {
 		log.Error("backup failed", "error", res.Err, "duration", res.End.Sub(res.Start).Round(time.Millisecond))
 	} else if res.Record != nil {
-		log.Info("backup done", "snapshot", res.Record.SnapshotID, "files", res.Record.TotalFiles, "bytes", res.Record.TotalBytes, "bytes_added", res.Record.BytesAdded, "duration", res.End.Sub(res.Start).Round(time.Millisecond))
+		log.Info("backup done", "snapshots", strings.Join(SnapshotIDs(res.Record), ","), "files", res.Record.TotalFiles, "bytes", res.Record.TotalBytes, "bytes_added", res.Record.BytesAdded, "duration", res.End.Sub(res.Start).Round(time.Millisecond))
 	}
 	m.events.Finished(res)
 	return res
@@ -158,21 +158,30 @@ func (m *Manager) ingest(ctx context.Context, rc *RuntimeContext, src *SourceSpe
 		Repository: repoSpec.Name,
 		Duration:   time.Since(start),
 	}
-	ids := make([]string, 0, len(snaps))
 	for _, s := range snaps {
-		ids = append(ids, s.ID.String())
 		rec.TotalFiles += s.Summary.Files
 		rec.TotalBytes += s.Summary.Bytes
 		rec.BytesAdded += s.Summary.BytesAdded
 	}
-	rec.SnapshotID = strings.Join(ids, ",")
-	for _, a := range ds.Atoms {
-		rec.Atoms = append(rec.Atoms, metadata.Atom{Name: a.Name, Path: a.Path})
+	// Handler contract: one snapshot for the whole dataset, or one per
+	// atom in the order of the atoms.
+	switch {
+	case len(snaps) == 1:
+		rec.SnapshotID = snaps[0].ID.String()
+		for _, a := range ds.Atoms {
+			rec.Atoms = append(rec.Atoms, metadata.Atom{Name: a.Name, Path: a.Path, SnapshotID: rec.SnapshotID})
+		}
+	case len(snaps) == len(ds.Atoms):
+		for i, a := range ds.Atoms {
+			rec.Atoms = append(rec.Atoms, metadata.Atom{Name: a.Name, Path: a.Path, SnapshotID: snaps[i].ID.String()})
+		}
+	default:
+		return nil, jobs.Permanent(fmt.Errorf("dataset %s: the %s handler wrote %d snapshots for %d atoms; nothing was recorded in the catalog", name, h.Type(), len(snaps), len(ds.Atoms)))
 	}
 	// The snapshots are durable now (Backup returns after packs, index and
 	// snapshot are written): only now may the catalog point at them.
 	if err := m.catalog.AddDataset(ctx, b, rec); err != nil {
-		return nil, fmt.Errorf("dataset %s: stored as snapshot %s, but the catalog refused the record: %w", name, rec.SnapshotID, err)
+		return nil, fmt.Errorf("dataset %s: stored as snapshot(s) %s, but the catalog refused the record: %w", name, strings.Join(SnapshotIDs(rec), ", "), err)
 	}
 	if src.PostBackupCommand != "" {
 		if err := sh.Run(ctx, src.PostBackupCommand); err != nil {
@@ -359,8 +368,8 @@ func (m *Manager) restoreDataset(ctx context.Context, rc *RuntimeContext, req Re
 		return nil, fmt.Errorf("dataset %s: %w", name, err)
 	}
 	var snaps []*repository.Snapshot
-	for _, s := range strings.Split(d.SnapshotID, ",") {
-		id, err := repository.ParseID(strings.TrimSpace(s))
+	for _, s := range SnapshotIDs(d) {
+		id, err := repository.ParseID(s)
 		if err != nil {
 			return nil, fmt.Errorf("dataset %s in backup %s: bad snapshot id %q in the catalog: %w", name, b.ID, s, err)
 		}
@@ -413,4 +422,34 @@ func (m *Manager) restoreDataset(ctx context.Context, rc *RuntimeContext, req Re
 		out = append(out, RestoredAtom{Name: metadata.AtomName(d.Source, d.Name, a.Name), BackupID: b.ID, Time: b.Timestamp, Host: b.Host, Target: where})
 	}
 	return out, nil
+}
+
+// SnapshotIDs lists, once each and in atom order, the snapshots that hold
+// the record's atoms. Only those are loaded on restore: restoring one
+// atom of a dataset stored per atom reads only that atom's snapshot.
+// Records from before atoms carried their snapshot id name them in
+// Dataset.SnapshotID, joined by ",".
+func SnapshotIDs(d *metadata.Dataset) []string {
+	var ids []string
+	seen := map[string]bool{}
+	add := func(id string) {
+		if id = strings.TrimSpace(id); !seen[id] {
+			seen[id] = true
+			ids = append(ids, id)
+		}
+	}
+	legacy := false
+	for _, a := range d.Atoms {
+		if a.SnapshotID == "" {
+			legacy = true
+			continue
+		}
+		add(a.SnapshotID)
+	}
+	if legacy || len(d.Atoms) == 0 {
+		for _, s := range strings.Split(d.SnapshotID, ",") {
+			add(s)
+		}
+	}
+	return ids
 }

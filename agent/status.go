@@ -108,7 +108,9 @@ func (c *backupsCache) get(ctx context.Context, fetch func(context.Context) ([]*
 	// Cleared before the read: a job that finishes during it marks the
 	// cache stale again.
 	c.stale.Store(false)
-	ctx, cancel := context.WithTimeout(ctx, backupsTimeout)
+	// Not the caller's cancellation: the result is shared, and one page
+	// closing must not leave "context canceled" for the others to see.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), backupsTimeout)
 	defer cancel()
 	b, err := fetch(ctx)
 	c.fetched = time.Now()

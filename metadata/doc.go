@@ -10,7 +10,7 @@
 //	Backup{ID, Timestamp, Host, Datasets []*Dataset}
 //	Dataset{ID, Source, Name, Handler, Atoms []Atom, SnapshotID, Repository,
 //	        TotalFiles, TotalBytes, BytesAdded, Duration time.Duration}
-//	Atom{Name, Path}
+//	Atom{Name, Path, SnapshotID}          // SnapshotID: the snapshot holding the atom
 //	AtomName(source, dataset, atom) string  // "source/dataset/atom"
 //	SplitAtomName(name) (source, dataset, atom string, ok bool)
 //	FindRequest{Pattern, Host, NumVersions, OlderThan}

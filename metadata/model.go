@@ -20,16 +20,20 @@ type Backup struct {
 }
 
 // Dataset is the catalog record of one dataset inside one backup: a unit
-// that can be restored on its own, holding one or more atoms, stored as one
-// snapshot in one repository.
+// that can be restored on its own, holding one or more atoms, stored in one
+// repository as one snapshot or as one snapshot per atom.
 type Dataset struct {
-	ID         string `json:"id"`
-	Source     string `json:"source"`  // source name; no "/" and no NUL
-	Name       string `json:"name"`    // dataset name; no "/" and no NUL
-	Handler    string `json:"handler"` // handler type that wrote it ("file", "pipe", ...)
-	Atoms      []Atom `json:"atoms"`
+	ID      string `json:"id"`
+	Source  string `json:"source"`  // source name; no "/" and no NUL
+	Name    string `json:"name"`    // dataset name; no "/" and no NUL
+	Handler string `json:"handler"` // handler type that wrote it ("file", "pipe", ...)
+	Atoms   []Atom `json:"atoms"`
+	// SnapshotID is the dataset's snapshot when it is stored as one
+	// ("file"); it is empty when its atoms are stored as separate
+	// snapshots (a "pipe" dataset of several atoms). Atom.SnapshotID is
+	// always the one that holds an atom.
 	SnapshotID string `json:"snapshot_id"`
-	Repository string `json:"repository"` // name of the repository holding SnapshotID
+	Repository string `json:"repository"` // name of the repository holding the snapshots
 	TotalFiles int64  `json:"total_files"`
 	TotalBytes int64  `json:"total_bytes"`
 	BytesAdded int64  `json:"bytes_added"`
@@ -45,6 +49,11 @@ type Atom struct {
 	// Path is used by the file handler: the path relative to the source
 	// root. Other handlers may leave it empty.
 	Path string `json:"path,omitempty"`
+	// SnapshotID is the snapshot (in the dataset's repository) that holds
+	// the atom: the dataset's one snapshot, or the atom's own. Records
+	// written before it existed leave it empty; Dataset.SnapshotID then
+	// names the snapshot(s).
+	SnapshotID string `json:"snapshot_id,omitempty"`
 }
 
 // AtomName returns the global name of an atom: source/dataset/atom.

@@ -242,6 +242,39 @@ func TestFindAtomsResultShape(t *testing.T) {
 	}
 }
 
+// TestAtomSnapshotIDs: a dataset whose atoms live in separate snapshots
+// keeps each atom's snapshot id through the dataset record (GetBackup) and
+// the atom records (FindAtoms, which returns only the matching atom).
+func TestAtomSnapshotIDs(t *testing.T) {
+	ctx := ctxT(t)
+	s := newSharedStore(t, Options{})
+	b := mkBackup("b-atoms", "h1", t0)
+	d := &Dataset{ID: "b-atoms/pg/dump", Source: "pg", Name: "dump", Handler: "pipe", Repository: "local",
+		Atoms: []Atom{{Name: "app", SnapshotID: "snap-app"}, {Name: "users", SnapshotID: "snap-users"}}}
+	if err := s.AddDataset(ctx, b, d); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetBackup(ctx, b.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Datasets) != 1 || !reflect.DeepEqual(got.Datasets[0].Atoms, d.Atoms) {
+		t.Fatalf("GetBackup atoms = %+v, want %+v", got.Datasets, d.Atoms)
+	}
+	for _, want := range d.Atoms {
+		found, err := s.FindAtoms(ctx, FindRequest{Pattern: "pg/dump/" + want.Name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(found) != 1 || len(found[0].Datasets) != 1 || len(found[0].Datasets[0].Atoms) != 1 {
+			t.Fatalf("find %s: %+v, want one atom", want.Name, found)
+		}
+		if a := found[0].Datasets[0].Atoms[0]; a != want {
+			t.Errorf("find %s: atom %+v, want %+v", want.Name, a, want)
+		}
+	}
+}
+
 func TestFindAtomsBadPattern(t *testing.T) {
 	s := newSharedStore(t, Options{})
 	for _, p := range []string{"", "files/[", "a\x00b"} {

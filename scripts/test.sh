@@ -33,6 +33,20 @@ echo "== go vet"
 go vet ./...
 echo "== staticcheck"
 "$staticcheck" ./...
+# chromium: the agent's status page is tested in a real headless browser.
+echo "== chromium"
+if ! command -v chromium >/dev/null 2>&1; then
+	sudo=""
+	if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+	echo "installing chromium (first run only)"
+	if ! $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; then
+		$sudo env DEBIAN_FRONTEND=noninteractive apt-get update
+		$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+	fi
+fi
+export CUSTOS_CHROMIUM
+CUSTOS_CHROMIUM=$(command -v chromium)
+echo "chromium: $CUSTOS_CHROMIUM"
 echo "== go test"
 go test -count=1 -timeout 20m ./...
 

@@ -111,6 +111,14 @@
 
   const num = (v) => el("td", { class: "num" }, v);
 
+  // snapshotCell names the dataset's snapshot, or counts its atoms' own.
+  function snapshotCell(d) {
+    const ids = [...new Set((d.atoms || []).map((a) => a.snapshot_id).filter(Boolean))];
+    if (d.snapshot_id) ids.splice(0, ids.length, d.snapshot_id);
+    if (ids.length === 1) return el("td", {}, el("code", { title: ids[0] }, ids[0].slice(0, 12)));
+    return el("td", { title: ids.join("\n") }, ids.length + " snapshots (one per atom)");
+  }
+
   function render(st) {
     skew = Date.parse(st.now) - Date.now();
     started = st.started;
@@ -174,7 +182,7 @@
       num(bytes(d.total_bytes)),
       num(bytes(d.bytes_added)),
       num(dur(nsToMs(d.duration_ns))),
-      el("td", {}, el("code", { title: d.snapshot_id }, (d.snapshot_id || "").slice(0, 12))),
+      snapshotCell(d),
       el("td", {}, d.repository)));
     $("catalog-error").hidden = !st.catalog_error;
     $("catalog-error").textContent = st.catalog_error ? "catalog: " + st.catalog_error + " (the list below may be stale)" : "";

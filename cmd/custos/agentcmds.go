@@ -154,7 +154,7 @@ not the agent is running.`,
 					status = "dry-run"
 				default:
 					status = fmt.Sprintf("ok  %d files, %s, %s added, snapshot %s", r.Record.TotalFiles,
-						agent.HumanBytes(r.Record.TotalBytes), agent.HumanBytes(r.Record.BytesAdded), shortIDs(r.Record.SnapshotID))
+						agent.HumanBytes(r.Record.TotalBytes), agent.HumanBytes(r.Record.BytesAdded), shortIDs(strings.Join(agent.SnapshotIDs(r.Record), ",")))
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s/%s  %s\n", r.Source, r.Dataset, status)
 			}
