@@ -101,6 +101,11 @@ func (r *Repository) Backup(ctx context.Context, root string, paths []string, op
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", root, err)
 	}
+	if fi, err := os.Stat(absRoot); err != nil {
+		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
+	} else if !fi.IsDir() {
+		return nil, fmt.Errorf("backup %s: the root is not a directory", absRoot)
+	}
 	sel, err := newSelection(paths)
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
@@ -118,6 +123,9 @@ func (r *Repository) Backup(ctx context.Context, root string, paths []string, op
 		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
 	}
 	defer func() { _ = lock.Unlock(context.WithoutCancel(ctx)) }()
+	if err := r.refreshIndex(ctx, true); err != nil {
+		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
+	}
 
 	parent, parentTree, err := r.parentFor(ctx, &opts)
 	if err != nil {
@@ -587,9 +595,9 @@ func (b *backupState) finish(d *dirState) error {
 		enc := encodeTree(&tree{Nodes: nodes})
 		id := ID(sha256.Sum256(enc))
 		if id != d.oldID || !b.r.index().has(id) {
-			buf := b.bufs.get(len(enc))
+			full, buf := b.saver.newBuf(len(enc))
 			copy(buf, enc)
-			if _, err := b.saver.save(TreeBlob, id, buf); err != nil {
+			if _, err := b.saver.save(TreeBlob, id, full, len(enc)); err != nil {
 				return err
 			}
 		}
@@ -714,9 +722,10 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 	}
 	res := &readResult{}
 	minChunk := int(b.r.cfg.MinChunk)
-	// Small files (the common case) are read whole into one pooled buffer:
-	// one blob, whose id is also the file digest.
-	small := b.bufs.get(minChunk)
+	// Small files (the common case) are read whole into one pooled buffer,
+	// sized by the stat (one byte more, to notice growth): one blob, whose
+	// id is also the file digest.
+	full, small := b.saver.newBuf(int(min(st.Size+1, int64(minChunk))))
 	nr, err := io.ReadFull(f, small)
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
 		small = small[:nr]
@@ -725,13 +734,13 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 			b.r.testHookChunk(p, 0)
 		}
 		if nr > 0 {
-			if _, err := b.saver.save(DataBlob, id, small); err != nil {
+			if _, err := b.saver.save(DataBlob, id, full, nr); err != nil {
 				return nil, &repoError{err}
 			}
 			res.content = []ID{id}
 			res.digest = id
 		} else {
-			b.bufs.put(small)
+			b.bufs.put(full)
 			res.digest = sha256.Sum256(nil)
 		}
 		res.size = int64(nr)
@@ -741,7 +750,7 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 		return res, nil
 	}
 	if err != nil {
-		b.bufs.put(small)
+		b.bufs.put(full)
 		return nil, err
 	}
 	// Larger file: content-defined chunks. The bytes already read are fed
@@ -756,7 +765,7 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 		w.ch.ResetWithBoundaries(rd, b.pol, b.r.cfg.MinChunk, b.r.cfg.MaxChunk)
 	}
 	w.digest.Reset()
-	defer b.bufs.put(small)
+	defer b.bufs.put(full)
 	for i := 0; ; i++ {
 		c, err := w.ch.Next(w.chunk[:0])
 		if err == io.EOF {
@@ -776,9 +785,9 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 		res.content = append(res.content, id)
 		res.size += int64(len(c.Data))
 		if !b.saver.r.index().has(id) {
-			buf := b.bufs.get(len(c.Data))
+			full, buf := b.saver.newBuf(len(c.Data))
 			copy(buf, c.Data)
-			if _, err := b.saver.save(DataBlob, id, buf); err != nil {
+			if _, err := b.saver.save(DataBlob, id, full, len(c.Data)); err != nil {
 				return nil, &repoError{err}
 			}
 		}

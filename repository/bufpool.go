@@ -7,13 +7,17 @@ import (
 
 // bufPool hands out byte slices from power-of-two size classes, so that the
 // backup pipeline reuses its chunk and blob buffers instead of allocating
-// per chunk. Unlike sync.Pool it never drops buffers, so a pipeline whose
-// channels bound the buffers in flight allocates only that many, once:
-// peak memory does not depend on the dataset size or on GC timing.
+// per chunk. Unlike sync.Pool it does not depend on GC timing: it keeps
+// free buffers up to maxPoolRetained bytes in total, evicting from the
+// class holding the most bytes, so that a burst of one size does not pin
+// memory for the rest of a backup.
 type bufPool struct {
-	mu   sync.Mutex
-	free [bufClasses][][]byte
+	mu       sync.Mutex
+	free     [bufClasses][][]byte
+	retained int
 }
+
+const maxPoolRetained = 40 << 20
 
 const (
 	minBufShift = 12 // 4 KiB
@@ -37,6 +41,7 @@ func (p *bufPool) get(n int) []byte {
 	if l := len(p.free[c]); l > 0 {
 		b := p.free[c][l-1]
 		p.free[c] = p.free[c][:l-1]
+		p.retained -= cap(b)
 		p.mu.Unlock()
 		return b[:n]
 	}
@@ -55,6 +60,19 @@ func (p *bufPool) put(b []byte) {
 		return
 	}
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.free[k] = append(p.free[k], b[:0])
-	p.mu.Unlock()
+	p.retained += c
+	for p.retained > maxPoolRetained {
+		big, bytes := -1, 0
+		for i := range p.free {
+			if n := len(p.free[i]) << (i + minBufShift); n > bytes {
+				big, bytes = i, n
+			}
+		}
+		l := len(p.free[big])
+		p.retained -= cap(p.free[big][l-1])
+		p.free[big][l-1] = nil
+		p.free[big] = p.free[big][:l-1]
+	}
 }

@@ -27,15 +27,23 @@
 //	r.loadTree(ctx, id) (*tree, error); r.walkTree(ctx, treeID, fn(path, *node) error)
 //	    fn may return errSkipSubtree. node: Type, Content []ID, Subtree ID, Digest, Size...
 //	r.newBlobSaver(ctx, g *errgroup.Group, &bufPool{}) *blobSaver
-//	    s.save(t, id, pooledBuf) / s.saveCopy(t, data) (ID, error) dedup+pack+upload;
+//	    full, data := s.newBuf(n); s.save(t, id, full, n) / s.saveCopy(t, data) (ID, error):
+//	    dedup, compress, seal, pack, upload;
 //	    s.flush() ([]indexPack, error) then g.Wait(), then r.commitPacks.
 //	    (copy.go: load plaintext from src with loadBlob, saveCopy into dst.)
+//	newPackBuilder(inMemory) / packBuilder{} (in memory): add, finish -> pack id,
+//	    reader, close; for prune's rewrites without the whole pipeline.
 //	r.listIDs(ctx, backend.FileType, bad func(name)) ([]ID, error)
 //	r.saveSnapshot(ctx, *Snapshot); r.LoadSnapshot; r.Snapshots
 //	r.listLocks(ctx) ([]lockEntry, error); r.Lock(ctx, true) for prune;
 //	    lockEntry{Name; Info *lockInfo{Exclusive, Created, Refreshed, ...}; Err}
 //	hashID(b) ID; decodeTree/encodeTree; decodeIndexFile/encodeIndexFile;
 //	decodePackHeader/encodePackHeader; BlobError{Blob, Pack, Err}.
+//
+// Backups write packs to unlinked temp files in os.TempDir() ($TMPDIR)
+// while they wait for upload (about six pack sizes at most), so that peak
+// memory does not include them; set Repository.packsInMemory to keep them
+// in memory instead.
 //
 // Pack names are the SHA-256 of the pack bytes: a fixity pass can verify a
 // whole pack with sha256 alone (no key), then verify each blob with

@@ -23,10 +23,12 @@ func sampleBlobs() []packedBlob {
 
 func FuzzPackHeader(f *testing.F) {
 	r := fuzzRepo()
-	var pb packBuilder
-	pb.add(DataBlob, hashID([]byte("x")), 0, 3, r.seal.seal(nil, []byte("xyz")))
-	pb.add(TreeBlob, hashID([]byte("y")), flagZstd, 10, r.seal.seal(nil, []byte("compressed")))
-	pb.finish(r.seal, time.Unix(1700000000, 0))
+	pb := newPackBuilder(true)
+	_ = pb.add(DataBlob, hashID([]byte("x")), 0, 3, r.seal.seal(nil, []byte("xyz")))
+	_ = pb.add(TreeBlob, hashID([]byte("y")), flagZstd, 10, r.seal.seal(nil, []byte("compressed")))
+	if _, err := pb.finish(r.seal, time.Unix(1700000000, 0)); err != nil {
+		f.Fatal(err)
+	}
 	f.Add(pb.buf)
 	f.Add(encodePackHeader(time.Unix(1, 0), sampleBlobs()))
 	f.Add([]byte{})

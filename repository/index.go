@@ -181,6 +181,7 @@ type index struct {
 	packSize []int64
 	packNum  map[ID]uint32
 	files    map[ID]struct{} // index files loaded
+	seen     map[ID]struct{} // every index file listed when this index was built
 }
 
 func newIndex() *index {
@@ -327,11 +328,18 @@ func (r *Repository) listIDs(ctx context.Context, t backend.FileType, bad func(n
 // each (serialised). Files superseded by another present file are skipped
 // unless all is true.
 func (r *Repository) forEachIndexFile(ctx context.Context, all bool, fn func(id ID, f *indexFile) error) error {
+	_, err := r.forEachIndexFileIDs(ctx, all, fn)
+	return err
+}
+
+// forEachIndexFileIDs is forEachIndexFile that also returns every index
+// file id it listed.
+func (r *Repository) forEachIndexFileIDs(ctx context.Context, all bool, fn func(id ID, f *indexFile) error) ([]ID, error) {
 	ids, err := r.listIDs(ctx, backend.IndexFile, func(name string) {
 		r.log.Warn("ignoring index object with an invalid name", "name", name)
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	files := make([]*indexFile, len(ids))
 	g, gctx := errgroup.WithContext(ctx)
@@ -347,7 +355,7 @@ func (r *Repository) forEachIndexFile(ctx context.Context, all bool, fn func(id 
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return err
+		return nil, err
 	}
 	superseded := make(map[ID]bool)
 	if !all {
@@ -368,16 +376,16 @@ func (r *Repository) forEachIndexFile(ctx context.Context, all bool, fn func(id 
 			continue
 		}
 		if err := fn(id, files[i]); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return ids, nil
 }
 
 // loadIndex (re)builds the in-memory index from every index file.
 func (r *Repository) loadIndex(ctx context.Context) error {
 	x := newIndex()
-	err := r.forEachIndexFile(ctx, false, func(id ID, f *indexFile) error {
+	ids, err := r.forEachIndexFileIDs(ctx, false, func(id ID, f *indexFile) error {
 		x.mu.Lock()
 		defer x.mu.Unlock()
 		for _, p := range f.Packs {
@@ -389,10 +397,61 @@ func (r *Repository) loadIndex(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	x.seen = make(map[ID]struct{}, len(ids))
+	for _, id := range ids {
+		x.seen[id] = struct{}{}
+	}
 	r.idxMu.Lock()
 	r.idx = x
 	r.idxMu.Unlock()
 	return nil
+}
+
+// refreshIndex reloads the in-memory index when the set of index files
+// differs from the one it was built from: another process may have added
+// index files (new backups) or replaced them (prune). A long-lived
+// Repository would otherwise dedup against blobs whose packs prune has
+// since deleted. Writers call it after taking their lock, with strict set:
+// then a failed reload is an error. Readers pass strict false: a failed
+// reload (e.g. a damaged index file in a repository opened with
+// OpenTolerant) keeps the current index, and is not retried until the set
+// of index files changes again.
+func (r *Repository) refreshIndex(ctx context.Context, strict bool) error {
+	ids, err := r.listIDs(ctx, backend.IndexFile, nil)
+	if err != nil {
+		return err
+	}
+	x := r.index()
+	x.mu.RLock()
+	same := sameIDs(ids, x.seen) || sameIDs(ids, x.files)
+	x.mu.RUnlock()
+	if same {
+		return nil
+	}
+	err = r.loadIndex(ctx)
+	if err == nil || strict {
+		return err
+	}
+	r.log.Warn("index files changed but cannot be reloaded; using the index loaded before", "err", err)
+	x.mu.Lock()
+	x.seen = make(map[ID]struct{}, len(ids))
+	for _, id := range ids {
+		x.seen[id] = struct{}{}
+	}
+	x.mu.Unlock()
+	return nil
+}
+
+func sameIDs(ids []ID, set map[ID]struct{}) bool {
+	if len(ids) != len(set) {
+		return false
+	}
+	for _, id := range ids {
+		if _, ok := set[id]; !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // index returns the current in-memory index.

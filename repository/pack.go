@@ -1,11 +1,16 @@
 package repository
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
+	"os"
 	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
@@ -205,23 +210,89 @@ func loadRange(ctx context.Context, be backend.Backend, h backend.Handle, offset
 	return buf, nil
 }
 
-// packBuilder accumulates sealed blobs into one pack in memory.
+// packBuilder assembles one pack, hashing it as it goes. The bytes go to an
+// unlinked temp file (f != nil) so that packs waiting for upload do not
+// occupy memory, or to buf when no temp file could be made.
 type packBuilder struct {
+	f     *os.File
+	bw    *bufio.Writer
 	buf   []byte
+	size  int64
+	hash  hash.Hash
 	blobs []packedBlob
 	raw   int64 // plaintext bytes
 }
 
-func (p *packBuilder) add(t BlobType, id ID, flags uint8, rawLen int, sealed []byte) {
-	p.blobs = append(p.blobs, packedBlob{Type: t, Flags: flags, ID: id, Offset: uint32(len(p.buf)), Length: uint32(len(sealed)), RawLength: uint32(rawLen)})
-	p.buf = append(p.buf, sealed...)
-	p.raw += int64(rawLen)
+// newPackBuilder starts a pack backed by a temp file in os.TempDir(), or in
+// memory when inMemory is set or no temp file can be made. The zero value
+// is an in-memory builder too.
+func newPackBuilder(inMemory bool) *packBuilder {
+	p := &packBuilder{hash: sha256.New()}
+	if !inMemory {
+		if f, err := os.CreateTemp("", "custos-pack-"); err == nil {
+			// Unlinked at once: a crash leaves nothing behind.
+			_ = os.Remove(f.Name())
+			p.f = f
+			p.bw = bufio.NewWriterSize(f, 64<<10)
+		}
+	}
+	return p
 }
 
-// finish appends the sealed header and the trailer.
-func (p *packBuilder) finish(s *sealer, created time.Time) {
-	hdr := encodePackHeader(created, p.blobs)
-	n := len(p.buf)
-	p.buf = s.seal(p.buf, hdr)
-	p.buf = binary.LittleEndian.AppendUint32(p.buf, uint32(len(p.buf)-n))
+func (p *packBuilder) write(b []byte) error {
+	if p.hash == nil {
+		p.hash = sha256.New() // zero value: an in-memory builder
+	}
+	p.hash.Write(b)
+	p.size += int64(len(b))
+	if p.f == nil {
+		p.buf = append(p.buf, b...)
+		return nil
+	}
+	_, err := p.bw.Write(b)
+	return err
+}
+
+func (p *packBuilder) add(t BlobType, id ID, flags uint8, rawLen int, sealed []byte) error {
+	p.blobs = append(p.blobs, packedBlob{Type: t, Flags: flags, ID: id, Offset: uint32(p.size), Length: uint32(len(sealed)), RawLength: uint32(rawLen)})
+	p.raw += int64(rawLen)
+	if err := p.write(sealed); err != nil {
+		return fmt.Errorf("write pack temp file: %w", err)
+	}
+	return nil
+}
+
+// finish appends the sealed header and the trailer and returns the pack id.
+func (p *packBuilder) finish(s *sealer, created time.Time) (ID, error) {
+	sealed := s.seal(nil, encodePackHeader(created, p.blobs))
+	err := p.write(sealed)
+	if err == nil {
+		err = p.write(binary.LittleEndian.AppendUint32(nil, uint32(len(sealed))))
+	}
+	if err == nil && p.bw != nil {
+		err = p.bw.Flush()
+	}
+	if err != nil {
+		return ID{}, fmt.Errorf("write pack temp file: %w", err)
+	}
+	return ID(p.hash.Sum(nil)), nil
+}
+
+// reader returns the finished pack's bytes from the start.
+func (p *packBuilder) reader() (io.ReadSeeker, error) {
+	if p.f == nil {
+		return bytes.NewReader(p.buf), nil
+	}
+	if _, err := p.f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return p.f, nil
+}
+
+// close releases the temp file.
+func (p *packBuilder) close() {
+	if p.f != nil {
+		_ = p.f.Close()
+		p.f = nil
+	}
 }

@@ -1,7 +1,6 @@
 package repository
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -13,29 +12,36 @@ import (
 
 	"github.com/custos-backup/custos/repository/backend"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 )
 
 // blobSaver is the write half of a repository: it deduplicates blobs against
 // the index and against blobs already queued in this session, compresses and
 // seals new ones in parallel, packs them, and uploads packs concurrently.
 // Nothing it writes is reachable until flush has returned and the caller has
-// saved an index file (saveIndex).
+// written index files for the packs (commitPacks).
 //
-// Memory is bounded: every stage is connected by a small channel, chunk
-// buffers come from a pool, and at most uploaders+1 pack buffers exist.
+// Memory is bounded: blob buffers come from a pool and their bytes between
+// save and the packer are limited by inflight; packs are assembled in
+// unlinked temp files, at most one being filled and one per uploader.
 type blobSaver struct {
 	r      *Repository
 	ctx    context.Context
 	g      *errgroup.Group
 	toSeal chan *plainBlob
 	toPack chan *sealedBlob
-	toSave chan *packBuilder
-	free   chan *packBuilder
+	toSave chan *finishedPack
 	bufs   *bufPool
 
 	mu      sync.Mutex
 	pending map[ID]struct{} // queued in this session, not yet in the index
 	packs   []indexPack     // uploaded in this session
+
+	// inflight bounds the bytes of blob buffers between the callers of save
+	// and the packer. Bounding bytes rather than items lets thousands of
+	// small files flow through deep channels without a goroutine hand-off
+	// per blob, while large chunks still cannot pile up.
+	inflight *semaphore.Weighted
 
 	bytesAdded atomic.Int64
 	blobsAdded atomic.Int64
@@ -49,7 +55,9 @@ type blobSaver struct {
 type plainBlob struct {
 	t    BlobType
 	id   ID
-	data []byte // from bufs; the saver returns it
+	full []byte // from newBuf: headroom, then the plaintext
+	n    int    // plaintext length
+	w    int64  // weight held in blobSaver.inflight
 }
 
 type sealedBlob struct {
@@ -57,28 +65,26 @@ type sealedBlob struct {
 	id     ID
 	flags  uint8
 	rawLen int
-	sealed []byte        // owned by the sealer until ack
-	ack    chan struct{} // the packer signals when it has copied sealed
+	sealed []byte // inside buf
+	buf    []byte // pooled; the packer returns it after copying sealed
+	w      int64  // weight held in blobSaver.inflight
 }
 
 // newBlobSaver starts the pipeline goroutines in g. The caller must call
 // flush (on success) or cancel ctx and wait for g (on failure).
 func (r *Repository) newBlobSaver(ctx context.Context, g *errgroup.Group, bufs *bufPool) *blobSaver {
 	n := runtime.GOMAXPROCS(0)
-	uploaders := 2
+	uploaders := 4 // packs wait in temp files, so more uploads cost no memory
 	s := &blobSaver{
-		r:       r,
-		ctx:     ctx,
-		g:       g,
-		toSeal:  make(chan *plainBlob, n),
-		toPack:  make(chan *sealedBlob),
-		toSave:  make(chan *packBuilder),
-		free:    make(chan *packBuilder, uploaders+1),
-		bufs:    bufs,
-		pending: make(map[ID]struct{}),
-	}
-	for range uploaders + 1 {
-		s.free <- &packBuilder{}
+		r:        r,
+		ctx:      ctx,
+		g:        g,
+		toSeal:   make(chan *plainBlob, 256),
+		toPack:   make(chan *sealedBlob, 256),
+		inflight: semaphore.NewWeighted(inflightBytes),
+		toSave:   make(chan *finishedPack),
+		bufs:     bufs,
+		pending:  make(map[ID]struct{}),
 	}
 	s.sealWG.Add(n)
 	for range n {
@@ -107,18 +113,34 @@ func (s *blobSaver) reserve(id ID) bool {
 	return true
 }
 
-// save queues a blob whose id is already computed. data must come from
-// s.bufs; save takes ownership. It reports whether the blob was new.
-func (s *blobSaver) save(t BlobType, id ID, data []byte) (bool, error) {
+// newBuf returns a pooled buffer for a blob of n bytes: full is what save
+// takes, data (len n) is where the plaintext goes. The buffer has room for
+// sealing in place (nonce in front, tag behind), so stored blobs are never
+// copied between reading and packing.
+func (s *blobSaver) newBuf(n int) (full, data []byte) {
+	h := s.r.seal.headroom()
+	full = s.bufs.get(h + n + tagSize)
+	return full, full[h : h+n]
+}
+
+// save queues a blob whose id is already computed. full must come from
+// newBuf with the plaintext's n bytes in place; save takes ownership.
+// It reports whether the blob was new.
+func (s *blobSaver) save(t BlobType, id ID, full []byte, n int) (bool, error) {
 	if !s.reserve(id) {
-		s.bufs.put(data)
+		s.bufs.put(full)
 		return false, nil
 	}
+	w := min(int64(cap(full)), inflightBytes)
+	if err := s.inflight.Acquire(s.ctx, w); err != nil {
+		s.bufs.put(full)
+		return false, context.Cause(s.ctx)
+	}
 	select {
-	case s.toSeal <- &plainBlob{t: t, id: id, data: data}:
+	case s.toSeal <- &plainBlob{t: t, id: id, full: full, n: n, w: w}:
 		return true, nil
 	case <-s.ctx.Done():
-		s.bufs.put(data)
+		s.bufs.put(full)
 		return false, context.Cause(s.ctx)
 	}
 }
@@ -129,50 +151,41 @@ func (s *blobSaver) saveCopy(t BlobType, data []byte) (ID, error) {
 	if s.r.index().has(id) {
 		return id, nil
 	}
-	b := s.bufs.get(len(data))
+	full, b := s.newBuf(len(data))
 	copy(b, data)
-	_, err := s.save(t, id, b)
+	_, err := s.save(t, id, full, len(data))
 	return id, err
 }
+
+// inflightBytes is the budget of blob buffers queued between save and the
+// packer.
+const inflightBytes = 8 << 20
 
 func (s *blobSaver) sealLoop() error {
 	enc := s.r.getEncoder()
 	defer s.r.putEncoder(enc)
 	compress := s.r.cfg.Compression == compressionZstd
 	head := s.r.seal.headroom()
-	// The sealed form goes to a scratch buffer owned by this sealer; the
-	// packer copies it into the pack and acknowledges, so sealed blobs
-	// never need pooled buffers of their own.
-	var scratch []byte
-	ack := make(chan struct{})
 	for pb := range s.toSeal {
-		n := len(pb.data)
-		if need := head + n + tagSize; cap(scratch) < need {
-			scratch = make([]byte, 0, need+need/8)
-		}
-		out := scratch[:head]
+		n := pb.n
+		data := pb.full[head : head+n]
+		out, buf := pb.full[:head+n], pb.full // sealed in place unless compression helps
 		var flags uint8
-		if compress && compressible(pb.data) {
+		if compress && compressible(data) {
+			scratch := s.bufs.get(head + n + tagSize)
 			// Output that would not fit is useless (the blob would not
 			// shrink); EncodeAll then reallocates and the result is dropped.
-			c := enc.EncodeAll(pb.data, out)
-			if len(c)-head < n && cap(c)-len(c) >= tagSize && &c[:1][0] == &out[:1][0] {
-				out, flags = c, flagZstd
+			c := enc.EncodeAll(data, scratch[:head])
+			if len(c)-head < n && cap(c)-len(c) >= tagSize && &c[:1][0] == &scratch[:1][0] {
+				out, buf, flags = c, scratch, flagZstd
+				s.bufs.put(pb.full)
+			} else {
+				s.bufs.put(scratch)
 			}
 		}
-		if flags == 0 {
-			out = append(out[:head], pb.data...)
-		}
-		s.bufs.put(pb.data)
 		sealed := s.r.seal.sealInPlace(out)
-		sb := &sealedBlob{t: pb.t, id: pb.id, flags: flags, rawLen: n, sealed: sealed, ack: ack}
 		select {
-		case s.toPack <- sb:
-		case <-s.ctx.Done():
-			return context.Cause(s.ctx)
-		}
-		select {
-		case <-ack:
+		case s.toPack <- &sealedBlob{t: pb.t, id: pb.id, flags: flags, rawLen: n, sealed: sealed, buf: buf, w: pb.w}:
 		case <-s.ctx.Done():
 			return context.Cause(s.ctx)
 		}
@@ -208,17 +221,30 @@ func compressible(b []byte) bool {
 	return false
 }
 
+type finishedPack struct {
+	id ID
+	p  *packBuilder
+}
+
 func (s *blobSaver) packLoop() error {
 	defer close(s.toSave)
 	var cur *packBuilder
-	limit := int(s.r.cfg.PackSize)
+	defer func() {
+		if cur != nil {
+			cur.close()
+		}
+	}()
+	limit := s.r.cfg.PackSize
 	flush := func() error {
 		if cur == nil || len(cur.blobs) == 0 {
 			return nil
 		}
-		cur.finish(s.r.seal, time.Now())
+		id, err := cur.finish(s.r.seal, time.Now())
+		if err != nil {
+			return err
+		}
 		select {
-		case s.toSave <- cur:
+		case s.toSave <- &finishedPack{id: id, p: cur}:
 			cur = nil
 			return nil
 		case <-s.ctx.Done():
@@ -226,43 +252,51 @@ func (s *blobSaver) packLoop() error {
 		}
 	}
 	for sb := range s.toPack {
-		if cur != nil && len(cur.buf) > 0 && len(cur.buf)+len(sb.sealed) > limit {
+		if cur != nil && cur.size > 0 && cur.size+int64(len(sb.sealed)) > limit {
 			if err := flush(); err != nil {
 				return err
 			}
 		}
 		if cur == nil {
-			select {
-			case cur = <-s.free:
-			case <-s.ctx.Done():
-				return context.Cause(s.ctx)
-			}
-			if cap(cur.buf) < limit+limit/16 {
-				cur.buf = make([]byte, 0, limit+limit/16)
-			}
-			cur.buf, cur.blobs, cur.raw = cur.buf[:0], cur.blobs[:0], 0
+			cur = newPackBuilder(s.r.packsInMemory)
 		}
-		cur.add(sb.t, sb.id, sb.flags, sb.rawLen, sb.sealed)
-		sb.ack <- struct{}{}
+		err := cur.add(sb.t, sb.id, sb.flags, sb.rawLen, sb.sealed)
+		s.bufs.put(sb.buf)
+		s.inflight.Release(sb.w)
+		if err != nil {
+			return err
+		}
 	}
 	return flush()
 }
 
 func (s *blobSaver) saveLoop() error {
-	for p := range s.toSave {
-		id := ID(sha256.Sum256(p.buf))
-		h := backend.Handle{Type: backend.PackFile, Name: id.String()}
-		if err := s.r.be.Save(s.ctx, h, bytes.NewReader(p.buf), int64(len(p.buf))); err != nil {
-			return fmt.Errorf("save pack %s: %w", h, err)
+	for fp := range s.toSave {
+		err := s.savePack(fp)
+		fp.p.close()
+		if err != nil {
+			return err
 		}
-		ip := indexPack{ID: id, Size: int64(len(p.buf)), Blobs: append([]packedBlob(nil), p.blobs...)}
-		s.mu.Lock()
-		s.packs = append(s.packs, ip)
-		s.mu.Unlock()
-		s.bytesAdded.Add(int64(len(p.buf)))
-		s.blobsAdded.Add(int64(len(p.blobs)))
-		s.free <- p
 	}
+	return nil
+}
+
+func (s *blobSaver) savePack(fp *finishedPack) error {
+	p := fp.p
+	h := backend.Handle{Type: backend.PackFile, Name: fp.id.String()}
+	rd, err := p.reader()
+	if err == nil {
+		err = s.r.be.Save(s.ctx, h, rd, p.size)
+	}
+	if err != nil {
+		return fmt.Errorf("save pack %s: %w", h, err)
+	}
+	ip := indexPack{ID: fp.id, Size: p.size, Blobs: p.blobs}
+	s.mu.Lock()
+	s.packs = append(s.packs, ip)
+	s.mu.Unlock()
+	s.bytesAdded.Add(p.size)
+	s.blobsAdded.Add(int64(len(p.blobs)))
 	return nil
 }
 
@@ -306,21 +340,34 @@ func (r *Repository) commitPacks(ctx context.Context, packs []indexPack) error {
 			x.addPackLocked(p)
 		}
 		x.files[id] = struct{}{}
+		if x.seen != nil {
+			x.seen[id] = struct{}{}
+		}
 		x.mu.Unlock()
 	}
 	return nil
 }
 
 // entropyBelow reports whether the byte histogram of n samples has a
-// Shannon entropy below limit bits per byte.
+// Shannon entropy below limit bits per byte. It uses n·log2(n) − Σ c·log2(c)
+// with a table of c·log2(c), since this runs for every blob.
 func entropyBelow(hist []uint16, n int, limit float64) bool {
-	var h float64
-	fn := float64(n)
-	for _, c := range hist {
-		if c != 0 {
-			p := float64(c) / fn
-			h -= p * math.Log2(p)
-		}
+	if n > len(clog2c)-1 {
+		return true
 	}
+	var sum float64
+	for _, c := range hist {
+		sum += clog2c[c]
+	}
+	h := (clog2c[n] - sum) / float64(n)
 	return h < limit
 }
+
+// clog2c[c] = c·log2(c), for the sample sizes compressible uses.
+var clog2c = func() [4097]float64 {
+	var t [4097]float64
+	for c := 1; c < len(t); c++ {
+		t[c] = float64(c) * math.Log2(float64(c))
+	}
+	return t
+}()

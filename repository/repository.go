@@ -47,6 +47,9 @@ type Repository struct {
 	// file (path is the source path, n the chunk number), so tests can
 	// change the file deterministically while it is being read.
 	testHookChunk func(path string, n int)
+	// packsInMemory keeps packs awaiting upload in memory instead of
+	// unlinked temp files.
+	packsInMemory bool
 }
 
 // Init creates a new repository in be, which must not hold one yet.

@@ -3,7 +3,9 @@ package repository
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/backend/local"
+	"golang.org/x/sync/errgroup"
 )
 
 func TestInitOpen(t *testing.T) {
@@ -295,9 +298,15 @@ func TestBackupPathsAndExcludes(t *testing.T) {
 	for _, p := range []string{"keep/a.txt", "keep/skip.tmp", "keep/sub/b.txt", "keep/cache/x", "other/c.txt", "top.txt"} {
 		writeFile(t, filepath.Join(src, p), []byte(p), 0o644)
 	}
-	sn, err := r.Backup(ctx, src, []string{"keep", "top.txt"}, BackupOptions{Dataset: "d", Excludes: []string{"*.tmp", "keep/cache"}})
+	var last Progress
+	calls := 0
+	progress := func(p Progress) { last = p; calls++ }
+	sn, err := r.Backup(ctx, src, []string{"keep", "top.txt"}, BackupOptions{Dataset: "d", Excludes: []string{"*.tmp", "keep/cache"}, Progress: progress})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if calls == 0 || last.Files != 3 || last.Bytes != int64(len("keep/a.txt")+len("keep/sub/b.txt")+len("top.txt")) {
+		t.Errorf("progress: %d calls, last %+v", calls, last)
 	}
 	var got []string
 	if err := r.walkTree(ctx, sn.Tree, func(p string, n *node) error { got = append(got, p); return nil }); err != nil {
@@ -312,6 +321,9 @@ func TestBackupPathsAndExcludes(t *testing.T) {
 	}
 	if _, err := r.Backup(ctx, src, []string{"missing"}, BackupOptions{}); err == nil {
 		t.Error("missing path accepted")
+	}
+	if _, err := r.Backup(ctx, filepath.Join(src, "top.txt"), nil, BackupOptions{}); err == nil {
+		t.Error("a file as root accepted")
 	}
 }
 
@@ -518,7 +530,7 @@ func TestBackupStream(t *testing.T) {
 	}
 	snaps, idx := count("snapshots"), count("index")
 	boom := errors.New("pg_dump exited 1")
-	rd := io_MultiReader(bytes.NewReader(randBytes(10, 6<<20)), &failingReader{err: boom})
+	rd := io.MultiReader(bytes.NewReader(randBytes(10, 6<<20)), &failingReader{err: boom})
 	_, err = r.BackupStream(ctx, "bad.dump", rd, BackupOptions{Dataset: "db", Host: "h"})
 	if !errors.Is(err, boom) {
 		t.Fatalf("failing reader: %v", err)
@@ -576,7 +588,7 @@ func TestLocks(t *testing.T) {
 	// A stale lock (not refreshed for too long) does not block, and
 	// RemoveStaleLocks clears it.
 	old := time.Now().Add(-2 * LockStaleAfter)
-	b, _ := json_Marshal(lockInfo{Version: 1, Exclusive: true, Created: old, Refreshed: old, Hostname: "gone", PID: 1})
+	b, _ := json.Marshal(lockInfo{Version: 1, Exclusive: true, Created: old, Refreshed: old, Hostname: "gone", PID: 1})
 	if err := saveBytes(ctx, r.be, backend.Handle{Type: backend.LockFile, Name: "stale"}, r.seal.seal(nil, b)); err != nil {
 		t.Fatal(err)
 	}
@@ -672,7 +684,7 @@ func TestRestoreNeverEscapes(t *testing.T) {
 func saveRawTree(t *testing.T, r *Repository, nodes []node, data []byte) *Snapshot {
 	t.Helper()
 	ctx := context.Background()
-	g, gctx := errgroupWithContext(ctx)
+	g, gctx := errgroup.WithContext(ctx)
 	s := r.newBlobSaver(gctx, g, &bufPool{})
 	if data != nil {
 		if _, err := s.saveCopy(DataBlob, data); err != nil {
@@ -773,4 +785,73 @@ func TestLocalBackendReopen(t *testing.T) {
 	if err := r2.RestoreFile(ctx, sn, "f", &out); err != nil || out.String() != "hello" {
 		t.Fatalf("%v %q", err, out.String())
 	}
+}
+
+type failingReader struct{ err error }
+
+func (f *failingReader) Read([]byte) (int, error) { return 0, f.err }
+
+// TestStaleIndexRefreshed: a Repository opened before another process
+// backed up and replaced the index must not dedup against its old view.
+func TestStaleIndexRefreshed(t *testing.T) {
+	ctx := context.Background()
+	r1, _ := newTestRepo(t, false)
+	data := randBytes(30, 700<<10)
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "f.bin"), data, 0o644)
+	if _, err := r1.Backup(ctx, src, nil, BackupOptions{Dataset: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	// A second handle (another process) learns of r1's index only by
+	// refreshing; its restore must see the new snapshot's blobs.
+	r2, err := Open(ctx, r1.Backend(), testPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src2 := t.TempDir()
+	other := randBytes(31, 300<<10)
+	writeFile(t, filepath.Join(src2, "g.bin"), other, 0o644)
+	sn, err := r1.Backup(ctx, src2, nil, BackupOptions{Dataset: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := r2.RestoreFile(ctx, sn, "g.bin", &out); err != nil {
+		t.Fatal("stale handle cannot restore a newer snapshot:", err)
+	}
+	mustEqual(t, out.Bytes(), other, "g.bin")
+	// Simulate prune replacing the index and dropping f.bin's pack: r1's
+	// next backup of the same data must store it again.
+	x := r1.index()
+	fpack, _, _ := x.lookup(hashID(data))
+	var keep []indexPack
+	err = r1.forEachIndexFile(ctx, false, func(id ID, f *indexFile) error {
+		for _, p := range f.Packs {
+			if p.ID != fpack {
+				keep = append(keep, p)
+			}
+		}
+		return r1.be.Remove(ctx, backend.Handle{Type: backend.IndexFile, Name: id.String()})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r1.saveIndexFile(ctx, &indexFile{Packs: keep}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r1.be.Remove(ctx, backend.Handle{Type: backend.PackFile, Name: fpack.String()}); err != nil {
+		t.Fatal(err)
+	}
+	sn3, err := r2.Backup(ctx, src, nil, BackupOptions{Dataset: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sn3.Summary.BlobsAdded < 2 {
+		t.Fatalf("backup after the index changed added %d blobs; it deduplicated against a deleted pack", sn3.Summary.BlobsAdded)
+	}
+	out.Reset()
+	if err := r1.RestoreFile(ctx, sn3, "f.bin", &out); err != nil {
+		t.Fatal(err)
+	}
+	mustEqual(t, out.Bytes(), data, "f.bin")
 }

@@ -34,12 +34,26 @@ type RestoreStats struct{ Files, Dirs, Bytes int64 }
 // restoreFile is one regular file being written.
 type restoreFile struct {
 	path string
+	dir  *dirHandle
+	name string // last element of path
 	node *node
 
 	mu        sync.Mutex
 	f         *os.File
 	remaining int
 	errs      []error
+}
+
+// dirHandle is a directory of the restore target, opened once as an
+// os.Root while files in it are written, so that each file costs one
+// single-element openat instead of a walk from the target.
+type dirHandle struct {
+	path    string
+	mu      sync.Mutex
+	root    *os.Root
+	err     error
+	pending int // files not finished yet
+	files   []*restoreFile
 }
 
 // blobUse is one place a blob's plaintext goes.
@@ -61,6 +75,8 @@ type restorer struct {
 
 	files   []*restoreFile
 	dirs    []dirMeta
+	handles map[string]*dirHandle
+	links   [][2]string // hard links to make after the contents: {existing, new}
 	packs   map[ID]map[ID]*packBlob
 	zeroIDs map[uint32]ID
 
@@ -137,7 +153,10 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, target string,
 	if err != nil {
 		return nil, err
 	}
-	rs := &restorer{r: r, root: root, asRoot: os.Geteuid() == 0, packs: map[ID]map[ID]*packBlob{}, zeroIDs: map[uint32]ID{}}
+	if err := r.refreshIndex(ctx, false); err != nil {
+		return nil, fmt.Errorf("restore snapshot %s: %w", snap.ID.Short(), err)
+	}
+	rs := &restorer{r: r, root: root, asRoot: os.Geteuid() == 0, packs: map[ID]map[ID]*packBlob{}, zeroIDs: map[uint32]ID{}, handles: map[string]*dirHandle{}}
 	stop := rs.startProgress(opts.Progress)
 	defer stop()
 
@@ -157,8 +176,21 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, target string,
 			return nil, fmt.Errorf("restore snapshot %s: include %q matches nothing", snap.ID.Short(), filter.inc[i])
 		}
 	}
-	if err := rs.fetchAll(ctx); err != nil {
+	if err := rs.createFiles(ctx); err != nil {
 		return nil, fmt.Errorf("restore snapshot %s to %s: %w", snap.ID.Short(), target, err)
+	}
+	if err := rs.fetchAll(ctx); err != nil {
+		rs.closeHandles()
+		return nil, fmt.Errorf("restore snapshot %s to %s: %w", snap.ID.Short(), target, err)
+	}
+	rs.closeHandles()
+	for _, l := range rs.links {
+		rs.removeExisting(l[1])
+		if err := rs.root.Link(l[0], l[1]); err != nil {
+			rs.fail(fmt.Errorf("restore hard link %q to %q: %w", l[1], l[0], err))
+			continue
+		}
+		rs.nFiles.Add(1)
 	}
 	// Directory metadata last, deepest first, so that creating children
 	// does not change the restored mtimes.
@@ -231,32 +263,24 @@ func (rs *restorer) create(p string, n *node, links map[[2]uint64]string) error 
 		if n.Links > 1 {
 			key := [2]uint64{n.Device, n.Inode}
 			if first, ok := links[key]; ok {
-				rs.removeExisting(p)
-				if err := rs.root.Link(first, p); err == nil {
-					rs.nFiles.Add(1)
-					return nil
-				}
-				// Fall back to a copy (e.g. across a mount point).
-			} else {
-				links[key] = p
+				rs.links = append(rs.links, [2]string{first, p})
+				return nil
 			}
+			links[key] = p
 		}
-		rs.removeExisting(p)
-		f, err := rs.root.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
-		if err != nil {
-			rs.fail(fmt.Errorf("restore %q: %w", p, err))
-			return nil
+		dir, name := path.Split(p)
+		h := rs.handles[dir]
+		if h == nil {
+			h = &dirHandle{path: dir}
+			if dir == "" {
+				h.path = "."
+			}
+			rs.handles[dir] = h
 		}
-		err = f.Truncate(int64(n.Size))
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			rs.fail(fmt.Errorf("restore %q: %w", p, err))
-			return nil
-		}
-		rf := &restoreFile{path: p, node: n}
+		h.pending++
+		rf := &restoreFile{path: p, dir: h, name: name, node: n}
 		rs.files = append(rs.files, rf)
+		h.files = append(h.files, rf)
 		var off int64
 		for _, id := range n.Content {
 			pack, pb, ok := rs.r.index().lookup(id)
@@ -284,9 +308,6 @@ func (rs *restorer) create(p string, n *node, links map[[2]uint64]string) error 
 		}
 		if off != int64(n.Size) && len(rf.errs) == 0 {
 			rf.errs = append(rf.errs, fmt.Errorf("content blobs add up to %d bytes, node says %d", off, n.Size))
-		}
-		if rf.remaining == 0 {
-			rs.finishFile(rf)
 		}
 		return nil
 	case nodeSymlink:
@@ -353,7 +374,9 @@ func (rs *restorer) inParent(p string, fn func(dirfd int, name string) error) er
 // by comparing its id with the hash of zeros of its length; such blobs need
 // neither fetching nor writing.
 func (rs *restorer) isZeroBlob(pb packedBlob) bool {
-	if pb.RawLength < 64<<10 {
+	// All-zero data compresses to almost nothing; only such blobs are
+	// worth hashing a zero buffer of their length for.
+	if pb.RawLength < 64<<10 || pb.Flags&flagZstd == 0 || pb.Length > pb.RawLength/256 {
 		return false
 	}
 	id, ok := rs.zeroIDs[pb.RawLength]
@@ -383,17 +406,7 @@ func (rs *restorer) setMeta(p string, n *node) error {
 		}
 		return errors.Join(errs...)
 	}
-	mode := fs.FileMode(n.Mode & 0o777)
-	if n.Mode&syscall.S_ISUID != 0 {
-		mode |= fs.ModeSetuid
-	}
-	if n.Mode&syscall.S_ISGID != 0 {
-		mode |= fs.ModeSetgid
-	}
-	if n.Mode&syscall.S_ISVTX != 0 {
-		mode |= fs.ModeSticky
-	}
-	if err := rs.root.Chmod(p, mode); err != nil {
+	if err := rs.root.Chmod(p, fileMode(n.Mode)); err != nil {
 		errs = append(errs, err)
 	}
 	if err := rs.root.Chtimes(p, mt, mt); err != nil {
@@ -402,27 +415,190 @@ func (rs *restorer) setMeta(p string, n *node) error {
 	return errors.Join(errs...)
 }
 
+// dirRoot returns the open directory of h, opening it on first use.
+func (rs *restorer) dirRoot(h *dirHandle) (*os.Root, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.root == nil && h.err == nil {
+		h.root, h.err = rs.root.OpenRoot(h.path)
+	}
+	return h.root, h.err
+}
+
+// release notes that one file of h is finished; the last closes it.
+func (rs *restorer) release(h *dirHandle) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.pending--
+	if h.pending == 0 && h.root != nil {
+		_ = h.root.Close()
+		h.root = nil
+	}
+}
+
+func (rs *restorer) closeHandles() {
+	for _, h := range rs.handles {
+		h.mu.Lock()
+		if h.root != nil {
+			_ = h.root.Close()
+			h.root = nil
+		}
+		h.mu.Unlock()
+	}
+}
+
+// createFiles creates every planned file, directory by directory in
+// parallel (file creation is the costliest part of restoring many small
+// files, and creations in one directory contend for its lock). Files that
+// need no data (empty, all holes, or already failed) are finished here.
+func (rs *restorer) createFiles(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for _, h := range rs.handles {
+		g.Go(func() error {
+			if err := gctx.Err(); err != nil {
+				return err
+			}
+			for _, rf := range h.files {
+				if len(rf.errs) == 0 {
+					f, err := rs.openFile(rf, true)
+					if err != nil {
+						rf.errs = append(rf.errs, err)
+					} else if rf.remaining == 0 {
+						rf.f = f
+					} else {
+						_ = f.Close()
+					}
+				}
+				if rf.remaining == 0 {
+					rs.finishFile(rf)
+				}
+			}
+			h.files = nil
+			// Reopened when data arrives: keeps open descriptors to the
+			// directories being written, not all of them.
+			h.mu.Lock()
+			if h.root != nil {
+				_ = h.root.Close()
+				h.root = nil
+			}
+			h.mu.Unlock()
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// openFile creates (or truncates) a regular file for writing, or with
+// create false opens the file createFiles made. The name is
+// one validated path element opened below its directory's root, without
+// following a symlink there.
+func (rs *restorer) openFile(rf *restoreFile, create bool) (*os.File, error) {
+	d, err := rs.dirRoot(rf.dir)
+	if err != nil {
+		return nil, err
+	}
+	if !create {
+		return d.OpenFile(rf.name, os.O_WRONLY|syscall.O_NOFOLLOW, 0)
+	}
+	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC | syscall.O_NOFOLLOW
+	f, err := d.OpenFile(rf.name, flags, 0o600)
+	if err != nil {
+		// Something else is in the way (a symlink, a fifo, ...): replace it.
+		if fi, lerr := d.Lstat(rf.name); lerr == nil && !fi.IsDir() {
+			if d.Remove(rf.name) == nil {
+				f, err = d.OpenFile(rf.name, flags, 0o600)
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	// Sets the size and leaves holes where all-zero blobs were skipped.
+	if len(rf.node.Content) != 1 || rf.remaining == 0 {
+		if err := f.Truncate(int64(rf.node.Size)); err != nil {
+			_ = f.Close()
+			return nil, err
+		}
+	}
+	return f, nil
+}
+
 // finishFile closes a file whose blobs are all written (or failed) and
 // restores its metadata.
 func (rs *restorer) finishFile(rf *restoreFile) {
-	var err error
-	if rf.f != nil {
-		err = rf.f.Close()
-		rf.f = nil
+	defer rs.release(rf.dir)
+	if rf.f == nil && len(rf.errs) == 0 {
+		rf.f, rf.errs = rs.openFileErr(rf)
 	}
-	if err != nil {
-		rf.errs = append(rf.errs, err)
+	var errs []error
+	if rf.f != nil {
+		if len(rf.errs) == 0 {
+			errs = rs.setFileMeta(rf)
+		}
+		if err := rf.f.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		rf.f = nil
 	}
 	if len(rf.errs) > 0 {
 		rs.fail(fmt.Errorf("restore file %q: %w", rf.path, errors.Join(rf.errs...)))
 		return
 	}
-	if err := rs.setMeta(rf.path, rf.node); err != nil {
-		rs.fail(fmt.Errorf("restore file %q: %w", rf.path, err))
+	if len(errs) > 0 {
+		rs.fail(fmt.Errorf("restore file %q: %w", rf.path, errors.Join(errs...)))
 		return
 	}
 	rs.nFiles.Add(1)
 	rs.nBytes.Add(int64(rf.node.Size))
+}
+
+func (rs *restorer) openFileErr(rf *restoreFile) (*os.File, []error) {
+	f, err := rs.openFile(rf, true)
+	if err != nil {
+		return nil, []error{err}
+	}
+	return f, nil
+}
+
+// setFileMeta restores owner (as root), mode and mtime of an open file.
+func (rs *restorer) setFileMeta(rf *restoreFile) []error {
+	var errs []error
+	n := rf.node
+	if rs.asRoot {
+		if err := rf.f.Chown(int(n.UID), int(n.GID)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := rf.f.Chmod(fileMode(n.Mode)); err != nil {
+		errs = append(errs, err)
+	}
+	ts := []unix.Timespec{unix.NsecToTimespec(n.MTime), unix.NsecToTimespec(n.MTime)}
+	if err := unix.UtimesNanoAt(int(rf.f.Fd()), "", ts, unix.AT_EMPTY_PATH); err != nil {
+		// Kernels without AT_EMPTY_PATH for utimensat: by name instead.
+		if d, derr := rs.dirRoot(rf.dir); derr == nil {
+			mt := time.Unix(0, n.MTime)
+			err = d.Chtimes(rf.name, mt, mt)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
+func fileMode(m uint32) fs.FileMode {
+	mode := fs.FileMode(m & 0o777)
+	if m&syscall.S_ISUID != 0 {
+		mode |= fs.ModeSetuid
+	}
+	if m&syscall.S_ISGID != 0 {
+		mode |= fs.ModeSetgid
+	}
+	if m&syscall.S_ISVTX != 0 {
+		mode |= fs.ModeSticky
+	}
+	return mode
 }
 
 // deliver writes one verified blob (or its error) to every destination.
@@ -434,7 +610,7 @@ func (rs *restorer) deliver(b *packBlob, data []byte, berr error) {
 			rf.errs = append(rf.errs, berr)
 		} else if len(rf.errs) == 0 {
 			if rf.f == nil {
-				f, err := rs.root.OpenFile(rf.path, os.O_WRONLY|syscall.O_NOFOLLOW, 0)
+				f, err := rs.openFile(rf, false)
 				if err != nil {
 					rf.errs = append(rf.errs, err)
 				}
@@ -581,6 +757,9 @@ func (rs *restorer) fetchRange(ctx context.Context, rg packRange, buf *[]byte) e
 // snapshot root) to w. Blobs are fetched a few at a time ahead of the
 // writer and each is verified before it is written.
 func (r *Repository) RestoreFile(ctx context.Context, snap *Snapshot, p string, w io.Writer) error {
+	if err := r.refreshIndex(ctx, false); err != nil {
+		return fmt.Errorf("restore %q from snapshot %s: %w", p, snap.ID.Short(), err)
+	}
 	n, err := r.findNode(ctx, snap.Tree, p)
 	if err != nil {
 		return fmt.Errorf("restore %q from snapshot %s: %w", p, snap.ID.Short(), err)

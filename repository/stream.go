@@ -25,6 +25,9 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 		return nil, fmt.Errorf("backup stream %q: %w", name, err)
 	}
 	defer func() { _ = lock.Unlock(context.WithoutCancel(ctx)) }()
+	if err := r.refreshIndex(ctx, true); err != nil {
+		return nil, fmt.Errorf("backup stream %q: %w", name, err)
+	}
 	var parent *Snapshot
 	if !opts.NoParent {
 		if parent, _, err = r.parentFor(ctx, &opts); err != nil {
@@ -58,9 +61,9 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 			n.Size += uint64(len(c.Data))
 			b.bytesRead.Add(int64(len(c.Data)))
 			if !r.index().has(id) {
-				pb := bufs.get(len(c.Data))
+				full, pb := saver.newBuf(len(c.Data))
 				copy(pb, c.Data)
-				if _, err := saver.save(DataBlob, id, pb); err != nil {
+				if _, err := saver.save(DataBlob, id, full, len(c.Data)); err != nil {
 					return err
 				}
 			}

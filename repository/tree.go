@@ -253,11 +253,6 @@ func (r *byteReader) varint() int64 {
 	return v
 }
 
-// sortNodes orders nodes by name bytes, as trees require.
-func sortNodes(nodes []node) {
-	sort.Slice(nodes, func(i, j int) bool { return nodes[i].Name < nodes[j].Name })
-}
-
 // find returns the node called name, or nil.
 func (t *tree) find(name string) *node {
 	i := sort.Search(len(t.Nodes), func(i int) bool { return t.Nodes[i].Name >= name })
