@@ -2,8 +2,13 @@ package metadata
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -79,6 +84,15 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 		return nil, fmt.Errorf("%w: catalog config names no endpoints and is not embedded", ErrInvalid)
 	}
 	if !cfg.Embedded {
+		if cfg.TLS != nil {
+			for _, ep := range cfg.Endpoints {
+				// etcd's client drops TLS for http:// endpoints without a
+				// word: the configured certificates would be ignored.
+				if strings.HasPrefix(strings.ToLower(ep), "http://") {
+					return nil, fmt.Errorf("%w: catalog endpoint %s is plain http although TLS is configured (use https://)", ErrInvalid, ep)
+				}
+			}
+		}
 		cli, err := dial(ctx, cfg, cfg.Endpoints)
 		if err != nil {
 			return nil, err
@@ -122,7 +136,11 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 	}
 }
 
-// dial connects and checks that the first endpoint answers.
+// dial connects and checks that at least one endpoint answers. The
+// endpoints are asked at once, each within DialTimeout, so a member that is
+// down does not use up the time of the others. When none answers, the
+// error says for each endpoint why (connection refused, a certificate the
+// other side rejects), because etcd's client only reports a deadline.
 func dial(ctx context.Context, cfg Config, endpoints []string) (*clientv3.Client, error) {
 	ccfg := clientv3.Config{
 		Endpoints:   endpoints,
@@ -134,15 +152,9 @@ func dial(ctx context.Context, cfg Config, endpoints []string) (*clientv3.Client
 		Logger: zap.NewNop(),
 	}
 	if cfg.TLS != nil {
-		info := transport.TLSInfo{
-			CertFile:      cfg.TLS.CertFile,
-			KeyFile:       cfg.TLS.KeyFile,
-			TrustedCAFile: cfg.TLS.CAFile,
-			ServerName:    cfg.TLS.ServerName,
-		}
-		tc, err := info.ClientConfig()
+		tc, err := cfg.TLS.clientConfig()
 		if err != nil {
-			return nil, fmt.Errorf("metadata: catalog TLS config: %w", err)
+			return nil, err
 		}
 		ccfg.TLS = tc
 	}
@@ -150,14 +162,144 @@ func dial(ctx context.Context, cfg Config, endpoints []string) (*clientv3.Client
 	if err != nil {
 		return nil, fmt.Errorf("metadata: connect to catalog %v: %w", endpoints, err)
 	}
-	sctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
-	defer cancel()
-	var lastErr error
-	for _, ep := range endpoints {
-		if _, lastErr = cli.Status(sctx, ep); lastErr == nil {
-			return cli, nil
+	if err := checkEndpoints(ctx, cli, ccfg.TLS, endpoints, cfg.DialTimeout); err != nil {
+		_ = cli.Close()
+		return nil, fmt.Errorf("metadata: catalog %v does not answer: %w", endpoints, err)
+	}
+	return cli, nil
+}
+
+// clientConfig loads the files. An error names the file, never its
+// contents.
+func (t *TLSConfig) clientConfig() (*tls.Config, error) {
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		return nil, fmt.Errorf("%w: catalog TLS needs both cert_file and key_file (cert_file %q, key_file %q)", ErrInvalid, t.CertFile, t.KeyFile)
+	}
+	info := transport.TLSInfo{
+		CertFile:      t.CertFile,
+		KeyFile:       t.KeyFile,
+		TrustedCAFile: t.CAFile,
+		ServerName:    t.ServerName,
+	}
+	tc, err := info.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("metadata: catalog TLS config: %w", err)
+	}
+	return tc, nil
+}
+
+// checkEndpoints returns nil as soon as one endpoint answers a status
+// request, else the reasons of all.
+func checkEndpoints(ctx context.Context, cli *clientv3.Client, tc *tls.Config, endpoints []string, timeout time.Duration) error {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	// Cancel first, then wait: once one endpoint answered, the checks of
+	// members that are down end at once instead of at their timeout.
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	type result struct {
+		i   int
+		err error
+	}
+	results := make(chan result, len(endpoints))
+	for i, ep := range endpoints {
+		wg.Go(func() {
+			sctx, scancel := context.WithTimeout(ctx, timeout)
+			defer scancel()
+			_, err := cli.Status(sctx, ep)
+			if err != nil && ctx.Err() == nil {
+				// The status error is only a deadline: look for the cause
+				// within a second budget of the same size.
+				pctx, pcancel := context.WithTimeout(ctx, timeout)
+				defer pcancel()
+				if perr := probe(pctx, ep, tc); perr != nil {
+					err = perr
+				}
+				err = fmt.Errorf("%s: %w", ep, err)
+			}
+			results <- result{i, err}
+		})
+	}
+	errs := make([]error, len(endpoints))
+	for range endpoints {
+		r := <-results
+		if r.err == nil {
+			return nil
+		}
+		errs[r.i] = r.err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return errors.Join(errs...)
+}
+
+// probe connects to ep by hand to find out why a status request failed:
+// the TCP connection, the TLS handshake, and a short read that receives the
+// server's alert when it rejects the client certificate after a TLS 1.3
+// handshake. It returns nil when it finds nothing wrong.
+func probe(ctx context.Context, ep string, tc *tls.Config) error {
+	host, secure := ep, tc != nil
+	if u, err := url.Parse(ep); err == nil && u.Host != "" {
+		host = u.Host
+		switch u.Scheme {
+		case "https", "unixs":
+			secure = true
+		case "http", "unix":
+			secure = false
 		}
 	}
-	_ = cli.Close()
-	return nil, fmt.Errorf("metadata: catalog %v does not answer: %w", endpoints, lastErr)
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", host)
+	if err != nil {
+		return err
+	}
+	defer raw.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = raw.SetDeadline(dl)
+	}
+	if !secure {
+		// Does the server want TLS? A handshake that gets as far as the
+		// server's certificate says so.
+		c := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12})
+		if c.HandshakeContext(ctx) == nil {
+			return errors.New("the server speaks TLS: use an https:// endpoint and set ca_file")
+		}
+		return nil
+	}
+	if tc == nil {
+		tc = &tls.Config{MinVersion: tls.VersionTLS12}
+	} else {
+		tc = tc.Clone()
+	}
+	if tc.ServerName == "" {
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			tc.ServerName = h
+		}
+	}
+	c := tls.Client(raw, tc)
+	if err := c.HandshakeContext(ctx); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	// A server that accepts us waits for the client's first bytes; one
+	// that rejects our certificate sends an alert.
+	_ = c.SetReadDeadline(time.Now().Add(min(time.Second, time.Until(deadlineOr(ctx, time.Now().Add(time.Second))))))
+	var b [1]byte
+	if _, err := c.Read(b[:]); err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return nil
+		}
+		return fmt.Errorf("TLS: %w", err)
+	}
+	return nil
+}
+
+func deadlineOr(ctx context.Context, t time.Time) time.Time {
+	if dl, ok := ctx.Deadline(); ok {
+		return dl
+	}
+	return t
 }

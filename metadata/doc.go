@@ -40,6 +40,38 @@
 // server itself for as long as it runs. Conn{Client, Server} (Server is nil
 // when another process serves).
 //
+// Connect asks every endpoint at once and succeeds as soon as one answers
+// (each within DialTimeout), so a member that is down does not block it;
+// the client then balances over all endpoints. When none answers, the
+// error names each endpoint with its cause (connection refused, "tls:
+// certificate required", "x509: certificate signed by unknown authority",
+// "the server speaks TLS"), found by a second probe of at most DialTimeout.
+//
+// # External cluster over TLS
+//
+// TLS is used when Config.TLS is set. The endpoints are then https://
+// URLs; an http:// endpoint is refused with ErrInvalid, because etcd's
+// client would silently talk plain text to it. Supported settings:
+//
+//   - CAFile: PEM bundle of the CAs that sign the etcd servers'
+//     certificates, read once by Connect. Empty means the system's roots.
+//   - CertFile, KeyFile: PEM client certificate and key, for clusters
+//     that run with --client-cert-auth. Both or neither (ErrInvalid). Key
+//     types: what crypto/tls loads (RSA, ECDSA, Ed25519; PKCS#1, SEC 1 or
+//     PKCS#8). etcd's TLS code reads these two files again for every new
+//     connection, so a renewed certificate is used without a restart
+//     (from etcd's source; not covered by a test here).
+//   - ServerName: the name to verify the servers' certificates against,
+//     when it differs from the host in the endpoint URLs.
+//
+// TLS 1.2 is the minimum. Not supported: encrypted key files, CRLs,
+// skipping verification, TLS for the embedded server. Username and
+// Password (etcd's own auth) are passed to etcd's client, with or without
+// TLS (not covered by a test here). The agent's agent.yml sets Endpoints
+// and the three files (metadb: endpoints, ca_file, cert_file, key_file;
+// paths relative to agent.yml), not ServerName or a username. Package
+// metadata/etcdtest starts such clusters for tests.
+//
 // # EtcdStore
 //
 //	NewStore(cli *clientv3.Client, Options) (*EtcdStore, error)

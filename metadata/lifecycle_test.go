@@ -347,6 +347,10 @@ func TestConnectConfigErrors(t *testing.T) {
 		{},
 		{Embedded: true},
 		{Embedded: true, DataDir: "x", Endpoints: []string{"http://127.0.0.1:1"}},
+		// TLS configured, but etcd's client would talk plain http.
+		{Endpoints: []string{"https://127.0.0.1:1", "HTTP://127.0.0.1:2"}, TLS: &TLSConfig{CAFile: "ca.crt"}},
+		{Endpoints: []string{"https://127.0.0.1:1"}, TLS: &TLSConfig{CertFile: "c.crt"}},
+		{Endpoints: []string{"https://127.0.0.1:1"}, TLS: &TLSConfig{KeyFile: "c.key"}},
 	} {
 		if _, err := Connect(context.Background(), cfg); !errors.Is(err, ErrInvalid) {
 			t.Errorf("Connect(%+v) err = %v, want ErrInvalid", cfg, err)
