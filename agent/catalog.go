@@ -76,9 +76,10 @@ func OpenCatalog(ctx context.Context, cfg *Config, opts CatalogOptions) (*Catalo
 	if !mc.Embedded {
 		mc.DataDir = ""
 	}
-	if cfg.MetaDB.CAFile != "" || cfg.MetaDB.CertFile != "" {
-		mc.TLS = &metadata.TLSConfig{CAFile: cfg.MetaDB.CAFile, CertFile: cfg.MetaDB.CertFile, KeyFile: cfg.MetaDB.KeyFile}
+	if m := cfg.MetaDB; m.CAFile != "" || m.CertFile != "" || m.ServerName != "" {
+		mc.TLS = &metadata.TLSConfig{CAFile: m.CAFile, CertFile: m.CertFile, KeyFile: m.KeyFile, ServerName: m.ServerName}
 	}
+	mc.Username, mc.Password = cfg.MetaDB.Username, string(cfg.MetaDB.Password.Bytes())
 	where := fmt.Sprintf("the catalog at %v", cfg.MetaDB.Endpoints)
 	if mc.Embedded {
 		where = "the embedded catalog in " + mc.DataDir

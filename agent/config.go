@@ -83,7 +83,13 @@ type MetaDBSpec struct {
 	CAFile    string
 	CertFile  string
 	KeyFile   string
-	Prefix    string // key prefix; "" lets the metadata package choose
+	// ServerName overrides the host name checked in the servers'
+	// certificates (default: the endpoint's host).
+	ServerName string
+	// Username and Password enable etcd's own authentication.
+	Username string
+	Password Secret // from password_file; never logged
+	Prefix   string // key prefix; "" lets the metadata package choose
 }
 
 // HandlerSpec is one handlers/*.yml file (or a built-in handler).
@@ -421,14 +427,45 @@ func (cfg *Config) decodeMetaDB(d *decoder, v *yaml.Node, f string) {
 	}
 	m := &cfg.MetaDB
 	keys := d.mapping(v, f, fields{
-		"embedded":  func(v *yaml.Node, f string) { d.boolean(v, f, &m.Embedded) },
-		"data_dir":  func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.DataDir) },
-		"endpoints": func(v *yaml.Node, f string) { d.strList(v, f, &m.Endpoints) },
-		"ca_file":   func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.CAFile) },
-		"cert_file": func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.CertFile) },
-		"key_file":  func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.KeyFile) },
-		"prefix":    func(v *yaml.Node, f string) { d.str(v, f, &m.Prefix) },
+		"embedded":    func(v *yaml.Node, f string) { d.boolean(v, f, &m.Embedded) },
+		"data_dir":    func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.DataDir) },
+		"endpoints":   func(v *yaml.Node, f string) { d.strList(v, f, &m.Endpoints) },
+		"ca_file":     func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.CAFile) },
+		"cert_file":   func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.CertFile) },
+		"key_file":    func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.KeyFile) },
+		"prefix":      func(v *yaml.Node, f string) { d.str(v, f, &m.Prefix) },
+		"server_name": func(v *yaml.Node, f string) { d.str(v, f, &m.ServerName) },
+		"username":    func(v *yaml.Node, f string) { d.str(v, f, &m.Username) },
+		"password_file": func(v *yaml.Node, f string) {
+			var pf string
+			pathField(d, v, f, cfg.Dir, &pf)
+			if pf == "" {
+				return
+			}
+			b, err := os.ReadFile(pf)
+			if err != nil {
+				d.errorf(v, f, "cannot read password file: %v", unwrapPathError(err))
+				return
+			}
+			m.Password = Secret{bytes.TrimSuffix(b, []byte("\n"))}
+		},
 	})
+	if m.Embedded || len(m.Endpoints) == 0 {
+		// The embedded server speaks plain http on loopback: TLS or auth
+		// settings here would be silently ignored, so say so.
+		for _, k := range []string{"ca_file", "cert_file", "key_file", "server_name", "username", "password_file"} {
+			if keys[k] != nil {
+				d.errorf(keys[k], join(f, k), "only for an external etcd cluster (set endpoints); the embedded catalog listens on loopback without TLS")
+			}
+		}
+	}
+	if (m.Username == "") != (len(m.Password.b) == 0) && len(m.Endpoints) > 0 {
+		at, k := keys["username"], "username"
+		if at == nil {
+			at, k = keys["password_file"], "password_file"
+		}
+		d.errorf(at, join(f, k), "username and password_file go together")
+	}
 	if m.Embedded && len(m.Endpoints) > 0 {
 		d.errorf(keys["endpoints"], join(f, "endpoints"), "an embedded catalog takes no endpoints (remove embedded: true to use an external etcd)")
 	}

@@ -201,6 +201,16 @@ func TestConfigErrors(t *testing.T) {
 			files: map[string]string{"agent.yml": goodAgent + "metadb:\n  embedded: true\n  endpoints: [http://10.0.0.1:2379]\n"},
 			want:  []string{`agent.yml:8: field "metadb.endpoints": an embedded catalog takes no endpoints`},
 		},
+		{
+			name:  "metadb TLS on the embedded catalog",
+			files: map[string]string{"agent.yml": goodAgent + "metadb:\n  embedded: true\n  ca_file: ca.pem\n"},
+			want:  []string{`agent.yml:8: field "metadb.ca_file": only for an external etcd cluster (set endpoints)`},
+		},
+		{
+			name:  "metadb username without password",
+			files: map[string]string{"agent.yml": goodAgent + "metadb:\n  endpoints: [https://10.0.0.1:2379]\n  username: custos\n"},
+			want:  []string{`agent.yml:8: field "metadb.username": username and password_file go together`},
+		},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
