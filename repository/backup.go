@@ -726,7 +726,7 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 	// sized by the stat (one byte more, to notice growth): one blob, whose
 	// id is also the file digest.
 	full, small := b.saver.newBuf(int(min(st.Size+1, int64(minChunk))))
-	nr, err := io.ReadFull(f, small)
+	nr, err := readSmall(f, small, st.Size)
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
 		small = small[:nr]
 		id := w.blobID(small)
@@ -759,7 +759,10 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 	rd := io.MultiReader(head, f)
 	if w.ch == nil {
 		w.ch = chunker.NewWithBoundaries(rd, b.pol, b.r.cfg.MinChunk, b.r.cfg.MaxChunk)
-		w.chunk = make([]byte, 0, b.r.cfg.MaxChunk)
+		// Grown by the chunker when a chunk needs more (and then kept):
+		// most chunks are near the 1 MiB average, and a buffer of
+		// chunk_max per worker would be pinned for nothing.
+		w.chunk = make([]byte, 0, min(b.r.cfg.MaxChunk, 2*b.r.cfg.MinChunk+b.r.cfg.MinChunk/2))
 		w.digest = sha256.New()
 	} else {
 		w.ch.ResetWithBoundaries(rd, b.pol, b.r.cfg.MinChunk, b.r.cfg.MaxChunk)
@@ -802,6 +805,31 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 		return nil, fmt.Errorf("fstat: %w", err)
 	}
 	return res, nil
+}
+
+// readSmall is io.ReadFull for the first read of a file whose fstat said
+// it has size bytes: once it has read exactly size bytes into a larger buf
+// it reports io.ErrUnexpectedEOF without another read(2) to see the end of
+// the file. That saves a syscall per small file; growth after the read is
+// still caught by the fstat that follows every read (the sizes differ),
+// and growth before it fills buf beyond size.
+func readSmall(f io.Reader, buf []byte, size int64) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := f.Read(buf[n:])
+		n += m
+		switch {
+		case err == io.EOF && n == 0:
+			return 0, io.EOF
+		case err == io.EOF:
+			return n, io.ErrUnexpectedEOF
+		case err != nil:
+			return n, err
+		case int64(n) == size && n < len(buf):
+			return n, io.ErrUnexpectedEOF
+		}
+	}
+	return n, nil
 }
 
 // blobID hashes a chunk; all-zero chunks (sparse files) hash once per length.

@@ -210,9 +210,16 @@ func loadRange(ctx context.Context, be backend.Backend, h backend.Handle, offset
 	return buf, nil
 }
 
-// packBuilder assembles one pack, hashing it as it goes. The bytes go to an
-// unlinked temp file (f != nil) so that packs waiting for upload do not
-// occupy memory, or to buf when no temp file could be made.
+// packBuilder assembles one pack, hashing it as it goes, so that every pack
+// byte is hashed exactly once, right after it was copied (while it is still
+// in the CPU cache). The bytes go to one of:
+//
+//   - a file the backend staged in the repository itself (commit != nil):
+//     the pack is written once and renamed into place by commit;
+//   - buf (the zero value; backups to other backends with pack sizes up to
+//     maxInMemoryPackSize), then handed to backend.Save;
+//   - an unlinked temp file (f != nil, commit == nil) for larger pack
+//     sizes, so that packs waiting for upload do not occupy memory.
 type packBuilder struct {
 	f     *os.File
 	bw    *bufio.Writer
@@ -221,7 +228,35 @@ type packBuilder struct {
 	hash  hash.Hash
 	blobs []packedBlob
 	raw   int64 // plaintext bytes
+
+	commit func(context.Context, backend.Handle) error // staged: rename into place
+	abort  func()                                      // staged: remove the temp file
 }
+
+// packStager is a backend that can write an object into the repository
+// before its name is known (local.Backend): see newStagedPackBuilder.
+type packStager interface {
+	Stage(ctx context.Context, t backend.FileType) (f *os.File, commit func(context.Context, backend.Handle) error, abort func(), err error)
+}
+
+// newStagedPackBuilder starts a pack in a file staged by the backend. bw
+// (nil: a new one) is reset to write to it; the caller may reuse it for its
+// next pack once finish has returned.
+func newStagedPackBuilder(ctx context.Context, st packStager, bw *bufio.Writer) (*packBuilder, error) {
+	f, commit, abort, err := st.Stage(ctx, backend.PackFile)
+	if err != nil {
+		return nil, err
+	}
+	if bw == nil {
+		bw = bufio.NewWriterSize(f, stagedWriteBuffer)
+	}
+	bw.Reset(f)
+	return &packBuilder{hash: sha256.New(), f: f, bw: bw, commit: commit, abort: abort}, nil
+}
+
+// stagedWriteBuffer batches the writes of small blobs into a staged pack;
+// blobs larger than it are written with one syscall each.
+const stagedWriteBuffer = 256 << 10
 
 // newPackBuilder starts a pack backed by a temp file in os.TempDir(), or in
 // memory when inMemory is set or no temp file can be made. The zero value
@@ -237,6 +272,18 @@ func newPackBuilder(inMemory bool) *packBuilder {
 		}
 	}
 	return p
+}
+
+// newPackBuilderBuf starts an in-memory pack that reuses buf's array (the
+// caller sizes it for a whole pack, so that filling it never reallocates).
+func newPackBuilderBuf(buf []byte) *packBuilder {
+	return &packBuilder{hash: sha256.New(), buf: buf[:0]}
+}
+
+// packOverhead is how many bytes a pack of n blobs has besides the blobs:
+// sealed header and trailer.
+func packOverhead(s *sealer, n int) int64 {
+	return int64(s.overhead() + packHeaderFixed + n*packEntrySize + packTrailerSize)
 }
 
 func (p *packBuilder) write(b []byte) error {
@@ -289,8 +336,35 @@ func (p *packBuilder) reader() (io.ReadSeeker, error) {
 	return p.f, nil
 }
 
-// close releases the temp file.
+// save stores the finished pack under the name id: a staged pack is
+// committed (synced and renamed into place), any other is uploaded with
+// backend.Save. Either way it is durable when save returns.
+func (p *packBuilder) save(ctx context.Context, be backend.Backend, id ID) error {
+	h := backend.Handle{Type: backend.PackFile, Name: id.String()}
+	if p.commit != nil {
+		err := p.commit(ctx, h)
+		p.f, p.commit, p.abort = nil, nil, nil // closed (and on error removed) by commit
+		if err != nil {
+			return fmt.Errorf("save pack %s: %w", h, err)
+		}
+		return nil
+	}
+	rd, err := p.reader()
+	if err == nil {
+		err = be.Save(ctx, h, rd, p.size)
+	}
+	if err != nil {
+		return fmt.Errorf("save pack %s: %w", h, err)
+	}
+	return nil
+}
+
+// close releases the temp file; an uncommitted staged pack is removed.
 func (p *packBuilder) close() {
+	if p.abort != nil {
+		p.abort()
+		p.f, p.commit, p.abort = nil, nil, nil
+	}
 	if p.f != nil {
 		_ = p.f.Close()
 		p.f = nil

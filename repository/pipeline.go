@@ -1,6 +1,7 @@
 package repository
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -10,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/custos-backup/custos/repository/backend"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
 )
@@ -22,8 +22,11 @@ import (
 // written index files for the packs (commitPacks).
 //
 // Memory is bounded: blob buffers come from a pool and their bytes between
-// save and the packer are limited by inflight; packs are assembled in
-// unlinked temp files, at most one being filled and one per uploader.
+// save and the packers are limited by inflight. Packs go straight into the
+// repository when the backend can stage objects (local directories), else
+// they are assembled in memory (or, for pack sizes above
+// maxInMemoryPackSize, in unlinked temp files). packTokens holds one token
+// per pack that may exist at a time (one per packer and one per uploader).
 type blobSaver struct {
 	r      *Repository
 	ctx    context.Context
@@ -32,6 +35,14 @@ type blobSaver struct {
 	toPack chan *sealedBlob
 	toSave chan *finishedPack
 	bufs   *bufPool
+
+	// packTokens holds the free pack buffers of in-memory packs (nil until
+	// first used; always nil in the other modes). A packer takes one to
+	// start a pack, the uploader returns it after the upload.
+	packTokens  chan []byte
+	packMode    packMode
+	stager      packStager
+	packersLeft atomic.Int32
 
 	mu      sync.Mutex
 	pending map[ID]struct{} // queued in this session, not yet in the index
@@ -74,24 +85,52 @@ type sealedBlob struct {
 // flush (on success) or cancel ctx and wait for g (on failure).
 func (r *Repository) newBlobSaver(ctx context.Context, g *errgroup.Group, bufs *bufPool) *blobSaver {
 	n := runtime.GOMAXPROCS(0)
-	uploaders := 4 // packs wait in temp files, so more uploads cost no memory
+	mode, stager := r.packMode()
+	// Staged and temp-file packs cost no memory while they wait, so there
+	// can be more of them; in memory, one uploader writes while the other
+	// waits for fsync (or the network). Staged packs are written by the
+	// packers themselves, so there is one per core.
+	packers, uploaders := 1, 4
+	switch mode {
+	case packStaged:
+		packers = n
+	case packInMemory:
+		uploaders = 2
+	}
 	s := &blobSaver{
-		r:        r,
-		ctx:      ctx,
-		g:        g,
-		toSeal:   make(chan *plainBlob, 256),
-		toPack:   make(chan *sealedBlob, 256),
-		inflight: semaphore.NewWeighted(inflightBytes),
-		toSave:   make(chan *finishedPack),
-		bufs:     bufs,
-		pending:  make(map[ID]struct{}),
+		r:          r,
+		ctx:        ctx,
+		g:          g,
+		toSeal:     make(chan *plainBlob, 256),
+		toPack:     make(chan *sealedBlob, 256),
+		inflight:   semaphore.NewWeighted(inflightBytes),
+		toSave:     make(chan *finishedPack),
+		bufs:       bufs,
+		pending:    make(map[ID]struct{}),
+		packTokens: make(chan []byte, packers+uploaders),
+		packMode:   mode,
+		stager:     stager,
+	}
+	for range cap(s.packTokens) {
+		s.packTokens <- nil
 	}
 	s.sealWG.Add(n)
 	for range n {
 		g.Go(func() error { defer s.sealWG.Done(); return s.sealLoop() })
 	}
-	s.packWG.Add(1)
-	g.Go(func() error { defer s.packWG.Done(); return s.packLoop() })
+	s.packWG.Add(packers)
+	s.packersLeft.Store(int32(packers))
+	for range packers {
+		g.Go(func() error {
+			defer s.packWG.Done()
+			defer func() {
+				if s.packersLeft.Add(-1) == 0 {
+					close(s.toSave)
+				}
+			}()
+			return s.packLoop()
+		})
+	}
 	s.saveWG.Add(uploaders)
 	for range uploaders {
 		g.Go(func() error { defer s.saveWG.Done(); return s.saveLoop() })
@@ -156,6 +195,32 @@ func (s *blobSaver) saveCopy(t BlobType, data []byte) (ID, error) {
 	_, err := s.save(t, id, full, len(data))
 	return id, err
 }
+
+// packMode says where a backup assembles its packs.
+type packMode int
+
+const (
+	packStaged   packMode = iota // in a file the backend staged in the repository
+	packInMemory                 // in memory, then backend.Save
+	packTempFile                 // in an unlinked temp file, then backend.Save
+)
+
+func (r *Repository) packMode() (packMode, packStager) {
+	if st, ok := r.be.(packStager); ok && !r.packsInMemory {
+		return packStaged, st
+	}
+	if r.packsInMemory || r.cfg.PackSize <= maxInMemoryPackSize {
+		return packInMemory, nil
+	}
+	return packTempFile, nil
+}
+
+// maxInMemoryPackSize is the largest pack size (config pack_size) whose
+// packs a backup assembles in memory when the backend cannot stage them.
+// Memory keeps every pack byte from being written and read twice (temp
+// file, then backend); the limit keeps repositories with huge packs from
+// needing gigabytes of RAM.
+const maxInMemoryPackSize = 32 << 20
 
 // inflightBytes is the budget of blob buffers queued between save and the
 // packer.
@@ -227,8 +292,8 @@ type finishedPack struct {
 }
 
 func (s *blobSaver) packLoop() error {
-	defer close(s.toSave)
 	var cur *packBuilder
+	var bw *bufio.Writer // of staged packs, reused: finish flushes it
 	defer func() {
 		if cur != nil {
 			cur.close()
@@ -252,13 +317,36 @@ func (s *blobSaver) packLoop() error {
 		}
 	}
 	for sb := range s.toPack {
-		if cur != nil && cur.size > 0 && cur.size+int64(len(sb.sealed)) > limit {
+		// The whole pack, header included, stays within pack_size (unless a
+		// single blob is larger), so an in-memory pack never outgrows its
+		// buffer.
+		if cur != nil && len(cur.blobs) > 0 && cur.size+int64(len(sb.sealed))+packOverhead(s.r.seal, len(cur.blobs)+1) > limit {
 			if err := flush(); err != nil {
 				return err
 			}
 		}
 		if cur == nil {
-			cur = newPackBuilder(s.r.packsInMemory)
+			var buf []byte
+			select {
+			case buf = <-s.packTokens:
+			case <-s.ctx.Done():
+				return context.Cause(s.ctx)
+			}
+			switch s.packMode {
+			case packStaged:
+				p, err := newStagedPackBuilder(s.ctx, s.stager, bw)
+				if err != nil {
+					return fmt.Errorf("start a pack: %w", err)
+				}
+				cur, bw = p, p.bw
+			case packInMemory:
+				if buf == nil {
+					buf = make([]byte, 0, limit)
+				}
+				cur = newPackBuilderBuf(buf)
+			default:
+				cur = newPackBuilder(false)
+			}
 		}
 		err := cur.add(sb.t, sb.id, sb.flags, sb.rawLen, sb.sealed)
 		s.bufs.put(sb.buf)
@@ -277,19 +365,17 @@ func (s *blobSaver) saveLoop() error {
 		if err != nil {
 			return err
 		}
+		// Never blocks: there are as many slots as tokens.
+		s.packTokens <- fp.p.buf[:0]
+		fp.p.buf = nil
 	}
 	return nil
 }
 
 func (s *blobSaver) savePack(fp *finishedPack) error {
 	p := fp.p
-	h := backend.Handle{Type: backend.PackFile, Name: fp.id.String()}
-	rd, err := p.reader()
-	if err == nil {
-		err = s.r.be.Save(s.ctx, h, rd, p.size)
-	}
-	if err != nil {
-		return fmt.Errorf("save pack %s: %w", h, err)
+	if err := p.save(s.ctx, s.r.be, fp.id); err != nil {
+		return err
 	}
 	ip := indexPack{ID: fp.id, Size: p.size, Blobs: p.blobs}
 	s.mu.Lock()
