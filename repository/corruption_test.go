@@ -3,6 +3,7 @@ package repository
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -129,6 +130,36 @@ func restoreAndCompare(t *testing.T, r *Repository, sn *Snapshot, src string, ba
 	}
 }
 
+// compareTree checks that every regular file below src except those
+// below skip was restored byte-exact below target, and that target holds
+// no regular file that src does not.
+func compareTree(t *testing.T, src, target, skip string) {
+	t.Helper()
+	seen := 0
+	err := filepath.Walk(src, func(p string, fi os.FileInfo, err error) error {
+		if err != nil || !fi.Mode().IsRegular() {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		if rel = filepath.ToSlash(rel); rel == skip || strings.HasPrefix(rel, skip+"/") {
+			return nil
+		}
+		seen++
+		want, _ := os.ReadFile(p)
+		got, gerr := os.ReadFile(filepath.Join(target, rel))
+		if gerr != nil || !bytes.Equal(got, want) {
+			t.Errorf("undamaged file %s not restored byte-exact (err %v)", rel, gerr)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen == 0 {
+		t.Fatal("no file to compare")
+	}
+}
+
 // TestCorruptPack flips one byte at several places of a pack: inside a data
 // blob, inside a tree blob, and in the pack's header and trailer.
 func TestCorruptPack(t *testing.T) {
@@ -209,14 +240,27 @@ func TestCorruptPack(t *testing.T) {
 				if !slices.Contains(p.Paths, f.snapA.ID.Short()+":deep/") {
 					t.Errorf("problem does not name the damaged directory: %v", p.Paths)
 				}
-				// A full restore fails naming the directory. (Restore
-				// currently stops at a damaged tree before writing any
-				// content, so the undamaged files are restored with
-				// --include instead; see the report.)
-				if _, err := r.Restore(ctx, f.snapA, t.TempDir(), RestoreOptions{}); err == nil || !strings.Contains(err.Error(), "deep") {
-					t.Errorf("restore with a damaged tree: err %v, want one naming deep", err)
-				}
+				// A full restore fails loudly, naming the tree and the
+				// lost directory, but restores everything else.
 				target := t.TempDir()
+				_, err := r.Restore(ctx, f.snapA, target, RestoreOptions{})
+				var te *TreeError
+				if !errors.As(err, &te) || te.Tree != blob || te.Path != "deep" {
+					t.Fatalf("restore with a damaged tree: err %v, want a TreeError for tree %s of deep", err, blob)
+				}
+				var be *BlobError
+				if !errors.As(err, &be) || be.Pack != pack {
+					t.Errorf("restore error does not name the pack %s: %v", object, err)
+				}
+				if !strings.Contains(err.Error(), blob.String()) || !strings.Contains(err.Error(), `"deep"`) {
+					t.Errorf("restore error does not name the tree and directory: %v", err)
+				}
+				compareTree(t, f.srcA, target, "deep")
+				if left, err := os.ReadDir(filepath.Join(target, "deep")); err != nil || len(left) != 0 {
+					t.Errorf("damaged directory deep: %v entries, err %v; want it empty", left, err)
+				}
+				// --include of undamaged files works without any error.
+				target = t.TempDir()
 				inc := []string{"a-00.bin", "a-01.bin", "a-02.bin", "a-03.bin"}
 				if _, err := r.Restore(ctx, f.snapA, target, RestoreOptions{Include: inc}); err != nil {
 					t.Fatalf("restore of the undamaged files: %v", err)
@@ -331,12 +375,35 @@ func TestCorruptSnapshot(t *testing.T) {
 			t.Fatal(err)
 		}
 		restoreAndCompare(t, r, sa, f.srcA, nil)
-		// Forget and prune refuse rather than act on a partial list.
-		if _, _, err := r.Forget(ctx, RetentionPolicy{Last: 1}, false); err == nil {
-			t.Error("forget ran with a damaged snapshot")
+		// Listing goes on past the damaged file and reports it.
+		snaps, damaged, err := r.ListSnapshots(ctx)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if _, err := r.Prune(ctx); err == nil {
-			t.Error("prune ran with a damaged snapshot")
+		if len(snaps) != 1 || snaps[0].ID != f.snapA.ID {
+			t.Errorf("readable snapshots %v, want only a", snaps)
+		}
+		if len(damaged) != 1 || damaged[0].ID != f.snapB.ID || !strings.Contains(damaged[0].Err.Error(), object) {
+			t.Errorf("damaged %+v, want snapshot b named by its object", damaged)
+		}
+		if all, err := r.Snapshots(ctx); err != nil || len(all) != 1 {
+			t.Errorf("Snapshots: %v, %v; want snapshot a", all, err)
+		}
+		if latest, err := r.FindSnapshot(ctx, "latest", "", ""); err != nil || latest.ID != f.snapA.ID {
+			t.Errorf("latest: %v, %v; want snapshot a", latest, err)
+		}
+		// Forget applies the policy to the rest and leaves the damaged
+		// file in place.
+		keep, remove, err := r.Forget(ctx, RetentionPolicy{Last: 1}, false)
+		if err != nil {
+			t.Fatalf("forget with a damaged snapshot file: %v", err)
+		}
+		if len(keep) != 1 || keep[0].ID != f.snapA.ID || len(remove) != 0 {
+			t.Errorf("forget: keep %v remove %v, want a kept and nothing removed", keep, remove)
+		}
+		// Prune refuses: it cannot know what the damaged snapshot uses.
+		if _, err := r.Prune(ctx); err == nil || !strings.Contains(err.Error(), f.snapB.ID.String()) {
+			t.Errorf("prune with a damaged snapshot: %v, want a refusal naming it", err)
 		}
 		if _, err := os.Stat(filepath.Join(f.dir, object)); err != nil {
 			t.Errorf("the damaged snapshot file was removed: %v", err)

@@ -106,8 +106,11 @@ func applyPolicy(snaps []*Snapshot, p RetentionPolicy, loc *time.Location) (keep
 // Buckets use local time. Only snapshot files are removed; Prune frees the
 // data. Forget holds a shared lock: removing a snapshot never removes data
 // a running backup needs, so it need not wait for backups, while prune's
-// exclusive lock keeps the two apart. A repository with a damaged snapshot
-// file is refused, since the policy cannot be applied without it.
+// exclusive lock keeps the two apart. Damaged snapshot files are neither
+// kept nor removed, only logged: the policy is applied to the readable
+// snapshots (a damaged one cannot be restored, so it does not count
+// towards keeping), and the damaged files stay for repair. Prune refuses
+// to run while they exist.
 func (r *Repository) Forget(ctx context.Context, p RetentionPolicy, dryRun bool) (keep, remove []*Snapshot, err error) {
 	if !dryRun {
 		lock, err := r.Lock(ctx, false)

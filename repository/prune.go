@@ -51,9 +51,18 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time) (*
 	if err != nil {
 		return st, err
 	}
-	snaps, err := r.Snapshots(ctx)
+	snaps, damaged, err := r.ListSnapshots(ctx)
 	if err != nil {
 		return st, err
+	}
+	if len(damaged) > 0 {
+		// What a damaged snapshot references is unknown, so no blob can
+		// be proven unused.
+		errs := make([]error, len(damaged))
+		for i, d := range damaged {
+			errs[i] = d.Err
+		}
+		return st, fmt.Errorf("refusing to prune: %d snapshot files cannot be read (repair or remove them first): %w", len(damaged), errors.Join(errs...))
 	}
 	used, err := r.usedBlobs(ctx, snaps)
 	if err != nil {

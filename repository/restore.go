@@ -1,6 +1,8 @@
 package repository
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -11,6 +13,7 @@ import (
 	"path"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,29 +34,41 @@ type RestoreOptions struct {
 // RestoreStats counts what a restore wrote.
 type RestoreStats struct{ Files, Dirs, Bytes int64 }
 
+// Restore tuning. Fetch workers each hold at most one sealed blob and one
+// plaintext buffer, so memory stays bounded; there are more of them than
+// cores because they also wait on the backend and on file creation.
+const (
+	restoreFetchWorkers = 8
+	restoreTreeWorkers  = 8
+)
+
 // restoreFile is one regular file being written.
 type restoreFile struct {
 	path string
 	dir  *dirHandle
-	name string // last element of path
+	name string // last element of path (validated by decodeTree)
 	node *node
+	// trailingHole: the content ends with skipped all-zero blobs, so the
+	// size must be set explicitly.
+	trailingHole bool
 
 	mu        sync.Mutex
-	f         *os.File
+	fd        int // -1 while not open
 	remaining int
 	errs      []error
 }
 
-// dirHandle is a directory of the restore target, opened once as an
+// dirHandle is a directory of the restore target, opened once through the
 // os.Root while files in it are written, so that each file costs one
-// single-element openat instead of a walk from the target.
+// single-element openat relative to it.
 type dirHandle struct {
 	path    string
 	mu      sync.Mutex
-	root    *os.Root
+	f       *os.File // nil while closed
+	fd      int      // -1 while closed
 	err     error
-	pending int // files not finished yet
-	files   []*restoreFile
+	pending int            // files not finished yet
+	files   []*restoreFile // files that need no data: created by writeContents
 }
 
 // blobUse is one place a blob's plaintext goes.
@@ -72,8 +87,9 @@ type restorer struct {
 	r      *Repository
 	root   *os.Root
 	asRoot bool
+	umask  int // -1 when unknown
 
-	files   []*restoreFile
+	files   []*restoreFile // every planned regular file, in walk order
 	dirs    []dirMeta
 	handles map[string]*dirHandle
 	links   [][2]string // hard links to make after the contents: {existing, new}
@@ -88,8 +104,9 @@ type restorer struct {
 }
 
 type dirMeta struct {
-	path string
-	node *node
+	path  string
+	depth int
+	node  *node
 }
 
 func (rs *restorer) fail(err error) {
@@ -97,6 +114,25 @@ func (rs *restorer) fail(err error) {
 	rs.errs = append(rs.errs, err)
 	rs.errMu.Unlock()
 }
+
+// TreeError reports a directory whose tree blob could not be loaded or
+// decoded. The directory itself is restored (empty); everything below it
+// is missing. Everything else of the snapshot is still restored.
+type TreeError struct {
+	Tree ID     // the tree blob
+	Path string // slash path of the directory relative to the snapshot root; "" is the root
+	Err  error
+}
+
+func (e *TreeError) Error() string {
+	dir := "the root directory"
+	if e.Path != "" {
+		dir = fmt.Sprintf("directory %q", e.Path)
+	}
+	return fmt.Sprintf("tree %s of %s is damaged, its contents are not restored: %v", e.Tree, dir, e.Err)
+}
+
+func (e *TreeError) Unwrap() error { return e.Err }
 
 // includeFilter decides which nodes a restore writes.
 type includeFilter struct {
@@ -138,8 +174,17 @@ func (f *includeFilter) match(p string) (include, descend bool) {
 // Restore writes the snapshot's tree below target, which is created if
 // needed. It never writes outside target (os.Root). A file whose data is
 // damaged or missing fails with an error naming the file and the object;
-// the other files are still restored and the joined error is returned at
-// the end. Owners are restored only when running as root.
+// a directory whose tree is damaged fails with a *TreeError naming the
+// tree and the directory. Everything else is still restored and the joined
+// error is returned at the end. Owners are restored only when running as
+// root.
+//
+// Restore works in three phases: a depth-first walk over the trees (loaded
+// ahead by a few workers) creates the directories, symlinks and special
+// files and plans which blob goes where; then workers fetch the needed
+// pack ranges concurrently, verify every blob and write it, creating each
+// regular file with its final mode when its first blob arrives and
+// closing it after the last; then hard links and directory metadata.
 func (r *Repository) Restore(ctx context.Context, snap *Snapshot, target string, opts RestoreOptions) (*RestoreStats, error) {
 	if err := os.MkdirAll(target, 0o700); err != nil {
 		return nil, fmt.Errorf("restore to %s: %w", target, err)
@@ -156,34 +201,31 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, target string,
 	if err := r.refreshIndex(ctx, false); err != nil {
 		return nil, fmt.Errorf("restore snapshot %s: %w", snap.ID.Short(), err)
 	}
-	rs := &restorer{r: r, root: root, asRoot: os.Geteuid() == 0, packs: map[ID]map[ID]*packBlob{}, zeroIDs: map[uint32]ID{}, handles: map[string]*dirHandle{}}
+	rs := &restorer{r: r, root: root, asRoot: os.Geteuid() == 0, umask: readUmask(),
+		packs: map[ID]map[ID]*packBlob{}, zeroIDs: map[uint32]ID{}, handles: map[string]*dirHandle{}}
 	stop := rs.startProgress(opts.Progress)
 	defer stop()
 
-	links := map[[2]uint64]string{}
-	err = r.walkTree(ctx, snap.Tree, func(p string, n *node) error {
-		inc, desc := filter.match(p)
-		if !inc && !(desc && n.Type == nodeDir) {
-			return errSkipSubtree
-		}
-		return rs.create(p, n, links)
-	})
-	if err != nil {
+	if err := rs.plan(ctx, snap.Tree, filter); err != nil {
 		return nil, fmt.Errorf("restore snapshot %s to %s: %w", snap.ID.Short(), target, err)
 	}
+	var treeErrs bool
+	for _, e := range rs.errs {
+		var te *TreeError
+		treeErrs = treeErrs || errors.As(e, &te)
+	}
 	for i, u := range filter.used {
-		if !u {
+		// Under a damaged tree an include cannot be matched; the tree
+		// error already says why.
+		if !u && !treeErrs {
 			return nil, fmt.Errorf("restore snapshot %s: include %q matches nothing", snap.ID.Short(), filter.inc[i])
 		}
 	}
-	if err := rs.createFiles(ctx); err != nil {
+	err = rs.writeContents(ctx)
+	rs.closeAll()
+	if err != nil {
 		return nil, fmt.Errorf("restore snapshot %s to %s: %w", snap.ID.Short(), target, err)
 	}
-	if err := rs.fetchAll(ctx); err != nil {
-		rs.closeHandles()
-		return nil, fmt.Errorf("restore snapshot %s to %s: %w", snap.ID.Short(), target, err)
-	}
-	rs.closeHandles()
 	for _, l := range rs.links {
 		rs.removeExisting(l[1])
 		if err := rs.root.Link(l[0], l[1]); err != nil {
@@ -192,19 +234,34 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, target string,
 		}
 		rs.nFiles.Add(1)
 	}
-	// Directory metadata last, deepest first, so that creating children
-	// does not change the restored mtimes.
-	for i := len(rs.dirs) - 1; i >= 0; i-- {
-		d := rs.dirs[i]
-		if err := rs.setMeta(d.path, d.node); err != nil {
-			rs.fail(fmt.Errorf("restore %q: %w", d.path, err))
-		}
+	if err := rs.restoreDirMeta(ctx); err != nil {
+		return nil, fmt.Errorf("restore snapshot %s to %s: %w", snap.ID.Short(), target, err)
 	}
 	st := &RestoreStats{Files: rs.nFiles.Load(), Dirs: rs.nDirs.Load(), Bytes: rs.nBytes.Load()}
 	if len(rs.errs) > 0 {
 		return st, fmt.Errorf("restore snapshot %s to %s: %w", snap.ID.Short(), target, errors.Join(rs.errs...))
 	}
 	return st, nil
+}
+
+// readUmask returns the process's umask from /proc (Linux ≥ 4.7), or -1.
+// Reading it with umask(2) would briefly change it for every thread.
+func readUmask() int {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return -1
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "Umask:"); ok {
+			m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32)
+			if err != nil {
+				return -1
+			}
+			return int(m)
+		}
+	}
+	return -1
 }
 
 func (rs *restorer) startProgress(fn func(Progress)) func() {
@@ -237,6 +294,160 @@ func (rs *restorer) startProgress(fn func(Progress)) func() {
 	return func() { close(done); wg.Wait(); report() }
 }
 
+// plan walks the snapshot depth-first (a directory before its children),
+// creating directories, symlinks and special files and recording the
+// regular files and where their blobs are. A damaged subtree is recorded
+// as a *TreeError and skipped; only a damaged root tree, a cancelled
+// context or an unusable node type stop the walk.
+func (rs *restorer) plan(ctx context.Context, rootTree ID, filter *includeFilter) error {
+	ctx, cancel := context.WithCancel(ctx)
+	tl := newTreeLoader(ctx, rs.r, restoreTreeWorkers)
+	defer func() { cancel(); tl.stop() }()
+	t, err := tl.get(ctx, rootTree)
+	if err != nil {
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		return &TreeError{Tree: rootTree, Err: err}
+	}
+	links := map[[2]uint64]string{}
+	return rs.planTree(ctx, tl, "", 0, t, filter, links)
+}
+
+func (rs *restorer) planTree(ctx context.Context, tl *treeLoader, prefix string, depth int, t *tree, filter *includeFilter, links map[[2]uint64]string) error {
+	join := func(name string) string {
+		if prefix == "" {
+			return name
+		}
+		return prefix + "/" + name
+	}
+	// Ask for the subtrees first, so that they load while this directory
+	// is being created.
+	for i := len(t.Nodes) - 1; i >= 0; i-- {
+		if n := &t.Nodes[i]; n.Type == nodeDir {
+			if _, desc := filter.match(join(n.Name)); desc {
+				tl.want(n.Subtree)
+			}
+		}
+	}
+	for i := range t.Nodes {
+		n := &t.Nodes[i]
+		p := join(n.Name)
+		inc, desc := filter.match(p)
+		if !inc && !(desc && n.Type == nodeDir) {
+			continue
+		}
+		if n.Type != nodeDir {
+			rs.create(p, n, links)
+			continue
+		}
+		if !rs.mkdir(p, depth, n) {
+			continue
+		}
+		sub, err := tl.get(ctx, n.Subtree)
+		if err != nil {
+			if ctx.Err() != nil {
+				return context.Cause(ctx)
+			}
+			rs.fail(&TreeError{Tree: n.Subtree, Path: p, Err: err})
+			continue
+		}
+		if err := rs.planTree(ctx, tl, p, depth+1, sub, filter, links); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// treeLoader loads trees ahead of a depth-first walk with a few workers
+// (restores from remote storage must not wait for one tree at a time).
+// Requests form a stack, so the most recently wanted trees, the ones the
+// walk needs next, load first.
+type treeLoader struct {
+	r       *Repository
+	mu      sync.Mutex
+	cond    *sync.Cond
+	stack   []ID
+	loads   map[ID]*treeLoad
+	stopped bool
+	wg      sync.WaitGroup
+}
+
+type treeLoad struct {
+	done chan struct{}
+	t    *tree
+	err  error
+}
+
+func newTreeLoader(ctx context.Context, r *Repository, workers int) *treeLoader {
+	tl := &treeLoader{r: r, loads: map[ID]*treeLoad{}}
+	tl.cond = sync.NewCond(&tl.mu)
+	tl.wg.Add(workers)
+	for range workers {
+		go func() {
+			defer tl.wg.Done()
+			tl.work(ctx)
+		}()
+	}
+	return tl
+}
+
+func (tl *treeLoader) work(ctx context.Context) {
+	for {
+		tl.mu.Lock()
+		for len(tl.stack) == 0 && !tl.stopped {
+			tl.cond.Wait()
+		}
+		if tl.stopped {
+			tl.mu.Unlock()
+			return
+		}
+		id := tl.stack[len(tl.stack)-1]
+		tl.stack = tl.stack[:len(tl.stack)-1]
+		l := tl.loads[id]
+		tl.mu.Unlock()
+		l.t, l.err = tl.r.loadTree(ctx, id)
+		close(l.done)
+	}
+}
+
+// want queues id for loading unless it is loaded or queued already.
+func (tl *treeLoader) want(id ID) *treeLoad {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	l := tl.loads[id]
+	if l == nil {
+		l = &treeLoad{done: make(chan struct{})}
+		tl.loads[id] = l
+		tl.stack = append(tl.stack, id)
+		tl.cond.Signal()
+	}
+	return l
+}
+
+// get returns the tree id, waiting for its load. The loaded tree is
+// forgotten, so memory holds only the trees loaded ahead of the walk.
+func (tl *treeLoader) get(ctx context.Context, id ID) (*tree, error) {
+	l := tl.want(id)
+	select {
+	case <-l.done:
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+	tl.mu.Lock()
+	delete(tl.loads, id)
+	tl.mu.Unlock()
+	return l.t, l.err
+}
+
+func (tl *treeLoader) stop() {
+	tl.mu.Lock()
+	tl.stopped = true
+	tl.cond.Broadcast()
+	tl.mu.Unlock()
+	tl.wg.Wait()
+}
+
 // removeExisting clears p for a new non-directory entry.
 func (rs *restorer) removeExisting(p string) {
 	if fi, err := rs.root.Lstat(p); err == nil && !fi.IsDir() {
@@ -244,87 +455,45 @@ func (rs *restorer) removeExisting(p string) {
 	}
 }
 
-// create makes the entry for one node; file content is fetched later.
-func (rs *restorer) create(p string, n *node, links map[[2]uint64]string) error {
+// mkdir creates the directory p and reports whether the walk can descend
+// into it.
+func (rs *restorer) mkdir(p string, depth int, n *node) bool {
+	s := p
+	rs.current.Store(&s)
+	if err := rs.root.Mkdir(p, 0o700); err != nil {
+		fi, serr := rs.root.Lstat(p)
+		if serr != nil || !fi.IsDir() {
+			rs.fail(fmt.Errorf("create directory %q: %w", p, err))
+			return false
+		}
+	}
+	rs.dirs = append(rs.dirs, dirMeta{path: p, depth: depth, node: n})
+	rs.nDirs.Add(1)
+	return true
+}
+
+// create makes the entry for one non-directory node; file content is
+// written later.
+func (rs *restorer) create(p string, n *node, links map[[2]uint64]string) {
 	s := p
 	rs.current.Store(&s)
 	switch n.Type {
-	case nodeDir:
-		if err := rs.root.Mkdir(p, 0o700); err != nil {
-			fi, serr := rs.root.Lstat(p)
-			if serr != nil || !fi.IsDir() {
-				return fmt.Errorf("create directory %q: %w", p, err)
-			}
-		}
-		rs.dirs = append(rs.dirs, dirMeta{p, n})
-		rs.nDirs.Add(1)
-		return nil
 	case nodeFile:
-		if n.Links > 1 {
-			key := [2]uint64{n.Device, n.Inode}
-			if first, ok := links[key]; ok {
-				rs.links = append(rs.links, [2]string{first, p})
-				return nil
-			}
-			links[key] = p
-		}
-		dir, name := path.Split(p)
-		h := rs.handles[dir]
-		if h == nil {
-			h = &dirHandle{path: dir}
-			if dir == "" {
-				h.path = "."
-			}
-			rs.handles[dir] = h
-		}
-		h.pending++
-		rf := &restoreFile{path: p, dir: h, name: name, node: n}
-		rs.files = append(rs.files, rf)
-		h.files = append(h.files, rf)
-		var off int64
-		for _, id := range n.Content {
-			pack, pb, ok := rs.r.index().lookup(id)
-			if !ok || pb.Type != DataBlob {
-				rf.errs = append(rf.errs, &BlobError{Blob: id, Err: errors.New("data blob not in index")})
-				break
-			}
-			if rs.isZeroBlob(pb) {
-				off += int64(pb.RawLength)
-				continue
-			}
-			m := rs.packs[pack]
-			if m == nil {
-				m = map[ID]*packBlob{}
-				rs.packs[pack] = m
-			}
-			u := m[id]
-			if u == nil {
-				u = &packBlob{pb: pb}
-				m[id] = u
-			}
-			u.uses = append(u.uses, blobUse{file: rf, offset: off})
-			rf.remaining++
-			off += int64(pb.RawLength)
-		}
-		if off != int64(n.Size) && len(rf.errs) == 0 {
-			rf.errs = append(rf.errs, fmt.Errorf("content blobs add up to %d bytes, node says %d", off, n.Size))
-		}
-		return nil
+		rs.planFile(p, n, links)
 	case nodeSymlink:
 		rs.removeExisting(p)
 		if err := rs.root.Symlink(n.LinkTarget, p); err != nil {
 			rs.fail(fmt.Errorf("restore symlink %q: %w", p, err))
-			return nil
+			return
 		}
 		if err := rs.setMeta(p, n); err != nil {
 			rs.fail(fmt.Errorf("restore symlink %q: %w", p, err))
 		}
 		rs.nFiles.Add(1)
-		return nil
 	case nodeFIFO, nodeChar, nodeBlock:
 		if n.Type != nodeFIFO && !rs.asRoot {
 			rs.fail(fmt.Errorf("restore %q: creating a %s needs root", p, n.Type))
-			return nil
+			return
 		}
 		rs.removeExisting(p)
 		mode := n.Mode & 0o777
@@ -344,15 +513,83 @@ func (rs *restorer) create(p string, n *node, links map[[2]uint64]string) error 
 		}
 		if err != nil {
 			rs.fail(fmt.Errorf("restore %s %q: %w", n.Type, p, err))
-			return nil
+			return
 		}
 		rs.nFiles.Add(1)
-		return nil
 	case nodeSocket:
 		// A socket is only meaningful to the process that bound it.
-		return nil
+	default:
+		rs.fail(fmt.Errorf("restore %q: unknown node type %d", p, n.Type))
 	}
-	return fmt.Errorf("restore %q: unknown node type %d", p, n.Type)
+}
+
+// planFile records a regular file and the blobs it needs.
+func (rs *restorer) planFile(p string, n *node, links map[[2]uint64]string) {
+	if n.Links > 1 {
+		key := [2]uint64{n.Device, n.Inode}
+		if first, ok := links[key]; ok {
+			rs.links = append(rs.links, [2]string{first, p})
+			return
+		}
+		links[key] = p
+	}
+	dir, name := path.Split(p)
+	h := rs.handles[dir]
+	if h == nil {
+		h = &dirHandle{path: dir, fd: -1}
+		if dir == "" {
+			h.path = "."
+		}
+		rs.handles[dir] = h
+	}
+	h.pending++
+	rf := &restoreFile{path: p, dir: h, name: name, node: n, fd: -1}
+	rs.files = append(rs.files, rf)
+	type located struct {
+		pack ID
+		pb   packedBlob
+		off  int64
+	}
+	var (
+		off  int64
+		locs = make([]located, 0, len(n.Content))
+	)
+	for _, id := range n.Content {
+		pack, pb, ok := rs.r.index().lookup(id)
+		if !ok || pb.Type != DataBlob {
+			rf.errs = append(rf.errs, &BlobError{Blob: id, Err: errors.New("data blob not in index")})
+			break
+		}
+		if rs.isZeroBlob(pb) {
+			rf.trailingHole = true
+		} else {
+			rf.trailingHole = false
+			locs = append(locs, located{pack, pb, off})
+		}
+		off += int64(pb.RawLength)
+	}
+	if off != int64(n.Size) && len(rf.errs) == 0 {
+		rf.errs = append(rf.errs, fmt.Errorf("content blobs add up to %d bytes, node says %d", off, n.Size))
+	}
+	if len(rf.errs) == 0 {
+		for _, l := range locs {
+			m := rs.packs[l.pack]
+			if m == nil {
+				m = map[ID]*packBlob{}
+				rs.packs[l.pack] = m
+			}
+			u := m[l.pb.ID]
+			if u == nil {
+				u = &packBlob{pb: l.pb}
+				m[l.pb.ID] = u
+			}
+			u.uses = append(u.uses, blobUse{file: rf, offset: l.off})
+			rf.remaining++
+		}
+	}
+	if rf.remaining == 0 {
+		h.files = append(h.files, rf)
+	}
 }
 
 // inParent runs fn with a descriptor of p's parent directory (opened through
@@ -415,14 +652,51 @@ func (rs *restorer) setMeta(p string, n *node) error {
 	return errors.Join(errs...)
 }
 
-// dirRoot returns the open directory of h, opening it on first use.
-func (rs *restorer) dirRoot(h *dirHandle) (*os.Root, error) {
+// restoreDirMeta sets the directories' metadata after all their contents
+// exist, so that creating entries does not change the restored mtimes.
+// Deepest directories go first (a directory restored without search
+// permission would block its children); directories of one depth go in
+// parallel.
+func (rs *restorer) restoreDirMeta(ctx context.Context) error {
+	byDepth := map[int][]dirMeta{}
+	maxDepth := -1
+	for _, d := range rs.dirs {
+		byDepth[d.depth] = append(byDepth[d.depth], d)
+		maxDepth = max(maxDepth, d.depth)
+	}
+	for depth := maxDepth; depth >= 0; depth-- {
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(runtime.GOMAXPROCS(0))
+		for _, d := range byDepth[depth] {
+			g.Go(func() error {
+				if err := gctx.Err(); err != nil {
+					return err
+				}
+				if err := rs.setMeta(d.path, d.node); err != nil {
+					rs.fail(fmt.Errorf("restore %q: %w", d.path, err))
+				}
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dirFD returns a descriptor of h's directory, opening it through the root
+// on first use.
+func (rs *restorer) dirFD(h *dirHandle) (int, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.root == nil && h.err == nil {
-		h.root, h.err = rs.root.OpenRoot(h.path)
+	if h.f == nil && h.err == nil {
+		h.f, h.err = rs.root.OpenFile(h.path, os.O_RDONLY|syscall.O_DIRECTORY, 0)
+		if h.err == nil {
+			h.fd = int(h.f.Fd())
+		}
 	}
-	return h.root, h.err
+	return h.fd, h.err
 }
 
 // release notes that one file of h is finished; the last closes it.
@@ -430,116 +704,90 @@ func (rs *restorer) release(h *dirHandle) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.pending--
-	if h.pending == 0 && h.root != nil {
-		_ = h.root.Close()
-		h.root = nil
+	if h.pending == 0 && h.f != nil {
+		_ = h.f.Close()
+		h.f, h.fd = nil, -1
 	}
 }
 
-func (rs *restorer) closeHandles() {
+// closeAll closes what a cancelled restore left open.
+func (rs *restorer) closeAll() {
+	for _, rf := range rs.files {
+		rf.mu.Lock()
+		if rf.fd >= 0 {
+			_ = unix.Close(rf.fd)
+			rf.fd = -1
+		}
+		rf.mu.Unlock()
+	}
 	for _, h := range rs.handles {
 		h.mu.Lock()
-		if h.root != nil {
-			_ = h.root.Close()
-			h.root = nil
+		if h.f != nil {
+			_ = h.f.Close()
+			h.f, h.fd = nil, -1
 		}
 		h.mu.Unlock()
 	}
 }
 
-// createFiles creates every planned file, directory by directory in
-// parallel (file creation is the costliest part of restoring many small
-// files, and creations in one directory contend for its lock). Files that
-// need no data (empty, all holes, or already failed) are finished here.
-func (rs *restorer) createFiles(ctx context.Context) error {
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(runtime.GOMAXPROCS(0))
-	for _, h := range rs.handles {
-		g.Go(func() error {
-			if err := gctx.Err(); err != nil {
-				return err
-			}
-			for _, rf := range h.files {
-				if len(rf.errs) == 0 {
-					f, err := rs.openFile(rf, true)
-					if err != nil {
-						rf.errs = append(rf.errs, err)
-					} else if rf.remaining == 0 {
-						rf.f = f
-					} else {
-						_ = f.Close()
-					}
-				}
-				if rf.remaining == 0 {
-					rs.finishFile(rf)
-				}
-			}
-			h.files = nil
-			// Reopened when data arrives: keeps open descriptors to the
-			// directories being written, not all of them.
-			h.mu.Lock()
-			if h.root != nil {
-				_ = h.root.Close()
-				h.root = nil
-			}
-			h.mu.Unlock()
-			return nil
-		})
+// createFile creates a regular file for writing, with its final
+// permission bits (so that usually no chmod is needed). The name is one
+// path element validated by decodeTree, created relative to a directory
+// opened through the root; O_EXCL never follows a symlink, so the file
+// lies inside the target. Something already in the way (an older file, a
+// symlink, a fifo) is replaced; a directory in the way is an error.
+func (rs *restorer) createFile(rf *restoreFile) (int, error) {
+	dfd, err := rs.dirFD(rf.dir)
+	if err != nil {
+		return -1, err
 	}
-	return g.Wait()
+	const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	perm := rf.node.Mode & 0o777
+	for replaced := false; ; {
+		fd, err := unix.Openat(dfd, rf.name, flags, perm)
+		switch {
+		case err == nil:
+			return fd, nil
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.EEXIST) && !replaced:
+			if err := unix.Unlinkat(dfd, rf.name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+				return -1, fmt.Errorf("replace existing entry: %w", err)
+			}
+			replaced = true
+			continue
+		}
+		return -1, fmt.Errorf("create: %w", err)
+	}
 }
 
-// openFile creates (or truncates) a regular file for writing, or with
-// create false opens the file createFiles made. The name is
-// one validated path element opened below its directory's root, without
-// following a symlink there.
-func (rs *restorer) openFile(rf *restoreFile, create bool) (*os.File, error) {
-	d, err := rs.dirRoot(rf.dir)
-	if err != nil {
-		return nil, err
-	}
-	if !create {
-		return d.OpenFile(rf.name, os.O_WRONLY|syscall.O_NOFOLLOW, 0)
-	}
-	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC | syscall.O_NOFOLLOW
-	f, err := d.OpenFile(rf.name, flags, 0o600)
-	if err != nil {
-		// Something else is in the way (a symlink, a fifo, ...): replace it.
-		if fi, lerr := d.Lstat(rf.name); lerr == nil && !fi.IsDir() {
-			if d.Remove(rf.name) == nil {
-				f, err = d.OpenFile(rf.name, flags, 0o600)
-			}
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
-	// Sets the size and leaves holes where all-zero blobs were skipped.
-	if len(rf.node.Content) != 1 || rf.remaining == 0 {
-		if err := f.Truncate(int64(rf.node.Size)); err != nil {
-			_ = f.Close()
-			return nil, err
-		}
-	}
-	return f, nil
+// needsChmod reports whether a file created with mode's permission bits
+// ends up with other bits than mode: the umask took some away, or mode has
+// setuid/setgid/sticky (which open ignores and chown clears).
+func (rs *restorer) needsChmod(mode uint32) bool {
+	return rs.umask < 0 || mode&0o7000 != 0 || int(mode&0o777)&rs.umask != 0
 }
 
-// finishFile closes a file whose blobs are all written (or failed) and
-// restores its metadata.
+// finishFile sets size and metadata of a file whose blobs are all written
+// (or failed) and closes it. A file that needs no data is created here.
 func (rs *restorer) finishFile(rf *restoreFile) {
 	defer rs.release(rf.dir)
-	if rf.f == nil && len(rf.errs) == 0 {
-		rf.f, rf.errs = rs.openFileErr(rf)
+	if rf.fd < 0 && len(rf.errs) == 0 {
+		fd, err := rs.createFile(rf)
+		if err != nil {
+			rf.errs = append(rf.errs, err)
+		}
+		rf.fd = fd
 	}
 	var errs []error
-	if rf.f != nil {
+	if rf.fd >= 0 {
 		if len(rf.errs) == 0 {
 			errs = rs.setFileMeta(rf)
 		}
-		if err := rf.f.Close(); err != nil {
-			errs = append(errs, err)
+		if err := unix.Close(rf.fd); err != nil {
+			errs = append(errs, fmt.Errorf("close: %w", err))
 		}
-		rf.f = nil
+		rf.fd = -1
 	}
 	if len(rf.errs) > 0 {
 		rs.fail(fmt.Errorf("restore file %q: %w", rf.path, errors.Join(rf.errs...)))
@@ -549,39 +797,40 @@ func (rs *restorer) finishFile(rf *restoreFile) {
 		rs.fail(fmt.Errorf("restore file %q: %w", rf.path, errors.Join(errs...)))
 		return
 	}
+	rs.current.Store(&rf.path)
 	rs.nFiles.Add(1)
 	rs.nBytes.Add(int64(rf.node.Size))
 }
 
-func (rs *restorer) openFileErr(rf *restoreFile) (*os.File, []error) {
-	f, err := rs.openFile(rf, true)
-	if err != nil {
-		return nil, []error{err}
-	}
-	return f, nil
-}
-
-// setFileMeta restores owner (as root), mode and mtime of an open file.
+// setFileMeta sets the size where the content ends in a hole, and restores
+// owner (as root), mode and mtime of an open file.
 func (rs *restorer) setFileMeta(rf *restoreFile) []error {
 	var errs []error
 	n := rf.node
-	if rs.asRoot {
-		if err := rf.f.Chown(int(n.UID), int(n.GID)); err != nil {
-			errs = append(errs, err)
+	if rf.trailingHole {
+		if err := unix.Ftruncate(rf.fd, int64(n.Size)); err != nil {
+			errs = append(errs, fmt.Errorf("set size: %w", err))
 		}
 	}
-	if err := rf.f.Chmod(fileMode(n.Mode)); err != nil {
-		errs = append(errs, err)
+	if rs.asRoot {
+		if err := unix.Fchown(rf.fd, int(n.UID), int(n.GID)); err != nil {
+			errs = append(errs, fmt.Errorf("chown: %w", err))
+		}
+	}
+	// After chown, which clears setuid and setgid.
+	if rs.needsChmod(n.Mode) {
+		if err := unix.Fchmod(rf.fd, n.Mode&0o7777); err != nil {
+			errs = append(errs, fmt.Errorf("chmod: %w", err))
+		}
 	}
 	ts := []unix.Timespec{unix.NsecToTimespec(n.MTime), unix.NsecToTimespec(n.MTime)}
-	if err := unix.UtimesNanoAt(int(rf.f.Fd()), "", ts, unix.AT_EMPTY_PATH); err != nil {
+	if err := unix.UtimesNanoAt(rf.fd, "", ts, unix.AT_EMPTY_PATH); err != nil {
 		// Kernels without AT_EMPTY_PATH for utimensat: by name instead.
-		if d, derr := rs.dirRoot(rf.dir); derr == nil {
-			mt := time.Unix(0, n.MTime)
-			err = d.Chtimes(rf.name, mt, mt)
+		if dfd, derr := rs.dirFD(rf.dir); derr == nil {
+			err = unix.UtimesNanoAt(dfd, rf.name, ts, unix.AT_SYMLINK_NOFOLLOW)
 		}
 		if err != nil {
-			errs = append(errs, err)
+			errs = append(errs, fmt.Errorf("set times: %w", err))
 		}
 	}
 	return errs
@@ -601,6 +850,24 @@ func fileMode(m uint32) fs.FileMode {
 	return mode
 }
 
+// pwriteAll writes b at off, retrying short writes and EINTR.
+func pwriteAll(fd int, b []byte, off int64) error {
+	for len(b) > 0 {
+		n, err := unix.Pwrite(fd, b, off)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("write: %w", err)
+		}
+		if n == 0 {
+			return fmt.Errorf("write: %w", io.ErrShortWrite)
+		}
+		b, off = b[n:], off+int64(n)
+	}
+	return nil
+}
+
 // deliver writes one verified blob (or its error) to every destination.
 func (rs *restorer) deliver(b *packBlob, data []byte, berr error) {
 	for _, u := range b.uses {
@@ -609,15 +876,15 @@ func (rs *restorer) deliver(b *packBlob, data []byte, berr error) {
 		if berr != nil {
 			rf.errs = append(rf.errs, berr)
 		} else if len(rf.errs) == 0 {
-			if rf.f == nil {
-				f, err := rs.openFile(rf, false)
+			if rf.fd < 0 {
+				fd, err := rs.createFile(rf)
 				if err != nil {
 					rf.errs = append(rf.errs, err)
 				}
-				rf.f = f
+				rf.fd = fd
 			}
-			if rf.f != nil {
-				if _, err := rf.f.WriteAt(data, u.offset); err != nil {
+			if rf.fd >= 0 {
+				if err := pwriteAll(rf.fd, data, u.offset); err != nil {
 					rf.errs = append(rf.errs, err)
 				}
 			}
@@ -682,28 +949,49 @@ func (rs *restorer) ranges() []packRange {
 	return out
 }
 
-// fetchAll loads every needed range concurrently (restores from remote
-// storage must not be latency bound) and delivers the verified blobs.
-func (rs *restorer) fetchAll(ctx context.Context) error {
-	rgs := rs.ranges()
+// writeContents creates and writes every planned regular file: first the
+// files that need no data (empty, all holes, or already failed), then the
+// needed pack ranges, fetched concurrently (restores from remote storage
+// must not be latency bound, and creating many small files is kernel
+// work that runs on every core). Every blob is verified before any of its
+// bytes is written.
+func (rs *restorer) writeContents(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(max(8, 2*runtime.GOMAXPROCS(0)))
-	var bufPool sync.Pool
-	for _, rg := range rgs {
+	g.SetLimit(max(restoreFetchWorkers, 2*runtime.GOMAXPROCS(0)))
+	for _, h := range rs.handles {
+		if len(h.files) == 0 {
+			continue
+		}
+		files := h.files
+		h.files = nil
 		g.Go(func() error {
-			buf, _ := bufPool.Get().(*[]byte)
-			if buf == nil {
-				buf = new([]byte)
+			for _, rf := range files {
+				if err := gctx.Err(); err != nil {
+					return err
+				}
+				rs.finishFile(rf)
 			}
-			err := rs.fetchRange(gctx, rg, buf)
-			bufPool.Put(buf)
+			return nil
+		})
+	}
+	// One sealed buffer and one plaintext buffer per worker, reused.
+	type bufs struct{ sealed, plain []byte }
+	var pool sync.Pool
+	for _, rg := range rs.ranges() {
+		g.Go(func() error {
+			b, _ := pool.Get().(*bufs)
+			if b == nil {
+				b = &bufs{}
+			}
+			err := rs.fetchRange(gctx, rg, &b.sealed, &b.plain)
+			pool.Put(b)
 			return err
 		})
 	}
 	return g.Wait()
 }
 
-func (rs *restorer) fetchRange(ctx context.Context, rg packRange, buf *[]byte) error {
+func (rs *restorer) fetchRange(ctx context.Context, rg packRange, sealedBuf, plainBuf *[]byte) error {
 	h := backend.Handle{Type: backend.PackFile, Name: rg.pack.String()}
 	failAll := func(from int, err error) {
 		for _, b := range rg.blobs[from:] {
@@ -720,18 +1008,20 @@ func (rs *restorer) fetchRange(ctx context.Context, rg packRange, buf *[]byte) e
 	}
 	defer func() { _ = rd.Close() }()
 	pos := rg.start
-	var plain []byte
 	for i, b := range rg.blobs {
+		if err := ctx.Err(); err != nil {
+			return context.Cause(ctx)
+		}
 		if skip := int64(b.pb.Offset) - pos; skip > 0 {
 			if _, err := io.CopyN(io.Discard, rd, skip); err != nil {
 				failAll(i, err)
 				return nil
 			}
 		}
-		if cap(*buf) < int(b.pb.Length) {
-			*buf = make([]byte, b.pb.Length)
+		if cap(*sealedBuf) < int(b.pb.Length) {
+			*sealedBuf = make([]byte, b.pb.Length)
 		}
-		sealed := (*buf)[:b.pb.Length]
+		sealed := (*sealedBuf)[:b.pb.Length]
 		if _, err := io.ReadFull(rd, sealed); err != nil {
 			if ctx.Err() != nil {
 				return context.Cause(ctx)
@@ -740,13 +1030,13 @@ func (rs *restorer) fetchRange(ctx context.Context, rg packRange, buf *[]byte) e
 			return nil
 		}
 		pos = int64(b.pb.Offset) + int64(b.pb.Length)
-		pt, err := rs.r.openBlob(b.pb, sealed, plain)
+		pt, err := rs.r.openBlob(b.pb, sealed, *plainBuf)
 		if err != nil {
 			rs.deliver(b, nil, &BlobError{Blob: b.pb.ID, Pack: rg.pack, Err: err})
 			continue
 		}
 		if b.pb.Flags&flagZstd != 0 {
-			plain = pt
+			*plainBuf = pt
 		}
 		rs.deliver(b, pt, nil)
 	}

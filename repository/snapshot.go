@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"time"
@@ -81,57 +82,121 @@ func (r *Repository) saveSnapshot(ctx context.Context, sn *Snapshot) error {
 
 // LoadSnapshot loads and verifies one snapshot.
 func (r *Repository) LoadSnapshot(ctx context.Context, id ID) (*Snapshot, error) {
-	h := backend.Handle{Type: backend.SnapshotFile, Name: id.String()}
-	b, err := loadSmall(ctx, r.be, h, maxSnapshotSize)
+	sn, err := r.loadSnapshot(ctx, id)
 	if err != nil {
-		return nil, fmt.Errorf("load snapshot %s: %w", id.Short(), err)
+		return nil, err
+	}
+	return sn, nil
+}
+
+// errSnapshotDamaged marks snapshot files whose stored bytes are unusable,
+// as opposed to failures to read them.
+var errSnapshotDamaged = errors.New("damaged")
+
+// loadSnapshot is LoadSnapshot; its error wraps errSnapshotDamaged when the
+// object was read but its bytes do not verify or decode.
+func (r *Repository) loadSnapshot(ctx context.Context, id ID) (*Snapshot, error) {
+	h := backend.Handle{Type: backend.SnapshotFile, Name: id.String()}
+	rd, err := r.be.Load(ctx, h, 0, 0)
+	if err != nil {
+		return nil, fmt.Errorf("load snapshot %s: %w", h, err)
+	}
+	defer func() { _ = rd.Close() }()
+	b, err := io.ReadAll(io.LimitReader(rd, maxSnapshotSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("load snapshot %s: %w", h, err)
+	}
+	if len(b) > maxSnapshotSize {
+		return nil, fmt.Errorf("snapshot %s: %w: larger than %d bytes", h, errSnapshotDamaged, maxSnapshotSize)
 	}
 	if hashID(b) != id {
-		return nil, fmt.Errorf("snapshot %s: content does not match its name", h)
+		return nil, fmt.Errorf("snapshot %s: %w: content does not match its name", h, errSnapshotDamaged)
 	}
 	pt, err := r.seal.open(nil, b)
 	if err != nil {
-		return nil, fmt.Errorf("snapshot %s: %w", h, err)
+		return nil, fmt.Errorf("snapshot %s: %w: %w", h, errSnapshotDamaged, err)
 	}
 	sn, err := decodeSnapshot(pt)
 	if err != nil {
-		return nil, fmt.Errorf("snapshot %s: %w", h, err)
+		return nil, fmt.Errorf("snapshot %s: %w: %w", h, errSnapshotDamaged, err)
 	}
 	sn.ID = id
 	return sn, nil
 }
 
-// Snapshots loads every snapshot, oldest first.
-func (r *Repository) Snapshots(ctx context.Context) ([]*Snapshot, error) {
+// DamagedSnapshot is a snapshot file whose stored bytes cannot be used:
+// they do not hash to the file's name, do not open with the repository's
+// key, or do not decode. What that snapshot references is unknown.
+type DamagedSnapshot struct {
+	ID  ID    // the file's name (snapshots/<ID>)
+	Err error // what is wrong with it, naming the file
+}
+
+// ListSnapshots loads every snapshot, oldest first. Damaged snapshot files
+// do not stop the listing: they are returned in damaged, ordered by name,
+// so that the rest of the repository stays usable. A snapshot file that
+// vanishes while listing (a concurrent forget) is skipped. Failing to list
+// or to read a file is an error: the caller would otherwise act on an
+// incomplete view.
+func (r *Repository) ListSnapshots(ctx context.Context) (snaps []*Snapshot, damaged []DamagedSnapshot, err error) {
 	ids, err := r.listIDs(ctx, backend.SnapshotFile, func(name string) {
 		r.log.Warn("ignoring snapshot object with an invalid name", "name", name)
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out := make([]*Snapshot, len(ids))
+	loaded := make([]*Snapshot, len(ids))
+	errs := make([]error, len(ids))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(16)
 	for i, id := range ids {
 		g.Go(func() error {
-			sn, err := r.LoadSnapshot(gctx, id)
-			if err != nil {
+			sn, err := r.loadSnapshot(gctx, id)
+			switch {
+			case err == nil:
+				loaded[i] = sn
+			case errors.Is(err, errSnapshotDamaged):
+				errs[i] = err
+			case errors.Is(err, backend.ErrNotExist) && gctx.Err() == nil:
+			default:
 				return err
 			}
-			out[i] = sn
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
+		return nil, nil, err
+	}
+	for i, sn := range loaded {
+		if sn != nil {
+			snaps = append(snaps, sn)
+		} else if errs[i] != nil {
+			damaged = append(damaged, DamagedSnapshot{ID: ids[i], Err: errs[i]})
+		}
+	}
+	sort.SliceStable(snaps, func(i, j int) bool {
+		if !snaps[i].Time.Equal(snaps[j].Time) {
+			return snaps[i].Time.Before(snaps[j].Time)
+		}
+		return snaps[i].ID.String() < snaps[j].ID.String()
+	})
+	sort.Slice(damaged, func(i, j int) bool { return damaged[i].ID.String() < damaged[j].ID.String() })
+	return snaps, damaged, nil
+}
+
+// Snapshots loads every readable snapshot, oldest first. Damaged snapshot
+// files are skipped with a logged warning; use ListSnapshots to learn
+// which they are (anything that must know every snapshot, like prune,
+// must).
+func (r *Repository) Snapshots(ctx context.Context) ([]*Snapshot, error) {
+	snaps, damaged, err := r.ListSnapshots(ctx)
+	if err != nil {
 		return nil, err
 	}
-	sort.SliceStable(out, func(i, j int) bool {
-		if !out[i].Time.Equal(out[j].Time) {
-			return out[i].Time.Before(out[j].Time)
-		}
-		return out[i].ID.String() < out[j].ID.String()
-	})
-	return out, nil
+	for _, d := range damaged {
+		r.log.Warn("skipping damaged snapshot file", "snapshot", d.ID.String(), "err", d.Err)
+	}
+	return snaps, nil
 }
 
 // FindSnapshot returns the snapshot named by ref: "latest" or a unique hex

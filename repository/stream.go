@@ -43,6 +43,11 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 	b := &backupState{r: r, ctx: gctx, saver: saver, bufs: bufs, opts: &opts}
 
 	n := node{Name: name, Type: nodeFile, Mode: 0o600, UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), Links: 1}
+	// Progress as in Backup: bytes read so far, the stream as the current
+	// file; it counts as a file once it is complete.
+	b.current.Store(&n.Name)
+	stopProgress := b.startProgress()
+	defer func() { stopProgress() }() // a no-op once stopped below
 	readErr := func() error {
 		ch := chunker.NewWithBoundaries(rd, r.cfg.pol, r.cfg.MinChunk, r.cfg.MaxChunk)
 		buf := make([]byte, 0, r.cfg.MaxChunk)
@@ -60,6 +65,7 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 			n.Content = append(n.Content, id)
 			n.Size += uint64(len(c.Data))
 			b.bytesRead.Add(int64(len(c.Data)))
+			b.bytes.Add(int64(len(c.Data)))
 			if !r.index().has(id) {
 				full, pb := saver.newBuf(len(c.Data))
 				copy(pb, c.Data)
@@ -86,6 +92,11 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 	if gerr := g.Wait(); err == nil {
 		err = gerr
 	}
+	if readErr == nil && err == nil {
+		b.nFiles.Store(1)
+	}
+	stopProgress()
+	stopProgress = func() {}
 	if readErr != nil {
 		return nil, fmt.Errorf("backup stream %q: %w", name, readErr)
 	}
@@ -98,7 +109,6 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 	if err := r.commitPacks(ctx, packs); err != nil {
 		return nil, fmt.Errorf("backup stream %q: %w", name, err)
 	}
-	b.nFiles.Store(1)
 	b.nNew.Store(1)
 	b.bytes.Store(int64(n.Size))
 	sn := b.snapshot(opts, rootID, start)
