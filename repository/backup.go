@@ -253,22 +253,25 @@ func (r *Repository) parentFor(ctx context.Context, opts *BackupOptions) (*Snaps
 }
 
 func (b *backupState) startProgress() (stop func()) {
-	fn := b.opts.Progress
+	return startProgress(b.opts.Progress, &b.nFiles, &b.bytes, &b.current)
+}
+
+// startProgress calls fn with the counters every 250 ms until stop, and
+// once more at stop, so that the caller's last report is the final one.
+func startProgress(fn func(Progress), files, bytes *atomic.Int64, current *atomic.Pointer[string]) (stop func()) {
 	if fn == nil {
 		return func() {}
 	}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
 	report := func() {
-		p := Progress{Files: b.nFiles.Load(), Bytes: b.bytes.Load()}
-		if c := b.current.Load(); c != nil {
+		p := Progress{Files: files.Load(), Bytes: bytes.Load()}
+		if c := current.Load(); c != nil {
 			p.Current = *c
 		}
 		fn(p)
 	}
-	go func() {
-		defer wg.Done()
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
 		t := time.NewTicker(250 * time.Millisecond)
 		defer t.Stop()
 		for {
@@ -279,7 +282,7 @@ func (b *backupState) startProgress() (stop func()) {
 				report()
 			}
 		}
-	}()
+	})
 	return func() {
 		close(done)
 		wg.Wait()

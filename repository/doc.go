@@ -40,10 +40,11 @@
 //	hashID(b) ID; decodeTree/encodeTree; decodeIndexFile/encodeIndexFile;
 //	decodePackHeader/encodePackHeader; BlobError{Blob, Pack, Err}.
 //
-// Backups write packs to unlinked temp files in os.TempDir() ($TMPDIR)
-// while they wait for upload (about six pack sizes at most), so that peak
-// memory does not include them; set Repository.packsInMemory to keep them
-// in memory instead.
+// Backups write packs straight into a local repository
+// (local.Backend.Stage: a temp file renamed into place on commit). For other
+// backends they are assembled in memory (at most one per packer and one per
+// uploader), or in unlinked temp files when pack_size is above 32 MiB.
+// Repository.packsInMemory forces in-memory packs.
 //
 // Pack names are the SHA-256 of the pack bytes: a fixity pass can verify a
 // whole pack with sha256 alone (no key), then verify each blob with

@@ -47,8 +47,8 @@ type Repository struct {
 	// file (path is the source path, n the chunk number), so tests can
 	// change the file deterministically while it is being read.
 	testHookChunk func(path string, n int)
-	// packsInMemory keeps packs awaiting upload in memory instead of
-	// unlinked temp files.
+	// packsInMemory forces in-memory packs (no staging in the backend or
+	// in temp files); tests use it to cover that mode.
 	packsInMemory bool
 }
 

@@ -265,33 +265,7 @@ func readUmask() int {
 }
 
 func (rs *restorer) startProgress(fn func(Progress)) func() {
-	if fn == nil {
-		return func() {}
-	}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	report := func() {
-		p := Progress{Files: rs.nFiles.Load(), Bytes: rs.nBytes.Load()}
-		if c := rs.current.Load(); c != nil {
-			p.Current = *c
-		}
-		fn(p)
-	}
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(250 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				report()
-			}
-		}
-	}()
-	return func() { close(done); wg.Wait(); report() }
+	return startProgress(fn, &rs.nFiles, &rs.nBytes, &rs.current)
 }
 
 // plan walks the snapshot depth-first (a directory before its children),
