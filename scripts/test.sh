@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command. It installs what the tests need (an S3 protocol server
 # and staticcheck, cached under ~/.cache/custos), then runs formatting and
-# static checks, the whole test suite, and a short fuzz run of every decoder.
+# static checks, the whole test suite, a race-detector pass over the
+# concurrent packages, and a short fuzz run of every decoder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +50,9 @@ CUSTOS_CHROMIUM=$(command -v chromium)
 echo "chromium: $CUSTOS_CHROMIUM"
 echo "== go test"
 go test -count=1 -timeout 20m ./...
+
+echo "== go test -race (the concurrent packages)"
+go test -race -count=1 -timeout 20m ./jobs ./shell ./repository/... ./agent
 
 echo "== fuzz (short run of every target)"
 fuzztime="${CUSTOS_FUZZTIME:-5s}"
