@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"github.com/custos-backup/custos/agent"
 	"io"
 	"os"
 	"path/filepath"
@@ -155,7 +156,7 @@ func printBackupSummary(w io.Writer, s *repository.Snapshot) {
 		rate = float64(sm.BytesRead) / sm.Duration.Seconds() / 1e6
 	}
 	fmt.Fprintf(w, "processed %s, read %s, added %s in %d blobs; %s (%.1f MB/s)\n",
-		formatBytes(sm.Bytes), formatBytes(sm.BytesRead), formatBytes(sm.BytesAdded), sm.BlobsAdded,
+		agent.HumanBytes(sm.Bytes), agent.HumanBytes(sm.BytesRead), agent.HumanBytes(sm.BytesAdded), sm.BlobsAdded,
 		sm.Duration.Round(10*time.Millisecond), rate)
 	for _, warn := range s.Warnings {
 		fmt.Fprintf(w, "warning: %s\n", warn)
@@ -242,7 +243,7 @@ func newRepoSnapshotsCmd(f *repoFlags) *cobra.Command {
 			fmt.Fprintln(tw, "ID\tTIME\tDATASET\tHOST\tTAGS\tFILES\tSIZE")
 			for _, s := range sel {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"),
-					s.Dataset, s.Host, strings.Join(s.Tags, ","), s.Summary.Files, formatBytes(s.Summary.Bytes))
+					s.Dataset, s.Host, strings.Join(s.Tags, ","), s.Summary.Files, agent.HumanBytes(s.Summary.Bytes))
 			}
 			if err := tw.Flush(); err != nil {
 				return err
@@ -297,7 +298,7 @@ is still restored.`,
 			bar.Done()
 			if st != nil {
 				fmt.Fprintf(cmd.OutOrStdout(), "restored snapshot %s to %s: %d files, %d dirs, %s\n",
-					snap.ID.Short(), target, st.Files, st.Dirs, formatBytes(st.Bytes))
+					snap.ID.Short(), target, st.Files, st.Dirs, agent.HumanBytes(st.Bytes))
 			}
 			if err != nil {
 				return fmt.Errorf("restore of snapshot %s incomplete: %w", snap.ID.Short(), err)

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"github.com/custos-backup/custos/agent"
 	"io"
 	"strings"
 	"text/tabwriter"
@@ -93,7 +94,7 @@ func printCheck(w io.Writer, res *repository.CheckResult) {
 			fmt.Fprintf(w, "  file: %s\n", path)
 		}
 	}
-	fmt.Fprintf(w, "checked %d packs, read %s", res.PacksChecked, formatBytes(res.BytesRead))
+	fmt.Fprintf(w, "checked %d packs, read %s", res.PacksChecked, agent.HumanBytes(res.BytesRead))
 	if res.Cursor != "" {
 		fmt.Fprintf(w, "; pass incomplete, continue with --cursor %s", res.Cursor)
 	}
@@ -178,7 +179,7 @@ named by CUSTOS_TO_PASSWORD_FILE, else CUSTOS_TO_PASSWORD.`,
 			bar.Done()
 			if st != nil {
 				fmt.Fprintf(cmd.OutOrStdout(), "copied %d snapshots to %s: %d blobs, %s sent\n",
-					st.Snapshots, to, st.BlobsCopied, formatBytes(st.BytesCopied))
+					st.Snapshots, to, st.BlobsCopied, agent.HumanBytes(st.BytesCopied))
 			}
 			if err != nil {
 				return fmt.Errorf("copy to %s failed (run it again to resume): %w", to, err)
@@ -285,7 +286,7 @@ files are removed; run prune (or pass --prune) to free the data.`,
 }
 
 func printPrune(w io.Writer, st *repository.PruneStats) {
-	fmt.Fprintf(w, "prune: %d packs deleted, %d packs rewritten, %s freed\n", st.PacksDeleted, st.PacksRewritten, formatBytes(st.BytesFreed))
+	fmt.Fprintf(w, "prune: %d packs deleted, %d packs rewritten, %s freed\n", st.PacksDeleted, st.PacksRewritten, agent.HumanBytes(st.BytesFreed))
 }
 
 func newRepoPruneCmd(f *repoFlags) *cobra.Command {
@@ -342,8 +343,8 @@ func newRepoStatsCmd(f *repoFlags) *cobra.Command {
 			fmt.Fprintf(w, "snapshots:     %d\n", st.Snapshots)
 			fmt.Fprintf(w, "packs:         %d\n", st.Packs)
 			fmt.Fprintf(w, "blobs:         %d\n", st.Blobs)
-			fmt.Fprintf(w, "stored size:   %s\n", formatBytes(st.PackBytes))
-			fmt.Fprintf(w, "logical size:  %s (all snapshots)\n", formatBytes(st.LogicalBytes))
+			fmt.Fprintf(w, "stored size:   %s\n", agent.HumanBytes(st.PackBytes))
+			fmt.Fprintf(w, "logical size:  %s (all snapshots)\n", agent.HumanBytes(st.LogicalBytes))
 			fmt.Fprintf(w, "space saving:  %.2fx\n", ratio)
 			return nil
 		},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/custos-backup/custos/agent"
 	"io"
 	"os"
 	"strings"
@@ -99,9 +100,9 @@ func (p *progressBar) format(pr repository.Progress, now time.Time) string {
 		fmt.Fprintf(&b, "%d files  ", pr.Files)
 	}
 	if pr.TotalBytes > 0 {
-		fmt.Fprintf(&b, "%s/%s  ", formatBytes(pr.Bytes), formatBytes(pr.TotalBytes))
+		fmt.Fprintf(&b, "%s/%s  ", agent.HumanBytes(pr.Bytes), agent.HumanBytes(pr.TotalBytes))
 	} else {
-		fmt.Fprintf(&b, "%s  ", formatBytes(pr.Bytes))
+		fmt.Fprintf(&b, "%s  ", agent.HumanBytes(pr.Bytes))
 	}
 	fmt.Fprintf(&b, "%.1f MB/s", rate)
 	if p.tty && pr.Current != "" {

@@ -7,8 +7,10 @@ package backend
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"path"
+	"strings"
 )
 
 // FileType is the kind of object a repository stores. It is also the name of
@@ -46,6 +48,25 @@ func (h Handle) Path() string {
 	default:
 		return path.Join(string(h.Type), h.Name)
 	}
+}
+
+// Valid rejects unknown types and names that would escape their folder.
+// The config object ignores its name: there is only one.
+func (h Handle) Valid() error {
+	switch h.Type {
+	case ConfigFile:
+		return nil
+	case KeyFile, PackFile, IndexFile, SnapshotFile, LockFile:
+	default:
+		return fmt.Errorf("invalid object type %q", h.Type)
+	}
+	switch {
+	case h.Name == "", h.Name == ".", h.Name == "..":
+		return fmt.Errorf("invalid %s object name %q", h.Type, h.Name)
+	case strings.ContainsAny(h.Name, `/\`) || strings.ContainsRune(h.Name, 0):
+		return fmt.Errorf("invalid %s object name %q: contains a path separator", h.Type, h.Name)
+	}
+	return nil
 }
 
 // FileInfo describes a stored object.

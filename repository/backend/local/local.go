@@ -143,19 +143,10 @@ func (b *Backend) Close() error { return nil }
 // checkHandle rejects names that would escape their folder or collide with
 // temp files. Config ignores the name: there is only one.
 func checkHandle(h backend.Handle) error {
-	switch h.Type {
-	case backend.ConfigFile:
-		return nil
-	case backend.KeyFile, backend.PackFile, backend.IndexFile, backend.SnapshotFile, backend.LockFile:
-	default:
-		return fmt.Errorf("invalid object type %q", h.Type)
+	if err := h.Valid(); err != nil {
+		return err
 	}
-	switch {
-	case h.Name == "", h.Name == ".", h.Name == "..":
-		return fmt.Errorf("invalid %s object name %q", h.Type, h.Name)
-	case strings.ContainsAny(h.Name, `/\`) || strings.ContainsRune(h.Name, 0):
-		return fmt.Errorf("invalid %s object name %q: contains a path separator", h.Type, h.Name)
-	case strings.HasPrefix(h.Name, TempPrefix):
+	if h.Type != backend.ConfigFile && strings.HasPrefix(h.Name, TempPrefix) {
 		return fmt.Errorf("invalid %s object name %q: reserved temp-file prefix", h.Type, h.Name)
 	}
 	return nil

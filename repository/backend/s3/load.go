@@ -22,7 +22,7 @@ import (
 // while the body is read, the reader resumes from where it stopped, pinned to
 // the object's ETag so that it cannot splice two versions of an object.
 func (b *Backend) Load(ctx context.Context, h backend.Handle, length int, offset int64) (io.ReadCloser, error) {
-	if err := checkHandle(h); err != nil {
+	if err := h.Valid(); err != nil {
 		return nil, fmt.Errorf("%s: load: %w", b.where, err)
 	}
 	key := b.key(h)

@@ -304,24 +304,6 @@ func (b *Backend) checkBucket(ctx context.Context) error {
 	})
 }
 
-// checkHandle rejects names that would escape their folder.
-func checkHandle(h backend.Handle) error {
-	switch h.Type {
-	case backend.ConfigFile:
-		return nil
-	case backend.KeyFile, backend.PackFile, backend.IndexFile, backend.SnapshotFile, backend.LockFile:
-	default:
-		return fmt.Errorf("invalid object type %q", h.Type)
-	}
-	switch {
-	case h.Name == "", h.Name == ".", h.Name == "..":
-		return fmt.Errorf("invalid %s object name %q", h.Type, h.Name)
-	case strings.ContainsAny(h.Name, `/\`) || strings.ContainsRune(h.Name, 0):
-		return fmt.Errorf("invalid %s object name %q: contains a path separator", h.Type, h.Name)
-	}
-	return nil
-}
-
 func nameOf(h backend.Handle) string {
 	if h.Type == backend.ConfigFile {
 		return string(backend.ConfigFile)
@@ -331,7 +313,7 @@ func nameOf(h backend.Handle) string {
 
 // Stat returns the size of h.
 func (b *Backend) Stat(ctx context.Context, h backend.Handle) (backend.FileInfo, error) {
-	if err := checkHandle(h); err != nil {
+	if err := h.Valid(); err != nil {
 		return backend.FileInfo{}, fmt.Errorf("%s: stat: %w", b.where, err)
 	}
 	size, _, err := b.head(ctx, "stat", b.key(h))
@@ -361,7 +343,7 @@ func (b *Backend) head(ctx context.Context, op, key string) (size int64, etag st
 // Remove deletes h. S3 deletes missing keys without complaint, so the object
 // is looked up first to report ErrNotExist.
 func (b *Backend) Remove(ctx context.Context, h backend.Handle) error {
-	if err := checkHandle(h); err != nil {
+	if err := h.Valid(); err != nil {
 		return fmt.Errorf("%s: remove: %w", b.where, err)
 	}
 	key := b.key(h)

@@ -26,7 +26,7 @@ const maxParts = 10000
 // Save uploads rd in one request, or in parts above the multipart threshold.
 // Either way S3 makes the object visible only when it is complete.
 func (b *Backend) Save(ctx context.Context, h backend.Handle, rd io.ReadSeeker, size int64) error {
-	if err := checkHandle(h); err != nil {
+	if err := h.Valid(); err != nil {
 		return fmt.Errorf("%s: save: %w", b.where, err)
 	}
 	key := b.key(h)
