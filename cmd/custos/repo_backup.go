@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"github.com/custos-backup/custos/agent"
 	"io"
 	"os"
 	"path/filepath"
@@ -13,9 +12,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/spf13/cobra"
-
+	"github.com/custos-backup/custos/agent"
 	"github.com/custos-backup/custos/repository"
+	"github.com/spf13/cobra"
 )
 
 func newRepoBackupCmd(f *repoFlags) *cobra.Command {

@@ -3,14 +3,13 @@ package main
 import (
 	"errors"
 	"fmt"
-	"github.com/custos-backup/custos/agent"
 	"io"
 	"strings"
 	"text/tabwriter"
 
-	"github.com/spf13/cobra"
-
+	"github.com/custos-backup/custos/agent"
 	"github.com/custos-backup/custos/repository"
+	"github.com/spf13/cobra"
 )
 
 func newRepoCheckCmd(f *repoFlags) *cobra.Command {

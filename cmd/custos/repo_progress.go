@@ -2,16 +2,15 @@ package main
 
 import (
 	"fmt"
-	"github.com/custos-backup/custos/agent"
 	"io"
 	"os"
 	"strings"
 	"sync"
 	"time"
 
-	"golang.org/x/term"
-
+	"github.com/custos-backup/custos/agent"
 	"github.com/custos-backup/custos/repository"
+	"golang.org/x/term"
 )
 
 // progressBar shows repository.Progress on stderr: a single line redrawn in
