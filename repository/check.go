@@ -178,6 +178,10 @@ func (c *checkState) listPacks(ctx context.Context) error {
 	return nil
 }
 
+// cancelled is loadAll's fatal function for check: a damaged object is a
+// problem to report, only a cancelled check stops.
+func cancelled(ctx context.Context, _ error) bool { return ctx.Err() != nil }
+
 // checkIndex loads every index file itself (so that one damaged file is
 // reported instead of hiding the others) and checks each entry against the
 // packs that exist.
@@ -189,29 +193,18 @@ func (c *checkState) checkIndex(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("check: %w", err)
 	}
-	files := make([]*indexFile, len(ids))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(8)
-	for i, id := range ids {
-		g.Go(func() error {
-			f, err := r.loadIndexFile(gctx, id)
-			if err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				o := backend.Handle{Type: backend.IndexFile, Name: id.String()}.Path()
-				c.problem(o, "%v", err)
-				c.mu.Lock()
-				c.damagedIndexes = append(c.damagedIndexes, o)
-				c.mu.Unlock()
-				return nil
-			}
-			files[i] = f
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+	files, errs, err := loadAll(ctx, ids, 8, r.loadIndexFile, cancelled)
+	if err != nil {
 		return fmt.Errorf("check: %w", err)
+	}
+	for i, err := range errs {
+		if err != nil {
+			o := backend.Handle{Type: backend.IndexFile, Name: ids[i].String()}.Path()
+			c.problem(o, "%v", err)
+			c.mu.Lock()
+			c.damagedIndexes = append(c.damagedIndexes, o)
+			c.mu.Unlock()
+		}
 	}
 	present := map[ID]bool{}
 	for i, id := range ids {
@@ -290,28 +283,17 @@ func (c *checkState) checkSnapshots(ctx context.Context) ([]*Snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("check: %w", err)
 	}
-	out := make([]*Snapshot, len(ids))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(16)
-	for i, id := range ids {
-		g.Go(func() error {
-			sn, err := r.LoadSnapshot(gctx, id)
-			if err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				p := c.problem(backend.Handle{Type: backend.SnapshotFile, Name: id.String()}.Path(), "%v", err)
-				c.mu.Lock()
-				p.Snapshots = []string{id.String()}
-				c.mu.Unlock()
-				return nil
-			}
-			out[i] = sn
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+	out, errs, err := loadAll(ctx, ids, 16, r.LoadSnapshot, cancelled)
+	if err != nil {
 		return nil, fmt.Errorf("check: %w", err)
+	}
+	for i, err := range errs {
+		if err != nil {
+			p := c.problem(backend.Handle{Type: backend.SnapshotFile, Name: ids[i].String()}.Path(), "%v", err)
+			c.mu.Lock()
+			p.Snapshots = []string{ids[i].String()}
+			c.mu.Unlock()
+		}
 	}
 	snaps := slices.DeleteFunc(out, func(s *Snapshot) bool { return s == nil })
 	sort.Slice(snaps, func(i, j int) bool { return snaps[i].ID.String() < snaps[j].ID.String() })

@@ -303,6 +303,30 @@ func (r *Repository) loadIndexFile(ctx context.Context, id ID) (*indexFile, erro
 	return f, nil
 }
 
+// loadAll loads the objects named by ids, at most limit at once, and returns
+// each result or error at its id's position. An error for which fatal
+// returns true stops the others and is returned as the third value.
+func loadAll[T any](ctx context.Context, ids []ID, limit int, load func(context.Context, ID) (T, error), fatal func(ctx context.Context, err error) bool) ([]T, []error, error) {
+	out := make([]T, len(ids))
+	errs := make([]error, len(ids))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(limit)
+	for i, id := range ids {
+		g.Go(func() error {
+			v, err := load(gctx, id)
+			if err != nil && fatal(gctx, err) {
+				return err
+			}
+			out[i], errs[i] = v, err
+			return nil
+		})
+	}
+	return out, errs, g.Wait()
+}
+
+// anyError is the fatal function of loadAll callers that stop at the first error.
+func anyError(context.Context, error) bool { return true }
+
 // listIDs lists the objects of type t whose names are valid ids. Other
 // names are reported through bad (may be nil).
 func (r *Repository) listIDs(ctx context.Context, t backend.FileType, bad func(name string)) ([]ID, error) {
@@ -341,20 +365,8 @@ func (r *Repository) forEachIndexFileIDs(ctx context.Context, all bool, fn func(
 	if err != nil {
 		return nil, err
 	}
-	files := make([]*indexFile, len(ids))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(8)
-	for i, id := range ids {
-		g.Go(func() error {
-			f, err := r.loadIndexFile(gctx, id)
-			if err != nil {
-				return err
-			}
-			files[i] = f
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+	files, _, err := loadAll(ctx, ids, 8, r.loadIndexFile, anyError)
+	if err != nil {
 		return nil, err
 	}
 	superseded := make(map[ID]bool)

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
-	"golang.org/x/sync/errgroup"
 )
 
 // Snapshot is the record of one dataset at one time.
@@ -145,32 +144,18 @@ func (r *Repository) ListSnapshots(ctx context.Context) (snaps []*Snapshot, dama
 	if err != nil {
 		return nil, nil, err
 	}
-	loaded := make([]*Snapshot, len(ids))
-	errs := make([]error, len(ids))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(16)
-	for i, id := range ids {
-		g.Go(func() error {
-			sn, err := r.loadSnapshot(gctx, id)
-			switch {
-			case err == nil:
-				loaded[i] = sn
-			case errors.Is(err, errSnapshotDamaged):
-				errs[i] = err
-			case errors.Is(err, backend.ErrNotExist) && gctx.Err() == nil:
-			default:
-				return err
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+	// Damaged files are reported; a file removed while listing (a concurrent
+	// forget) is skipped; any other error would leave the view incomplete.
+	loaded, errs, err := loadAll(ctx, ids, 16, r.loadSnapshot, func(ctx context.Context, err error) bool {
+		return !errors.Is(err, errSnapshotDamaged) && (!errors.Is(err, backend.ErrNotExist) || ctx.Err() != nil)
+	})
+	if err != nil {
 		return nil, nil, err
 	}
 	for i, sn := range loaded {
 		if sn != nil {
 			snaps = append(snaps, sn)
-		} else if errs[i] != nil {
+		} else if errors.Is(errs[i], errSnapshotDamaged) {
 			damaged = append(damaged, DamagedSnapshot{ID: ids[i], Err: errs[i]})
 		}
 	}
