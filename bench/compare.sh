@@ -15,11 +15,18 @@
 #               checkout)
 #   KEEP=1      keep the repositories and restores afterwards
 #
-# Steps (each: custos, then restic): init; first backup; second backup with
-# nothing changed; gendata -mutate, then a backup of the mutated state;
-# check reading all data; full restore, verified byte-exact with diff -r.
-# Both tools see a warm page cache (the data is read once before each
-# backup step). Wall seconds and peak RSS come from GNU time.
+#   BENCH_ROUNDS  how many rounds (default 3); every figure is the median
+#               over the rounds
+#
+# Each round: gendata (fresh), then for both tools: init; first backup;
+# second backup with nothing changed; gendata -mutate, then a backup of the
+# mutated state; check reading all data; full restore, verified byte-exact
+# with diff -r. The tools take turns going first (custos in odd rounds).
+# Each measured command starts on a warm page cache: the data (for backups)
+# or that tool's repository (for check and restore) is read right before
+# it. That matters here: these machines page out file pages that stay idle
+# for a few seconds, so a tool measured second would otherwise read cold
+# data. Wall seconds and peak RSS come from GNU time.
 set -euo pipefail
 
 src=$(cd "$(dirname "$0")/.." && pwd)
@@ -66,81 +73,87 @@ if [ -e "$DATA" ]; then
 	done
 	rm -rf "$DATA"
 fi
-echo "generating the dataset in $DATA"
-"$bin/gendata" -out "$DATA"
 
 run=$BENCH_DIR/run
 rm -rf "$run"
 mkdir -p "$run/logs"
 printf 'bench-password-%s\n' "$RANDOM$RANDOM" >"$run/password"
 export CUSTOS_PASSWORD_FILE=$run/password RESTIC_PASSWORD_FILE=$run/password
-export XDG_CACHE_HOME=$run/cache # restic's default cache, fresh per run
+export XDG_CACHE_HOME=$run/cache # restic's default cache, fresh per round
 crepo=$run/custos-repo
 rrepo=$run/restic-repo
 unset CUSTOS_PASSWORD RESTIC_PASSWORD CUSTOS_REPOSITORY RESTIC_REPOSITORY
+rounds=${BENCH_ROUNDS:-3}
 
-warm() { find "$DATA" -type f -exec cat {} + >/dev/null; }
+warm() { find "$1" -type f -exec cat {} + >/dev/null; }
 bytes_of() { du -sb "$1" | cut -f1; }
 
-# measure NAME CMD...: runs CMD under GNU time; records "wall_seconds peak_kib".
+# measure NAME CMD...: runs CMD under GNU time; appends "wall_seconds
+# peak_kib" to logs/NAME.time.
 measure() {
 	local name=$1
 	shift
-	if ! /usr/bin/time -f '%e %M' -o "$run/logs/$name.time" "$@" >"$run/logs/$name.log" 2>&1; then
+	if ! /usr/bin/time -f '%e %M' -a -o "$run/logs/$name.time" "$@" >"$run/logs/$name.log" 2>&1; then
 		echo "step $name failed: $*" >&2
 		tail -n 20 "$run/logs/$name.log" >&2
 		exit 1
 	fi
-	printf '  %-22s %6ss  %6s MiB\n' "$name" "$(cut -d' ' -f1 "$run/logs/$name.time")" \
-		"$(($(cut -d' ' -f2 "$run/logs/$name.time") / 1024))"
+	printf '  %-22s %6ss  %6s MiB\n' "$name" "$(tail -n1 "$run/logs/$name.time" | cut -d' ' -f1)" \
+		"$(($(tail -n1 "$run/logs/$name.time" | cut -d' ' -f2) / 1024))"
 }
 
 C=("$bin/custos" repo --repo "$crepo" --quiet)
 R=(restic --repo "$rrepo" --quiet)
 
-echo "== init"
-measure custos-init "${C[@]}" init
-measure restic-init "${R[@]}" init
+# both STEP WARM_C WARM_R CUSTOS_ARGS... -- RESTIC_ARGS...: one step for both
+# tools, in this round's order, each after warming its own input ("-" for
+# none).
+both() {
+	local step=$1 wc=$2 wr=$3
+	shift 3
+	local cargs=() rargs=()
+	while [ "$1" != -- ]; do cargs+=("$1"); shift; done
+	shift
+	rargs=("$@")
+	c() { [ "$wc" = - ] || warm "$wc"; measure "custos-$step" "${C[@]}" "${cargs[@]}"; }
+	r() { [ "$wr" = - ] || warm "$wr"; measure "restic-$step" "${R[@]}" "${rargs[@]}"; }
+	if [ $((round % 2)) = 1 ]; then c; r; else r; c; fi
+}
 
-databytes=$(bytes_of "$DATA")
-echo "== first backup ($((databytes / 1048576)) MiB)"
-warm
-measure custos-backup1 "${C[@]}" backup --dataset bench --host bench "$DATA"
-measure restic-backup1 "${R[@]}" backup --host bench "$DATA"
-csize1=$(bytes_of "$crepo")
-rsize1=$(bytes_of "$rrepo")
+for round in $(seq "$rounds"); do
+	echo "== round $round of $rounds: generating the dataset in $DATA"
+	rm -rf "$DATA" "$crepo" "$rrepo" "$run/cache" "$run/restore-custos" "$run/restore-restic"
+	"$bin/gendata" -out "$DATA" >/dev/null
+	databytes=$(bytes_of "$DATA")
+	both init - - init -- init
+	echo "== first backup ($((databytes / 1048576)) MiB)"
+	both backup1 "$DATA" "$DATA" backup --dataset bench --host bench "$DATA" -- backup --host bench "$DATA"
+	echo "$(bytes_of "$crepo") $(bytes_of "$rrepo")" >>"$run/logs/size1"
+	echo "== second backup, nothing changed"
+	both backup2 "$DATA" "$DATA" backup --dataset bench --host bench "$DATA" -- backup --host bench "$DATA"
+	echo "== backup after gendata -mutate"
+	"$bin/gendata" -out "$DATA" -mutate >/dev/null
+	databytes=$(bytes_of "$DATA")
+	both backup3 "$DATA" "$DATA" backup --dataset bench --host bench "$DATA" -- backup --host bench "$DATA"
+	echo "$(bytes_of "$crepo") $(bytes_of "$rrepo")" >>"$run/logs/size3"
+	echo "== check, reading all data"
+	both check "$crepo" "$rrepo" check --read-data -- check --read-data
+	echo "== full restore of the latest snapshot"
+	both restore "$crepo" "$rrepo" restore --snapshot latest --target "$run/restore-custos" -- restore latest --target "$run/restore-restic"
+	diff -r "$DATA" "$run/restore-custos" >/dev/null || { echo "custos restore differs from the source" >&2; exit 1; }
+	diff -r "$DATA" "$run/restore-restic$DATA" >/dev/null || { echo "restic restore differs from the source" >&2; exit 1; }
+	echo "  both restores are byte-exact (diff -r)"
+done
 
-echo "== second backup, nothing changed"
-warm
-measure custos-backup2 "${C[@]}" backup --dataset bench --host bench "$DATA"
-measure restic-backup2 "${R[@]}" backup --host bench "$DATA"
-
-echo "== backup after gendata -mutate"
-"$bin/gendata" -out "$DATA" -mutate
-databytes=$(bytes_of "$DATA")
-warm
-measure custos-backup3 "${C[@]}" backup --dataset bench --host bench "$DATA"
-measure restic-backup3 "${R[@]}" backup --host bench "$DATA"
-csize3=$(bytes_of "$crepo")
-rsize3=$(bytes_of "$rrepo")
-
-echo "== check, reading all data"
-measure custos-check "${C[@]}" check --read-data
-measure restic-check "${R[@]}" check --read-data
-
-echo "== full restore of the latest snapshot"
-measure custos-restore "${C[@]}" restore --snapshot latest --target "$run/restore-custos"
-measure restic-restore "${R[@]}" restore latest --target "$run/restore-restic"
-diff -r "$DATA" "$run/restore-custos" >/dev/null || { echo "custos restore differs from the source" >&2; exit 1; }
-diff -r "$DATA" "$run/restore-restic$DATA" >/dev/null || { echo "restic restore differs from the source" >&2; exit 1; }
-echo "  both restores are byte-exact (diff -r)"
-
-wall() { cut -d' ' -f1 "$run/logs/$1.time"; }
-rss() { cut -d' ' -f2 "$run/logs/$1.time"; }
+# median FILE COLUMN: the median of one column over the rounds.
+median() { cut -d' ' -f"$2" "$1" | sort -g | awk '{v[NR] = $1} END {print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+wall() { median "$run/logs/$1.time" 1; }
+rss() { median "$run/logs/$1.time" 2; }
 
 echo
-echo "custos (working tree at $(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo unknown)) vs $(restic version | cut -d' ' -f1-2); dataset $((databytes / 1048576)) MiB; $(nproc) cores"
-awk -v mb="$databytes" -v cs1="$csize1" -v rs1="$rsize1" -v cs3="$csize3" -v rs3="$rsize3" \
+echo "custos (working tree at $(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo unknown)) vs $(restic version | cut -d' ' -f1-2); dataset $((databytes / 1048576)) MiB; $(nproc) cores; median of $rounds rounds"
+awk -v mb="$databytes" -v cs1="$(median "$run/logs/size1" 1)" -v rs1="$(median "$run/logs/size1" 2)" \
+	-v cs3="$(median "$run/logs/size3" 1)" -v rs3="$(median "$run/logs/size3" 2)" \
 	-v ci="$(wall custos-init)" -v ri="$(wall restic-init)" \
 	-v cb1="$(wall custos-backup1)" -v rb1="$(wall restic-backup1)" \
 	-v cb2="$(wall custos-backup2)" -v rb2="$(wall restic-backup2)" \

@@ -65,6 +65,7 @@ type backupState struct {
 	current                               atomic.Pointer[string]
 
 	rootDone chan ID
+	chunkers chan *chunkState // free chunkers (nil: not made yet)
 }
 
 func (b *backupState) warn(format string, args ...any) {
@@ -143,9 +144,17 @@ func (r *Repository) Backup(ctx context.Context, root string, paths []string, op
 		opts:     &opts,
 		files:    make(chan *fileJob, 64),
 		rootDone: make(chan ID, 1),
+		chunkers: make(chan *chunkState, runtime.GOMAXPROCS(0)),
+	}
+	for range cap(b.chunkers) {
+		b.chunkers <- nil // made when first needed
 	}
 	stopProgress := b.startProgress()
-	workers := runtime.GOMAXPROCS(0)
+	// Two readers per core: while one waits for the disk (or for pages
+	// the kernel dropped from the cache), the other keeps the core busy.
+	// Chunkers, which hold the large buffers, are limited to one per core
+	// (b.chunkers).
+	workers := 2 * runtime.GOMAXPROCS(0)
 	var workWG sync.WaitGroup
 	workWG.Add(workers)
 	for range workers {
@@ -629,14 +638,18 @@ func (b *backupState) fileWorker() error {
 	return nil
 }
 
-// chunkWorker reads files and cuts them into blobs. Each worker owns its
-// chunker and buffers.
+// chunkWorker reads files and cuts them into blobs.
 type chunkWorker struct {
 	b       *backupState
-	ch      *chunker.Chunker
-	chunk   []byte
-	digest  hash.Hash
 	zeroIDs map[int]ID // ids of all-zero chunks by length (sparse files)
+}
+
+// chunkState is a chunker with its buffers. A worker borrows one from
+// backupState.chunkers for each file larger than chunk_min.
+type chunkState struct {
+	ch     *chunker.Chunker
+	chunk  []byte
+	digest hash.Hash
 }
 
 // backupFile reads one file into its node. Read errors of the source become
@@ -760,30 +773,41 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 	// to the chunker first.
 	head := &bytesReader{b: small}
 	rd := io.MultiReader(head, f)
-	if w.ch == nil {
-		w.ch = chunker.NewWithBoundaries(rd, b.pol, b.r.cfg.MinChunk, b.r.cfg.MaxChunk)
-		// Grown by the chunker when a chunk needs more (and then kept):
-		// most chunks are near the 1 MiB average, and a buffer of
-		// chunk_max per worker would be pinned for nothing.
-		w.chunk = make([]byte, 0, min(b.r.cfg.MaxChunk, 2*b.r.cfg.MinChunk+b.r.cfg.MinChunk/2))
-		w.digest = sha256.New()
-	} else {
-		w.ch.ResetWithBoundaries(rd, b.pol, b.r.cfg.MinChunk, b.r.cfg.MaxChunk)
+	var cs *chunkState
+	select {
+	case cs = <-b.chunkers:
+	case <-b.ctx.Done():
+		b.bufs.put(full)
+		return nil, &repoError{context.Cause(b.ctx)}
 	}
-	w.digest.Reset()
+	defer func() { b.chunkers <- cs }()
+	if cs == nil {
+		cs = &chunkState{
+			ch: chunker.NewWithBoundaries(rd, b.pol, b.r.cfg.MinChunk, b.r.cfg.MaxChunk),
+			// Grown by the chunker when a chunk needs more (and then
+			// kept): most chunks are near the average, and a buffer of
+			// chunk_max per chunker would be pinned for nothing.
+			chunk:  make([]byte, 0, min(b.r.cfg.MaxChunk, b.r.cfg.MinChunk+2<<b.r.cfg.avgBits())),
+			digest: sha256.New(),
+		}
+	} else {
+		cs.ch.ResetWithBoundaries(rd, b.pol, b.r.cfg.MinChunk, b.r.cfg.MaxChunk)
+	}
+	cs.ch.SetAverageBits(b.r.cfg.avgBits())
+	cs.digest.Reset()
 	defer b.bufs.put(full)
 	for i := 0; ; i++ {
-		c, err := w.ch.Next(w.chunk[:0])
+		c, err := cs.ch.Next(cs.chunk[:0])
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
 			return nil, err
 		}
-		if cap(c.Data) > cap(w.chunk) {
-			w.chunk = c.Data[:0]
+		if cap(c.Data) > cap(cs.chunk) {
+			cs.chunk = c.Data[:0]
 		}
-		w.digest.Write(c.Data)
+		cs.digest.Write(c.Data)
 		id := w.blobID(c.Data)
 		if b.r.testHookChunk != nil {
 			b.r.testHookChunk(p, i)
@@ -803,7 +827,7 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 			}
 		}
 	}
-	copy(res.digest[:], w.digest.Sum(nil))
+	copy(res.digest[:], cs.digest.Sum(nil))
 	if err := syscall.Fstat(int(f.Fd()), &res.after); err != nil {
 		return nil, fmt.Errorf("fstat: %w", err)
 	}

@@ -51,15 +51,20 @@ type configFile struct {
 
 // repoConfig is the inner configuration.
 type repoConfig struct {
-	Version     int       `json:"version"`
-	ID          string    `json:"id"`
-	Created     time.Time `json:"created"`
-	Polynomial  string    `json:"chunker_polynomial"` // hex
-	MinChunk    uint      `json:"chunk_min"`
-	MaxChunk    uint      `json:"chunk_max"`
-	Compression string    `json:"compression"` // "zstd" or "none"
-	PackSize    int64     `json:"pack_size"`
-	Cipher      string    `json:"cipher"` // "aes-256-gcm" or "none"
+	Version    int       `json:"version"`
+	ID         string    `json:"id"`
+	Created    time.Time `json:"created"`
+	Polynomial string    `json:"chunker_polynomial"` // hex
+	MinChunk   uint      `json:"chunk_min"`
+	MaxChunk   uint      `json:"chunk_max"`
+	// AvgBits sets the chunker's cut condition: a cut where the low AvgBits
+	// bits of the fingerprint are zero, so chunks average about chunk_min
+	// plus 2^AvgBits bytes. 0 (repositories made before it existed) means
+	// 20.
+	AvgBits     int    `json:"chunk_avg_bits,omitempty"`
+	Compression string `json:"compression"` // "zstd" or "none"
+	PackSize    int64  `json:"pack_size"`
+	Cipher      string `json:"cipher"` // "aes-256-gcm" or "none"
 
 	pol chunker.Pol
 }
@@ -85,6 +90,9 @@ func (c *repoConfig) validate() error {
 	}
 	if c.MinChunk < 64<<10 || c.MaxChunk > 64<<20 || c.MinChunk >= c.MaxChunk {
 		return fmt.Errorf("invalid chunk size bounds %d..%d", c.MinChunk, c.MaxChunk)
+	}
+	if c.AvgBits != 0 && (c.AvgBits < 16 || c.AvgBits > 24) {
+		return fmt.Errorf("invalid chunk_avg_bits %d (want 16 to 24)", c.AvgBits)
 	}
 	switch c.Compression {
 	case compressionZstd, compressionNone:
@@ -116,8 +124,9 @@ func newRepoConfig(opts InitOptions) (*repoConfig, error) {
 		ID:          hex.EncodeToString(id[:]),
 		Created:     time.Now().UTC().Truncate(time.Second),
 		Polynomial:  strconv.FormatUint(uint64(pol), 16),
-		MinChunk:    chunker.MinSize,
+		MinChunk:    defaultMinChunk,
 		MaxChunk:    chunker.MaxSize,
+		AvgBits:     defaultAvgBits,
 		Compression: compressionZstd,
 		PackSize:    opts.PackSize,
 		Cipher:      cipherAESGCM,
@@ -132,6 +141,27 @@ func newRepoConfig(opts InitOptions) (*repoConfig, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// Chunk sizes of new repositories: at least 256 KiB, about 768 KiB on
+// average, at most 8 MiB. restic's defaults (512 KiB, 2^20, 8 MiB) average
+// about 1.5 MiB; halving that costs twice the index entries for large files
+// (about 100 bytes of memory per MiB stored) and gains measurably better
+// deduplication of data that shifts (inserts into dumps, images, archives
+// that repack a part): each shifted region loses about one chunk at either
+// end. On the benchmark dataset, whose shifted copy comes in 8 MiB pieces,
+// that is 13 MiB less stored (see README, Benchmarks).
+const (
+	defaultMinChunk = 256 << 10
+	defaultAvgBits  = 19
+)
+
+// avgBits is the chunker's average-size exponent.
+func (c *repoConfig) avgBits() int {
+	if c.AvgBits == 0 {
+		return 20
+	}
+	return c.AvgBits
 }
 
 // decodeConfigFile parses the outer config object.

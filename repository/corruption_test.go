@@ -29,9 +29,9 @@ func newCorruptionFixture(t *testing.T) *corruptionFixture {
 	t.Helper()
 	r, dir := newSmallPackRepo(t, corruptPW)
 	f := &corruptionFixture{r: r, dir: dir, srcA: t.TempDir(), srcB: t.TempDir()}
-	writeRandomFiles(t, f.srcA, "a", 4, 400<<10, 100)
+	writeRandomFiles(t, f.srcA, "a", 4, 240<<10, 100)
 	writeFile(t, filepath.Join(f.srcA, "deep", "dir", "log.txt"), []byte(strings.Repeat("a log line that compresses\n", 20000)), 0o644)
-	writeRandomFiles(t, f.srcB, "b", 4, 400<<10, 200)
+	writeRandomFiles(t, f.srcB, "b", 4, 240<<10, 200)
 	f.snapA = backupDir(t, r, f.srcA, "a")
 	f.snapB = backupDir(t, r, f.srcB, "b")
 	return f

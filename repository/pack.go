@@ -221,8 +221,8 @@ func loadRange(ctx context.Context, be backend.Backend, h backend.Handle, offset
 //   - an unlinked temp file (f != nil, commit == nil) for larger pack
 //     sizes, so that packs waiting for upload do not occupy memory.
 type packBuilder struct {
-	f     *os.File
-	bw    *bufio.Writer
+	f     *os.File    // temp-file packs
+	w     flushWriter // where the bytes go unless in buf
 	buf   []byte
 	size  int64
 	hash  hash.Hash
@@ -236,26 +236,31 @@ type packBuilder struct {
 // packStager is a backend that can write an object into the repository
 // before its name is known (local.Backend): see newStagedPackBuilder.
 type packStager interface {
-	Stage(ctx context.Context, t backend.FileType) (f *os.File, commit func(context.Context, backend.Handle) error, abort func(), err error)
+	Stage(ctx context.Context, t backend.FileType) (w io.Writer, commit func(context.Context, backend.Handle) error, abort func(), err error)
 }
 
-// newStagedPackBuilder starts a pack in a file staged by the backend. bw
-// (nil: a new one) is reset to write to it; the caller may reuse it for its
-// next pack once finish has returned.
-func newStagedPackBuilder(ctx context.Context, st packStager, bw *bufio.Writer) (*packBuilder, error) {
-	f, commit, abort, err := st.Stage(ctx, backend.PackFile)
+// flushWriter is a buffered writer: bufio.Writer, or a staged object that
+// buffers itself.
+type flushWriter interface {
+	io.Writer
+	Flush() error
+}
+
+// newStagedPackBuilder starts a pack in an object staged by the backend.
+func newStagedPackBuilder(ctx context.Context, st packStager) (*packBuilder, error) {
+	w, commit, abort, err := st.Stage(ctx, backend.PackFile)
 	if err != nil {
 		return nil, err
 	}
-	if bw == nil {
-		bw = bufio.NewWriterSize(f, stagedWriteBuffer)
+	fw, ok := w.(flushWriter)
+	if !ok {
+		fw = bufio.NewWriterSize(w, stagedWriteBuffer)
 	}
-	bw.Reset(f)
-	return &packBuilder{hash: sha256.New(), f: f, bw: bw, commit: commit, abort: abort}, nil
+	return &packBuilder{hash: sha256.New(), w: fw, commit: commit, abort: abort}, nil
 }
 
-// stagedWriteBuffer batches the writes of small blobs into a staged pack;
-// blobs larger than it are written with one syscall each.
+// stagedWriteBuffer batches the writes of small blobs into a staged pack
+// whose writer does not buffer by itself.
 const stagedWriteBuffer = 256 << 10
 
 // newPackBuilder starts a pack backed by a temp file in os.TempDir(), or in
@@ -268,7 +273,7 @@ func newPackBuilder(inMemory bool) *packBuilder {
 			// Unlinked at once: a crash leaves nothing behind.
 			_ = os.Remove(f.Name())
 			p.f = f
-			p.bw = bufio.NewWriterSize(f, 64<<10)
+			p.w = bufio.NewWriterSize(f, 64<<10)
 		}
 	}
 	return p
@@ -292,11 +297,11 @@ func (p *packBuilder) write(b []byte) error {
 	}
 	p.hash.Write(b)
 	p.size += int64(len(b))
-	if p.f == nil {
+	if p.w == nil {
 		p.buf = append(p.buf, b...)
 		return nil
 	}
-	_, err := p.bw.Write(b)
+	_, err := p.w.Write(b)
 	return err
 }
 
@@ -316,8 +321,8 @@ func (p *packBuilder) finish(s *sealer, created time.Time) (ID, error) {
 	if err == nil {
 		err = p.write(binary.LittleEndian.AppendUint32(nil, uint32(len(sealed))))
 	}
-	if err == nil && p.bw != nil {
-		err = p.bw.Flush()
+	if err == nil && p.w != nil {
+		err = p.w.Flush()
 	}
 	if err != nil {
 		return ID{}, fmt.Errorf("write pack temp file: %w", err)
@@ -343,7 +348,7 @@ func (p *packBuilder) save(ctx context.Context, be backend.Backend, id ID) error
 	h := backend.Handle{Type: backend.PackFile, Name: id.String()}
 	if p.commit != nil {
 		err := p.commit(ctx, h)
-		p.f, p.commit, p.abort = nil, nil, nil // closed (and on error removed) by commit
+		p.w, p.commit, p.abort = nil, nil, nil // closed (and on error removed) by commit
 		if err != nil {
 			return fmt.Errorf("save pack %s: %w", h, err)
 		}
@@ -363,7 +368,7 @@ func (p *packBuilder) save(ctx context.Context, be backend.Backend, id ID) error
 func (p *packBuilder) close() {
 	if p.abort != nil {
 		p.abort()
-		p.f, p.commit, p.abort = nil, nil, nil
+		p.w, p.commit, p.abort = nil, nil, nil
 	}
 	if p.f != nil {
 		_ = p.f.Close()

@@ -1,7 +1,6 @@
 package repository
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -293,7 +292,6 @@ type finishedPack struct {
 
 func (s *blobSaver) packLoop() error {
 	var cur *packBuilder
-	var bw *bufio.Writer // of staged packs, reused: finish flushes it
 	defer func() {
 		if cur != nil {
 			cur.close()
@@ -334,11 +332,11 @@ func (s *blobSaver) packLoop() error {
 			}
 			switch s.packMode {
 			case packStaged:
-				p, err := newStagedPackBuilder(s.ctx, s.stager, bw)
+				p, err := newStagedPackBuilder(s.ctx, s.stager)
 				if err != nil {
 					return fmt.Errorf("start a pack: %w", err)
 				}
-				cur, bw = p, p.bw
+				cur = p
 			case packInMemory:
 				if buf == nil {
 					buf = make([]byte, 0, limit)

@@ -121,7 +121,7 @@ type failingStager struct {
 	commits atomic.Int32
 }
 
-func (f *failingStager) Stage(ctx context.Context, t backend.FileType) (*os.File, func(context.Context, backend.Handle) error, func(), error) {
+func (f *failingStager) Stage(ctx context.Context, t backend.FileType) (io.Writer, func(context.Context, backend.Handle) error, func(), error) {
 	file, commit, abort, err := f.Backend.Stage(ctx, t)
 	if err != nil {
 		return nil, nil, nil, err

@@ -801,7 +801,7 @@ func TestStaleIndexRefreshed(t *testing.T) {
 	r1, _ := newTestRepo(t, false)
 	// Below the chunker's minimum size, so that the file is exactly one
 	// blob (hashID(data)) whatever the repository's random polynomial.
-	data := randBytes(30, 400<<10)
+	data := randBytes(30, 240<<10)
 	src := t.TempDir()
 	writeFile(t, filepath.Join(src, "f.bin"), data, 0o644)
 	if _, err := r1.Backup(ctx, src, nil, BackupOptions{Dataset: "a"}); err != nil {
@@ -814,7 +814,7 @@ func TestStaleIndexRefreshed(t *testing.T) {
 		t.Fatal(err)
 	}
 	src2 := t.TempDir()
-	other := randBytes(31, 300<<10)
+	other := randBytes(31, 200<<10)
 	writeFile(t, filepath.Join(src2, "g.bin"), other, 0o644)
 	sn, err := r1.Backup(ctx, src2, nil, BackupOptions{Dataset: "b"})
 	if err != nil {

@@ -50,6 +50,7 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 	defer func() { stopProgress() }() // a no-op once stopped below
 	readErr := func() error {
 		ch := chunker.NewWithBoundaries(rd, r.cfg.pol, r.cfg.MinChunk, r.cfg.MaxChunk)
+		ch.SetAverageBits(r.cfg.avgBits())
 		buf := make([]byte, 0, r.cfg.MaxChunk)
 		digest := sha256.New()
 		for {

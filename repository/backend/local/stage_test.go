@@ -49,10 +49,10 @@ func TestStage(t *testing.T) {
 	data := bytes.Repeat([]byte("pack bytes "), 10000)
 	for _, tc := range []struct {
 		name    string
-		run     func(t *testing.T, be *local.Backend, f *os.File, commit func(context.Context, backend.Handle) error, abort func()) error
+		run     func(t *testing.T, be *local.Backend, f io.Writer, commit func(context.Context, backend.Handle) error, abort func()) error
 		visible bool // the object exists afterwards
 	}{
-		{"commit", func(t *testing.T, be *local.Backend, f *os.File, commit func(context.Context, backend.Handle) error, abort func()) error {
+		{"commit", func(t *testing.T, be *local.Backend, f io.Writer, commit func(context.Context, backend.Handle) error, abort func()) error {
 			// Not listed while staged.
 			if names := listNames(t, be, backend.PackFile); len(names) != 0 {
 				t.Errorf("staged object listed: %v", names)
@@ -61,20 +61,20 @@ func TestStage(t *testing.T) {
 			abort() // after commit: does nothing
 			return err
 		}, true},
-		{"abort", func(t *testing.T, be *local.Backend, f *os.File, commit func(context.Context, backend.Handle) error, abort func()) error {
+		{"abort", func(t *testing.T, be *local.Backend, f io.Writer, commit func(context.Context, backend.Handle) error, abort func()) error {
 			abort()
 			if err := commit(ctx, packHandle("a")); err == nil {
 				t.Error("commit after abort succeeded")
 			}
 			return nil
 		}, false},
-		{"wrong type", func(t *testing.T, be *local.Backend, f *os.File, commit func(context.Context, backend.Handle) error, abort func()) error {
+		{"wrong type", func(t *testing.T, be *local.Backend, f io.Writer, commit func(context.Context, backend.Handle) error, abort func()) error {
 			if err := commit(ctx, backend.Handle{Type: backend.IndexFile, Name: strings.Repeat("a", 64)}); err == nil {
 				t.Error("commit under another type succeeded")
 			}
 			return nil
 		}, false},
-		{"cancelled", func(t *testing.T, be *local.Backend, f *os.File, commit func(context.Context, backend.Handle) error, abort func()) error {
+		{"cancelled", func(t *testing.T, be *local.Backend, f io.Writer, commit func(context.Context, backend.Handle) error, abort func()) error {
 			cctx, cancel := context.WithCancel(ctx)
 			cancel()
 			if err := commit(cctx, packHandle("a")); !errors.Is(err, context.Canceled) {
