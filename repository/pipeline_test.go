@@ -254,3 +254,27 @@ func TestReadSmall(t *testing.T) {
 		})
 	}
 }
+
+func TestCompressible(t *testing.T) {
+	text := []byte(strings.Repeat("2026-11-22T06:10:34Z INFO request served path=/index.html status=200\n", 2000))
+	half := append(randBytes(41, 64<<10), text[:64<<10]...)
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want bool
+	}{
+		{"random 1 MiB", randBytes(40, 1<<20), false},
+		{"random 8 KiB", randBytes(42, 8<<10), false},
+		{"random, shorter than a window", randBytes(43, 3000), false},
+		{"tiny (always tried)", randBytes(44, 100), true},
+		{"log text", text, true},
+		{"zeros", make([]byte, 1<<20), true},
+		{"random then text (a sampled window is text)", half, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := compressible(tc.data); got != tc.want {
+				t.Errorf("compressible = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
