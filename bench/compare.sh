@@ -26,7 +26,8 @@
 # or that tool's repository (for check and restore) is read right before
 # it. That matters here: these machines page out file pages that stay idle
 # for a few seconds, so a tool measured second would otherwise read cold
-# data. Wall seconds and peak RSS come from GNU time.
+# data. Before that, sync, so that no tool pays for writing back what the
+# previous one left dirty. Wall seconds and peak RSS come from GNU time.
 set -euo pipefail
 
 src=$(cd "$(dirname "$0")/.." && pwd)
@@ -115,8 +116,10 @@ both() {
 	while [ "$1" != -- ]; do cargs+=("$1"); shift; done
 	shift
 	rargs=("$@")
-	c() { [ "$wc" = - ] || warm "$wc"; measure "custos-$step" "${C[@]}" "${cargs[@]}"; }
-	r() { [ "$wr" = - ] || warm "$wr"; measure "restic-$step" "${R[@]}" "${rargs[@]}"; }
+	# sync first: the previous step's dirty pages must not be written back
+	# on the next tool's time.
+	c() { sync; [ "$wc" = - ] || warm "$wc"; measure "custos-$step" "${C[@]}" "${cargs[@]}"; }
+	r() { sync; [ "$wr" = - ] || warm "$wr"; measure "restic-$step" "${R[@]}" "${rargs[@]}"; }
 	if [ $((round % 2)) = 1 ]; then c; r; else r; c; fi
 }
 
