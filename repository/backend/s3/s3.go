@@ -21,6 +21,15 @@
 // Options.PartSize; a failed multipart upload is aborted. Saving over an
 // existing object replaces it (last writer wins), as S3 does.
 //
+// A process that dies during a multipart upload leaves the upload, and the
+// parts the provider bills for, in the bucket. List of packs therefore aborts
+// the incomplete uploads of repository keys that were initiated more than a
+// day ago (so never one that another process is still working on): on the
+// first List of packs of a Backend, then at most hourly. Failing to do so is
+// logged, not returned. It needs s3:ListBucketMultipartUploads and
+// s3:AbortMultipartUpload; a lifecycle rule that aborts incomplete uploads
+// remains a good idea.
+//
 // Open checks the bucket with one listing request, because later HEAD
 // requests (Stat) cannot tell a missing bucket from a missing object. S3
 // deletes missing keys silently, so Remove looks the object up first to
@@ -50,6 +59,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -107,11 +117,13 @@ type Options struct {
 	// abandoned and retried. 0 means DefaultStallTimeout.
 	StallTimeout time.Duration
 
-	// ListPageSize is the number of keys asked for per listing request.
-	// 0 means the server's default (1000 on AWS).
+	// ListPageSize is the number of keys (or incomplete multipart uploads)
+	// asked for per listing request. 0 means the server's default (1000 on
+	// AWS).
 	ListPageSize int32
 
-	// Logger receives retry warnings. nil means slog.Default().
+	// Logger receives retry warnings and the clean-up of stale multipart
+	// uploads. nil means slog.Default().
 	Logger *slog.Logger
 }
 
@@ -148,6 +160,13 @@ type Backend struct {
 	where     string // `s3 bucket "b" at http://host:port`, for errors
 	location  string
 	log       *slog.Logger
+
+	// staleAge is staleUploadAge; a field so that tests can shorten it.
+	staleAge time.Duration
+	// cleanMu is held while a List looks for stale uploads; lastClean is
+	// when the last look that was not interrupted began.
+	cleanMu   sync.Mutex
+	lastClean time.Time
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -241,6 +260,7 @@ func newBackend(ctx context.Context, opts Options) (*Backend, error) {
 		where:     fmt.Sprintf("s3 bucket %q at %s", opts.Bucket, shown),
 		location:  loc,
 		log:       opts.Logger,
+		staleAge:  staleUploadAge,
 	}, nil
 }
 
@@ -372,7 +392,12 @@ func (b *Backend) List(ctx context.Context, t backend.FileType, fn func(backend.
 			return err
 		}
 		return fn(fi)
-	case backend.KeyFile, backend.PackFile, backend.IndexFile, backend.SnapshotFile, backend.LockFile:
+	case backend.PackFile:
+		// Packs are what multipart uploads are mostly for, and the
+		// repository lists them in check and prune, which are run
+		// regularly: a cleanup there needs no caller of its own.
+		b.maybeAbortStaleUploads(ctx)
+	case backend.KeyFile, backend.IndexFile, backend.SnapshotFile, backend.LockFile:
 	default:
 		return fmt.Errorf("%s: list: invalid object type %q", b.where, t)
 	}

@@ -1,0 +1,348 @@
+package s3_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	s3api "github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/custos-backup/custos/internal/faultproxy"
+	"github.com/custos-backup/custos/internal/s3server"
+	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/backend/s3"
+)
+
+// tinyAge makes every upload stale. The server's time stamps have whole
+// seconds, rounded down, so no upload is ever younger than this.
+const tinyAge = time.Nanosecond
+
+var (
+	listUploads  = faultproxy.Match{Method: "GET", PathContains: "uploads="}
+	abortUploads = faultproxy.Match{Method: "DELETE", PathContains: "uploadId="}
+)
+
+// startUpload initiates a multipart upload of key and sends one part, as a
+// Save killed midway would have, and returns its upload ID.
+func startUpload(t *testing.T, srv *s3server.Server, bucket, key string) string {
+	t.Helper()
+	ctx := context.Background()
+	c := srv.Client(t)
+	out, err := c.CreateMultipartUpload(ctx, &s3api.CreateMultipartUploadInput{
+		Bucket: aws.String(bucket), Key: aws.String(key),
+	})
+	if err != nil {
+		t.Fatalf("create multipart upload of %q: %v", key, err)
+	}
+	if _, err := c.UploadPart(ctx, &s3api.UploadPartInput{
+		Bucket: aws.String(bucket), Key: aws.String(key), UploadId: out.UploadId,
+		PartNumber: aws.Int32(1), Body: bytes.NewReader(randomData(1000)),
+	}); err != nil {
+		t.Fatalf("upload part of %q: %v", key, err)
+	}
+	return aws.ToString(out.UploadId)
+}
+
+// uploadsIn returns the keys of the incomplete uploads in bucket, one entry
+// per upload, sorted. One page is enough for the tests' few uploads, which
+// is as well: versitygw rejects continuations with an upload-id-marker.
+func uploadsIn(t *testing.T, srv *s3server.Server, bucket string) []string {
+	t.Helper()
+	out, err := srv.Client(t).ListMultipartUploads(context.Background(), &s3api.ListMultipartUploadsInput{
+		Bucket: aws.String(bucket),
+	})
+	if err != nil {
+		t.Fatalf("list multipart uploads: %v", err)
+	}
+	if aws.ToBool(out.IsTruncated) {
+		t.Fatal("list multipart uploads: more than one page")
+	}
+	var keys []string
+	for _, u := range out.Uploads {
+		keys = append(keys, aws.ToString(u.Key))
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// listPacks lists packs through be and returns their names, sorted.
+func listPacks(t *testing.T, be backend.Backend) []string {
+	t.Helper()
+	var names []string
+	if err := be.List(context.Background(), backend.PackFile, func(fi backend.FileInfo) error {
+		names = append(names, fi.Name)
+		return nil
+	}); err != nil {
+		t.Fatalf("List(data): %v", err)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// logBuffer collects a backend's log, which it writes from its own
+// goroutines.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+func logTo(l *logBuffer) func(*s3.Options) {
+	return func(o *s3.Options) { o.Logger = slog.New(slog.NewTextHandler(l, nil)) }
+}
+
+func packName(prefix string) string { return prefix + strings.Repeat("0", 64-len(prefix)) }
+
+// TestAbortStaleUploads plays a Save that died in the middle of multipart
+// uploads: List of packs aborts those uploads once they are old enough, and
+// only those of this repository.
+func TestAbortStaleUploads(t *testing.T) {
+	srv := startServer(t)
+	pack := backend.Handle{Type: backend.PackFile, Name: packName("ab1")}
+	crashed := packName("cd2")
+	ours := []string{
+		"repo/data/cd/" + crashed,
+		"repo/data/cd/" + crashed, // a retry that crashed too
+		"repo/index/" + packName("ee"),
+		"repo/config",
+	}
+	theirs := []string{
+		"other/data/cd/" + crashed,
+		"repo2/data/cd/" + crashed, // a repository whose prefix merely starts alike
+		"repo/notes/big.txt",       // under the prefix, but no repository object
+	}
+	for _, key := range append(slices.Clone(ours), theirs...) {
+		startUpload(t, srv, bucket, key)
+	}
+	all := uploadsIn(t, srv, bucket)
+	slices.Sort(theirs)
+
+	// A day has not passed: a Save of another process may be at work.
+	be, p := withProxy(t, srv, nil)
+	save(t, be, pack, []byte("pack"))
+	if got := listPacks(t, be); !slices.Equal(got, []string{pack.Name}) {
+		t.Fatalf("List(data) = %v, want %s", got, pack.Name)
+	}
+	if n := p.Count(listUploads); n != 1 {
+		t.Errorf("List(data) listed incomplete uploads %d times, want 1:\n%s", n, strings.Join(p.Log(), "\n"))
+	}
+	if got := uploadsIn(t, srv, bucket); !slices.Equal(got, all) {
+		t.Fatalf("uploads after List with the default age = %q, want all of %q", got, all)
+	}
+
+	// Old enough.
+	var log logBuffer
+	be, p = withProxy(t, srv, logTo(&log))
+	be.SetStaleUploadAge(tinyAge)
+	if got := listPacks(t, be); !slices.Equal(got, []string{pack.Name}) {
+		t.Fatalf("List(data) = %v, want %s", got, pack.Name)
+	}
+	if got := uploadsIn(t, srv, bucket); !slices.Equal(got, theirs) {
+		t.Fatalf("uploads after List with a tiny age = %q, want only %q", got, theirs)
+	}
+	if n := p.Count(abortUploads); n != len(ours) {
+		t.Errorf("List(data) aborted %d uploads, want %d", n, len(ours))
+	}
+	if got := strings.Count(log.String(), "aborted stale multipart upload"); got != len(ours) {
+		t.Errorf("log reports %d aborted uploads, want %d:\n%s", got, len(ours), log.String())
+	}
+	if strings.Contains(log.String(), srv.Secret) {
+		t.Errorf("log contains the secret key:\n%s", log.String())
+	}
+
+	// The same Backend does not look again within the hour.
+	startUpload(t, srv, bucket, "repo/data/cd/"+crashed)
+	p.Reset()
+	listPacks(t, be)
+	if n := p.Count(listUploads); n != 0 {
+		t.Errorf("second List(data) listed incomplete uploads %d times, want 0", n)
+	}
+	if got := uploadsIn(t, srv, bucket); len(got) != len(theirs)+1 {
+		t.Errorf("uploads after a second List = %q, want the new one kept", got)
+	}
+
+	// Other types do not look at all.
+	be, p = withProxy(t, srv, nil)
+	be.SetStaleUploadAge(tinyAge)
+	for _, ft := range []backend.FileType{backend.ConfigFile, backend.KeyFile, backend.IndexFile, backend.SnapshotFile, backend.LockFile} {
+		if err := be.List(context.Background(), ft, func(backend.FileInfo) error { return nil }); err != nil {
+			t.Fatalf("List(%s): %v", ft, err)
+		}
+	}
+	if n := p.Count(listUploads); n != 0 {
+		t.Errorf("List of other types listed incomplete uploads %d times, want 0", n)
+	}
+}
+
+// TestAbortStaleUploadsNoPrefix: a repository that is the whole bucket
+// aborts the uploads of its own layout only.
+func TestAbortStaleUploadsNoPrefix(t *testing.T) {
+	srv := startServer(t)
+	const whole = "whole"
+	srv.CreateBucket(t, whole)
+	for _, key := range []string{"data/cd/" + packName("cd"), "config", "snapshots/s1", "database/dump", "configs", "x"} {
+		startUpload(t, srv, whole, key)
+	}
+	opts := options(srv.Endpoint, "")
+	opts.Bucket = whole
+	be := open(t, opts)
+	be.SetStaleUploadAge(tinyAge)
+	listPacks(t, be)
+	if got, want := uploadsIn(t, srv, whole), []string{"configs", "database/dump", "x"}; !slices.Equal(got, want) {
+		t.Fatalf("uploads after List = %q, want %q", got, want)
+	}
+}
+
+// TestAbortStaleUploadsPages: the uploads are listed page by page.
+func TestAbortStaleUploadsPages(t *testing.T) {
+	srv := startServer(t)
+	for i := range 5 {
+		startUpload(t, srv, bucket, "repo/data/cd/"+packName("cd"+string(rune('a'+i))))
+	}
+	startUpload(t, srv, bucket, "other/x")
+	be, p := withProxy(t, srv, func(o *s3.Options) { o.ListPageSize = 2 })
+	be.SetStaleUploadAge(tinyAge)
+	p.FailNext(1, 503, faultproxy.Match{Method: "GET", PathContains: "key-marker="})
+	listPacks(t, be)
+	if got := uploadsIn(t, srv, bucket); !slices.Equal(got, []string{"other/x"}) {
+		t.Fatalf("uploads after List = %q, want only other/x", got)
+	}
+	// 5 uploads in pages of 2 is 3 pages, plus the failed request.
+	if n := p.Count(listUploads); n != 4 {
+		t.Errorf("List made %d requests for incomplete uploads, want 4:\n%s", n, strings.Join(p.Log(), "\n"))
+	}
+}
+
+// TestStaleUploadCleanupFailure: a clean-up that fails is logged, and List
+// goes on.
+func TestStaleUploadCleanupFailure(t *testing.T) {
+	srv := startServer(t)
+	key := "repo/data/cd/" + packName("cd")
+	startUpload(t, srv, bucket, key)
+	pack := backend.Handle{Type: backend.PackFile, Name: packName("ab")}
+
+	for _, tc := range []struct {
+		name string
+		m    faultproxy.Match
+	}{
+		{"list fails", listUploads},
+		{"abort fails", abortUploads},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var log logBuffer
+			be, p := withProxy(t, srv, logTo(&log))
+			be.SetStaleUploadAge(tinyAge)
+			save(t, be, pack, []byte("pack"))
+			p.FailNext(100, 500, tc.m)
+			if got := listPacks(t, be); !slices.Equal(got, []string{pack.Name}) {
+				t.Fatalf("List(data) = %v, want %s", got, pack.Name)
+			}
+			if got := uploadsIn(t, srv, bucket); !slices.Equal(got, []string{key}) {
+				t.Fatalf("uploads = %q, want %s still there", got, key)
+			}
+			msg := log.String()
+			for _, want := range []string{"cannot clean up stale multipart uploads", `bucket=` + bucket, "giving up after 4 attempts", "HTTP 500"} {
+				if !strings.Contains(msg, want) {
+					t.Errorf("log does not contain %q:\n%s", want, msg)
+				}
+			}
+			if strings.Contains(msg, srv.Secret) {
+				t.Errorf("log contains the secret key:\n%s", msg)
+			}
+			// A failed clean-up counts as done: it is not retried on every List.
+			n := p.Count(tc.m)
+			listPacks(t, be)
+			if got := p.Count(tc.m); got != n {
+				t.Errorf("second List retried the failed clean-up (%d requests, were %d)", got, n)
+			}
+		})
+	}
+}
+
+// TestStaleUploadCleanupCancelled: List with a cancelled context fails with
+// the context's error and leaves the clean-up to the next List.
+func TestStaleUploadCleanupCancelled(t *testing.T) {
+	srv := startServer(t)
+	startUpload(t, srv, bucket, "repo/data/cd/"+packName("cd"))
+	be, p := withProxy(t, srv, nil)
+	be.SetStaleUploadAge(tinyAge)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := be.List(ctx, backend.PackFile, func(backend.FileInfo) error { return nil })
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("List(data) with a cancelled context = %v, want context.Canceled", err)
+	}
+	if n := p.Requests(); n != 0 {
+		t.Errorf("List(data) with a cancelled context made %d requests", n)
+	}
+	listPacks(t, be)
+	if got := uploadsIn(t, srv, bucket); len(got) != 0 {
+		t.Fatalf("uploads after List = %q, want none", got)
+	}
+}
+
+// hookHandler is a log handler that calls hook for every record, in the
+// goroutine that logs it.
+type hookHandler struct {
+	slog.Handler
+	hook func(slog.Record)
+}
+
+func (h hookHandler) Handle(ctx context.Context, r slog.Record) error {
+	h.hook(r)
+	return h.Handler.Handle(ctx, r)
+}
+
+// TestStaleUploadGoneMeanwhile: an upload that disappears between listing
+// and abort (another process cleaned it up, or an abort succeeded but its
+// answer was lost) is neither an error nor reported as aborted.
+func TestStaleUploadGoneMeanwhile(t *testing.T) {
+	srv := startServer(t)
+	key := "repo/data/cd/" + packName("cd")
+	id := startUpload(t, srv, bucket, key)
+	var log logBuffer
+	be, p := withProxy(t, srv, func(o *s3.Options) {
+		o.Logger = slog.New(hookHandler{slog.NewTextHandler(&log, nil), func(r slog.Record) {
+			// Between the failed first attempt of the abort and its retry.
+			if r.Message == "s3 request failed, will retry" {
+				if _, err := srv.Client(t).AbortMultipartUpload(context.Background(), &s3api.AbortMultipartUploadInput{
+					Bucket: aws.String(bucket), Key: aws.String(key), UploadId: aws.String(id),
+				}); err != nil {
+					t.Errorf("abort by hand: %v", err)
+				}
+			}
+		}})
+	})
+	be.SetStaleUploadAge(tinyAge)
+	p.FailNext(1, 500, abortUploads)
+	listPacks(t, be)
+	if n := p.Count(abortUploads); n != 2 {
+		t.Errorf("List made %d abort requests, want 2", n)
+	}
+	if got := uploadsIn(t, srv, bucket); len(got) != 0 {
+		t.Errorf("uploads after List = %q, want none", got)
+	}
+	for _, unwanted := range []string{"cannot clean up", "aborted stale multipart upload"} {
+		if strings.Contains(log.String(), unwanted) {
+			t.Errorf("log contains %q:\n%s", unwanted, log.String())
+		}
+	}
+}
