@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	godebug "runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -29,6 +30,12 @@ ignored); SIGTERM or Ctrl-C stops it, cancelling running jobs.`,
 				level = slog.LevelDebug
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			// The daemon's heap between jobs is small; during a backup it
+			// is the CLI backup's heap, so the same setting keeps its peak
+			// low (GOGC in the environment wins).
+			if _, set := os.LookupEnv("GOGC"); !set {
+				godebug.SetGCPercent(backupGCPercent)
+			}
 			reload, stop := reloadOnSIGHUP(log)
 			defer stop()
 			err := agent.Run(cmd.Context(), path, agent.RunOptions{Logger: log, Reload: reload, HTTPListen: listen})
