@@ -346,7 +346,7 @@ func TestCorruptIndex(t *testing.T) {
 		}
 		restoreAndCompare(t, r, f.snapA, f.srcA, nil)
 		// Prune must refuse: it cannot know what the damaged file listed.
-		if _, err := r.Prune(ctx); err == nil {
+		if _, err := r.Prune(ctx, PruneOptions{}); err == nil {
 			t.Error("prune ran with a damaged index file")
 		}
 	}
@@ -402,7 +402,7 @@ func TestCorruptSnapshot(t *testing.T) {
 			t.Errorf("forget: keep %v remove %v, want a kept and nothing removed", keep, remove)
 		}
 		// Prune refuses: it cannot know what the damaged snapshot uses.
-		if _, err := r.Prune(ctx); err == nil || !strings.Contains(err.Error(), f.snapB.ID.String()) {
+		if _, err := r.Prune(ctx, PruneOptions{}); err == nil || !strings.Contains(err.Error(), f.snapB.ID.String()) {
 			t.Errorf("prune with a damaged snapshot: %v, want a refusal naming it", err)
 		}
 		if _, err := os.Stat(filepath.Join(f.dir, object)); err != nil {

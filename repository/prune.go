@@ -1,19 +1,57 @@
 package repository
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
 )
 
-// PruneStats says what Prune removed.
+// DefaultMaxUnused is the MaxUnused the command line uses unless told
+// otherwise: restic's default, which keeps prune from rewriting most packs
+// after every forget for a few percent of space.
+const DefaultMaxUnused = 0.05
+
+// PruneOptions say how much unused data Prune may leave in partly used
+// packs. The zero value rewrites every partly used pack.
+type PruneOptions struct {
+	// MaxUnused is the fraction of the blob bytes left after prune that
+	// may be unreferenced blobs in kept packs. 0 rewrites every partly used
+	// pack; 1 (or more) rewrites none, so only wholly unused packs go.
+	MaxUnused float64
+	// MaxRepackBytes bounds the bytes of referenced blobs copied into new
+	// packs in one run; 0 means no limit. Packs that would exceed it are
+	// kept for a later prune even if MaxUnused is then exceeded.
+	MaxRepackBytes int64
+}
+
+func (o PruneOptions) validate() error {
+	if math.IsNaN(o.MaxUnused) || o.MaxUnused < 0 {
+		return fmt.Errorf("MaxUnused %v: want a fraction, 0 or more (1 or more: no limit)", o.MaxUnused)
+	}
+	if o.MaxRepackBytes < 0 {
+		return fmt.Errorf("MaxRepackBytes %d: want 0 (no limit) or more", o.MaxRepackBytes)
+	}
+	return nil
+}
+
+// PruneStats says what Prune removed and what unused data it left.
 type PruneStats struct {
 	PacksDeleted   int   `json:"packs_deleted"`
 	PacksRewritten int   `json:"packs_rewritten"`
 	BytesFreed     int64 `json:"bytes_freed"`
+	// BytesRepacked is the referenced blob data copied into new packs.
+	BytesRepacked int64 `json:"bytes_repacked"`
+	// PacksKeptPartlyUsed counts packs with unreferenced blobs that were
+	// left as they are (by MaxUnused or MaxRepackBytes); UnusedBytesKept is
+	// the size of those unreferenced blobs.
+	PacksKeptPartlyUsed int   `json:"packs_kept_partly_used"`
+	UnusedBytesKept     int64 `json:"unused_bytes_kept"`
 }
 
 // pruneGrace is G in FORMAT.md §12: an unindexed pack younger than this may
@@ -22,26 +60,81 @@ const pruneGrace = 2 * time.Hour
 
 // Prune deletes data no snapshot references, under an exclusive lock and by
 // the deletion rule of FORMAT.md §12: packs whose blobs are all unreferenced
-// are deleted; packs with some unreferenced blobs are rewritten (the used
-// blobs are copied, still sealed, into new packs); packs no index lists are
-// deleted only when older than the grace period and than every lock. New
-// index files, the last of which supersedes all old ones, are durable
-// before any pack is deleted; old index files are deleted last.
-func (r *Repository) Prune(ctx context.Context) (*PruneStats, error) {
+// are deleted; of the packs with some unreferenced blobs, as many are
+// rewritten (the used blobs copied, still sealed, into new packs) as it
+// takes to meet opts.MaxUnused, within opts.MaxRepackBytes, and the rest
+// are kept whole, still indexed with all their blobs; packs no index lists
+// are deleted only when older than the grace period and than every lock. New index
+// files, the last of which supersedes all old ones, are durable before any
+// pack is deleted; old index files are deleted last.
+func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneStats, error) {
+	if err := opts.validate(); err != nil {
+		return nil, fmt.Errorf("prune %s: %w", r.be.Location(), err)
+	}
 	lock, err := r.Lock(ctx, true)
 	if err != nil {
 		return nil, fmt.Errorf("prune: %w", err)
 	}
 	defer func() { _ = lock.Unlock(context.WithoutCancel(ctx)) }()
 	tStart := time.Now()
-	st, err := r.prune(ctx, lock, tStart)
+	st, err := r.prune(ctx, lock, tStart, opts)
 	if err != nil {
 		return st, fmt.Errorf("prune %s: %w", r.be.Location(), err)
 	}
 	return st, nil
 }
 
-func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time) (*PruneStats, error) {
+// repackCandidate is a partly used pack: used and unused are the sealed
+// bytes of its referenced and unreferenced blobs.
+type repackCandidate struct {
+	id           ID
+	used, unused int64
+}
+
+// chooseRepack picks which partly used packs to rewrite so that the unused
+// bytes left are at most opts.MaxUnused of what the packs then hold
+// (usedTotal, the referenced bytes of every indexed pack, plus the unused
+// bytes left), spending at most opts.MaxRepackBytes on copies. Packs that
+// free the most per byte copied go first, since the copying is the cost.
+func chooseRepack(cands []repackCandidate, usedTotal int64, opts PruneOptions) map[ID]bool {
+	var unusedLeft int64
+	for _, c := range cands {
+		unusedLeft += c.unused
+	}
+	within := func() bool {
+		return float64(unusedLeft) <= opts.MaxUnused*float64(usedTotal+unusedLeft)
+	}
+	order := slices.Clone(cands)
+	slices.SortFunc(order, func(a, b repackCandidate) int {
+		// Compares a.unused/a.used with b.unused/b.used without dividing.
+		lhs, rhs := float64(a.unused)*float64(b.used), float64(b.unused)*float64(a.used)
+		switch {
+		case lhs > rhs:
+			return -1
+		case lhs < rhs:
+			return 1
+		case a.unused != b.unused:
+			return cmp.Compare(b.unused, a.unused)
+		}
+		return slices.Compare(a.id[:], b.id[:])
+	})
+	pick := map[ID]bool{}
+	var copied int64
+	for _, c := range order {
+		if within() {
+			break
+		}
+		if opts.MaxRepackBytes > 0 && copied+c.used > opts.MaxRepackBytes {
+			continue // a cheaper pack further on may still fit
+		}
+		pick[c.id] = true
+		copied += c.used
+		unusedLeft -= c.unused
+	}
+	return pick
+}
+
+func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, opts PruneOptions) (*PruneStats, error) {
 	st := &PruneStats{}
 	// A fresh view: other processes may have added index files since Open.
 	if err := r.loadIndex(ctx); err != nil {
@@ -73,8 +166,10 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time) (*
 	// only at its canonical location (the one lookup returns); other copies
 	// count as unused.
 	type packUse struct {
-		size       int64
-		keep, drop []packedBlob
+		size         int64
+		all          []packedBlob // as the index file lists them
+		keep, drop   []packedBlob
+		used, unused int64 // sealed bytes of keep and drop
 	}
 	packs := map[ID]*packUse{}
 	var order []ID
@@ -83,7 +178,7 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time) (*
 		for _, p := range f.Packs {
 			pu := packs[p.ID]
 			if pu == nil {
-				pu = &packUse{size: p.Size}
+				pu = &packUse{size: p.Size, all: p.Blobs}
 				packs[p.ID] = pu
 				order = append(order, p.ID)
 			} else {
@@ -93,8 +188,10 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time) (*
 				canon, _, ok := x.lookup(pb.ID)
 				if used[pb.ID] && ok && canon == p.ID {
 					pu.keep = append(pu.keep, pb)
+					pu.used += int64(pb.Length)
 				} else {
 					pu.drop = append(pu.drop, pb)
+					pu.unused += int64(pb.Length)
 				}
 			}
 		}
@@ -105,6 +202,19 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time) (*
 	}
 
 	var (
+		cands     []repackCandidate
+		usedTotal int64
+	)
+	for _, id := range order {
+		pu := packs[id]
+		usedTotal += pu.used
+		if len(pu.keep) > 0 && len(pu.drop) > 0 {
+			cands = append(cands, repackCandidate{id: id, used: pu.used, unused: pu.unused})
+		}
+	}
+	rewrite := chooseRepack(cands, usedTotal, opts)
+
+	var (
 		keepPacks   []indexPack
 		deletePacks = map[ID]int64{}
 		toRewrite   []ID
@@ -112,10 +222,17 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time) (*
 	for _, id := range order {
 		pu := packs[id]
 		switch {
-		case len(pu.drop) == 0:
-			keepPacks = append(keepPacks, indexPack{ID: id, Size: pu.size, Blobs: pu.keep})
 		case len(pu.keep) == 0:
 			deletePacks[id] = pu.size
+		case len(pu.drop) == 0 || !rewrite[id]:
+			// A kept pack stays indexed with every blob it holds, unused
+			// ones too: a blob left out of the index would still take
+			// space, yet no later prune could see it to reclaim it.
+			keepPacks = append(keepPacks, indexPack{ID: id, Size: pu.size, Blobs: pu.all})
+			if len(pu.drop) > 0 {
+				st.PacksKeptPartlyUsed++
+				st.UnusedBytesKept += pu.unused
+			}
 		default:
 			toRewrite = append(toRewrite, id)
 		}
@@ -128,8 +245,10 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time) (*
 		if len(cur.blobs) == 0 {
 			return nil
 		}
-		cur.finish(r.seal, time.Now())
-		id := hashID(cur.buf)
+		id, err := cur.finish(r.seal, time.Now())
+		if err != nil {
+			return err
+		}
 		if err := saveBytes(ctx, r.be, backend.Handle{Type: backend.PackFile, Name: id.String()}, cur.buf); err != nil {
 			return err
 		}
@@ -154,7 +273,10 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time) (*
 					return st, err
 				}
 			}
-			cur.add(pb.Type, pb.ID, pb.Flags, int(pb.RawLength), sealed)
+			if err := cur.add(pb.Type, pb.ID, pb.Flags, int(pb.RawLength), sealed); err != nil {
+				return st, fmt.Errorf("rewrite %s: %w", h, err)
+			}
+			st.BytesRepacked += int64(len(sealed))
 		}
 		deletePacks[id] = pu.size
 		st.PacksRewritten++

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -198,6 +199,7 @@ func newRepoForgetCmd(f *repoFlags) *cobra.Command {
 		dryRun, prune  bool
 		asJSON         bool
 		confirmAllGone bool
+		pf             pruneFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "forget",
@@ -208,12 +210,18 @@ Snapshots are grouped by (dataset, host). In each group a snapshot is kept
 if any rule keeps it: --keep-last N keeps the N newest; --keep-hourly N
 keeps the newest snapshot of each of the N latest hours that have one, and
 likewise daily, weekly, monthly and yearly (local time). Only snapshot
-files are removed; run prune (or pass --prune) to free the data.`,
+files are removed; run prune (or pass --prune, which takes prune's
+--max-unused and --max-repack-size) to free the data.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			if p == (repository.RetentionPolicy{}) && !confirmAllGone {
 				return errors.New("no --keep-* option given: that would remove every snapshot (refusing)")
+			}
+			// Bad prune flags must stop forget before it removes anything.
+			popts, err := pf.options()
+			if err != nil {
+				return err
 			}
 			r, err := f.open(ctx)
 			if err != nil {
@@ -259,12 +267,12 @@ files are removed; run prune (or pass --prune) to free the data.`,
 				fmt.Fprintf(w, "%d kept, %d %s\n", len(keep), len(remove), map[bool]string{true: "would be removed", false: "removed"}[dryRun])
 			}
 			if prune && !dryRun && len(remove) > 0 {
-				st, err := r.Prune(ctx)
+				st, err := r.Prune(ctx, popts)
 				if err != nil {
 					return fmt.Errorf("prune: %w", err)
 				}
 				if !asJSON {
-					printPrune(w, st)
+					printPrune(w, st, &pf)
 				}
 			}
 			return nil
@@ -281,37 +289,114 @@ files are removed; run prune (or pass --prune) to free the data.`,
 	fl.BoolVar(&prune, "prune", false, "prune unreferenced data afterwards")
 	fl.BoolVar(&asJSON, "json", false, "print JSON")
 	fl.BoolVar(&confirmAllGone, "remove-all", false, "allow a policy without --keep-* options, which removes every snapshot")
+	pf.register(cmd)
 	return cmd
 }
 
-func printPrune(w io.Writer, st *repository.PruneStats) {
-	fmt.Fprintf(w, "prune: %d packs deleted, %d packs rewritten, %s freed\n", st.PacksDeleted, st.PacksRewritten, agent.HumanBytes(st.BytesFreed))
+// pruneFlags are the flags prune and forget --prune share.
+type pruneFlags struct {
+	maxUnused string
+	maxRepack string
+}
+
+func (pf *pruneFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&pf.maxUnused, "max-unused", fmt.Sprintf("%g%%", repository.DefaultMaxUnused*100), "unused data to tolerate in partly used packs, as a percentage of the data left (0% rewrites them all, unlimited rewrites none)")
+	fl.StringVar(&pf.maxRepack, "max-repack-size", "unlimited", "copy at most this much used data into new packs in one run, e.g. 1GiB")
+}
+
+// options parses the flags; errors name the flag.
+func (pf *pruneFlags) options() (repository.PruneOptions, error) {
+	var o repository.PruneOptions
+	mu, err := parseMaxUnused(pf.maxUnused)
+	if err != nil {
+		return o, fmt.Errorf("--max-unused: %w", err)
+	}
+	o.MaxUnused = mu
+	if v := strings.TrimSpace(pf.maxRepack); !strings.EqualFold(v, "unlimited") {
+		n, err := parseSize(v)
+		if err != nil {
+			return o, fmt.Errorf("--max-repack-size: %w", err)
+		}
+		if n <= 0 {
+			// 0 is the library's "no limit"; a user writing 0 means the
+			// opposite, so make them say which.
+			return o, fmt.Errorf("--max-repack-size: %q is not a limit (want e.g. 500M or 1GiB, or unlimited)", pf.maxRepack)
+		}
+		o.MaxRepackBytes = n
+	}
+	return o, nil
+}
+
+// parseMaxUnused reads a percentage from 0% to 100% ("2.5%" works) or
+// "unlimited" (= 100%) as a fraction. A bare number is refused: "5" and
+// "0.05" are both plausible readings of it.
+func parseMaxUnused(s string) (float64, error) {
+	t := strings.TrimSpace(s)
+	if strings.EqualFold(t, "unlimited") {
+		return 1, nil
+	}
+	num, ok := strings.CutSuffix(t, "%")
+	if ok {
+		v, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+		if err == nil && v >= 0 && v <= 100 {
+			return v / 100, nil
+		}
+	}
+	return 0, fmt.Errorf("bad value %q (want a percentage from 0%% to 100%%, e.g. 5%%, or unlimited)", s)
+}
+
+func printPrune(w io.Writer, st *repository.PruneStats, pf *pruneFlags) {
+	fmt.Fprintf(w, "prune: %d packs deleted, %d packs rewritten (%s copied), %s freed\n",
+		st.PacksDeleted, st.PacksRewritten, agent.HumanBytes(st.BytesRepacked), agent.HumanBytes(st.BytesFreed))
+	if st.PacksKeptPartlyUsed > 0 {
+		limits := "--max-unused " + strings.TrimSpace(pf.maxUnused)
+		if v := strings.TrimSpace(pf.maxRepack); !strings.EqualFold(v, "unlimited") {
+			limits += ", --max-repack-size " + v
+		}
+		fmt.Fprintf(w, "prune: kept %d partly used packs holding %s of unused data (%s)\n",
+			st.PacksKeptPartlyUsed, agent.HumanBytes(st.UnusedBytesKept), limits)
+	}
 }
 
 func newRepoPruneCmd(f *repoFlags) *cobra.Command {
-	return &cobra.Command{
+	var pf pruneFlags
+	cmd := &cobra.Command{
 		Use:   "prune",
 		Short: "Delete data no snapshot references",
 		Long: `Delete data that no snapshot references. Packs without any referenced
-blob are deleted; packs that are partly unreferenced are rewritten. Data
-that a backup running at the same time may still reference is left for a
-later prune.`,
+blob are always deleted. Packs that are only partly unreferenced must be
+rewritten (their used blobs copied into new packs) to free the rest, which
+costs I/O; prune rewrites only as many as it takes to bring the unused data
+left in kept packs down to --max-unused of the data left, taking first the
+packs that free the most per byte copied, and copies at most
+--max-repack-size per run. --max-unused 0% rewrites every partly used
+pack; --max-unused unlimited only deletes wholly unused packs.
+
+Data that a backup running at the same time may still reference is left
+for a later prune.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			opts, err := pf.options()
+			if err != nil {
+				return err
+			}
 			r, err := f.open(ctx)
 			if err != nil {
 				return err
 			}
 			defer r.Close()
-			st, err := r.Prune(ctx)
+			st, err := r.Prune(ctx, opts)
 			if err != nil {
 				return fmt.Errorf("prune: %w", err)
 			}
-			printPrune(cmd.OutOrStdout(), st)
+			printPrune(cmd.OutOrStdout(), st, &pf)
 			return nil
 		},
 	}
+	pf.register(cmd)
+	return cmd
 }
 
 func newRepoStatsCmd(f *repoFlags) *cobra.Command {

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/custos-backup/custos/repository"
 )
 
 // cli runs the built custos binary as a separate process.
@@ -143,6 +145,9 @@ func TestRepoCLI(t *testing.T) {
 	c.ok("repo", "check", "--budget", "1K")
 
 	c.fails("no --keep-* option", "repo", "forget")
+	// Bad prune flags stop forget before it removes a snapshot (the forget
+	// below checks that the first one is still there to remove).
+	c.fails("--max-repack-size: bad size", "repo", "forget", "--keep-last", "1", "--prune", "--max-repack-size", "lots")
 	var fg struct {
 		Keep   []snapOut `json:"keep"`
 		Remove []snapOut `json:"remove"`
@@ -153,8 +158,12 @@ func TestRepoCLI(t *testing.T) {
 	if len(fg.Remove) != 1 || fg.Remove[0].ID != snaps[0].ID || len(fg.Keep) != 2 {
 		t.Errorf("forget --keep-last 1: keep %d, remove %+v", len(fg.Keep), fg.Remove)
 	}
-	if out := c.ok("repo", "prune"); !strings.Contains(out, "packs deleted") {
-		t.Errorf("prune printed %q", out)
+	c.fails("--max-unused: bad value \"0.05\"", "repo", "prune", "--max-unused", "0.05")
+	if out := c.ok("repo", "prune", "--max-unused", "unlimited"); !strings.Contains(out, "packs deleted, 0 packs rewritten") {
+		t.Errorf("prune --max-unused unlimited printed %q", out)
+	}
+	if out := c.ok("repo", "prune", "--max-unused", "0%", "--max-repack-size", "1GiB"); !strings.Contains(out, "packs deleted") || strings.Contains(out, "partly used packs") {
+		t.Errorf("prune --max-unused 0%% printed %q", out)
 	}
 	var st struct {
 		Snapshots int   `json:"snapshots"`
@@ -192,4 +201,46 @@ func TestRepoCLI(t *testing.T) {
 	nopw.fails("is encrypted: give its password", "repo", "snapshots")
 	norepo := &cli{t: t, bin: bin, env: base}
 	norepo.fails("no repository given", "repo", "snapshots")
+}
+
+func TestPruneFlags(t *testing.T) {
+	for _, tc := range []struct {
+		maxUnused, maxRepack string
+		want                 repository.PruneOptions
+		err                  string // "" = valid; else the flag the error must name
+	}{
+		{"5%", "unlimited", repository.PruneOptions{MaxUnused: 0.05}, ""},
+		{" 2.5% ", "unlimited", repository.PruneOptions{MaxUnused: 0.025}, ""},
+		{"0%", "unlimited", repository.PruneOptions{}, ""},
+		{"100%", "unlimited", repository.PruneOptions{MaxUnused: 1}, ""},
+		{"Unlimited", "unlimited", repository.PruneOptions{MaxUnused: 1}, ""},
+		{"10%", "1GiB", repository.PruneOptions{MaxUnused: 0.1, MaxRepackBytes: 1 << 30}, ""},
+		{"10%", "500M", repository.PruneOptions{MaxUnused: 0.1, MaxRepackBytes: 500 << 20}, ""},
+		{"0.05", "unlimited", repository.PruneOptions{}, "--max-unused"},
+		{"5", "unlimited", repository.PruneOptions{}, "--max-unused"},
+		{"101%", "unlimited", repository.PruneOptions{}, "--max-unused"},
+		{"-1%", "unlimited", repository.PruneOptions{}, "--max-unused"},
+		{"NaN%", "unlimited", repository.PruneOptions{}, "--max-unused"},
+		{"", "unlimited", repository.PruneOptions{}, "--max-unused"},
+		{"5%", "lots", repository.PruneOptions{}, "--max-repack-size"},
+		{"5%", "0", repository.PruneOptions{}, "--max-repack-size"},
+		{"5%", "-1G", repository.PruneOptions{}, "--max-repack-size"},
+	} {
+		pf := pruneFlags{maxUnused: tc.maxUnused, maxRepack: tc.maxRepack}
+		got, err := pf.options()
+		switch {
+		case tc.err == "" && err != nil:
+			t.Errorf("--max-unused %q --max-repack-size %q: %v", tc.maxUnused, tc.maxRepack, err)
+		case tc.err == "" && got != tc.want:
+			t.Errorf("--max-unused %q --max-repack-size %q: %+v, want %+v", tc.maxUnused, tc.maxRepack, got, tc.want)
+		case tc.err != "" && (err == nil || !strings.HasPrefix(err.Error(), tc.err+":")):
+			t.Errorf("--max-unused %q --max-repack-size %q: error %v, want one naming %s", tc.maxUnused, tc.maxRepack, err, tc.err)
+		}
+	}
+	// The defaults the commands register must parse.
+	cmd := newRepoPruneCmd(&repoFlags{})
+	pf := pruneFlags{maxUnused: cmd.Flags().Lookup("max-unused").DefValue, maxRepack: cmd.Flags().Lookup("max-repack-size").DefValue}
+	if o, err := pf.options(); err != nil || o != (repository.PruneOptions{MaxUnused: repository.DefaultMaxUnused}) {
+		t.Errorf("default flags give %+v, %v", o, err)
+	}
 }
