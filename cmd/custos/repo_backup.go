@@ -65,7 +65,7 @@ as well).`,
 				return err
 			}
 			defer r.Close()
-			tuneBackupMemory()
+			tuneMemory()
 			bar := newProgressBar("backup", f.quiet)
 			opts := repository.BackupOptions{
 				Dataset:  dataset,
@@ -292,6 +292,7 @@ is still restored.`,
 				}
 				return nil
 			}
+			tuneMemory()
 			bar := newProgressBar("restore", f.quiet)
 			st, err := r.Restore(ctx, snap, target, repository.RestoreOptions{Include: includes, Progress: bar.Update})
 			bar.Done()
@@ -315,21 +316,22 @@ is still restored.`,
 	return cmd
 }
 
-// backupGCPercent is the GOGC a backup runs with unless the user set GOGC.
-// A backup's live heap is small (a few blob buffers in flight, the index)
-// while it allocates hundreds of megabytes of short-lived, pointer-free blob
-// buffers; at Go's default of 100 the heap would grow to twice the live
-// size between collections. Collections of this heap are cheap (well under
+// backupGCPercent is the GOGC that backup, check and restore run with
+// unless the user set GOGC. Their live heap is small (a few blob or pack
+// buffers in flight, the index) while they allocate hundreds of megabytes
+// of short-lived, pointer-free buffers; at Go's default of 100 the heap
+// would grow to twice the live size between collections. Collections of this heap are cheap (well under
 // 1% of a backup's CPU at this setting), so the peak memory is what counts.
 const backupGCPercent = 25
 
-// tuneBackupMemory keeps the peak memory (RSS) of a backup low. It runs
+// tuneMemory keeps the peak memory (RSS) of a backup, check or restore low:
+// all three stream many short-lived, pointer-free buffers. It runs
 // after the repository is open: opening derives the key with scrypt, which
 // allocates 32 MiB that are garbage afterwards, and those pages are given
 // back to the OS here rather than counted for the rest of the backup.
 // GOGC (and GOMEMLIMIT, which the runtime reads itself) in the environment
 // take precedence.
-func tuneBackupMemory() {
+func tuneMemory() {
 	if _, set := os.LookupEnv("GOGC"); !set {
 		debug.SetGCPercent(backupGCPercent)
 	}

@@ -55,6 +55,7 @@ depend on it. The command exits non-zero when it finds a problem.`,
 				return err
 			}
 			defer r.Close()
+			tuneMemory()
 			res, err := r.Check(ctx, opts)
 			if err != nil {
 				return fmt.Errorf("check could not run: %w", err)
