@@ -79,7 +79,7 @@
 //	        MinBackoff (1s), MaxBackoff (1m), LeaseTTL (15s), MaxTxnOps (128),
 //	        PageSize (256), OnSpoolDepth func(int)}
 //
-//	AddDataset(ctx, *Backup, *Dataset) error        // idempotent; spools when etcd is down
+//	AddDataset(ctx, *Backup, *Dataset) error        // idempotent, replaces the atom set; spools when etcd is down
 //	FindAtoms(ctx, FindRequest) ([]*Backup, error)  // Backup→Dataset→matching atoms, newest first
 //	GetBackup(ctx, id) (*Backup, error)             // with all datasets; ErrNotFound
 //	ListBackups(ctx, host, limit) ([]*Backup, error) // newest first; host "" = all
@@ -108,7 +108,12 @@
 // FindAtoms range-scans only the keys under the pattern's literal prefix
 // (the part before the first of *?[\), in pages, and jumps past an atom's
 // remaining versions once it has NumVersions (default 1) of them; Host and
-// OlderThan filter versions before they are counted.
+// OlderThan filter versions before they are counted. The dataset record is
+// the authority on its atoms: a version counts only when the record of its
+// dataset version, read at the same revision, lists the atom, and the atom
+// is returned as the record has it. So a dataset added again with other
+// atoms is found with exactly its new set, and a reader never sees a mix of
+// the old and the new set (KEYS.md, Writes).
 //
 // # Durability
 //
@@ -120,6 +125,14 @@
 // the same spool dir flushes what an earlier process left. Records etcd
 // refuses for good (ErrInvalid, ErrConflict) are renamed to *.failed and
 // logged, so they do not block the queue.
+//
+// A write that does not get through marks etcd down: later AddDataset calls
+// go straight to the spool without trying etcd (so a source run with many
+// datasets waits for WriteTimeout once, not once per dataset), and direct
+// writes still in flight are cancelled and spooled. The first record the
+// flusher gets through clears the mark; new records still queue behind the
+// spool until it is empty, then go to etcd directly again. Without a spool
+// every call tries etcd.
 //
 // Job status entries are bound to a lease the store keeps alive: when the
 // agent dies they vanish after LeaseTTL; Close revokes the lease at once.

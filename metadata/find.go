@@ -7,7 +7,8 @@ import (
 	"path"
 	"sort"
 	"strings"
-	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
 // matcher decides whether a global atom name is selected by a pattern:
@@ -85,129 +86,256 @@ func (s *EtcdStore) scanRanges(pattern string) [][2]string {
 	return [][2]string{{ns + lit, prefixEnd(ns + lit)}}
 }
 
+// dsVersion is one dataset record as find read it. It is the authority
+// on which atoms the dataset version has and what they hold: an atom
+// record counts only while the record lists its atom (see write).
+type dsVersion struct {
+	rec   datasetRecord
+	atoms map[string]int // atom name -> index in rec.Dataset.Atoms
+}
+
 type foundAtom struct {
-	name string
-	rec  atomRecord
+	dsKey string
+	ds    *dsVersion
+	atom  Atom
+}
+
+// finder is the state of one FindAtoms call.
+type finder struct {
+	s   *EtcdStore
+	m   *matcher
+	req FindRequest
+	n   int
+	// rev is the revision of every read, so that atom records and dataset
+	// records are seen as of one moment.
+	rev   int64
+	recs  map[string]*dsVersion // by dataset key; nil value: no record at rev
+	found []foundAtom
+}
+
+// cursor is where a walk over one key range is: the atom being counted,
+// its versions kept, and an atom name known not to match.
+type cursor struct {
+	cur     string
+	count   int
+	skipped string
+}
+
+// verdict of step on one key: jump is the key to continue at ("" for the
+// next one); hit marks a version that counts, dsKey and atom name it, and
+// ds is its dataset record (nil while prefetching, before it is read).
+type verdict struct {
+	jump  string
+	dsKey string
+	atom  string
+	hit   bool
+	ds    *dsVersion
 }
 
 // FindAtoms returns the atom versions selected by req, grouped by backup
 // and dataset: backups newest first, datasets by source/name, atoms by
 // name; each Dataset carries only the selected atoms. It reads only the
 // key range of the pattern's literal prefix, page by page, and jumps past
-// an atom's remaining versions once it has NumVersions of them.
+// an atom's remaining versions once it has NumVersions of them. A version
+// counts only when its dataset record (read at the same revision) lists
+// the atom; the atom is returned as that record has it.
 func (s *EtcdStore) FindAtoms(ctx context.Context, req FindRequest) ([]*Backup, error) {
 	m, err := newMatcher(req.Pattern)
 	if err != nil {
 		return nil, err
 	}
-	n := req.NumVersions
-	if n <= 0 {
-		n = 1
-	}
-	var found []foundAtom
+	f := &finder{s: s, m: m, req: req, n: max(req.NumVersions, 1), recs: map[string]*dsVersion{}}
 	for _, r := range s.scanRanges(req.Pattern) {
-		cur := ""     // atom name being counted
-		count := 0    // versions of cur kept
-		skipped := "" // atom name known not to match
-		err := s.scan(ctx, r[0], r[1], false, func(key, val []byte) (string, bool, error) {
-			name, ts, _, err := s.k.parseAtomKey(string(key))
-			if err != nil {
-				s.log.Warn("skipping malformed catalog key", "err", err)
-				return "", false, nil
-			}
-			versionsEnd := s.k.atomNS() + name + "\x01"
-			if name == skipped {
-				return versionsEnd, false, nil
-			}
-			if name != cur {
-				if !m.match(name) {
-					skipped = name
-					return versionsEnd, false, nil
+		var c cursor
+		err := s.scanAt(ctx, r[0], r[1], false, &f.rev,
+			func(kvs []*mvccpb.KeyValue) error { return f.prefetch(ctx, c, kvs) },
+			func(key, val []byte) (string, bool, error) {
+				v, err := f.step(ctx, &c, key, val, false)
+				if err != nil || !v.hit {
+					return v.jump, false, err
 				}
-				cur, count = name, 0
-				if !req.OlderThan.IsZero() && !ts.Before(req.OlderThan) {
-					// Jump to the first version older than OlderThan.
-					return s.k.atomNS() + name + sep + revNanos(req.OlderThan.UnixNano()-1), false, nil
-				}
-			}
-			if count >= n {
-				return versionsEnd, false, nil
-			}
-			if !req.OlderThan.IsZero() && !ts.Before(req.OlderThan) {
-				return "", false, nil
-			}
-			var rec atomRecord
-			if err := json.Unmarshal(val, &rec); err != nil {
-				return "", false, fmt.Errorf("decode atom record %q: %w", key, err)
-			}
-			if req.Host != "" && rec.Host != req.Host {
-				return "", false, nil
-			}
-			found = append(found, foundAtom{name: name, rec: rec})
-			count++
-			if count >= n {
-				return versionsEnd, false, nil
-			}
-			return "", false, nil
-		})
+				f.found = append(f.found, foundAtom{dsKey: v.dsKey, ds: v.ds, atom: v.ds.rec.Dataset.Atoms[v.ds.atoms[v.atom]]})
+				return v.jump, false, nil
+			})
 		if err != nil {
 			return nil, fmt.Errorf("metadata: find %q: %w", req.Pattern, err)
 		}
 	}
-	return s.group(ctx, found)
+	return f.group(), nil
 }
 
-// group turns found atom versions into Backup→Dataset→Atoms, loading each
-// dataset record once.
-func (s *EtcdStore) group(ctx context.Context, found []foundAtom) ([]*Backup, error) {
-	type dsKey struct{ backup, source, dataset string }
-	type dsEntry struct {
-		key   string
-		ts    time.Time
-		host  string
-		atoms []Atom
+// step decides on one atom key and moves the cursor. A version counts
+// when it passes the filters and its dataset record lists the atom; while
+// prefetching (pre), a version whose record is not read yet is assumed to
+// count.
+func (f *finder) step(ctx context.Context, c *cursor, key, val []byte, pre bool) (verdict, error) {
+	k := f.s.k
+	name, ts, backupID, err := k.parseAtomKey(string(key))
+	if err != nil {
+		if !pre {
+			f.s.log.Warn("skipping malformed catalog key", "err", err)
+		}
+		return verdict{}, nil
 	}
-	entries := map[dsKey]*dsEntry{}
-	var order []dsKey
-	for _, f := range found {
-		src, ds, _, ok := SplitAtomName(f.name)
-		if !ok {
+	versionsEnd := k.atomNS() + name + "\x01"
+	if name == c.skipped {
+		return verdict{jump: versionsEnd}, nil
+	}
+	if name != c.cur {
+		if !f.m.match(name) {
+			c.skipped = name
+			return verdict{jump: versionsEnd}, nil
+		}
+		c.cur, c.count = name, 0
+		if !f.req.OlderThan.IsZero() && !ts.Before(f.req.OlderThan) {
+			// Jump to the first version older than OlderThan.
+			return verdict{jump: k.atomNS() + name + sep + revNanos(f.req.OlderThan.UnixNano()-1)}, nil
+		}
+	}
+	if c.count >= f.n {
+		return verdict{jump: versionsEnd}, nil
+	}
+	if !f.req.OlderThan.IsZero() && !ts.Before(f.req.OlderThan) {
+		return verdict{}, nil
+	}
+	if f.req.Host != "" {
+		// The atom record carries the host, so versions of other hosts
+		// are passed over without reading their dataset records.
+		var rec atomRecord
+		if err := json.Unmarshal(val, &rec); err != nil {
+			return verdict{}, fmt.Errorf("decode atom record %q: %w", key, err)
+		}
+		if rec.Host != f.req.Host {
+			return verdict{}, nil
+		}
+	}
+	src, ds, atom, ok := SplitAtomName(name)
+	if !ok {
+		return verdict{}, nil
+	}
+	v := verdict{dsKey: k.dataset(src, ds, ts, backupID), atom: atom}
+	if rec, known := f.recs[v.dsKey]; known || !pre {
+		if !known {
+			if rec, err = f.record(ctx, v.dsKey); err != nil {
+				return verdict{}, err
+			}
+		}
+		if rec == nil {
+			return verdict{}, nil // no dataset record: an unfinished or abandoned write
+		}
+		if _, listed := rec.atoms[atom]; !listed {
+			return verdict{}, nil // not (or no longer) an atom of that dataset version
+		}
+		v.ds = rec
+	}
+	v.hit = true
+	c.count++
+	if c.count >= f.n {
+		v.jump = versionsEnd
+	}
+	return v, nil
+}
+
+// prefetch reads, in a few transactions, the dataset records that the
+// walk over this page will need (running step on a copy of the cursor),
+// instead of one read per record as the walk meets them. A version that
+// turns out not to count shifts what the walk needs; record reads the
+// rest one by one.
+func (f *finder) prefetch(ctx context.Context, c cursor, kvs []*mvccpb.KeyValue) error {
+	var want []string
+	seen := map[string]bool{}
+	next := ""
+	for _, kv := range kvs {
+		if next != "" && string(kv.Key) < next {
 			continue
 		}
-		k := dsKey{f.rec.BackupID, src, ds}
-		e := entries[k]
-		if e == nil {
-			e = &dsEntry{key: s.k.dataset(src, ds, f.rec.Timestamp, f.rec.BackupID), ts: f.rec.Timestamp, host: f.rec.Host}
-			entries[k] = e
-			order = append(order, k)
+		v, err := f.step(ctx, &c, kv.Key, kv.Value, true)
+		if err != nil {
+			break // the walk itself reports it
 		}
-		e.atoms = append(e.atoms, f.rec.Atom)
+		next = v.jump
+		if _, known := f.recs[v.dsKey]; v.hit && !known && !seen[v.dsKey] {
+			seen[v.dsKey] = true
+			want = append(want, v.dsKey)
+		}
 	}
-	keys := make([]string, len(order))
-	for i, k := range order {
-		keys[i] = entries[k].key
+	if len(want) == 0 {
+		return nil
 	}
-	vals, err := s.getMany(ctx, keys)
+	vals, err := f.s.getMany(ctx, want, f.rev)
 	if err != nil {
-		return nil, fmt.Errorf("metadata: load dataset records: %w", err)
+		return fmt.Errorf("load dataset records: %w", err)
+	}
+	for i, key := range want {
+		if err := f.keep(key, vals[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// record returns the dataset record under key at the find's revision
+// (nil when there is none), reading it if it is not cached.
+func (f *finder) record(ctx context.Context, key string) (*dsVersion, error) {
+	if v, ok := f.recs[key]; ok {
+		return v, nil
+	}
+	vals, err := f.s.getMany(ctx, []string{key}, f.rev)
+	if err != nil {
+		return nil, fmt.Errorf("load dataset record %q: %w", key, err)
+	}
+	if err := f.keep(key, vals[0]); err != nil {
+		return nil, err
+	}
+	return f.recs[key], nil
+}
+
+// keep caches the dataset record val (nil: missing) under key.
+func (f *finder) keep(key string, val []byte) error {
+	if val == nil {
+		f.recs[key] = nil
+		return nil
+	}
+	v := &dsVersion{}
+	if err := json.Unmarshal(val, &v.rec); err != nil || v.rec.Dataset == nil {
+		return fmt.Errorf("decode dataset record %q: %v", key, err)
+	}
+	v.atoms = make(map[string]int, len(v.rec.Dataset.Atoms))
+	for i, a := range v.rec.Dataset.Atoms {
+		v.atoms[a.Name] = i
+	}
+	f.recs[key] = v
+	return nil
+}
+
+// group turns the found atom versions into Backup→Dataset→Atoms.
+func (f *finder) group() []*Backup {
+	type entry struct {
+		ds    *dsVersion
+		atoms []Atom
+	}
+	entries := map[string]*entry{}
+	var order []string
+	for _, fa := range f.found {
+		e := entries[fa.dsKey]
+		if e == nil {
+			e = &entry{ds: fa.ds}
+			entries[fa.dsKey] = e
+			order = append(order, fa.dsKey)
+		}
+		e.atoms = append(e.atoms, fa.atom)
 	}
 	backups := map[string]*Backup{}
-	for i, k := range order {
-		if vals[i] == nil {
-			continue // dataset record missing: not a complete catalog entry
-		}
-		var rec datasetRecord
-		if err := json.Unmarshal(vals[i], &rec); err != nil || rec.Dataset == nil {
-			return nil, fmt.Errorf("metadata: decode dataset record %q: %v", keys[i], err)
-		}
-		e := entries[k]
+	for _, key := range order {
+		e := entries[key]
+		rec := e.ds.rec
 		d := *rec.Dataset
 		sort.Slice(e.atoms, func(a, b int) bool { return e.atoms[a].Name < e.atoms[b].Name })
 		d.Atoms = e.atoms
-		b := backups[k.backup]
+		b := backups[rec.BackupID]
 		if b == nil {
 			b = &Backup{ID: rec.BackupID, Timestamp: rec.Timestamp, Host: rec.Host}
-			backups[k.backup] = b
+			backups[rec.BackupID] = b
 		}
 		b.Datasets = append(b.Datasets, &d)
 	}
@@ -222,5 +350,5 @@ func (s *EtcdStore) group(ctx context.Context, found []foundAtom) ([]*Backup, er
 		}
 		return out[i].ID < out[j].ID
 	})
-	return out, nil
+	return out
 }

@@ -196,7 +196,9 @@ func (s *EtcdStore) SpoolDepth() int {
 }
 
 // FlushSpool writes spooled records to etcd now, oldest first, and returns
-// the first error. The background flusher does the same with backoff.
+// the first error. The background flusher does the same with backoff. A
+// record that gets through ends the store's etcd-down state (see
+// AddDataset); one that does not starts it.
 func (s *EtcdStore) FlushSpool(ctx context.Context) error {
 	if s.spool == nil {
 		return nil
@@ -219,6 +221,9 @@ func (s *EtcdStore) FlushSpool(ctx context.Context) error {
 		err = s.write(ctx, rec.Backup, rec.Dataset)
 		if err != nil {
 			if !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrConflict) {
+				if ctx.Err() == nil {
+					s.markDown(err)
+				}
 				return err
 			}
 			// Retrying can never succeed; keep the record for a person
@@ -229,6 +234,9 @@ func (s *EtcdStore) FlushSpool(ctx context.Context) error {
 			}
 			continue
 		}
+		// etcd took a record: new records may try it directly again,
+		// though they queue behind the spool while it is not empty.
+		s.markUp()
 		if err := s.spool.done(name, false); err != nil {
 			return err
 		}

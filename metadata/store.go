@@ -10,8 +10,10 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -38,7 +40,9 @@ type Options struct {
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 	// WriteTimeout bounds each etcd transaction of an AddDataset attempt;
-	// when one fails the record is spooled. Default 5s.
+	// when one fails the record is spooled, and so are later records,
+	// without trying etcd, until the spool flusher gets one through.
+	// Default 5s.
 	WriteTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the spool flusher's retry delay
 	// (doubling); defaults 1s and 1m.
@@ -113,6 +117,23 @@ type EtcdStore struct {
 	lease   clientv3.LeaseID // 0: none granted or lost
 	noLease bool             // set by Close: grant no new lease
 
+	// Whether etcd is believed down (see markDown, markUp); only tracked
+	// with a spool, the only place a record can go instead.
+	healthMu sync.Mutex
+	down     bool
+	upCtx    context.Context // cancelled when down is set
+	upCancel context.CancelCauseFunc
+
+	// directTried counts AddDataset calls that tried etcd directly,
+	// directFailed those of them that found etcd unreachable themselves
+	// (and so waited for its error or WriteTimeout). Tests read them.
+	directTried, directFailed atomic.Int64
+
+	// testHook, when set (tests only), is called with the write's context
+	// between the steps of a write split over several transactions; an
+	// error stops the write there, as a crash would.
+	testHook func(ctx context.Context, step string) error
+
 	closeOnce sync.Once
 }
 
@@ -138,6 +159,7 @@ func NewStore(cli *clientv3.Client, opts Options) (*EtcdStore, error) {
 		runCtx: ctx,
 		cancel: cancel,
 	}
+	s.upCtx, s.upCancel = context.WithCancelCause(context.Background())
 	if opts.SpoolDir != "" {
 		sp, err := openSpool(opts.SpoolDir, opts.OnSpoolDepth)
 		if err != nil {
@@ -230,13 +252,19 @@ func header(b *Backup) *Backup {
 }
 
 // AddDataset records dataset d of backup b, with its atoms. It is
-// idempotent: the same backup and dataset twice leave one record. It fails
-// with ErrInvalid for bad names and ErrConflict when b.ID is already
-// recorded with another host or timestamp. When etcd does not answer within
-// WriteTimeout and a spool is configured, the record is written to the
-// spool, AddDataset returns nil, and a background flusher writes it when
-// etcd is back. While the spool is not empty new records queue behind it,
-// so records reach etcd in the order they were added.
+// idempotent: the same backup and dataset twice leave one record. Adding a
+// dataset again replaces its atom set: atoms the earlier record had and d
+// has not are no longer found. It fails with ErrInvalid for bad names and
+// ErrConflict when b.ID is already recorded with another host or
+// timestamp.
+//
+// When etcd does not answer within WriteTimeout and a spool is configured,
+// the record is written to the spool, AddDataset returns nil, and a
+// background flusher writes it when etcd is back. The store then takes
+// etcd as down: later records go straight to the spool, without waiting,
+// until the flusher gets a record through. While the spool is not empty
+// new records queue behind it, so records reach etcd in the order they
+// were added.
 func (s *EtcdStore) AddDataset(ctx context.Context, b *Backup, d *Dataset) error {
 	if err := validate(b, d); err != nil {
 		return err
@@ -244,107 +272,49 @@ func (s *EtcdStore) AddDataset(ctx context.Context, b *Backup, d *Dataset) error
 	if s.closed() {
 		return ErrClosed
 	}
-	if s.spool != nil {
-		queued, err := s.spool.addIfNotEmpty(spoolRecord{Backup: header(b), Dataset: d})
-		if err != nil {
+	if s.spool == nil {
+		return s.write(ctx, b, d)
+	}
+	rec := spoolRecord{Backup: header(b), Dataset: d}
+	up, isUp := s.etcdUp()
+	if !isUp {
+		if err := s.spool.add(rec); err != nil {
 			return err
 		}
-		if queued {
-			s.poke()
-			return nil
-		}
+		s.poke()
+		return nil
 	}
-	err := s.write(ctx, b, d)
-	if err == nil || s.spool == nil || errors.Is(err, ErrInvalid) || errors.Is(err, ErrConflict) {
+	queued, err := s.spool.addIfNotEmpty(rec)
+	if err != nil {
 		return err
 	}
+	if queued {
+		s.poke()
+		return nil
+	}
+	// Another call that finds etcd down cancels this one, which would
+	// otherwise wait for the same timeout before spooling.
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := context.AfterFunc(up, func() { cancel(context.Cause(up)) })
+	defer stop()
+	s.directTried.Add(1)
+	err = s.write(wctx, b, d)
+	if err == nil || errors.Is(err, ErrInvalid) || errors.Is(err, ErrConflict) {
+		return err
+	}
+	if ctx.Err() == nil && !errors.Is(context.Cause(wctx), errEtcdDown) {
+		// This write found etcd down itself (not the caller giving up,
+		// not cancelled because another write found it down).
+		s.directFailed.Add(1)
+		s.markDown(err)
+	}
 	s.log.Warn("catalog write failed; spooling the record", "backup", b.ID, "dataset", d.Source+"/"+d.Name, "err", err)
-	if serr := s.spool.add(spoolRecord{Backup: header(b), Dataset: d}); serr != nil {
+	if serr := s.spool.add(rec); serr != nil {
 		return fmt.Errorf("metadata: backup %s dataset %s/%s: etcd: %w; spool: %w", b.ID, d.Source, d.Name, err, serr)
 	}
 	s.poke()
 	return nil
-}
-
-// commit runs one transaction within WriteTimeout, so that a large
-// dataset gets time in proportion to its transactions.
-func (s *EtcdStore) commit(ctx context.Context, txn func(clientv3.Txn) clientv3.Txn) (*clientv3.TxnResponse, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.opts.WriteTimeout)
-	defer cancel()
-	return txn(s.kv.Txn(ctx)).Commit()
-}
-
-// write puts the records of one dataset: first, in one transaction, the
-// backup record (if new), its indexes and the dataset record; then the atom
-// records in batches. Find never sees an atom whose dataset record is
-// missing, and a retry after a partial write completes it.
-func (s *EtcdStore) write(ctx context.Context, b *Backup, d *Dataset) error {
-	h := header(b)
-	hk := s.k.backup(h.ID)
-	hv := mustJSON(h)
-	dsKey := s.k.dataset(d.Source, d.Name, h.Timestamp, h.ID)
-	dsVal := mustJSON(datasetRecord{BackupID: h.ID, Host: h.Host, Timestamp: h.Timestamp, Dataset: d})
-	bdKey := s.k.backupDS(h.ID, d.Source, d.Name)
-	what := fmt.Sprintf("backup %s dataset %s/%s", h.ID, d.Source, d.Name)
-
-	resp, err := s.commit(ctx, func(t clientv3.Txn) clientv3.Txn {
-		return t.If(clientv3.Compare(clientv3.CreateRevision(hk), "=", 0)).
-			Then(clientv3.OpPut(hk, hv),
-				clientv3.OpPut(s.k.backupTime(h), hv),
-				clientv3.OpPut(s.k.backupHost(h), hv),
-				clientv3.OpPut(bdKey, ""),
-				clientv3.OpPut(dsKey, dsVal)).
-			Else(clientv3.OpGet(hk))
-	})
-	if err != nil {
-		return fmt.Errorf("metadata: write %s: %w", what, err)
-	}
-	if !resp.Succeeded {
-		kvs := resp.Responses[0].GetResponseRange().Kvs
-		if len(kvs) == 0 {
-			return fmt.Errorf("metadata: write %s: backup record vanished during write", what)
-		}
-		var old Backup
-		if err := json.Unmarshal(kvs[0].Value, &old); err != nil {
-			return fmt.Errorf("metadata: write %s: decode backup record: %w", what, err)
-		}
-		if old.Host != h.Host || !old.Timestamp.Equal(h.Timestamp) {
-			return fmt.Errorf("%w: %s: backup recorded with host %q time %s, got host %q time %s",
-				ErrConflict, what, old.Host, old.Timestamp.Format(time.RFC3339Nano), h.Host, h.Timestamp.Format(time.RFC3339Nano))
-		}
-		r2, err := s.commit(ctx, func(t clientv3.Txn) clientv3.Txn {
-			return t.If(clientv3.Compare(clientv3.ModRevision(hk), "=", kvs[0].ModRevision)).
-				Then(clientv3.OpPut(bdKey, ""), clientv3.OpPut(dsKey, dsVal))
-		})
-		if err != nil {
-			return fmt.Errorf("metadata: write %s: %w", what, err)
-		}
-		if !r2.Succeeded {
-			return fmt.Errorf("metadata: write %s: backup record changed during write", what)
-		}
-	}
-	ops := make([]clientv3.Op, 0, min(len(d.Atoms), s.opts.MaxTxnOps))
-	flush := func() error {
-		if len(ops) == 0 {
-			return nil
-		}
-		if _, err := s.commit(ctx, func(t clientv3.Txn) clientv3.Txn { return t.Then(ops...) }); err != nil {
-			return fmt.Errorf("metadata: write atoms of %s: %w", what, err)
-		}
-		ops = ops[:0]
-		return nil
-	}
-	for _, a := range d.Atoms {
-		name := AtomName(d.Source, d.Name, a.Name)
-		v := mustJSON(atomRecord{BackupID: h.ID, DatasetID: d.ID, Host: h.Host, Timestamp: h.Timestamp, Atom: a})
-		ops = append(ops, clientv3.OpPut(s.k.atom(name, h.Timestamp, h.ID), v))
-		if len(ops) == s.opts.MaxTxnOps {
-			if err := flush(); err != nil {
-				return err
-			}
-		}
-	}
-	return flush()
 }
 
 // GetBackup returns backup id with all its datasets, or ErrNotFound.
@@ -445,7 +415,7 @@ func (s *EtcdStore) fillDatasets(ctx context.Context, bs []*Backup) error {
 	for i, r := range refs {
 		keys[i] = r.key
 	}
-	vals, err := s.getMany(ctx, keys)
+	vals, err := s.getMany(ctx, keys, 0)
 	if err != nil {
 		return fmt.Errorf("metadata: load dataset records: %w", err)
 	}
@@ -474,15 +444,19 @@ func sortDatasets(ds []*Dataset) {
 	})
 }
 
-// getMany fetches keys in transactions of at most MaxTxnOps gets; missing
-// keys give nil.
-func (s *EtcdStore) getMany(ctx context.Context, keys []string) ([][]byte, error) {
+// getMany fetches keys in transactions of at most MaxTxnOps gets, at
+// revision rev (0: the latest); missing keys give nil.
+func (s *EtcdStore) getMany(ctx context.Context, keys []string, rev int64) ([][]byte, error) {
 	out := make([][]byte, len(keys))
+	var opts []clientv3.OpOption
+	if rev != 0 {
+		opts = append(opts, clientv3.WithRev(rev))
+	}
 	for lo := 0; lo < len(keys); lo += s.opts.MaxTxnOps {
 		hi := min(lo+s.opts.MaxTxnOps, len(keys))
 		ops := make([]clientv3.Op, 0, hi-lo)
 		for _, k := range keys[lo:hi] {
-			ops = append(ops, clientv3.OpGet(k))
+			ops = append(ops, clientv3.OpGet(k, opts...))
 		}
 		resp, err := s.kv.Txn(ctx).Then(ops...).Commit()
 		if err != nil {
@@ -502,20 +476,33 @@ func (s *EtcdStore) getMany(ctx context.Context, keys []string) ([][]byte, error
 // whether to stop.
 func (s *EtcdStore) scan(ctx context.Context, start, end string, keysOnly bool, fn func(key, val []byte) (jump string, stop bool, err error)) error {
 	var rev int64
+	return s.scanAt(ctx, start, end, keysOnly, &rev, nil, fn)
+}
+
+// scanAt is scan at revision *rev; when *rev is 0 it is set to the
+// revision of the first read, so that several scans can share it. page,
+// when set, sees each page before fn sees its keys.
+func (s *EtcdStore) scanAt(ctx context.Context, start, end string, keysOnly bool, rev *int64,
+	page func(kvs []*mvccpb.KeyValue) error, fn func(key, val []byte) (jump string, stop bool, err error)) error {
 	for start < end {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(s.opts.PageSize))}
 		if keysOnly {
 			opts = append(opts, clientv3.WithKeysOnly())
 		}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
+		if *rev != 0 {
+			opts = append(opts, clientv3.WithRev(*rev))
 		}
 		resp, err := s.kv.Get(ctx, start, opts...)
 		if err != nil {
 			return err
 		}
-		if rev == 0 {
-			rev = resp.Header.Revision
+		if *rev == 0 {
+			*rev = resp.Header.Revision
+		}
+		if page != nil {
+			if err := page(resp.Kvs); err != nil {
+				return err
+			}
 		}
 		next := ""
 		for _, kv := range resp.Kvs {
