@@ -149,6 +149,9 @@ func (r *Repository) Backup(ctx context.Context, root string, paths []string, op
 	for range cap(b.chunkers) {
 		b.chunkers <- nil // made when first needed
 	}
+	for _, w := range r.indexDamageWarnings() {
+		b.warn("%s", w)
+	}
 	stopProgress := b.startProgress()
 	// Two readers per core: while one waits for the disk (or for pages
 	// the kernel dropped from the cache), the other keeps the core busy.

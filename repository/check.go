@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
 	"golang.org/x/sync/errgroup"
@@ -24,14 +25,24 @@ type CheckOptions struct {
 	Cursor   string // from the previous CheckResult; "" = start
 }
 
-// Problem is one damaged or missing object, with what depends on it.
+// Problem is one damaged or missing object, with what depends on it, or
+// (Kind ProblemUnindexedPack) a pack that no index file lists.
 type Problem struct {
 	Object    string   `json:"object"`              // backend path, e.g. "data/ab/ab12...", "index/...", "snapshots/..."
+	Kind      string   `json:"kind,omitempty"`      // "" (damaged or missing) or ProblemUnindexedPack
 	Err       string   `json:"error"`               // what is wrong
 	Blobs     []string `json:"blobs,omitempty"`     // damaged blob ids, if known
 	Snapshots []string `json:"snapshots,omitempty"` // snapshot ids that depend on the object
 	Paths     []string `json:"paths,omitempty"`     // "snapshotShortID:path" of files that depend on it
 }
+
+// ProblemUnindexedPack is the Kind of a Problem about a pack that no index
+// file lists and that is older than prune's grace period: nothing can read
+// its blobs (readers find blobs through the index), the next prune deletes
+// it, and it is not damage. Whether it was left by a crashed backup or its
+// index file was lost, check cannot tell; if an index file was lost, the
+// snapshots that needed it are named by problems of their own.
+const ProblemUnindexedPack = "unindexed-pack"
 
 // CheckResult is the outcome of one Check call.
 type CheckResult struct {
@@ -104,7 +115,10 @@ func packPath(id ID) string {
 // every index and snapshot file verifies against its name and decrypts,
 // every indexed pack exists with the recorded size and every index entry
 // lies inside its pack, every tree reachable from a snapshot is readable and
-// every blob a tree references is indexed. With ReadData it also reads packs
+// every blob a tree references is indexed. A pack no index file lists is
+// reported (Kind ProblemUnindexedPack) when the creation time in its header
+// is older than prune's grace period; younger ones may belong to a backup
+// still running and are not reported. With ReadData it also reads packs
 // (in sorted order, from Cursor, until Budget is spent): the pack's SHA-256
 // must equal its name, its header must decrypt and agree with the index, and
 // every blob must decrypt, decompress and hash to its id.
@@ -113,6 +127,12 @@ func packPath(id ID) string {
 // that depend on it. Check returns an error only when it could not run (for
 // example the backend failed to list); damage is reported in the result.
 func (r *Repository) Check(ctx context.Context, opts CheckOptions) (*CheckResult, error) {
+	return r.check(ctx, opts, time.Now())
+}
+
+// check is Check as of now, which decides whether an unindexed pack is past
+// the grace period (tests move it to see packs age).
+func (r *Repository) check(ctx context.Context, opts CheckOptions, now time.Time) (*CheckResult, error) {
 	c := &checkState{
 		r:            r,
 		res:          &CheckResult{Problems: []Problem{}},
@@ -133,6 +153,9 @@ func (r *Repository) Check(ctx context.Context, opts CheckOptions) (*CheckResult
 		return nil, err
 	}
 	if err := c.checkIndex(ctx); err != nil {
+		return nil, err
+	}
+	if err := c.checkUnindexed(ctx, now); err != nil {
 		return nil, err
 	}
 	snaps, err := c.checkSnapshots(ctx)
@@ -206,23 +229,7 @@ func (c *checkState) checkIndex(ctx context.Context) error {
 			c.mu.Unlock()
 		}
 	}
-	present := map[ID]bool{}
-	for i, id := range ids {
-		if files[i] != nil {
-			present[id] = true
-		}
-	}
-	superseded := map[ID]bool{}
-	for _, f := range files {
-		if f == nil {
-			continue
-		}
-		for _, s := range f.Supersedes {
-			if present[s] {
-				superseded[s] = true
-			}
-		}
-	}
+	superseded := supersededFiles(ids, files)
 	overhead := r.seal.overhead()
 	for i, f := range files {
 		if f == nil || superseded[ids[i]] {
@@ -270,6 +277,53 @@ func (c *checkState) checkIndex(ctx context.Context) error {
 				c.damageBlob(packPath(id), pb.ID)
 			}
 		}
+	}
+	return nil
+}
+
+// checkUnindexed reports the packs in data/ that no readable index file
+// lists. Their age comes from the creation time in the header, as prune
+// judges it (FORMAT.md §12 rule 2): one that is younger than the grace
+// period may belong to a backup that has not written its index yet, and is
+// left alone.
+func (c *checkState) checkUnindexed(ctx context.Context, now time.Time) error {
+	var ids []ID
+	for id := range c.stored {
+		if _, ok := c.packs[id]; !ok {
+			ids = append(ids, id)
+		}
+	}
+	slices.SortFunc(ids, func(a, b ID) int { return bytes.Compare(a[:], b[:]) })
+	readHeader := func(ctx context.Context, id ID) (*packHeader, error) {
+		return c.r.readPackHeader(ctx, id, c.stored[id])
+	}
+	hdrs, errs, err := loadAll(ctx, ids, 8, readHeader, cancelled)
+	if err != nil {
+		return fmt.Errorf("check: %w", err)
+	}
+	cutoff := now.Add(-pruneGrace)
+	for i, id := range ids {
+		pp := packPath(id)
+		if errs[i] != nil {
+			// Prune never deletes a pack whose header it cannot read.
+			c.problem(pp, "pack is listed by no index file and its header cannot be read (prune keeps it): %v", errs[i])
+			continue
+		}
+		created := hdrs[i].Created
+		if !created.Before(cutoff) {
+			continue
+		}
+		var p *Problem
+		if len(c.damagedIndexes) > 0 {
+			p = c.problem(pp, "pack is listed by no readable index file (created %s, more than %v ago); a damaged index file may list it, and prune refuses to run until that is repaired",
+				created.UTC().Format(time.RFC3339), pruneGrace)
+		} else {
+			p = c.problem(pp, "pack is listed by no index file (created %s, more than %v ago): no snapshot can use its blobs, and the next prune deletes it",
+				created.UTC().Format(time.RFC3339), pruneGrace)
+		}
+		c.mu.Lock()
+		p.Kind = ProblemUnindexedPack
+		c.mu.Unlock()
 	}
 	return nil
 }
@@ -722,85 +776,27 @@ func (c *checkState) walk(ctx context.Context, prefix string, id ID, fn func(p s
 	return nil
 }
 
-// OpenTolerant opens a repository like Open, but a damaged or unreadable
-// index file does not stop it: the in-memory index is built from the index
-// files that verify, and the damaged ones are returned (as backend paths
-// with the reason). Blobs listed only in a damaged file are then "not in
-// index", so restore fails loudly for the files that need them and still
-// restores every other file, and Check names the damaged file. Commands that
-// delete data (forget --prune, prune) must use Open, which refuses.
+// OpenTolerant opens a repository like Open, but an index file that cannot
+// be read, for whatever reason, does not stop it either: the in-memory
+// index is built from the index files that load, and those that do not are
+// returned (as backend paths with the reason). Blobs listed only in such a
+// file are then "not in index", so restore fails loudly for the files that
+// need them and still restores every other file, and Check names the
+// damaged file. Prune refuses to run while an index file cannot be read.
 func OpenTolerant(ctx context.Context, be backend.Backend, password []byte) (*Repository, []string, error) {
-	r, err := Open(ctx, hideIndexes{be}, password)
+	r, err := openConfig(ctx, be, password)
 	if err != nil {
 		return nil, nil, err
 	}
-	r.be = be
-	ids, err := r.listIDs(ctx, backend.IndexFile, nil)
+	x, err := r.buildIndex(ctx, func(error) bool { return true })
 	if err != nil {
-		return nil, nil, fmt.Errorf("open %s: %w", be.Location(), err)
-	}
-	files := make([]*indexFile, len(ids))
-	damaged := make([]string, len(ids))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(8)
-	for i, id := range ids {
-		g.Go(func() error {
-			f, err := r.loadIndexFile(gctx, id)
-			if err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				damaged[i] = fmt.Sprintf("%s: %v", backend.Handle{Type: backend.IndexFile, Name: id.String()}.Path(), err)
-				return nil
-			}
-			files[i] = f
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
 		return nil, nil, fmt.Errorf("open %s: load index: %w", be.Location(), err)
 	}
-	present := map[ID]bool{}
-	for i, id := range ids {
-		if files[i] != nil {
-			present[id] = true
-		}
+	r.setIndex(x)
+	damaged := make([]string, 0, len(x.damaged))
+	for id, err := range x.damaged {
+		damaged = append(damaged, fmt.Sprintf("%s: %v", backend.Handle{Type: backend.IndexFile, Name: id.String()}.Path(), err))
 	}
-	superseded := map[ID]bool{}
-	for _, f := range files {
-		if f != nil {
-			for _, s := range f.Supersedes {
-				if present[s] {
-					superseded[s] = true
-				}
-			}
-		}
-	}
-	x := newIndex()
-	for i, f := range files {
-		if f == nil || superseded[ids[i]] {
-			continue
-		}
-		for _, p := range f.Packs {
-			x.addPack(p)
-		}
-		x.mu.Lock()
-		x.files[ids[i]] = struct{}{}
-		x.mu.Unlock()
-	}
-	r.idxMu.Lock()
-	r.idx = x
-	r.idxMu.Unlock()
-	return r, slices.DeleteFunc(damaged, func(s string) bool { return s == "" }), nil
-}
-
-// hideIndexes makes a backend look as if it had no index files, so that
-// Open does not stop at a damaged one; OpenTolerant loads them itself.
-type hideIndexes struct{ backend.Backend }
-
-func (h hideIndexes) List(ctx context.Context, t backend.FileType, fn func(backend.FileInfo) error) error {
-	if t == backend.IndexFile {
-		return nil
-	}
-	return h.Backend.List(ctx, t, fn)
+	sort.Strings(damaged)
+	return r, damaged, nil
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/backend/local"
@@ -229,4 +230,137 @@ func TestCheckGarbage(t *testing.T) {
 			t.Errorf("garbage object %s not reported; problems: %v", w, got)
 		}
 	}
+}
+
+// TestCheckUnindexedPacks: the structure check reports a pack that no index
+// file lists once it is past prune's grace period (prune would delete it),
+// and leaves a younger one alone (it may belong to a running backup).
+func TestCheckUnindexedPacks(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now()
+	// lostIndex removes the index file of a second backup and returns the
+	// packs it listed.
+	lostIndex := func(t *testing.T, r *Repository) []ID {
+		src := t.TempDir()
+		writeRandomFiles(t, src, "lost", 2, 300<<10, 40)
+		before := indexIDs(t, r)
+		backupDir(t, r, src, "lost")
+		var packs []ID
+		for _, id := range indexIDs(t, r) {
+			if slices.Contains(before, id) {
+				continue
+			}
+			f, err := r.loadIndexFile(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range f.Packs {
+				packs = append(packs, p.ID)
+			}
+			if err := r.be.Remove(ctx, backend.Handle{Type: backend.IndexFile, Name: id.String()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(packs) == 0 {
+			t.Fatal("the backup wrote no index file")
+		}
+		return packs
+	}
+	tests := []struct {
+		name string
+		// setup returns the unindexed packs it made.
+		setup        func(t *testing.T, r *Repository) []ID
+		at           time.Time // when check runs
+		wantReported bool
+		wantErr      string // in the problem's message
+	}{
+		{"crash leftover past the grace period", func(t *testing.T, r *Repository) []ID {
+			return []ID{savePack(t, r, now.Add(-pruneGrace-time.Hour), 10)}
+		}, now, true, "the next prune deletes it"},
+		{"crash leftover within the grace period", func(t *testing.T, r *Repository) []ID {
+			return []ID{savePack(t, r, now.Add(-10*time.Minute), 11)}
+		}, now, false, ""},
+		{"packs of a lost index file, just written", lostIndex, now, false, ""},
+		{"packs of a lost index file, three hours later", lostIndex, now.Add(3 * time.Hour), true, "the next prune deletes it"},
+		{"packs of a damaged index file, three hours later", func(t *testing.T, r *Repository) []ID {
+			packs := lostIndex(t, r)
+			// Put a damaged index file in place of the lost one.
+			junk := randBytes(41, 500)
+			if err := saveBytes(ctx, r.be, backend.Handle{Type: backend.IndexFile, Name: hashID(junk).String()}, junk); err != nil {
+				t.Fatal(err)
+			}
+			return packs
+		}, now.Add(3 * time.Hour), true, "a damaged index file may list it"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r, _ := newSmallPackRepo(t, "pw")
+			src := t.TempDir()
+			writeRandomFiles(t, src, "r", 2, 300<<10, 1)
+			backupDir(t, r, src, "a")
+			packs := tc.setup(t, r)
+			res, err := r.check(ctx, CheckOptions{}, tc.at)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, pack := range packs {
+				var p *Problem
+				for i := range res.Problems {
+					if res.Problems[i].Object == packPath(pack) {
+						p = &res.Problems[i]
+					}
+				}
+				switch {
+				case !tc.wantReported && p != nil:
+					t.Errorf("unindexed pack within the grace period reported: %+v", *p)
+				case tc.wantReported && p == nil:
+					t.Errorf("unindexed pack %s not reported; problems %+v", packPath(pack), res.Problems)
+				case tc.wantReported && (p.Kind != ProblemUnindexedPack || !strings.Contains(p.Err, tc.wantErr)):
+					t.Errorf("problem %+v: want kind %q and a message saying %q", *p, ProblemUnindexedPack, tc.wantErr)
+				}
+			}
+			for _, p := range res.Problems {
+				if p.Kind == ProblemUnindexedPack && !slices.Contains(packs, mustParseID(t, filepath.Base(p.Object))) {
+					t.Errorf("indexed pack reported as unindexed: %+v", p)
+				}
+			}
+		})
+	}
+	// Prune agrees with check: it deletes the reported pack and keeps the
+	// young one, after which check is clean.
+	t.Run("prune deletes what check reported", func(t *testing.T) {
+		r, _ := newSmallPackRepo(t, "pw")
+		src := t.TempDir()
+		writeRandomFiles(t, src, "r", 2, 300<<10, 1)
+		backupDir(t, r, src, "a")
+		old := savePack(t, r, now.Add(-pruneGrace-time.Hour), 10)
+		young := savePack(t, r, now.Add(-10*time.Minute), 11)
+		res, err := r.Check(ctx, CheckOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Problems) != 1 || res.Problems[0].Object != packPath(old) {
+			t.Fatalf("problems %+v, want only %s", res.Problems, packPath(old))
+		}
+		if _, err := r.Prune(ctx, PruneOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		stored := storedPacks(t, r)
+		if _, ok := stored[old]; ok {
+			t.Error("prune kept the pack check reported")
+		}
+		if _, ok := stored[young]; !ok {
+			t.Error("prune deleted the young pack")
+		}
+		mustCheckClean(t, r, true)
+	})
+}
+
+func mustParseID(t testing.TB, s string) ID {
+	t.Helper()
+	id, err := ParseID(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
 }

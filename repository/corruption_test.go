@@ -321,8 +321,17 @@ func TestCorruptIndex(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := Open(ctx, be, []byte(corruptPW)); err == nil || !strings.Contains(err.Error(), object) {
-			t.Errorf("strict Open of a damaged index: err %v, want one naming %s", err, object)
+		// Open leaves the damaged file out (so that backups go on), and
+		// prune through it refuses, naming the file.
+		ro, err := Open(ctx, be, []byte(corruptPW))
+		if err != nil {
+			t.Fatalf("Open of a repository with a damaged index file: %v", err)
+		}
+		if w := ro.indexDamageWarnings(); len(w) != 1 || !strings.Contains(w[0], object) {
+			t.Errorf("Open: damage warnings %q, want one naming %s", w, object)
+		}
+		if _, err := ro.Prune(ctx, PruneOptions{}); err == nil || !strings.Contains(err.Error(), object) {
+			t.Errorf("prune through Open with a damaged index: err %v, want a refusal naming %s", err, object)
 		}
 		r, damaged := f.reopenTolerant(t)
 		if len(damaged) != 1 || !strings.Contains(damaged[0], object) {

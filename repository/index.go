@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
 
 	"github.com/custos-backup/custos/repository/backend"
@@ -180,21 +181,23 @@ type index struct {
 	packs    []ID
 	packSize []int64
 	packNum  map[ID]uint32
-	files    map[ID]struct{} // index files loaded
-	seen     map[ID]struct{} // every index file listed when this index was built
+	files    map[ID]struct{} // index files loaded (neither superseded nor damaged)
+	// seen holds every index file listed when this index was built or last
+	// refreshed, and those written through it: refreshIndex loads only
+	// files outside it.
+	seen map[ID]struct{}
+	// damaged holds the listed index files that could not be loaded, with
+	// the reason. Their blobs count as not stored.
+	damaged map[ID]error
 }
 
 func newIndex() *index {
-	return &index{blobs: make(map[ID]blobLoc), packNum: make(map[ID]uint32), files: make(map[ID]struct{})}
+	return &index{blobs: make(map[ID]blobLoc), packNum: make(map[ID]uint32), files: make(map[ID]struct{}),
+		seen: make(map[ID]struct{}), damaged: make(map[ID]error)}
 }
 
-// addPack records the blobs of one pack.
-func (x *index) addPack(p indexPack) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	x.addPackLocked(p)
-}
-
+// addPackLocked records the blobs of one pack; x.mu must be held (or x not
+// shared yet).
 func (x *index) addPackLocked(p indexPack) {
 	n, ok := x.packNum[p.ID]
 	if !ok {
@@ -286,19 +289,39 @@ func (r *Repository) saveIndexFile(ctx context.Context, f *indexFile) (ID, error
 	return id, nil
 }
 
+// indexDamageError is a load failure caused by an index file's content (it
+// does not hash to its name, open or decode), as opposed to failing to read
+// it: reading again cannot help, so readers leave the file out instead of
+// failing, while a read error may pass and stays an error.
+type indexDamageError struct {
+	h   backend.Handle
+	err error
+}
+
+func (e *indexDamageError) Error() string { return fmt.Sprintf("index %s: %v", e.h, e.err) }
+func (e *indexDamageError) Unwrap() error { return e.err }
+
+// isIndexDamage reports whether err says that an index file's content is
+// damaged.
+func isIndexDamage(err error) bool {
+	var d *indexDamageError
+	return errors.As(err, &d)
+}
+
 // loadIndexFile loads and verifies one index file (name = SHA-256 of its bytes).
 func (r *Repository) loadIndexFile(ctx context.Context, id ID) (*indexFile, error) {
+	r.indexLoads.Add(1)
 	h := backend.Handle{Type: backend.IndexFile, Name: id.String()}
 	b, err := loadSmall(ctx, r.be, h, maxIndexFileSize)
 	if err != nil {
 		return nil, err
 	}
 	if hashID(b) != id {
-		return nil, fmt.Errorf("index %s: content does not match its name", h)
+		return nil, &indexDamageError{h, errors.New("content does not match its name")}
 	}
 	f, err := r.openIndexFile(b)
 	if err != nil {
-		return nil, fmt.Errorf("index %s: %w", h, err)
+		return nil, &indexDamageError{h, err}
 	}
 	return f, nil
 }
@@ -369,19 +392,9 @@ func (r *Repository) forEachIndexFileIDs(ctx context.Context, all bool, fn func(
 	if err != nil {
 		return nil, err
 	}
-	superseded := make(map[ID]bool)
+	var superseded map[ID]bool
 	if !all {
-		present := make(map[ID]bool, len(ids))
-		for _, id := range ids {
-			present[id] = true
-		}
-		for _, f := range files {
-			for _, s := range f.Supersedes {
-				if present[s] {
-					superseded[s] = true
-				}
-			}
-		}
+		superseded = supersededFiles(ids, files)
 	}
 	for i, id := range ids {
 		if superseded[id] {
@@ -394,76 +407,309 @@ func (r *Repository) forEachIndexFileIDs(ctx context.Context, all bool, fn func(
 	return ids, nil
 }
 
-// loadIndex (re)builds the in-memory index from every index file.
-func (r *Repository) loadIndex(ctx context.Context) error {
-	x := newIndex()
-	ids, err := r.forEachIndexFileIDs(ctx, false, func(id ID, f *indexFile) error {
-		x.mu.Lock()
-		defer x.mu.Unlock()
-		for _, p := range f.Packs {
-			x.addPackLocked(p)
+// supersededFiles returns the files among ids that a loaded file (files[i]
+// not nil) supersedes; FORMAT.md §7 leaves them out of the index. A file
+// that could not be loaded supersedes nothing, since what it lists is
+// unknown.
+func supersededFiles(ids []ID, files []*indexFile) map[ID]bool {
+	present := make(map[ID]bool, len(ids))
+	for i, id := range ids {
+		if files[i] != nil {
+			present[id] = true
 		}
-		x.files[id] = struct{}{}
-		return nil
+	}
+	superseded := make(map[ID]bool)
+	for _, f := range files {
+		if f == nil {
+			continue
+		}
+		for _, s := range f.Supersedes {
+			if present[s] {
+				superseded[s] = true
+			}
+		}
+	}
+	return superseded
+}
+
+// buildIndex builds a new in-memory index from every index file. A file
+// that fails to load with an error tolerate accepts is recorded in the
+// index's damaged set instead of failing the build; a nil tolerate accepts
+// none.
+func (r *Repository) buildIndex(ctx context.Context, tolerate func(error) bool) (*index, error) {
+	ids, err := r.listIDs(ctx, backend.IndexFile, func(name string) {
+		r.log.Warn("ignoring index object with an invalid name", "name", name)
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	x.seen = make(map[ID]struct{}, len(ids))
-	for _, id := range ids {
+	fatal := func(gctx context.Context, err error) bool {
+		return tolerate == nil || gctx.Err() != nil || !tolerate(err)
+	}
+	files, errs, err := loadAll(ctx, ids, 8, r.loadIndexFile, fatal)
+	if err != nil {
+		return nil, err
+	}
+	x := newIndex()
+	for i, id := range ids {
 		x.seen[id] = struct{}{}
+		if errs[i] != nil {
+			x.damaged[id] = errs[i]
+		}
 	}
+	var stored map[ID]bool
+	if len(x.damaged) > 0 {
+		// A damaged file may be the one a prune wrote to supersede all
+		// others before it deleted packs (a prune that stopped before
+		// deleting the old files leaves both). The old files then list
+		// packs that are gone, and a backup must not deduplicate against
+		// them: use only packs that exist. The packs are listed after the
+		// index files, so every pack those files list is durable already.
+		if stored, err = r.storedPackSet(ctx); err != nil {
+			return nil, err
+		}
+	}
+	superseded := supersededFiles(ids, files)
+	for i, f := range files {
+		if f == nil || superseded[ids[i]] {
+			continue
+		}
+		for _, p := range f.Packs {
+			if stored == nil || stored[p.ID] {
+				x.addPackLocked(p) // x is not shared yet
+			}
+		}
+		x.files[ids[i]] = struct{}{}
+	}
+	return x, nil
+}
+
+// storedPackSet lists the packs in data/.
+func (r *Repository) storedPackSet(ctx context.Context) (map[ID]bool, error) {
+	ids, err := r.listIDs(ctx, backend.PackFile, nil)
+	if err != nil {
+		return nil, err
+	}
+	set := make(map[ID]bool, len(ids))
+	for _, id := range ids {
+		set[id] = true
+	}
+	return set, nil
+}
+
+func (r *Repository) setIndex(x *index) {
 	r.idxMu.Lock()
 	r.idx = x
 	r.idxMu.Unlock()
+}
+
+// loadIndex rebuilds the in-memory index from every index file and fails
+// if any of them cannot be loaded: prune, which deletes what the index does
+// not list, must see all of them.
+func (r *Repository) loadIndex(ctx context.Context) error {
+	r.refreshMu.Lock()
+	defer r.refreshMu.Unlock()
+	x, err := r.buildIndex(ctx, nil)
+	if err != nil {
+		return err
+	}
+	r.setIndex(x)
 	return nil
 }
 
-// refreshIndex reloads the in-memory index when the set of index files
-// differs from the one it was built from: another process may have added
-// index files (new backups) or replaced them (prune). A long-lived
-// Repository would otherwise dedup against blobs whose packs prune has
-// since deleted. Writers call it after taking their lock, with strict set:
-// then a failed reload is an error. Readers pass strict false: a failed
-// reload (e.g. a damaged index file in a repository opened with
-// OpenTolerant) keeps the current index, and is not retried until the set
-// of index files changes again.
+// loadIndexSkipDamaged rebuilds the in-memory index for reading and
+// backing up: a damaged index file is left out (a backup then stores its
+// blobs again, and check names it), while failing to read one is an error,
+// since that may pass.
+func (r *Repository) loadIndexSkipDamaged(ctx context.Context) error {
+	r.refreshMu.Lock()
+	defer r.refreshMu.Unlock()
+	x, err := r.buildIndex(ctx, isIndexDamage)
+	if err != nil {
+		return err
+	}
+	r.logDamaged(x, nil)
+	r.setIndex(x)
+	return nil
+}
+
+// logDamaged logs the damaged index files of x (not shared yet) that old
+// did not know.
+func (r *Repository) logDamaged(x, old *index) {
+	known := map[ID]bool{}
+	if old != nil {
+		old.mu.RLock()
+		for id := range old.damaged {
+			known[id] = true
+		}
+		old.mu.RUnlock()
+	}
+	for id, err := range x.damaged {
+		if known[id] {
+			continue
+		}
+		r.log.Warn("index file cannot be used; blobs listed only there count as not stored (run check)",
+			"file", backend.Handle{Type: backend.IndexFile, Name: id.String()}.Path(), "err", err)
+	}
+}
+
+// refreshIndex brings the in-memory index up to date with index/: another
+// process may have added index files (new backups) or replaced them
+// (prune). A long-lived Repository would otherwise dedup against blobs
+// whose packs prune has since deleted.
+//
+// While every file the index loaded is still listed, only the files it has
+// not seen are loaded and added. Adding is safe then: prune deletes packs
+// only after writing a file that supersedes the ones listing them, and
+// deletes those files last, so a pack still listed by a present,
+// unsuperseded file exists. A new file that supersedes a loaded one, a
+// loaded file that disappeared, or a new file that is damaged (it may be
+// such a superseder) makes it rebuild the index from every file instead.
+// Damaged files are left out either way.
+//
+// Writers call it after taking their lock, with strict set: then failing
+// to read an index file is an error. Readers pass strict false: such a
+// failure keeps the current index, and the next call tries again; reads
+// through a location in a deleted pack fail loudly, so a stale view costs
+// readers nothing silent.
 func (r *Repository) refreshIndex(ctx context.Context, strict bool) error {
+	r.refreshMu.Lock()
+	defer r.refreshMu.Unlock()
 	ids, err := r.listIDs(ctx, backend.IndexFile, nil)
 	if err != nil {
 		return err
 	}
 	x := r.index()
-	x.mu.RLock()
-	same := sameIDs(ids, x.seen) || sameIDs(ids, x.files)
-	x.mu.RUnlock()
-	if same {
+	added, gone := x.compare(ids)
+	if !gone {
+		if len(added) == 0 {
+			return nil
+		}
+		rebuild, err := r.addIndexFiles(ctx, x, added)
+		if err != nil {
+			if strict {
+				return err
+			}
+			r.log.Warn("index files changed but cannot be loaded; using the index loaded before", "err", err)
+			return nil
+		}
+		if !rebuild {
+			return nil
+		}
+	}
+	nx, err := r.buildIndex(ctx, isIndexDamage)
+	if err != nil {
+		if strict {
+			return err
+		}
+		// x is left as it was (it still lists the vanished files it
+		// loaded, or lacks the new ones), so the next call, and every
+		// writer's, sees the change and tries again.
+		r.log.Warn("index files changed but cannot be reloaded; using the index loaded before", "err", err)
 		return nil
 	}
-	err = r.loadIndex(ctx)
-	if err == nil || strict {
-		return err
-	}
-	r.log.Warn("index files changed but cannot be reloaded; using the index loaded before", "err", err)
-	x.mu.Lock()
-	x.seen = make(map[ID]struct{}, len(ids))
-	for _, id := range ids {
-		x.seen[id] = struct{}{}
-	}
-	x.mu.Unlock()
+	r.logDamaged(nx, x)
+	r.setIndex(nx)
 	return nil
 }
 
-func sameIDs(ids []ID, set map[ID]struct{}) bool {
-	if len(ids) != len(set) {
-		return false
-	}
+// compare matches the listed index files against x: added are those x has
+// not seen, gone reports that a file x loaded is no longer listed. Seen
+// files that were not loaded (superseded or damaged) and are no longer
+// listed are forgotten, so that a damaged file someone removed stops being
+// reported.
+func (x *index) compare(ids []ID) (added []ID, gone bool) {
+	listed := make(map[ID]struct{}, len(ids))
+	x.mu.Lock()
+	defer x.mu.Unlock()
 	for _, id := range ids {
-		if _, ok := set[id]; !ok {
-			return false
+		listed[id] = struct{}{}
+		if _, ok := x.seen[id]; !ok {
+			added = append(added, id)
 		}
 	}
-	return true
+	for id := range x.files {
+		if _, ok := listed[id]; !ok {
+			gone = true
+		}
+	}
+	for id := range x.seen {
+		if _, ok := listed[id]; ok {
+			continue
+		}
+		if _, loaded := x.files[id]; !loaded {
+			delete(x.seen, id)
+			delete(x.damaged, id)
+		}
+	}
+	return added, gone
+}
+
+// addIndexFiles loads the index files added (not seen by x yet) and adds
+// their packs to x. It adds nothing and returns rebuild true when x must be
+// rebuilt from every file instead: a new file is damaged, or supersedes a
+// file x has loaded. A file that cannot be read is an error.
+func (r *Repository) addIndexFiles(ctx context.Context, x *index, added []ID) (rebuild bool, err error) {
+	files, errs, err := loadAll(ctx, added, 8, r.loadIndexFile, cancelled)
+	if err != nil {
+		return false, err
+	}
+	for _, err := range errs {
+		if err != nil && !isIndexDamage(err) {
+			return false, err
+		}
+	}
+	for _, err := range errs {
+		if err != nil {
+			return true, nil
+		}
+	}
+	// Files added together may supersede one another (when x had loaded
+	// none of the files a prune replaced): leave those out as a rebuild
+	// would.
+	superseded := supersededFiles(added, files)
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, f := range files {
+		for _, s := range f.Supersedes {
+			if _, loaded := x.files[s]; loaded {
+				return true, nil
+			}
+		}
+	}
+	for i, f := range files {
+		id := added[i]
+		x.seen[id] = struct{}{}
+		if superseded[id] {
+			continue
+		}
+		for _, p := range f.Packs {
+			x.addPackLocked(p)
+		}
+		x.files[id] = struct{}{}
+	}
+	return false, nil
+}
+
+// indexDamageWarnings returns one warning per index file the in-memory
+// index left out as damaged, for a backup to record in its snapshot: blobs
+// listed only there count as not stored, so the backup stored them again.
+func (r *Repository) indexDamageWarnings() []string {
+	x := r.index()
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	out := make([]string, 0, len(x.damaged))
+	for id, err := range x.damaged {
+		reason := err
+		var d *indexDamageError
+		if errors.As(err, &d) {
+			reason = d.err
+		}
+		out = append(out, fmt.Sprintf("damaged index file %s left out (%v): blobs listed only there count as not stored, and this backup stored again those it needed; run check",
+			backend.Handle{Type: backend.IndexFile, Name: id.String()}.Path(), reason))
+	}
+	sort.Strings(out)
+	return out
 }
 
 // index returns the current in-memory index.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/klauspost/compress/zstd"
@@ -39,6 +40,13 @@ type Repository struct {
 
 	idxMu sync.RWMutex
 	idx   *index
+	// refreshMu serialises rebuilding and refreshing the index, so that
+	// two refreshes cannot both load the same new files or replace each
+	// other's index.
+	refreshMu sync.Mutex
+	// indexLoads counts index files read (tests check that a refresh
+	// reads only the new ones).
+	indexLoads atomic.Int64
 
 	encoders sync.Pool // *zstd.Encoder
 	decoders sync.Pool // *zstd.Decoder
@@ -114,7 +122,25 @@ func newRepository(be backend.Backend, cfg *repoConfig, s *sealer) *Repository {
 
 // Open opens the repository in be. password is ignored for an unencrypted
 // repository.
+//
+// A damaged index file (one that does not verify) does not stop it: it is
+// logged and left out, so that backups go on (storing the blobs it lists
+// again, with a warning in the snapshot) and restores of everything else
+// work. Failing to read an index file is an error. Prune re-reads every
+// index file itself and refuses while one is damaged.
 func Open(ctx context.Context, be backend.Backend, password []byte) (*Repository, error) {
+	r, err := openConfig(ctx, be, password)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.loadIndexSkipDamaged(ctx); err != nil {
+		return nil, fmt.Errorf("open %s: load index: %w", be.Location(), err)
+	}
+	return r, nil
+}
+
+// openConfig opens the repository in be without loading its index.
+func openConfig(ctx context.Context, be backend.Backend, password []byte) (*Repository, error) {
 	b, err := loadSmall(ctx, be, backend.Handle{Type: backend.ConfigFile}, maxConfigSize)
 	if errors.Is(err, backend.ErrNotExist) {
 		return nil, fmt.Errorf("open %s: %w", be.Location(), ErrNotInitialized)
@@ -147,9 +173,6 @@ func Open(ctx context.Context, be backend.Backend, password []byte) (*Repository
 			return nil, fmt.Errorf("open %s: %w", be.Location(), err)
 		}
 		r = newRepository(be, cfg, s)
-	}
-	if err := r.loadIndex(ctx); err != nil {
-		return nil, fmt.Errorf("open %s: load index: %w", be.Location(), err)
 	}
 	return r, nil
 }

@@ -41,6 +41,9 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 	bufs := &bufPool{}
 	saver := r.newBlobSaver(gctx, g, bufs)
 	b := &backupState{r: r, ctx: gctx, saver: saver, bufs: bufs, opts: &opts}
+	for _, w := range r.indexDamageWarnings() {
+		b.warn("%s", w)
+	}
 
 	n := node{Name: name, Type: nodeFile, Mode: 0o600, UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), Links: 1}
 	// Progress as in Backup: bytes read so far, the stream as the current
