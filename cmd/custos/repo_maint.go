@@ -84,7 +84,11 @@ depend on it. The command exits non-zero when it finds a problem.`,
 
 func printCheck(w io.Writer, res *repository.CheckResult) {
 	for _, p := range res.Problems {
-		fmt.Fprintf(w, "DAMAGED %s: %s\n", p.Object, p.Err)
+		label := "DAMAGED"
+		if p.Kind == repository.ProblemUnindexedPack {
+			label = "UNINDEXED"
+		}
+		fmt.Fprintf(w, "%s %s: %s\n", label, p.Object, p.Err)
 		if len(p.Blobs) > 0 {
 			fmt.Fprintf(w, "  blobs: %s\n", strings.Join(shorten(p.Blobs, 10), " "))
 		}
