@@ -180,13 +180,31 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, rd io.ReadSeeker, 
 		return fmt.Errorf("local: save %s: %w", h, err)
 	}
 	tmp := f.Name()
+	// Large objects (packs that copy or prune write) bypass the page cache
+	// like staged packs; small ones (index, snapshots, keys) are read back
+	// soon and are not worth a buffer.
+	var dw *directWriter
+	if size >= directBufSize {
+		dw = newDirectWriter(f, b.directBufs)
+	}
 	defer func() {
 		if err != nil {
+			if dw != nil {
+				dw.release()
+			}
 			_ = f.Close()
 			_ = os.Remove(tmp)
 		}
 	}()
-	n, err := copyBody(ctx, f, rd, size)
+	var n int64
+	if dw != nil {
+		n, err = copyBody(ctx, dw, rd, size)
+		if err == nil {
+			err = dw.Flush()
+		}
+	} else {
+		n, err = copyBody(ctx, f, rd, size)
+	}
 	if errors.Is(err, errTooLong) {
 		return fmt.Errorf("local: save %s in %s: reader has more than the %d bytes announced", h, b.dir, size)
 	}
@@ -534,15 +552,19 @@ const copyStep = 8 << 20
 // errTooLong reports a reader that has more bytes than the size announced.
 var errTooLong = errors.New("reader has more bytes than announced")
 
-// copyBody copies size bytes of rd to f with as few copies and syscalls as
-// the reader allows: an *os.File source is copied inside the kernel
+// copyBody copies size bytes of rd to w with as few copies and syscalls as
+// the reader allows: an *os.File source to an *os.File is copied inside the kernel
 // (copy_file_range, via os.File.ReadFrom), a source that can write itself
 // out (bytes.Reader, strings.Reader) hands its memory to write(2) directly,
 // and anything else goes through one large buffer. It returns errTooLong
 // when rd is an io.WriterTo that offers more than size bytes.
-func copyBody(ctx context.Context, f *os.File, rd io.Reader, size int64) (int64, error) {
+func copyBody(ctx context.Context, w io.Writer, rd io.Reader, size int64) (int64, error) {
+	f, toFile := w.(*os.File)
 	switch src := rd.(type) {
 	case *os.File:
+		if !toFile {
+			break
+		}
 		var n int64
 		for n < size {
 			if err := ctx.Err(); err != nil {
@@ -559,19 +581,19 @@ func copyBody(ctx context.Context, f *os.File, rd io.Reader, size int64) (int64,
 		}
 		return n, nil
 	case io.WriterTo:
-		w := &limitWriter{ctx: ctx, f: f, left: size}
-		_, err := src.WriteTo(w)
-		return size - w.left, err
+		lw := &limitWriter{ctx: ctx, w: w, left: size}
+		_, err := src.WriteTo(lw)
+		return size - lw.left, err
 	}
 	buf := make([]byte, max(1, min(size, 1<<20)))
-	return io.CopyBuffer(onlyWriter{f}, io.LimitReader(ctxReader{ctx, rd}, size), buf)
+	return io.CopyBuffer(onlyWriter{w}, io.LimitReader(ctxReader{ctx, rd}, size), buf)
 }
 
 // limitWriter writes at most left bytes to f, in steps of copyStep with a
 // context check before each.
 type limitWriter struct {
 	ctx  context.Context
-	f    *os.File
+	w    io.Writer
 	left int64
 }
 
@@ -585,7 +607,7 @@ func (w *limitWriter) Write(p []byte) (int, error) {
 			return n, errTooLong
 		}
 		step := p[:min(int64(len(p)), w.left, copyStep)]
-		m, err := w.f.Write(step)
+		m, err := w.w.Write(step)
 		n += m
 		w.left -= int64(m)
 		p = p[m:]
