@@ -238,12 +238,21 @@ files are removed; run prune (or pass --prune, which takes prune's
 				return fmt.Errorf("forget: %w", err)
 			}
 			w := cmd.OutOrStdout()
+			pruneNow := prune && !dryRun && len(remove) > 0
 			if asJSON {
+				// One JSON document: prune runs first so that its
+				// results are part of it.
+				var st *repository.PruneStats
+				var perr error
+				if pruneNow {
+					st, perr = r.Prune(ctx, popts)
+				}
 				out := struct {
-					DryRun bool          `json:"dry_run"`
-					Keep   []snapshotOut `json:"keep"`
-					Remove []snapshotOut `json:"remove"`
-				}{DryRun: dryRun, Keep: []snapshotOut{}, Remove: []snapshotOut{}}
+					DryRun bool                   `json:"dry_run"`
+					Keep   []snapshotOut          `json:"keep"`
+					Remove []snapshotOut          `json:"remove"`
+					Prune  *repository.PruneStats `json:"prune,omitempty"`
+				}{DryRun: dryRun, Keep: []snapshotOut{}, Remove: []snapshotOut{}, Prune: st}
 				for _, s := range keep {
 					out.Keep = append(out.Keep, snapshotJSON(s))
 				}
@@ -253,32 +262,33 @@ files are removed; run prune (or pass --prune, which takes prune's
 				if err := writeJSON(w, out); err != nil {
 					return err
 				}
-			} else {
-				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "ACTION\tID\tTIME\tDATASET\tHOST")
-				for _, s := range keep {
-					fmt.Fprintf(tw, "keep\t%s\t%s\t%s\t%s\n", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"), s.Dataset, s.Host)
+				if perr != nil {
+					return fmt.Errorf("prune: %w", perr)
 				}
-				verb := "remove"
-				if dryRun {
-					verb = "would remove"
-				}
-				for _, s := range remove {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", verb, s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"), s.Dataset, s.Host)
-				}
-				if err := tw.Flush(); err != nil {
-					return err
-				}
-				fmt.Fprintf(w, "%d kept, %d %s\n", len(keep), len(remove), map[bool]string{true: "would be removed", false: "removed"}[dryRun])
+				return nil
 			}
-			if prune && !dryRun && len(remove) > 0 {
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ACTION\tID\tTIME\tDATASET\tHOST")
+			for _, s := range keep {
+				fmt.Fprintf(tw, "keep\t%s\t%s\t%s\t%s\n", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"), s.Dataset, s.Host)
+			}
+			verb := "remove"
+			if dryRun {
+				verb = "would remove"
+			}
+			for _, s := range remove {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", verb, s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"), s.Dataset, s.Host)
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			fmt.Fprintf(w, "%d kept, %d %s\n", len(keep), len(remove), map[bool]string{true: "would be removed", false: "removed"}[dryRun])
+			if pruneNow {
 				st, err := r.Prune(ctx, popts)
 				if err != nil {
 					return fmt.Errorf("prune: %w", err)
 				}
-				if !asJSON {
-					printPrune(w, st, &pf)
-				}
+				printPrune(w, st, &pf)
 			}
 			return nil
 		},
@@ -365,6 +375,7 @@ func printPrune(w io.Writer, st *repository.PruneStats, pf *pruneFlags) {
 }
 
 func newRepoPruneCmd(f *repoFlags) *cobra.Command {
+	var asJSON bool
 	var pf pruneFlags
 	cmd := &cobra.Command{
 		Use:   "prune",
@@ -396,11 +407,15 @@ for a later prune.`,
 			if err != nil {
 				return fmt.Errorf("prune: %w", err)
 			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), st)
+			}
 			printPrune(cmd.OutOrStdout(), st, &pf)
 			return nil
 		},
 	}
 	pf.register(cmd)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print what was removed as JSON")
 	return cmd
 }
 

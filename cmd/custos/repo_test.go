@@ -151,12 +151,30 @@ func TestRepoCLI(t *testing.T) {
 	var fg struct {
 		Keep   []snapOut `json:"keep"`
 		Remove []snapOut `json:"remove"`
+		Prune  *struct {
+			BytesFreed int64 `json:"bytes_freed"`
+		} `json:"prune"`
 	}
-	if err := json.Unmarshal([]byte(c.ok("repo", "forget", "--keep-last", "1", "--json")), &fg); err != nil {
+	// With --prune and --json, the prune results are part of the one JSON
+	// document. The removed snapshot alone referenced the old a.txt.
+	if err := json.Unmarshal([]byte(c.ok("repo", "forget", "--keep-last", "1", "--prune", "--max-unused", "0%", "--json")), &fg); err != nil {
 		t.Fatal(err)
 	}
 	if len(fg.Remove) != 1 || fg.Remove[0].ID != snaps[0].ID || len(fg.Keep) != 2 {
 		t.Errorf("forget --keep-last 1: keep %d, remove %+v", len(fg.Keep), fg.Remove)
+	}
+	if fg.Prune == nil || fg.Prune.BytesFreed == 0 {
+		t.Errorf("forget --prune --json: prune results %+v, want bytes freed", fg.Prune)
+	}
+	var pst struct {
+		PacksDeleted   *int `json:"packs_deleted"`
+		PacksRewritten *int `json:"packs_rewritten"`
+	}
+	if err := json.Unmarshal([]byte(c.ok("repo", "prune", "--json")), &pst); err != nil {
+		t.Fatal(err)
+	}
+	if pst.PacksDeleted == nil || *pst.PacksDeleted != 0 || pst.PacksRewritten == nil || *pst.PacksRewritten != 0 {
+		t.Errorf("prune --json right after a prune: %+v, want nothing to do", pst)
 	}
 	c.fails("--max-unused: bad value \"0.05\"", "repo", "prune", "--max-unused", "0.05")
 	if out := c.ok("repo", "prune", "--max-unused", "unlimited"); !strings.Contains(out, "packs deleted, 0 packs rewritten") {
