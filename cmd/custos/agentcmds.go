@@ -22,9 +22,9 @@ import (
 // defaultConfig is where the commands look for agent.yml without -c.
 const defaultConfig = "/etc/custos/agent.yml"
 
-// addAgentCommands adds the agent, backup, find, restore and config commands.
+// addAgentCommands adds the agent, backup, find, restore, status and config commands.
 func addAgentCommands(root *cobra.Command) {
-	root.AddCommand(newConfigCmd(), newAgentCmd(), newBackupCmd(), newFindCmd(), newRestoreCmd())
+	root.AddCommand(newConfigCmd(), newAgentCmd(), newBackupCmd(), newFindCmd(), newRestoreCmd(), newStatusCmd())
 }
 
 func configFlag(cmd *cobra.Command, p *string) {
