@@ -3,7 +3,8 @@
 // The command is thin: it parses flags, calls into the packages that do the
 // work, and prints. Subcommands are grouped by file: repo*.go holds the
 // repository commands that need no agent and no etcd; agent*.go holds the
-// agent, backup, find, restore and config commands.
+// agent, backup, find, restore and config commands, and status.go the
+// status command, which asks a running agent.
 package main
 
 import (
