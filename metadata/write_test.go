@@ -284,18 +284,8 @@ func TestAddDatasetCleanupGuard(t *testing.T) {
 func TestSpoolSkipsEtcdWhileDown(t *testing.T) {
 	ctx := ctxT(t)
 	dir := t.TempDir()
-	srv := ownServer(t, dir)
-	cli := newClient(t, srv.Endpoints()[0])
-	defer cli.Close()
+	srv, s := spoolingStore(t, dir, 0)
 	spoolDir := filepath.Join(dir, "spool")
-	s, err := NewStore(cli, Options{
-		SpoolDir: spoolDir, Logger: testLogger(t),
-		WriteTimeout: 300 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
 	if err := s.AddDataset(ctx, mkBackup("before", "h1", t0), mkDataset("files", "home", "bob")); err != nil {
 		t.Fatal(err)
 	}
@@ -334,7 +324,7 @@ func TestSpoolSkipsEtcdWhileDown(t *testing.T) {
 	// revisions rise.
 	var last int64
 	for i := range n {
-		resp, err := cli.Get(ctx, s.k.dataset("src", fmt.Sprintf("ds%d", i), t0.Add(time.Hour), "b1"))
+		resp, err := s.Client().Get(ctx, s.k.dataset("src", fmt.Sprintf("ds%d", i), t0.Add(time.Hour), "b1"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -375,17 +365,7 @@ func TestSpoolSkipsEtcdWhileDown(t *testing.T) {
 func TestSpoolCancelsWritesInFlight(t *testing.T) {
 	ctx := ctxT(t)
 	dir := t.TempDir()
-	srv := ownServer(t, dir)
-	cli := newClient(t, srv.Endpoints()[0])
-	defer cli.Close()
-	s, err := NewStore(cli, Options{
-		SpoolDir: filepath.Join(dir, "spool"), Logger: testLogger(t), MaxTxnOps: 4,
-		WriteTimeout: 300 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	srv, s := spoolingStore(t, dir, 4)
 
 	// Write B is split over several transactions; it stops after its
 	// first step until its context ends (only the first time: the
@@ -446,18 +426,8 @@ func TestSpoolCancelsWritesInFlight(t *testing.T) {
 func TestDownStateWithEmptySpool(t *testing.T) {
 	ctx := ctxT(t)
 	dir := t.TempDir()
-	srv := ownServer(t, dir)
-	cli := newClient(t, srv.Endpoints()[0])
-	defer cli.Close()
+	srv, s := spoolingStore(t, dir, 0)
 	spoolDir := filepath.Join(dir, "spool")
-	s, err := NewStore(cli, Options{
-		SpoolDir: spoolDir, Logger: testLogger(t),
-		WriteTimeout: 300 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
 	if err := srv.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -492,4 +462,23 @@ func TestDownStateWithEmptySpool(t *testing.T) {
 	if got, err := s.GetBackup(ctx, "b1"); err != nil || len(got.Datasets) != 1 || got.Datasets[0].Name != "ds2" {
 		t.Fatalf("GetBackup = %+v, %v; want ds2 only (ds1 was refused to its caller)", got, err)
 	}
+}
+
+// spoolingStore starts an etcd server of the test's own (so that the test
+// can stop it) and a store on it that spools under dir/spool, with short
+// timeouts and backoffs; maxTxnOps 0 is the default.
+func spoolingStore(t *testing.T, dir string, maxTxnOps int) (*etcdserver.Embedded, *EtcdStore) {
+	t.Helper()
+	srv := ownServer(t, dir)
+	cli := newClient(t, srv.Endpoints()[0])
+	t.Cleanup(func() { _ = cli.Close() })
+	s, err := NewStore(cli, Options{
+		SpoolDir: filepath.Join(dir, "spool"), Logger: testLogger(t), MaxTxnOps: maxTxnOps,
+		WriteTimeout: 300 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return srv, s
 }
