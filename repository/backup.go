@@ -52,7 +52,6 @@ type backupState struct {
 	ctx   context.Context
 	saver *blobSaver
 	bufs  *bufPool
-	pol   chunker.Pol
 	opts  *BackupOptions
 
 	files chan *fileJob
@@ -140,7 +139,6 @@ func (r *Repository) Backup(ctx context.Context, root string, paths []string, op
 		ctx:      gctx,
 		saver:    r.newBlobSaver(gctx, g, bufs),
 		bufs:     bufs,
-		pol:      r.cfg.pol,
 		opts:     &opts,
 		files:    make(chan *fileJob, 64),
 		rootDone: make(chan ID, 1),
@@ -647,8 +645,8 @@ type chunkWorker struct {
 	zeroIDs map[int]ID // ids of all-zero chunks by length (sparse files)
 }
 
-// chunkState is a chunker with its buffer and digest. A worker borrows one
-// from backupState.chunkers for each file larger than chunk_min.
+// chunkState is a chunker with its digest. A worker borrows one from
+// backupState.chunkers for each file larger than chunk_min.
 type chunkState struct {
 	ch     *chunker.Chunker
 	digest hash.Hash
@@ -784,15 +782,11 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 	}
 	defer func() { b.chunkers <- cs }()
 	if cs == nil {
-		cs = &chunkState{
-			ch:     chunker.NewWithBoundaries(rd, b.pol, b.r.cfg.MinChunk, b.r.cfg.MaxChunk),
-			digest: sha256.New(),
-		}
+		cs = &chunkState{ch: b.r.cfg.newChunker(rd), digest: sha256.New()}
 	} else {
-		cs.ch.ResetWithBoundaries(rd, b.pol, b.r.cfg.MinChunk, b.r.cfg.MaxChunk)
+		b.r.cfg.resetChunker(cs.ch, rd)
+		cs.digest.Reset()
 	}
-	cs.ch.SetAverageBits(b.r.cfg.avgBits())
-	cs.digest.Reset()
 	defer b.bufs.put(full)
 	// The chunker cuts straight into a blob buffer big enough for most
 	// chunks (chunk_min plus twice the average excess: 86% of them), so
@@ -819,7 +813,7 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 		switch {
 		case b.saver.r.index().has(id):
 			b.bufs.put(bfull)
-		case len(c.Data) <= fit && &c.Data[:1][0] == &bdata[:1][0]:
+		case &c.Data[:1][0] == &bdata[:1][0]: // not reallocated: cut in place
 			if _, err := b.saver.save(DataBlob, id, bfull, len(c.Data)); err != nil {
 				return nil, &repoError{err}
 			}

@@ -164,6 +164,21 @@ func (c *repoConfig) avgBits() int {
 	return c.AvgBits
 }
 
+// newChunker returns a chunker with the repository's polynomial and chunk
+// sizes that reads rd.
+func (c *repoConfig) newChunker(rd io.Reader) *chunker.Chunker {
+	ch := chunker.NewWithBoundaries(rd, c.pol, c.MinChunk, c.MaxChunk)
+	ch.SetAverageBits(c.avgBits())
+	return ch
+}
+
+// resetChunker points ch at rd. The chunker's reset forgets the average
+// size, so it is set again here.
+func (c *repoConfig) resetChunker(ch *chunker.Chunker, rd io.Reader) {
+	ch.ResetWithBoundaries(rd, c.pol, c.MinChunk, c.MaxChunk)
+	ch.SetAverageBits(c.avgBits())
+}
+
 // decodeConfigFile parses the outer config object.
 func decodeConfigFile(b []byte) (*configFile, error) {
 	var cf configFile

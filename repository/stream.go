@@ -8,7 +8,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/restic/chunker"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -52,8 +51,7 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 	stopProgress := b.startProgress()
 	defer func() { stopProgress() }() // a no-op once stopped below
 	readErr := func() error {
-		ch := chunker.NewWithBoundaries(rd, r.cfg.pol, r.cfg.MinChunk, r.cfg.MaxChunk)
-		ch.SetAverageBits(r.cfg.avgBits())
+		ch := r.cfg.newChunker(rd)
 		buf := make([]byte, 0, r.cfg.MaxChunk)
 		digest := sha256.New()
 		for {
