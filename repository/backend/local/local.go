@@ -184,8 +184,10 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, rd io.ReadSeeker, 
 	// like staged packs; small ones (index, snapshots, keys) are read back
 	// soon and are not worth a buffer.
 	var dw *directWriter
+	var dst io.Writer = f
 	if size >= directBufSize {
 		dw = newDirectWriter(f, b.directBufs)
+		dst = dw
 	}
 	defer func() {
 		if err != nil {
@@ -196,14 +198,9 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, rd io.ReadSeeker, 
 			_ = os.Remove(tmp)
 		}
 	}()
-	var n int64
-	if dw != nil {
-		n, err = copyBody(ctx, dw, rd, size)
-		if err == nil {
-			err = dw.Flush()
-		}
-	} else {
-		n, err = copyBody(ctx, f, rd, size)
+	n, err := copyBody(ctx, dst, rd, size)
+	if err == nil && dw != nil {
+		err = dw.Flush()
 	}
 	if errors.Is(err, errTooLong) {
 		return fmt.Errorf("local: save %s in %s: reader has more than the %d bytes announced", h, b.dir, size)
