@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -299,9 +302,19 @@ func (cfg *Config) decodeAgent(d *decoder, root *yaml.Node) {
 			}
 		},
 		"metadb":             func(v *yaml.Node, f string) { cfg.decodeMetaDB(d, v, f) },
-		"http_listen":        func(v *yaml.Node, f string) { d.str(v, f, &cfg.HTTPListen) },
+		"http_listen": func(v *yaml.Node, f string) {
+			if d.str(v, f, &cfg.HTTPListen) {
+				if err := checkListenAddr(cfg.HTTPListen); err != nil {
+					d.errorf(v, f, "%v", err)
+				}
+			}
+		},
 		"dry_run":            func(v *yaml.Node, f string) { d.boolean(v, f, &cfg.DryRun) },
-		"default_nice_level": func(v *yaml.Node, f string) { d.integer(v, f, &cfg.DefaultNiceLevel) },
+		"default_nice_level": func(v *yaml.Node, f string) {
+			if d.integer(v, f, &cfg.DefaultNiceLevel) && (cfg.DefaultNiceLevel < -20 || cfg.DefaultNiceLevel > 19) {
+				d.errorf(v, f, "nice level must be between -20 and 19, got %d", cfg.DefaultNiceLevel)
+			}
+		},
 		"default_io_class": func(v *yaml.Node, f string) {
 			if d.integer(v, f, &cfg.DefaultIOClass) && (cfg.DefaultIOClass < 0 || cfg.DefaultIOClass > 3) {
 				d.errorf(v, f, "io class must be 0 (none), 1 (realtime), 2 (best-effort) or 3 (idle), got %d", cfg.DefaultIOClass)
@@ -339,10 +352,11 @@ func decodeRepository(d *decoder, n *yaml.Node, prefix, dir string) *RepositoryS
 		},
 		"url": func(v *yaml.Node, f string) {
 			if d.str(v, f, &r.URL) {
-				r.URL = absURL(dir, r.URL)
-				if _, err := location.Parse(r.URL); err != nil {
+				u, err := absURL(dir, r.URL)
+				if err != nil {
 					d.errorf(v, f, "%v", err)
 				}
+				r.URL = u
 			}
 		},
 		"password":      func(v *yaml.Node, f string) { d.str(v, f, &pw) },
@@ -406,18 +420,80 @@ func unwrapPathError(err error) error {
 	return err
 }
 
-// absURL makes a local repository location absolute against dir. S3 URLs
-// and absolute paths are left alone.
-func absURL(dir, u string) string {
-	switch {
-	case strings.HasPrefix(u, "s3:"):
-		return u
-	case strings.HasPrefix(u, "local:"):
-		return "local:" + abs(dir, strings.TrimPrefix(u, "local:"))
-	case u == "":
-		return u
+// absURL checks a repository location and makes a local one absolute
+// against dir. It parses before it joins: joining first would turn a
+// mistyped scheme ("S3:https://...", "file:///x") into a folder named after
+// it, and the backup would "succeed" into that folder.
+func absURL(dir, u string) (string, error) {
+	loc, err := location.Parse(u)
+	if err != nil {
+		return u, err
 	}
-	return abs(dir, u)
+	if loc.Kind != location.Local {
+		return u, nil
+	}
+	if strings.HasPrefix(u, "local:") {
+		return "local:" + abs(dir, loc.Path), nil
+	}
+	return abs(dir, loc.Path), nil
+}
+
+// checkListenAddr rejects an http_listen the server could never bind, so
+// config check finds it instead of the agent's start.
+func checkListenAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("listen address %q: want host:port, e.g. 127.0.0.1:7373", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("listen address %q: port must be a number from 0 to 65535", addr)
+	}
+	if host != "" && net.ParseIP(host) == nil && !validHostname(host) {
+		return fmt.Errorf("listen address %q: %q is neither an IP address nor a host name", addr, host)
+	}
+	return nil
+}
+
+// validHostname accepts RFC 1123 host names (letters, digits, hyphens and
+// dots), which is what a listener or an etcd endpoint can resolve.
+func validHostname(h string) bool {
+	if len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(h, "."), ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range label {
+			if !(c == '-' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// checkEndpoint accepts what etcd's client dials: host:port, or an http(s)
+// or unix URL.
+func checkEndpoint(ep string) error {
+	if rest, ok := strings.CutPrefix(ep, "unix://"); ok && rest != "" {
+		return nil
+	}
+	hostport := ep
+	if strings.Contains(ep, "://") {
+		u, err := url.Parse(ep)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.User != nil {
+			return fmt.Errorf("etcd endpoint %q: want host:port or http(s)://host:port", ep)
+		}
+		hostport = u.Host
+	}
+	if err := checkListenAddr(hostport); err != nil {
+		return fmt.Errorf("etcd endpoint %q: want host:port or http(s)://host:port", ep)
+	}
+	if h, _, _ := net.SplitHostPort(hostport); h == "" {
+		return fmt.Errorf("etcd endpoint %q: no host", ep)
+	}
+	return nil
 }
 
 func (cfg *Config) decodeMetaDB(d *decoder, v *yaml.Node, f string) {
@@ -429,7 +505,18 @@ func (cfg *Config) decodeMetaDB(d *decoder, v *yaml.Node, f string) {
 	keys := d.mapping(v, f, fields{
 		"embedded":    func(v *yaml.Node, f string) { d.boolean(v, f, &m.Embedded) },
 		"data_dir":    func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.DataDir) },
-		"endpoints":   func(v *yaml.Node, f string) { d.strList(v, f, &m.Endpoints) },
+		"endpoints": func(v *yaml.Node, f string) {
+			d.sequence(v, f, func(_ int, item *yaml.Node, f string) {
+				var ep string
+				if !d.str(item, f, &ep) {
+					return
+				}
+				if err := checkEndpoint(ep); err != nil {
+					d.errorf(item, f, "%v", err)
+				}
+				m.Endpoints = append(m.Endpoints, ep)
+			})
+		},
 		"ca_file":     func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.CAFile) },
 		"cert_file":   func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.CertFile) },
 		"key_file":    func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.KeyFile) },

@@ -197,6 +197,35 @@ func TestConfigErrors(t *testing.T) {
 			want:  []string{`agent.yml:4: field "repositories[0].url": `},
 		},
 		{
+			name:  "mistyped repository schemes",
+			files: map[string]string{"agent.yml": goodAgent + "  - name: a\n    url: 'S3:https://s3.example.com/b'\n    password: x\n  - name: b\n    url: 'https://s3.example.com/b'\n    password: x\n  - name: c\n    url: 'file:///srv/repo'\n    password: x\n  - name: d\n    url: 'locl:/x'\n    password: x\n"},
+			want: []string{
+				`agent.yml:7: field "repositories[1].url": repository location "S3:https://s3.example.com/b": unknown kind "S3"`,
+				`agent.yml:10: field "repositories[2].url": repository location "https://s3.example.com/b": unknown kind "https"`,
+				`agent.yml:13: field "repositories[3].url": repository location "file:///srv/repo": unknown kind "file"`,
+				`agent.yml:16: field "repositories[4].url": repository location "locl:/x": unknown kind "locl"`,
+			},
+		},
+		{
+			name:  "settings that would fail at run time",
+			files: map[string]string{"agent.yml": goodAgent + "default_nice_level: 100\nhttp_listen: not an address\nmetadb:\n  endpoints: ['not a url', '127.0.0.1:2379', 'http://10.0.0.1:2379']\n"},
+			want: []string{
+				`agent.yml:6: field "default_nice_level": nice level must be between -20 and 19, got 100`,
+				`agent.yml:7: field "http_listen": listen address "not an address": want host:port`,
+				`agent.yml:9: field "metadb.endpoints[0]": etcd endpoint "not a url": want host:port`,
+			},
+		},
+		{
+			name:  "port out of range",
+			files: map[string]string{"agent.yml": goodAgent + "http_listen: 127.0.0.1:99999\n"},
+			want:  []string{`agent.yml:6: field "http_listen": listen address "127.0.0.1:99999": port must be a number from 0 to 65535`},
+		},
+		{
+			name:  "every zero seconds",
+			files: map[string]string{"sources/home.yml": strings.Replace(goodSource, `"@daily"`, `"@every 0s"`, 1)},
+			want:  []string{`sources/home.yml:3: field "schedule": schedule "@every 0s": @every 0s is shorter than 1s`},
+		},
+		{
 			name:  "metadb with endpoints and embedded",
 			files: map[string]string{"agent.yml": goodAgent + "metadb:\n  embedded: true\n  endpoints: [http://10.0.0.1:2379]\n"},
 			want:  []string{`agent.yml:8: field "metadb.endpoints": an embedded catalog takes no endpoints`},

@@ -47,6 +47,13 @@ func ParseHostSchedule(spec string, seed int64, name string) (cron.Schedule, err
 	if s == "@every" {
 		return nil, fmt.Errorf("schedule %q: @every needs a duration, e.g. \"@every 1h\"", spec)
 	}
+	if rest, ok := strings.CutPrefix(s, "@every "); ok {
+		// cron would quietly round anything under a second up to one
+		// second, running a backup every second; refuse it instead.
+		if d, err := time.ParseDuration(strings.TrimSpace(rest)); err == nil && d < time.Second {
+			return nil, fmt.Errorf("schedule %q: @every %s is shorter than 1s", spec, d)
+		}
+	}
 	p := cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
 	sched, err := p.Parse(s)
 	if err != nil {

@@ -38,6 +38,8 @@ func TestParseSchedule(t *testing.T) {
 		{"@sometimes", "unrecognized descriptor"},
 		{"@every", "@every needs a duration"},
 		{"@every soon", "failed to parse duration"},
+		{"@every 0s", "shorter than 1s"},
+		{"@every 500ms", "shorter than 1s"},
 		{"@random_every", "needs a duration"},
 		{"@random_every   ", "needs a duration"},
 		{"@random_every 0", "shorter than 1s"},
