@@ -301,7 +301,7 @@ func (cfg *Config) decodeAgent(d *decoder, root *yaml.Node) {
 				d.errorf(v, f, "at least one repository is needed")
 			}
 		},
-		"metadb":             func(v *yaml.Node, f string) { cfg.decodeMetaDB(d, v, f) },
+		"metadb": func(v *yaml.Node, f string) { cfg.decodeMetaDB(d, v, f) },
 		"http_listen": func(v *yaml.Node, f string) {
 			if d.str(v, f, &cfg.HTTPListen) {
 				if err := checkListenAddr(cfg.HTTPListen); err != nil {
@@ -309,7 +309,7 @@ func (cfg *Config) decodeAgent(d *decoder, root *yaml.Node) {
 				}
 			}
 		},
-		"dry_run":            func(v *yaml.Node, f string) { d.boolean(v, f, &cfg.DryRun) },
+		"dry_run": func(v *yaml.Node, f string) { d.boolean(v, f, &cfg.DryRun) },
 		"default_nice_level": func(v *yaml.Node, f string) {
 			if d.integer(v, f, &cfg.DefaultNiceLevel) && (cfg.DefaultNiceLevel < -20 || cfg.DefaultNiceLevel > 19) {
 				d.errorf(v, f, "nice level must be between -20 and 19, got %d", cfg.DefaultNiceLevel)
@@ -503,8 +503,8 @@ func (cfg *Config) decodeMetaDB(d *decoder, v *yaml.Node, f string) {
 	}
 	m := &cfg.MetaDB
 	keys := d.mapping(v, f, fields{
-		"embedded":    func(v *yaml.Node, f string) { d.boolean(v, f, &m.Embedded) },
-		"data_dir":    func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.DataDir) },
+		"embedded": func(v *yaml.Node, f string) { d.boolean(v, f, &m.Embedded) },
+		"data_dir": func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.DataDir) },
 		"endpoints": func(v *yaml.Node, f string) {
 			d.sequence(v, f, func(_ int, item *yaml.Node, f string) {
 				var ep string
