@@ -44,6 +44,7 @@ type Config struct {
 	Repositories     []*RepositorySpec
 	MetaDB           MetaDBSpec
 	HTTPListen       string
+	HTTP             HTTPSpec
 	DryRun           bool
 	DefaultNiceLevel int
 	DefaultIOClass   int
@@ -76,6 +77,21 @@ func (s Secret) LogValue() slog.Value { return slog.StringValue("***") }
 
 // MarshalJSON keeps the secret out of JSON output.
 func (s Secret) MarshalJSON() ([]byte, error) { return []byte(`"***"`), nil }
+
+// HTTPSpec secures the agent's HTTP face (status page, API, metrics).
+type HTTPSpec struct {
+	// Token, from http_token_file, is the bearer token every endpoint but
+	// /healthz requires. It is required when http_listen is not loopback.
+	Token     Secret
+	TokenFile string
+	// TLSCertFile and TLSKeyFile switch the listener to HTTPS.
+	TLSCertFile, TLSKeyFile string
+	// Pprof serves /debug/pprof to clients that are not on loopback.
+	Pprof bool
+	// AllowedHosts are extra names the server answers to in the Host
+	// header, besides IP literals, localhost and the host name.
+	AllowedHosts []string
+}
 
 // MetaDBSpec says where the catalog lives: an embedded etcd server with its
 // data under DataDir (the default), or an external cluster.
@@ -309,7 +325,28 @@ func (cfg *Config) decodeAgent(d *decoder, root *yaml.Node) {
 				}
 			}
 		},
-		"dry_run": func(v *yaml.Node, f string) { d.boolean(v, f, &cfg.DryRun) },
+		"http_token_file": func(v *yaml.Node, f string) {
+			pathField(d, v, f, dir, &cfg.HTTP.TokenFile)
+			if cfg.HTTP.TokenFile == "" {
+				return
+			}
+			b, err := os.ReadFile(cfg.HTTP.TokenFile)
+			if err != nil {
+				d.errorf(v, f, "cannot read token file: %v", unwrapPathError(err))
+				return
+			}
+			tok := bytes.TrimSpace(b)
+			if len(tok) < 16 {
+				d.errorf(v, f, "the token in %s is shorter than 16 characters; make one with: head -c 32 /dev/urandom | base64 > %s", cfg.HTTP.TokenFile, cfg.HTTP.TokenFile)
+				return
+			}
+			cfg.HTTP.Token = Secret{tok}
+		},
+		"http_tls_cert_file": func(v *yaml.Node, f string) { pathField(d, v, f, dir, &cfg.HTTP.TLSCertFile) },
+		"http_tls_key_file":  func(v *yaml.Node, f string) { pathField(d, v, f, dir, &cfg.HTTP.TLSKeyFile) },
+		"http_pprof":         func(v *yaml.Node, f string) { d.boolean(v, f, &cfg.HTTP.Pprof) },
+		"http_allowed_hosts": func(v *yaml.Node, f string) { d.strList(v, f, &cfg.HTTP.AllowedHosts) },
+		"dry_run":            func(v *yaml.Node, f string) { d.boolean(v, f, &cfg.DryRun) },
 		"default_nice_level": func(v *yaml.Node, f string) {
 			if d.integer(v, f, &cfg.DefaultNiceLevel) && (cfg.DefaultNiceLevel < -20 || cfg.DefaultNiceLevel > 19) {
 				d.errorf(v, f, "nice level must be between -20 and 19, got %d", cfg.DefaultNiceLevel)
@@ -625,6 +662,40 @@ func (cfg *Config) applyDefaults(d *decoder, root *yaml.Node) {
 			d.errorf(root, "repositories", "missing: at least one repository is needed")
 		}
 	}
+	cfg.checkHTTP(d, root)
+}
+
+// checkHTTP refuses an HTTP face that anyone on the network could drive:
+// off loopback, the API starts and cancels jobs and reads the catalog.
+func (cfg *Config) checkHTTP(d *decoder, root *yaml.Node) {
+	at := func(key string) *yaml.Node {
+		if v, ok := mappingKey(root, key); ok {
+			return v
+		}
+		return root
+	}
+	if (cfg.HTTP.TLSCertFile == "") != (cfg.HTTP.TLSKeyFile == "") {
+		d.errorf(at("http_tls_cert_file"), "http_tls_cert_file", "http_tls_cert_file and http_tls_key_file go together")
+	}
+	if checkListenAddr(cfg.HTTPListen) == nil && !IsLoopbackListen(cfg.HTTPListen) && len(cfg.HTTP.Token.b) == 0 {
+		if _, set := mappingKey(root, "http_token_file"); !set {
+			d.errorf(at("http_listen"), "http_listen", "%s is reachable from other hosts: set http_token_file (a file holding a bearer token) or listen on 127.0.0.1", cfg.HTTPListen)
+		}
+	}
+}
+
+// IsLoopbackListen reports whether a listen address only accepts
+// connections from this host.
+func IsLoopbackListen(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func mappingKey(n *yaml.Node, key string) (*yaml.Node, bool) {

@@ -226,6 +226,19 @@ func TestConfigErrors(t *testing.T) {
 			want:  []string{`sources/home.yml:3: field "schedule": schedule "@every 0s": @every 0s is shorter than 1s`},
 		},
 		{
+			name:  "listening off loopback without a token",
+			files: map[string]string{"agent.yml": goodAgent + "http_listen: 0.0.0.0:7373\n"},
+			want:  []string{`agent.yml:6: field "http_listen": 0.0.0.0:7373 is reachable from other hosts: set http_token_file`},
+		},
+		{
+			name:  "a short token and half a TLS pair",
+			files: map[string]string{"agent.yml": goodAgent + "http_token_file: tok\nhttp_tls_cert_file: cert.pem\n", "tok": "short\n"},
+			want: []string{
+				`agent.yml:6: field "http_token_file": the token in `,
+				`agent.yml:7: field "http_tls_cert_file": http_tls_cert_file and http_tls_key_file go together`,
+			},
+		},
+		{
 			name:  "metadb with endpoints and embedded",
 			files: map[string]string{"agent.yml": goodAgent + "metadb:\n  embedded: true\n  endpoints: [http://10.0.0.1:2379]\n"},
 			want:  []string{`agent.yml:8: field "metadb.endpoints": an embedded catalog takes no endpoints`},

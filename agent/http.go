@@ -22,6 +22,8 @@ import (
 // they come from another origin: the agent listens on 127.0.0.1, and any
 // web page open in the admin's browser could otherwise post to it.
 // Clients that send no such headers (curl, scripts) are let through.
+// Before all of that, guard checks the Host header, the token and who may
+// see /debug/pprof.
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", serveWebFile("status.html", "text/html; charset=utf-8"))
@@ -35,12 +37,13 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("GET /api/schedule", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, a.Schedule()) })
 	mux.HandleFunc("POST /api/run", a.serveRun)
 	mux.Handle("GET /metrics", a.metrics.handler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	return http.NewCrossOriginProtection().Handler(mux)
+	return a.guard(http.NewCrossOriginProtection().Handler(mux))
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

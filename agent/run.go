@@ -63,8 +63,14 @@ func Run(ctx context.Context, path string, opts RunOptions) error {
 	}
 	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	srvErr := make(chan error, 1)
-	go func() { srvErr <- srv.Serve(ln) }()
-	log.Info("status page", "url", "http://"+ln.Addr().String()+"/")
+	scheme := "http"
+	if cfg.HTTP.TLSCertFile != "" {
+		scheme = "https"
+		go func() { srvErr <- srv.ServeTLS(ln, cfg.HTTP.TLSCertFile, cfg.HTTP.TLSKeyFile) }()
+	} else {
+		go func() { srvErr <- srv.Serve(ln) }()
+	}
+	log.Info("status page", "url", scheme+"://"+ln.Addr().String()+"/", "token_required", len(cfg.HTTP.Token.Bytes()) > 0)
 	if opts.Listening != nil {
 		opts.Listening(ln.Addr().String())
 	}

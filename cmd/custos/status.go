@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"sort"
 	"strings"
 	"syscall"
@@ -56,18 +59,20 @@ Exit status, for monitoring scripts:
 			// the agent listens.
 			// start is the hint printed when no agent answers.
 			start := "custos agent -c " + path
+			var ac agentClient
 			if listen != "" {
 				start += " --listen " + listen
+				ac.listen = listen
 			} else {
 				cfg, err := agent.LoadConfig(path)
 				if err != nil {
 					return configError(err)
 				}
-				listen = cfg.HTTPListen
+				ac = newAgentClient(cfg)
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), statusTimeout)
 			defer cancel()
-			raw, rep, err := fetchStatus(ctx, listen, start)
+			raw, rep, err := fetchStatus(ctx, ac, start)
 			if err != nil {
 				return err
 			}
@@ -114,18 +119,56 @@ func statusURL(listen string) (string, error) {
 	return "http://" + net.JoinHostPort(host, port) + "/api/status", nil
 }
 
+// agentClient is how the commands reach the running agent: its address,
+// and the token and TLS settings of its config.
+type agentClient struct {
+	listen string
+	token  []byte
+	tls    bool
+	client *http.Client
+}
+
+func newAgentClient(cfg *agent.Config) agentClient {
+	ac := agentClient{listen: cfg.HTTPListen, token: cfg.HTTP.Token.Bytes(), client: http.DefaultClient}
+	if cfg.HTTP.TLSCertFile != "" {
+		ac.tls = true
+		// The agent's own certificate is trusted as a root, so a
+		// self-signed one works without touching the system's store.
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if pem, err := os.ReadFile(cfg.HTTP.TLSCertFile); err == nil {
+			pool.AppendCertsFromPEM(pem)
+		}
+		ac.client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+	}
+	return ac
+}
+
 // fetchStatus GETs the report. Its errors are one line each, for main to
 // print: the operator sees why, not a Go error chain.
-func fetchStatus(ctx context.Context, listen, start string) ([]byte, *agent.StatusReport, error) {
+func fetchStatus(ctx context.Context, ac agentClient, start string) ([]byte, *agent.StatusReport, error) {
+	listen := ac.listen
 	url, err := statusURL(listen)
 	if err != nil {
 		return nil, nil, err
+	}
+	if ac.tls {
+		url = "https" + strings.TrimPrefix(url, "http")
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, nil, fmt.Errorf("agent address %q: %w", listen, err)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	if len(ac.token) > 0 {
+		req.Header.Set("Authorization", "Bearer "+string(ac.token))
+	}
+	client := ac.client
+	if client == nil {
+		client = http.DefaultClient
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {
 			return nil, nil, fmt.Errorf("no agent answers at %s (start it with: %s): %w", listen, start, syscall.ECONNREFUSED)
