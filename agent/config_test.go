@@ -1,12 +1,16 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/custos-backup/custos/shell"
 )
 
 // writeTree writes files (slash paths relative to dir) and returns dir.
@@ -384,3 +388,47 @@ func TestParseDatasets(t *testing.T) {
 }
 
 func fmtV(v any) string { return fmt.Sprintf("%v %+v", v, v) }
+
+// TestDatasetsCommandBounds runs real datasets_commands: a normal one, one
+// that never stops printing and one that never ends. The last two are
+// stopped with an error that says why, instead of growing the agent or
+// holding the caller for good.
+func TestDatasetsCommandBounds(t *testing.T) {
+	cases := []struct {
+		name    string
+		command string
+		timeout time.Duration
+		want    []string // dataset names
+		wantErr string
+	}{
+		{"a listing", `printf 'a\nb x y=sub/y\n'`, 0, []string{"a", "b"}, ""},
+		{"runaway output", `yes d`, 0, nil, "printed more than 16 MiB"},
+		{"never ends", `sleep 1000`, 300 * time.Millisecond, nil, "still running after 300ms"},
+		{"fails", `echo half; exit 3`, 0, nil, "exit status 3"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			src := &SourceSpec{Name: "s", DatasetsCommand: tc.command, Timeout: tc.timeout}
+			ds, err := Datasets(context.Background(), shell.New(shell.Options{Dir: t.TempDir()}), src)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one containing %q", err, tc.wantErr)
+				}
+				if !strings.Contains(err.Error(), "source s: datasets_command") {
+					t.Errorf("err = %v, want it to name the source and field", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var names []string
+			for _, d := range ds {
+				names = append(names, d.Name)
+			}
+			if fmt.Sprint(names) != fmt.Sprint(tc.want) {
+				t.Errorf("datasets %v, want %v", names, tc.want)
+			}
+		})
+	}
+}

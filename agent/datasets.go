@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"strings"
+	"time"
 
 	"github.com/custos-backup/custos/handlers"
 	"github.com/custos-backup/custos/shell"
@@ -47,7 +49,7 @@ func Datasets(ctx context.Context, sh *shell.Shell, src *SourceSpec) ([]Dataset,
 		// The command would not run, so there is nothing to list.
 		return nil, nil
 	}
-	outb, err := sh.WithEnv("CUSTOS_SOURCE="+src.Name).Output(ctx, src.DatasetsCommand)
+	outb, err := listDatasets(ctx, sh.WithEnv("CUSTOS_SOURCE="+src.Name), src)
 	if err != nil {
 		return nil, fmt.Errorf("source %s: datasets_command: %w", src.Name, err)
 	}
@@ -56,6 +58,46 @@ func Datasets(ctx context.Context, sh *shell.Shell, src *SourceSpec) ([]Dataset,
 		return nil, fmt.Errorf("source %s: datasets_command output: %w", src.Name, err)
 	}
 	return ds, nil
+}
+
+// Bounds of datasets_command: a listing is a few lines per dataset, so
+// megabytes mean a runaway command (`yes`), and one that never ends must
+// not hold a POST /api/run or a schedule tick for good.
+const (
+	maxDatasetsOutput      = 16 << 20
+	defaultDatasetsTimeout = 10 * time.Minute
+)
+
+// listDatasets runs datasets_command within the source's timeout (or
+// defaultDatasetsTimeout) and reads at most maxDatasetsOutput bytes of its
+// output; past either bound the command's process group is killed.
+func listDatasets(ctx context.Context, sh *shell.Shell, src *SourceSpec) ([]byte, error) {
+	timeout := src.Timeout
+	if timeout <= 0 {
+		timeout = defaultDatasetsTimeout
+	}
+	ctx, cancel := context.WithTimeoutCause(ctx, timeout, fmt.Errorf("still running after %s (the source's timeout)", timeout))
+	defer cancel()
+	p, err := sh.Start(ctx, src.DatasetsCommand, shell.StartOptions{PipeStdout: true})
+	if err != nil {
+		return nil, err
+	}
+	out, readErr := io.ReadAll(io.LimitReader(p.Stdout, maxDatasetsOutput+1))
+	if len(out) > maxDatasetsOutput {
+		cancel()
+		_ = p.Stdout.Close()
+		_ = p.Wait()
+		return nil, fmt.Errorf("printed more than %d MiB; it was stopped", maxDatasetsOutput>>20)
+	}
+	_ = p.Stdout.Close()
+	waitErr := p.Wait()
+	if cause := context.Cause(ctx); cause != nil && ctx.Err() == context.DeadlineExceeded {
+		return nil, cause
+	}
+	if waitErr != nil {
+		return nil, waitErr
+	}
+	return out, readErr
 }
 
 // ParseDatasets parses datasets_command output (see Datasets).

@@ -40,9 +40,9 @@ if ! command -v chromium >/dev/null 2>&1; then
 	sudo=""
 	if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 	echo "installing chromium (first run only)"
-	if ! $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; then
+	if ! $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; then
 		$sudo env DEBIAN_FRONTEND=noninteractive apt-get update
-		$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+		$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 	fi
 fi
 export CUSTOS_CHROMIUM

@@ -83,9 +83,9 @@
 // Shell's Options.Logger, else slog.Default(); so a job can attach its own
 // attributes (job id, dataset) for the commands it runs.
 //
-// Commands appear in errors and in debug and dry-run logs. Pass secrets in
-// environment variables (WithEnv), whose values are never logged, not on the
-// command line.
+// Commands appear in debug and dry-run logs, never in errors (which reach
+// the API and the catalog). Pass secrets in environment variables
+// (WithEnv), whose values are never logged, not on the command line.
 //
 // Failing to apply the nice level or I/O class (for example a negative nice
 // level without CAP_SYS_NICE) is logged as a warning; the command still runs.
@@ -237,8 +237,11 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
+	// The command text stays out of the message: it can hold a secret
+	// (MYSQL_PWD=... mysqldump), and messages reach the API, the catalog
+	// and logs. The caller names which command (pre_backup_command, the
+	// dataset); e.Command is there for a debugger.
 	var b strings.Builder
-	fmt.Fprintf(&b, "command %q: ", e.Command)
 	switch {
 	case e.Cause != nil:
 		fmt.Fprintf(&b, "%v", e.Cause)
