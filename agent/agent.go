@@ -40,6 +40,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -126,7 +128,20 @@ func (a *Agent) Start(ctx context.Context) error {
 			a.SubmitSource(s.Name)
 		}
 	}
-	a.log.Info("agent started", "host", rc.Config.Hostname, "sources", len(rc.Config.Sources), "config", rc.Config.File)
+	cfg := rc.Config
+	repos := make([]string, 0, len(cfg.Repositories))
+	for _, r := range cfg.Repositories {
+		repos = append(repos, r.Name+"="+r.URL)
+	}
+	catalog := "embedded etcd in " + cfg.MetaDB.DataDir
+	if !cfg.MetaDB.Embedded {
+		catalog = "etcd " + strings.Join(cfg.MetaDB.Endpoints, ",")
+	}
+	a.log.Info("agent started", "version", Version(), "pid", os.Getpid(), "host", cfg.Hostname, "config", cfg.File,
+		"work_dir", cfg.WorkDir, "repositories", strings.Join(repos, " "), "catalog", catalog, "sources", len(cfg.Sources))
+	for _, e := range a.sched.Entries() {
+		a.log.Info("scheduled", "entry", e.Name, "schedule", e.Schedule, "next", e.Next.Format(time.RFC3339))
+	}
 	return nil
 }
 

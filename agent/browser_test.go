@@ -243,6 +243,12 @@ datasets:
 	if host := evalJS[string](t, tab, `document.getElementById("host").textContent`); host != "test-host" {
 		t.Errorf("host: page shows %q, want test-host", host)
 	}
+	if v := evalJS[string](t, tab, `document.getElementById("version").textContent`); v != Version() {
+		t.Errorf("version: page shows %q, want %q", v, Version())
+	}
+	if pid := evalJS[string](t, tab, `document.getElementById("pid").textContent`); pid != strconv.Itoa(os.Getpid()) {
+		t.Errorf("pid: page shows %q, want %d", pid, os.Getpid())
+	}
 	// The schedule: each scheduled source shows its next run; the
 	// on-demand one says so.
 	for _, src := range []string{"files", evil} {

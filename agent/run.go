@@ -46,6 +46,11 @@ func Run(ctx context.Context, path string, opts RunOptions) error {
 		return err
 	}
 	cfg := cm.Current().Config
+	lk, err := lockAgent(cfg.WorkDir)
+	if err != nil {
+		return err
+	}
+	defer lk.release()
 	cat, err := OpenCatalog(ctx, cfg, CatalogOptions{Serve: true, SpoolDir: AgentSpoolDir(cfg), EtcdOptions: opts.EtcdOptions, Logger: log})
 	if err != nil {
 		return err
@@ -70,7 +75,11 @@ func Run(ctx context.Context, path string, opts RunOptions) error {
 	} else {
 		go func() { srvErr <- srv.Serve(ln) }()
 	}
-	log.Info("status page", "url", scheme+"://"+ln.Addr().String()+"/", "token_required", len(cfg.HTTP.Token.Bytes()) > 0)
+	url := scheme + "://" + ln.Addr().String() + "/"
+	log.Info("status page", "url", url, "token_required", len(cfg.HTTP.Token.Bytes()) > 0)
+	if err := lk.record(url); err != nil {
+		log.Warn("cannot record the status page in the agent lock", "error", err)
+	}
 	if opts.Listening != nil {
 		opts.Listening(ln.Addr().String())
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +18,8 @@ import (
 // returns it and /api/events streams it.
 type StatusReport struct {
 	Host       string    `json:"host"`
+	Version    string    `json:"version"`
+	PID        int       `json:"pid"`
 	Config     string    `json:"config"`
 	Generation int       `json:"generation"`
 	DryRun     bool      `json:"dry_run,omitempty"`
@@ -133,7 +136,7 @@ func (a *Agent) Status(ctx context.Context) *StatusReport {
 		done = done[:statusDoneLimit]
 	}
 	r := &StatusReport{
-		Host: cfg.Hostname, Config: cfg.File, Generation: rc.Generation, DryRun: cfg.DryRun,
+		Host: cfg.Hostname, Version: Version(), PID: os.Getpid(), Config: cfg.File, Generation: rc.Generation, DryRun: cfg.DryRun,
 		Now: time.Now(), Started: a.started, SpoolDepth: a.catalog.Store.SpoolDepth(),
 		Sources: []SourceStatus{}, Pending: nonNil(s.Pending), Running: nonNil(s.Running), Done: nonNil(done),
 	}

@@ -125,6 +125,8 @@
     document.title = "custos on " + st.host;
     $("host").textContent = st.host;
     $("config").textContent = st.config;
+    $("version").textContent = st.version;
+    $("pid").textContent = st.pid;
     $("generation").textContent = st.generation;
     $("spool").textContent = st.spool_depth + " record(s) waiting";
     $("spool").className = st.spool_depth > 0 ? "warn" : "";

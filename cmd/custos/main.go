@@ -16,6 +16,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/custos-backup/custos/agent"
 )
 
 func main() {
@@ -34,7 +36,18 @@ func newRootCmd() *cobra.Command {
 		Short:         "Backup and preservation agent",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       agent.Version(),
 	}
+	root.SetVersionTemplate("custos {{.Version}}\n")
+	root.AddCommand(&cobra.Command{
+		Use:   "version",
+		Short: "Print the version of custos",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := fmt.Fprintln(cmd.OutOrStdout(), "custos", agent.Version())
+			return err
+		},
+	})
 	// A developer's aid for profiling real runs (bench/compare.sh data);
 	// hidden because users never need it.
 	var cpuProfile string

@@ -261,6 +261,9 @@ func TestStatusCommand(t *testing.T) {
 			t.Errorf("--json: host %q config %q started %v gen %d; the agent says %q %q %v %d",
 				got.Host, got.Config, got.Started, got.Generation, want.Host, want.Config, want.Started, want.Generation)
 		}
+		if got.Version != agent.Version() || got.PID != os.Getpid() {
+			t.Errorf("--json: version %q pid %d; want %q and %d", got.Version, got.PID, agent.Version(), os.Getpid())
+		}
 		if g, w := jobIDs(got.Done), jobIDs(want.Done); !slices.Equal(g, w) {
 			t.Errorf("--json finished jobs %v, the agent has %v", g, w)
 		}
