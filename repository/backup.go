@@ -60,6 +60,7 @@ type backupState struct {
 	warnings []string
 
 	nFiles, nDirs, nNew, nChanged, nUnmod atomic.Int64
+	nSkipped                              atomic.Int64
 	bytes, bytesRead                      atomic.Int64
 	current                               atomic.Pointer[string]
 
@@ -73,6 +74,12 @@ func (b *backupState) warn(format string, args ...any) {
 	b.warnMu.Lock()
 	b.warnings = append(b.warnings, msg)
 	b.warnMu.Unlock()
+}
+
+// skip warns about a file or folder that could not be read and counts it.
+func (b *backupState) skip(format string, args ...any) {
+	b.nSkipped.Add(1)
+	b.warn(format, args...)
 }
 
 // dirState collects the nodes of one directory until all of them are known.
@@ -229,7 +236,7 @@ func (b *backupState) snapshot(opts BackupOptions, rootID ID, start time.Time) *
 			FilesNew: b.nNew.Load(), FilesChanged: b.nChanged.Load(), FilesUnmodified: b.nUnmod.Load(),
 			Bytes: b.bytes.Load(), BytesRead: b.bytesRead.Load(),
 			BytesAdded: b.saver.bytesAdded.Load(), BlobsAdded: b.saver.blobsAdded.Load(),
-			Duration: time.Since(start),
+			Duration: time.Since(start), Skipped: b.nSkipped.Load(),
 		},
 	}
 }
@@ -454,7 +461,7 @@ func (b *backupState) walkDir(dirPath, rel string, d *dirState, sel *selection, 
 			_ = f.Close()
 		}
 		if err != nil {
-			b.warn("cannot list directory %q: %v", displayPath(rel), err)
+			b.skip("cannot list directory %q: %v", displayPath(rel), err)
 		}
 	} else {
 		for name := range sel.children {
@@ -483,15 +490,15 @@ func (b *backupState) walkDir(dirPath, rel string, d *dirState, sel *selection, 
 			continue
 		}
 		if err := checkName(name); err != nil {
-			b.warn("skipping %q: %v", displayPath(r), err)
+			b.skip("skipping %q: %v", displayPath(r), err)
 			continue
 		}
 		st, err := lstat(p)
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
-				b.warn("skipping %q: vanished during backup", displayPath(r))
+				b.skip("skipping %q: vanished during backup", displayPath(r))
 			} else {
-				b.warn("skipping %q: %v", displayPath(r), err)
+				b.skip("skipping %q: %v", displayPath(r), err)
 			}
 			continue
 		}
@@ -505,7 +512,7 @@ func (b *backupState) walkDir(dirPath, rel string, d *dirState, sel *selection, 
 			childSel = sel.children[name]
 			if !childSel.all && n.Type != nodeDir {
 				// An intermediate path element must be a directory.
-				b.warn("skipping %q: not a directory", displayPath(r))
+				b.skip("skipping %q: not a directory", displayPath(r))
 				continue
 			}
 		}
@@ -518,7 +525,7 @@ func (b *backupState) walkDir(dirPath, rel string, d *dirState, sel *selection, 
 		case nodeSymlink:
 			target, err := os.Readlink(p)
 			if err != nil || target == "" {
-				b.warn("skipping symlink %q: %v", displayPath(r), err)
+				b.skip("skipping symlink %q: %v", displayPath(r), err)
 				continue
 			}
 			n.LinkTarget = target
@@ -664,7 +671,7 @@ func (w *chunkWorker) backupFile(j *fileJob) error {
 			if b.ctx.Err() != nil || isRepoError(err) {
 				return err
 			}
-			b.warn("skipping %q: %v", j.rel, err)
+			b.skip("skipping %q: %v", j.rel, err)
 			n.Type = 0 // dropped from the tree
 			b.nFiles.Add(-1)
 			b.bytes.Add(-int64(n.Size))

@@ -38,6 +38,9 @@ type Summary struct {
 	BytesAdded                              int64 // bytes newly stored in the repository (packed, after compression)
 	BlobsAdded                              int64
 	Duration                                time.Duration
+	// Skipped counts files and folders left out because they could not be
+	// read (the warnings say which); the CLI exits 3 when it is not zero.
+	Skipped int64 `json:",omitempty"`
 }
 
 // snapshotFile is the stored form: a format marker plus the snapshot.

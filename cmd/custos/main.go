@@ -23,17 +23,25 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRootCmd().ExecuteContext(ctx)
+	code := exitCode(ctx, err)
 	stop()
-	if err != nil {
+	if err != nil && code != exitInterrupted {
 		fmt.Fprintln(os.Stderr, "custos:", err)
-		os.Exit(1)
+	} else if code == exitInterrupted {
+		fmt.Fprintln(os.Stderr, "custos: interrupted")
 	}
+	os.Exit(code)
 }
 
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "custos",
-		Short:         "Backup and preservation agent",
+		Use:   "custos",
+		Short: "Backup and preservation agent",
+		Long: `custos: backup and preservation agent.
+
+Exit status: 0 ok; 1 failure; 3 a backup was saved but some files could not
+be read; 10 no repository at the location; 12 wrong password; 130
+interrupted (Ctrl-C, SIGTERM).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Version:       agent.Version(),

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 
@@ -22,9 +23,10 @@ import (
 // repoFlags holds the flags every "custos repo" subcommand shares: where the
 // repository is and how to unlock it.
 type repoFlags struct {
-	repo         string
-	passwordFile string
-	quiet        bool
+	repo            string
+	passwordFile    string
+	passwordCommand string
+	quiet           bool
 }
 
 // newRepoCmd returns the "custos repo" command group.
@@ -40,13 +42,17 @@ CUSTOS_REPOSITORY. URLs: /path, ./rel, local:/path,
 s3:http(s)://host:port/bucket/prefix (S3 credentials come from the standard
 AWS chain: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, shared files).
 
-The password is read from --password-file F, else from the file named by
+The password is read from --password-file F, else from the output of
+--password-command CMD (run with /bin/sh -c), else from the file named by
 CUSTOS_PASSWORD_FILE, else from CUSTOS_PASSWORD, else it is asked for on the
-terminal. A single trailing newline of a password file is ignored.`,
+terminal. A single trailing newline of a password file or command output is
+ignored.`,
 	}
 	pf := cmd.PersistentFlags()
-	pf.StringVar(&f.repo, "repo", "", "repository URL (default $CUSTOS_REPOSITORY)")
-	pf.StringVar(&f.passwordFile, "password-file", "", "file holding the repository password (default $CUSTOS_PASSWORD_FILE, then $CUSTOS_PASSWORD)")
+	pf.StringVarP(&f.repo, "repo", "r", "", "repository URL (default $CUSTOS_REPOSITORY)")
+	pf.StringVarP(&f.passwordFile, "password-file", "p", "", "file holding the repository password (default $CUSTOS_PASSWORD_FILE, then $CUSTOS_PASSWORD)")
+	pf.StringVar(&f.passwordCommand, "password-command", "", "shell command that prints the repository password")
+	cmd.MarkFlagsMutuallyExclusive("password-file", "password-command")
 	pf.BoolVarP(&f.quiet, "quiet", "q", false, "print no progress")
 	cmd.AddCommand(
 		newRepoInitCmd(f),
@@ -78,7 +84,27 @@ func (f *repoFlags) url() (string, error) {
 // without error when none is configured and no terminal is attached, so that
 // unencrypted repositories open without one.
 func (f *repoFlags) password(prompt bool) ([]byte, error) {
+	if f.passwordCommand != "" {
+		return passwordFromCommand(f.passwordCommand, "repository password")
+	}
 	return findPassword(f.passwordFile, "CUSTOS_PASSWORD_FILE", "CUSTOS_PASSWORD", "repository password", prompt)
+}
+
+// passwordFromCommand runs a password manager's command (pass, vault,
+// secret-tool). Its stderr goes to ours, so it can ask for a PIN; the
+// command text, which may hold a token, stays out of errors.
+func passwordFromCommand(command, what string) ([]byte, error) {
+	c := exec.Command("/bin/sh", "-c", command)
+	c.Stdin, c.Stderr = os.Stdin, os.Stderr
+	out, err := c.Output()
+	if err != nil {
+		return nil, fmt.Errorf("--password-command for the %s failed: %w", what, err)
+	}
+	out = trimOneNewline(out)
+	if len(out) == 0 {
+		return nil, fmt.Errorf("--password-command for the %s printed nothing", what)
+	}
+	return out, nil
 }
 
 // findPassword reads a password from file (a flag value), or the file named
@@ -144,7 +170,7 @@ func (f *repoFlags) openMode(ctx context.Context, tolerant bool) (*repository.Re
 	if err != nil {
 		return nil, err
 	}
-	return openRepo(ctx, u, pw, "--password-file, CUSTOS_PASSWORD_FILE or CUSTOS_PASSWORD", tolerant)
+	return openRepo(ctx, u, pw, "--password-file, --password-command, CUSTOS_PASSWORD_FILE or CUSTOS_PASSWORD", tolerant)
 }
 
 // openRepo opens the repository at url and turns the common failures into
@@ -152,7 +178,7 @@ func (f *repoFlags) openMode(ctx context.Context, tolerant bool) (*repository.Re
 func openRepo(ctx context.Context, url string, pw []byte, pwHint string, tolerant bool) (*repository.Repository, error) {
 	be, err := location.Open(ctx, url)
 	if errors.Is(err, backend.ErrNotExist) {
-		return nil, fmt.Errorf("no repository found at %s (create one with: custos repo init --repo %s)", url, url)
+		return nil, withExitCode(exitNoRepository, fmt.Errorf("no repository found at %s (create one with: custos repo init --repo %s)", url, url))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("opening repository at %s: %w", url, err)
@@ -171,11 +197,11 @@ func openRepo(ctx context.Context, url string, pw []byte, pwHint string, toleran
 		_ = be.Close()
 		switch {
 		case errors.Is(err, repository.ErrNotInitialized):
-			return nil, fmt.Errorf("no repository found at %s (create one with: custos repo init --repo %s)", url, url)
+			return nil, withExitCode(exitNoRepository, fmt.Errorf("no repository found at %s (create one with: custos repo init --repo %s)", url, url))
 		case errors.Is(err, repository.ErrWrongPassword) && len(pw) == 0:
-			return nil, fmt.Errorf("repository at %s is encrypted: give its password with %s", url, pwHint)
+			return nil, withExitCode(exitWrongPassword, fmt.Errorf("repository at %s is encrypted: give its password with %s", url, pwHint))
 		case errors.Is(err, repository.ErrWrongPassword):
-			return nil, fmt.Errorf("wrong password for repository at %s (check %s)", url, pwHint)
+			return nil, withExitCode(exitWrongPassword, fmt.Errorf("wrong password for repository at %s (check %s)", url, pwHint))
 		}
 		return nil, fmt.Errorf("opening repository at %s: %w", url, err)
 	}

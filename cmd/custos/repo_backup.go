@@ -95,10 +95,14 @@ as well).`,
 				return fmt.Errorf("backup failed: %w", err)
 			}
 			if asJSON {
-				return writeJSON(cmd.OutOrStdout(), snapshotJSON(snap))
+				err = writeJSON(cmd.OutOrStdout(), snapshotJSON(snap))
+			} else {
+				printBackupSummary(cmd.OutOrStdout(), snap)
 			}
-			printBackupSummary(cmd.OutOrStdout(), snap)
-			return nil
+			if err == nil && snap.Summary.Skipped > 0 {
+				err = withExitCode(exitPartial, fmt.Errorf("snapshot %s saved, but %d file(s) or folder(s) could not be read (see the warnings)", snap.ID.Short(), snap.Summary.Skipped))
+			}
+			return err
 		},
 	}
 	fl := cmd.Flags()
