@@ -32,7 +32,7 @@ type Info struct {
 	// Timeout bounds the whole job, all attempts and backoff included,
 	// counted from its first start (time spent queued does not count).
 	// 0 means no limit.
-	Timeout time.Duration `json:"timeout,omitempty"`
+	Timeout time.Duration `json:"timeout_ns,omitempty"`
 	// Retry overrides the Runner's default retry policy.
 	Retry *RetryPolicy `json:"-"`
 }

@@ -144,7 +144,7 @@ type Status struct {
 	Submitted   time.Time     `json:"submitted"`
 	Started     time.Time     `json:"started,omitzero"`
 	Finished    time.Time     `json:"finished,omitzero"`
-	Duration    time.Duration `json:"duration"` // since Started; up to Finished when done
+	Duration    time.Duration `json:"duration_ns"` // since Started; up to Finished when done
 	Attempts    int           `json:"attempts"`
 	NextAttempt time.Time     `json:"next_attempt,omitzero"` // while retrying
 	Progress    Progress      `json:"progress"`

@@ -168,7 +168,7 @@
       el("td", {}, rel(j.finished)),
       el("td", {}, j.description),
       el("td", { class: j.result }, j.result),
-      num(dur(nsToMs(j.duration))),
+      num(dur(nsToMs(j.duration_ns))),
       num(j.attempts),
       el("td", { class: "err" }, j.error || "")));
 

@@ -172,10 +172,32 @@ type snapshotOut struct {
 	ID      string `json:"id"`
 	ShortID string `json:"short_id"`
 	*repository.Snapshot
+	// Summary shadows the stored one, whose keys are Go names kept for
+	// the format's sake: scripts get snake_case and units in the keys.
+	Summary summaryOut `json:"summary"`
+}
+
+type summaryOut struct {
+	Files           int64 `json:"files"`
+	Dirs            int64 `json:"dirs"`
+	FilesNew        int64 `json:"files_new"`
+	FilesChanged    int64 `json:"files_changed"`
+	FilesUnmodified int64 `json:"files_unmodified"`
+	FilesSkipped    int64 `json:"files_skipped"`
+	Bytes           int64 `json:"bytes"`
+	BytesRead       int64 `json:"bytes_read"`
+	BytesAdded      int64 `json:"bytes_added"`
+	BlobsAdded      int64 `json:"blobs_added"`
+	DurationMS      int64 `json:"duration_ms"`
 }
 
 func snapshotJSON(s *repository.Snapshot) snapshotOut {
-	return snapshotOut{ID: s.ID.String(), ShortID: s.ID.Short(), Snapshot: s}
+	sm := s.Summary
+	return snapshotOut{ID: s.ID.String(), ShortID: s.ID.Short(), Snapshot: s, Summary: summaryOut{
+		Files: sm.Files, Dirs: sm.Dirs, FilesNew: sm.FilesNew, FilesChanged: sm.FilesChanged,
+		FilesUnmodified: sm.FilesUnmodified, FilesSkipped: sm.Skipped, Bytes: sm.Bytes, BytesRead: sm.BytesRead,
+		BytesAdded: sm.BytesAdded, BlobsAdded: sm.BlobsAdded, DurationMS: sm.Duration.Milliseconds(),
+	}}
 }
 
 // snapFilter selects snapshots by dataset, host and tags.

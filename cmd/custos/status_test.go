@@ -256,6 +256,11 @@ func TestStatusCommand(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), &got); err != nil {
 			t.Fatalf("--json output does not parse: %v\n%s", err, out)
 		}
+		var doc any
+		if err := json.Unmarshal([]byte(out), &doc); err != nil {
+			t.Fatal(err)
+		}
+		checkKeys(t, "status --json", doc, "")
 		want := a.Status(ctx)
 		if got.Host != want.Host || got.Config != want.Config || !got.Started.Equal(want.Started) || got.Generation != want.Generation {
 			t.Errorf("--json: host %q config %q started %v gen %d; the agent says %q %q %v %d",
