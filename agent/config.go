@@ -45,6 +45,7 @@ type Config struct {
 	MetaDB           MetaDBSpec
 	HTTPListen       string
 	HTTP             HTTPSpec
+	LogFormat        string // "text" (default) or "json"
 	DryRun           bool
 	DefaultNiceLevel int
 	DefaultIOClass   int
@@ -346,7 +347,12 @@ func (cfg *Config) decodeAgent(d *decoder, root *yaml.Node) {
 		"http_tls_key_file":  func(v *yaml.Node, f string) { pathField(d, v, f, dir, &cfg.HTTP.TLSKeyFile) },
 		"http_pprof":         func(v *yaml.Node, f string) { d.boolean(v, f, &cfg.HTTP.Pprof) },
 		"http_allowed_hosts": func(v *yaml.Node, f string) { d.strList(v, f, &cfg.HTTP.AllowedHosts) },
-		"dry_run":            func(v *yaml.Node, f string) { d.boolean(v, f, &cfg.DryRun) },
+		"log_format": func(v *yaml.Node, f string) {
+			if d.str(v, f, &cfg.LogFormat) && cfg.LogFormat != "text" && cfg.LogFormat != "json" {
+				d.errorf(v, f, "log format must be text or json, got %q", cfg.LogFormat)
+			}
+		},
+		"dry_run": func(v *yaml.Node, f string) { d.boolean(v, f, &cfg.DryRun) },
 		"default_nice_level": func(v *yaml.Node, f string) {
 			if d.integer(v, f, &cfg.DefaultNiceLevel) && (cfg.DefaultNiceLevel < -20 || cfg.DefaultNiceLevel > 19) {
 				d.errorf(v, f, "nice level must be between -20 and 19, got %d", cfg.DefaultNiceLevel)

@@ -225,6 +225,11 @@ func TestConfigErrors(t *testing.T) {
 			want:  []string{`agent.yml:6: field "http_listen": listen address "127.0.0.1:99999": port must be a number from 0 to 65535`},
 		},
 		{
+			name:  "unknown log format",
+			files: map[string]string{"agent.yml": goodAgent + "log_format: xml\n"},
+			want:  []string{`agent.yml:6: field "log_format": log format must be text or json, got "xml"`},
+		},
+		{
 			name:  "every zero seconds",
 			files: map[string]string{"sources/home.yml": strings.Replace(goodSource, `"@daily"`, `"@every 0s"`, 1)},
 			want:  []string{`sources/home.yml:3: field "schedule": schedule "@every 0s": @every 0s is shorter than 1s`},

@@ -89,7 +89,9 @@ func (m *Manager) Ingest(ctx context.Context, rc *RuntimeContext, src *SourceSpe
 	res.End = time.Now()
 	log := m.log.With("source", src.Name, "dataset", ds.Name, "backup", b.ID)
 	if res.Err != nil {
-		log.Error("backup failed", "error", res.Err, "duration", res.End.Sub(res.Start).Round(time.Millisecond))
+		// Warn, not Error: the job may retry; the runner logs the final
+		// failure at Error.
+		log.Warn("backup failed", "error", res.Err, "duration", res.End.Sub(res.Start).Round(time.Millisecond))
 	} else if res.Record != nil {
 		log.Info("backup done", "snapshots", strings.Join(SnapshotIDs(res.Record), ","), "files", res.Record.TotalFiles, "bytes", res.Record.TotalBytes, "bytes_added", res.Record.BytesAdded, "duration", res.End.Sub(res.Start).Round(time.Millisecond))
 	}

@@ -520,9 +520,12 @@ func (r *Runner) finish(e *entry, ctx context.Context, err error) {
 	r.mu.Unlock()
 
 	e.cancel(nil) // release the context's resources
-	if err != nil {
+	switch {
+	case err != nil && res == ResultCanceled:
 		e.log.Warn("job finished", "result", res, "attempts", st.Attempts, "duration", st.Duration, "error", err)
-	} else {
+	case err != nil:
+		e.log.Error("job finished", "result", res, "attempts", st.Attempts, "duration", st.Duration, "error", err)
+	default:
 		e.log.Info("job finished", "result", res, "attempts", st.Attempts, "duration", st.Duration)
 	}
 	r.notify(st)

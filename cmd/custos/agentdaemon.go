@@ -29,7 +29,17 @@ ignored); SIGTERM or Ctrl-C stops it, cancelling running jobs.`,
 			if debug {
 				level = slog.LevelDebug
 			}
-			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			// The config is read here first only for its log format, so
+			// that every line, the startup ones too, has one format.
+			cfg, err := agent.LoadConfig(path)
+			if err != nil {
+				return configError(err)
+			}
+			var handler slog.Handler = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})
+			if cfg.LogFormat == "json" {
+				handler = slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})
+			}
+			log := slog.New(handler)
 			// The daemon's heap between jobs is small; during a backup it
 			// is the CLI backup's heap, so the same setting keeps its peak
 			// low (GOGC in the environment wins).
@@ -38,7 +48,7 @@ ignored); SIGTERM or Ctrl-C stops it, cancelling running jobs.`,
 			}
 			reload, stop := reloadOnSIGHUP(log)
 			defer stop()
-			err := agent.Run(cmd.Context(), path, agent.RunOptions{Logger: log, Reload: reload, HTTPListen: listen})
+			err = agent.Run(cmd.Context(), path, agent.RunOptions{Logger: log, Reload: reload, HTTPListen: listen})
 			return configError(err)
 		},
 	}
