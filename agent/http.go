@@ -36,6 +36,7 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("GET /api/backups", a.serveBackups)
 	mux.HandleFunc("GET /api/schedule", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, a.Schedule()) })
 	mux.HandleFunc("POST /api/run", a.serveRun)
+	mux.HandleFunc("POST /api/reload", a.serveReload)
 	mux.Handle("GET /metrics", a.metrics.handler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -148,6 +149,17 @@ func (a *Agent) serveRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, map[string]any{"source": name, "jobs": ids})
+}
+
+// serveReload reads the configuration again, as SIGHUP does. A broken one
+// is refused with its problems (file, line, field; never a secret) and the
+// agent keeps the old one.
+func (a *Agent) serveReload(w http.ResponseWriter, _ *http.Request) {
+	if err := a.Reload(); err != nil {
+		httpError(w, http.StatusUnprocessableEntity, err.Error())
+		return
+	}
+	writeJSON(w, map[string]int{"generation": a.cm.Current().Generation})
 }
 
 // web holds the status page: static HTML, CSS and JS that render the JSON

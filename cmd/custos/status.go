@@ -149,17 +149,33 @@ func newAgentClient(cfg *agent.Config) agentClient {
 // fetchStatus GETs the report. Its errors are one line each, for main to
 // print: the operator sees why, not a Go error chain.
 func fetchStatus(ctx context.Context, ac agentClient, start string) ([]byte, *agent.StatusReport, error) {
-	listen := ac.listen
-	url, err := statusURL(listen)
+	body, err := ac.call(ctx, http.MethodGet, "/api/status", start)
 	if err != nil {
 		return nil, nil, err
 	}
+	rep := &agent.StatusReport{}
+	if err := json.Unmarshal(body, rep); err != nil {
+		return nil, nil, fmt.Errorf("agent at %s: the status report is not JSON (is something else listening there?): %w", ac.listen, err)
+	}
+	return body, rep, nil
+}
+
+// call sends one request to the agent and returns the body of a 200
+// answer. Its errors are one line each, for main to print; start is the
+// command that starts the agent, for the "no agent answers" hint.
+func (ac agentClient) call(ctx context.Context, method, path, start string) ([]byte, error) {
+	listen := ac.listen
+	url, err := statusURL(listen)
+	if err != nil {
+		return nil, err
+	}
+	url = strings.TrimSuffix(url, "/api/status") + path
 	if ac.tls {
 		url = "https" + strings.TrimPrefix(url, "http")
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	req, err := http.NewRequestWithContext(ctx, method, url, nil)
 	if err != nil {
-		return nil, nil, fmt.Errorf("agent address %q: %w", listen, err)
+		return nil, fmt.Errorf("agent address %q: %w", listen, err)
 	}
 	if len(ac.token) > 0 {
 		req.Header.Set("Authorization", "Bearer "+string(ac.token))
@@ -171,28 +187,31 @@ func fetchStatus(ctx context.Context, ac agentClient, start string) ([]byte, *ag
 	resp, err := client.Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, nil, fmt.Errorf("no agent answers at %s (start it with: %s): %w", listen, start, syscall.ECONNREFUSED)
+			return nil, fmt.Errorf("no agent answers at %s (start it with: %s): %w", listen, start, syscall.ECONNREFUSED)
 		}
 		if errors.Is(err, context.DeadlineExceeded) && cmdContextAlive(ctx) {
-			return nil, nil, fmt.Errorf("the agent at %s did not answer within %s: %w", listen, statusTimeout, context.DeadlineExceeded)
+			return nil, fmt.Errorf("the agent at %s did not answer within %s: %w", listen, statusTimeout, context.DeadlineExceeded)
 		}
-		return nil, nil, fmt.Errorf("agent at %s: %w", listen, err)
+		return nil, fmt.Errorf("agent at %s: %w", listen, err)
 	}
 	defer resp.Body.Close()
-	// A report is tens of kilobytes; the limit keeps something that is
+	// An answer is tens of kilobytes; the limit keeps something that is
 	// not an agent from filling memory.
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
-		return nil, nil, fmt.Errorf("agent at %s: reading the report: %w", listen, err)
+		return nil, fmt.Errorf("agent at %s: reading the answer: %w", listen, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, nil, fmt.Errorf("agent at %s: GET %s: %s: %s", listen, req.URL.Path, resp.Status, firstLine(string(body)))
+		msg := firstLine(string(body))
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+			msg = e.Error
+		}
+		return nil, fmt.Errorf("agent at %s: %s %s: %s: %s", listen, method, req.URL.Path, resp.Status, msg)
 	}
-	rep := &agent.StatusReport{}
-	if err := json.Unmarshal(body, rep); err != nil {
-		return nil, nil, fmt.Errorf("agent at %s: the status report is not JSON (is something else listening there?): %w", listen, err)
-	}
-	return body, rep, nil
+	return body, nil
 }
 
 // cmdContextAlive tells our own timeout apart from the caller's
@@ -417,4 +436,40 @@ func roundDur(d time.Duration) string {
 		d = d.Round(time.Hour)
 		return fmt.Sprintf("%dd%dh", d/(24*time.Hour), d%(24*time.Hour)/time.Hour)
 	}
+}
+
+// newReloadCmd asks the running agent to read its configuration again, as
+// SIGHUP does, without hunting for its pid.
+func newReloadCmd() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "reload",
+		Short: "Make the running agent read its configuration again",
+		Long: `Ask the running agent (POST /api/reload on http_listen from the config) to
+read its configuration again, as SIGHUP does. A broken configuration is
+refused with its problems, and the agent keeps the old one.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := agent.LoadConfig(path)
+			if err != nil {
+				return configError(err)
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), statusTimeout)
+			defer cancel()
+			body, err := newAgentClient(cfg).call(ctx, http.MethodPost, "/api/reload", "custos agent -c "+path)
+			if err != nil {
+				return err
+			}
+			var ans struct {
+				Generation int `json:"generation"`
+			}
+			if err := json.Unmarshal(body, &ans); err != nil {
+				return fmt.Errorf("agent: the answer to reload is not JSON: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "reloaded: configuration generation %d\n", ans.Generation)
+			return nil
+		},
+	}
+	configFlag(cmd, &path)
+	return cmd
 }
