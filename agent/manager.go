@@ -379,8 +379,8 @@ func (m *Manager) restoreDataset(ctx context.Context, rc *RuntimeContext, req Re
 		if err != nil {
 			return nil, fmt.Errorf("dataset %s in backup %s: snapshot %s in repository %s: %w", name, b.ID, id.Short(), repoSpec.Name, err)
 		}
-		if snap.Dataset != name {
-			return nil, fmt.Errorf("dataset %s in backup %s: snapshot %s belongs to dataset %q; the catalog is inconsistent", name, b.ID, id.Short(), snap.Dataset)
+		if err := crossCheck(snap, name, b); err != nil {
+			return nil, fmt.Errorf("dataset %s in backup %s: snapshot %s in repository %s %w; refusing to restore it (run custos sync to rebuild the catalog from the repository)", name, b.ID, id.Short(), repoSpec.Name, err)
 		}
 		snaps = append(snaps, snap)
 	}
@@ -424,6 +424,24 @@ func (m *Manager) restoreDataset(ctx context.Context, rc *RuntimeContext, req Re
 		out = append(out, RestoredAtom{Name: metadata.AtomName(d.Source, d.Name, a.Name), BackupID: b.ID, Time: b.Timestamp, Host: b.Host, Target: where})
 	}
 	return out, nil
+}
+
+// crossCheck compares a catalog record with the snapshot it names. The
+// catalog is writable by whoever reaches etcd, the repository is
+// authenticated by its key: a record pointed at another snapshot (an older
+// one of the same dataset, say) must not restore quietly.
+func crossCheck(snap *repository.Snapshot, dataset string, b *metadata.Backup) error {
+	switch {
+	case snap.Dataset != dataset:
+		return fmt.Errorf("belongs to dataset %q, not %q", snap.Dataset, dataset)
+	case snap.Host != b.Host:
+		return fmt.Errorf("was taken on host %q, but the catalog says %q", snap.Host, b.Host)
+	case snap.BackupID != "" && snap.BackupID != b.ID:
+		return fmt.Errorf("belongs to backup %s, not %s", snap.BackupID, b.ID)
+	case !b.Timestamp.IsZero() && !snap.Time.Equal(b.Timestamp):
+		return fmt.Errorf("was taken at %s, but the catalog says %s", snap.Time.Format(time.RFC3339Nano), b.Timestamp.Format(time.RFC3339Nano))
+	}
+	return nil
 }
 
 // SnapshotIDs lists, once each and in atom order, the snapshots that hold
