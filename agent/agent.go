@@ -41,12 +41,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/custos-backup/custos/jobs"
 	"github.com/custos-backup/custos/metadata"
+	"github.com/custos-backup/custos/shell"
 )
 
 // Agent is the daemon: it schedules each source's ingest jobs, runs them in
@@ -66,6 +68,7 @@ type Agent struct {
 	ctx    context.Context // lives until Stop
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // source runs listing their datasets
+	hooks  sync.WaitGroup // on_failure_command runs
 }
 
 // Options tune an Agent. The zero value works.
@@ -90,6 +93,13 @@ func New(cm *ConfigManager, catalog *Catalog, opts Options) *Agent {
 		Logger: log,
 		OnChange: func(s jobs.Status) {
 			a.metrics.jobChanged(s)
+			if s.State == jobs.StateDone && (s.Result == jobs.ResultError || s.Result == jobs.ResultTimeout) {
+				a.hooks.Add(1)
+				go func() {
+					defer a.hooks.Done()
+					a.runFailureHook(s)
+				}()
+			}
 			if s.State == jobs.StateDone {
 				a.backups.invalidate() // an ingest wrote its record before it finished
 			}
@@ -210,8 +220,13 @@ func (a *Agent) submitSource(ctx context.Context, name string) ([]string, error)
 			LockKey:     "ingest:" + src.Name + "/" + ds.Name,
 			IfLocked:    jobs.LockSkip, // a schedule must not pile up runs of a slow dataset
 			Description: "back up " + src.Name + "/" + ds.Name,
+			Source:      src.Name,
+			Dataset:     ds.Name,
 			Timeout:     src.Timeout,
 		}, func(ctx context.Context) error {
+			// Command output in the log then names the job, source and
+			// dataset.
+			ctx = shell.ContextWithLogger(ctx, jobs.Logger(ctx))
 			return a.mgr.Ingest(ctx, rc, src, b, ds).Err
 		})
 		id, err := a.runner.Submit(ctx, job)
@@ -249,6 +264,39 @@ func (a *Agent) Stop(ctx context.Context) error {
 	a.cancel()
 	a.wg.Wait()
 	errs = append(errs, a.runner.Close(ctx))
+	a.hooks.Wait() // the runner is closed: no job can fail anew
 	errs = append(errs, a.mgr.Close())
 	return errors.Join(errs...)
 }
+
+// runFailureHook runs on_failure_command (the source's, else the agent's)
+// through the Shell after a job's final failure, so an operator can page
+// or mail without scraping logs. The outcome is in the environment, never
+// on the command line.
+func (a *Agent) runFailureHook(s jobs.Status) {
+	rc := a.cm.Current()
+	command := rc.Config.OnFailureCommand
+	if src := rc.Source(s.Source); src != nil && src.OnFailureCommand != "" {
+		command = src.OnFailureCommand
+	}
+	if command == "" {
+		return
+	}
+	env := []string{
+		"CUSTOS_JOB_ID=" + s.ID, "CUSTOS_JOB_KIND=" + s.Kind, "CUSTOS_HOST=" + rc.Config.Hostname,
+		"CUSTOS_SOURCE=" + s.Source, "CUSTOS_DATASET=" + s.Dataset,
+		"CUSTOS_RESULT=" + string(s.Result), "CUSTOS_ERROR=" + s.Error,
+		"CUSTOS_ATTEMPTS=" + strconv.Itoa(s.Attempts),
+		"CUSTOS_STARTED=" + s.Started.UTC().Format(time.RFC3339), "CUSTOS_FINISHED=" + s.Finished.UTC().Format(time.RFC3339),
+	}
+	ctx, cancel := context.WithTimeout(a.ctx, failureHookTimeout)
+	defer cancel()
+	log := a.log.With("job", s.ID, "source", s.Source, "dataset", s.Dataset)
+	if err := rc.Shell().WithEnv(env...).WithDir(rc.Config.Dir).WithLogger(log).Run(ctx, command); err != nil {
+		log.Error("on_failure_command failed", "error", err)
+	}
+}
+
+// failureHookTimeout bounds on_failure_command: a hung mailer must not
+// pile up processes, one per failed job.
+const failureHookTimeout = 5 * time.Minute

@@ -37,15 +37,18 @@ type Config struct {
 	File string // agent.yml as given
 	Dir  string // its folder, absolute
 
-	Hostname         string
-	WorkDir          string
-	RandomSeedFile   string
-	Queues           map[string]int
-	Repositories     []*RepositorySpec
-	MetaDB           MetaDBSpec
-	HTTPListen       string
-	HTTP             HTTPSpec
-	LogFormat        string // "text" (default) or "json"
+	Hostname       string
+	WorkDir        string
+	RandomSeedFile string
+	Queues         map[string]int
+	Repositories   []*RepositorySpec
+	MetaDB         MetaDBSpec
+	HTTPListen     string
+	HTTP           HTTPSpec
+	LogFormat      string // "text" (default) or "json"
+	// OnFailureCommand runs after a job's final failure (a source's own
+	// on_failure_command wins), with the outcome in its environment.
+	OnFailureCommand string
 	DryRun           bool
 	DefaultNiceLevel int
 	DefaultIOClass   int
@@ -134,6 +137,7 @@ type SourceSpec struct {
 	PostBackupCommand  string
 	PreRestoreCommand  string
 	PostRestoreCommand string
+	OnFailureCommand   string // "" = the agent's on_failure_command
 
 	Params     Params
 	Timeout    time.Duration
@@ -347,6 +351,7 @@ func (cfg *Config) decodeAgent(d *decoder, root *yaml.Node) {
 		"http_tls_key_file":  func(v *yaml.Node, f string) { pathField(d, v, f, dir, &cfg.HTTP.TLSKeyFile) },
 		"http_pprof":         func(v *yaml.Node, f string) { d.boolean(v, f, &cfg.HTTP.Pprof) },
 		"http_allowed_hosts": func(v *yaml.Node, f string) { d.strList(v, f, &cfg.HTTP.AllowedHosts) },
+		"on_failure_command": func(v *yaml.Node, f string) { d.str(v, f, &cfg.OnFailureCommand) },
 		"log_format": func(v *yaml.Node, f string) {
 			if d.str(v, f, &cfg.LogFormat) && cfg.LogFormat != "text" && cfg.LogFormat != "json" {
 				d.errorf(v, f, "log format must be text or json, got %q", cfg.LogFormat)

@@ -100,6 +100,7 @@ func (cfg *Config) loadSource(file string, errs *ConfigErrors) {
 		"post_backup_command":  func(v *yaml.Node, f string) { d.str(v, f, &s.PostBackupCommand) },
 		"pre_restore_command":  func(v *yaml.Node, f string) { d.str(v, f, &s.PreRestoreCommand) },
 		"post_restore_command": func(v *yaml.Node, f string) { d.str(v, f, &s.PostRestoreCommand) },
+		"on_failure_command":   func(v *yaml.Node, f string) { d.str(v, f, &s.OnFailureCommand) },
 		"params":               func(v *yaml.Node, f string) { d.params(v, f, &s.Params) },
 		"timeout":              func(v *yaml.Node, f string) { d.duration(v, f, &s.Timeout) },
 		"repository":           func(v *yaml.Node, f string) { d.str(v, f, &s.Repository) },

@@ -29,6 +29,10 @@ type Info struct {
 	IfLocked LockPolicy `json:"if_locked,omitempty"`
 	// Description is for people (status page, logs, errors).
 	Description string `json:"description"`
+	// Source and Dataset name what the job works on, when it works on one
+	// dataset; they are labels for status, logs and hooks.
+	Source  string `json:"source,omitempty"`
+	Dataset string `json:"dataset,omitempty"`
 	// Timeout bounds the whole job, all attempts and backoff included,
 	// counted from its first start (time spent queued does not count).
 	// 0 means no limit.

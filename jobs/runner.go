@@ -138,6 +138,8 @@ type Status struct {
 	Queue       string        `json:"queue"`
 	LockKey     string        `json:"lock_key,omitempty"`
 	Description string        `json:"description"`
+	Source      string        `json:"source,omitempty"`
+	Dataset     string        `json:"dataset,omitempty"`
 	State       State         `json:"state"`
 	Result      Result        `json:"result,omitempty"`
 	Error       string        `json:"error,omitempty"` // final error, or the last one while retrying
@@ -312,11 +314,15 @@ func (r *Runner) submit(ctx context.Context, job Job) (*entry, error) {
 	if info.LockKey != "" {
 		e.log = e.log.With("lock", info.LockKey)
 	}
+	if info.Source != "" {
+		e.log = e.log.With("source", info.Source, "dataset", info.Dataset)
+	}
 	base := context.WithValue(context.WithoutCancel(ctx), entryKey, e)
 	e.ctx, e.cancel = context.WithCancelCause(base)
 	e.status = Status{
 		ID: info.ID, Kind: info.Kind, Queue: info.Queue, LockKey: info.LockKey,
-		Description: info.Description, State: StatePending, Submitted: time.Now(),
+		Description: info.Description, Source: info.Source, Dataset: info.Dataset,
+		State: StatePending, Submitted: time.Now(),
 	}
 	r.active[info.ID] = e
 	st := e.status
