@@ -6,9 +6,9 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
-	"time"
 
 	"github.com/custos-backup/custos/metadata"
+	"github.com/custos-backup/custos/repository"
 )
 
 // TestAtomSnapshotIDs: a pipe dataset of several atoms records one
@@ -99,10 +99,23 @@ datasets:
 	}
 
 	// A record whose dataset snapshot id is useless still restores: the
-	// atoms' ids are what restore reads.
-	b := &metadata.Backup{ID: "atom-ids-only", Host: "test-host", Timestamp: time.Now()}
+	// atoms' ids are what restore reads. It replaces the real record of
+	// the same backup, so it agrees with its snapshots (restore checks).
+	repo, err := mgr.repos.Get(ctx, rc.Config.DefaultRepository())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sid, err := repository.ParseID(multi.Atoms[0].SnapshotID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := repo.LoadSnapshot(ctx, sid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &metadata.Backup{ID: snap.BackupID, Host: snap.Host, Timestamp: snap.Time}
 	d := *multi
-	d.ID, d.SnapshotID = b.ID+"/multi/ds", "not-a-snapshot-id"
+	d.SnapshotID = "not-a-snapshot-id"
 	if err := cat.Store.AddDataset(ctx, b, &d); err != nil {
 		t.Fatal(err)
 	}
