@@ -54,16 +54,17 @@ import (
 // Agent is the daemon: it schedules each source's ingest jobs, runs them in
 // queues, and serves its status over HTTP.
 type Agent struct {
-	cm      *ConfigManager
-	catalog *Catalog
-	mgr     *Manager
-	runner  *jobs.Runner
-	sched   *jobs.Scheduler
-	metrics *metrics
-	log     *slog.Logger
-	started time.Time
-	changes *changes     // wakes the status event streams
-	backups backupsCache // the catalog part of the status page
+	cm        *ConfigManager
+	catalog   *Catalog
+	mgr       *Manager
+	runner    *jobs.Runner
+	sched     *jobs.Scheduler
+	metrics   *metrics
+	log       *slog.Logger
+	started   time.Time
+	changes   *changes     // wakes the status event streams
+	jobEvents *jobEvents   // feeds /api/jobs/{id}/events
+	backups   backupsCache // the catalog part of the status page
 
 	ctx    context.Context // lives until Stop
 	cancel context.CancelFunc
@@ -86,6 +87,7 @@ func New(cm *ConfigManager, catalog *Catalog, opts Options) *Agent {
 	}
 	a := &Agent{cm: cm, catalog: catalog, log: log, started: time.Now(), changes: newChanges()}
 	a.metrics = newMetrics()
+	a.jobEvents = newJobEvents()
 	rc := cm.Current()
 	a.runner = jobs.NewRunner(jobs.Options{
 		Queues: jobs.QueueSpec{Workers: rc.Config.Queues},
@@ -93,6 +95,7 @@ func New(cm *ConfigManager, catalog *Catalog, opts Options) *Agent {
 		Logger: log,
 		OnChange: func(s jobs.Status) {
 			a.metrics.jobChanged(s)
+			a.jobEvents.publish(s)
 			if s.State == jobs.StateDone && (s.Result == jobs.ResultError || s.Result == jobs.ResultTimeout) {
 				a.hooks.Add(1)
 				go func() {
@@ -214,22 +217,7 @@ func (a *Agent) submitSource(ctx context.Context, name string) ([]string, error)
 	b := NewBackup(rc.Config.Hostname, time.Now())
 	var ids []string
 	for _, ds := range dss {
-		ds := ds
-		job := jobs.New(jobs.Info{
-			Kind:        "ingest",
-			LockKey:     "ingest:" + src.Name + "/" + ds.Name,
-			IfLocked:    jobs.LockSkip, // a schedule must not pile up runs of a slow dataset
-			Description: "back up " + src.Name + "/" + ds.Name,
-			Source:      src.Name,
-			Dataset:     ds.Name,
-			Timeout:     src.Timeout,
-		}, func(ctx context.Context) error {
-			// Command output in the log then names the job, source and
-			// dataset.
-			ctx = shell.ContextWithLogger(ctx, jobs.Logger(ctx))
-			return a.mgr.Ingest(ctx, rc, src, b, ds).Err
-		})
-		id, err := a.runner.Submit(ctx, job)
+		id, err := a.runner.Submit(ctx, a.newIngestJob(rc, src, b, ds))
 		if errors.Is(err, jobs.ErrAlreadyRunning) {
 			continue
 		}
@@ -239,6 +227,25 @@ func (a *Agent) submitSource(ctx context.Context, name string) ([]string, error)
 		ids = append(ids, id)
 	}
 	return ids, nil
+}
+
+// newIngestJob is the job that backs up one dataset of a source as part
+// of backup b.
+func (a *Agent) newIngestJob(rc *RuntimeContext, src *SourceSpec, b *metadata.Backup, ds Dataset) jobs.Job {
+	return jobs.New(jobs.Info{
+		Kind:        "ingest",
+		LockKey:     "ingest:" + src.Name + "/" + ds.Name,
+		IfLocked:    jobs.LockSkip, // a schedule must not pile up runs of a slow dataset
+		Description: "back up " + src.Name + "/" + ds.Name,
+		Source:      src.Name,
+		Dataset:     ds.Name,
+		Timeout:     src.Timeout,
+	}, func(ctx context.Context) error {
+		// Command output in the log then names the job, source and
+		// dataset.
+		ctx = shell.ContextWithLogger(ctx, jobs.Logger(ctx))
+		return a.mgr.Ingest(ctx, rc, src, b, ds).Err
+	})
 }
 
 // activeJobs is what the agent publishes in the catalog about its running

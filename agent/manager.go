@@ -405,6 +405,10 @@ func (m *Manager) restoreDataset(ctx context.Context, rc *RuntimeContext, req Re
 	rreq := &handlers.RestoreRequest{
 		Source: d.Source, Dataset: d.Name, Atoms: atoms, Snapshots: snaps,
 		Repo: repo, Shell: handlers.FromShell(sh), Target: target, Env: env, Dir: cfg.Dir,
+		// Progress goes to the job's status when this runs as a job.
+		Progress: func(p repository.Progress) {
+			jobs.ReportProgress(ctx, jobs.Progress{Bytes: p.Bytes, Files: p.Files, TotalBytes: p.TotalBytes, TotalFiles: p.TotalFiles, Current: p.Current})
+		},
 	}
 	where := target
 	if d.Handler == "pipe" && req.Stdout != nil {
