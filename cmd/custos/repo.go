@@ -58,6 +58,7 @@ terminal. A single trailing newline of a password file is ignored.`,
 		newRepoForgetCmd(f),
 		newRepoPruneCmd(f),
 		newRepoStatsCmd(f),
+		newRepoUnlockCmd(f),
 	)
 	return cmd
 }
