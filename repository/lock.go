@@ -334,3 +334,39 @@ func (r *Repository) removeLocks(ctx context.Context, all bool) (int, error) {
 	}
 	return n, nil
 }
+
+// removeOldLeftovers is removeLeftovers for a backup, which knows nothing
+// of other writers: only what is older than backend.LeftoverAge.
+func (r *Repository) removeOldLeftovers(ctx context.Context) (wait func()) {
+	age := backend.LeftoverAge
+	if r.leftoverAge != 0 {
+		age = r.leftoverAge
+	}
+	return r.removeLeftovers(ctx, time.Now().Add(-age))
+}
+
+// removeLeftovers starts removing the partial objects of interrupted saves
+// (backend.LeftoverRemover) made before the given time, and returns a
+// function that waits for it to finish. Only writers holding a lock call
+// it, so that read-only commands never change the repository. It runs
+// beside the writer's own work, and its failure is only logged: nothing
+// the writer does depends on it.
+func (r *Repository) removeLeftovers(ctx context.Context, before time.Time) (wait func()) {
+	lr, ok := r.be.(backend.LeftoverRemover)
+	if !ok {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		n, size, err := lr.RemoveLeftovers(ctx, before)
+		if err != nil && ctx.Err() == nil {
+			r.log.Warn("cannot remove what interrupted saves left; a later backup or prune tries again", "repository", r.be.Location(), "removed", n, "err", err)
+			return
+		}
+		if n > 0 {
+			r.log.Info("removed what interrupted saves left", "repository", r.be.Location(), "objects", n, "bytes", size)
+		}
+	}()
+	return func() { <-done }
+}

@@ -110,6 +110,22 @@ func unindexedCutoff(locks []lockEntry, own string, tStart, now time.Time, me pr
 	return cutoff
 }
 
+// pruneLeftovers removes the partial objects of interrupted saves by the
+// rule of unindexed packs: every live writer's lock is older than what it
+// is still writing. Their times come from the storage's clock, not the
+// writer's, hence the margin. It runs before prune writes anything of its
+// own.
+func (r *Repository) pruneLeftovers(ctx context.Context, lock *Lock, tStart time.Time) error {
+	locks, err := r.listLocks(ctx)
+	if err != nil {
+		return err
+	}
+	if cutoff := unindexedCutoff(locks, lock.Name(), tStart, time.Now(), thisProcess()); !cutoff.IsZero() {
+		r.removeLeftovers(ctx, cutoff.Add(-LockStaleAfter))()
+	}
+	return nil
+}
+
 // repackCandidate is a partly used pack: used and unused are the sealed
 // bytes of its referenced and unreferenced blobs.
 type repackCandidate struct {
@@ -162,6 +178,9 @@ func chooseRepack(cands []repackCandidate, usedTotal int64, opts PruneOptions) m
 
 func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, opts PruneOptions) (*PruneStats, error) {
 	st := &PruneStats{}
+	if err := r.pruneLeftovers(ctx, lock, tStart); err != nil {
+		return st, err
+	}
 	// A fresh view: other processes may have added index files since Open.
 	if err := r.loadIndex(ctx); err != nil {
 		return st, err
@@ -327,8 +346,12 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, op
 		return st, err
 	}
 	cutoff := unindexedCutoff(locks, lock.Name(), tStart, time.Now(), thisProcess())
+	written := map[ID]bool{}
+	for _, np := range newPacks {
+		written[np.ID] = true
+	}
 	for id, size := range stored {
-		if _, indexed := packs[id]; indexed {
+		if _, indexed := packs[id]; indexed || written[id] {
 			continue
 		}
 		if !cutoff.After(time.Time{}) {

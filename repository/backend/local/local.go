@@ -9,7 +9,8 @@
 // which is fsynced, renamed into place, and then the folder itself is fsynced
 // so the new name survives a power loss. A reader therefore sees a whole
 // object or none. Temp files left by a crash carry the prefix TempPrefix; List
-// never reports them and removes those older than a day.
+// never reports them, and RemoveLeftovers (which only writers call) removes
+// them once old enough.
 //
 // Saving over an existing object replaces it atomically (last writer wins).
 //
@@ -47,11 +48,6 @@ import (
 // TempPrefix starts the name of every temp file a Save writes. Objects never
 // have such names, so List can tell leftovers of a crash from real objects.
 const TempPrefix = ".custos-tmp-"
-
-// staleTempAge is how old a temp file must be before List removes it. A Save
-// in progress (possibly from another process on a shared mount) must not lose
-// its file, so the margin is generous.
-const staleTempAge = 24 * time.Hour
 
 const (
 	dirMode  = 0o700
@@ -497,7 +493,6 @@ func (b *Backend) listDir(ctx context.Context, dir string, descend bool, fn func
 			return fmt.Errorf("local: list: %w", err)
 		}
 		if strings.HasPrefix(name, TempPrefix) {
-			b.removeStaleTemp(filepath.Join(dir, name), fi)
 			continue
 		}
 		if err := fn(backend.FileInfo{Name: name, Size: fi.Size()}); err != nil {
@@ -507,15 +502,56 @@ func (b *Backend) listDir(ctx context.Context, dir string, descend bool, fn func
 	return nil
 }
 
-func (b *Backend) removeStaleTemp(path string, fi fs.FileInfo) {
-	if time.Since(fi.ModTime()) < staleTempAge {
-		return
+var _ backend.LeftoverRemover = (*Backend)(nil)
+
+// RemoveLeftovers removes the temp files, in every folder, that were last
+// written before the given time: what a Save or Stage killed midway left.
+func (b *Backend) RemoveLeftovers(ctx context.Context, before time.Time) (n int, bytes int64, err error) {
+	var dirs []string
+	for _, t := range layoutDirs {
+		dirs = append(dirs, filepath.Join(b.dir, string(t)))
 	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		b.log.Warn("cannot remove stale temp file", "path", path, "err", err)
-		return
+	fan, err := os.ReadDir(filepath.Join(b.dir, string(backend.PackFile)))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return 0, 0, fmt.Errorf("local: remove leftovers in %s: %w", b.dir, err)
 	}
-	b.log.Info("removed stale temp file left by an interrupted save", "path", path)
+	for _, e := range fan {
+		if e.IsDir() {
+			dirs = append(dirs, filepath.Join(b.dir, string(backend.PackFile), e.Name()))
+		}
+	}
+	for _, dir := range dirs {
+		entries, err := os.ReadDir(dir)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return n, bytes, fmt.Errorf("local: remove leftovers: %w", err)
+		}
+		for _, e := range entries {
+			if err := ctx.Err(); err != nil {
+				return n, bytes, fmt.Errorf("local: remove leftovers in %s: %w", dir, err)
+			}
+			if !strings.HasPrefix(e.Name(), TempPrefix) || !e.Type().IsRegular() {
+				continue
+			}
+			fi, err := e.Info()
+			if err != nil || !fi.ModTime().Before(before) {
+				continue // gone meanwhile, or maybe a save in progress
+			}
+			p := filepath.Join(dir, e.Name())
+			if err := os.Remove(p); err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					continue
+				}
+				return n, bytes, fmt.Errorf("local: remove leftover %s: %w", p, err)
+			}
+			b.log.Info("removed temp file left by an interrupted save", "path", p, "size", fi.Size(), "modified", fi.ModTime())
+			n++
+			bytes += fi.Size()
+		}
+	}
+	return n, bytes, nil
 }
 
 // Remove deletes h and syncs its folder so the removal is durable.
