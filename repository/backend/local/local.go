@@ -63,8 +63,10 @@ var layoutDirs = []backend.FileType{
 type Backend struct {
 	dir string
 	log *slog.Logger
-	// syncDir fsyncs a directory; a field so tests can observe it.
-	syncDir func(dir string) error
+	// syncDir fsyncs a directory and syncFile a file; fields so tests can
+	// observe their order with the rename.
+	syncDir  func(dir string) error
+	syncFile func(f *os.File) error
 	// directBufs holds the aligned buffers of finished staged objects for
 	// the next ones (see directWriter).
 	directBufs chan []byte
@@ -127,7 +129,7 @@ func newBackend(dir string) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("local: repository path %q: %w", dir, err)
 	}
-	return &Backend{dir: abs, log: slog.Default(), syncDir: syncDir, directBufs: make(chan []byte, 8)}, nil
+	return &Backend{dir: abs, log: slog.Default(), syncDir: syncDir, syncFile: (*os.File).Sync, directBufs: make(chan []byte, 8)}, nil
 }
 
 // Location returns "local:" and the absolute directory.
@@ -210,7 +212,7 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, rd io.ReadSeeker, 
 	if extra, _ := rd.Read(make([]byte, 1)); extra != 0 {
 		return fmt.Errorf("local: save %s in %s: reader has more than the %d bytes announced", h, b.dir, size)
 	}
-	if err := f.Sync(); err != nil {
+	if err := b.syncFile(f); err != nil {
 		return fmt.Errorf("local: save %s: %w", h, err)
 	}
 	if err := f.Close(); err != nil {
@@ -283,7 +285,7 @@ func (b *Backend) Stage(ctx context.Context, t backend.FileType) (w io.Writer, c
 		if err := dw.Flush(); err != nil {
 			return fmt.Errorf("local: commit %s: write: %w", h, err)
 		}
-		if err := f.Sync(); err != nil {
+		if err := b.syncFile(f); err != nil {
 			return fmt.Errorf("local: commit %s: %w", h, err)
 		}
 		name := b.filename(h)

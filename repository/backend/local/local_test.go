@@ -310,3 +310,53 @@ func TestLoadAfterReplaceKeepsOldReader(t *testing.T) {
 		t.Fatalf("reader opened before the replace read %q, %v", buf.String(), err)
 	}
 }
+
+// TestSyncOrder: Save and Stage's commit fsync the temp file before they
+// rename it into place (else a power loss can leave a named object with
+// missing bytes), and the folder after (else the name itself can be lost).
+func TestSyncOrder(t *testing.T) {
+	ctx := context.Background()
+	for _, how := range []string{"save", "stage"} {
+		t.Run(how, func(t *testing.T) {
+			be := newLocal(t)
+			h := backend.Handle{Type: backend.PackFile, Name: "ab" + strings.Repeat("3", 62)}
+			final := filepath.Join(be.Dir(), filepath.FromSlash(h.Path()))
+			var events []string
+			be.SetSyncFile(func(f *os.File) error {
+				if _, err := os.Stat(final); err == nil {
+					events = append(events, "file synced after rename")
+				} else {
+					events = append(events, "file synced")
+				}
+				return f.Sync()
+			})
+			be.SetSyncDir(func(dir string) error {
+				if _, err := os.Stat(final); err == nil && dir == filepath.Dir(final) {
+					events = append(events, "folder synced after rename")
+				}
+				return local.SyncDir(dir)
+			})
+			data := []byte("pack bytes")
+			switch how {
+			case "save":
+				if err := be.Save(ctx, h, bytes.NewReader(data), int64(len(data))); err != nil {
+					t.Fatal(err)
+				}
+			case "stage":
+				w, commit, _, err := be.Stage(ctx, backend.PackFile)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := w.Write(data); err != nil {
+					t.Fatal(err)
+				}
+				if err := commit(ctx, h); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if want := []string{"file synced", "folder synced after rename"}; !slices.Equal(events, want) {
+				t.Errorf("events %q, want %q", events, want)
+			}
+		})
+	}
+}
