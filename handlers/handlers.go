@@ -49,6 +49,9 @@ type Repo interface {
 	BackupStream(ctx context.Context, name string, rd io.Reader, opts repository.BackupOptions) (*repository.Snapshot, error)
 	Restore(ctx context.Context, snap *repository.Snapshot, target string, opts repository.RestoreOptions) (*repository.RestoreStats, error)
 	RestoreFile(ctx context.Context, snap *repository.Snapshot, path string, w io.Writer) error
+	// RemoveSnapshots takes back snapshots of a dataset that failed as a
+	// whole.
+	RemoveSnapshots(ctx context.Context, ids ...repository.ID) error
 }
 
 // BackupRequest is one dataset to back up.

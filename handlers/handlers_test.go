@@ -4,13 +4,17 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/custos-backup/custos/repository"
+	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/backend/local"
 	"github.com/custos-backup/custos/shell"
 )
@@ -127,6 +131,9 @@ func TestPipeHandler(t *testing.T) {
 		{"complete dump", `cat dump.csv`, false},
 		{"fails mid-stream", `head -c 300000 dump.csv; exit 2`, true},
 		{"killed mid-stream", `head -c 300000 dump.csv; kill -KILL $$`, true},
+		// The first atom's snapshot is stored before the second fails:
+		// the dataset fails as a whole and leaves none.
+		{"second atom fails", `if [ "$CUSTOS_ATOM" = t2 ]; then exit 5; fi; cat dump.csv`, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -180,6 +187,87 @@ func TestPipeHandler(t *testing.T) {
 			var buf bytes.Buffer
 			if err := bad.Restore(ctx, &RestoreRequest{Source: "db", Dataset: "main", Atoms: atoms[:1], Snapshots: snaps, Repo: repo, Stdout: &buf}); err != nil || !bytes.Equal(buf.Bytes(), dump) {
 				t.Errorf("restore to stdout: %d bytes, %v", buf.Len(), err)
+			}
+		})
+	}
+}
+
+// faultyBackend wraps a real backend and fails the saves of packs, as a
+// full disk does.
+type faultyBackend struct {
+	backend.Backend
+}
+
+func (b faultyBackend) Save(ctx context.Context, h backend.Handle, rd io.ReadSeeker, size int64) error {
+	if h.Type == backend.PackFile {
+		return fmt.Errorf("save %s: %w", h, syscall.ENOSPC)
+	}
+	return b.Backend.Save(ctx, h, rd, size)
+}
+
+// TestPipeErrorNamesCause: when the repository side fails, the pipe
+// handler stops backup_command; the error must name the repository's
+// failure, not the stop (bug 4 of issue 11: "context canceled (not
+// started)" for a locked repository, "killed by signal 15" for a full
+// disk), and only a failing command is reported as one.
+func TestPipeErrorNamesCause(t *testing.T) {
+	ctx := context.Background()
+	sh := FromShell(shell.New(shell.Options{}))
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "dump.csv"), bytes.Repeat([]byte("row,of,data\n"), 50000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Endless and never repeating, so that packs fill up and are saved.
+	endless := `cat /dev/urandom`
+	cases := []struct {
+		name, command string
+		repo          func(t *testing.T) *repository.Repository
+		want          error  // errors.Is target, nil for none
+		say, notSay   string // in the message, never in the message
+	}{
+		{"repository locked", endless, func(t *testing.T) *repository.Repository {
+			r := newRepo(t)
+			l, err := r.Lock(ctx, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = l.Unlock(ctx) })
+			return r
+		}, repository.ErrLocked, "repository is locked", "backup_command"},
+		{"disk full", endless, func(t *testing.T) *repository.Repository {
+			be, err := local.Create(ctx, filepath.Join(t.TempDir(), "repo"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := repository.Init(ctx, faultyBackend{be}, repository.InitOptions{Password: []byte("pw"), KDF: "scrypt"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { r.Close() })
+			return r
+		}, syscall.ENOSPC, "no space left on device", "backup_command"},
+		{"command fails", `cat dump.csv; exit 3`, newRepo, nil, "backup_command failed: ", "context canceled"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h, err := New(Spec{Name: "p", Type: "pipe", Params: map[string]any{"backup_command": tc.command, "restore_command": "cat >/dev/null"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = h.Backup(ctx, &BackupRequest{Source: "db", Dataset: "main", Atoms: []Atom{{Name: "t1"}}, Host: "h", BackupID: "b", Time: time.Now(), Repo: tc.repo(t), Shell: sh, Dir: dir})
+			if err == nil {
+				t.Fatal("backup succeeded")
+			}
+			if tc.want != nil && !errors.Is(err, tc.want) {
+				t.Errorf("error %q does not wrap %v", err, tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.say) || strings.Contains(err.Error(), tc.notSay) {
+				t.Errorf("error %q: want it to say %q and never %q", err, tc.say, tc.notSay)
+			}
+			for _, lie := range []string{"signal", "not started"} {
+				if strings.Contains(err.Error(), lie) {
+					t.Errorf("error %q blames the command's stop (%q)", err, lie)
+				}
 			}
 		})
 	}

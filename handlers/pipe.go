@@ -61,19 +61,39 @@ func (h *pipeHandler) Type() string { return "pipe" }
 // its stdout as a file named after the atom. A command that fails, at any
 // point of its output, fails the whole dataset: the repository is told so
 // through the reader, and records nothing for that stream.
+//
+// The dataset is one unit: when an atom fails, the snapshots of the atoms
+// stored before it are removed again, so that a failed run (and each of its
+// retries) leaves no partial dataset behind.
 func (h *pipeHandler) Backup(ctx context.Context, req *BackupRequest) ([]*repository.Snapshot, error) {
 	snaps := make([]*repository.Snapshot, 0, len(req.Atoms))
 	for _, a := range req.Atoms {
 		if err := localPath("atom name", a.Name); err != nil {
-			return nil, fmt.Errorf("atom %s/%s/%s: %w", req.Source, req.Dataset, a.Name, err)
+			return nil, errors.Join(fmt.Errorf("atom %s/%s/%s: %w", req.Source, req.Dataset, a.Name, err), takeBack(ctx, req, snaps))
 		}
 		snap, err := h.backupAtom(ctx, req, a)
 		if err != nil {
-			return nil, fmt.Errorf("atom %s/%s/%s: %w", req.Source, req.Dataset, a.Name, err)
+			return nil, errors.Join(fmt.Errorf("atom %s/%s/%s: %w", req.Source, req.Dataset, a.Name, err), takeBack(ctx, req, snaps))
 		}
 		snaps = append(snaps, snap)
 	}
 	return snaps, nil
+}
+
+// takeBack removes the snapshots of a dataset whose backup failed, also
+// when the failure was ctx ending.
+func takeBack(ctx context.Context, req *BackupRequest, snaps []*repository.Snapshot) error {
+	if len(snaps) == 0 {
+		return nil
+	}
+	ids := make([]repository.ID, len(snaps))
+	for i, s := range snaps {
+		ids[i] = s.ID
+	}
+	if err := req.Repo.RemoveSnapshots(context.WithoutCancel(ctx), ids...); err != nil {
+		return fmt.Errorf("dataset %s/%s: the snapshots of the atoms stored before the failure stay in the repository (forget removes them): %w", req.Source, req.Dataset, err)
+	}
+	return nil
 }
 
 func (h *pipeHandler) backupAtom(ctx context.Context, req *BackupRequest, a Atom) (*repository.Snapshot, error) {
@@ -88,7 +108,7 @@ func (h *pipeHandler) backupAtom(ctx context.Context, req *BackupRequest, a Atom
 		defer wg.Done()
 		cmdErr = req.Shell.Run(ctx, Command{Line: h.backupCommand, Env: env, Dir: req.Dir, Stdout: pw})
 		if cmdErr != nil {
-			pw.CloseWithError(fmt.Errorf("backup_command failed: %w", cmdErr))
+			pw.CloseWithError(&commandError{cmdErr})
 		} else {
 			pw.Close()
 		}
@@ -107,14 +127,29 @@ func (h *pipeHandler) backupAtom(ctx context.Context, req *BackupRequest, a Atom
 	pr.CloseWithError(errStoppedReading)
 	cancel()
 	wg.Wait()
-	if cmdErr != nil {
-		return nil, fmt.Errorf("backup_command failed: %w", cmdErr)
-	}
-	if err != nil {
-		return nil, err
+	var ce *commandError
+	switch {
+	case err != nil && errors.As(err, &ce):
+		// The command failed first; the repository only passed it on.
+		return nil, ce
+	case err != nil:
+		// The repository failed first (locked, disk full, ...) and the
+		// command was stopped for it: its "killed" or "not started" is
+		// a consequence, not the cause, and the cause alone decides
+		// whether a retry can help.
+		return nil, fmt.Errorf("store the stream in the repository: %w", err)
+	case cmdErr != nil:
+		return nil, &commandError{cmdErr}
 	}
 	return snap, nil
 }
+
+// commandError is backup_command's own failure, as passed through the
+// pipe to the repository, so that it can be told from the repository's.
+type commandError struct{ err error }
+
+func (e *commandError) Error() string { return "backup_command failed: " + e.err.Error() }
+func (e *commandError) Unwrap() error { return e.err }
 
 // Restore streams each selected atom to restore_command's stdin, or to
 // req.Stdout when set.

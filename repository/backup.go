@@ -130,6 +130,7 @@ func (r *Repository) Backup(ctx context.Context, root string, paths []string, op
 		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
 	}
 	defer func() { _ = lock.Unlock(context.WithoutCancel(ctx)) }()
+	defer r.removeOldLeftovers(ctx)()
 	if err := r.refreshIndex(ctx, true); err != nil {
 		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
 	}

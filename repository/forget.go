@@ -135,3 +135,22 @@ func (r *Repository) Forget(ctx context.Context, p RetentionPolicy, dryRun bool)
 	}
 	return keep, remove, nil
 }
+
+// RemoveSnapshots removes the snapshot files of ids, under a shared lock as
+// Forget does; prune frees their data later. A writer uses it to take back
+// the snapshots of a unit that failed as a whole (the atoms of a dataset
+// that were stored before another atom failed). Missing files are no error.
+func (r *Repository) RemoveSnapshots(ctx context.Context, ids ...ID) error {
+	lock, err := r.Lock(ctx, false)
+	if err != nil {
+		return fmt.Errorf("remove snapshots: %w", err)
+	}
+	defer func() { _ = lock.Unlock(context.WithoutCancel(ctx)) }()
+	for _, id := range ids {
+		h := backend.Handle{Type: backend.SnapshotFile, Name: id.String()}
+		if err := r.be.Remove(ctx, h); err != nil && !errors.Is(err, backend.ErrNotExist) {
+			return fmt.Errorf("remove snapshot %s: %w", h, err)
+		}
+	}
+	return nil
+}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"time"
 
@@ -32,6 +31,26 @@ type lockInfo struct {
 	Refreshed time.Time `json:"refreshed"`
 	Hostname  string    `json:"hostname"`
 	PID       int       `json:"pid"`
+	// Where PID means something and which process it was (see
+	// processInfo); absent in locks written before they were recorded.
+	BootID       string `json:"boot_id,omitempty"`
+	PIDNamespace string `json:"pid_namespace,omitempty"`
+	StartTicks   uint64 `json:"start_ticks,omitempty"`
+}
+
+// processInfo identifies a process across hosts and time: the host, its
+// boot, the pid namespace, the pid and the process's start time (clock ticks
+// after boot), which tells a reused pid from the process that wrote a lock.
+type processInfo struct {
+	Hostname     string
+	PID          int
+	BootID       string
+	PIDNamespace string
+	StartTicks   uint64
+}
+
+func (li *lockInfo) setProcess(p processInfo) {
+	li.Hostname, li.PID, li.BootID, li.PIDNamespace, li.StartTicks = p.Hostname, p.PID, p.BootID, p.PIDNamespace, p.StartTicks
 }
 
 func decodeLockInfo(b []byte) (*lockInfo, error) {
@@ -48,8 +67,29 @@ func decodeLockInfo(b []byte) (*lockInfo, error) {
 	return &li, nil
 }
 
-// stale reports whether the lock was last refreshed too long ago.
-func (li *lockInfo) stale(now time.Time) bool { return now.Sub(li.Refreshed) > LockStaleAfter }
+// stale reports whether the lock no longer protects anything: it was last
+// refreshed too long ago (its holder, if alive, refuses to write index or
+// snapshot, see Lock.Valid), or its process is gone (see deadHere). me is
+// the process asking.
+func (li *lockInfo) stale(now time.Time, me processInfo) bool {
+	return now.Sub(li.Refreshed) > LockStaleAfter || li.deadHere(me)
+}
+
+// deadHere reports whether the lock was written by a process of this host,
+// boot and pid namespace that no longer runs. A process killed with SIGKILL
+// cannot remove its lock, but it cannot write anything more either, so its
+// lock is stale at once instead of after LockStaleAfter. Locks of other
+// hosts, other boots or other pid namespaces, and old locks that lack the
+// boot id, are never judged by pid: a pid means nothing there.
+func (li *lockInfo) deadHere(me processInfo) bool {
+	if li.Hostname == "" || li.Hostname != me.Hostname || li.BootID != me.BootID || li.PIDNamespace != me.PIDNamespace {
+		return false
+	}
+	if li.PID == me.PID && li.StartTicks == me.StartTicks {
+		return false // this very process
+	}
+	return processGone(li.PID, li.StartTicks)
+}
 
 // lockEntry is one lock file as found in locks/.
 type lockEntry struct {
@@ -94,7 +134,7 @@ func (r *Repository) listLocks(ctx context.Context) ([]lockEntry, error) {
 // with a lock of the given kind. Unreadable lock files count as live
 // exclusive locks for an exclusive request (safe side) and are ignored for a
 // shared one.
-func conflicts(locks []lockEntry, own string, exclusive bool, now time.Time) error {
+func conflicts(locks []lockEntry, own string, exclusive bool, now time.Time, me processInfo) error {
 	for _, l := range locks {
 		if l.Name == own {
 			continue
@@ -105,7 +145,7 @@ func conflicts(locks []lockEntry, own string, exclusive bool, now time.Time) err
 			}
 			continue
 		}
-		if l.Info.stale(now) || !(exclusive || l.Info.Exclusive) {
+		if l.Info.stale(now, me) || !(exclusive || l.Info.Exclusive) {
 			continue
 		}
 		kind := "shared"
@@ -151,16 +191,17 @@ func (r *Repository) lock(ctx context.Context, exclusive bool, refresh time.Dura
 		return nil, err
 	}
 	now := time.Now()
-	if err := conflicts(locks, "", exclusive, now); err != nil {
+	me := thisProcess()
+	if err := conflicts(locks, "", exclusive, now, me); err != nil {
 		return nil, err
 	}
-	host, _ := os.Hostname()
 	l := &Lock{
 		r:    r,
 		name: randomHex(32),
-		info: lockInfo{Version: formatVersion, Exclusive: exclusive, Created: now.UTC(), Refreshed: now.UTC(), Hostname: host, PID: os.Getpid()},
+		info: lockInfo{Version: formatVersion, Exclusive: exclusive, Created: now.UTC(), Refreshed: now.UTC()},
 		done: make(chan struct{}),
 	}
+	l.info.setProcess(me)
 	if err := l.write(ctx); err != nil {
 		return nil, err
 	}
@@ -169,7 +210,7 @@ func (r *Repository) lock(ctx context.Context, exclusive bool, refresh time.Dura
 	// seen by at least one of the two writers, which backs off.
 	locks, err = r.listLocks(ctx)
 	if err == nil {
-		err = conflicts(locks, l.name, exclusive, time.Now())
+		err = conflicts(locks, l.name, exclusive, time.Now(), me)
 	}
 	if err != nil {
 		_ = r.be.Remove(context.WithoutCancel(ctx), backend.Handle{Type: backend.LockFile, Name: l.name})
@@ -250,22 +291,82 @@ func (l *Lock) Unlock(ctx context.Context) error {
 	return nil
 }
 
-// RemoveStaleLocks deletes lock files whose last refresh is older than
-// LockStaleAfter and returns how many it removed.
+// RemoveStaleLocks deletes the lock files that no longer protect anything:
+// those last refreshed longer than LockStaleAfter ago and those whose
+// process is gone from this host (see lockInfo.stale). Unreadable lock files
+// are left alone. It returns how many it removed.
 func (r *Repository) RemoveStaleLocks(ctx context.Context) (int, error) {
+	return r.removeLocks(ctx, false)
+}
+
+// RemoveAllLocks deletes every lock file, live, stale or unreadable, and
+// returns how many it removed. It is for an operator who knows that no
+// process uses the repository: a live holder that loses its lock keeps
+// running unprotected.
+func (r *Repository) RemoveAllLocks(ctx context.Context) (int, error) {
+	return r.removeLocks(ctx, true)
+}
+
+func (r *Repository) removeLocks(ctx context.Context, all bool) (int, error) {
 	locks, err := r.listLocks(ctx)
 	if err != nil {
 		return 0, err
 	}
 	n := 0
 	now := time.Now()
+	me := thisProcess()
 	for _, l := range locks {
-		if l.Info != nil && l.Info.stale(now) {
-			if err := r.be.Remove(ctx, backend.Handle{Type: backend.LockFile, Name: l.Name}); err != nil && !errors.Is(err, backend.ErrNotExist) {
-				return n, fmt.Errorf("remove stale lock %s: %w", l.Name, err)
-			}
-			n++
+		if !all && (l.Info == nil || !l.Info.stale(now, me)) {
+			continue
 		}
+		if err := r.be.Remove(ctx, backend.Handle{Type: backend.LockFile, Name: l.Name}); err != nil {
+			if errors.Is(err, backend.ErrNotExist) {
+				continue
+			}
+			return n, fmt.Errorf("remove lock %s: %w", l.Name, err)
+		}
+		if l.Info != nil {
+			r.log.Info("removed repository lock", "lock", l.Name, "host", l.Info.Hostname, "pid", l.Info.PID, "refreshed", l.Info.Refreshed)
+		} else {
+			r.log.Info("removed unreadable repository lock", "lock", l.Name)
+		}
+		n++
 	}
 	return n, nil
+}
+
+// removeOldLeftovers is removeLeftovers for a backup, which knows nothing
+// of other writers: only what is older than backend.LeftoverAge.
+func (r *Repository) removeOldLeftovers(ctx context.Context) (wait func()) {
+	age := backend.LeftoverAge
+	if r.leftoverAge != 0 {
+		age = r.leftoverAge
+	}
+	return r.removeLeftovers(ctx, time.Now().Add(-age))
+}
+
+// removeLeftovers starts removing the partial objects of interrupted saves
+// (backend.LeftoverRemover) made before the given time, and returns a
+// function that waits for it to finish. Only writers holding a lock call
+// it, so that read-only commands never change the repository. It runs
+// beside the writer's own work, and its failure is only logged: nothing
+// the writer does depends on it.
+func (r *Repository) removeLeftovers(ctx context.Context, before time.Time) (wait func()) {
+	lr, ok := r.be.(backend.LeftoverRemover)
+	if !ok {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		n, size, err := lr.RemoveLeftovers(ctx, before)
+		if err != nil && ctx.Err() == nil {
+			r.log.Warn("cannot remove what interrupted saves left; a later backup or prune tries again", "repository", r.be.Location(), "removed", n, "err", err)
+			return
+		}
+		if n > 0 {
+			r.log.Info("removed what interrupted saves left", "repository", r.be.Location(), "objects", n, "bytes", size)
+		}
+	}()
+	return func() { <-done }
 }

@@ -64,7 +64,7 @@ const pruneGrace = 2 * time.Hour
 // rewritten (the used blobs copied, still sealed, into new packs) as it
 // takes to meet opts.MaxUnused, within opts.MaxRepackBytes, and the rest
 // are kept whole, still indexed with all their blobs; packs no index lists
-// are deleted only when older than the grace period and than every lock. New index
+// are deleted only when older than the grace period and than every live lock. New index
 // files, the last of which supersedes all old ones, are durable before any
 // pack is deleted; old index files are deleted last.
 func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneStats, error) {
@@ -76,12 +76,54 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneStats,
 		return nil, fmt.Errorf("prune: %w", err)
 	}
 	defer func() { _ = lock.Unlock(context.WithoutCancel(ctx)) }()
+	// What crashed processes left behind goes first: nothing else cleans
+	// their locks, and they would be listed by every later command.
+	if _, err := r.RemoveStaleLocks(ctx); err != nil {
+		return nil, fmt.Errorf("prune %s: %w", r.be.Location(), err)
+	}
 	tStart := time.Now()
 	st, err := r.prune(ctx, lock, tStart, opts)
 	if err != nil {
 		return st, fmt.Errorf("prune %s: %w", r.be.Location(), err)
 	}
 	return st, nil
+}
+
+// unindexedCutoff is the creation time before which an unindexed pack may
+// be deleted (FORMAT.md §12 rule 2): T_start − G, or earlier if a live lock
+// other than own is older. Stale locks hold nothing back: their holders are
+// gone or refuse to write index files (Lock.Valid), so no index will ever
+// name their packs. An unreadable lock's age is unknown, so it holds back
+// everything (the zero time).
+func unindexedCutoff(locks []lockEntry, own string, tStart, now time.Time, me processInfo) time.Time {
+	cutoff := tStart.Add(-pruneGrace)
+	for _, l := range locks {
+		switch {
+		case l.Name == own:
+		case l.Info == nil:
+			return time.Time{}
+		case l.Info.stale(now, me):
+		case l.Info.Created.Before(cutoff):
+			cutoff = l.Info.Created
+		}
+	}
+	return cutoff
+}
+
+// pruneLeftovers removes the partial objects of interrupted saves by the
+// rule of unindexed packs: every live writer's lock is older than what it
+// is still writing. Their times come from the storage's clock, not the
+// writer's, hence the margin. It runs before prune writes anything of its
+// own.
+func (r *Repository) pruneLeftovers(ctx context.Context, lock *Lock, tStart time.Time) error {
+	locks, err := r.listLocks(ctx)
+	if err != nil {
+		return err
+	}
+	if cutoff := unindexedCutoff(locks, lock.Name(), tStart, time.Now(), thisProcess()); !cutoff.IsZero() {
+		r.removeLeftovers(ctx, cutoff.Add(-LockStaleAfter))()
+	}
+	return nil
 }
 
 // repackCandidate is a partly used pack: used and unused are the sealed
@@ -136,6 +178,9 @@ func chooseRepack(cands []repackCandidate, usedTotal int64, opts PruneOptions) m
 
 func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, opts PruneOptions) (*PruneStats, error) {
 	st := &PruneStats{}
+	if err := r.pruneLeftovers(ctx, lock, tStart); err != nil {
+		return st, err
+	}
 	// A fresh view: other processes may have added index files since Open.
 	if err := r.loadIndex(ctx); err != nil {
 		return st, err
@@ -300,21 +345,13 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, op
 	if err != nil {
 		return st, err
 	}
-	cutoff := tStart.Add(-pruneGrace)
-	for _, l := range locks {
-		if l.Name == lock.Name() {
-			continue
-		}
-		if l.Info == nil {
-			cutoff = time.Time{} // an unreadable lock: its age is unknown
-			break
-		}
-		if l.Info.Created.Before(cutoff) {
-			cutoff = l.Info.Created
-		}
+	cutoff := unindexedCutoff(locks, lock.Name(), tStart, time.Now(), thisProcess())
+	written := map[ID]bool{}
+	for _, np := range newPacks {
+		written[np.ID] = true
 	}
 	for id, size := range stored {
-		if _, indexed := packs[id]; indexed {
+		if _, indexed := packs[id]; indexed || written[id] {
 			continue
 		}
 		if !cutoff.After(time.Time{}) {

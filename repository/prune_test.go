@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -128,36 +127,33 @@ func TestPruneUnindexedPacks(t *testing.T) {
 	old := savePack(t, r, now.Add(-3*time.Hour), 10)
 	young := savePack(t, r, now.Add(-10*time.Minute), 11)
 
-	// A stale lock from a backup that started four hours ago: its packs
-	// could be as old as the lock, so the three-hour-old pack stays.
-	li := lockInfo{Version: formatVersion, Created: now.Add(-4 * time.Hour), Refreshed: now.Add(-4 * time.Hour), Hostname: "gone", PID: 1}
-	b, _ := json.Marshal(&li)
-	lockH := backend.Handle{Type: backend.LockFile, Name: randomHex(32)}
-	if err := saveBytes(ctx, r.be, lockH, r.seal.seal(nil, b)); err != nil {
-		t.Fatal(err)
+	// Locks of backups that started four hours ago and are gone: one not
+	// refreshed for hours, one of a killed process of this host refreshed
+	// a moment ago. Neither can ever index its packs, so neither holds
+	// the three-hour-old pack back, and prune removes both.
+	dead := deadProcess(t)
+	stale := lockInfo{Version: formatVersion, Created: now.Add(-4 * time.Hour), Refreshed: now.Add(-4 * time.Hour), Hostname: "gone", PID: 1}
+	killed := lockInfo{Version: formatVersion, Created: now.Add(-4 * time.Hour), Refreshed: now}
+	killed.setProcess(dead)
+	for _, li := range []lockInfo{stale, killed} {
+		writeLockFile(t, r, randomHex(32), li)
 	}
 	exists := func(id ID) bool {
 		_, err := r.be.Stat(ctx, backend.Handle{Type: backend.PackFile, Name: id.String()})
 		return err == nil
-	}
-	if _, err := r.Prune(ctx, PruneOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if !exists(old) || !exists(young) {
-		t.Fatalf("prune deleted an unindexed pack younger than a lock (old %v, young %v)", exists(old), exists(young))
-	}
-	if err := r.be.Remove(ctx, lockH); err != nil {
-		t.Fatal(err)
 	}
 	st, err := r.Prune(ctx, PruneOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if exists(old) || st.PacksDeleted != 1 {
-		t.Errorf("an unindexed pack older than the grace period survived (stats %+v)", st)
+		t.Errorf("an unindexed pack older than the grace period survived stale locks (stats %+v)", st)
 	}
 	if !exists(young) {
 		t.Error("prune deleted an unindexed pack within the grace period")
+	}
+	if locks, err := r.listLocks(ctx); err != nil || len(locks) != 0 {
+		t.Errorf("prune left locks %v (%v), want the stale ones removed", locks, err)
 	}
 	mustCheckClean(t, r, true)
 }

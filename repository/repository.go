@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/klauspost/compress/zstd"
@@ -58,6 +59,9 @@ type Repository struct {
 	// packsInMemory forces in-memory packs (no staging in the backend or
 	// in temp files); tests use it to cover that mode.
 	packsInMemory bool
+	// leftoverAge, when not 0, replaces backend.LeftoverAge for backups,
+	// so that tests need not wait a day.
+	leftoverAge time.Duration
 }
 
 // Init creates a new repository in be, which must not hold one yet.

@@ -603,6 +603,9 @@ func TestLocks(t *testing.T) {
 	if n, err := r.RemoveStaleLocks(ctx); err != nil || n != 1 {
 		t.Fatalf("RemoveStaleLocks: %d %v", n, err)
 	}
+	if locks, err := r.listLocks(ctx); err != nil || len(locks) != 0 {
+		t.Fatalf("locks left after RemoveStaleLocks: %v %v", locks, err)
+	}
 
 	// Refresh rewrites the lock file.
 	l, err := r.lock(ctx, false, 20*time.Millisecond)

@@ -24,6 +24,7 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 		return nil, fmt.Errorf("backup stream %q: %w", name, err)
 	}
 	defer func() { _ = lock.Unlock(context.WithoutCancel(ctx)) }()
+	defer r.removeOldLeftovers(ctx)()
 	if err := r.refreshIndex(ctx, true); err != nil {
 		return nil, fmt.Errorf("backup stream %q: %w", name, err)
 	}

@@ -82,5 +82,28 @@ interrupted (Ctrl-C, SIGTERM).`,
 	}
 	root.AddCommand(newRepoCmd())
 	addAgentCommands(root)
+	failOnUnknownSubcommands(root)
 	return root
+}
+
+// failOnUnknownSubcommands makes every command group reject arguments that
+// name no subcommand. Cobra otherwise prints the group's help and exits 0
+// for "custos repo chek", so a typo in a script passes silently. A group
+// called with nothing still prints its help.
+func failOnUnknownSubcommands(cmd *cobra.Command) {
+	if !cmd.HasSubCommands() {
+		return
+	}
+	if cmd.Run == nil && cmd.RunE == nil {
+		cmd.Args = func(c *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return fmt.Errorf("unknown command %q for %q (see %s --help)", args[0], c.CommandPath(), c.CommandPath())
+			}
+			return nil
+		}
+		cmd.RunE = func(c *cobra.Command, _ []string) error { return c.Help() }
+	}
+	for _, sub := range cmd.Commands() {
+		failOnUnknownSubcommands(sub)
+	}
 }

@@ -64,6 +64,7 @@ ignored.`,
 		newRepoForgetCmd(f),
 		newRepoPruneCmd(f),
 		newRepoStatsCmd(f),
+		newRepoUnlockCmd(f),
 	)
 	return cmd
 }

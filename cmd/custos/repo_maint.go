@@ -419,6 +419,44 @@ for a later prune.`,
 	return cmd
 }
 
+func newRepoUnlockCmd(f *repoFlags) *cobra.Command {
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "unlock [--remove-all]",
+		Short: "Remove locks left by processes that are gone",
+		Long: `Remove stale repository locks: those not refreshed for 30 minutes and
+those of processes of this host that no longer run (killed or crashed).
+Stale locks block nothing, so this only tidies up; prune does it too.
+
+--remove-all removes every lock, also those of processes that may still
+run. Use it only when you know no other custos uses the repository: a
+backup or prune whose lock is removed keeps running unprotected.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			r, err := f.openReading(ctx)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			remove := r.RemoveStaleLocks
+			if all {
+				remove = r.RemoveAllLocks
+			}
+			n, err := remove(ctx)
+			if err != nil {
+				return fmt.Errorf("unlock: %w", err)
+			}
+			if !f.quiet {
+				fmt.Fprintf(cmd.OutOrStdout(), "removed %d lock(s)\n", n)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&all, "remove-all", false, "remove every lock, not only stale ones")
+	return cmd
+}
+
 func newRepoStatsCmd(f *repoFlags) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{

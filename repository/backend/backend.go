@@ -11,6 +11,7 @@ import (
 	"io"
 	"path"
 	"strings"
+	"time"
 )
 
 // FileType is the kind of object a repository stores. It is also the name of
@@ -112,3 +113,23 @@ type Backend interface {
 	// Close releases resources.
 	Close() error
 }
+
+// LeftoverRemover is implemented by backends whose interrupted Saves leave
+// partial objects that List never reports: the local backend's temp files,
+// S3's incomplete multipart uploads. Nothing reads them, but they take
+// space (and, on S3, are billed). Only commands that write call it, while
+// they hold a repository lock, so that a read-only command never changes
+// the repository.
+type LeftoverRemover interface {
+	// RemoveLeftovers removes the partial objects of Saves started (local:
+	// last written) before the given time, and returns how many it removed
+	// and their size in bytes as far as it is known.
+	RemoveLeftovers(ctx context.Context, before time.Time) (n int, bytes int64, err error)
+}
+
+// LeftoverAge is how old a partial object must be before a backup removes
+// it: a Save in progress, possibly of another process on another machine,
+// must never lose its object, and a day leaves room for slow uploads and
+// for clocks that differ by minutes. Prune, which knows the repository's
+// locks, may remove younger ones.
+const LeftoverAge = 24 * time.Hour

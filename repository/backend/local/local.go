@@ -9,7 +9,8 @@
 // which is fsynced, renamed into place, and then the folder itself is fsynced
 // so the new name survives a power loss. A reader therefore sees a whole
 // object or none. Temp files left by a crash carry the prefix TempPrefix; List
-// never reports them and removes those older than a day.
+// never reports them, and RemoveLeftovers (which only writers call) removes
+// them once old enough.
 //
 // Saving over an existing object replaces it atomically (last writer wins).
 //
@@ -48,11 +49,6 @@ import (
 // have such names, so List can tell leftovers of a crash from real objects.
 const TempPrefix = ".custos-tmp-"
 
-// staleTempAge is how old a temp file must be before List removes it. A Save
-// in progress (possibly from another process on a shared mount) must not lose
-// its file, so the margin is generous.
-const staleTempAge = 24 * time.Hour
-
 const (
 	dirMode  = 0o700
 	fileMode = 0o600
@@ -67,8 +63,10 @@ var layoutDirs = []backend.FileType{
 type Backend struct {
 	dir string
 	log *slog.Logger
-	// syncDir fsyncs a directory; a field so tests can observe it.
-	syncDir func(dir string) error
+	// syncDir fsyncs a directory and syncFile a file; fields so tests can
+	// observe their order with the rename.
+	syncDir  func(dir string) error
+	syncFile func(f *os.File) error
 	// directBufs holds the aligned buffers of finished staged objects for
 	// the next ones (see directWriter).
 	directBufs chan []byte
@@ -131,7 +129,7 @@ func newBackend(dir string) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("local: repository path %q: %w", dir, err)
 	}
-	return &Backend{dir: abs, log: slog.Default(), syncDir: syncDir, directBufs: make(chan []byte, 8)}, nil
+	return &Backend{dir: abs, log: slog.Default(), syncDir: syncDir, syncFile: (*os.File).Sync, directBufs: make(chan []byte, 8)}, nil
 }
 
 // Location returns "local:" and the absolute directory.
@@ -214,7 +212,7 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, rd io.ReadSeeker, 
 	if extra, _ := rd.Read(make([]byte, 1)); extra != 0 {
 		return fmt.Errorf("local: save %s in %s: reader has more than the %d bytes announced", h, b.dir, size)
 	}
-	if err := f.Sync(); err != nil {
+	if err := b.syncFile(f); err != nil {
 		return fmt.Errorf("local: save %s: %w", h, err)
 	}
 	if err := f.Close(); err != nil {
@@ -287,7 +285,7 @@ func (b *Backend) Stage(ctx context.Context, t backend.FileType) (w io.Writer, c
 		if err := dw.Flush(); err != nil {
 			return fmt.Errorf("local: commit %s: write: %w", h, err)
 		}
-		if err := f.Sync(); err != nil {
+		if err := b.syncFile(f); err != nil {
 			return fmt.Errorf("local: commit %s: %w", h, err)
 		}
 		name := b.filename(h)
@@ -497,7 +495,6 @@ func (b *Backend) listDir(ctx context.Context, dir string, descend bool, fn func
 			return fmt.Errorf("local: list: %w", err)
 		}
 		if strings.HasPrefix(name, TempPrefix) {
-			b.removeStaleTemp(filepath.Join(dir, name), fi)
 			continue
 		}
 		if err := fn(backend.FileInfo{Name: name, Size: fi.Size()}); err != nil {
@@ -507,15 +504,56 @@ func (b *Backend) listDir(ctx context.Context, dir string, descend bool, fn func
 	return nil
 }
 
-func (b *Backend) removeStaleTemp(path string, fi fs.FileInfo) {
-	if time.Since(fi.ModTime()) < staleTempAge {
-		return
+var _ backend.LeftoverRemover = (*Backend)(nil)
+
+// RemoveLeftovers removes the temp files, in every folder, that were last
+// written before the given time: what a Save or Stage killed midway left.
+func (b *Backend) RemoveLeftovers(ctx context.Context, before time.Time) (n int, bytes int64, err error) {
+	var dirs []string
+	for _, t := range layoutDirs {
+		dirs = append(dirs, filepath.Join(b.dir, string(t)))
 	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		b.log.Warn("cannot remove stale temp file", "path", path, "err", err)
-		return
+	fan, err := os.ReadDir(filepath.Join(b.dir, string(backend.PackFile)))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return 0, 0, fmt.Errorf("local: remove leftovers in %s: %w", b.dir, err)
 	}
-	b.log.Info("removed stale temp file left by an interrupted save", "path", path)
+	for _, e := range fan {
+		if e.IsDir() {
+			dirs = append(dirs, filepath.Join(b.dir, string(backend.PackFile), e.Name()))
+		}
+	}
+	for _, dir := range dirs {
+		entries, err := os.ReadDir(dir)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return n, bytes, fmt.Errorf("local: remove leftovers: %w", err)
+		}
+		for _, e := range entries {
+			if err := ctx.Err(); err != nil {
+				return n, bytes, fmt.Errorf("local: remove leftovers in %s: %w", dir, err)
+			}
+			if !strings.HasPrefix(e.Name(), TempPrefix) || !e.Type().IsRegular() {
+				continue
+			}
+			fi, err := e.Info()
+			if err != nil || !fi.ModTime().Before(before) {
+				continue // gone meanwhile, or maybe a save in progress
+			}
+			p := filepath.Join(dir, e.Name())
+			if err := os.Remove(p); err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					continue
+				}
+				return n, bytes, fmt.Errorf("local: remove leftover %s: %w", p, err)
+			}
+			b.log.Info("removed temp file left by an interrupted save", "path", p, "size", fi.Size(), "modified", fi.ModTime())
+			n++
+			bytes += fi.Size()
+		}
+	}
+	return n, bytes, nil
 }
 
 // Remove deletes h and syncs its folder so the removal is durable.

@@ -133,7 +133,8 @@ func TestOpen(t *testing.T) {
 }
 
 // TestCrashLeftTempFile plants the temp files a crash midway through Save
-// would leave and checks List hides them and removes only stale ones.
+// would leave: List hides them and removes none (read-only commands list),
+// RemoveLeftovers removes only those last written before its time.
 func TestCrashLeftTempFile(t *testing.T) {
 	ctx := context.Background()
 	be := newLocal(t)
@@ -166,6 +167,15 @@ func TestCrashLeftTempFile(t *testing.T) {
 	if !slices.Equal(packs, []string{pack}) || len(keys) != 0 {
 		t.Fatalf("List shows temp files: packs %v, keys %v", packs, keys)
 	}
+	for _, p := range []string{fresh, stale, staleKey} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("List removed temp file %s: %v", p, err)
+		}
+	}
+	n, size, err := be.RemoveLeftovers(ctx, time.Now().Add(-backend.LeftoverAge))
+	if err != nil || n != 2 || size != 2*int64(len("partial")) {
+		t.Fatalf("RemoveLeftovers: %d files, %d bytes, %v; want 2, %d", n, size, err, 2*len("partial"))
+	}
 	if _, err := os.Stat(fresh); err != nil {
 		t.Errorf("fresh temp file (maybe a save in progress) was removed: %v", err)
 	}
@@ -174,8 +184,11 @@ func TestCrashLeftTempFile(t *testing.T) {
 			t.Errorf("stale temp file %s not removed: %v", p, err)
 		}
 	}
+	if _, err := os.Stat(filepath.Join(be.Dir(), "data", "cd", pack)); err != nil {
+		t.Errorf("RemoveLeftovers touched an object: %v", err)
+	}
 	// Names with the temp prefix cannot be saved, so no object can hide.
-	err := be.Save(ctx, backend.Handle{Type: backend.KeyFile, Name: local.TempPrefix + "x"}, strings.NewReader("x"), 1)
+	err = be.Save(ctx, backend.Handle{Type: backend.KeyFile, Name: local.TempPrefix + "x"}, strings.NewReader("x"), 1)
 	if err == nil {
 		t.Error("Save of an object named like a temp file succeeded")
 	}
@@ -295,5 +308,55 @@ func TestLoadAfterReplaceKeepsOldReader(t *testing.T) {
 	buf := new(bytes.Buffer)
 	if _, err := buf.ReadFrom(rd); err != nil || buf.String() != "old content" {
 		t.Fatalf("reader opened before the replace read %q, %v", buf.String(), err)
+	}
+}
+
+// TestSyncOrder: Save and Stage's commit fsync the temp file before they
+// rename it into place (else a power loss can leave a named object with
+// missing bytes), and the folder after (else the name itself can be lost).
+func TestSyncOrder(t *testing.T) {
+	ctx := context.Background()
+	for _, how := range []string{"save", "stage"} {
+		t.Run(how, func(t *testing.T) {
+			be := newLocal(t)
+			h := backend.Handle{Type: backend.PackFile, Name: "ab" + strings.Repeat("3", 62)}
+			final := filepath.Join(be.Dir(), filepath.FromSlash(h.Path()))
+			var events []string
+			be.SetSyncFile(func(f *os.File) error {
+				if _, err := os.Stat(final); err == nil {
+					events = append(events, "file synced after rename")
+				} else {
+					events = append(events, "file synced")
+				}
+				return f.Sync()
+			})
+			be.SetSyncDir(func(dir string) error {
+				if _, err := os.Stat(final); err == nil && dir == filepath.Dir(final) {
+					events = append(events, "folder synced after rename")
+				}
+				return local.SyncDir(dir)
+			})
+			data := []byte("pack bytes")
+			switch how {
+			case "save":
+				if err := be.Save(ctx, h, bytes.NewReader(data), int64(len(data))); err != nil {
+					t.Fatal(err)
+				}
+			case "stage":
+				w, commit, _, err := be.Stage(ctx, backend.PackFile)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := w.Write(data); err != nil {
+					t.Fatal(err)
+				}
+				if err := commit(ctx, h); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if want := []string{"file synced", "folder synced after rename"}; !slices.Equal(events, want) {
+				t.Errorf("events %q, want %q", events, want)
+			}
+		})
 	}
 }

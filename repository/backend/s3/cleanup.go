@@ -3,6 +3,7 @@ package s3
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -13,55 +14,31 @@ import (
 	"github.com/custos-backup/custos/repository/backend"
 )
 
-// staleUploadAge is how long ago a multipart upload must have been initiated
-// before List aborts it as the leftover of a Save that never finished (the
-// process was killed, the machine lost power). A Save in progress, possibly
-// from another process on another machine, must never lose its upload, so
-// the margin is the local backend's for its temp files: a day. Comparing the
-// server's time stamp with the local clock is safe at that margin: request
-// signing already fails when the two differ by more than minutes.
-const staleUploadAge = 24 * time.Hour
-
-// staleUploadInterval: the first List of packs of a Backend looks for stale
-// uploads, later ones at most this often, so that a long-running process
-// also finds the leftovers of crashes that happen after it started, without
-// an extra request on every List.
-const staleUploadInterval = time.Hour
-
 // folderTypes are the object kinds that live in a folder of their own.
 var folderTypes = []backend.FileType{
 	backend.KeyFile, backend.PackFile, backend.IndexFile, backend.SnapshotFile, backend.LockFile,
 }
 
-// maybeAbortStaleUploads runs abortStaleUploads unless it ran recently or
-// another List is running it right now (which is not worth waiting for). Its
-// failures are logged, not returned: the listing the caller asked for does
-// not depend on it.
-func (b *Backend) maybeAbortStaleUploads(ctx context.Context) {
-	if !b.cleanMu.TryLock() {
-		return
-	}
-	defer b.cleanMu.Unlock()
-	if !b.lastClean.IsZero() && time.Since(b.lastClean) < staleUploadInterval {
-		return
-	}
-	started := time.Now()
-	aborted, err := b.abortStaleUploads(ctx)
-	if ctx.Err() != nil {
-		// Interrupted rather than done: the next List tries again. The
-		// caller's List fails with the context's error anyway.
-		return
-	}
-	b.lastClean = started
+var _ backend.LeftoverRemover = (*Backend)(nil)
+
+// RemoveLeftovers aborts the multipart uploads of repository objects that
+// were initiated before the given time: what a Save killed midway (or a
+// machine that lost power) left. Their parts are invisible to List but
+// stored, and billed, until aborted. The size of the parts is not listed
+// and is reported as 0. Comparing the server's time stamps with the local
+// clock is safe at the ages writers use: request signing already fails when
+// the two differ by more than minutes.
+func (b *Backend) RemoveLeftovers(ctx context.Context, before time.Time) (int, int64, error) {
+	n, err := b.abortStaleUploads(ctx, before)
 	if err != nil {
-		b.log.Warn("cannot clean up stale multipart uploads; their parts stay in the bucket, and are billed, until a later run or a lifecycle rule removes them",
-			"bucket", b.opts.Bucket, "prefix", b.opts.Prefix, "aborted", aborted, "error", err)
+		return n, 0, fmt.Errorf("%s: remove leftovers: %w", b.where, err)
 	}
+	return n, 0, nil
 }
 
 // abortStaleUploads aborts the multipart uploads of repository objects that
-// were initiated more than b.staleAge ago, and returns how many it aborted.
-func (b *Backend) abortStaleUploads(ctx context.Context) (aborted int, err error) {
+// were initiated before the given time, and returns how many it aborted.
+func (b *Backend) abortStaleUploads(ctx context.Context, before time.Time) (aborted int, err error) {
 	prefix := ""
 	if b.opts.Prefix != "" {
 		prefix = b.opts.Prefix + "/"
@@ -87,10 +64,9 @@ func (b *Backend) abortStaleUploads(ctx context.Context) (aborted int, err error
 		if err != nil {
 			return aborted, err
 		}
-		now := time.Now()
 		for _, up := range out.Uploads {
 			key := aws.ToString(up.Key)
-			if !b.isRepositoryKey(key) || up.Initiated == nil || now.Sub(*up.Initiated) < b.staleAge {
+			if !b.isRepositoryKey(key) || up.Initiated == nil || !up.Initiated.Before(before) {
 				continue
 			}
 			done, err := b.abortStaleUpload(ctx, key, aws.ToString(up.UploadId), *up.Initiated)

@@ -20,9 +20,14 @@ import (
 	"github.com/custos-backup/custos/repository/backend/s3"
 )
 
-// tinyAge makes every upload stale. The server's time stamps have whole
-// seconds, rounded down, so no upload is ever younger than this.
-const tinyAge = time.Nanosecond
+// removeAll aborts every upload of the repository: the server's time
+// stamps have whole seconds, rounded down, so every upload started before
+// now is before a second from now.
+func removeAll(t *testing.T, be *s3.Backend) (int, error) {
+	t.Helper()
+	n, _, err := be.RemoveLeftovers(context.Background(), time.Now().Add(time.Second))
+	return n, err
+}
 
 var (
 	listUploads  = faultproxy.Match{Method: "GET", PathContains: "uploads="}
@@ -112,8 +117,9 @@ func logTo(l *logBuffer) func(*s3.Options) {
 func packName(prefix string) string { return prefix + strings.Repeat("0", 64-len(prefix)) }
 
 // TestAbortStaleUploads plays a Save that died in the middle of multipart
-// uploads: List of packs aborts those uploads once they are old enough, and
-// only those of this repository.
+// uploads: List, which read-only commands use, never touches them;
+// RemoveLeftovers, which writers call, aborts those old enough, and only
+// those of this repository.
 func TestAbortStaleUploads(t *testing.T) {
 	srv := startServer(t)
 	pack := backend.Handle{Type: backend.PackFile, Name: packName("ab1")}
@@ -135,60 +141,46 @@ func TestAbortStaleUploads(t *testing.T) {
 	all := uploadsIn(t, srv, bucket)
 	slices.Sort(theirs)
 
-	// A day has not passed: a Save of another process may be at work.
 	be, p := withProxy(t, srv, nil)
 	save(t, be, pack, []byte("pack"))
+	p.Reset()
+	for _, ft := range []backend.FileType{backend.ConfigFile, backend.KeyFile, backend.PackFile, backend.IndexFile, backend.SnapshotFile, backend.LockFile} {
+		if err := be.List(context.Background(), ft, func(backend.FileInfo) error { return nil }); err != nil {
+			t.Fatalf("List(%s): %v", ft, err)
+		}
+	}
 	if got := listPacks(t, be); !slices.Equal(got, []string{pack.Name}) {
 		t.Fatalf("List(data) = %v, want %s", got, pack.Name)
 	}
-	if n := p.Count(listUploads); n != 1 {
-		t.Errorf("List(data) listed incomplete uploads %d times, want 1:\n%s", n, strings.Join(p.Log(), "\n"))
-	}
-	if got := uploadsIn(t, srv, bucket); !slices.Equal(got, all) {
-		t.Fatalf("uploads after List with the default age = %q, want all of %q", got, all)
+	if n := p.Count(listUploads) + p.Count(abortUploads); n != 0 {
+		t.Errorf("List looked at incomplete uploads (%d requests):\n%s", n, strings.Join(p.Log(), "\n"))
 	}
 
-	// Old enough.
+	// Not old enough: a Save of another process may be at work.
+	n, _, err := be.RemoveLeftovers(context.Background(), time.Now().Add(-backend.LeftoverAge))
+	if err != nil || n != 0 {
+		t.Fatalf("RemoveLeftovers of day-old uploads: %d, %v; want 0", n, err)
+	}
+	if got := uploadsIn(t, srv, bucket); !slices.Equal(got, all) {
+		t.Fatalf("uploads after RemoveLeftovers of day-old ones = %q, want all of %q", got, all)
+	}
+
 	var log logBuffer
 	be, p = withProxy(t, srv, logTo(&log))
-	be.SetStaleUploadAge(tinyAge)
-	if got := listPacks(t, be); !slices.Equal(got, []string{pack.Name}) {
-		t.Fatalf("List(data) = %v, want %s", got, pack.Name)
+	if n, err := removeAll(t, be); err != nil || n != len(ours) {
+		t.Fatalf("RemoveLeftovers: %d, %v; want %d", n, err, len(ours))
 	}
 	if got := uploadsIn(t, srv, bucket); !slices.Equal(got, theirs) {
-		t.Fatalf("uploads after List with a tiny age = %q, want only %q", got, theirs)
+		t.Fatalf("uploads after RemoveLeftovers = %q, want only %q", got, theirs)
 	}
 	if n := p.Count(abortUploads); n != len(ours) {
-		t.Errorf("List(data) aborted %d uploads, want %d", n, len(ours))
+		t.Errorf("RemoveLeftovers aborted %d uploads, want %d", n, len(ours))
 	}
 	if got := strings.Count(log.String(), "aborted stale multipart upload"); got != len(ours) {
 		t.Errorf("log reports %d aborted uploads, want %d:\n%s", got, len(ours), log.String())
 	}
 	if strings.Contains(log.String(), srv.Secret) {
 		t.Errorf("log contains the secret key:\n%s", log.String())
-	}
-
-	// The same Backend does not look again within the hour.
-	startUpload(t, srv, bucket, "repo/data/cd/"+crashed)
-	p.Reset()
-	listPacks(t, be)
-	if n := p.Count(listUploads); n != 0 {
-		t.Errorf("second List(data) listed incomplete uploads %d times, want 0", n)
-	}
-	if got := uploadsIn(t, srv, bucket); len(got) != len(theirs)+1 {
-		t.Errorf("uploads after a second List = %q, want the new one kept", got)
-	}
-
-	// Other types do not look at all.
-	be, p = withProxy(t, srv, nil)
-	be.SetStaleUploadAge(tinyAge)
-	for _, ft := range []backend.FileType{backend.ConfigFile, backend.KeyFile, backend.IndexFile, backend.SnapshotFile, backend.LockFile} {
-		if err := be.List(context.Background(), ft, func(backend.FileInfo) error { return nil }); err != nil {
-			t.Fatalf("List(%s): %v", ft, err)
-		}
-	}
-	if n := p.Count(listUploads); n != 0 {
-		t.Errorf("List of other types listed incomplete uploads %d times, want 0", n)
 	}
 }
 
@@ -204,10 +196,11 @@ func TestAbortStaleUploadsNoPrefix(t *testing.T) {
 	opts := options(srv.Endpoint, "")
 	opts.Bucket = whole
 	be := open(t, opts)
-	be.SetStaleUploadAge(tinyAge)
-	listPacks(t, be)
+	if _, err := removeAll(t, be); err != nil {
+		t.Fatal(err)
+	}
 	if got, want := uploadsIn(t, srv, whole), []string{"configs", "database/dump", "x"}; !slices.Equal(got, want) {
-		t.Fatalf("uploads after List = %q, want %q", got, want)
+		t.Fatalf("uploads after RemoveLeftovers = %q, want %q", got, want)
 	}
 }
 
@@ -219,26 +212,25 @@ func TestAbortStaleUploadsPages(t *testing.T) {
 	}
 	startUpload(t, srv, bucket, "other/x")
 	be, p := withProxy(t, srv, func(o *s3.Options) { o.ListPageSize = 2 })
-	be.SetStaleUploadAge(tinyAge)
 	p.FailNext(1, 503, faultproxy.Match{Method: "GET", PathContains: "key-marker="})
-	listPacks(t, be)
+	if n, err := removeAll(t, be); err != nil || n != 5 {
+		t.Fatalf("RemoveLeftovers: %d, %v; want 5", n, err)
+	}
 	if got := uploadsIn(t, srv, bucket); !slices.Equal(got, []string{"other/x"}) {
-		t.Fatalf("uploads after List = %q, want only other/x", got)
+		t.Fatalf("uploads after RemoveLeftovers = %q, want only other/x", got)
 	}
 	// 5 uploads in pages of 2 is 3 pages, plus the failed request.
 	if n := p.Count(listUploads); n != 4 {
-		t.Errorf("List made %d requests for incomplete uploads, want 4:\n%s", n, strings.Join(p.Log(), "\n"))
+		t.Errorf("RemoveLeftovers made %d requests for incomplete uploads, want 4:\n%s", n, strings.Join(p.Log(), "\n"))
 	}
 }
 
-// TestStaleUploadCleanupFailure: a clean-up that fails is logged, and List
-// goes on.
+// TestStaleUploadCleanupFailure: a clean-up that fails says why, and leaves
+// the upload.
 func TestStaleUploadCleanupFailure(t *testing.T) {
 	srv := startServer(t)
 	key := "repo/data/cd/" + packName("cd")
 	startUpload(t, srv, bucket, key)
-	pack := backend.Handle{Type: backend.PackFile, Name: packName("ab")}
-
 	for _, tc := range []struct {
 		name string
 		m    faultproxy.Match
@@ -247,55 +239,44 @@ func TestStaleUploadCleanupFailure(t *testing.T) {
 		{"abort fails", abortUploads},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var log logBuffer
-			be, p := withProxy(t, srv, logTo(&log))
-			be.SetStaleUploadAge(tinyAge)
-			save(t, be, pack, []byte("pack"))
+			be, p := withProxy(t, srv, nil)
 			p.FailNext(100, 500, tc.m)
-			if got := listPacks(t, be); !slices.Equal(got, []string{pack.Name}) {
-				t.Fatalf("List(data) = %v, want %s", got, pack.Name)
+			_, err := removeAll(t, be)
+			if err == nil {
+				t.Fatal("RemoveLeftovers succeeded against a failing server")
+			}
+			for _, want := range []string{"remove leftovers", bucket, "giving up after 4 attempts", "HTTP 500"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not contain %q", err, want)
+				}
+			}
+			if strings.Contains(err.Error(), srv.Secret) {
+				t.Errorf("error contains the secret key: %v", err)
 			}
 			if got := uploadsIn(t, srv, bucket); !slices.Equal(got, []string{key}) {
 				t.Fatalf("uploads = %q, want %s still there", got, key)
-			}
-			msg := log.String()
-			for _, want := range []string{"cannot clean up stale multipart uploads", `bucket=` + bucket, "giving up after 4 attempts", "HTTP 500"} {
-				if !strings.Contains(msg, want) {
-					t.Errorf("log does not contain %q:\n%s", want, msg)
-				}
-			}
-			if strings.Contains(msg, srv.Secret) {
-				t.Errorf("log contains the secret key:\n%s", msg)
-			}
-			// A failed clean-up counts as done: it is not retried on every List.
-			n := p.Count(tc.m)
-			listPacks(t, be)
-			if got := p.Count(tc.m); got != n {
-				t.Errorf("second List retried the failed clean-up (%d requests, were %d)", got, n)
 			}
 		})
 	}
 }
 
-// TestStaleUploadCleanupCancelled: List with a cancelled context fails with
-// the context's error and leaves the clean-up to the next List.
+// TestStaleUploadCleanupCancelled: a cancelled context fails with the
+// context's error before any request.
 func TestStaleUploadCleanupCancelled(t *testing.T) {
 	srv := startServer(t)
 	startUpload(t, srv, bucket, "repo/data/cd/"+packName("cd"))
 	be, p := withProxy(t, srv, nil)
-	be.SetStaleUploadAge(tinyAge)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	err := be.List(ctx, backend.PackFile, func(backend.FileInfo) error { return nil })
+	_, _, err := be.RemoveLeftovers(ctx, time.Now().Add(time.Second))
 	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("List(data) with a cancelled context = %v, want context.Canceled", err)
+		t.Fatalf("RemoveLeftovers with a cancelled context = %v, want context.Canceled", err)
 	}
 	if n := p.Requests(); n != 0 {
-		t.Errorf("List(data) with a cancelled context made %d requests", n)
+		t.Errorf("RemoveLeftovers with a cancelled context made %d requests", n)
 	}
-	listPacks(t, be)
-	if got := uploadsIn(t, srv, bucket); len(got) != 0 {
-		t.Fatalf("uploads after List = %q, want none", got)
+	if got := uploadsIn(t, srv, bucket); len(got) != 1 {
+		t.Fatalf("uploads after a cancelled RemoveLeftovers = %q, want the one", got)
 	}
 }
 
@@ -331,14 +312,15 @@ func TestStaleUploadGoneMeanwhile(t *testing.T) {
 			}
 		}})
 	})
-	be.SetStaleUploadAge(tinyAge)
 	p.FailNext(1, 500, abortUploads)
-	listPacks(t, be)
+	if n, err := removeAll(t, be); err != nil || n != 0 {
+		t.Errorf("RemoveLeftovers: %d, %v; want 0 and no error", n, err)
+	}
 	if n := p.Count(abortUploads); n != 2 {
-		t.Errorf("List made %d abort requests, want 2", n)
+		t.Errorf("RemoveLeftovers made %d abort requests, want 2", n)
 	}
 	if got := uploadsIn(t, srv, bucket); len(got) != 0 {
-		t.Errorf("uploads after List = %q, want none", got)
+		t.Errorf("uploads after RemoveLeftovers = %q, want none", got)
 	}
 	for _, unwanted := range []string{"cannot clean up", "aborted stale multipart upload"} {
 		if strings.Contains(log.String(), unwanted) {

@@ -22,13 +22,12 @@
 // existing object replaces it (last writer wins), as S3 does.
 //
 // A process that dies during a multipart upload leaves the upload, and the
-// parts the provider bills for, in the bucket. List of packs therefore aborts
-// the incomplete uploads of repository keys that were initiated more than a
-// day ago (so never one that another process is still working on): on the
-// first List of packs of a Backend, then at most hourly. Failing to do so is
-// logged, not returned. It needs s3:ListBucketMultipartUploads and
-// s3:AbortMultipartUpload; a lifecycle rule that aborts incomplete uploads
-// remains a good idea.
+// parts the provider bills for, in the bucket. RemoveLeftovers aborts the
+// incomplete uploads of repository keys initiated before a given time; the
+// commands that write (backup, prune) call it, never List, so that a
+// read-only command (check) never changes the bucket. It needs
+// s3:ListBucketMultipartUploads and s3:AbortMultipartUpload; a lifecycle
+// rule that aborts incomplete uploads remains a good idea.
 //
 // Open checks the bucket with one listing request, because later HEAD
 // requests (Stat) cannot tell a missing bucket from a missing object. S3
@@ -59,7 +58,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -160,13 +158,6 @@ type Backend struct {
 	where     string // `s3 bucket "b" at http://host:port`, for errors
 	location  string
 	log       *slog.Logger
-
-	// staleAge is staleUploadAge; a field so that tests can shorten it.
-	staleAge time.Duration
-	// cleanMu is held while a List looks for stale uploads; lastClean is
-	// when the last look that was not interrupted began.
-	cleanMu   sync.Mutex
-	lastClean time.Time
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -260,7 +251,6 @@ func newBackend(ctx context.Context, opts Options) (*Backend, error) {
 		where:     fmt.Sprintf("s3 bucket %q at %s", opts.Bucket, shown),
 		location:  loc,
 		log:       opts.Logger,
-		staleAge:  staleUploadAge,
 	}, nil
 }
 
@@ -392,12 +382,8 @@ func (b *Backend) List(ctx context.Context, t backend.FileType, fn func(backend.
 			return err
 		}
 		return fn(fi)
-	case backend.PackFile:
-		// Packs are what multipart uploads are mostly for, and the
-		// repository lists them in check and prune, which are run
-		// regularly: a cleanup there needs no caller of its own.
-		b.maybeAbortStaleUploads(ctx)
-	case backend.KeyFile, backend.IndexFile, backend.SnapshotFile, backend.LockFile:
+	case backend.PackFile,
+		backend.KeyFile, backend.IndexFile, backend.SnapshotFile, backend.LockFile:
 	default:
 		return fmt.Errorf("%s: list: invalid object type %q", b.where, t)
 	}

@@ -1,0 +1,149 @@
+package repository
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/custos-backup/custos/repository/backend"
+)
+
+// deadProcess returns the identity of a real process of this host that has
+// exited: a child started, identified while it runs, then ended. Even if
+// its pid is reused meanwhile, the start time tells the two apart.
+func deadProcess(t *testing.T) processInfo {
+	t.Helper()
+	cmd := exec.Command("/bin/sh", "-c", "cat >/dev/null")
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := thisProcess()
+	p.PID = cmd.Process.Pid
+	st, err := processStart(p.PID)
+	if err != nil {
+		t.Fatalf("start time of child %d: %v", p.PID, err)
+	}
+	p.StartTicks = st
+	_ = in.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func writeLockFile(t *testing.T, r *Repository, name string, li lockInfo) {
+	t.Helper()
+	b, err := json.Marshal(&li)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := saveBytes(context.Background(), r.be, backend.Handle{Type: backend.LockFile, Name: name}, r.seal.seal(nil, b)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLockOfGoneProcess: an exclusive lock refreshed a moment ago blocks
+// only while its process may still run.
+func TestLockOfGoneProcess(t *testing.T) {
+	me := thisProcess()
+	if me.BootID == "" || me.StartTicks == 0 {
+		t.Fatalf("no boot id or start time for this process: %+v", me)
+	}
+	dead := deadProcess(t)
+	with := func(f func(p *processInfo)) processInfo {
+		p := dead
+		f(&p)
+		return p
+	}
+	tests := []struct {
+		name  string
+		proc  processInfo
+		stale bool
+	}{
+		{"killed process of this host", dead, true},
+		{"pid reused by this very process", with(func(p *processInfo) { p.PID = me.PID }), true},
+		{"this process", me, false},
+		{"other host", with(func(p *processInfo) { p.Hostname += "-other" }), false},
+		{"other boot", with(func(p *processInfo) { p.BootID = "00000000-0000-0000-0000-000000000000" }), false},
+		{"other pid namespace", with(func(p *processInfo) { p.PIDNamespace = "pid:[1]" }), false},
+		{"lock from before boot ids were recorded", with(func(p *processInfo) { p.BootID, p.PIDNamespace, p.StartTicks = "", "", 0 }), false},
+		{"live process, start time unknown", with(func(p *processInfo) { p.PID, p.StartTicks = me.PID, 0 }), false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			r, _ := newTestRepo(t, false)
+			now := time.Now()
+			li := lockInfo{Version: formatVersion, Exclusive: true, Created: now, Refreshed: now}
+			li.setProcess(tc.proc)
+			writeLockFile(t, r, "other", li)
+			l, err := r.Lock(ctx, false)
+			switch {
+			case tc.stale && err != nil:
+				t.Fatalf("lock of a gone process blocks: %v", err)
+			case !tc.stale && !errors.Is(err, ErrLocked):
+				t.Fatalf("lock of a process that may run: err %v, want ErrLocked", err)
+			}
+			if l != nil {
+				if err := l.Unlock(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			n, err := r.RemoveStaleLocks(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := map[bool]int{true: 1, false: 0}[tc.stale]; n != want {
+				t.Errorf("RemoveStaleLocks removed %d, want %d", n, want)
+			}
+			n, err = r.RemoveAllLocks(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := map[bool]int{true: 0, false: 1}[tc.stale]; n != want {
+				t.Errorf("RemoveAllLocks removed %d, want %d", n, want)
+			}
+		})
+	}
+}
+
+func TestUnindexedCutoff(t *testing.T) {
+	me := thisProcess()
+	dead := deadProcess(t)
+	tStart := time.Now()
+	grace := tStart.Add(-pruneGrace)
+	older := tStart.Add(-5 * time.Hour)
+	lock := func(name string, created, refreshed time.Time, p processInfo) lockEntry {
+		li := &lockInfo{Version: formatVersion, Created: created, Refreshed: refreshed}
+		li.setProcess(p)
+		return lockEntry{Name: name, Info: li}
+	}
+	other := processInfo{Hostname: "elsewhere", PID: 7}
+	tests := []struct {
+		name  string
+		locks []lockEntry
+		want  time.Time
+	}{
+		{"no locks", nil, grace},
+		{"own lock", []lockEntry{lock("own", older, tStart, me)}, grace},
+		{"live lock of another host", []lockEntry{lock("a", older, tStart, other)}, older},
+		{"live lock younger than the grace", []lockEntry{lock("a", tStart.Add(-time.Hour), tStart, other)}, grace},
+		{"lock not refreshed for long", []lockEntry{lock("a", older, older, other)}, grace},
+		{"lock of a killed process", []lockEntry{lock("a", older, tStart, dead)}, grace},
+		{"unreadable lock", []lockEntry{{Name: "a", Err: errors.New("bad")}}, time.Time{}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := unindexedCutoff(tc.locks, "own", tStart, tStart, me); !got.Equal(tc.want) {
+				t.Errorf("cutoff %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
