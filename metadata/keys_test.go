@@ -161,7 +161,7 @@ func TestSpoolOrderAndRecovery(t *testing.T) {
 	if err != nil || rec.Backup.ID != "first" {
 		t.Fatalf("oldest = %v %v", rec, err)
 	}
-	if err := sp.done(name, false); err != nil {
+	if err := sp.done(name); err != nil {
 		t.Fatal(err)
 	}
 
@@ -188,7 +188,7 @@ func TestSpoolOrderAndRecovery(t *testing.T) {
 			break
 		}
 		order = append(order, rec.Backup.ID)
-		if err := sp2.done(name, false); err != nil {
+		if err := sp2.done(name); err != nil {
 			t.Fatal(err)
 		}
 	}

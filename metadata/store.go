@@ -109,6 +109,11 @@ type EtcdStore struct {
 	spool *spool // nil without SpoolDir
 	kick  chan struct{}
 
+	// attempts counts the failed flushes of spooled records while etcd
+	// answered (see maxSpoolAttempts), by file name.
+	attemptsMu sync.Mutex
+	attempts   map[string]int
+
 	runCtx context.Context // lives until Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -150,14 +155,15 @@ func NewStore(cli *clientv3.Client, opts Options) (*EtcdStore, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &EtcdStore{
-		cli:    cli,
-		kv:     cli.KV,
-		opts:   opts,
-		k:      keys{p: opts.Prefix},
-		log:    opts.Logger.With("component", "metadata"),
-		kick:   make(chan struct{}, 1),
-		runCtx: ctx,
-		cancel: cancel,
+		cli:      cli,
+		kv:       cli.KV,
+		opts:     opts,
+		k:        keys{p: opts.Prefix},
+		log:      opts.Logger.With("component", "metadata"),
+		kick:     make(chan struct{}, 1),
+		attempts: map[string]int{},
+		runCtx:   ctx,
+		cancel:   cancel,
 	}
 	s.upCtx, s.upCancel = context.WithCancelCause(context.Background())
 	if opts.SpoolDir != "" {
@@ -271,46 +277,67 @@ func header(b *Backup) *Backup {
 	return &Backup{ID: b.ID, Timestamp: b.Timestamp.UTC(), Host: b.Host}
 }
 
-// AddDataset records dataset d of backup b, with its atoms. It is
-// idempotent: the same backup and dataset twice leave one record. Adding a
-// dataset again replaces its atom set: atoms the earlier record had and d
-// has not are no longer found. It fails with ErrInvalid for bad names and
+// AddDataset records dataset d of backup b, with its atoms: see
+// RecordDataset, which also says whether the record went to the spool.
+func (s *EtcdStore) AddDataset(ctx context.Context, b *Backup, d *Dataset) error {
+	_, err := s.RecordDataset(ctx, b, d)
+	return err
+}
+
+// Recorded says where RecordDataset put a record. Either place is
+// durable: etcd, or the spool on disk (synced).
+type Recorded struct {
+	// Spooled: the record waits in the spool folder (etcd did not answer,
+	// or older records wait before it); the flusher writes it to etcd
+	// later, or sets it aside if etcd refuses it (see FailedRecords).
+	Spooled bool
+	// SpoolDepth is the number of records waiting in the spool after
+	// this call, this one included when Spooled.
+	SpoolDepth int
+}
+
+// RecordDataset records dataset d of backup b, with its atoms, of any
+// number. It is idempotent: the same backup and dataset twice leave one
+// record. Adding a dataset again replaces its atom set. It fails with
+// ErrInvalid for bad names or a record etcd refuses as such, and
 // ErrConflict when b.ID is already recorded with another host or
-// timestamp.
+// timestamp. An error means the record is neither in etcd nor spooled.
 //
 // When etcd does not answer within WriteTimeout and a spool is configured,
-// the record is written to the spool, AddDataset returns nil, and a
-// background flusher writes it when etcd is back. The store then takes
-// etcd as down: later records go straight to the spool, without waiting,
-// until the flusher gets a record through. While the spool is not empty
-// new records queue behind it, so records reach etcd in the order they
-// were added.
-func (s *EtcdStore) AddDataset(ctx context.Context, b *Backup, d *Dataset) error {
+// the record is written to the spool and RecordDataset returns Spooled
+// and no error; a background flusher writes it when etcd is back. The
+// store then takes etcd as down: later records go straight to the spool,
+// without waiting, until the flusher gets a record through. While the
+// spool is not empty new records queue behind it, so records reach etcd
+// in the order they were added.
+func (s *EtcdStore) RecordDataset(ctx context.Context, b *Backup, d *Dataset) (Recorded, error) {
 	if err := validate(b, d); err != nil {
-		return err
+		return Recorded{}, err
 	}
 	if s.closed() {
-		return ErrClosed
+		return Recorded{}, ErrClosed
 	}
 	if s.spool == nil {
-		return s.write(ctx, b, d)
+		return Recorded{}, s.write(ctx, b, d)
+	}
+	spooled := func() (Recorded, error) {
+		s.poke()
+		return Recorded{Spooled: true, SpoolDepth: s.spool.depth()}, nil
 	}
 	rec := spoolRecord{Backup: header(b), Dataset: d}
 	up, isUp := s.etcdUp()
 	if !isUp {
 		if err := s.spool.add(rec); err != nil {
-			return err
+			return Recorded{}, err
 		}
-		s.poke()
-		return nil
+		return spooled()
 	}
 	queued, err := s.spool.addIfNotEmpty(rec)
 	if err != nil {
-		return err
+		return Recorded{}, err
 	}
 	if queued {
-		s.poke()
-		return nil
+		return spooled()
 	}
 	// Another call that finds etcd down cancels this one, which would
 	// otherwise wait for the same timeout before spooling.
@@ -320,8 +347,8 @@ func (s *EtcdStore) AddDataset(ctx context.Context, b *Backup, d *Dataset) error
 	defer stop()
 	s.directTried.Add(1)
 	err = s.write(wctx, b, d)
-	if err == nil || errors.Is(err, ErrInvalid) || errors.Is(err, ErrConflict) {
-		return err
+	if err == nil || permanent(err) {
+		return Recorded{}, err
 	}
 	if ctx.Err() == nil && !errors.Is(context.Cause(wctx), errEtcdDown) {
 		// This write found etcd down itself (not the caller giving up,
@@ -331,10 +358,9 @@ func (s *EtcdStore) AddDataset(ctx context.Context, b *Backup, d *Dataset) error
 	}
 	s.log.Warn("catalog write failed; spooling the record", "backup", b.ID, "dataset", d.Source+"/"+d.Name, "err", err)
 	if serr := s.spool.add(rec); serr != nil {
-		return fmt.Errorf("metadata: backup %s dataset %s/%s: etcd: %w; spool: %w", b.ID, d.Source, d.Name, err, serr)
+		return Recorded{}, fmt.Errorf("metadata: backup %s dataset %s/%s: etcd: %w; spool: %w", b.ID, d.Source, d.Name, err, serr)
 	}
-	s.poke()
-	return nil
+	return spooled()
 }
 
 // GetBackup returns backup id with all its datasets and their atoms, or
