@@ -148,8 +148,8 @@ type verdict struct {
 // name; each Dataset carries only the selected atoms. It reads only the
 // key range of the pattern's literal prefix, page by page, and jumps past
 // an atom's remaining versions once it has NumVersions of them. A version
-// counts only when its dataset record (read at the same revision) lists
-// the atom; the atom is returned as that record has it.
+// counts only when its dataset record (read at the same revision) names
+// the atom record's atom set.
 func (s *EtcdStore) FindAtoms(ctx context.Context, req FindRequest) ([]*Backup, error) {
 	m, err := newMatcher(req.Pattern)
 	if err != nil {
@@ -176,7 +176,7 @@ func (s *EtcdStore) FindAtoms(ctx context.Context, req FindRequest) ([]*Backup, 
 }
 
 // step decides on one atom key and moves the cursor. A version counts
-// when it passes the filters and its dataset record lists the atom; while
+// when it passes the filters and its dataset record names its atom set; while
 // prefetching (pre), a version whose record is not read yet is assumed to
 // count.
 func (f *finder) step(ctx context.Context, c *cursor, key, val []byte, pre bool) (verdict, error) {
