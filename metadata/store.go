@@ -561,6 +561,10 @@ func (s *EtcdStore) scan(ctx context.Context, start, end string, keysOnly bool, 
 	return s.scanAt(ctx, start, end, keysOnly, 0, &rev, nil, fn)
 }
 
+// maxScanPage bounds the growing pages of a scan (about 3 MiB of atom
+// records).
+const maxScanPage = 8192
+
 // scanAt is scan at revision *rev, in pages of limit keys (0: PageSize);
 // when *rev is 0 it is set to the revision of the first read, so that
 // several scans can share it. page, when set, sees each page before fn
@@ -570,8 +574,13 @@ func (s *EtcdStore) scanAt(ctx context.Context, start, end string, keysOnly bool
 	if limit <= 0 {
 		limit = s.opts.PageSize
 	}
+	// etcd walks its index over the whole rest of the range for every
+	// page, to count it, so a scan of n keys in pages of a fixed size
+	// costs n²/size: pages grow (up to maxScanPage) while the walk uses
+	// most keys it reads, and shrink back when it jumps over most.
+	grow := limit
 	for start < end {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(limit))}
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(grow))}
 		if keysOnly {
 			opts = append(opts, clientv3.WithKeysOnly())
 		}
@@ -591,8 +600,10 @@ func (s *EtcdStore) scanAt(ctx context.Context, start, end string, keysOnly bool
 			}
 		}
 		next := ""
+		skipped := 0
 		for _, kv := range resp.Kvs {
 			if next != "" && string(kv.Key) < next {
+				skipped++
 				continue
 			}
 			jump, stop, err := fn(kv.Key, kv.Value)
@@ -607,6 +618,11 @@ func (s *EtcdStore) scanAt(ctx context.Context, start, end string, keysOnly bool
 		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 		if next > start {
 			start = next
+		}
+		if 2*skipped > len(resp.Kvs) {
+			grow = limit // mostly jumped over: values read in vain
+		} else {
+			grow = min(2*grow, max(limit, maxScanPage))
 		}
 	}
 	return nil
