@@ -22,7 +22,7 @@ import (
 // CatalogStore is what the Manager needs from the catalog;
 // *metadata.EtcdStore has it.
 type CatalogStore interface {
-	AddDataset(ctx context.Context, b *metadata.Backup, d *metadata.Dataset) error
+	RecordDataset(ctx context.Context, b *metadata.Backup, d *metadata.Dataset) (metadata.Recorded, error)
 	FindAtoms(ctx context.Context, req metadata.FindRequest) ([]*metadata.Backup, error)
 }
 
@@ -68,7 +68,10 @@ type DatasetResult struct {
 	Host            string
 	Start, End      time.Time
 	Record          *metadata.Dataset // nil on failure or in dry-run mode
-	Err             error
+	// Catalog says where the record went: etcd, or the spool on disk
+	// (Spooled, with the number of records waiting there).
+	Catalog metadata.Recorded
+	Err     error
 }
 
 // NewBackup starts a backup record for one run of one source.
@@ -85,7 +88,7 @@ func NewBackup(host string, t time.Time) *metadata.Backup {
 // lock (see lockDataset) while it runs.
 func (m *Manager) Ingest(ctx context.Context, rc *RuntimeContext, src *SourceSpec, b *metadata.Backup, ds Dataset) *DatasetResult {
 	res := &DatasetResult{Source: src.Name, Dataset: ds.Name, BackupID: b.ID, Host: b.Host, Start: time.Now()}
-	res.Record, res.Err = m.ingest(ctx, rc, src, b, ds)
+	res.Record, res.Err = m.ingest(ctx, rc, src, b, ds, &res.Catalog)
 	res.End = time.Now()
 	log := m.log.With("source", src.Name, "dataset", ds.Name, "backup", b.ID)
 	if res.Err != nil {
@@ -94,12 +97,15 @@ func (m *Manager) Ingest(ctx context.Context, rc *RuntimeContext, src *SourceSpe
 		log.Warn("backup failed", "error", res.Err, "duration", res.End.Sub(res.Start).Round(time.Millisecond))
 	} else if res.Record != nil {
 		log.Info("backup done", "snapshots", strings.Join(SnapshotIDs(res.Record), ","), "files", res.Record.TotalFiles, "bytes", res.Record.TotalBytes, "bytes_added", res.Record.BytesAdded, "duration", res.End.Sub(res.Start).Round(time.Millisecond))
+		if res.Catalog.Spooled {
+			log.Warn("the catalog record waits in the spool on disk until etcd takes it", "waiting", res.Catalog.SpoolDepth)
+		}
 	}
 	m.events.Finished(res)
 	return res
 }
 
-func (m *Manager) ingest(ctx context.Context, rc *RuntimeContext, src *SourceSpec, b *metadata.Backup, ds Dataset) (*metadata.Dataset, error) {
+func (m *Manager) ingest(ctx context.Context, rc *RuntimeContext, src *SourceSpec, b *metadata.Backup, ds Dataset, recorded *metadata.Recorded) (*metadata.Dataset, error) {
 	name := src.Name + "/" + ds.Name
 	if src.Timeout > 0 {
 		var cancel context.CancelFunc
@@ -181,10 +187,13 @@ func (m *Manager) ingest(ctx context.Context, rc *RuntimeContext, src *SourceSpe
 		return nil, jobs.Permanent(fmt.Errorf("dataset %s: the %s handler wrote %d snapshots for %d atoms; nothing was recorded in the catalog", name, h.Type(), len(snaps), len(ds.Atoms)))
 	}
 	// The snapshots are durable now (Backup returns after packs, index and
-	// snapshot are written): only now may the catalog point at them.
-	if err := m.catalog.AddDataset(ctx, b, rec); err != nil {
-		return nil, fmt.Errorf("dataset %s: stored as snapshot(s) %s, but the catalog refused the record: %w", name, strings.Join(SnapshotIDs(rec), ", "), err)
+	// snapshot are written): only now may the catalog point at them. The
+	// backup is done once the record is durable too, in etcd or spooled.
+	r, err := m.catalog.RecordDataset(ctx, b, rec)
+	if err != nil {
+		return nil, fmt.Errorf("dataset %s: stored as snapshot(s) %s, but its catalog record is neither in the catalog nor spooled: %w", name, strings.Join(SnapshotIDs(rec), ", "), err)
 	}
+	*recorded = r
 	if src.PostBackupCommand != "" {
 		if err := sh.Run(ctx, src.PostBackupCommand); err != nil {
 			return rec, fmt.Errorf("dataset %s: backed up and recorded, but post_backup_command failed: %w", name, err)

@@ -85,10 +85,13 @@ func (m *metrics) Finished(r *DatasetResult) {
 
 func (m *metrics) sourceListFailed(source string) { m.listFailures.WithLabelValues(source).Inc() }
 
-func (m *metrics) watchSpool(depth func() int) {
+func (m *metrics) watchSpool(depth, failed func() int) {
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "custos_catalog_spool_depth", Help: "Catalog records waiting on disk for etcd to come back.",
 	}, func() float64 { return float64(depth()) }))
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "custos_catalog_spool_failed", Help: "Catalog records set aside in the spool because etcd can never take them; their backups are not findable.",
+	}, func() float64 { return float64(failed()) }))
 }
 
 func (m *metrics) handler() http.Handler {

@@ -26,6 +26,9 @@ type StatusReport struct {
 	Now        time.Time `json:"now"`     // the agent's clock: the page counts ages from it
 	Started    time.Time `json:"started"` // when the agent started
 	SpoolDepth int       `json:"spool_depth"`
+	// SpoolFailed lists catalog records that etcd can never take, set
+	// aside in the spool: their backups are not findable.
+	SpoolFailed []metadata.FailedRecord `json:"spool_failed"`
 
 	Sources []SourceStatus `json:"sources"`
 	Pending []jobs.Status  `json:"pending"`
@@ -150,6 +153,10 @@ func (a *Agent) Status(ctx context.Context) *StatusReport {
 			Name: src.Name, Handler: src.Handler, Repository: src.Repository,
 			Schedule: src.Schedule, RunOnStart: src.RunOnStart, Next: e.Next, Prev: e.Prev,
 		})
+	}
+	r.SpoolFailed, _ = a.catalog.Store.FailedRecords()
+	if r.SpoolFailed == nil {
+		r.SpoolFailed = []metadata.FailedRecord{}
 	}
 	backups, err := a.backups.get(ctx, func(ctx context.Context) ([]*metadata.Backup, error) {
 		return a.catalog.Store.ListBackups(ctx, cfg.Hostname, statusBackupsLimit)

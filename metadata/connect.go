@@ -18,6 +18,18 @@ import (
 	"github.com/custos-backup/custos/metadata/etcdserver"
 )
 
+// maxCallSendMsgSize is the etcd client's gRPC send limit (its default,
+// set explicitly). The store's requests stay below maxTxnBytes plus
+// framing, which is also below the embedded server's MaxRequestBytes.
+const maxCallSendMsgSize = 2 << 20
+
+// The store's largest transaction must pass both the client and the
+// embedded server, with room for framing (a build error otherwise).
+const (
+	_ uint = maxCallSendMsgSize - maxTxnBytes - 256<<10
+	_ uint = etcdserver.MaxRequestBytes - maxTxnBytes - 256<<10
+)
+
 // TLSConfig names the files for TLS to an external etcd cluster.
 type TLSConfig struct {
 	CAFile     string `yaml:"ca_file" json:"ca_file,omitempty"`
@@ -150,6 +162,9 @@ func dial(ctx context.Context, cfg Config, endpoints []string) (*clientv3.Client
 		Context:     context.WithoutCancel(ctx),
 		// The client logs every retry; the store reports errors itself.
 		Logger: zap.NewNop(),
+		// Explicit, and what the store's transactions are sized for
+		// (maxTxnBytes); a larger request is refused by the client.
+		MaxCallSendMsgSize: maxCallSendMsgSize,
 	}
 	if cfg.TLS != nil {
 		tc, err := cfg.TLS.clientConfig()

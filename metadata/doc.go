@@ -10,6 +10,7 @@
 //	Backup{ID, Timestamp, Host, Datasets []*Dataset}
 //	Dataset{ID, Source, Name, Handler, Atoms []Atom, SnapshotID, Repository,
 //	        TotalFiles, TotalBytes, BytesAdded, Duration time.Duration}
+//	Dataset.AtomCount                     // number of atoms, also when Atoms is not filled in
 //	Atom{Name, Path, SnapshotID}          // SnapshotID: the snapshot holding the atom
 //	AtomName(source, dataset, atom) string  // "source/dataset/atom"
 //	SplitAtomName(name) (source, dataset, atom string, ok bool)
@@ -80,9 +81,10 @@
 //	        PageSize (256), OnSpoolDepth func(int)}
 //
 //	AddDataset(ctx, *Backup, *Dataset) error        // idempotent, replaces the atom set; spools when etcd is down
+//	RecordDataset(ctx, *Backup, *Dataset) (Recorded{Spooled, SpoolDepth}, error) // AddDataset, saying where it went
 //	FindAtoms(ctx, FindRequest) ([]*Backup, error)  // Backup→Dataset→matching atoms, newest first
-//	GetBackup(ctx, id) (*Backup, error)             // with all datasets; ErrNotFound
-//	ListBackups(ctx, host, limit) ([]*Backup, error) // newest first; host "" = all
+//	GetBackup(ctx, id) (*Backup, error)             // with all datasets and atoms; ErrNotFound
+//	ListBackups(ctx, host, limit) ([]*Backup, error) // newest first; host "" = all; datasets without atoms
 //	DatasetVersions(ctx, source, dataset, host, limit) ([]*Backup, error) // newest first
 //	PutJobStatus(ctx, host, []JobStatus) error      // replaces host's jobs; lease-bound
 //	StartUpdates(ctx, func() []JobStatus, interval) // PutJobStatus(Options.Host, fn()) every interval
@@ -95,6 +97,7 @@
 //	GetReplica(ctx, repo, snapshotID) (*ReplicaRecord, error)
 //	ListReplicas(ctx, repo) ([]*ReplicaRecord, error)
 //	SpoolDepth() int; FlushSpool(ctx) error
+//	SpoolFailed() int; FailedRecords() ([]FailedRecord, error) // records set aside for good
 //	Client(); Prefix(); LockPrefix(); ElectionPrefix(); JournalPrefix()
 //	Close() error  // stops background work, revokes the job lease
 //
@@ -109,22 +112,32 @@
 // (the part before the first of *?[\), in pages, and jumps past an atom's
 // remaining versions once it has NumVersions (default 1) of them; Host and
 // OlderThan filter versions before they are counted. The dataset record is
-// the authority on its atoms: a version counts only when the record of its
-// dataset version, read at the same revision, lists the atom, and the atom
-// is returned as the record has it. So a dataset added again with other
-// atoms is found with exactly its new set, and a reader never sees a mix of
-// the old and the new set (KEYS.md, Writes).
+// the authority on its atoms: it names one atom set, and a version counts
+// only when the record of its dataset version, read at the same revision,
+// names the atom record's set. So a dataset added again with other atoms
+// is found with exactly its new set, and a reader never sees a mix of the
+// old and the new set, nor part of a set being written (KEYS.md, Writes).
+//
+// # Size
+//
+// A dataset may hold any number of atoms (tested with 100,000): the record
+// stays small, and the atoms and their list are written in transactions
+// sized by bytes, below the explicit request limits of the embedded server
+// and the client, before one small transaction makes them visible.
 //
 // # Durability
 //
 // AddDataset is meant to be called after the snapshot is durable in the
 // repository. It tries etcd (WriteTimeout per transaction); if that fails and SpoolDir is
 // set, the record is written to the spool (one file per record, temp file
-// + fsync + rename) and AddDataset returns nil. A background flusher writes
-// spooled records oldest first, with exponential backoff, and a new store on
-// the same spool dir flushes what an earlier process left. Records etcd
-// refuses for good (ErrInvalid, ErrConflict) are renamed to *.failed and
-// logged, so they do not block the queue.
+// + fsync + rename) and RecordDataset returns Spooled and no error: the
+// record is durable either way, and an error means it is neither in etcd
+// nor spooled. A background flusher writes spooled records oldest first,
+// with exponential backoff, and a new store on the same spool dir flushes
+// what an earlier process left. Records that can never be written
+// (ErrInvalid, ErrConflict, unreadable, or failing maxSpoolAttempts times
+// while etcd answers) are set aside with their reason (FailedRecords) and
+// logged, so they never block the queue.
 //
 // A write that does not get through marks etcd down: later AddDataset calls
 // go straight to the spool without trying etcd (so a source run with many

@@ -87,11 +87,22 @@ func (s *EtcdStore) scanRanges(pattern string) [][2]string {
 }
 
 // dsVersion is one dataset record as find read it. It is the authority
-// on which atoms the dataset version has and what they hold: an atom
-// record counts only while the record lists its atom (see write).
+// on which atoms the dataset version has: an atom record counts only
+// while the record names its atom set (gen; see write).
 type dsVersion struct {
-	rec   datasetRecord
-	atoms map[string]int // atom name -> index in rec.Dataset.Atoms
+	rec *datasetRecord
+	// listed names the atoms of a record from before atom sets, which
+	// lists them itself.
+	listed map[string]bool
+}
+
+// has reports whether the atom record of atom in atom set gen belongs to
+// this dataset version.
+func (v *dsVersion) has(gen, atom string) bool {
+	if v.rec.Gen == "" {
+		return gen == "" && v.listed[atom]
+	}
+	return gen == v.rec.Gen
 }
 
 type foundAtom struct {
@@ -122,14 +133,14 @@ type cursor struct {
 }
 
 // verdict of step on one key: jump is the key to continue at ("" for the
-// next one); hit marks a version that counts, dsKey and atom name it, and
-// ds is its dataset record (nil while prefetching, before it is read).
+// next one); hit marks a version that counts, dsKey names it, ds is its
+// dataset record and atom the atom (both unset while prefetching).
 type verdict struct {
 	jump  string
 	dsKey string
-	atom  string
 	hit   bool
 	ds    *dsVersion
+	atom  Atom
 }
 
 // FindAtoms returns the atom versions selected by req, grouped by backup
@@ -137,8 +148,8 @@ type verdict struct {
 // name; each Dataset carries only the selected atoms. It reads only the
 // key range of the pattern's literal prefix, page by page, and jumps past
 // an atom's remaining versions once it has NumVersions of them. A version
-// counts only when its dataset record (read at the same revision) lists
-// the atom; the atom is returned as that record has it.
+// counts only when its dataset record (read at the same revision) names
+// the atom record's atom set.
 func (s *EtcdStore) FindAtoms(ctx context.Context, req FindRequest) ([]*Backup, error) {
 	m, err := newMatcher(req.Pattern)
 	if err != nil {
@@ -147,14 +158,14 @@ func (s *EtcdStore) FindAtoms(ctx context.Context, req FindRequest) ([]*Backup, 
 	f := &finder{s: s, m: m, req: req, n: max(req.NumVersions, 1), recs: map[string]*dsVersion{}}
 	for _, r := range s.scanRanges(req.Pattern) {
 		var c cursor
-		err := s.scanAt(ctx, r[0], r[1], false, &f.rev,
+		err := s.scanAt(ctx, r[0], r[1], false, 0, &f.rev,
 			func(kvs []*mvccpb.KeyValue) error { return f.prefetch(ctx, c, kvs) },
 			func(key, val []byte) (string, bool, error) {
 				v, err := f.step(ctx, &c, key, val, false)
 				if err != nil || !v.hit {
 					return v.jump, false, err
 				}
-				f.found = append(f.found, foundAtom{dsKey: v.dsKey, ds: v.ds, atom: v.ds.rec.Dataset.Atoms[v.ds.atoms[v.atom]]})
+				f.found = append(f.found, foundAtom{dsKey: v.dsKey, ds: v.ds, atom: v.atom})
 				return v.jump, false, nil
 			})
 		if err != nil {
@@ -165,12 +176,12 @@ func (s *EtcdStore) FindAtoms(ctx context.Context, req FindRequest) ([]*Backup, 
 }
 
 // step decides on one atom key and moves the cursor. A version counts
-// when it passes the filters and its dataset record lists the atom; while
+// when it passes the filters and its dataset record names its atom set; while
 // prefetching (pre), a version whose record is not read yet is assumed to
 // count.
 func (f *finder) step(ctx context.Context, c *cursor, key, val []byte, pre bool) (verdict, error) {
 	k := f.s.k
-	name, ts, backupID, err := k.parseAtomKey(string(key))
+	name, ts, backupID, gen, err := k.parseAtomKey(string(key))
 	if err != nil {
 		if !pre {
 			f.s.log.Warn("skipping malformed catalog key", "err", err)
@@ -198,14 +209,16 @@ func (f *finder) step(ctx context.Context, c *cursor, key, val []byte, pre bool)
 	if !f.req.OlderThan.IsZero() && !ts.Before(f.req.OlderThan) {
 		return verdict{}, nil
 	}
+	var arec atomRecord
+	decoded := false
 	if f.req.Host != "" {
 		// The atom record carries the host, so versions of other hosts
 		// are passed over without reading their dataset records.
-		var rec atomRecord
-		if err := json.Unmarshal(val, &rec); err != nil {
+		if err := json.Unmarshal(val, &arec); err != nil {
 			return verdict{}, fmt.Errorf("decode atom record %q: %w", key, err)
 		}
-		if rec.Host != f.req.Host {
+		decoded = true
+		if arec.Host != f.req.Host {
 			return verdict{}, nil
 		}
 	}
@@ -213,7 +226,7 @@ func (f *finder) step(ctx context.Context, c *cursor, key, val []byte, pre bool)
 	if !ok {
 		return verdict{}, nil
 	}
-	v := verdict{dsKey: k.dataset(src, ds, ts, backupID), atom: atom}
+	v := verdict{dsKey: k.dataset(src, ds, ts, backupID)}
 	if rec, known := f.recs[v.dsKey]; known || !pre {
 		if !known {
 			if rec, err = f.record(ctx, v.dsKey); err != nil {
@@ -223,10 +236,18 @@ func (f *finder) step(ctx context.Context, c *cursor, key, val []byte, pre bool)
 		if rec == nil {
 			return verdict{}, nil // no dataset record: an unfinished or abandoned write
 		}
-		if _, listed := rec.atoms[atom]; !listed {
+		if !rec.has(gen, atom) {
 			return verdict{}, nil // not (or no longer) an atom of that dataset version
 		}
 		v.ds = rec
+	}
+	if !pre {
+		if !decoded {
+			if err := json.Unmarshal(val, &arec); err != nil {
+				return verdict{}, fmt.Errorf("decode atom record %q: %w", key, err)
+			}
+		}
+		v.atom = arec.Atom
 	}
 	v.hit = true
 	c.count++
@@ -296,13 +317,16 @@ func (f *finder) keep(key string, val []byte) error {
 		f.recs[key] = nil
 		return nil
 	}
-	v := &dsVersion{}
-	if err := json.Unmarshal(val, &v.rec); err != nil || v.rec.Dataset == nil {
-		return fmt.Errorf("decode dataset record %q: %v", key, err)
+	rec, err := decodeDatasetRecord([]byte(key), val)
+	if err != nil {
+		return err
 	}
-	v.atoms = make(map[string]int, len(v.rec.Dataset.Atoms))
-	for i, a := range v.rec.Dataset.Atoms {
-		v.atoms[a.Name] = i
+	v := &dsVersion{rec: rec}
+	if rec.Gen == "" {
+		v.listed = make(map[string]bool, len(rec.Dataset.Atoms))
+		for _, a := range rec.Dataset.Atoms {
+			v.listed[a.Name] = true
+		}
 	}
 	f.recs[key] = v
 	return nil

@@ -19,6 +19,7 @@ const (
 	nsBackupHost  = "backup-host/"
 	nsBackupDS    = "backup-ds/"
 	nsDataset     = "dataset/"
+	nsDatasetAtom = "dataset-atoms/"
 	nsAtom        = "atom/"
 	nsJobs        = "jobs/"
 	nsFixity      = "fixity/"
@@ -82,27 +83,45 @@ func (k keys) datasetVersions(source, dataset string) string {
 	return k.p + nsDataset + source + "/" + dataset + sep
 }
 
-func (k keys) atomNS() string { return k.p + nsAtom }
-
-func (k keys) atom(name string, ts time.Time, backupID string) string {
-	return k.p + nsAtom + name + sep + revTime(ts) + "/" + backupID
+// datasetAtomsPrefix is the prefix of the atom list chunks of one atom
+// set (gen) of one dataset version.
+func (k keys) datasetAtomsPrefix(source, dataset string, ts time.Time, backupID, gen string) string {
+	return k.p + nsDatasetAtom + source + "/" + dataset + sep + revTime(ts) + "/" + backupID + sep + gen + sep
 }
 
-// parseAtomKey splits an atom key into global atom name, time and backup id.
-func (k keys) parseAtomKey(key string) (name string, ts time.Time, backupID string, err error) {
+func (k keys) datasetAtomsChunk(source, dataset string, ts time.Time, backupID, gen string, i int) string {
+	return k.datasetAtomsPrefix(source, dataset, ts, backupID, gen) + fmt.Sprintf("%06d", i)
+}
+
+func (k keys) atomNS() string { return k.p + nsAtom }
+
+// atom is the key of one atom of one atom set (gen) of a dataset version.
+// gen "" is the layout before atom sets (one key per version).
+func (k keys) atom(name string, ts time.Time, backupID, gen string) string {
+	key := k.p + nsAtom + name + sep + revTime(ts) + "/" + backupID
+	if gen != "" {
+		key += sep + gen
+	}
+	return key
+}
+
+// parseAtomKey splits an atom key into global atom name, time, backup id
+// and atom set (gen; "" for keys written before atom sets).
+func (k keys) parseAtomKey(key string) (name string, ts time.Time, backupID, gen string, err error) {
 	rest, ok := strings.CutPrefix(key, k.p+nsAtom)
 	if !ok {
-		return "", time.Time{}, "", fmt.Errorf("atom key %q outside namespace", key)
+		return "", time.Time{}, "", "", fmt.Errorf("atom key %q outside namespace", key)
 	}
 	name, suffix, ok := strings.Cut(rest, sep)
 	if !ok || len(suffix) < revTimeWidth+2 || suffix[revTimeWidth] != '/' {
-		return "", time.Time{}, "", fmt.Errorf("malformed atom key %q", key)
+		return "", time.Time{}, "", "", fmt.Errorf("malformed atom key %q", key)
 	}
 	ts, err = parseRevTime(suffix[:revTimeWidth])
 	if err != nil {
-		return "", time.Time{}, "", fmt.Errorf("atom key %q: %w", key, err)
+		return "", time.Time{}, "", "", fmt.Errorf("atom key %q: %w", key, err)
 	}
-	return name, ts, suffix[revTimeWidth+1:], nil
+	backupID, gen, _ = strings.Cut(suffix[revTimeWidth+1:], sep)
+	return name, ts, backupID, gen, nil
 }
 
 func (k keys) jobsPrefix(host string) string { return k.p + nsJobs + host + sep }

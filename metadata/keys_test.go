@@ -93,13 +93,15 @@ func TestAtomKeys(t *testing.T) {
 	owner := map[string]string{}
 	for _, n := range names {
 		for _, ts := range []time.Time{t0, t0.Add(time.Hour)} {
-			key := k.atom(n, ts, "bk/1")
-			name, gotTS, id, err := k.parseAtomKey(key)
-			if err != nil || name != n || !gotTS.Equal(ts) || id != "bk/1" {
-				t.Fatalf("parseAtomKey(%q) = %q %v %q %v", key, name, gotTS, id, err)
+			for _, gen := range []string{"", "0123abcd"} {
+				key := k.atom(n, ts, "bk/1", gen)
+				name, gotTS, id, gotGen, err := k.parseAtomKey(key)
+				if err != nil || name != n || !gotTS.Equal(ts) || id != "bk/1" || gotGen != gen {
+					t.Fatalf("parseAtomKey(%q) = %q %v %q %q %v", key, name, gotTS, id, gotGen, err)
+				}
+				all = append(all, key)
+				owner[key] = n
 			}
-			all = append(all, key)
-			owner[key] = n
 		}
 	}
 	sort.Strings(all)
@@ -159,7 +161,7 @@ func TestSpoolOrderAndRecovery(t *testing.T) {
 	if err != nil || rec.Backup.ID != "first" {
 		t.Fatalf("oldest = %v %v", rec, err)
 	}
-	if err := sp.done(name, false); err != nil {
+	if err := sp.done(name); err != nil {
 		t.Fatal(err)
 	}
 
@@ -186,7 +188,7 @@ func TestSpoolOrderAndRecovery(t *testing.T) {
 			break
 		}
 		order = append(order, rec.Backup.ID)
-		if err := sp2.done(name, false); err != nil {
+		if err := sp2.done(name); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -27,7 +27,13 @@ type Dataset struct {
 	Source  string `json:"source"`  // source name; no "/" and no NUL
 	Name    string `json:"name"`    // dataset name; no "/" and no NUL
 	Handler string `json:"handler"` // handler type that wrote it ("file", "pipe", ...)
-	Atoms   []Atom `json:"atoms"`
+	// Atoms lists the dataset's atoms. GetBackup, DatasetVersions and
+	// FindAtoms (the matching ones) fill it in; ListBackups leaves it
+	// empty, since a dataset may hold 100,000 atoms.
+	Atoms []Atom `json:"atoms"`
+	// AtomCount is the number of atoms of the dataset, whether Atoms is
+	// filled in or not. AddDataset sets it from Atoms.
+	AtomCount int `json:"atom_count"`
 	// SnapshotID is the dataset's snapshot when it is stored as one
 	// ("file"); it is empty when its atoms are stored as separate
 	// snapshots (a "pipe" dataset of several atoms). Atom.SnapshotID is
@@ -162,8 +168,15 @@ var (
 	ErrClosed = errors.New("metadata: store closed")
 )
 
+// maxNameBytes bounds every name and id of a record, so that any one key
+// and value fits in a transaction (maxTxnBytes) with room to spare. Atom
+// names are often paths; PATH_MAX is 4096.
+const maxNameBytes = 16 << 10
+
 func checkName(kind, s string, slashOK bool) error {
 	switch {
+	case len(s) > maxNameBytes:
+		return fmt.Errorf("%w: %s name of %d bytes is longer than %d (%.40q...)", ErrInvalid, kind, len(s), maxNameBytes, s)
 	case s == "":
 		return fmt.Errorf("%w: empty %s name", ErrInvalid, kind)
 	case strings.IndexByte(s, 0) >= 0:
@@ -197,6 +210,9 @@ func validate(b *Backup, d *Dataset) error {
 	for _, a := range d.Atoms {
 		if err := checkName("atom", a.Name, true); err != nil {
 			return fmt.Errorf("backup %s dataset %s/%s: %w", b.ID, d.Source, d.Name, err)
+		}
+		if len(a.Path) > maxNameBytes || len(a.SnapshotID) > maxNameBytes {
+			return fmt.Errorf("%w: backup %s dataset %s/%s: atom %q: path or snapshot id longer than %d bytes", ErrInvalid, b.ID, d.Source, d.Name, a.Name, maxNameBytes)
 		}
 		if seen[a.Name] {
 			return fmt.Errorf("%w: backup %s dataset %s/%s: duplicate atom %q", ErrInvalid, b.ID, d.Source, d.Name, a.Name)

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // spoolRecord is one AddDataset call waiting for etcd.
@@ -23,7 +25,19 @@ type spoolRecord struct {
 const (
 	spoolExt    = ".json"
 	spoolFailed = ".failed" // records etcd refused for good; kept for a person
+	spoolReason = ".reason" // why the record of the same number was set aside
 )
+
+// FailedRecord is a spooled record that could never be written to the
+// catalog and was set aside (as <number>.failed, with <number>.reason).
+type FailedRecord struct {
+	File     string    `json:"file"` // path of the .failed file
+	BackupID string    `json:"backup_id,omitempty"`
+	Source   string    `json:"source,omitempty"`
+	Dataset  string    `json:"dataset,omitempty"`
+	Reason   string    `json:"reason"`
+	Time     time.Time `json:"time,omitzero"` // when it was set aside
+}
 
 // spool is a directory of records, one file per record, named by a
 // sequence number so that lexical order is arrival order. Files are written
@@ -33,9 +47,10 @@ type spool struct {
 	dir     string
 	onDepth func(int)
 
-	mu    sync.Mutex
-	seq   uint64
-	names []string // pending files, oldest first
+	mu     sync.Mutex
+	seq    uint64
+	names  []string // pending files, oldest first
+	failed int      // records set aside
 }
 
 func openSpool(dir string, onDepth func(int)) (*spool, error) {
@@ -60,6 +75,8 @@ func openSpool(dir string, onDepth func(int)) (*spool, error) {
 			sp.seq = max(sp.seq, n)
 			if strings.HasSuffix(name, spoolExt) {
 				sp.names = append(sp.names, name)
+			} else {
+				sp.failed++
 			}
 		}
 	}
@@ -132,28 +149,82 @@ func (sp *spool) oldest() (string, *spoolRecord, error) {
 	return name, &rec, nil
 }
 
-// done removes a flushed record; failed keeps it aside under another name.
-func (sp *spool) done(name string, failed bool) error {
-	p := filepath.Join(sp.dir, name)
-	var err error
-	if failed {
-		err = os.Rename(p, strings.TrimSuffix(p, spoolExt)+spoolFailed)
-	} else {
-		err = os.Remove(p)
-	}
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
+// done removes a flushed record.
+func (sp *spool) done(name string) error {
+	if err := os.Remove(filepath.Join(sp.dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("metadata: remove spool file %s: %w", name, err)
 	}
+	sp.dequeue(name, false)
+	return nil
+}
+
+// setAside keeps a record that can never be written under another name,
+// with the reason next to it, so that it no longer holds up the queue.
+// The reason is written first: a crash in between leaves the record
+// pending, to be tried (and set aside) again.
+func (sp *spool) setAside(name string, reason error) error {
+	base := strings.TrimSuffix(name, spoolExt)
+	line := time.Now().UTC().Format(time.RFC3339) + " " + reason.Error() + "\n"
+	if err := writeFileAtomic(sp.dir, base+spoolReason, []byte(line)); err != nil {
+		return fmt.Errorf("metadata: set spool file %s aside: %w", name, err)
+	}
+	if err := os.Rename(filepath.Join(sp.dir, name), filepath.Join(sp.dir, base+spoolFailed)); err != nil {
+		return fmt.Errorf("metadata: set spool file %s aside: %w", name, err)
+	}
+	sp.dequeue(name, true)
+	return nil
+}
+
+func (sp *spool) dequeue(name string, failed bool) {
 	sp.mu.Lock()
 	if len(sp.names) > 0 && sp.names[0] == name {
 		sp.names = sp.names[1:]
+	}
+	if failed {
+		sp.failed++
 	}
 	d := len(sp.names)
 	sp.mu.Unlock()
 	if sp.onDepth != nil {
 		sp.onDepth(d)
 	}
-	return nil
+}
+
+func (sp *spool) failedCount() int {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	return sp.failed
+}
+
+// failedRecords lists the records set aside, oldest first.
+func (sp *spool) failedRecords() ([]FailedRecord, error) {
+	ents, err := os.ReadDir(sp.dir)
+	if err != nil {
+		return nil, fmt.Errorf("metadata: spool dir %s: %w", sp.dir, err)
+	}
+	var out []FailedRecord
+	for _, e := range ents {
+		base, ok := strings.CutSuffix(e.Name(), spoolFailed)
+		if !ok {
+			continue
+		}
+		fr := FailedRecord{File: filepath.Join(sp.dir, e.Name()), Reason: "unknown (no " + base + spoolReason + ")"}
+		if b, err := os.ReadFile(filepath.Join(sp.dir, base+spoolReason)); err == nil {
+			line := strings.TrimSpace(string(b))
+			ts, rest, _ := strings.Cut(line, " ")
+			if t, err := time.Parse(time.RFC3339, ts); err == nil {
+				fr.Time, fr.Reason = t, rest
+			} else {
+				fr.Reason = line
+			}
+		}
+		var rec spoolRecord
+		if b, err := os.ReadFile(fr.File); err == nil && json.Unmarshal(b, &rec) == nil && rec.Backup != nil && rec.Dataset != nil {
+			fr.BackupID, fr.Source, fr.Dataset = rec.Backup.ID, rec.Dataset.Source, rec.Dataset.Name
+		}
+		out = append(out, fr)
+	}
+	return out, nil
 }
 
 func writeFileAtomic(dir, name string, data []byte) error {
@@ -195,6 +266,44 @@ func (s *EtcdStore) SpoolDepth() int {
 	return s.spool.depth()
 }
 
+// SpoolFailed is the number of records set aside because they can never
+// be written (see FailedRecords).
+func (s *EtcdStore) SpoolFailed() int {
+	if s.spool == nil {
+		return 0
+	}
+	return s.spool.failedCount()
+}
+
+// FailedRecords lists the spooled records that could never be written to
+// the catalog, with the reason, oldest first. They stay (as
+// <number>.failed and <number>.reason in the spool folder) until a person
+// removes them.
+func (s *EtcdStore) FailedRecords() ([]FailedRecord, error) {
+	if s.spool == nil {
+		return nil, nil
+	}
+	return s.spool.failedRecords()
+}
+
+// maxSpoolAttempts bounds how often the flusher tries one record that
+// fails while etcd answers otherwise: such a record is set aside rather
+// than retried forever in front of every record behind it.
+const maxSpoolAttempts = 8
+
+// permanent reports whether a write error can never pass on a retry.
+func permanent(err error) bool {
+	return errors.Is(err, ErrInvalid) || errors.Is(err, ErrConflict)
+}
+
+// etcdAnswers reports whether etcd answers a small read now.
+func (s *EtcdStore) etcdAnswers(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, s.opts.WriteTimeout)
+	defer cancel()
+	_, err := s.kv.Get(ctx, s.k.backup(""), clientv3.WithCountOnly())
+	return err == nil
+}
+
 // FlushSpool writes spooled records to etcd now, oldest first, and returns
 // the first error. The background flusher does the same with backoff. A
 // record that gets through ends the store's etcd-down state (see
@@ -207,8 +316,8 @@ func (s *EtcdStore) FlushSpool(ctx context.Context) error {
 		name, rec, err := s.spool.oldest()
 		if err != nil {
 			if errors.Is(err, ErrInvalid) {
-				s.log.Error("moving unreadable spool file aside", "file", name, "err", err)
-				if derr := s.spool.done(name, true); derr != nil {
+				s.log.Error("catalog spool file is unreadable; set aside", "file", name, "err", err)
+				if derr := s.spool.setAside(name, err); derr != nil {
 					return derr
 				}
 				continue
@@ -219,8 +328,20 @@ func (s *EtcdStore) FlushSpool(ctx context.Context) error {
 			return nil
 		}
 		err = s.write(ctx, rec.Backup, rec.Dataset)
+		if err != nil && !permanent(err) && ctx.Err() == nil && s.etcdAnswers(ctx) {
+			// etcd answers, yet this record does not pass: count it, so
+			// that a record that fails for a reason not known to be
+			// permanent does not block the queue for good either.
+			s.attemptsMu.Lock()
+			s.attempts[name]++
+			n := s.attempts[name]
+			s.attemptsMu.Unlock()
+			if n >= maxSpoolAttempts {
+				err = fmt.Errorf("%w: failed %d times while etcd answered: %w", ErrInvalid, n, err)
+			}
+		}
 		if err != nil {
-			if !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrConflict) {
+			if !permanent(err) {
 				if ctx.Err() == nil {
 					s.markDown(err)
 				}
@@ -228,20 +349,29 @@ func (s *EtcdStore) FlushSpool(ctx context.Context) error {
 			}
 			// Retrying can never succeed; keep the record for a person
 			// rather than block every later record behind it.
-			s.log.Error("catalog refused spooled record; kept aside", "file", name, "backup", rec.Backup.ID, "err", err)
-			if derr := s.spool.done(name, true); derr != nil {
+			s.log.Error("catalog refused a spooled record for good; set aside", "file", filepath.Join(s.opts.SpoolDir, name),
+				"backup", rec.Backup.ID, "dataset", rec.Dataset.Source+"/"+rec.Dataset.Name, "err", err)
+			if derr := s.spool.setAside(name, err); derr != nil {
 				return derr
 			}
+			s.forgetAttempts(name)
 			continue
 		}
 		// etcd took a record: new records may try it directly again,
 		// though they queue behind the spool while it is not empty.
 		s.markUp()
-		if err := s.spool.done(name, false); err != nil {
+		s.forgetAttempts(name)
+		if err := s.spool.done(name); err != nil {
 			return err
 		}
 		s.log.Info("flushed spooled catalog record", "backup", rec.Backup.ID, "dataset", rec.Dataset.Source+"/"+rec.Dataset.Name)
 	}
+}
+
+func (s *EtcdStore) forgetAttempts(name string) {
+	s.attemptsMu.Lock()
+	delete(s.attempts, name)
+	s.attemptsMu.Unlock()
 }
 
 func (s *EtcdStore) poke() {

@@ -109,6 +109,11 @@ type EtcdStore struct {
 	spool *spool // nil without SpoolDir
 	kick  chan struct{}
 
+	// attempts counts the failed flushes of spooled records while etcd
+	// answered (see maxSpoolAttempts), by file name.
+	attemptsMu sync.Mutex
+	attempts   map[string]int
+
 	runCtx context.Context // lives until Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -150,14 +155,15 @@ func NewStore(cli *clientv3.Client, opts Options) (*EtcdStore, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &EtcdStore{
-		cli:    cli,
-		kv:     cli.KV,
-		opts:   opts,
-		k:      keys{p: opts.Prefix},
-		log:    opts.Logger.With("component", "metadata"),
-		kick:   make(chan struct{}, 1),
-		runCtx: ctx,
-		cancel: cancel,
+		cli:      cli,
+		kv:       cli.KV,
+		opts:     opts,
+		k:        keys{p: opts.Prefix},
+		log:      opts.Logger.With("component", "metadata"),
+		kick:     make(chan struct{}, 1),
+		attempts: map[string]int{},
+		runCtx:   ctx,
+		cancel:   cancel,
 	}
 	s.upCtx, s.upCancel = context.WithCancelCause(context.Background())
 	if opts.SpoolDir != "" {
@@ -227,7 +233,27 @@ type datasetRecord struct {
 	BackupID  string    `json:"backup_id"`
 	Host      string    `json:"host"`
 	Timestamp time.Time `json:"timestamp"`
-	Dataset   *Dataset  `json:"dataset"`
+	// Gen names the dataset version's atom set: its list chunks and atom
+	// records carry it in their keys. "" in records from before atom
+	// sets, which list their atoms in Dataset.Atoms.
+	Gen string `json:"gen,omitempty"`
+	// Sum identifies the backup header and dataset as added, so that
+	// adding the same again writes nothing.
+	Sum     string   `json:"sum,omitempty"`
+	Dataset *Dataset `json:"dataset"`
+}
+
+// decodeDatasetRecord decodes a dataset record; AtomCount is set also for
+// records from before it existed.
+func decodeDatasetRecord(key, val []byte) (*datasetRecord, error) {
+	var rec datasetRecord
+	if err := json.Unmarshal(val, &rec); err != nil || rec.Dataset == nil {
+		return nil, fmt.Errorf("decode dataset record %q: %v", key, err)
+	}
+	if rec.Gen == "" {
+		rec.Dataset.AtomCount = len(rec.Dataset.Atoms)
+	}
+	return &rec, nil
 }
 
 type atomRecord struct {
@@ -251,46 +277,67 @@ func header(b *Backup) *Backup {
 	return &Backup{ID: b.ID, Timestamp: b.Timestamp.UTC(), Host: b.Host}
 }
 
-// AddDataset records dataset d of backup b, with its atoms. It is
-// idempotent: the same backup and dataset twice leave one record. Adding a
-// dataset again replaces its atom set: atoms the earlier record had and d
-// has not are no longer found. It fails with ErrInvalid for bad names and
+// AddDataset records dataset d of backup b, with its atoms: see
+// RecordDataset, which also says whether the record went to the spool.
+func (s *EtcdStore) AddDataset(ctx context.Context, b *Backup, d *Dataset) error {
+	_, err := s.RecordDataset(ctx, b, d)
+	return err
+}
+
+// Recorded says where RecordDataset put a record. Either place is
+// durable: etcd, or the spool on disk (synced).
+type Recorded struct {
+	// Spooled: the record waits in the spool folder (etcd did not answer,
+	// or older records wait before it); the flusher writes it to etcd
+	// later, or sets it aside if etcd refuses it (see FailedRecords).
+	Spooled bool
+	// SpoolDepth is the number of records waiting in the spool after
+	// this call, this one included when Spooled.
+	SpoolDepth int
+}
+
+// RecordDataset records dataset d of backup b, with its atoms, of any
+// number. It is idempotent: the same backup and dataset twice leave one
+// record. Adding a dataset again replaces its atom set. It fails with
+// ErrInvalid for bad names or a record etcd refuses as such, and
 // ErrConflict when b.ID is already recorded with another host or
-// timestamp.
+// timestamp. An error means the record is neither in etcd nor spooled.
 //
 // When etcd does not answer within WriteTimeout and a spool is configured,
-// the record is written to the spool, AddDataset returns nil, and a
-// background flusher writes it when etcd is back. The store then takes
-// etcd as down: later records go straight to the spool, without waiting,
-// until the flusher gets a record through. While the spool is not empty
-// new records queue behind it, so records reach etcd in the order they
-// were added.
-func (s *EtcdStore) AddDataset(ctx context.Context, b *Backup, d *Dataset) error {
+// the record is written to the spool and RecordDataset returns Spooled
+// and no error; a background flusher writes it when etcd is back. The
+// store then takes etcd as down: later records go straight to the spool,
+// without waiting, until the flusher gets a record through. While the
+// spool is not empty new records queue behind it, so records reach etcd
+// in the order they were added.
+func (s *EtcdStore) RecordDataset(ctx context.Context, b *Backup, d *Dataset) (Recorded, error) {
 	if err := validate(b, d); err != nil {
-		return err
+		return Recorded{}, err
 	}
 	if s.closed() {
-		return ErrClosed
+		return Recorded{}, ErrClosed
 	}
 	if s.spool == nil {
-		return s.write(ctx, b, d)
+		return Recorded{}, s.write(ctx, b, d)
+	}
+	spooled := func() (Recorded, error) {
+		s.poke()
+		return Recorded{Spooled: true, SpoolDepth: s.spool.depth()}, nil
 	}
 	rec := spoolRecord{Backup: header(b), Dataset: d}
 	up, isUp := s.etcdUp()
 	if !isUp {
 		if err := s.spool.add(rec); err != nil {
-			return err
+			return Recorded{}, err
 		}
-		s.poke()
-		return nil
+		return spooled()
 	}
 	queued, err := s.spool.addIfNotEmpty(rec)
 	if err != nil {
-		return err
+		return Recorded{}, err
 	}
 	if queued {
-		s.poke()
-		return nil
+		return spooled()
 	}
 	// Another call that finds etcd down cancels this one, which would
 	// otherwise wait for the same timeout before spooling.
@@ -300,8 +347,8 @@ func (s *EtcdStore) AddDataset(ctx context.Context, b *Backup, d *Dataset) error
 	defer stop()
 	s.directTried.Add(1)
 	err = s.write(wctx, b, d)
-	if err == nil || errors.Is(err, ErrInvalid) || errors.Is(err, ErrConflict) {
-		return err
+	if err == nil || permanent(err) {
+		return Recorded{}, err
 	}
 	if ctx.Err() == nil && !errors.Is(context.Cause(wctx), errEtcdDown) {
 		// This write found etcd down itself (not the caller giving up,
@@ -311,13 +358,13 @@ func (s *EtcdStore) AddDataset(ctx context.Context, b *Backup, d *Dataset) error
 	}
 	s.log.Warn("catalog write failed; spooling the record", "backup", b.ID, "dataset", d.Source+"/"+d.Name, "err", err)
 	if serr := s.spool.add(rec); serr != nil {
-		return fmt.Errorf("metadata: backup %s dataset %s/%s: etcd: %w; spool: %w", b.ID, d.Source, d.Name, err, serr)
+		return Recorded{}, fmt.Errorf("metadata: backup %s dataset %s/%s: etcd: %w; spool: %w", b.ID, d.Source, d.Name, err, serr)
 	}
-	s.poke()
-	return nil
+	return spooled()
 }
 
-// GetBackup returns backup id with all its datasets, or ErrNotFound.
+// GetBackup returns backup id with all its datasets and their atoms, or
+// ErrNotFound.
 func (s *EtcdStore) GetBackup(ctx context.Context, id string) (*Backup, error) {
 	resp, err := s.kv.Get(ctx, s.k.backup(id))
 	if err != nil {
@@ -330,21 +377,23 @@ func (s *EtcdStore) GetBackup(ctx context.Context, id string) (*Backup, error) {
 	if err := json.Unmarshal(resp.Kvs[0].Value, &b); err != nil {
 		return nil, fmt.Errorf("metadata: decode backup %s: %w", id, err)
 	}
-	if err := s.fillDatasets(ctx, []*Backup{&b}); err != nil {
+	if err := s.fillDatasets(ctx, []*Backup{&b}, resp.Header.Revision, true); err != nil {
 		return nil, err
 	}
 	return &b, nil
 }
 
-// ListBackups returns the newest backups first, with their datasets. An
-// empty host means all hosts; limit <= 0 means no limit.
+// ListBackups returns the newest backups first, with their datasets but
+// not their atoms (Dataset.AtomCount says how many). An empty host means
+// all hosts; limit <= 0 means no limit.
 func (s *EtcdStore) ListBackups(ctx context.Context, host string, limit int) ([]*Backup, error) {
 	start := s.k.p + nsBackupTime
 	if host != "" {
 		start = s.k.backupHostPrefix(host)
 	}
 	var out []*Backup
-	err := s.scan(ctx, start, prefixEnd(start), false, func(key, val []byte) (string, bool, error) {
+	var rev int64
+	err := s.scanAt(ctx, start, prefixEnd(start), false, 0, &rev, nil, func(key, val []byte) (string, bool, error) {
 		var b Backup
 		if err := json.Unmarshal(val, &b); err != nil {
 			return "", false, fmt.Errorf("metadata: decode backup index %q: %w", key, err)
@@ -355,15 +404,15 @@ func (s *EtcdStore) ListBackups(ctx context.Context, host string, limit int) ([]
 	if err != nil {
 		return nil, fmt.Errorf("metadata: list backups of host %q: %w", host, err)
 	}
-	if err := s.fillDatasets(ctx, out); err != nil {
+	if err := s.fillDatasets(ctx, out, rev, false); err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
 // DatasetVersions returns the recorded versions of one dataset, newest
-// first, each as a Backup holding just that dataset. An empty host means
-// all hosts; limit <= 0 means no limit.
+// first, each as a Backup holding just that dataset with its atoms. An
+// empty host means all hosts; limit <= 0 means no limit.
 func (s *EtcdStore) DatasetVersions(ctx context.Context, source, dataset, host string, limit int) ([]*Backup, error) {
 	if err := checkName("source", source, false); err != nil {
 		return nil, err
@@ -373,25 +422,48 @@ func (s *EtcdStore) DatasetVersions(ctx context.Context, source, dataset, host s
 	}
 	p := s.k.datasetVersions(source, dataset)
 	var out []*Backup
-	err := s.scan(ctx, p, prefixEnd(p), false, func(key, val []byte) (string, bool, error) {
-		var rec datasetRecord
-		if err := json.Unmarshal(val, &rec); err != nil || rec.Dataset == nil {
-			return "", false, fmt.Errorf("decode dataset record %q: %v", key, err)
+	var recs []*datasetRecord
+	var rev int64
+	err := s.scanAt(ctx, p, prefixEnd(p), false, 0, &rev, nil, func(key, val []byte) (string, bool, error) {
+		rec, err := decodeDatasetRecord(key, val)
+		if err != nil {
+			return "", false, err
 		}
 		if host != "" && rec.Host != host {
 			return "", false, nil
 		}
+		recs = append(recs, rec)
 		out = append(out, &Backup{ID: rec.BackupID, Timestamp: rec.Timestamp, Host: rec.Host, Datasets: []*Dataset{rec.Dataset}})
 		return "", limit > 0 && len(out) >= limit, nil
 	})
+	if err == nil {
+		err = s.fillAtoms(ctx, recs, rev)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("metadata: versions of dataset %s/%s: %w", source, dataset, err)
 	}
 	return out, nil
 }
 
-// fillDatasets loads every dataset record of the given backups.
-func (s *EtcdStore) fillDatasets(ctx context.Context, bs []*Backup) error {
+// fillAtoms reads the atom lists of records at revision rev.
+func (s *EtcdStore) fillAtoms(ctx context.Context, recs []*datasetRecord, rev int64) error {
+	for _, rec := range recs {
+		if rec.Gen == "" {
+			continue // listed in the record itself
+		}
+		d := rec.Dataset
+		atoms, err := s.atomList(ctx, d.Source, d.Name, rec.Timestamp, rec.BackupID, rec.Gen, rev)
+		if err != nil {
+			return fmt.Errorf("atoms of backup %s dataset %s/%s: %w", rec.BackupID, d.Source, d.Name, err)
+		}
+		d.Atoms = atoms
+	}
+	return nil
+}
+
+// fillDatasets loads every dataset record of the given backups at
+// revision rev, with their atoms when withAtoms is set.
+func (s *EtcdStore) fillDatasets(ctx context.Context, bs []*Backup, rev int64, withAtoms bool) error {
 	type ref struct {
 		b   *Backup
 		key string
@@ -399,7 +471,7 @@ func (s *EtcdStore) fillDatasets(ctx context.Context, bs []*Backup) error {
 	var refs []ref
 	for _, b := range bs {
 		p := s.k.backupDSPrefix(b.ID)
-		err := s.scan(ctx, p, prefixEnd(p), true, func(key, _ []byte) (string, bool, error) {
+		err := s.scanAt(ctx, p, prefixEnd(p), true, 0, &rev, nil, func(key, _ []byte) (string, bool, error) {
 			src, ds, ok := strings.Cut(string(key[len(p):]), "/")
 			if !ok || src == "" || ds == "" {
 				return "", false, fmt.Errorf("malformed key %q", key)
@@ -415,19 +487,29 @@ func (s *EtcdStore) fillDatasets(ctx context.Context, bs []*Backup) error {
 	for i, r := range refs {
 		keys[i] = r.key
 	}
-	vals, err := s.getMany(ctx, keys, 0)
+	vals, err := s.getMany(ctx, keys, rev)
 	if err != nil {
 		return fmt.Errorf("metadata: load dataset records: %w", err)
 	}
+	var recs []*datasetRecord
 	for i, r := range refs {
 		if vals[i] == nil {
 			continue // index written, record not (yet): skip
 		}
-		var rec datasetRecord
-		if err := json.Unmarshal(vals[i], &rec); err != nil || rec.Dataset == nil {
-			return fmt.Errorf("metadata: decode dataset record %q: %v", r.key, err)
+		rec, err := decodeDatasetRecord([]byte(r.key), vals[i])
+		if err != nil {
+			return fmt.Errorf("metadata: %w", err)
 		}
+		if !withAtoms {
+			rec.Dataset.Atoms = nil
+		}
+		recs = append(recs, rec)
 		r.b.Datasets = append(r.b.Datasets, rec.Dataset)
+	}
+	if withAtoms {
+		if err := s.fillAtoms(ctx, recs, rev); err != nil {
+			return fmt.Errorf("metadata: %w", err)
+		}
 	}
 	for _, b := range bs {
 		sortDatasets(b.Datasets)
@@ -476,16 +558,29 @@ func (s *EtcdStore) getMany(ctx context.Context, keys []string, rev int64) ([][]
 // whether to stop.
 func (s *EtcdStore) scan(ctx context.Context, start, end string, keysOnly bool, fn func(key, val []byte) (jump string, stop bool, err error)) error {
 	var rev int64
-	return s.scanAt(ctx, start, end, keysOnly, &rev, nil, fn)
+	return s.scanAt(ctx, start, end, keysOnly, 0, &rev, nil, fn)
 }
 
-// scanAt is scan at revision *rev; when *rev is 0 it is set to the
-// revision of the first read, so that several scans can share it. page,
-// when set, sees each page before fn sees its keys.
-func (s *EtcdStore) scanAt(ctx context.Context, start, end string, keysOnly bool, rev *int64,
+// maxScanPage bounds the growing pages of a scan (about 3 MiB of atom
+// records).
+const maxScanPage = 8192
+
+// scanAt is scan at revision *rev, in pages of limit keys (0: PageSize);
+// when *rev is 0 it is set to the revision of the first read, so that
+// several scans can share it. page, when set, sees each page before fn
+// sees its keys.
+func (s *EtcdStore) scanAt(ctx context.Context, start, end string, keysOnly bool, limit int, rev *int64,
 	page func(kvs []*mvccpb.KeyValue) error, fn func(key, val []byte) (jump string, stop bool, err error)) error {
+	if limit <= 0 {
+		limit = s.opts.PageSize
+	}
+	// etcd walks its index over the whole rest of the range for every
+	// page, to count it, so a scan of n keys in pages of a fixed size
+	// costs n²/size: pages grow (up to maxScanPage) while the walk uses
+	// most keys it reads, and shrink back when it jumps over most.
+	grow := limit
 	for start < end {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(s.opts.PageSize))}
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(grow))}
 		if keysOnly {
 			opts = append(opts, clientv3.WithKeysOnly())
 		}
@@ -505,8 +600,10 @@ func (s *EtcdStore) scanAt(ctx context.Context, start, end string, keysOnly bool
 			}
 		}
 		next := ""
+		skipped := 0
 		for _, kv := range resp.Kvs {
 			if next != "" && string(kv.Key) < next {
+				skipped++
 				continue
 			}
 			jump, stop, err := fn(kv.Key, kv.Value)
@@ -521,6 +618,11 @@ func (s *EtcdStore) scanAt(ctx context.Context, start, end string, keysOnly bool
 		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 		if next > start {
 			start = next
+		}
+		if 2*skipped > len(resp.Kvs) {
+			grow = limit // mostly jumped over: values read in vain
+		} else {
+			grow = min(2*grow, max(limit, maxScanPage))
 		}
 	}
 	return nil

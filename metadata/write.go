@@ -2,21 +2,35 @@ package metadata
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
-// maxTxnBytes bounds the key and value bytes of one transaction that the
-// store builds. etcd refuses a request above its --max-request-bytes
-// (1.5 MiB by default) and the client one above 2 MiB; the rest is left
-// for protobuf framing and compares.
-const maxTxnBytes = 1 << 20
+// Request size limits. etcd refuses a request above its
+// --max-request-bytes (etcdserver.MaxRequestBytes, which the embedded
+// server sets explicitly; an external cluster must not set less) and the
+// gRPC client one above its send limit (maxCallSendMsgSize, set by
+// Connect). The store builds no transaction above maxTxnBytes of keys and
+// values, leaving the rest for protobuf framing and compares; no single
+// key and value can come near it (names are bounded by maxNameBytes, atom
+// list chunks by chunkBytes).
+const (
+	maxTxnBytes = 1 << 20
+	// chunkBytes bounds one chunk of a dataset version's atom list.
+	chunkBytes = 128 << 10
+)
 
 // maxWriteAttempts bounds how often write starts again when the backup or
 // dataset record changed between its read and its guarded switch (another
@@ -28,8 +42,8 @@ var errRaced = errors.New("metadata: backup or dataset record changed during the
 
 // Steps of a write split over several transactions, for testHook.
 const (
-	stepAtomsWritten   = "atoms-written"   // new atom records put, dataset record not yet switched
-	stepRecordSwitched = "record-switched" // dataset record switched, stale atom records not yet deleted
+	stepAtomsWritten   = "atoms-written"   // new atom set put, dataset record not yet switched
+	stepRecordSwitched = "record-switched" // dataset record switched, old atom set not yet deleted
 )
 
 // datasetWrite is what write puts for one AddDataset.
@@ -39,10 +53,10 @@ type datasetWrite struct {
 	source, dataset string
 	hk              string        // backup record
 	create          []clientv3.Op // backup record and its time indexes, for a new backup
-	record          []clientv3.Op // backup-ds index and dataset record
+	record          []clientv3.Op // backup-ds index and dataset record (the switch)
 	dsKey           string
-	atoms           []clientv3.Op // atom record puts
-	names           map[string]bool
+	sum             string        // content of the dataset as added
+	atoms           []clientv3.Op // the atom set: list chunks, then atom records
 }
 
 func opBytes(ops ...clientv3.Op) int {
@@ -57,9 +71,31 @@ func (s *EtcdStore) fits(ops []clientv3.Op) bool {
 	return len(ops) <= s.opts.MaxTxnOps && opBytes(ops...) <= maxTxnBytes
 }
 
-func (s *EtcdStore) planWrite(b *Backup, d *Dataset) *datasetWrite {
+// newGen returns a fresh atom set id. Every write gets its own, so an atom
+// set, once superseded, is never made current again and can be deleted
+// without a guard.
+func newGen() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// contentSum identifies what AddDataset was given, so that adding the
+// same again (a retried or re-spooled record) finds it already done.
+func contentSum(h *Backup, d *Dataset) string {
+	sum := sha256.Sum256([]byte(mustJSON(struct {
+		H *Backup  `json:"h"`
+		D *Dataset `json:"d"`
+	}{h, d})))
+	return hex.EncodeToString(sum[:16])
+}
+
+func (s *EtcdStore) planWrite(b *Backup, d *Dataset) (*datasetWrite, error) {
 	h := header(b)
 	hv := mustJSON(h)
+	dd := *d
+	dd.AtomCount = len(d.Atoms)
+	gen := newGen()
 	w := &datasetWrite{
 		what:    fmt.Sprintf("backup %s dataset %s/%s", h.ID, d.Source, d.Name),
 		h:       h,
@@ -67,57 +103,117 @@ func (s *EtcdStore) planWrite(b *Backup, d *Dataset) *datasetWrite {
 		dataset: d.Name,
 		hk:      s.k.backup(h.ID),
 		dsKey:   s.k.dataset(d.Source, d.Name, h.Timestamp, h.ID),
-		names:   make(map[string]bool, len(d.Atoms)),
+		sum:     contentSum(h, &dd),
 	}
 	w.create = []clientv3.Op{
 		clientv3.OpPut(w.hk, hv),
 		clientv3.OpPut(s.k.backupTime(h), hv),
 		clientv3.OpPut(s.k.backupHost(h), hv),
 	}
+	atoms := dd.Atoms
+	dd.Atoms = nil
 	w.record = []clientv3.Op{
 		clientv3.OpPut(s.k.backupDS(h.ID, d.Source, d.Name), ""),
-		clientv3.OpPut(w.dsKey, mustJSON(datasetRecord{BackupID: h.ID, Host: h.Host, Timestamp: h.Timestamp, Dataset: d})),
+		clientv3.OpPut(w.dsKey, mustJSON(datasetRecord{BackupID: h.ID, Host: h.Host, Timestamp: h.Timestamp, Gen: gen, Sum: w.sum, Dataset: &dd})),
 	}
-	w.atoms = make([]clientv3.Op, 0, len(d.Atoms))
-	for _, a := range d.Atoms {
-		w.names[a.Name] = true
+	// The list chunks, by bytes.
+	var chunk []byte
+	n := 0
+	flush := func() {
+		if len(chunk) > 0 {
+			chunk = append(chunk, ']')
+			w.atoms = append(w.atoms, clientv3.OpPut(s.k.datasetAtomsChunk(d.Source, d.Name, h.Timestamp, h.ID, gen, n), string(chunk)))
+			chunk, n = nil, n+1
+		}
+	}
+	for _, a := range atoms {
+		aj := mustJSON(a)
+		if len(chunk)+len(aj)+2 > chunkBytes {
+			flush()
+		}
+		if len(chunk) == 0 {
+			chunk = append(chunk, '[')
+		} else {
+			chunk = append(chunk, ',')
+		}
+		chunk = append(chunk, aj...)
+	}
+	flush()
+	for _, a := range atoms {
 		v := mustJSON(atomRecord{BackupID: h.ID, DatasetID: d.ID, Host: h.Host, Timestamp: h.Timestamp, Atom: a})
-		w.atoms = append(w.atoms, clientv3.OpPut(s.k.atom(AtomName(d.Source, d.Name, a.Name), h.Timestamp, h.ID), v))
+		w.atoms = append(w.atoms, clientv3.OpPut(s.k.atom(AtomName(d.Source, d.Name, a.Name), h.Timestamp, h.ID, gen), v))
 	}
-	return w
+	for _, op := range concatOps(w.create, w.record, w.atoms) {
+		if opBytes(op) > maxTxnBytes {
+			return nil, fmt.Errorf("%w: %s: key %.60q with its value is %d bytes, more than one etcd request may hold", ErrInvalid, w.what, op.KeyBytes(), opBytes(op))
+		}
+	}
+	return w, nil
 }
 
 // commit runs one transaction within WriteTimeout, so that a large
-// dataset gets time in proportion to its transactions. etcd's refusal of
-// an oversized request is ErrInvalid: retrying it from the spool could
-// never succeed and would hold up every record behind it.
+// dataset gets time in proportion to its transactions. A request that etcd
+// or the client refuses as such (too large, too many operations) is
+// ErrInvalid: retrying it could never succeed.
 func (s *EtcdStore) commit(ctx context.Context, txn func(clientv3.Txn) clientv3.Txn) (*clientv3.TxnResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.WriteTimeout)
 	defer cancel()
 	resp, err := txn(s.kv.Txn(ctx)).Commit()
-	if errors.Is(err, rpctypes.ErrRequestTooLarge) {
+	if err != nil && refused(err) {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return resp, err
 }
 
+// refused reports whether err says that the request itself is bad, so
+// that sending it again cannot succeed: etcd's InvalidArgument errors
+// (request too large, too many operations, duplicate key) and the gRPC
+// client's refusal to send a message above its limit. etcd's "too many
+// requests" is also ResourceExhausted but passes with time, so the client
+// refusal is told by its message.
+func refused(err error) bool {
+	if errors.Is(err, rpctypes.ErrRequestTooLarge) || errors.Is(err, rpctypes.ErrTooManyOps) {
+		return true
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		var se interface{ GRPCStatus() *status.Status }
+		if !errors.As(err, &se) {
+			return false
+		}
+		st = se.GRPCStatus()
+	}
+	switch st.Code() {
+	case codes.InvalidArgument:
+		return true
+	case codes.ResourceExhausted:
+		return strings.Contains(st.Message(), "larger than max")
+	}
+	return false
+}
+
 // write puts the records of one dataset so that every reader, at every
-// revision and after a crash at any point, sees the dataset's atoms as
-// the dataset record lists them: the old set or the new one, never a mix.
-// Readers trust an atom record only when the dataset record of its
-// version lists the atom (see FindAtoms), so the order is:
+// revision and after a crash at any point, sees the dataset version's
+// atoms as one whole atom set: the old one or the new one, never a mix.
+// A dataset record names its atom set (gen), and readers trust an atom
+// record or list chunk only when its gen is the one the record names (see
+// FindAtoms), so the order is:
 //
-//  1. put the atom records of the new set (invisible while the record
-//     does not list them; shared atoms keep being shown from the record);
-//  2. switch: put the dataset record (and, for a new backup, the backup
-//     record and its indexes), guarded by the mod revisions read before;
-//  3. delete the atom records the old record listed and the new one does
-//     not, guarded by the record still being the one step 2 wrote.
+//  1. put the new atom set, list chunks and atom records under a fresh
+//     gen (invisible while the record names another);
+//  2. switch: put the dataset record naming the new gen (and, for a new
+//     backup, the backup record and its indexes), guarded by the mod
+//     revisions read before;
+//  3. delete the atom set the old record named, which no record can name
+//     again.
 //
 // When all of it fits in one transaction (MaxTxnOps, maxTxnBytes) it is
-// one transaction. Repeating a write rewrites the same keys.
+// one transaction. Adding what is already recorded writes nothing.
 func (s *EtcdStore) write(ctx context.Context, b *Backup, d *Dataset) error {
-	w := s.planWrite(b, d)
+	w, err := s.planWrite(b, d)
+	if err != nil {
+		return err
+	}
 	for attempt := 1; ; attempt++ {
 		err := s.writeOnce(ctx, w)
 		if !errors.Is(err, errRaced) || attempt >= maxWriteAttempts {
@@ -186,12 +282,25 @@ func (s *EtcdStore) writeOnce(ctx context.Context, w *datasetWrite) error {
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(w.hk), "=", bkv.ModRevision))
 	}
 	var dsRev int64
+	var old *datasetRecord
 	if dkv != nil {
 		dsRev = dkv.ModRevision
+		old = &datasetRecord{}
+		if err := json.Unmarshal(dkv.Value, old); err != nil || old.Dataset == nil {
+			// Readers cannot use that record either; its atoms become
+			// invisible once the new record replaces it.
+			s.log.Warn("undecodable dataset record is replaced without deleting its atoms", "key", string(dkv.Key), "err", err)
+			old = nil
+		} else if old.Sum == w.sum {
+			return nil // already recorded, as it is (a retry)
+		}
 	}
 	cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(w.dsKey), "=", dsRev))
 	sw = append(sw, w.record...)
-	stale := s.staleAtoms(w, dkv)
+	stale, err := s.staleAtoms(ctx, w, old, dsRev)
+	if err != nil {
+		return fmt.Errorf("metadata: write %s: read the atoms it replaces: %w", w.what, err)
+	}
 
 	if all := concatOps(sw, w.atoms, stale); s.fits(all) {
 		r, err := s.commit(ctx, func(t clientv3.Txn) clientv3.Txn { return t.If(cmps...).Then(all...) })
@@ -221,50 +330,61 @@ func (s *EtcdStore) writeOnce(ctx context.Context, w *datasetWrite) error {
 	if err := s.runHook(ctx, stepRecordSwitched); err != nil {
 		return err
 	}
-	if len(stale) == 0 {
-		return nil
-	}
-	// The record is in etcd, and readers ignore atom records it does not
-	// list: what is left is cleanup. If it fails, the leftovers stay
-	// invisible and only take space, and a retry could not find them any
-	// more (the record no longer names them), so the write still counts
-	// as done.
-	guard := clientv3.Compare(clientv3.ModRevision(w.dsKey), "=", r.Header.Revision)
-	done, err := s.commitBatches(ctx, stale, &guard)
-	switch {
-	case err != nil:
-		s.log.Warn("could not delete atom records the dataset no longer has; they stay, unused",
-			"backup", w.h.ID, "dataset", w.source+"/"+w.dataset, "left", len(stale)-done, "err", err)
-	case done < len(stale):
-		// Another write of this dataset switched the record meanwhile; it
-		// may list some of these atoms again, so they must stay.
-		s.log.Info("dataset record replaced during cleanup; leaving the rest of its stale atom records",
-			"backup", w.h.ID, "dataset", w.source+"/"+w.dataset, "left", len(stale)-done)
+	// The record is in etcd and names the new set: what is left is
+	// cleanup. If it fails, the old set stays, invisible, and only takes
+	// space; the write still counts as done.
+	if _, err := s.commitBatches(ctx, stale, nil); err != nil {
+		s.log.Warn("could not delete the atom set the dataset record no longer names; it stays, unused",
+			"backup", w.h.ID, "dataset", w.source+"/"+w.dataset, "err", err)
 	}
 	return nil
 }
 
-// staleAtoms returns deletes for the atom records of the old dataset
-// record (dkv; nil when there is none) that the new one does not have.
-func (s *EtcdStore) staleAtoms(w *datasetWrite, dkv *mvccpb.KeyValue) []clientv3.Op {
-	if dkv == nil {
-		return nil
+// staleAtoms returns the deletes of the atom set that old (the dataset
+// record at revision rev; nil when there is none) names.
+func (s *EtcdStore) staleAtoms(ctx context.Context, w *datasetWrite, old *datasetRecord, rev int64) ([]clientv3.Op, error) {
+	if old == nil {
+		return nil, nil
 	}
-	var old datasetRecord
-	if err := json.Unmarshal(dkv.Value, &old); err != nil || old.Dataset == nil {
-		// Readers cannot use that record either; its atom records become
-		// invisible once the new record replaces it.
-		s.log.Warn("undecodable dataset record is replaced without deleting its atom records", "key", string(dkv.Key), "err", err)
-		return nil
-	}
-	var ops []clientv3.Op
-	for _, a := range old.Dataset.Atoms {
-		if !w.names[a.Name] {
-			ops = append(ops, clientv3.OpDelete(s.k.atom(AtomName(w.source, w.dataset, a.Name), w.h.Timestamp, w.h.ID)))
+	if old.Gen == "" {
+		// A record from before atom sets lists its atoms itself.
+		var ops []clientv3.Op
+		for _, a := range old.Dataset.Atoms {
+			ops = append(ops, clientv3.OpDelete(s.k.atom(AtomName(w.source, w.dataset, a.Name), w.h.Timestamp, w.h.ID, "")))
 		}
+		return ops, nil
 	}
-	return ops
+	atoms, err := s.atomList(ctx, w.source, w.dataset, w.h.Timestamp, w.h.ID, old.Gen, rev)
+	if err != nil {
+		return nil, err
+	}
+	p := s.k.datasetAtomsPrefix(w.source, w.dataset, w.h.Timestamp, w.h.ID, old.Gen)
+	ops := []clientv3.Op{clientv3.OpDelete(p, clientv3.WithRange(prefixEnd(p)))}
+	for _, a := range atoms {
+		ops = append(ops, clientv3.OpDelete(s.k.atom(AtomName(w.source, w.dataset, a.Name), w.h.Timestamp, w.h.ID, old.Gen)))
+	}
+	return ops, nil
 }
+
+// atomList reads the atom list of one atom set at revision rev (0: the
+// latest).
+func (s *EtcdStore) atomList(ctx context.Context, source, dataset string, ts time.Time, backupID, gen string, rev int64) ([]Atom, error) {
+	p := s.k.datasetAtomsPrefix(source, dataset, ts, backupID, gen)
+	var out []Atom
+	err := s.scanAt(ctx, p, prefixEnd(p), false, chunkPage, &rev, nil, func(key, val []byte) (string, bool, error) {
+		var chunk []Atom
+		if err := json.Unmarshal(val, &chunk); err != nil {
+			return "", false, fmt.Errorf("decode atom list %q: %w", key, err)
+		}
+		out = append(out, chunk...)
+		return "", false, nil
+	})
+	return out, err
+}
+
+// chunkPage is the page size for reading atom list chunks (at most
+// chunkBytes each), so that one response stays near 2 MiB.
+const chunkPage = 16
 
 // commitBatches runs ops in transactions within MaxTxnOps and maxTxnBytes,
 // each guarded by guard when it is set. It returns how many ops were

@@ -24,6 +24,7 @@ func atomsDS(snap string, atoms ...string) *Dataset {
 	for _, a := range atoms {
 		d.Atoms = append(d.Atoms, Atom{Name: a, SnapshotID: snap + "-" + a})
 	}
+	d.AtomCount = len(d.Atoms)
 	return d
 }
 
@@ -77,7 +78,7 @@ func atomKeysOf(t *testing.T, s *EtcdStore, id string) int {
 	}
 	n := 0
 	for _, kv := range resp.Kvs {
-		if _, _, bid, err := s.k.parseAtomKey(string(kv.Key)); err == nil && bid == id {
+		if _, _, bid, _, err := s.k.parseAtomKey(string(kv.Key)); err == nil && bid == id {
 			n++
 		}
 	}
@@ -173,8 +174,9 @@ func TestAddDatasetCrashConsistency(t *testing.T) {
 		wantSet  []string
 		keys     int // atom records of b1 in etcd after the crash
 	}{
-		{stepAtomsWritten, "old", oldSet, 15},
-		{stepRecordSwitched, "new", newSet, 15},
+		// Every write has its own atom set: 10 old and 10 new records.
+		{stepAtomsWritten, "old", oldSet, 20},
+		{stepRecordSwitched, "new", newSet, 20},
 	} {
 		t.Run(tc.step, func(t *testing.T) {
 			ctx := ctxT(t)
@@ -231,13 +233,12 @@ func TestAddDatasetCrashConsistency(t *testing.T) {
 			if got := findOf(t, s, "src/ds", "b1"); !reflect.DeepEqual(got, want("new", newSet)) {
 				t.Fatalf("after the retry find = %q, want %q", got, want("new", newSet))
 			}
-			wantKeys := len(newSet)
-			if tc.step == stepRecordSwitched {
-				// The record no longer names the atoms that were to be
-				// deleted, so the retry cannot find them: they stay,
-				// invisible (checked above).
-				wantKeys = tc.keys
-			}
+			// After a crash at atoms-written the retry writes a third
+			// set and deletes the old one: the crashed write's set stays.
+			// After a crash at record-switched the retry finds its
+			// record already there; the old set, no longer named by the
+			// record, stays. Both stay invisible (checked above).
+			wantKeys := tc.keys
 			if n := atomKeysOf(t, s, "b1"); n != wantKeys {
 				t.Fatalf("%d atom records of b1 after the retry, want %d", n, wantKeys)
 			}

@@ -52,7 +52,7 @@ echo "== go test"
 go test -count=1 -timeout 20m ./...
 
 echo "== go test -race (the concurrent packages)"
-go test -race -count=1 -timeout 20m ./jobs ./shell ./repository/... ./agent
+go test -race -count=1 -timeout 20m ./jobs ./shell ./repository/... ./agent ./metadata/...
 
 echo "== fuzz (short run of every target)"
 # A count, not a duration: with a duration, Go 1.26's fuzz coordinator can

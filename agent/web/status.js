@@ -113,10 +113,8 @@
 
   // snapshotCell names the dataset's snapshot, or counts its atoms' own.
   function snapshotCell(d) {
-    const ids = [...new Set((d.atoms || []).map((a) => a.snapshot_id).filter(Boolean))];
-    if (d.snapshot_id) ids.splice(0, ids.length, d.snapshot_id);
-    if (ids.length === 1) return el("td", {}, el("code", { title: ids[0] }, ids[0].slice(0, 12)));
-    return el("td", { title: ids.join("\n") }, ids.length + " snapshots (one per atom)");
+    if (d.snapshot_id) return el("td", {}, el("code", { title: d.snapshot_id }, d.snapshot_id.slice(0, 12)));
+    return el("td", {}, (d.atom_count || 0) + " snapshots (one per atom)");
   }
 
   function render(st) {
@@ -128,8 +126,11 @@
     $("version").textContent = st.version;
     $("pid").textContent = st.pid;
     $("generation").textContent = st.generation;
-    $("spool").textContent = st.spool_depth + " record(s) waiting";
-    $("spool").className = st.spool_depth > 0 ? "warn" : "";
+    const failed = st.spool_failed || [];
+    $("spool").textContent = st.spool_depth + " record(s) waiting" +
+      (failed.length ? ", " + failed.length + " FAILED for good (not findable): " +
+        failed.map((f) => f.source + "/" + f.dataset + " of backup " + f.backup_id + ": " + f.reason).join("; ") : "");
+    $("spool").className = failed.length ? "err" : st.spool_depth > 0 ? "warn" : "";
     $("dryrun").hidden = !st.dry_run;
 
     section("running", st.running, (j) => {
@@ -179,7 +180,7 @@
     section("backups", rows, ({ b, d }) => el("tr", { "data-dataset": d.id },
       el("td", {}, rel(b.timestamp)),
       el("td", {}, d.source + "/" + d.name),
-      num((d.atoms || []).length),
+      num(d.atom_count),
       num(d.total_files),
       num(bytes(d.total_bytes)),
       num(bytes(d.bytes_added)),

@@ -143,20 +143,42 @@ not the agent is running.`,
 			if err := env.catalog.Store.FlushSpool(ctx); err != nil {
 				env.log.Warn("some catalog records are still spooled; the next backup or the agent writes them", "error", err)
 			}
+			// A record of this run that the flush found etcd can never
+			// take was set aside: that dataset's backup is not findable.
+			refused := map[string]string{}
+			setAside, err := env.catalog.Store.FailedRecords()
+			if err != nil {
+				env.log.Warn("cannot list the catalog records set aside", "error", err)
+			}
+			for _, f := range setAside {
+				refused[f.BackupID+"\x00"+f.Source+"/"+f.Dataset] = f.Reason + " (kept in " + f.File + ")"
+			}
 			failed := 0
 			for _, r := range results {
 				status := "ok"
+				reason, lost := refused[r.BackupID+"\x00"+r.Source+"/"+r.Dataset]
 				switch {
 				case r.Err != nil:
 					failed++
 					status = "FAILED: " + r.Err.Error()
 				case r.Record == nil:
 					status = "dry-run"
+				case lost:
+					failed++
+					status = fmt.Sprintf("FAILED: stored as snapshot %s, but the catalog can never take its record: %s",
+						shortIDs(strings.Join(agent.SnapshotIDs(r.Record), ",")), reason)
 				default:
 					status = fmt.Sprintf("ok  %d files, %s, %s added, snapshot %s", r.Record.TotalFiles,
 						agent.HumanBytes(r.Record.TotalBytes), agent.HumanBytes(r.Record.BytesAdded), shortIDs(strings.Join(agent.SnapshotIDs(r.Record), ",")))
+					if r.Catalog.Spooled {
+						status += " (catalog record spooled)"
+					}
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s/%s  %s\n", r.Source, r.Dataset, status)
+			}
+			if n := env.catalog.Store.SpoolDepth(); n > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "%d catalog record(s) wait in the spool (%s) until the catalog answers; the next backup or the agent writes them, and find shows those backups only then\n",
+					n, agent.CLISpoolDir(env.cm.Current().Config))
 			}
 			if failed > 0 {
 				return fmt.Errorf("%d of %d dataset(s) failed", failed, len(results))

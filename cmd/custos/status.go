@@ -91,6 +91,9 @@ Exit status, for monitoring scripts:
 			if len(failed) > 0 {
 				return fmt.Errorf("the last run of %d dataset(s) failed: %s", len(failed), strings.Join(failed, ", "))
 			}
+			if n := len(rep.SpoolFailed); n > 0 {
+				return fmt.Errorf("%d catalog record(s) could never be written and were set aside; those backups are not findable", n)
+			}
 			return nil
 		},
 	}
@@ -312,6 +315,12 @@ func printStatus(w io.Writer, rep *agent.StatusReport) []string {
 		catalog = "catalog error: " + firstLine(rep.CatalogError) + " (backups below may be stale)"
 	}
 	fmt.Fprintf(w, "%s; spool: %d record(s) waiting for the catalog\n", catalog, rep.SpoolDepth)
+	if n := len(rep.SpoolFailed); n > 0 {
+		fmt.Fprintf(w, "CATALOG RECORDS FAILED: %d record(s) etcd can never take, set aside; those backups are not findable:\n", n)
+		for _, f := range rep.SpoolFailed {
+			fmt.Fprintf(w, "  %s/%s of backup %s: %s (%s)\n", f.Source, f.Dataset, f.BackupID, firstLine(f.Reason), f.File)
+		}
+	}
 
 	fmt.Fprintf(w, "\nRunning (%d)\n", len(rep.Running))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

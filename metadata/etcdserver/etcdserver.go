@@ -41,6 +41,11 @@ const (
 	logFile      = "etcd.log"
 )
 
+// MaxRequestBytes is the embedded server's --max-request-bytes, set
+// explicitly (it is etcd's default): the catalog store sizes its
+// transactions to stay well below it.
+const MaxRequestBytes = 3 << 19 // 1.5 MiB
+
 // Options tune the embedded server. The zero value works.
 type Options struct {
 	// ClientPort and PeerPort on 127.0.0.1. Zero reuses the ports of the
@@ -117,6 +122,7 @@ func start(ctx context.Context, dataDir string, opts Options, lock *os.File) (*E
 	// History is only needed for watches and paged reads; keep an hour.
 	cfg.AutoCompactionMode = embed.CompactorModePeriodic
 	cfg.AutoCompactionRetention = "1h"
+	cfg.MaxRequestBytes = MaxRequestBytes
 	if opts.MaxTxnOps > 0 {
 		cfg.MaxTxnOps = opts.MaxTxnOps
 	}
