@@ -68,14 +68,14 @@ type checkState struct {
 
 	// index as read by check itself (not r.index(), which a damaged index
 	// file may have left incomplete)
-	packs     map[ID]int64             // pack -> size recorded in the index
-	packBlobs map[ID][]packedBlob      // pack -> its entries
-	blobPacks map[ID][]ID              // blob -> packs that hold it
-	entry     map[ID]map[ID]packedBlob // pack -> blob -> entry
-	stored    map[ID]int64             // packs present in data/, with size
+	packs     map[ID]int64                     // pack -> size recorded in the index
+	packBlobs map[ID][]packedBlob              // pack -> its entries
+	blobPacks map[BlobHandle][]ID              // blob -> packs that hold it
+	entry     map[ID]map[BlobHandle]packedBlob // pack -> blob -> entry
+	stored    map[ID]int64                     // packs present in data/, with size
 
 	damagedIndexes []string
-	damagedBlobs   map[ID]string // blob -> object (pack path or "index") it is attributed to
+	damagedBlobs   map[BlobHandle]string // blob -> object (pack path or "index") it is attributed to
 }
 
 func (c *checkState) problem(object, format string, args ...any) *Problem {
@@ -94,16 +94,16 @@ func (c *checkState) problem(object, format string, args ...any) *Problem {
 	return p
 }
 
-// damageBlob records that blob id cannot be read and blames object for it.
-func (c *checkState) damageBlob(object string, id ID) {
+// damageBlob records that blob h cannot be read and blames object for it.
+func (c *checkState) damageBlob(object string, h BlobHandle) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.damagedBlobs[id]; ok {
+	if _, ok := c.damagedBlobs[h]; ok {
 		return
 	}
-	c.damagedBlobs[id] = object
-	if p := c.problems[object]; p != nil {
-		p.Blobs = append(p.Blobs, id.String())
+	c.damagedBlobs[h] = object
+	if p := c.problems[object]; p != nil && !slices.Contains(p.Blobs, h.ID.String()) {
+		p.Blobs = append(p.Blobs, h.ID.String())
 	}
 }
 
@@ -139,10 +139,10 @@ func (r *Repository) check(ctx context.Context, opts CheckOptions, now time.Time
 		problems:     map[string]*Problem{},
 		packs:        map[ID]int64{},
 		packBlobs:    map[ID][]packedBlob{},
-		blobPacks:    map[ID][]ID{},
-		entry:        map[ID]map[ID]packedBlob{},
+		blobPacks:    map[BlobHandle][]ID{},
+		entry:        map[ID]map[BlobHandle]packedBlob{},
 		stored:       map[ID]int64{},
-		damagedBlobs: map[ID]string{},
+		damagedBlobs: map[BlobHandle]string{},
 	}
 	if opts.Cursor != "" {
 		if _, err := ParseID(opts.Cursor); err != nil {
@@ -243,7 +243,7 @@ func (c *checkState) checkIndex(ctx context.Context) error {
 			}
 			c.packs[p.ID] = p.Size
 			if c.entry[p.ID] == nil {
-				c.entry[p.ID] = map[ID]packedBlob{}
+				c.entry[p.ID] = map[BlobHandle]packedBlob{}
 			}
 			for _, pb := range p.Blobs {
 				if err := pb.check(overhead); err != nil {
@@ -254,12 +254,12 @@ func (c *checkState) checkIndex(ctx context.Context) error {
 					c.problem(obj, "blob %s lies outside pack %s (%d+%d of %d bytes)", pb.ID, pp, pb.Offset, pb.Length, p.Size)
 					continue
 				}
-				if _, dup := c.entry[p.ID][pb.ID]; dup {
+				if _, dup := c.entry[p.ID][pb.handle()]; dup {
 					continue
 				}
-				c.entry[p.ID][pb.ID] = pb
+				c.entry[p.ID][pb.handle()] = pb
 				c.packBlobs[p.ID] = append(c.packBlobs[p.ID], pb)
-				c.blobPacks[pb.ID] = append(c.blobPacks[pb.ID], p.ID)
+				c.blobPacks[pb.handle()] = append(c.blobPacks[pb.handle()], p.ID)
 			}
 		}
 	}
@@ -269,12 +269,12 @@ func (c *checkState) checkIndex(ctx context.Context) error {
 		case !ok:
 			c.problem(packPath(id), "pack is in the index but missing from the backend")
 			for _, pb := range c.packBlobs[id] {
-				c.damageBlob(packPath(id), pb.ID)
+				c.damageBlob(packPath(id), pb.handle())
 			}
 		case st != size:
 			c.problem(packPath(id), "pack has %d bytes, index says %d", st, size)
 			for _, pb := range c.packBlobs[id] {
-				c.damageBlob(packPath(id), pb.ID)
+				c.damageBlob(packPath(id), pb.handle())
 			}
 		}
 	}
@@ -354,21 +354,22 @@ func (c *checkState) checkSnapshots(ctx context.Context) ([]*Snapshot, error) {
 	return snaps, nil
 }
 
-// lookupBlob finds a blob in check's own view of the index.
-func (c *checkState) lookupBlob(id ID) (ID, packedBlob, bool) {
-	ps := c.blobPacks[id]
+// lookupBlob finds a blob in check's own view of the index: by type and
+// id, so that a reference is satisfied only by a blob of the type it needs.
+func (c *checkState) lookupBlob(h BlobHandle) (ID, packedBlob, bool) {
+	ps := c.blobPacks[h]
 	if len(ps) == 0 {
 		return ID{}, packedBlob{}, false
 	}
-	return ps[0], c.entry[ps[0]][id], true
+	return ps[0], c.entry[ps[0]][h], true
 }
 
 // checkTrees reads every tree reachable from snaps once and checks that every
 // blob it references is indexed. It returns the referenced blobs that are in
 // no index.
-func (c *checkState) checkTrees(ctx context.Context, snaps []*Snapshot) (map[ID]bool, error) {
+func (c *checkState) checkTrees(ctx context.Context, snaps []*Snapshot) (map[BlobHandle]bool, error) {
 	seen := map[ID]bool{}
-	missing := map[ID]bool{}
+	missing := map[BlobHandle]bool{}
 	var queue []ID
 	for _, sn := range snaps {
 		if !seen[sn.Tree] {
@@ -398,9 +399,9 @@ func (c *checkState) checkTrees(ctx context.Context, snaps []*Snapshot) (map[ID]
 						subs = append(subs, n.Subtree)
 					case nodeFile:
 						for _, b := range n.Content {
-							if _, _, ok := c.lookupBlob(b); !ok {
+							if _, _, ok := c.lookupBlob(dataHandle(b)); !ok {
 								c.mu.Lock()
-								missing[b] = true
+								missing[dataHandle(b)] = true
 								c.mu.Unlock()
 							}
 						}
@@ -429,17 +430,13 @@ func (c *checkState) checkTrees(ctx context.Context, snaps []*Snapshot) (map[ID]
 // loadTree reads one tree through check's own index view and records why it
 // could not be read.
 func (c *checkState) loadTree(ctx context.Context, id ID) (*tree, error) {
-	pack, pb, ok := c.lookupBlob(id)
+	h := treeHandle(id)
+	pack, pb, ok := c.lookupBlob(h)
 	if !ok {
 		c.mu.Lock()
-		c.damagedBlobs[id] = ""
+		c.damagedBlobs[h] = ""
 		c.mu.Unlock()
 		return nil, fmt.Errorf("tree %s not in index", id)
-	}
-	if pb.Type != TreeBlob {
-		c.problem(packPath(pack), "blob %s is indexed as %s but used as a tree", id.Short(), pb.Type)
-		c.damageBlob(packPath(pack), id)
-		return nil, errors.New("not a tree blob")
 	}
 	if _, ok := c.stored[pack]; !ok {
 		return nil, errors.New("pack missing") // already reported
@@ -450,19 +447,19 @@ func (c *checkState) loadTree(ctx context.Context, id ID) (*tree, error) {
 			return nil, err
 		}
 		c.problem(packPath(pack), "reading tree %s: %v", id.Short(), err)
-		c.damageBlob(packPath(pack), id)
+		c.damageBlob(packPath(pack), h)
 		return nil, err
 	}
 	pt, err := c.r.openBlob(pb, sealed, nil)
 	if err != nil {
 		c.problem(packPath(pack), "tree blob %s: %v", id.Short(), err)
-		c.damageBlob(packPath(pack), id)
+		c.damageBlob(packPath(pack), h)
 		return nil, err
 	}
 	t, err := decodeTree(pt)
 	if err != nil {
 		c.problem(packPath(pack), "tree blob %s: %v", id.Short(), err)
-		c.damageBlob(packPath(pack), id)
+		c.damageBlob(packPath(pack), h)
 		return nil, err
 	}
 	return t, nil
@@ -471,40 +468,64 @@ func (c *checkState) loadTree(ctx context.Context, id ID) (*tree, error) {
 // attributeMissing blames referenced blobs that no index lists: on the
 // damaged index files if there are any (they most likely listed them), or on
 // the index as a whole.
-func (c *checkState) attributeMissing(missing map[ID]bool) {
-	for id, obj := range c.damagedBlobs {
+func (c *checkState) attributeMissing(missing map[BlobHandle]bool) {
+	for h, obj := range c.damagedBlobs {
 		if obj == "" {
-			missing[id] = true
-			delete(c.damagedBlobs, id)
+			missing[h] = true
+			delete(c.damagedBlobs, h)
 		}
 	}
 	if len(missing) == 0 {
 		return
 	}
-	ids := make([]ID, 0, len(missing))
-	for id := range missing {
-		ids = append(ids, id)
+	hs := make([]BlobHandle, 0, len(missing))
+	otherType := 0
+	for h := range missing {
+		hs = append(hs, h)
+		if _, _, ok := c.lookupBlob(BlobHandle{Type: otherBlobType(h.Type), ID: h.ID}); ok {
+			otherType++
+		}
 	}
-	slices.SortFunc(ids, func(a, b ID) int { return bytes.Compare(a[:], b[:]) })
+	slices.SortFunc(hs, func(a, b BlobHandle) int {
+		if c := bytes.Compare(a.ID[:], b.ID[:]); c != 0 {
+			return c
+		}
+		return int(a.Type) - int(b.Type)
+	})
+	// A blob indexed only with the other type is what older versions left
+	// when a file chunk and a tree had the same id: they stored one of the
+	// two. Saying so tells the operator the cure.
+	why := ""
+	if otherType > 0 {
+		why = fmt.Sprintf(" (%d of them only as a blob of the other type: a file chunk with the same bytes as a tree; the next backup of the data stores them)", otherType)
+	}
 	if len(c.damagedIndexes) == 0 {
-		c.problem("index", "%d blobs referenced by snapshots are in no index file", len(ids))
-		for _, id := range ids {
-			c.damageBlob("index", id)
+		c.problem("index", "%d blobs referenced by snapshots are in no index file%s", len(hs), why)
+		for _, h := range hs {
+			c.damageBlob("index", h)
 		}
 		return
 	}
 	sort.Strings(c.damagedIndexes)
 	for _, o := range c.damagedIndexes {
-		c.problem(o, "%d blobs referenced by snapshots are in no readable index file", len(ids))
+		c.problem(o, "%d blobs referenced by snapshots are in no readable index file%s", len(hs), why)
 	}
-	for _, id := range ids {
-		c.damageBlob(c.damagedIndexes[0], id)
+	for _, h := range hs {
+		c.damageBlob(c.damagedIndexes[0], h)
 	}
 	// Every damaged index file may have held them: give each the same list.
 	first := c.problems[c.damagedIndexes[0]]
 	for _, o := range c.damagedIndexes[1:] {
 		c.problems[o].Blobs = append([]string(nil), first.Blobs...)
 	}
+}
+
+// otherBlobType returns the type that is not t.
+func otherBlobType(t BlobType) BlobType {
+	if t == DataBlob {
+		return TreeBlob
+	}
+	return DataBlob
 }
 
 // readPacks reads the packs in scope and verifies them byte by byte.
@@ -578,7 +599,7 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 		}
 		c.problem(pp, "reading pack: %v", err)
 		for _, pb := range c.packBlobs[id] {
-			c.damageBlob(pp, pb.ID)
+			c.damageBlob(pp, pb.handle())
 		}
 		return int64(len(buf)), buf, nil
 	}
@@ -595,7 +616,7 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 			c.mu.Unlock()
 			if nb == 0 {
 				for _, pb := range c.packBlobs[id] {
-					c.damageBlob(pp, pb.ID)
+					c.damageBlob(pp, pb.handle())
 				}
 			}
 		}()
@@ -604,13 +625,13 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 	if herr != nil {
 		c.problem(pp, "pack header: %v", herr)
 	} else {
-		inHeader := make(map[ID]packedBlob, len(hdr.Blobs))
+		inHeader := make(map[BlobHandle]packedBlob, len(hdr.Blobs))
 		for _, pb := range hdr.Blobs {
-			inHeader[pb.ID] = pb
+			inHeader[pb.handle()] = pb
 		}
-		for bid, pb := range indexed {
-			if hb, ok := inHeader[bid]; !ok || hb != pb {
-				c.problem(pp, "index entry for blob %s does not match the pack header", bid.Short())
+		for h, pb := range indexed {
+			if hb, ok := inHeader[h]; !ok || hb != pb {
+				c.problem(pp, "index entry for %s blob %s does not match the pack header", h.Type, h.ID.Short())
 			}
 		}
 	}
@@ -629,13 +650,13 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 		end := int64(pb.Offset) + int64(pb.Length)
 		if end > int64(len(buf)) {
 			c.problem(pp, "blob %s lies beyond the end of the pack", pb.ID.Short())
-			c.damageBlob(pp, pb.ID)
+			c.damageBlob(pp, pb.handle())
 			continue
 		}
 		pt, err := c.r.openBlob(pb, buf[pb.Offset:end:end], scratch)
 		if err != nil {
-			c.problem(pp, "blob %s: %v", pb.ID.Short(), err)
-			c.damageBlob(pp, pb.ID)
+			c.problem(pp, "%s blob %s: %v", pb.Type, pb.ID.Short(), err)
+			c.damageBlob(pp, pb.handle())
 			continue
 		}
 		if pb.Flags&flagZstd != 0 {
@@ -690,7 +711,7 @@ func (c *checkState) findDependents(ctx context.Context, snaps []*Snapshot) erro
 		paths []string
 	}
 	byObject := map[string]*dep{}
-	add := func(blob ID, sn *Snapshot, p string) {
+	add := func(blob BlobHandle, sn *Snapshot, p string) {
 		obj, ok := c.damagedBlobs[blob]
 		if !ok {
 			return
@@ -706,18 +727,18 @@ func (c *checkState) findDependents(ctx context.Context, snaps []*Snapshot) erro
 		}
 	}
 	for _, sn := range snaps {
-		add(sn.Tree, sn, "/")
-		if _, bad := c.damagedBlobs[sn.Tree]; bad {
+		add(treeHandle(sn.Tree), sn, "/")
+		if _, bad := c.damagedBlobs[treeHandle(sn.Tree)]; bad {
 			continue
 		}
 		err := c.walk(ctx, "", sn.Tree, func(p string, n *node) {
 			switch n.Type {
 			case nodeDir:
-				add(n.Subtree, sn, p+"/")
+				add(treeHandle(n.Subtree), sn, p+"/")
 			case nodeFile:
 				for _, b := range n.Content {
-					if _, bad := c.damagedBlobs[b]; bad {
-						add(b, sn, p)
+					if _, bad := c.damagedBlobs[dataHandle(b)]; bad {
+						add(dataHandle(b), sn, p)
 						break
 					}
 				}
@@ -750,7 +771,7 @@ func (c *checkState) walk(ctx context.Context, prefix string, id ID, fn func(p s
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if _, bad := c.damagedBlobs[id]; bad {
+	if _, bad := c.damagedBlobs[treeHandle(id)]; bad {
 		return nil
 	}
 	t, err := c.loadTree(ctx, id)
@@ -793,8 +814,9 @@ func OpenTolerant(ctx context.Context, be backend.Backend, password []byte) (*Re
 		return nil, nil, fmt.Errorf("open %s: load index: %w", be.Location(), err)
 	}
 	r.setIndex(x)
-	damaged := make([]string, 0, len(x.damaged))
-	for id, err := range x.damaged {
+	files := x.damagedFiles()
+	damaged := make([]string, 0, len(files))
+	for id, err := range files {
 		damaged = append(damaged, fmt.Sprintf("%s: %v", backend.Handle{Type: backend.IndexFile, Name: id.String()}.Path(), err))
 	}
 	sort.Strings(damaged)
