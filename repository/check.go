@@ -76,6 +76,10 @@ type checkState struct {
 
 	damagedIndexes []string
 	damagedBlobs   map[BlobHandle]string // blob -> object (pack path or "index") it is attributed to
+	unindexed      map[ID]bool           // packs reported as listed by no index file
+
+	// what the pass listed, for looking again (changed)
+	snapIDs, indexIDs []ID
 }
 
 func (c *checkState) problem(object, format string, args ...any) *Problem {
@@ -115,7 +119,8 @@ func packPath(id ID) string {
 // every index and snapshot file verifies against its name and decrypts,
 // every indexed pack exists with the recorded size and every index entry
 // lies inside its pack, every tree reachable from a snapshot is readable and
-// every blob a tree references is indexed. A pack no index file lists is
+// every blob a tree references is indexed with the type the reference needs
+// (a tree for a subtree, data for file content). A pack no index file lists is
 // reported (Kind ProblemUnindexedPack) when the creation time in its header
 // is older than prune's grace period; younger ones may belong to a backup
 // still running and are not reported. With ReadData it also reads packs
@@ -126,14 +131,63 @@ func packPath(id ID) string {
 // Each damaged object is reported once, with the snapshots and file paths
 // that depend on it. Check returns an error only when it could not run (for
 // example the backend failed to list); damage is reported in the result.
+//
+// Check takes no lock. Backups, copies, forgets and prunes running at the
+// same time never make it report a problem that is not there (see check);
+// damage present for the whole run is always reported.
 func (r *Repository) Check(ctx context.Context, opts CheckOptions) (*CheckResult, error) {
 	return r.check(ctx, opts, time.Now())
 }
 
+// maxCheckPasses bounds how often Check starts over because the
+// repository lost objects while it was being read.
+const maxCheckPasses = 5
+
 // check is Check as of now, which decides whether an unindexed pack is past
 // the grace period (tests move it to see packs age).
+//
+// Writers write packs, then index files, then snapshots (FORMAT.md §10).
+// A pass reads in the reverse order: snapshots, then index files, then the
+// pack listing. Everything a snapshot it read needs was indexed and stored
+// before that snapshot existed, so backups and copies running meanwhile
+// (which only add objects) cannot make anything look missing. Forget and
+// prune delete objects, which can: a pass that found problems therefore
+// looks again, listing every kind of object once more. If an object it
+// listed is gone, or a new index file supersedes others or indexes a pack
+// it called unindexed, the repository changed under it and the pass starts
+// over. Real damage survives every pass and is reported; a repository that
+// keeps changing for maxCheckPasses passes is an error, not damage.
 func (r *Repository) check(ctx context.Context, opts CheckOptions, now time.Time) (*CheckResult, error) {
-	c := &checkState{
+	if opts.Cursor != "" {
+		if _, err := ParseID(opts.Cursor); err != nil {
+			return nil, fmt.Errorf("check: bad cursor: %w", err)
+		}
+	}
+	for pass := 1; ; pass++ {
+		c := newCheckState(r)
+		if err := c.pass(ctx, opts, now); err != nil {
+			return nil, err
+		}
+		if len(c.problems) == 0 {
+			return c.result(), nil
+		}
+		changed, err := c.changed(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if changed == "" {
+			return c.result(), nil
+		}
+		if pass == maxCheckPasses {
+			return nil, fmt.Errorf("check: the repository changed while it was read, %d times in a row (last: %s); its %d findings could not be confirmed; run check again when no prune or forget is running",
+				pass, changed, len(c.problems))
+		}
+		r.log.Info("check: the repository changed while it was read; looking again", "pass", pass, "change", changed)
+	}
+}
+
+func newCheckState(r *Repository) *checkState {
+	return &checkState{
 		r:            r,
 		res:          &CheckResult{Problems: []Problem{}},
 		problems:     map[string]*Problem{},
@@ -143,48 +197,130 @@ func (r *Repository) check(ctx context.Context, opts CheckOptions, now time.Time
 		entry:        map[ID]map[BlobHandle]packedBlob{},
 		stored:       map[ID]int64{},
 		damagedBlobs: map[BlobHandle]string{},
+		unindexed:    map[ID]bool{},
 	}
-	if opts.Cursor != "" {
-		if _, err := ParseID(opts.Cursor); err != nil {
-			return nil, fmt.Errorf("check: bad cursor: %w", err)
-		}
-	}
-	if err := c.listPacks(ctx); err != nil {
-		return nil, err
-	}
-	if err := c.checkIndex(ctx); err != nil {
-		return nil, err
-	}
-	if err := c.checkUnindexed(ctx, now); err != nil {
-		return nil, err
-	}
+}
+
+// pass checks the repository once, in the reverse of the write order.
+func (c *checkState) pass(ctx context.Context, opts CheckOptions, now time.Time) error {
 	snaps, err := c.checkSnapshots(ctx)
 	if err != nil {
-		return nil, err
+		return err
+	}
+	if err := c.checkIndex(ctx); err != nil {
+		return err
+	}
+	if err := c.listPacks(ctx); err != nil {
+		return err
+	}
+	c.checkIndexedPacks()
+	if err := c.checkUnindexed(ctx, now); err != nil {
+		return err
 	}
 	missing, err := c.checkTrees(ctx, snaps)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if opts.ReadData {
 		if err := c.readPacks(ctx, opts); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	c.attributeMissing(missing)
 	if len(c.damagedBlobs) > 0 {
 		if err := c.findDependents(ctx, snaps); err != nil {
-			return nil, err
+			return err
 		}
 	}
+	return nil
+}
+
+// result returns the problems found, in the order they were found.
+func (c *checkState) result() *CheckResult {
 	for _, o := range c.order {
 		p := c.problems[o]
 		sort.Strings(p.Blobs)
 		c.res.Problems = append(c.res.Problems, *p)
 	}
-	return c.res, nil
+	return c.res
 }
 
+// changed lists the repository again after a pass and says how it changed
+// in a way that can make objects look missing or unindexed ("" if not):
+// an object the pass listed is gone, or a new index file supersedes others,
+// indexes a pack the pass called unindexed, or cannot be loaded.
+func (c *checkState) changed(ctx context.Context) (string, error) {
+	r := c.r
+	snaps, err := r.listIDs(ctx, backend.SnapshotFile, nil)
+	if err != nil {
+		return "", fmt.Errorf("check: %w", err)
+	}
+	if gone := missingFrom(c.snapIDs, snaps); gone != nil {
+		return "snapshot " + gone.Short() + " was removed", nil
+	}
+	idx, err := r.listIDs(ctx, backend.IndexFile, nil)
+	if err != nil {
+		return "", fmt.Errorf("check: %w", err)
+	}
+	if gone := missingFrom(c.indexIDs, idx); gone != nil {
+		return "index file " + gone.Short() + " was removed", nil
+	}
+	known := make(map[ID]bool, len(c.indexIDs))
+	for _, id := range c.indexIDs {
+		known[id] = true
+	}
+	var added []ID
+	for _, id := range idx {
+		if !known[id] {
+			added = append(added, id)
+		}
+	}
+	files, errs, err := loadAll(ctx, added, 8, r.loadIndexFile, cancelled)
+	if err != nil {
+		return "", fmt.Errorf("check: %w", err)
+	}
+	for i, f := range files {
+		switch {
+		case errs[i] != nil:
+			return "new index file " + added[i].Short() + " cannot be loaded", nil
+		case len(f.Supersedes) > 0:
+			return "new index file " + added[i].Short() + " supersedes others", nil
+		}
+		for _, p := range f.Packs {
+			if c.unindexed[p.ID] {
+				return "new index file " + added[i].Short() + " indexes pack " + p.ID.Short(), nil
+			}
+		}
+	}
+	packs, err := r.listIDs(ctx, backend.PackFile, nil)
+	if err != nil {
+		return "", fmt.Errorf("check: %w", err)
+	}
+	listed := make([]ID, 0, len(c.stored))
+	for id := range c.stored {
+		listed = append(listed, id)
+	}
+	if gone := missingFrom(listed, packs); gone != nil {
+		return "pack " + gone.Short() + " was removed", nil
+	}
+	return "", nil
+}
+
+// missingFrom returns one id of before that now lacks, or nil.
+func missingFrom(before, now []ID) *ID {
+	set := make(map[ID]bool, len(now))
+	for _, id := range now {
+		set[id] = true
+	}
+	for _, id := range before {
+		if !set[id] {
+			return &id
+		}
+	}
+	return nil
+}
+
+// listPacks lists data/ (after the index files: see check).
 func (c *checkState) listPacks(ctx context.Context) error {
 	err := c.r.be.List(ctx, backend.PackFile, func(fi backend.FileInfo) error {
 		id, err := ParseID(fi.Name)
@@ -216,6 +352,7 @@ func (c *checkState) checkIndex(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("check: %w", err)
 	}
+	c.indexIDs = ids
 	files, errs, err := loadAll(ctx, ids, 8, r.loadIndexFile, cancelled)
 	if err != nil {
 		return fmt.Errorf("check: %w", err)
@@ -263,6 +400,12 @@ func (c *checkState) checkIndex(ctx context.Context) error {
 			}
 		}
 	}
+	return nil
+}
+
+// checkIndexedPacks checks that every indexed pack is stored with the size
+// the index records.
+func (c *checkState) checkIndexedPacks() {
 	for id, size := range c.packs {
 		st, ok := c.stored[id]
 		switch {
@@ -278,7 +421,6 @@ func (c *checkState) checkIndex(ctx context.Context) error {
 			}
 		}
 	}
-	return nil
 }
 
 // checkUnindexed reports the packs in data/ that no readable index file
@@ -313,6 +455,7 @@ func (c *checkState) checkUnindexed(ctx context.Context, now time.Time) error {
 		if !created.Before(cutoff) {
 			continue
 		}
+		c.unindexed[id] = true
 		var p *Problem
 		if len(c.damagedIndexes) > 0 {
 			p = c.problem(pp, "pack is listed by no readable index file (created %s, more than %v ago); a damaged index file may list it, and prune refuses to run until that is repaired",
@@ -337,6 +480,7 @@ func (c *checkState) checkSnapshots(ctx context.Context) ([]*Snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("check: %w", err)
 	}
+	c.snapIDs = ids
 	out, errs, err := loadAll(ctx, ids, 16, r.LoadSnapshot, cancelled)
 	if err != nil {
 		return nil, fmt.Errorf("check: %w", err)
