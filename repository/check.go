@@ -2,6 +2,7 @@ package repository
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -788,7 +789,10 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 		blobs = hdr.Blobs
 	}
 	// The pack hash and header are done with, and blobs occupy disjoint
-	// ranges, so each blob is opened in place.
+	// ranges, so each blob is opened in place. Entries of a damaged (or
+	// forged) index may overlap; then each is opened on a copy, so that
+	// one entry cannot spoil the bytes another one is checked against.
+	overlap := entriesOverlap(blobs)
 	var scratch []byte
 	for _, pb := range blobs {
 		end := int64(pb.Offset) + int64(pb.Length)
@@ -797,7 +801,11 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 			c.damageBlob(pp, pb.handle())
 			continue
 		}
-		pt, err := c.r.openBlob(pb, buf[pb.Offset:end:end], scratch)
+		sealed := buf[pb.Offset:end:end]
+		if overlap {
+			sealed = slices.Clone(sealed)
+		}
+		pt, err := c.r.openBlob(pb, sealed, scratch)
 		if err != nil {
 			c.problem(pp, "%s blob %s: %v", pb.Type, pb.ID.Short(), err)
 			c.damageBlob(pp, pb.handle())
@@ -808,6 +816,17 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 		}
 	}
 	return int64(len(buf)), buf, nil
+}
+
+// entriesOverlap reports whether the byte ranges of blobs overlap.
+func entriesOverlap(blobs []packedBlob) bool {
+	sorted := slices.SortedFunc(slices.Values(blobs), func(a, b packedBlob) int { return cmp.Compare(a.Offset, b.Offset) })
+	for i := 1; i < len(sorted); i++ {
+		if int64(sorted[i-1].Offset)+int64(sorted[i-1].Length) > int64(sorted[i].Offset) {
+			return true
+		}
+	}
+	return false
 }
 
 // loadWhole reads a whole object of the given size into buf's memory (or a
