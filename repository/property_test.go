@@ -290,16 +290,20 @@ func TestBlobReadComparesSHA256(t *testing.T) {
 
 	target := t.TempDir()
 	_, err = forged.Restore(ctx, sn, target, RestoreOptions{})
-	if !slices.Contains(namedObjects(err), a.ID) || !strings.Contains(err.Error(), "SHA-256") {
-		t.Errorf("restore through a forged entry: %v, want an error naming %s and its SHA-256", err, a.ID.Short())
+	// Restore reads a pack's blobs in one pass by offset; with two entries
+	// at one offset it may stop at the second one short of bytes (EOF)
+	// before any hash is compared, so only the failure naming a is
+	// certain here. RestoreFile and check below read a's entry alone.
+	if !slices.Contains(namedObjects(err), a.ID) {
+		t.Errorf("restore through a forged entry: %v, want an error naming %s", err, a.ID.Short())
 	}
 	if got, _ := os.ReadFile(filepath.Join(target, "a")); bytes.Equal(got, other) {
 		t.Error("restore wrote the other blob's bytes as a")
 	}
 	var buf bytes.Buffer
 	err = forged.RestoreFile(ctx, sn, "a", &buf)
-	if !slices.Contains(namedObjects(err), a.ID) {
-		t.Errorf("RestoreFile through a forged entry: %v, want an error naming %s", err, a.ID.Short())
+	if !slices.Contains(namedObjects(err), a.ID) || !strings.Contains(err.Error(), "SHA-256") {
+		t.Errorf("RestoreFile through a forged entry: %v, want an error naming %s and its SHA-256", err, a.ID.Short())
 	}
 	if bytes.Contains(buf.Bytes(), other) {
 		t.Error("RestoreFile wrote the other blob's bytes")
