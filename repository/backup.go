@@ -593,7 +593,7 @@ func (b *backupState) unchanged(old, n *node) bool {
 	}
 	x := b.r.index()
 	for _, id := range old.Content {
-		if !x.has(id) {
+		if !x.has(dataHandle(id)) {
 			return false
 		}
 	}
@@ -615,7 +615,7 @@ func (b *backupState) finish(d *dirState) error {
 		}
 		enc := encodeTree(&tree{Nodes: nodes})
 		id := ID(sha256.Sum256(enc))
-		if id != d.oldID || !b.r.index().has(id) {
+		if id != d.oldID || !b.r.index().has(treeHandle(id)) {
 			full, buf := b.saver.newBuf(len(enc))
 			copy(buf, enc)
 			if _, err := b.saver.save(TreeBlob, id, full, len(enc)); err != nil {
@@ -819,7 +819,7 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 		res.content = append(res.content, id)
 		res.size += int64(len(c.Data))
 		switch {
-		case b.saver.r.index().has(id):
+		case b.saver.r.index().has(dataHandle(id)):
 			b.bufs.put(bfull)
 		case &c.Data[:1][0] == &bdata[:1][0]: // not reallocated: cut in place
 			if _, err := b.saver.save(DataBlob, id, bfull, len(c.Data)); err != nil {

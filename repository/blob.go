@@ -12,15 +12,20 @@ import (
 // BlobError says which object a damaged or missing blob belongs to.
 type BlobError struct {
 	Blob ID
-	Pack ID // zero when the blob is not in the index
+	Type BlobType // 0 when not known
+	Pack ID       // zero when the blob is not in the index
 	Err  error
 }
 
 func (e *BlobError) Error() string {
-	if e.Pack.IsNull() {
-		return fmt.Sprintf("blob %s: %v", e.Blob, e.Err)
+	what := "blob " + e.Blob.String()
+	if e.Type != 0 {
+		what = BlobHandle{Type: e.Type, ID: e.Blob}.String()
 	}
-	return fmt.Sprintf("blob %s in pack %s: %v", e.Blob, backend.Handle{Type: backend.PackFile, Name: e.Pack.String()}, e.Err)
+	if e.Pack.IsNull() {
+		return fmt.Sprintf("%s: %v", what, e.Err)
+	}
+	return fmt.Sprintf("%s in pack %s: %v", what, backend.Handle{Type: backend.PackFile, Name: e.Pack.String()}, e.Err)
 }
 
 func (e *BlobError) Unwrap() error { return e.Err }
@@ -60,20 +65,17 @@ func (r *Repository) openBlob(pb packedBlob, sealed, dst []byte) ([]byte, error)
 // loadBlob fetches one blob via the index and returns its verified
 // plaintext. buf may be reused for the result.
 func (r *Repository) loadBlob(ctx context.Context, t BlobType, id ID, buf []byte) ([]byte, error) {
-	pack, pb, ok := r.index().lookup(id)
+	pack, pb, ok := r.index().lookup(BlobHandle{Type: t, ID: id})
 	if !ok {
-		return nil, &BlobError{Blob: id, Err: fmt.Errorf("%s blob not in index", t)}
-	}
-	if pb.Type != t {
-		return nil, &BlobError{Blob: id, Pack: pack, Err: fmt.Errorf("is a %s blob, want %s", pb.Type, t)}
+		return nil, &BlobError{Blob: id, Type: t, Err: fmt.Errorf("%s blob not in index", t)}
 	}
 	sealed, err := loadRange(ctx, r.be, backend.Handle{Type: backend.PackFile, Name: pack.String()}, int64(pb.Offset), int(pb.Length))
 	if err != nil {
-		return nil, &BlobError{Blob: id, Pack: pack, Err: err}
+		return nil, &BlobError{Blob: id, Type: t, Pack: pack, Err: err}
 	}
 	pt, err := r.openBlob(pb, sealed, buf)
 	if err != nil {
-		return nil, &BlobError{Blob: id, Pack: pack, Err: err}
+		return nil, &BlobError{Blob: id, Type: t, Pack: pack, Err: err}
 	}
 	return pt, nil
 }

@@ -2,6 +2,7 @@ package repository
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -68,14 +69,18 @@ type checkState struct {
 
 	// index as read by check itself (not r.index(), which a damaged index
 	// file may have left incomplete)
-	packs     map[ID]int64             // pack -> size recorded in the index
-	packBlobs map[ID][]packedBlob      // pack -> its entries
-	blobPacks map[ID][]ID              // blob -> packs that hold it
-	entry     map[ID]map[ID]packedBlob // pack -> blob -> entry
-	stored    map[ID]int64             // packs present in data/, with size
+	packs     map[ID]int64                     // pack -> size recorded in the index
+	packBlobs map[ID][]packedBlob              // pack -> its entries
+	blobPacks map[BlobHandle][]ID              // blob -> packs that hold it
+	entry     map[ID]map[BlobHandle]packedBlob // pack -> blob -> entry
+	stored    map[ID]int64                     // packs present in data/, with size
 
 	damagedIndexes []string
-	damagedBlobs   map[ID]string // blob -> object (pack path or "index") it is attributed to
+	damagedBlobs   map[BlobHandle]string // blob -> object (pack path or "index") it is attributed to
+	unindexed      map[ID]bool           // packs reported as listed by no index file
+
+	// what the pass listed, for looking again (changed)
+	snapIDs, indexIDs []ID
 }
 
 func (c *checkState) problem(object, format string, args ...any) *Problem {
@@ -94,16 +99,16 @@ func (c *checkState) problem(object, format string, args ...any) *Problem {
 	return p
 }
 
-// damageBlob records that blob id cannot be read and blames object for it.
-func (c *checkState) damageBlob(object string, id ID) {
+// damageBlob records that blob h cannot be read and blames object for it.
+func (c *checkState) damageBlob(object string, h BlobHandle) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.damagedBlobs[id]; ok {
+	if _, ok := c.damagedBlobs[h]; ok {
 		return
 	}
-	c.damagedBlobs[id] = object
-	if p := c.problems[object]; p != nil {
-		p.Blobs = append(p.Blobs, id.String())
+	c.damagedBlobs[h] = object
+	if p := c.problems[object]; p != nil && !slices.Contains(p.Blobs, h.ID.String()) {
+		p.Blobs = append(p.Blobs, h.ID.String())
 	}
 }
 
@@ -115,7 +120,8 @@ func packPath(id ID) string {
 // every index and snapshot file verifies against its name and decrypts,
 // every indexed pack exists with the recorded size and every index entry
 // lies inside its pack, every tree reachable from a snapshot is readable and
-// every blob a tree references is indexed. A pack no index file lists is
+// every blob a tree references is indexed with the type the reference needs
+// (a tree for a subtree, data for file content). A pack no index file lists is
 // reported (Kind ProblemUnindexedPack) when the creation time in its header
 // is older than prune's grace period; younger ones may belong to a backup
 // still running and are not reported. With ReadData it also reads packs
@@ -126,65 +132,196 @@ func packPath(id ID) string {
 // Each damaged object is reported once, with the snapshots and file paths
 // that depend on it. Check returns an error only when it could not run (for
 // example the backend failed to list); damage is reported in the result.
+//
+// Check takes no lock. Backups, copies, forgets and prunes running at the
+// same time never make it report a problem that is not there (see check);
+// damage present for the whole run is always reported.
 func (r *Repository) Check(ctx context.Context, opts CheckOptions) (*CheckResult, error) {
 	return r.check(ctx, opts, time.Now())
 }
 
+// maxCheckPasses bounds how often Check starts over because the
+// repository lost objects while it was being read.
+const maxCheckPasses = 5
+
 // check is Check as of now, which decides whether an unindexed pack is past
 // the grace period (tests move it to see packs age).
+//
+// Writers write packs, then index files, then snapshots (FORMAT.md §10).
+// A pass reads in the reverse order: snapshots, then index files, then the
+// pack listing. Everything a snapshot it read needs was indexed and stored
+// before that snapshot existed, so backups and copies running meanwhile
+// (which only add objects) cannot make anything look missing. Forget and
+// prune delete objects, which can: a pass that found problems therefore
+// looks again, listing every kind of object once more. If an object it
+// listed is gone, or a new index file supersedes others or indexes a pack
+// it called unindexed, the repository changed under it and the pass starts
+// over. Real damage survives every pass and is reported; a repository that
+// keeps changing for maxCheckPasses passes is an error, not damage.
 func (r *Repository) check(ctx context.Context, opts CheckOptions, now time.Time) (*CheckResult, error) {
-	c := &checkState{
-		r:            r,
-		res:          &CheckResult{Problems: []Problem{}},
-		problems:     map[string]*Problem{},
-		packs:        map[ID]int64{},
-		packBlobs:    map[ID][]packedBlob{},
-		blobPacks:    map[ID][]ID{},
-		entry:        map[ID]map[ID]packedBlob{},
-		stored:       map[ID]int64{},
-		damagedBlobs: map[ID]string{},
-	}
 	if opts.Cursor != "" {
 		if _, err := ParseID(opts.Cursor); err != nil {
 			return nil, fmt.Errorf("check: bad cursor: %w", err)
 		}
 	}
-	if err := c.listPacks(ctx); err != nil {
-		return nil, err
+	for pass := 1; ; pass++ {
+		c := newCheckState(r)
+		if err := c.pass(ctx, opts, now); err != nil {
+			return nil, err
+		}
+		if len(c.problems) == 0 {
+			return c.result(), nil
+		}
+		changed, err := c.changed(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if changed == "" {
+			return c.result(), nil
+		}
+		if pass == maxCheckPasses {
+			return nil, fmt.Errorf("check: the repository changed while it was read, %d times in a row (last: %s); its %d findings could not be confirmed; run check again when no prune or forget is running",
+				pass, changed, len(c.problems))
+		}
+		r.log.Info("check: the repository changed while it was read; looking again", "pass", pass, "change", changed)
 	}
-	if err := c.checkIndex(ctx); err != nil {
-		return nil, err
+}
+
+func newCheckState(r *Repository) *checkState {
+	return &checkState{
+		r:            r,
+		res:          &CheckResult{Problems: []Problem{}},
+		problems:     map[string]*Problem{},
+		packs:        map[ID]int64{},
+		packBlobs:    map[ID][]packedBlob{},
+		blobPacks:    map[BlobHandle][]ID{},
+		entry:        map[ID]map[BlobHandle]packedBlob{},
+		stored:       map[ID]int64{},
+		damagedBlobs: map[BlobHandle]string{},
+		unindexed:    map[ID]bool{},
 	}
-	if err := c.checkUnindexed(ctx, now); err != nil {
-		return nil, err
-	}
+}
+
+// pass checks the repository once, in the reverse of the write order.
+func (c *checkState) pass(ctx context.Context, opts CheckOptions, now time.Time) error {
 	snaps, err := c.checkSnapshots(ctx)
 	if err != nil {
-		return nil, err
+		return err
+	}
+	if err := c.checkIndex(ctx); err != nil {
+		return err
+	}
+	if err := c.listPacks(ctx); err != nil {
+		return err
+	}
+	c.checkIndexedPacks()
+	if err := c.checkUnindexed(ctx, now); err != nil {
+		return err
 	}
 	missing, err := c.checkTrees(ctx, snaps)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if opts.ReadData {
 		if err := c.readPacks(ctx, opts); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	c.attributeMissing(missing)
 	if len(c.damagedBlobs) > 0 {
 		if err := c.findDependents(ctx, snaps); err != nil {
-			return nil, err
+			return err
 		}
 	}
+	return nil
+}
+
+// result returns the problems found, in the order they were found.
+func (c *checkState) result() *CheckResult {
 	for _, o := range c.order {
 		p := c.problems[o]
 		sort.Strings(p.Blobs)
 		c.res.Problems = append(c.res.Problems, *p)
 	}
-	return c.res, nil
+	return c.res
 }
 
+// changed lists the repository again after a pass and says how it changed
+// in a way that can make objects look missing or unindexed ("" if not):
+// an object the pass listed is gone, or a new index file supersedes others,
+// indexes a pack the pass called unindexed, or cannot be loaded.
+func (c *checkState) changed(ctx context.Context) (string, error) {
+	r := c.r
+	snaps, err := r.listIDs(ctx, backend.SnapshotFile, nil)
+	if err != nil {
+		return "", fmt.Errorf("check: %w", err)
+	}
+	if gone := missingFrom(c.snapIDs, snaps); gone != nil {
+		return "snapshot " + gone.Short() + " was removed", nil
+	}
+	idx, err := r.listIDs(ctx, backend.IndexFile, nil)
+	if err != nil {
+		return "", fmt.Errorf("check: %w", err)
+	}
+	if gone := missingFrom(c.indexIDs, idx); gone != nil {
+		return "index file " + gone.Short() + " was removed", nil
+	}
+	known := make(map[ID]bool, len(c.indexIDs))
+	for _, id := range c.indexIDs {
+		known[id] = true
+	}
+	var added []ID
+	for _, id := range idx {
+		if !known[id] {
+			added = append(added, id)
+		}
+	}
+	files, errs, err := loadAll(ctx, added, 8, r.loadIndexFile, cancelled)
+	if err != nil {
+		return "", fmt.Errorf("check: %w", err)
+	}
+	for i, f := range files {
+		switch {
+		case errs[i] != nil:
+			return "new index file " + added[i].Short() + " cannot be loaded", nil
+		case len(f.Supersedes) > 0:
+			return "new index file " + added[i].Short() + " supersedes others", nil
+		}
+		for _, p := range f.Packs {
+			if c.unindexed[p.ID] {
+				return "new index file " + added[i].Short() + " indexes pack " + p.ID.Short(), nil
+			}
+		}
+	}
+	packs, err := r.listIDs(ctx, backend.PackFile, nil)
+	if err != nil {
+		return "", fmt.Errorf("check: %w", err)
+	}
+	listed := make([]ID, 0, len(c.stored))
+	for id := range c.stored {
+		listed = append(listed, id)
+	}
+	if gone := missingFrom(listed, packs); gone != nil {
+		return "pack " + gone.Short() + " was removed", nil
+	}
+	return "", nil
+}
+
+// missingFrom returns one id of before that now lacks, or nil.
+func missingFrom(before, now []ID) *ID {
+	set := make(map[ID]bool, len(now))
+	for _, id := range now {
+		set[id] = true
+	}
+	for _, id := range before {
+		if !set[id] {
+			return &id
+		}
+	}
+	return nil
+}
+
+// listPacks lists data/ (after the index files: see check).
 func (c *checkState) listPacks(ctx context.Context) error {
 	err := c.r.be.List(ctx, backend.PackFile, func(fi backend.FileInfo) error {
 		id, err := ParseID(fi.Name)
@@ -216,6 +353,7 @@ func (c *checkState) checkIndex(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("check: %w", err)
 	}
+	c.indexIDs = ids
 	files, errs, err := loadAll(ctx, ids, 8, r.loadIndexFile, cancelled)
 	if err != nil {
 		return fmt.Errorf("check: %w", err)
@@ -243,7 +381,7 @@ func (c *checkState) checkIndex(ctx context.Context) error {
 			}
 			c.packs[p.ID] = p.Size
 			if c.entry[p.ID] == nil {
-				c.entry[p.ID] = map[ID]packedBlob{}
+				c.entry[p.ID] = map[BlobHandle]packedBlob{}
 			}
 			for _, pb := range p.Blobs {
 				if err := pb.check(overhead); err != nil {
@@ -254,31 +392,36 @@ func (c *checkState) checkIndex(ctx context.Context) error {
 					c.problem(obj, "blob %s lies outside pack %s (%d+%d of %d bytes)", pb.ID, pp, pb.Offset, pb.Length, p.Size)
 					continue
 				}
-				if _, dup := c.entry[p.ID][pb.ID]; dup {
+				if _, dup := c.entry[p.ID][pb.handle()]; dup {
 					continue
 				}
-				c.entry[p.ID][pb.ID] = pb
+				c.entry[p.ID][pb.handle()] = pb
 				c.packBlobs[p.ID] = append(c.packBlobs[p.ID], pb)
-				c.blobPacks[pb.ID] = append(c.blobPacks[pb.ID], p.ID)
+				c.blobPacks[pb.handle()] = append(c.blobPacks[pb.handle()], p.ID)
 			}
 		}
 	}
+	return nil
+}
+
+// checkIndexedPacks checks that every indexed pack is stored with the size
+// the index records.
+func (c *checkState) checkIndexedPacks() {
 	for id, size := range c.packs {
 		st, ok := c.stored[id]
 		switch {
 		case !ok:
 			c.problem(packPath(id), "pack is in the index but missing from the backend")
 			for _, pb := range c.packBlobs[id] {
-				c.damageBlob(packPath(id), pb.ID)
+				c.damageBlob(packPath(id), pb.handle())
 			}
 		case st != size:
 			c.problem(packPath(id), "pack has %d bytes, index says %d", st, size)
 			for _, pb := range c.packBlobs[id] {
-				c.damageBlob(packPath(id), pb.ID)
+				c.damageBlob(packPath(id), pb.handle())
 			}
 		}
 	}
-	return nil
 }
 
 // checkUnindexed reports the packs in data/ that no readable index file
@@ -313,6 +456,7 @@ func (c *checkState) checkUnindexed(ctx context.Context, now time.Time) error {
 		if !created.Before(cutoff) {
 			continue
 		}
+		c.unindexed[id] = true
 		var p *Problem
 		if len(c.damagedIndexes) > 0 {
 			p = c.problem(pp, "pack is listed by no readable index file (created %s, more than %v ago); a damaged index file may list it, and prune refuses to run until that is repaired",
@@ -337,6 +481,7 @@ func (c *checkState) checkSnapshots(ctx context.Context) ([]*Snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("check: %w", err)
 	}
+	c.snapIDs = ids
 	out, errs, err := loadAll(ctx, ids, 16, r.LoadSnapshot, cancelled)
 	if err != nil {
 		return nil, fmt.Errorf("check: %w", err)
@@ -354,21 +499,22 @@ func (c *checkState) checkSnapshots(ctx context.Context) ([]*Snapshot, error) {
 	return snaps, nil
 }
 
-// lookupBlob finds a blob in check's own view of the index.
-func (c *checkState) lookupBlob(id ID) (ID, packedBlob, bool) {
-	ps := c.blobPacks[id]
+// lookupBlob finds a blob in check's own view of the index: by type and
+// id, so that a reference is satisfied only by a blob of the type it needs.
+func (c *checkState) lookupBlob(h BlobHandle) (ID, packedBlob, bool) {
+	ps := c.blobPacks[h]
 	if len(ps) == 0 {
 		return ID{}, packedBlob{}, false
 	}
-	return ps[0], c.entry[ps[0]][id], true
+	return ps[0], c.entry[ps[0]][h], true
 }
 
 // checkTrees reads every tree reachable from snaps once and checks that every
 // blob it references is indexed. It returns the referenced blobs that are in
 // no index.
-func (c *checkState) checkTrees(ctx context.Context, snaps []*Snapshot) (map[ID]bool, error) {
+func (c *checkState) checkTrees(ctx context.Context, snaps []*Snapshot) (map[BlobHandle]bool, error) {
 	seen := map[ID]bool{}
-	missing := map[ID]bool{}
+	missing := map[BlobHandle]bool{}
 	var queue []ID
 	for _, sn := range snaps {
 		if !seen[sn.Tree] {
@@ -398,9 +544,9 @@ func (c *checkState) checkTrees(ctx context.Context, snaps []*Snapshot) (map[ID]
 						subs = append(subs, n.Subtree)
 					case nodeFile:
 						for _, b := range n.Content {
-							if _, _, ok := c.lookupBlob(b); !ok {
+							if _, _, ok := c.lookupBlob(dataHandle(b)); !ok {
 								c.mu.Lock()
-								missing[b] = true
+								missing[dataHandle(b)] = true
 								c.mu.Unlock()
 							}
 						}
@@ -429,17 +575,13 @@ func (c *checkState) checkTrees(ctx context.Context, snaps []*Snapshot) (map[ID]
 // loadTree reads one tree through check's own index view and records why it
 // could not be read.
 func (c *checkState) loadTree(ctx context.Context, id ID) (*tree, error) {
-	pack, pb, ok := c.lookupBlob(id)
+	h := treeHandle(id)
+	pack, pb, ok := c.lookupBlob(h)
 	if !ok {
 		c.mu.Lock()
-		c.damagedBlobs[id] = ""
+		c.damagedBlobs[h] = ""
 		c.mu.Unlock()
 		return nil, fmt.Errorf("tree %s not in index", id)
-	}
-	if pb.Type != TreeBlob {
-		c.problem(packPath(pack), "blob %s is indexed as %s but used as a tree", id.Short(), pb.Type)
-		c.damageBlob(packPath(pack), id)
-		return nil, errors.New("not a tree blob")
 	}
 	if _, ok := c.stored[pack]; !ok {
 		return nil, errors.New("pack missing") // already reported
@@ -450,19 +592,19 @@ func (c *checkState) loadTree(ctx context.Context, id ID) (*tree, error) {
 			return nil, err
 		}
 		c.problem(packPath(pack), "reading tree %s: %v", id.Short(), err)
-		c.damageBlob(packPath(pack), id)
+		c.damageBlob(packPath(pack), h)
 		return nil, err
 	}
 	pt, err := c.r.openBlob(pb, sealed, nil)
 	if err != nil {
 		c.problem(packPath(pack), "tree blob %s: %v", id.Short(), err)
-		c.damageBlob(packPath(pack), id)
+		c.damageBlob(packPath(pack), h)
 		return nil, err
 	}
 	t, err := decodeTree(pt)
 	if err != nil {
 		c.problem(packPath(pack), "tree blob %s: %v", id.Short(), err)
-		c.damageBlob(packPath(pack), id)
+		c.damageBlob(packPath(pack), h)
 		return nil, err
 	}
 	return t, nil
@@ -471,40 +613,64 @@ func (c *checkState) loadTree(ctx context.Context, id ID) (*tree, error) {
 // attributeMissing blames referenced blobs that no index lists: on the
 // damaged index files if there are any (they most likely listed them), or on
 // the index as a whole.
-func (c *checkState) attributeMissing(missing map[ID]bool) {
-	for id, obj := range c.damagedBlobs {
+func (c *checkState) attributeMissing(missing map[BlobHandle]bool) {
+	for h, obj := range c.damagedBlobs {
 		if obj == "" {
-			missing[id] = true
-			delete(c.damagedBlobs, id)
+			missing[h] = true
+			delete(c.damagedBlobs, h)
 		}
 	}
 	if len(missing) == 0 {
 		return
 	}
-	ids := make([]ID, 0, len(missing))
-	for id := range missing {
-		ids = append(ids, id)
+	hs := make([]BlobHandle, 0, len(missing))
+	otherType := 0
+	for h := range missing {
+		hs = append(hs, h)
+		if _, _, ok := c.lookupBlob(BlobHandle{Type: otherBlobType(h.Type), ID: h.ID}); ok {
+			otherType++
+		}
 	}
-	slices.SortFunc(ids, func(a, b ID) int { return bytes.Compare(a[:], b[:]) })
+	slices.SortFunc(hs, func(a, b BlobHandle) int {
+		if c := bytes.Compare(a.ID[:], b.ID[:]); c != 0 {
+			return c
+		}
+		return int(a.Type) - int(b.Type)
+	})
+	// A blob indexed only with the other type is what older versions left
+	// when a file chunk and a tree had the same id: they stored one of the
+	// two. Saying so tells the operator the cure.
+	why := ""
+	if otherType > 0 {
+		why = fmt.Sprintf(" (%d of them only as a blob of the other type: a file chunk with the same bytes as a tree; the next backup of the data stores them)", otherType)
+	}
 	if len(c.damagedIndexes) == 0 {
-		c.problem("index", "%d blobs referenced by snapshots are in no index file", len(ids))
-		for _, id := range ids {
-			c.damageBlob("index", id)
+		c.problem("index", "%d blobs referenced by snapshots are in no index file%s", len(hs), why)
+		for _, h := range hs {
+			c.damageBlob("index", h)
 		}
 		return
 	}
 	sort.Strings(c.damagedIndexes)
 	for _, o := range c.damagedIndexes {
-		c.problem(o, "%d blobs referenced by snapshots are in no readable index file", len(ids))
+		c.problem(o, "%d blobs referenced by snapshots are in no readable index file%s", len(hs), why)
 	}
-	for _, id := range ids {
-		c.damageBlob(c.damagedIndexes[0], id)
+	for _, h := range hs {
+		c.damageBlob(c.damagedIndexes[0], h)
 	}
 	// Every damaged index file may have held them: give each the same list.
 	first := c.problems[c.damagedIndexes[0]]
 	for _, o := range c.damagedIndexes[1:] {
 		c.problems[o].Blobs = append([]string(nil), first.Blobs...)
 	}
+}
+
+// otherBlobType returns the type that is not t.
+func otherBlobType(t BlobType) BlobType {
+	if t == DataBlob {
+		return TreeBlob
+	}
+	return DataBlob
 }
 
 // readPacks reads the packs in scope and verifies them byte by byte.
@@ -578,7 +744,7 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 		}
 		c.problem(pp, "reading pack: %v", err)
 		for _, pb := range c.packBlobs[id] {
-			c.damageBlob(pp, pb.ID)
+			c.damageBlob(pp, pb.handle())
 		}
 		return int64(len(buf)), buf, nil
 	}
@@ -595,7 +761,7 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 			c.mu.Unlock()
 			if nb == 0 {
 				for _, pb := range c.packBlobs[id] {
-					c.damageBlob(pp, pb.ID)
+					c.damageBlob(pp, pb.handle())
 				}
 			}
 		}()
@@ -604,13 +770,13 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 	if herr != nil {
 		c.problem(pp, "pack header: %v", herr)
 	} else {
-		inHeader := make(map[ID]packedBlob, len(hdr.Blobs))
+		inHeader := make(map[BlobHandle]packedBlob, len(hdr.Blobs))
 		for _, pb := range hdr.Blobs {
-			inHeader[pb.ID] = pb
+			inHeader[pb.handle()] = pb
 		}
-		for bid, pb := range indexed {
-			if hb, ok := inHeader[bid]; !ok || hb != pb {
-				c.problem(pp, "index entry for blob %s does not match the pack header", bid.Short())
+		for h, pb := range indexed {
+			if hb, ok := inHeader[h]; !ok || hb != pb {
+				c.problem(pp, "index entry for %s blob %s does not match the pack header", h.Type, h.ID.Short())
 			}
 		}
 	}
@@ -623,19 +789,26 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 		blobs = hdr.Blobs
 	}
 	// The pack hash and header are done with, and blobs occupy disjoint
-	// ranges, so each blob is opened in place.
+	// ranges, so each blob is opened in place. Entries of a damaged (or
+	// forged) index may overlap; then each is opened on a copy, so that
+	// one entry cannot spoil the bytes another one is checked against.
+	overlap := entriesOverlap(blobs)
 	var scratch []byte
 	for _, pb := range blobs {
 		end := int64(pb.Offset) + int64(pb.Length)
 		if end > int64(len(buf)) {
 			c.problem(pp, "blob %s lies beyond the end of the pack", pb.ID.Short())
-			c.damageBlob(pp, pb.ID)
+			c.damageBlob(pp, pb.handle())
 			continue
 		}
-		pt, err := c.r.openBlob(pb, buf[pb.Offset:end:end], scratch)
+		sealed := buf[pb.Offset:end:end]
+		if overlap {
+			sealed = slices.Clone(sealed)
+		}
+		pt, err := c.r.openBlob(pb, sealed, scratch)
 		if err != nil {
-			c.problem(pp, "blob %s: %v", pb.ID.Short(), err)
-			c.damageBlob(pp, pb.ID)
+			c.problem(pp, "%s blob %s: %v", pb.Type, pb.ID.Short(), err)
+			c.damageBlob(pp, pb.handle())
 			continue
 		}
 		if pb.Flags&flagZstd != 0 {
@@ -643,6 +816,17 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 		}
 	}
 	return int64(len(buf)), buf, nil
+}
+
+// entriesOverlap reports whether the byte ranges of blobs overlap.
+func entriesOverlap(blobs []packedBlob) bool {
+	sorted := slices.SortedFunc(slices.Values(blobs), func(a, b packedBlob) int { return cmp.Compare(a.Offset, b.Offset) })
+	for i := 1; i < len(sorted); i++ {
+		if int64(sorted[i-1].Offset)+int64(sorted[i-1].Length) > int64(sorted[i].Offset) {
+			return true
+		}
+	}
+	return false
 }
 
 // loadWhole reads a whole object of the given size into buf's memory (or a
@@ -690,7 +874,7 @@ func (c *checkState) findDependents(ctx context.Context, snaps []*Snapshot) erro
 		paths []string
 	}
 	byObject := map[string]*dep{}
-	add := func(blob ID, sn *Snapshot, p string) {
+	add := func(blob BlobHandle, sn *Snapshot, p string) {
 		obj, ok := c.damagedBlobs[blob]
 		if !ok {
 			return
@@ -706,18 +890,18 @@ func (c *checkState) findDependents(ctx context.Context, snaps []*Snapshot) erro
 		}
 	}
 	for _, sn := range snaps {
-		add(sn.Tree, sn, "/")
-		if _, bad := c.damagedBlobs[sn.Tree]; bad {
+		add(treeHandle(sn.Tree), sn, "/")
+		if _, bad := c.damagedBlobs[treeHandle(sn.Tree)]; bad {
 			continue
 		}
 		err := c.walk(ctx, "", sn.Tree, func(p string, n *node) {
 			switch n.Type {
 			case nodeDir:
-				add(n.Subtree, sn, p+"/")
+				add(treeHandle(n.Subtree), sn, p+"/")
 			case nodeFile:
 				for _, b := range n.Content {
-					if _, bad := c.damagedBlobs[b]; bad {
-						add(b, sn, p)
+					if _, bad := c.damagedBlobs[dataHandle(b)]; bad {
+						add(dataHandle(b), sn, p)
 						break
 					}
 				}
@@ -750,7 +934,7 @@ func (c *checkState) walk(ctx context.Context, prefix string, id ID, fn func(p s
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if _, bad := c.damagedBlobs[id]; bad {
+	if _, bad := c.damagedBlobs[treeHandle(id)]; bad {
 		return nil
 	}
 	t, err := c.loadTree(ctx, id)
@@ -793,8 +977,9 @@ func OpenTolerant(ctx context.Context, be backend.Backend, password []byte) (*Re
 		return nil, nil, fmt.Errorf("open %s: load index: %w", be.Location(), err)
 	}
 	r.setIndex(x)
-	damaged := make([]string, 0, len(x.damaged))
-	for id, err := range x.damaged {
+	files := x.damagedFiles()
+	damaged := make([]string, 0, len(files))
+	for id, err := range files {
 		damaged = append(damaged, fmt.Sprintf("%s: %v", backend.Handle{Type: backend.IndexFile, Name: id.String()}.Path(), err))
 	}
 	sort.Strings(damaged)

@@ -66,7 +66,7 @@ func TestChunkSizesFollowConfig(t *testing.T) {
 		n := tr.find("big.bin")
 		var total int
 		for i, id := range n.Content {
-			_, pb, ok := r.index().lookup(id)
+			_, pb, ok := r.index().lookup(dataHandle(id))
 			if !ok {
 				t.Fatalf("chunk %d not indexed", i)
 			}

@@ -54,7 +54,7 @@ func copySnapshots(ctx context.Context, src, dst *Repository, snaps []*Snapshot,
 	if err != nil {
 		return st, fmt.Errorf("copy: destination: %w", err)
 	}
-	c := &copier{ctx: ctx, src: src, dst: dst, lock: dstLock, st: st, seen: map[ID]bool{}, progress: progress, total: int64(len(snaps)), commitEvery: commitEvery}
+	c := &copier{ctx: ctx, src: src, dst: dst, lock: dstLock, st: st, seen: map[BlobHandle]bool{}, progress: progress, total: int64(len(snaps)), commitEvery: commitEvery}
 	c.start()
 	defer c.abort()
 	for i, sn := range snaps {
@@ -150,7 +150,7 @@ type copier struct {
 	src, dst *Repository
 	lock     *Lock
 	st       *CopyStats
-	seen     map[ID]bool // queued in this run
+	seen     map[BlobHandle]bool // queued in this run
 	progress func(Progress)
 	current  string
 	total    int64
@@ -228,7 +228,7 @@ func (c *copier) report(done int64, final bool) {
 // tree copies the tree id and everything below it that dst lacks, the
 // tree blob itself last.
 func (c *copier) tree(id ID) error {
-	if c.seen[id] || c.dst.index().has(id) {
+	if c.seen[treeHandle(id)] || c.dst.index().has(treeHandle(id)) {
 		return nil
 	}
 	raw, err := c.src.loadBlob(c.ctx, TreeBlob, id, nil)
@@ -248,9 +248,10 @@ func (c *copier) tree(id ID) error {
 			continue
 		}
 		for _, b := range n.Content {
-			skip := c.seen[b]
-			c.seen[b] = true
-			if skip || c.dst.index().has(b) {
+			h := dataHandle(b)
+			skip := c.seen[h]
+			c.seen[h] = true
+			if skip || c.dst.index().has(h) {
 				continue
 			}
 			g.Go(func() error { return c.blob(gctx, DataBlob, b) })
@@ -269,7 +270,7 @@ func (c *copier) tree(id ID) error {
 	if _, err := c.saver.saveCopy(TreeBlob, raw); err != nil {
 		return err
 	}
-	c.seen[id] = true
+	c.seen[treeHandle(id)] = true
 	c.report(c.done, false)
 	if c.queued.Add(int64(len(raw))) >= c.commitEvery {
 		return c.commit()

@@ -185,13 +185,13 @@ func TestCorruptPack(t *testing.T) {
 			f := newCorruptionFixture(t)
 			victim := "a-02.bin"
 			data, _ := os.ReadFile(filepath.Join(f.srcA, victim))
-			blob := hashID(data)
+			blob := dataHandle(hashID(data))
 			if tc.where == inTreeBlob {
 				t2, err := f.r.loadTree(ctx, f.snapA.Tree)
 				if err != nil {
 					t.Fatal(err)
 				}
-				blob = t2.find("deep").Subtree
+				blob = treeHandle(t2.find("deep").Subtree)
 			}
 			pack, pb, ok := f.r.index().lookup(blob)
 			if !ok {
@@ -226,7 +226,7 @@ func TestCorruptPack(t *testing.T) {
 			}
 			switch tc.where {
 			case inDataBlob:
-				if !slices.Equal(p.Blobs, []string{blob.String()}) {
+				if !slices.Equal(p.Blobs, []string{blob.ID.String()}) {
 					t.Errorf("damaged blobs %v, want only %s", p.Blobs, blob)
 				}
 				if !slices.Contains(p.Paths, f.snapA.ID.Short()+":"+victim) {
@@ -234,7 +234,7 @@ func TestCorruptPack(t *testing.T) {
 				}
 				restoreAndCompare(t, r, f.snapA, f.srcA, []string{victim})
 			case inTreeBlob:
-				if !slices.Contains(p.Blobs, blob.String()) {
+				if !slices.Contains(p.Blobs, blob.ID.String()) {
 					t.Errorf("damaged blobs %v, want %s", p.Blobs, blob)
 				}
 				if !slices.Contains(p.Paths, f.snapA.ID.Short()+":deep/") {
@@ -245,14 +245,14 @@ func TestCorruptPack(t *testing.T) {
 				target := t.TempDir()
 				_, err := r.Restore(ctx, f.snapA, target, RestoreOptions{})
 				var te *TreeError
-				if !errors.As(err, &te) || te.Tree != blob || te.Path != "deep" {
+				if !errors.As(err, &te) || te.Tree != blob.ID || te.Path != "deep" {
 					t.Fatalf("restore with a damaged tree: err %v, want a TreeError for tree %s of deep", err, blob)
 				}
 				var be *BlobError
 				if !errors.As(err, &be) || be.Pack != pack {
 					t.Errorf("restore error does not name the pack %s: %v", object, err)
 				}
-				if !strings.Contains(err.Error(), blob.String()) || !strings.Contains(err.Error(), `"deep"`) {
+				if !strings.Contains(err.Error(), blob.ID.String()) || !strings.Contains(err.Error(), `"deep"`) {
 					t.Errorf("restore error does not name the tree and directory: %v", err)
 				}
 				compareTree(t, f.srcA, target, "deep")

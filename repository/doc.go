@@ -9,9 +9,9 @@
 // unexported pieces instead of re-reading the format:
 //
 //	r.be, r.seal, r.cfg           backend, sealer (AEAD or checksum), config
-//	r.index() *index              in-memory index (one location per blob):
-//	    x.lookup(id) (pack ID, packedBlob, ok)   x.has(id)   x.count()
-//	    x.packs []ID, x.packSize []int64 (read under x.mu)
+//	r.index() *index              in-memory index (one location per blob),
+//	    keyed by BlobHandle{Type, ID}; use its methods (lookup, has,
+//	    count, packIDs, ...), never its fields or its lock.
 //	r.loadIndex(ctx)              rebuild r.index() from index/ (after prune)
 //	r.forEachIndexFile(ctx, all, fn(id ID, f *indexFile) error)
 //	    every index file, verified; all=false skips superseded files.

@@ -50,3 +50,19 @@ func (id *ID) UnmarshalText(b []byte) error {
 
 // hashID returns the SHA-256 of b.
 func hashID(b []byte) ID { return sha256.Sum256(b) }
+
+// BlobHandle identifies a blob: its type and the SHA-256 of its plaintext.
+// The id alone is not enough: a file chunk whose bytes equal an encoded
+// tree has the tree's id, and the two are different blobs that are stored,
+// indexed, deduplicated and kept by prune separately (FORMAT.md §5).
+type BlobHandle struct {
+	Type BlobType
+	ID   ID
+}
+
+// dataHandle and treeHandle name a data or a tree blob.
+func dataHandle(id ID) BlobHandle { return BlobHandle{Type: DataBlob, ID: id} }
+func treeHandle(id ID) BlobHandle { return BlobHandle{Type: TreeBlob, ID: id} }
+
+// String returns the type and the full id, e.g. "data blob 47dc…".
+func (h BlobHandle) String() string { return h.Type.String() + " blob " + h.ID.String() }

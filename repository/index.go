@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"sync"
 
@@ -168,16 +170,16 @@ type blobLoc struct {
 	offset    uint32
 	length    uint32
 	rawLength uint32
-	typ       BlobType
 	flags     uint8
 }
 
-// index is the in-memory map from blob id to its location. It holds one
-// location per blob (the first seen); check/prune read the index files
-// themselves when they need every copy.
+// index is the in-memory map from blob handle (type, id) to its location.
+// It holds one location per blob (the first seen); check/prune read the
+// index files themselves when they need every copy. Its fields and lock
+// belong to its methods: other code asks it through them.
 type index struct {
 	mu       sync.RWMutex
-	blobs    map[ID]blobLoc
+	blobs    map[BlobHandle]blobLoc
 	packs    []ID
 	packSize []int64
 	packNum  map[ID]uint32
@@ -192,7 +194,7 @@ type index struct {
 }
 
 func newIndex() *index {
-	return &index{blobs: make(map[ID]blobLoc), packNum: make(map[ID]uint32), files: make(map[ID]struct{}),
+	return &index{blobs: make(map[BlobHandle]blobLoc), packNum: make(map[ID]uint32), files: make(map[ID]struct{}),
 		seen: make(map[ID]struct{}), damaged: make(map[ID]error)}
 }
 
@@ -207,37 +209,91 @@ func (x *index) addPackLocked(p indexPack) {
 		x.packNum[p.ID] = n
 	}
 	for _, pb := range p.Blobs {
-		if _, dup := x.blobs[pb.ID]; dup {
+		h := pb.handle()
+		if _, dup := x.blobs[h]; dup {
 			continue
 		}
-		x.blobs[pb.ID] = blobLoc{pack: n, offset: pb.Offset, length: pb.Length, rawLength: pb.RawLength, typ: pb.Type, flags: pb.Flags}
+		x.blobs[h] = blobLoc{pack: n, offset: pb.Offset, length: pb.Length, rawLength: pb.RawLength, flags: pb.Flags}
 	}
 }
 
+// addFile records the packs of the index file id, written or loaded
+// through this index.
+func (x *index) addFile(id ID, packs []indexPack) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, p := range packs {
+		x.addPackLocked(p)
+	}
+	x.files[id] = struct{}{}
+	x.seen[id] = struct{}{}
+}
+
 // has reports whether a blob is in the index.
-func (x *index) has(id ID) bool {
+func (x *index) has(h BlobHandle) bool {
 	x.mu.RLock()
-	_, ok := x.blobs[id]
+	_, ok := x.blobs[h]
 	x.mu.RUnlock()
 	return ok
 }
 
 // lookup returns where a blob is: its pack id and entry.
-func (x *index) lookup(id ID) (ID, packedBlob, bool) {
+func (x *index) lookup(h BlobHandle) (ID, packedBlob, bool) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	l, ok := x.blobs[id]
+	l, ok := x.blobs[h]
 	if !ok {
 		return ID{}, packedBlob{}, false
 	}
-	return x.packs[l.pack], packedBlob{Type: l.typ, Flags: l.flags, ID: id, Offset: l.offset, Length: l.length, RawLength: l.rawLength}, true
+	return x.packs[l.pack], packedBlob{Type: h.Type, Flags: l.flags, ID: h.ID, Offset: l.offset, Length: l.length, RawLength: l.rawLength}, true
 }
 
-// count returns the number of blobs and packs known.
+// count returns the number of blobs (distinct handles) and packs known.
 func (x *index) count() (blobs, packs int) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	return len(x.blobs), len(x.packs)
+}
+
+// blobCount returns the number of blobs (distinct handles) known.
+func (x *index) blobCount() int {
+	n, _ := x.count()
+	return n
+}
+
+// packBytes returns the summed size of the packs known.
+func (x *index) packBytes() int64 {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	var n int64
+	for _, s := range x.packSize {
+		n += s
+	}
+	return n
+}
+
+// packIDs returns the packs known.
+func (x *index) packIDs() []ID {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return slices.Clone(x.packs)
+}
+
+// each calls fn for every blob with its pack, under the read lock (fn must
+// not call back into x).
+func (x *index) each(fn func(h BlobHandle, pack ID)) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	for h, l := range x.blobs {
+		fn(h, x.packs[l.pack])
+	}
+}
+
+// damagedFiles returns a copy of the damaged index files with their reasons.
+func (x *index) damagedFiles() map[ID]error {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return maps.Clone(x.damaged)
 }
 
 // sealIndexFile encodes, compresses and seals an index file.
@@ -450,7 +506,7 @@ func (r *Repository) buildIndex(ctx context.Context, tolerate func(error) bool) 
 	if err != nil {
 		return nil, err
 	}
-	x := newIndex()
+	x := newIndex() // not shared yet: its fields are set directly
 	for i, id := range ids {
 		x.seen[id] = struct{}{}
 		if errs[i] != nil {
@@ -536,16 +592,12 @@ func (r *Repository) loadIndexSkipDamaged(ctx context.Context) error {
 // logDamaged logs the damaged index files of x (not shared yet) that old
 // did not know.
 func (r *Repository) logDamaged(x, old *index) {
-	known := map[ID]bool{}
+	var known map[ID]error
 	if old != nil {
-		old.mu.RLock()
-		for id := range old.damaged {
-			known[id] = true
-		}
-		old.mu.RUnlock()
+		known = old.damagedFiles()
 	}
-	for id, err := range x.damaged {
-		if known[id] {
+	for id, err := range x.damagedFiles() {
+		if _, ok := known[id]; ok {
 			continue
 		}
 		r.log.Warn("index file cannot be used; blobs listed only there count as not stored (run check)",
@@ -664,21 +716,28 @@ func (r *Repository) addIndexFiles(ctx context.Context, x *index, added []ID) (r
 			return true, nil
 		}
 	}
+	return x.addFiles(added, files), nil
+}
+
+// addFiles adds the packs of index files loaded by refreshIndex (ids
+// not seen before, files loaded in the same order). It adds nothing and
+// returns rebuild true when one of them supersedes a file x has loaded.
+func (x *index) addFiles(ids []ID, files []*indexFile) (rebuild bool) {
 	// Files added together may supersede one another (when x had loaded
 	// none of the files a prune replaced): leave those out as a rebuild
 	// would.
-	superseded := supersededFiles(added, files)
+	superseded := supersededFiles(ids, files)
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for _, f := range files {
 		for _, s := range f.Supersedes {
 			if _, loaded := x.files[s]; loaded {
-				return true, nil
+				return true
 			}
 		}
 	}
 	for i, f := range files {
-		id := added[i]
+		id := ids[i]
 		x.seen[id] = struct{}{}
 		if superseded[id] {
 			continue
@@ -688,18 +747,16 @@ func (r *Repository) addIndexFiles(ctx context.Context, x *index, added []ID) (r
 		}
 		x.files[id] = struct{}{}
 	}
-	return false, nil
+	return false
 }
 
 // indexDamageWarnings returns one warning per index file the in-memory
 // index left out as damaged, for a backup to record in its snapshot: blobs
 // listed only there count as not stored, so the backup stored them again.
 func (r *Repository) indexDamageWarnings() []string {
-	x := r.index()
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	out := make([]string, 0, len(x.damaged))
-	for id, err := range x.damaged {
+	damaged := r.index().damagedFiles()
+	out := make([]string, 0, len(damaged))
+	for id, err := range damaged {
 		reason := err
 		var d *indexDamageError
 		if errors.As(err, &d) {

@@ -53,23 +53,19 @@ func mustMatchFreshIndex(t *testing.T, r *Repository, dir, password string) {
 	fresh := reopen(t, dir, password)
 	stored := storedPacks(t, r)
 	x, fx := r.index(), fresh.index()
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	fx.mu.RLock()
-	defer fx.mu.RUnlock()
-	if len(x.blobs) != len(fx.blobs) {
-		t.Errorf("handle knows %d blobs, a fresh handle %d", len(x.blobs), len(fx.blobs))
+	if n, fn := x.blobCount(), fx.blobCount(); n != fn {
+		t.Errorf("handle knows %d blobs, a fresh handle %d", n, fn)
 	}
-	for id := range fx.blobs {
-		if _, ok := x.blobs[id]; !ok {
-			t.Errorf("blob %s is indexed but the handle does not know it", id.Short())
+	fx.each(func(h BlobHandle, _ ID) {
+		if !x.has(h) {
+			t.Errorf("%s is indexed but the handle does not know it", h)
 		}
-	}
-	for id, l := range x.blobs {
-		if _, ok := stored[x.packs[l.pack]]; !ok {
-			t.Errorf("handle locates blob %s in pack %s, which does not exist", id.Short(), x.packs[l.pack].Short())
+	})
+	x.each(func(h BlobHandle, pack ID) {
+		if _, ok := stored[pack]; !ok {
+			t.Errorf("handle locates %s in pack %s, which does not exist", h, pack.Short())
 		}
-	}
+	})
 }
 
 // TestIndexRefreshIncremental: a long-lived handle (a) follows another
@@ -166,7 +162,7 @@ func TestIndexRefreshSupersedingFile(t *testing.T) {
 			// What a prune that dropped gone.bin's pack leaves while it is
 			// stopped before deleting the old index files.
 			b := reopen(t, dir, pw)
-			gonePack, _, ok := b.index().lookup(hashID(gone))
+			gonePack, _, ok := b.index().lookup(dataHandle(hashID(gone)))
 			if !ok {
 				t.Fatal("gone.bin is not one blob in the index")
 			}
@@ -206,7 +202,7 @@ func TestIndexRefreshSupersedingFile(t *testing.T) {
 			if a.index() == before {
 				t.Error("the new file was added incrementally instead of rebuilding")
 			}
-			if a.index().has(hashID(gone)) {
+			if a.index().has(dataHandle(hashID(gone))) {
 				t.Fatal("the handle still locates gone.bin in a deleted pack")
 			}
 			mustMatchFreshIndex(t, a, dir, pw)
@@ -274,7 +270,7 @@ func TestIndexRefreshAfterFailedReload(t *testing.T) {
 
 	fbe.fail.Store(true)
 	restoreCompare(t, a, keep, keepSrc) // refreshes, fails to reload, goes on
-	if !a.index().has(hashID(gone)) {
+	if !a.index().has(dataHandle(hashID(gone))) {
 		t.Fatal("the failed reload replaced the index anyway")
 	}
 	if err := a.refreshIndex(ctx, true); err == nil {
@@ -292,7 +288,7 @@ func TestIndexRefreshAfterFailedReload(t *testing.T) {
 // storedPackHas reports whether r locates blob in a pack that exists.
 func storedPackHas(t testing.TB, r *Repository, blob ID) bool {
 	t.Helper()
-	pack, _, ok := r.index().lookup(blob)
+	pack, _, ok := r.index().lookup(dataHandle(blob))
 	if !ok {
 		return false
 	}

@@ -60,6 +60,9 @@ type packedBlob struct {
 	RawLength uint32 // plaintext length
 }
 
+// handle returns the blob's identity.
+func (pb *packedBlob) handle() BlobHandle { return BlobHandle{Type: pb.Type, ID: pb.ID} }
+
 // packHeader is the decoded header of a pack.
 type packHeader struct {
 	Created time.Time

@@ -44,8 +44,8 @@ type blobSaver struct {
 	packersLeft atomic.Int32
 
 	mu      sync.Mutex
-	pending map[ID]struct{} // queued in this session, not yet in the index
-	packs   []indexPack     // uploaded in this session
+	pending map[BlobHandle]struct{} // queued in this session, not yet in the index
+	packs   []indexPack             // uploaded in this session
 
 	// inflight bounds the bytes of blob buffers between the callers of save
 	// and the packer. Bounding bytes rather than items lets thousands of
@@ -105,7 +105,7 @@ func (r *Repository) newBlobSaver(ctx context.Context, g *errgroup.Group, bufs *
 		inflight:   semaphore.NewWeighted(inflightBytes),
 		toSave:     make(chan *finishedPack),
 		bufs:       bufs,
-		pending:    make(map[ID]struct{}),
+		pending:    make(map[BlobHandle]struct{}),
 		packTokens: make(chan []byte, packers+uploaders),
 		packMode:   mode,
 		stager:     stager,
@@ -137,17 +137,19 @@ func (r *Repository) newBlobSaver(ctx context.Context, g *errgroup.Group, bufs *
 	return s
 }
 
-// known reports whether id is stored or queued, and queues it if not.
-func (s *blobSaver) reserve(id ID) bool {
-	if s.r.index().has(id) {
+// reserve reports whether the blob h is neither stored nor queued, and
+// queues it if so. A blob of the other type with the same id does not
+// count: it is a different blob.
+func (s *blobSaver) reserve(h BlobHandle) bool {
+	if s.r.index().has(h) {
 		return false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.pending[id]; ok {
+	if _, ok := s.pending[h]; ok {
 		return false
 	}
-	s.pending[id] = struct{}{}
+	s.pending[h] = struct{}{}
 	return true
 }
 
@@ -165,7 +167,7 @@ func (s *blobSaver) newBuf(n int) (full, data []byte) {
 // newBuf with the plaintext's n bytes in place; save takes ownership.
 // It reports whether the blob was new.
 func (s *blobSaver) save(t BlobType, id ID, full []byte, n int) (bool, error) {
-	if !s.reserve(id) {
+	if !s.reserve(BlobHandle{Type: t, ID: id}) {
 		s.bufs.put(full)
 		return false, nil
 	}
@@ -186,7 +188,7 @@ func (s *blobSaver) save(t BlobType, id ID, full []byte, n int) (bool, error) {
 // saveCopy is save for data the caller keeps.
 func (s *blobSaver) saveCopy(t BlobType, data []byte) (ID, error) {
 	id := ID(sha256.Sum256(data))
-	if s.r.index().has(id) {
+	if s.r.index().has(BlobHandle{Type: t, ID: id}) {
 		return id, nil
 	}
 	full, b := s.newBuf(len(data))
@@ -424,16 +426,7 @@ func (r *Repository) commitPacks(ctx context.Context, packs []indexPack) error {
 		if err != nil {
 			return err
 		}
-		x := r.index()
-		x.mu.Lock()
-		for _, p := range f.Packs {
-			x.addPackLocked(p)
-		}
-		x.files[id] = struct{}{}
-		if x.seen != nil {
-			x.seen[id] = struct{}{}
-		}
-		x.mu.Unlock()
+		r.index().addFile(id, f.Packs)
 	}
 	return nil
 }

@@ -230,8 +230,8 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, op
 				continue // listed by two index files; the first suffices
 			}
 			for _, pb := range p.Blobs {
-				canon, _, ok := x.lookup(pb.ID)
-				if used[pb.ID] && ok && canon == p.ID {
+				canon, _, ok := x.lookup(pb.handle())
+				if used[pb.handle()] && ok && canon == p.ID {
 					pu.keep = append(pu.keep, pb)
 					pu.used += int64(pb.Length)
 				} else {
@@ -430,15 +430,17 @@ func (r *Repository) writeIndexes(ctx context.Context, packs []indexPack, supers
 	return nil
 }
 
-// usedBlobs returns every blob (trees and data) reachable from snaps.
-func (r *Repository) usedBlobs(ctx context.Context, snaps []*Snapshot) (map[ID]bool, error) {
-	used := map[ID]bool{}
+// usedBlobs returns every blob (trees and data) reachable from snaps. A
+// data blob whose id equals a tree's keeps neither the tree nor what lies
+// below it: they are different blobs.
+func (r *Repository) usedBlobs(ctx context.Context, snaps []*Snapshot) (map[BlobHandle]bool, error) {
+	used := map[BlobHandle]bool{}
 	var visit func(id ID) error
 	visit = func(id ID) error {
-		if used[id] {
+		if used[treeHandle(id)] {
 			return nil
 		}
-		used[id] = true
+		used[treeHandle(id)] = true
 		t, err := r.loadTree(ctx, id)
 		if err != nil {
 			return fmt.Errorf("%w (run check; prune refuses to guess what a damaged tree references)", err)
@@ -452,7 +454,7 @@ func (r *Repository) usedBlobs(ctx context.Context, snaps []*Snapshot) (map[ID]b
 				}
 			case nodeFile:
 				for _, b := range n.Content {
-					used[b] = true
+					used[dataHandle(b)] = true
 				}
 			}
 		}

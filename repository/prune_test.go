@@ -19,11 +19,8 @@ import (
 )
 
 func indexedPacks(r *Repository) map[ID]bool {
-	x := r.index()
-	x.mu.RLock()
-	defer x.mu.RUnlock()
 	out := map[ID]bool{}
-	for _, p := range x.packs {
+	for _, p := range r.index().packIDs() {
 		out[p] = true
 	}
 	return out
@@ -46,7 +43,7 @@ func TestPrune(t *testing.T) {
 	writeRandomFiles(t, other, "o", 3, 300<<10, 3)
 	s3 := backupDir(t, r, other, "other")
 	goneBlob := hashID(randBytes(100, 200<<10))
-	if !r.index().has(goneBlob) {
+	if !r.index().has(dataHandle(goneBlob)) {
 		t.Fatal("test data: gone-00.bin's blob is not indexed")
 	}
 
@@ -78,7 +75,7 @@ func TestPrune(t *testing.T) {
 	if bb-ab != st.BytesFreed {
 		t.Errorf("stored bytes went from %d to %d, prune says it freed %d", bb, ab, st.BytesFreed)
 	}
-	if r.index().has(goneBlob) {
+	if r.index().has(dataHandle(goneBlob)) {
 		t.Error("a blob of a forgotten file is still indexed")
 	}
 	idx := indexedPacks(r)
@@ -313,7 +310,7 @@ func pruneUsage(t *testing.T, r *Repository) (packs map[ID]repackCandidate, used
 			}
 			c := repackCandidate{id: p.ID}
 			for _, pb := range p.Blobs {
-				if canon, _, ok := x.lookup(pb.ID); ok && canon == p.ID && used[pb.ID] {
+				if canon, _, ok := x.lookup(pb.handle()); ok && canon == p.ID && used[pb.handle()] {
 					c.used += int64(pb.Length)
 				} else {
 					c.unused += int64(pb.Length)

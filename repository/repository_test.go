@@ -731,7 +731,7 @@ func TestDamagedBlob(t *testing.T) {
 		t.Fatal(err)
 	}
 	badID := hashID(bad)
-	pack, pb, ok := r.index().lookup(badID)
+	pack, pb, ok := r.index().lookup(dataHandle(badID))
 	if !ok {
 		t.Fatal("bad.bin's blob not in index")
 	}
@@ -831,7 +831,7 @@ func TestStaleIndexRefreshed(t *testing.T) {
 	// Simulate prune replacing the index and dropping f.bin's pack: r1's
 	// next backup of the same data must store it again.
 	x := r1.index()
-	fpack, _, ok := x.lookup(hashID(data))
+	fpack, _, ok := x.lookup(dataHandle(hashID(data)))
 	if !ok {
 		t.Fatal("f.bin is not one blob in the index")
 	}
@@ -859,7 +859,7 @@ func TestStaleIndexRefreshed(t *testing.T) {
 	}
 	// The data blob must have been stored again (the tree blob may sit in
 	// another, surviving pack: backups fill several packs at once).
-	if pack, _, ok := r2.index().lookup(hashID(data)); !ok || pack == fpack || sn3.Summary.BlobsAdded < 1 {
+	if pack, _, ok := r2.index().lookup(dataHandle(hashID(data))); !ok || pack == fpack || sn3.Summary.BlobsAdded < 1 {
 		t.Fatalf("backup after the index changed added %d blobs, f.bin in pack %s (deleted: %s); it deduplicated against a deleted pack", sn3.Summary.BlobsAdded, pack.Short(), fpack.Short())
 	}
 	out.Reset()

@@ -529,9 +529,9 @@ func (rs *restorer) planFile(p string, n *node, links map[[2]uint64]string) {
 		locs = make([]located, 0, len(n.Content))
 	)
 	for _, id := range n.Content {
-		pack, pb, ok := rs.r.index().lookup(id)
-		if !ok || pb.Type != DataBlob {
-			rf.errs = append(rf.errs, &BlobError{Blob: id, Err: errors.New("data blob not in index")})
+		pack, pb, ok := rs.r.index().lookup(dataHandle(id))
+		if !ok {
+			rf.errs = append(rf.errs, &BlobError{Blob: id, Type: DataBlob, Err: errors.New("data blob not in index")})
 			break
 		}
 		if rs.isZeroBlob(pb) {
@@ -894,7 +894,7 @@ func (rs *restorer) ranges() []packRange {
 	order := map[ID]int{}
 	for i, f := range rs.files {
 		for _, c := range f.node.Content {
-			if p, _, ok := rs.r.index().lookup(c); ok {
+			if p, _, ok := rs.r.index().lookup(dataHandle(c)); ok {
 				if _, seen := order[p]; !seen {
 					order[p] = i
 				}

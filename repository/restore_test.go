@@ -46,7 +46,7 @@ func TestRestoreDamagedTree(t *testing.T) {
 				}
 				treeID = tr.find(el).Subtree
 			}
-			pack, pb, ok := r.index().lookup(treeID)
+			pack, pb, ok := r.index().lookup(treeHandle(treeID))
 			if !ok {
 				t.Fatal("victim tree not indexed")
 			}

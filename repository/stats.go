@@ -9,7 +9,7 @@ import (
 type Stats struct {
 	Snapshots int `json:"snapshots"`
 	Packs     int `json:"packs"` // packs listed in the index
-	Blobs     int `json:"blobs"` // distinct blobs in the index
+	Blobs     int `json:"blobs"` // distinct blobs (type, id) in the index
 	// PackBytes is the stored size of the indexed packs.
 	PackBytes int64 `json:"pack_bytes"`
 	// LogicalBytes is the sum of every snapshot's file bytes: what restoring
@@ -29,12 +29,7 @@ func (r *Repository) Stats(ctx context.Context) (*Stats, error) {
 		st.LogicalBytes += s.Summary.Bytes
 	}
 	x := r.index()
-	x.mu.RLock()
-	st.Blobs = len(x.blobs)
-	st.Packs = len(x.packs)
-	for _, n := range x.packSize {
-		st.PackBytes += n
-	}
-	x.mu.RUnlock()
+	st.Blobs, st.Packs = x.count()
+	st.PackBytes = x.packBytes()
 	return st, nil
 }

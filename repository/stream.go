@@ -69,7 +69,7 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 			n.Size += uint64(len(c.Data))
 			b.bytesRead.Add(int64(len(c.Data)))
 			b.bytes.Add(int64(len(c.Data)))
-			if !r.index().has(id) {
+			if !r.index().has(dataHandle(id)) {
 				full, pb := saver.newBuf(len(c.Data))
 				copy(pb, c.Data)
 				if _, err := saver.save(DataBlob, id, full, len(c.Data)); err != nil {
