@@ -157,17 +157,17 @@ func (k *keyFile) unwrap(password []byte) ([]byte, error) {
 
 // findMasterKey tries every key file with password and returns the master key
 // of the first that opens, checked against the config.
-func findMasterKey(ctx context.Context, be backend.Backend, cf *configFile, password []byte) ([]byte, *repoConfig, error) {
+func findMasterKey(ctx context.Context, be backend.Backend, cf *configFile, password []byte) ([]byte, *repoConfig, string, error) {
 	var names []string
 	err := be.List(ctx, backend.KeyFile, func(fi backend.FileInfo) error {
 		names = append(names, fi.Name)
 		return nil
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("list keys: %w", err)
+		return nil, nil, "", fmt.Errorf("list keys: %w", err)
 	}
 	if len(names) == 0 {
-		return nil, nil, errors.New("encrypted repository has no key files")
+		return nil, nil, "", errors.New("encrypted repository has no key files")
 	}
 	var errs []error
 	for _, name := range names {
@@ -196,19 +196,19 @@ func findMasterKey(ctx context.Context, be backend.Backend, cf *configFile, pass
 		}
 		s, err := newSealer(master)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, "", err
 		}
 		cfg, err := decodeRepoConfig(cf, s)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("key %s opens but does not open the config: %w", h, err))
 			continue
 		}
-		return master, cfg, nil
+		return master, cfg, name, nil
 	}
 	if len(errs) > 0 {
-		return nil, nil, fmt.Errorf("%w (also: %w)", ErrWrongPassword, errors.Join(errs...))
+		return nil, nil, "", fmt.Errorf("%w (also: %w)", ErrWrongPassword, errors.Join(errs...))
 	}
-	return nil, nil, ErrWrongPassword
+	return nil, nil, "", ErrWrongPassword
 }
 
 func saveBytes(ctx context.Context, be backend.Backend, h backend.Handle, b []byte) error {

@@ -38,6 +38,10 @@ type Repository struct {
 	cfg  *repoConfig
 	seal *sealer
 	log  *slog.Logger
+	// master and keyName (the key file that opened it) serve key
+	// management; both are empty for an unencrypted repository.
+	master  []byte
+	keyName string
 
 	idxMu sync.RWMutex
 	idx   *index
@@ -76,6 +80,7 @@ func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repositor
 		return nil, fmt.Errorf("init %s: %w", be.Location(), err)
 	}
 	var master []byte
+	var keyName string
 	if !opts.Unencrypted {
 		if len(opts.Password) == 0 {
 			return nil, fmt.Errorf("init %s: a password is required for an encrypted repository", be.Location())
@@ -101,7 +106,8 @@ func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repositor
 		if err != nil {
 			return nil, fmt.Errorf("init %s: key: %w", be.Location(), err)
 		}
-		if err := saveBytes(ctx, be, backend.Handle{Type: backend.KeyFile, Name: hashID(kb).String()}, kb); err != nil {
+		keyName = hashID(kb).String()
+		if err := saveBytes(ctx, be, backend.Handle{Type: backend.KeyFile, Name: keyName}, kb); err != nil {
 			return nil, fmt.Errorf("init %s: %w", be.Location(), err)
 		}
 	}
@@ -117,7 +123,9 @@ func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repositor
 	if err := saveBytes(ctx, be, backend.Handle{Type: backend.ConfigFile}, cb); err != nil {
 		return nil, fmt.Errorf("init %s: %w", be.Location(), err)
 	}
-	return newRepository(be, cfg, s), nil
+	r := newRepository(be, cfg, s)
+	r.master, r.keyName = master, keyName
+	return r, nil
 }
 
 func newRepository(be backend.Backend, cfg *repoConfig, s *sealer) *Repository {
@@ -161,7 +169,7 @@ func openConfig(ctx context.Context, be backend.Backend, password []byte) (*Repo
 		if len(password) == 0 {
 			return nil, fmt.Errorf("open %s: the repository is encrypted and no password was given: %w", be.Location(), ErrWrongPassword)
 		}
-		master, cfg, err := findMasterKey(ctx, be, cf, password)
+		master, cfg, keyName, err := findMasterKey(ctx, be, cf, password)
 		if err != nil {
 			return nil, fmt.Errorf("open %s: %w", be.Location(), err)
 		}
@@ -170,6 +178,7 @@ func openConfig(ctx context.Context, be backend.Backend, password []byte) (*Repo
 			return nil, err
 		}
 		r = newRepository(be, cfg, s)
+		r.master, r.keyName = master, keyName
 	} else {
 		s, _ := newSealer(nil)
 		cfg, err := decodeRepoConfig(cf, s)

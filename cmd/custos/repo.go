@@ -65,6 +65,9 @@ ignored.`,
 		newRepoPruneCmd(f),
 		newRepoStatsCmd(f),
 		newRepoUnlockCmd(f),
+		newRepoLsCmd(f),
+		newRepoFindCmd(f),
+		newRepoKeyCmd(f),
 	)
 	return cmd
 }
@@ -302,4 +305,9 @@ func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// writeJSONLine prints v as one line of JSON, for streams of records.
+func writeJSONLine(w io.Writer, v any) error {
+	return json.NewEncoder(w).Encode(v)
 }

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+)
+
+// newRepoKeyCmd manages the passwords (key files) of a repository.
+func newRepoKeyCmd(f *repoFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "key",
+		Short: "Manage the passwords of a repository: list, add, remove, passwd",
+		Long: `Every password that opens a repository is a key file wrapping the same
+master key. The repository is opened with the password given as usual
+(--password-file, --password-command, ...); the new password comes from
+--new-password-file.`,
+	}
+	var newPW, kdf string
+	var asJSON bool
+	newPassword := func() ([]byte, error) {
+		pw, err := findPassword(newPW, "CUSTOS_NEW_PASSWORD_FILE", "CUSTOS_NEW_PASSWORD", "new password", true)
+		if err != nil {
+			return nil, err
+		}
+		if len(pw) == 0 {
+			return nil, errors.New("no new password: give --new-password-file F (or CUSTOS_NEW_PASSWORD_FILE, CUSTOS_NEW_PASSWORD)")
+		}
+		return pw, nil
+	}
+	list := &cobra.Command{
+		Use: "list", Short: "List the keys; * marks the one that opened the repository", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			r, err := f.open(ctx)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			keys, err := r.Keys(ctx)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), keys)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, " \tID\tCREATED\tHOST\tKDF")
+			for _, k := range keys {
+				cur := " "
+				if k.Current {
+					cur = "*"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", cur, k.ID[:8], k.Created.Local().Format("2006-01-02 15:04:05"), k.Hostname, k.KDF)
+			}
+			return tw.Flush()
+		},
+	}
+	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	add := &cobra.Command{
+		Use: "add", Short: "Add a password", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			r, err := f.open(ctx)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			pw, err := newPassword()
+			if err != nil {
+				return err
+			}
+			id, err := r.AddKey(ctx, pw, kdf)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "added key %s\n", id[:8])
+			return nil
+		},
+	}
+	remove := &cobra.Command{
+		Use: "remove ID", Short: "Remove a password (not the one used to open the repository, not the last)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			r, err := f.open(ctx)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			id, err := r.RemoveKey(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed key %s\n", id[:8])
+			return nil
+		},
+	}
+	passwd := &cobra.Command{
+		Use: "passwd", Short: "Change the password used to open the repository", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			r, err := f.open(ctx)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			pw, err := newPassword()
+			if err != nil {
+				return err
+			}
+			id, err := r.ChangePassword(ctx, pw, kdf)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "password changed: key %s replaces the old one\n", id[:8])
+			return nil
+		},
+	}
+	for _, c := range []*cobra.Command{add, passwd} {
+		c.Flags().StringVar(&newPW, "new-password-file", "", "file holding the new password (default $CUSTOS_NEW_PASSWORD_FILE, then $CUSTOS_NEW_PASSWORD)")
+		c.Flags().StringVar(&kdf, "kdf", "scrypt", "key derivation: scrypt or argon2id")
+	}
+	cmd.AddCommand(list, add, remove, passwd)
+	return cmd
+}
