@@ -92,6 +92,9 @@ func (p *progressBar) format(pr repository.Progress, now time.Time) string {
 		fmt.Fprintf(&b, "[%s%s] %3.0f%% ", strings.Repeat("=", fill), strings.Repeat(" ", n-fill), frac*100)
 	} else if !p.tty {
 		fmt.Fprintf(&b, "%s: [%s] ", p.verb, time.Duration(el*float64(time.Second)).Truncate(time.Second))
+		if pr.TotalBytes > 0 {
+			fmt.Fprintf(&b, "%3.0f%% ", min(max(float64(pr.Bytes)/float64(pr.TotalBytes), 0), 1)*100)
+		}
 	}
 	if pr.TotalFiles > 0 {
 		fmt.Fprintf(&b, "%d/%d files  ", pr.Files, pr.TotalFiles)
@@ -104,6 +107,9 @@ func (p *progressBar) format(pr repository.Progress, now time.Time) string {
 		fmt.Fprintf(&b, "%s  ", agent.HumanBytes(pr.Bytes))
 	}
 	fmt.Fprintf(&b, "%.1f MB/s", rate)
+	if eta, ok := estimate(pr, el); ok {
+		fmt.Fprintf(&b, "  ETA %s", eta)
+	}
 	if p.tty && pr.Current != "" {
 		b.WriteString("  ")
 		b.WriteString(pr.Current)
@@ -122,4 +128,14 @@ func (p *progressBar) Done() {
 		fmt.Fprintf(p.w, "\r%s\r", strings.Repeat(" ", p.lastLen))
 		p.drawn = false
 	}
+}
+
+// estimate is the time left at the average rate so far, once there is a
+// total and at least a second and some bytes to go by.
+func estimate(pr repository.Progress, elapsed float64) (time.Duration, bool) {
+	if pr.TotalBytes <= 0 || pr.Bytes <= 0 || elapsed < 1 || pr.Bytes >= pr.TotalBytes {
+		return 0, false
+	}
+	left := float64(pr.TotalBytes-pr.Bytes) / (float64(pr.Bytes) / elapsed)
+	return time.Duration(left * float64(time.Second)).Round(time.Second), true
 }
