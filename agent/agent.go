@@ -62,9 +62,10 @@ type Agent struct {
 	metrics   *metrics
 	log       *slog.Logger
 	started   time.Time
-	changes   *changes     // wakes the status event streams
-	jobEvents *jobEvents   // feeds /api/jobs/{id}/events
-	backups   backupsCache // the catalog part of the status page
+	changes   *changes                          // wakes the status event streams
+	jobEvents *jobEvents                        // feeds /api/jobs/{id}/events
+	backups   catalogCache[[]*metadata.Backup]  // the catalog parts of the status page
+	outcomes  catalogCache[[]*metadata.Outcome] // last outcome per kind and dataset
 
 	ctx    context.Context // lives until Stop
 	cancel context.CancelFunc
@@ -104,6 +105,11 @@ func New(cm *ConfigManager, catalog *Catalog, opts Options) *Agent {
 				}()
 			}
 			if s.State == jobs.StateDone {
+				a.hooks.Add(1)
+				go func() {
+					defer a.hooks.Done()
+					a.recordOutcome(s)
+				}()
 				a.backups.invalidate() // an ingest wrote its record before it finished
 			}
 			a.changes.notify()
@@ -256,7 +262,7 @@ func (a *Agent) activeJobs() []metadata.JobStatus {
 	for _, s := range a.runner.Running() {
 		p := s.Progress
 		out = append(out, metadata.JobStatus{
-			Host: host, JobID: s.ID, Kind: s.Kind, State: string(s.State), StartedAt: s.Started, Message: s.Description,
+			Host: host, JobID: s.ID, Kind: s.Kind, Source: s.Source, Dataset: s.Dataset, State: string(s.State), StartedAt: s.Started, Message: s.Description,
 			Progress: &metadata.JobProgress{Files: p.Files, Bytes: p.Bytes, TotalFiles: p.TotalFiles, TotalBytes: p.TotalBytes, Current: p.Current},
 		})
 	}
@@ -307,3 +313,41 @@ func (a *Agent) runFailureHook(s jobs.Status) {
 // failureHookTimeout bounds on_failure_command: a hung mailer must not
 // pile up processes, one per failed job.
 const failureHookTimeout = 5 * time.Minute
+
+// recordOutcome writes a finished job's outcome to the catalog, retrying
+// while etcd is unreachable, for a bounded time: an outcome is evidence
+// for people, not data; the backup record itself is spooled.
+func (a *Agent) recordOutcome(s jobs.Status) {
+	o := &metadata.Outcome{
+		Host: a.cm.Current().Config.Hostname, Kind: s.Kind, Source: s.Source, Dataset: s.Dataset, JobID: s.ID,
+		Start: s.Started, End: s.Finished, Result: string(s.Result), Error: s.Error, Bytes: s.Progress.Bytes, Attempts: s.Attempts,
+	}
+	if o.End.IsZero() {
+		o.End = time.Now()
+	}
+	policy := jobs.RetryPolicy{MaxAttempts: 5, InitialBackoff: time.Second, MaxBackoff: 15 * time.Second}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), outcomeTimeout)
+	defer cancel()
+	for attempt := 1; ; attempt++ {
+		err := a.catalog.Store.PutOutcome(ctx, o)
+		if err == nil {
+			a.outcomes.invalidate()
+			a.changes.notify()
+			return
+		}
+		if attempt >= policy.MaxAttempts || errors.Is(err, metadata.ErrInvalid) {
+			a.log.Warn("job outcome not recorded in the catalog", "job", s.ID, "source", s.Source, "dataset", s.Dataset, "error", err)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			a.log.Warn("job outcome not recorded in the catalog", "job", s.ID, "source", s.Source, "dataset", s.Dataset, "error", err)
+			return
+		case <-time.After(policy.Delay(attempt)):
+		}
+	}
+}
+
+// outcomeTimeout bounds the retries of one outcome write (and so how long
+// a stopping agent waits for them).
+const outcomeTimeout = 20 * time.Second

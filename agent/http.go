@@ -38,6 +38,7 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("DELETE /api/jobs/{id}", a.serveDeleteJob)
 	mux.HandleFunc("GET /api/jobs/{id}/events", a.serveJobEvents)
 	mux.HandleFunc("GET /api/backups", a.serveBackups)
+	mux.HandleFunc("GET /api/fleet", a.serveFleet)
 	mux.HandleFunc("GET /api/schedule", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, a.Schedule()) })
 	mux.HandleFunc("POST /api/run", a.serveRun)
 	mux.HandleFunc("POST /api/reload", a.serveReload)

@@ -37,6 +37,9 @@ type StatusReport struct {
 
 	// Backups are this host's newest backups in the catalog, newest first.
 	Backups []*metadata.Backup `json:"backups"`
+	// Outcomes are the newest outcome of every kind and dataset of this
+	// host from the catalog: they outlive a restart, unlike Done.
+	Outcomes []*metadata.Outcome `json:"outcomes"`
 	// CatalogError says why Backups may be missing or stale.
 	CatalogError string `json:"catalog_error,omitempty"`
 }
@@ -89,27 +92,28 @@ func (c *changes) notify() {
 	c.ch = make(chan struct{})
 }
 
-// backupsCache keeps the catalog part of the status report, so that every
-// open page polling once a second does not become an etcd range read.
-type backupsCache struct {
+// catalogCache keeps a catalog part of the status report (backups,
+// outcomes), so that every open page polling once a second does not become
+// an etcd range read.
+type catalogCache[T any] struct {
 	// stale is apart from mu: the runner's OnChange sets it and must not
 	// wait for a refresh in progress.
 	stale   atomic.Bool
 	mu      sync.Mutex
 	fetched time.Time
-	backups []*metadata.Backup
+	val     T
 	err     error
 }
 
-func (c *backupsCache) invalidate() { c.stale.Store(true) }
+func (c *catalogCache[T]) invalidate() { c.stale.Store(true) }
 
-// get returns the cached list, refreshing it when it is old or stale. The
+// get returns the cached value, refreshing it when it is old or stale. The
 // lock is held during the refresh so that concurrent requests share one.
-func (c *backupsCache) get(ctx context.Context, fetch func(context.Context) ([]*metadata.Backup, error)) ([]*metadata.Backup, error) {
+func (c *catalogCache[T]) get(ctx context.Context, fetch func(context.Context) (T, error)) (T, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.stale.Load() && !c.fetched.IsZero() && time.Since(c.fetched) < backupsMaxAge {
-		return c.backups, c.err
+		return c.val, c.err
 	}
 	// Cleared before the read: a job that finishes during it marks the
 	// cache stale again.
@@ -118,15 +122,15 @@ func (c *backupsCache) get(ctx context.Context, fetch func(context.Context) ([]*
 	// closing must not leave "context canceled" for the others to see.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), backupsTimeout)
 	defer cancel()
-	b, err := fetch(ctx)
+	v, err := fetch(ctx)
 	c.fetched = time.Now()
 	if err != nil {
 		// Keep showing what was there; the page says it may be stale.
 		c.err = err
-		return c.backups, err
+		return c.val, err
 	}
-	c.backups, c.err = b, nil
-	return b, nil
+	c.val, c.err = v, nil
+	return v, nil
 }
 
 // Status builds the status report.
@@ -166,6 +170,16 @@ func (a *Agent) Status(ctx context.Context) *StatusReport {
 		r.Backups = []*metadata.Backup{}
 	}
 	if err != nil {
+		r.CatalogError = err.Error()
+	}
+	outcomes, err := a.outcomes.get(ctx, func(ctx context.Context) ([]*metadata.Outcome, error) {
+		return a.catalog.Store.LastOutcomes(ctx, cfg.Hostname)
+	})
+	r.Outcomes = outcomes
+	if r.Outcomes == nil {
+		r.Outcomes = []*metadata.Outcome{}
+	}
+	if err != nil && r.CatalogError == "" {
 		r.CatalogError = err.Error()
 	}
 	return r

@@ -156,13 +156,23 @@
       el("td", {}, rel(j.submitted)),
       el("td", {}, el("button", { class: "cancel", "data-job": j.id, onclick: () => cancelJob(j.id) }, "cancel"))));
 
+    // The last run of a source: its newest outcome in the catalog (which
+    // outlives a restart), else the scheduler's last tick.
+    const lastRun = {};
+    for (const o of st.outcomes || []) {
+      if (o.kind !== "ingest" || !o.source) continue;
+      const cur = lastRun[o.source];
+      if (!cur || Date.parse(o.end) > Date.parse(cur.end)) lastRun[o.source] = o;
+    }
     section("sources", st.sources, (s) => el("tr", { "data-source": s.name },
       el("td", {}, s.name),
       el("td", {}, s.handler),
       el("td", {}, s.repository),
       el("td", {}, s.schedule || "on demand", s.run_on_start ? " (and at start)" : ""),
       el("td", { class: "next" }, rel(s.next)),
-      el("td", {}, rel(s.prev)),
+      lastRun[s.name]
+        ? el("td", { class: "last " + lastRun[s.name].result }, rel(lastRun[s.name].end), " ", lastRun[s.name].result)
+        : el("td", { class: "last" }, rel(s.prev)),
       el("td", {}, el("button", { class: "run", "data-source": s.name, onclick: () => runNow(s.name) }, "run now"))));
 
     section("results", st.done, (j) => el("tr", { "data-job": j.id, "data-result": j.result },

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -37,7 +38,7 @@ const ingestLockPrefix = "ingest:"
 
 func newStatusCmd() *cobra.Command {
 	var path, listen string
-	var asJSON bool
+	var asJSON, fleet bool
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show what the agent on this host is doing",
@@ -47,6 +48,11 @@ queued jobs with their progress, the last result of every dataset with its
 snapshot, the next scheduled runs, the catalog spool and catalog errors.
 --json prints the agent's own JSON report instead.
 
+--fleet reads the catalog instead (the running agent's, or one opened for
+the command) and prints every host's running jobs and the last outcome of
+every dataset on every host; it exits 1 when the last backup of any dataset
+on any host failed, or the catalog cannot be read.
+
 Exit status, for monitoring scripts:
   0  the agent answers and the newest finished run of every dataset it knows
      ended ok (datasets that never ran are not counted)
@@ -55,6 +61,9 @@ Exit status, for monitoring scripts:
      answers, or it answers with an error`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if fleet {
+				return runFleet(cmd, path, asJSON)
+			}
 			// With --listen the config is not needed: it only tells where
 			// the agent listens.
 			// start is the hint printed when no agent answers.
@@ -100,6 +109,7 @@ Exit status, for monitoring scripts:
 	configFlag(cmd, &path)
 	cmd.Flags().StringVar(&listen, "listen", "", "the agent's HTTP address (overrides http_listen; the config is then not read)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the agent's JSON report")
+	cmd.Flags().BoolVar(&fleet, "fleet", false, "every host's running jobs and last outcomes, from the catalog")
 	return cmd
 }
 
@@ -262,11 +272,25 @@ func datasetResults(rep *agent.StatusReport) []datasetResult {
 	for i := range rep.Done {
 		j := &rep.Done[i]
 		name, ok := strings.CutPrefix(j.LockKey, ingestLockPrefix)
+		if j.Source != "" {
+			name, ok = j.Source+"/"+j.Dataset, true
+		}
 		if !ok || j.Kind != "ingest" {
 			continue
 		}
 		if d := get(name); d.job == nil {
 			d.job = j
+		}
+	}
+	// Outcomes from the catalog outlive a restart of the agent: they
+	// stand in for datasets whose last job is no longer in its memory.
+	for _, o := range rep.Outcomes {
+		if o.Kind != "ingest" || o.Source == "" {
+			continue
+		}
+		if d := get(o.Source + "/" + o.Dataset); d.job == nil || d.job.Finished.Before(o.End) {
+			d.job = &jobs.Status{ID: o.JobID, Kind: o.Kind, Source: o.Source, Dataset: o.Dataset, State: jobs.StateDone,
+				Result: jobs.Result(o.Result), Error: o.Error, Started: o.Start, Finished: o.End, Attempts: o.Attempts}
 		}
 	}
 	for _, b := range rep.Backups {
@@ -481,4 +505,60 @@ refused with its problems, and the agent keeps the old one.`,
 	}
 	configFlag(cmd, &path)
 	return cmd
+}
+
+// runFleet prints the catalog's view of every host.
+func runFleet(cmd *cobra.Command, path string, asJSON bool) error {
+	ctx := cmd.Context()
+	env, err := openCLI(ctx, path, false, slog.LevelWarn)
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+	rep, err := agent.Fleet(ctx, env.catalog.Store)
+	if err != nil {
+		return fmt.Errorf("reading the catalog: %w", err)
+	}
+	var failed []string
+	for _, o := range rep.Outcomes {
+		if o.Kind == "ingest" && o.Result != string(jobs.ResultOK) {
+			failed = append(failed, o.Host+":"+o.Source+"/"+o.Dataset)
+		}
+	}
+	out := cmd.OutOrStdout()
+	if asJSON {
+		if err := writeJSON(out, rep); err != nil {
+			return err
+		}
+	} else {
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintf(tw, "running jobs: %d\n", len(rep.Running))
+		if len(rep.Running) > 0 {
+			fmt.Fprintln(tw, "HOST\tJOB\tKIND\tDATASET\tSTATE\tSINCE")
+			for _, j := range rep.Running {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", j.Host, j.JobID, j.Kind, joinName(j.Source, j.Dataset), j.State, j.StartedAt.Local().Format(time.DateTime))
+			}
+		}
+		fmt.Fprintf(tw, "\nlast outcomes: %d\n", len(rep.Outcomes))
+		if len(rep.Outcomes) > 0 {
+			fmt.Fprintln(tw, "HOST\tKIND\tDATASET\tRESULT\tENDED\tATTEMPTS\tERROR")
+			for _, o := range rep.Outcomes {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", o.Host, o.Kind, joinName(o.Source, o.Dataset), o.Result, o.End.Local().Format(time.DateTime), o.Attempts, firstLine(o.Error))
+			}
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("the last backup of %d dataset(s) failed: %s", len(failed), strings.Join(failed, ", "))
+	}
+	return nil
+}
+
+func joinName(source, dataset string) string {
+	if source == "" {
+		return "-"
+	}
+	return source + "/" + dataset
 }
