@@ -71,6 +71,7 @@ type Agent struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // source runs listing their datasets
 	hooks  sync.WaitGroup // on_failure_command runs
+	worker *WorkerOptions // nil: jobs run in this process
 }
 
 // Options tune an Agent. The zero value works.
@@ -78,6 +79,8 @@ type Options struct {
 	Logger *slog.Logger
 	// Retry overrides the retry policy of ingest jobs (tests make it fast).
 	Retry *jobs.RetryPolicy
+	// Worker, when set, runs each ingest in a worker process.
+	Worker *WorkerOptions
 }
 
 // New builds an agent on a loaded configuration and an open catalog.
@@ -86,7 +89,7 @@ func New(cm *ConfigManager, catalog *Catalog, opts Options) *Agent {
 	if log == nil {
 		log = slog.Default()
 	}
-	a := &Agent{cm: cm, catalog: catalog, log: log, started: time.Now(), changes: newChanges()}
+	a := &Agent{cm: cm, catalog: catalog, log: log, started: time.Now(), changes: newChanges(), worker: opts.Worker}
 	a.metrics = newMetrics()
 	a.jobEvents = newJobEvents()
 	rc := cm.Current()
@@ -250,6 +253,9 @@ func (a *Agent) newIngestJob(rc *RuntimeContext, src *SourceSpec, b *metadata.Ba
 		// Command output in the log then names the job, source and
 		// dataset.
 		ctx = shell.ContextWithLogger(ctx, jobs.Logger(ctx))
+		if a.worker != nil {
+			return a.ingestInWorker(ctx, rc, src, b, ds).Err
+		}
 		return a.mgr.Ingest(ctx, rc, src, b, ds).Err
 	})
 }

@@ -22,8 +22,13 @@ import (
 type repoPool struct {
 	log *slog.Logger
 
-	mu   sync.Mutex
-	open map[[32]byte]*poolEntry
+	mu      sync.Mutex
+	open    map[[32]byte]*poolEntry
+	ensured map[[32]byte]bool
+
+	// ensureMu serialises Ensure: two workers starting at once on a new
+	// repository must not both initialise it (two master keys).
+	ensureMu sync.Mutex
 }
 
 type poolEntry struct {
@@ -33,7 +38,7 @@ type poolEntry struct {
 }
 
 func newRepoPool(log *slog.Logger) *repoPool {
-	return &repoPool{log: log, open: map[[32]byte]*poolEntry{}}
+	return &repoPool{log: log, open: map[[32]byte]*poolEntry{}, ensured: map[[32]byte]bool{}}
 }
 
 func poolKey(spec *RepositorySpec) [32]byte {
@@ -66,6 +71,45 @@ func (p *repoPool) Get(ctx context.Context, spec *RepositorySpec) (*repository.R
 		return nil, e.err
 	}
 	return e.repo, nil
+}
+
+// Ensure makes sure the repository exists, creating it if its URL holds
+// none, without keeping it open: worker processes open it themselves, and
+// must find it initialised, or two of them would each create one.
+func (p *repoPool) Ensure(ctx context.Context, spec *RepositorySpec) error {
+	key := poolKey(spec)
+	p.ensureMu.Lock()
+	defer p.ensureMu.Unlock()
+	p.mu.Lock()
+	done := p.ensured[key] || p.open[key] != nil
+	p.mu.Unlock()
+	if done {
+		return nil
+	}
+	if be, err := location.Open(ctx, spec.URL); err == nil {
+		_, serr := be.Stat(ctx, backend.Handle{Type: backend.ConfigFile})
+		be.Close()
+		if serr == nil {
+			p.mu.Lock()
+			p.ensured[key] = true
+			p.mu.Unlock()
+			return nil
+		}
+	}
+	repo, err := openOrInit(ctx, spec, p.log)
+	if err != nil {
+		return err
+	}
+	if err := repo.Close(); err != nil {
+		p.log.Warn("closing a repository", "repository", spec.Name, "error", err)
+	}
+	if err := repo.Backend().Close(); err != nil {
+		p.log.Warn("closing a repository", "repository", spec.Name, "error", err)
+	}
+	p.mu.Lock()
+	p.ensured[key] = true
+	p.mu.Unlock()
+	return nil
 }
 
 // Close closes every open repository.

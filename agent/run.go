@@ -31,6 +31,9 @@ type RunOptions struct {
 	Retry *jobs.RetryPolicy
 	// Started, when set, is called with the agent once it runs.
 	Started func(*Agent)
+	// Worker, when set, runs each ingest in a worker process (the custos
+	// command sets it to its own binary).
+	Worker *WorkerOptions
 }
 
 // Run is the daemon: it loads the config, opens the catalog (starting the
@@ -57,7 +60,7 @@ func Run(ctx context.Context, path string, opts RunOptions) error {
 	}
 	defer cat.Close()
 
-	a := New(cm, cat, Options{Logger: log, Retry: opts.Retry})
+	a := New(cm, cat, Options{Logger: log, Retry: opts.Retry, Worker: opts.Worker})
 	listen := cfg.HTTPListen
 	if opts.HTTPListen != "" {
 		listen = opts.HTTPListen

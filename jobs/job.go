@@ -137,6 +137,7 @@ type ctxKey int
 
 const (
 	entryKey ctxKey = iota
+	progressKey
 )
 
 // ReportProgress records the progress of the job running with ctx. It is
@@ -144,7 +145,18 @@ const (
 func ReportProgress(ctx context.Context, p Progress) {
 	if e, ok := ctx.Value(entryKey).(*entry); ok {
 		e.r.setProgress(e, p)
+		return
 	}
+	if fn, ok := ctx.Value(progressKey).(func(Progress)); ok {
+		fn(p)
+	}
+}
+
+// WithProgress returns a context whose ReportProgress calls fn, for work
+// that reports progress outside a Runner (a job's worker process sends it
+// to the agent over a pipe).
+func WithProgress(ctx context.Context, fn func(Progress)) context.Context {
+	return context.WithValue(ctx, progressKey, fn)
 }
 
 // ProgressFunc returns a func that reports progress for the job running

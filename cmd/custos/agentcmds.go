@@ -24,7 +24,7 @@ const defaultConfig = "/etc/custos/agent.yml"
 
 // addAgentCommands adds the agent, backup, find, restore, status and config commands.
 func addAgentCommands(root *cobra.Command) {
-	root.AddCommand(newConfigCmd(), newAgentCmd(), newBackupCmd(), newFindCmd(), newRestoreCmd(), newStatusCmd(), newReloadCmd())
+	root.AddCommand(newConfigCmd(), newAgentCmd(), newBackupCmd(), newFindCmd(), newRestoreCmd(), newStatusCmd(), newReloadCmd(), newWorkerCmd())
 }
 
 func configFlag(cmd *cobra.Command, p *string) {
@@ -81,7 +81,10 @@ type cliEnv struct {
 }
 
 func openCLI(ctx context.Context, path string, spool bool, level slog.Level) (*cliEnv, error) {
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	return openCLIWith(ctx, path, spool, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+}
+
+func openCLIWith(ctx context.Context, path string, spool bool, log *slog.Logger) (*cliEnv, error) {
 	cm, err := agent.NewConfigManager(path, log)
 	if err != nil {
 		return nil, configError(err)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -48,7 +49,14 @@ ignored); SIGTERM or Ctrl-C stops it, cancelling running jobs.`,
 			}
 			reload, stop := reloadOnSIGHUP(log)
 			defer stop()
-			err = agent.Run(cmd.Context(), path, agent.RunOptions{Logger: log, Reload: reload, HTTPListen: listen})
+			// Each job's data work runs in a child process of this
+			// binary, at the configured nice level and I/O class.
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("finding the custos binary for worker processes: %w", err)
+			}
+			err = agent.Run(cmd.Context(), path, agent.RunOptions{Logger: log, Reload: reload, HTTPListen: listen,
+				Worker: &agent.WorkerOptions{Binary: exe}})
 			return configError(err)
 		},
 	}
