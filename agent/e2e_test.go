@@ -631,3 +631,101 @@ func TestWrongPasswordNeverReinitialises(t *testing.T) {
 		t.Fatalf("restore with the original password: %v", err)
 	}
 }
+
+// TestRestoreRefusesPlantedSymlinks plants symlinks in the restore target
+// at every level a restore creates or writes (the source folder, the
+// dataset folder, a folder and a file of the snapshot) and checks that
+// nothing is ever written through them: a folder that is a symlink fails
+// the restore with an error naming it, a file that is a symlink is
+// replaced by the restored file. (What a pipe source's restore_command
+// does inside its folder is that command's business: "cat > $DIR/x"
+// follows a link planted at x.)
+func TestRestoreRefusesPlantedSymlinks(t *testing.T) {
+	ctx := testContext(t)
+	ts := newSetup(t, "@daily", nil)
+	cm, _, mgr := openTestCLI(ctx, t, ts.cfgPath, CatalogOptions{})
+	res, err := BackupNow(ctx, mgr, cm.Current(), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	cases := []struct {
+		name    string
+		pattern string
+		link    string // slash path below the target that is planted as a symlink
+		inside  bool   // the link points to another folder inside the target
+		named   string // "" = the restore succeeds; else the error says this path is a symlink
+	}{
+		{"source folder, file dataset", "files/docs", "files", false, "files"},
+		{"dataset folder, file dataset", "files/docs", "files/docs", false, "files/docs"},
+		{"source folder, pipe dataset", "db/main", "db", false, "db"},
+		{"dataset folder, pipe dataset", "db/main", "db/main", false, "db/main"},
+		{"dataset folder pointing inside the target", "files/docs", "files/docs", true, "files/docs"},
+		{"folder of the snapshot", "files/docs", "files/docs/docs/sub", false, `"docs/sub"`},
+		{"file of the snapshot", "files/docs", "files/docs/docs/a.txt", false, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			outer := t.TempDir()
+			target := filepath.Join(outer, "t")
+			elsewhere := filepath.Join(outer, "elsewhere")
+			if tc.inside {
+				elsewhere = filepath.Join(target, "other")
+			}
+			if err := os.MkdirAll(elsewhere, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			sentinel := filepath.Join(elsewhere, "sentinel")
+			if err := os.WriteFile(sentinel, []byte("untouched"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			link := filepath.Join(target, filepath.FromSlash(tc.link))
+			if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			to := elsewhere
+			if strings.HasSuffix(tc.link, ".txt") {
+				to = sentinel
+			}
+			if err := os.Symlink(to, link); err != nil {
+				t.Fatal(err)
+			}
+			done, err := mgr.Restore(ctx, RestoreRequest{Pattern: tc.pattern, Host: "test-host", Target: target})
+			t.Logf("restore: %v", err)
+			if tc.named == "" {
+				if err != nil {
+					t.Fatalf("restore: %v", err)
+				}
+				fi, err := os.Lstat(link)
+				if err != nil || !fi.Mode().IsRegular() {
+					t.Fatalf("%s after restore: %v %v, want the restored regular file", link, fi, err)
+				}
+				want := ts.files["docs/a.txt"]
+				if got, _ := os.ReadFile(link); !bytes.Equal(got, want) {
+					t.Errorf("%s holds %d bytes, want the %d restored ones", link, len(got), len(want))
+				}
+			} else {
+				if err == nil {
+					t.Errorf("restore through the symlink %s succeeded (%v)", link, done)
+				}
+				if msg := err.Error(); !strings.Contains(msg, tc.named+" is a symbolic link") {
+					t.Errorf("error %q does not say that %s is a symbolic link", msg, tc.named)
+				}
+			}
+			entries, err := os.ReadDir(elsewhere)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(entries) != 1 || entries[0].Name() != "sentinel" {
+				t.Errorf("restore wrote into %s: %v", elsewhere, entries)
+			}
+			if b, _ := os.ReadFile(sentinel); string(b) != "untouched" {
+				t.Errorf("restore wrote %d bytes into %s through the link", len(b), sentinel)
+			}
+		})
+	}
+}
