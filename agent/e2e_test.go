@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -498,12 +499,25 @@ func TestRestoreCannotEscapeTarget(t *testing.T) {
 	}
 	fileRec, pipeRec := byName["files/docs"].Record, byName["db/main"].Record
 
-	// The repository itself, asked to store a stream called "../evil".
+	// The repository itself, asked to store a stream called "../evil",
+	// refuses before it writes anything: a tree never holds such a name.
+	// (A forged tree that does is refused on restore:
+	// repository.TestRestoreNeverEscapes.)
 	repo, err := mgr.repos.Get(ctx, cm.Current().Config.DefaultRepository())
 	if err != nil {
 		t.Fatal(err)
 	}
-	evil, evilErr := repo.BackupStream(ctx, "../evil", strings.NewReader("gotcha"), backupOpts("db/main", "test-host"))
+	before, err := repo.Snapshots(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evil, err := repo.BackupStream(ctx, "../evil", strings.NewReader("gotcha"), backupOpts("db/main", "test-host"))
+	if err == nil || !strings.Contains(err.Error(), `invalid name "../evil"`) {
+		t.Errorf("BackupStream of a stream named ../evil: snapshot %v, error %v; want it refused, naming it", evil, err)
+	}
+	if after, err := repo.Snapshots(ctx); err != nil || len(after) != len(before) {
+		t.Errorf("BackupStream of ../evil left %d snapshots (had %d): %v", len(after), len(before), err)
+	}
 
 	hostile := []struct {
 		name string
@@ -515,17 +529,6 @@ func TestRestoreCannotEscapeTarget(t *testing.T) {
 			Atoms: []metadata.Atom{{Name: "docs", Path: "/etc"}}}},
 		{"pipe atom name with ..", metadata.Dataset{Source: "db", Name: "main", Handler: "pipe", Repository: "local", SnapshotID: pipeRec.SnapshotID,
 			Atoms: []metadata.Atom{{Name: "../../evil"}}}},
-	}
-	if evilErr == nil {
-		// The repository stored it: restoring that tree must still stay
-		// inside the target.
-		outer := t.TempDir()
-		target := filepath.Join(outer, "t")
-		_, err := repo.Restore(ctx, evil, target, repository.RestoreOptions{})
-		t.Logf("restore of a tree holding ../evil: %v", err)
-		checkNothingOutside(t, outer, target)
-	} else {
-		t.Logf("the repository refuses a stream named ../evil: %v", evilErr)
 	}
 	for i, h := range hostile {
 		t.Run(h.name, func(t *testing.T) {
@@ -558,15 +561,28 @@ func TestRestoreCannotEscapeTarget(t *testing.T) {
 			checkNothingOutside(t, outer, target)
 		})
 	}
-	// Hostile source and dataset names never become paths either.
+	// Hostile source and dataset names never become paths either. The
+	// catalog may refuse to record them; whatever is recorded (by an older
+	// version, or straight into etcd) the restore refuses for its name.
 	b := &metadata.Backup{ID: "hostile-names", Host: "evil-host", Timestamp: time.Now()}
-	if err := cat.Store.AddDataset(ctx, b, &metadata.Dataset{ID: "x", Source: "..", Name: "..", Handler: "file", Repository: "local", SnapshotID: fileRec.SnapshotID, Atoms: []metadata.Atom{{Name: "docs"}}}); err == nil {
-		outer := t.TempDir()
-		target := filepath.Join(outer, "t")
-		if _, err := mgr.Restore(ctx, RestoreRequest{Pattern: "*", Host: "evil-host", Target: target}); err == nil {
-			t.Error("restore of a dataset named .. succeeded")
+	dotdot := metadata.Dataset{ID: b.ID, Source: "..", Name: "..", Handler: "file", Repository: "local", SnapshotID: fileRec.SnapshotID, Atoms: []metadata.Atom{{Name: "docs"}}}
+	const refused = `".." is not a usable name`
+	outer := t.TempDir()
+	target := filepath.Join(outer, "t")
+	switch err := cat.Store.AddDataset(ctx, b, &dotdot); {
+	case err == nil:
+		_, err := mgr.Restore(ctx, RestoreRequest{Pattern: "*", Host: "evil-host", Target: target})
+		if err == nil || !strings.Contains(err.Error(), refused) {
+			t.Errorf("restore of a recorded dataset named ../..: %v; want it refused for its name", err)
 		}
+	case !errors.Is(err, metadata.ErrInvalid):
+		t.Errorf("recording a dataset named ../..: %v; want it recorded or refused as invalid", err)
 	}
+	_, err = mgr.restoreDataset(ctx, mgr.cm.Current(), RestoreRequest{Target: target}, b, &dotdot)
+	if err == nil || !strings.Contains(err.Error(), refused) {
+		t.Errorf("restore of a dataset named ../..: %v; want it refused for its name", err)
+	}
+	checkNothingOutside(t, outer, target)
 }
 
 // checkNothingOutside fails if any file under outer is not under target.
@@ -629,5 +645,103 @@ func TestWrongPasswordNeverReinitialises(t *testing.T) {
 	target := t.TempDir()
 	if _, err := mgr3.Restore(ctx, RestoreRequest{Pattern: "files/docs", Target: target}); err != nil {
 		t.Fatalf("restore with the original password: %v", err)
+	}
+}
+
+// TestRestoreRefusesPlantedSymlinks plants symlinks in the restore target
+// at every level a restore creates or writes (the source folder, the
+// dataset folder, a folder and a file of the snapshot) and checks that
+// nothing is ever written through them: a folder that is a symlink fails
+// the restore with an error naming it, a file that is a symlink is
+// replaced by the restored file. (What a pipe source's restore_command
+// does inside its folder is that command's business: "cat > $DIR/x"
+// follows a link planted at x.)
+func TestRestoreRefusesPlantedSymlinks(t *testing.T) {
+	ctx := testContext(t)
+	ts := newSetup(t, "@daily", nil)
+	cm, _, mgr := openTestCLI(ctx, t, ts.cfgPath, CatalogOptions{})
+	res, err := BackupNow(ctx, mgr, cm.Current(), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	cases := []struct {
+		name    string
+		pattern string
+		link    string // slash path below the target that is planted as a symlink
+		inside  bool   // the link points to another folder inside the target
+		named   string // "" = the restore succeeds; else the error says this path is a symlink
+	}{
+		{"source folder, file dataset", "files/docs", "files", false, "files"},
+		{"dataset folder, file dataset", "files/docs", "files/docs", false, "files/docs"},
+		{"source folder, pipe dataset", "db/main", "db", false, "db"},
+		{"dataset folder, pipe dataset", "db/main", "db/main", false, "db/main"},
+		{"dataset folder pointing inside the target", "files/docs", "files/docs", true, "files/docs"},
+		{"folder of the snapshot", "files/docs", "files/docs/docs/sub", false, `"docs/sub"`},
+		{"file of the snapshot", "files/docs", "files/docs/docs/a.txt", false, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			outer := t.TempDir()
+			target := filepath.Join(outer, "t")
+			elsewhere := filepath.Join(outer, "elsewhere")
+			if tc.inside {
+				elsewhere = filepath.Join(target, "other")
+			}
+			if err := os.MkdirAll(elsewhere, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			sentinel := filepath.Join(elsewhere, "sentinel")
+			if err := os.WriteFile(sentinel, []byte("untouched"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			link := filepath.Join(target, filepath.FromSlash(tc.link))
+			if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			to := elsewhere
+			if strings.HasSuffix(tc.link, ".txt") {
+				to = sentinel
+			}
+			if err := os.Symlink(to, link); err != nil {
+				t.Fatal(err)
+			}
+			done, err := mgr.Restore(ctx, RestoreRequest{Pattern: tc.pattern, Host: "test-host", Target: target})
+			t.Logf("restore: %v", err)
+			if tc.named == "" {
+				if err != nil {
+					t.Fatalf("restore: %v", err)
+				}
+				fi, err := os.Lstat(link)
+				if err != nil || !fi.Mode().IsRegular() {
+					t.Fatalf("%s after restore: %v %v, want the restored regular file", link, fi, err)
+				}
+				want := ts.files["docs/a.txt"]
+				if got, _ := os.ReadFile(link); !bytes.Equal(got, want) {
+					t.Errorf("%s holds %d bytes, want the %d restored ones", link, len(got), len(want))
+				}
+			} else {
+				if err == nil {
+					t.Errorf("restore through the symlink %s succeeded (%v)", link, done)
+				}
+				if msg := err.Error(); !strings.Contains(msg, tc.named+" is a symbolic link") {
+					t.Errorf("error %q does not say that %s is a symbolic link", msg, tc.named)
+				}
+			}
+			entries, err := os.ReadDir(elsewhere)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(entries) != 1 || entries[0].Name() != "sentinel" {
+				t.Errorf("restore wrote into %s: %v", elsewhere, entries)
+			}
+			if b, _ := os.ReadFile(sentinel); string(b) != "untouched" {
+				t.Errorf("restore wrote %d bytes into %s through the link", len(b), sentinel)
+			}
+		})
 	}
 }

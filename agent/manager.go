@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -393,12 +394,16 @@ func (m *Manager) restoreDataset(ctx context.Context, rc *RuntimeContext, req Re
 		}
 		snaps = append(snaps, snap)
 	}
-	var target string
+	var (
+		target string
+		root   *os.Root
+	)
 	if req.Target != "" {
-		target = filepath.Join(req.Target, d.Source, d.Name)
-		if err := os.MkdirAll(target, 0o700); err != nil {
+		var err error
+		if root, target, err = datasetFolder(req.Target, d.Source, d.Name); err != nil {
 			return nil, fmt.Errorf("dataset %s: %w", name, err)
 		}
+		defer func() { _ = root.Close() }()
 	}
 	atoms := make([]handlers.Atom, len(d.Atoms))
 	for i, a := range d.Atoms {
@@ -413,7 +418,7 @@ func (m *Manager) restoreDataset(ctx context.Context, rc *RuntimeContext, req Re
 	}
 	rreq := &handlers.RestoreRequest{
 		Source: d.Source, Dataset: d.Name, Atoms: atoms, Snapshots: snaps,
-		Repo: repo, Shell: handlers.FromShell(sh), Target: target, Env: env, Dir: cfg.Dir,
+		Repo: repo, Shell: handlers.FromShell(sh), Target: target, Root: root, Env: env, Dir: cfg.Dir,
 		// Progress goes to the job's status when this runs as a job.
 		Progress: func(p repository.Progress) {
 			jobs.ReportProgress(ctx, jobs.Progress{Bytes: p.Bytes, Files: p.Files, TotalBytes: p.TotalBytes, TotalFiles: p.TotalFiles, Current: p.Current})
@@ -437,6 +442,97 @@ func (m *Manager) restoreDataset(ctx context.Context, rc *RuntimeContext, req Re
 		out = append(out, RestoredAtom{Name: metadata.AtomName(d.Source, d.Name, a.Name), BackupID: b.ID, Time: b.Timestamp, Host: b.Host, Target: where})
 	}
 	return out, nil
+}
+
+// datasetFolder creates target/source/dataset through an os.Root on the
+// target and returns it opened as a root of its own, with its path. The
+// target is the operator's choice and may be reached through symlinks;
+// nothing below it is: a symlink, or anything but a folder, found at
+// source or dataset is refused, never followed, so that whoever can write
+// into the target cannot steer the restore elsewhere. The path is what
+// restore commands get (CUSTOS_RESTORE_TARGET), so it is checked to
+// resolve, without symlinks, to the very folder the root holds.
+func datasetFolder(target, source, dataset string) (*os.Root, string, error) {
+	if err := os.MkdirAll(target, 0o700); err != nil {
+		return nil, "", fmt.Errorf("create restore target: %w", err)
+	}
+	top, err := os.OpenRoot(target)
+	if err != nil {
+		return nil, "", fmt.Errorf("open restore target: %w", err)
+	}
+	defer func() { _ = top.Close() }()
+	rel := ""
+	for _, el := range []string{source, dataset} {
+		rel = filepath.Join(rel, el)
+		if err := mkdirIn(top, rel); err != nil {
+			return nil, "", err
+		}
+	}
+	sub, err := top.OpenRoot(rel)
+	if err != nil {
+		return nil, "", fmt.Errorf("open restore folder: %w", err)
+	}
+	dir := filepath.Join(target, rel)
+	if err := sameFolder(sub, target, dir); err != nil {
+		_ = sub.Close()
+		return nil, "", err
+	}
+	return sub, dir, nil
+}
+
+// mkdirIn creates the folder rel below root unless a folder is there.
+func mkdirIn(root *os.Root, rel string) error {
+	full := filepath.Join(root.Name(), rel)
+	err := root.Mkdir(rel, 0o700)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("create restore folder %s: %w", full, err)
+	}
+	fi, lerr := root.Lstat(rel)
+	switch {
+	case lerr != nil:
+		return fmt.Errorf("create restore folder %s: %w", full, lerr)
+	case fi.Mode()&fs.ModeSymlink != 0:
+		to, _ := root.Readlink(rel)
+		return fmt.Errorf("restore folder %s is a symbolic link (to %s): refusing to restore through it; remove it or choose another target", full, to)
+	case !fi.IsDir():
+		return fmt.Errorf("restore folder %s exists and is not a folder (%s)", full, fi.Mode().Type())
+	}
+	return nil
+}
+
+// sameFolder checks that dir, resolved by path as a command will resolve
+// it, is the folder sub holds and has no symlink below target.
+func sameFolder(sub *os.Root, target, dir string) error {
+	realTarget, err := filepath.EvalSymlinks(target)
+	if err != nil {
+		return fmt.Errorf("resolve restore target: %w", err)
+	}
+	rel, err := filepath.Rel(target, dir)
+	if err != nil {
+		return fmt.Errorf("restore folder %s: %w", dir, err)
+	}
+	realDir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return fmt.Errorf("resolve restore folder: %w", err)
+	}
+	if want := filepath.Join(realTarget, rel); realDir != want {
+		return fmt.Errorf("restore folder %s resolves to %s, not %s: refusing to restore through a symbolic link", dir, realDir, want)
+	}
+	held, err := sub.Stat(".")
+	if err != nil {
+		return fmt.Errorf("restore folder %s: %w", dir, err)
+	}
+	named, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("restore folder %s: %w", dir, err)
+	}
+	if !os.SameFile(held, named) {
+		return fmt.Errorf("restore folder %s was replaced while it was being opened", dir)
+	}
+	return nil
 }
 
 // crossCheck compares a catalog record with the snapshot it names. The

@@ -67,7 +67,13 @@ func (h *fileHandler) Restore(ctx context.Context, req *RestoreRequest) error {
 		}
 		include = append(include, p)
 	}
-	_, err := req.Repo.Restore(ctx, req.Snapshots[0], req.Target, repository.RestoreOptions{Include: include, Progress: req.Progress})
+	opts := repository.RestoreOptions{Include: include, Progress: req.Progress}
+	var err error
+	if req.Root != nil {
+		_, err = req.Repo.RestoreRoot(ctx, req.Snapshots[0], req.Root, opts)
+	} else {
+		_, err = req.Repo.Restore(ctx, req.Snapshots[0], req.Target, opts)
+	}
 	if err != nil {
 		return fmt.Errorf("restore %s/%s into %s: %w", req.Source, req.Dataset, req.Target, err)
 	}

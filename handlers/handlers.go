@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -48,6 +49,7 @@ type Repo interface {
 	Backup(ctx context.Context, root string, paths []string, opts repository.BackupOptions) (*repository.Snapshot, error)
 	BackupStream(ctx context.Context, name string, rd io.Reader, opts repository.BackupOptions) (*repository.Snapshot, error)
 	Restore(ctx context.Context, snap *repository.Snapshot, target string, opts repository.RestoreOptions) (*repository.RestoreStats, error)
+	RestoreRoot(ctx context.Context, snap *repository.Snapshot, root *os.Root, opts repository.RestoreOptions) (*repository.RestoreStats, error)
 	RestoreFile(ctx context.Context, snap *repository.Snapshot, path string, w io.Writer) error
 	// RemoveSnapshots takes back snapshots of a dataset that failed as a
 	// whole.
@@ -78,11 +80,15 @@ type RestoreRequest struct {
 	Snapshots []*repository.Snapshot
 	Repo      Repo
 	Shell     Shell
-	Target    string    // folder to restore into
-	Stdout    io.Writer // pipe only: write the stream here instead of running restore_command
-	Env       []string
-	Dir       string
-	Progress  func(repository.Progress)
+	Target    string // folder to restore into
+	// Root is Target opened as an os.Root by the caller, who created it
+	// (and every folder on the way) through a root of its own. The file
+	// handler writes only through it; without it, it opens Target itself.
+	Root     *os.Root
+	Stdout   io.Writer // pipe only: write the stream here instead of running restore_command
+	Env      []string
+	Dir      string
+	Progress func(repository.Progress)
 }
 
 // Spec is a handler's configuration: its type and params, with a source's

@@ -194,6 +194,17 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, target string,
 		return nil, fmt.Errorf("restore to %s: %w", target, err)
 	}
 	defer func() { _ = root.Close() }()
+	return r.RestoreRoot(ctx, snap, root, opts)
+}
+
+// RestoreRoot is Restore into a folder the caller has opened as root (and
+// still owns). A caller that creates folders below its own target (the
+// agent's source/dataset) opens them through its root and hands the
+// result here, so that no component of the path, created or existing, is
+// ever resolved outside that target. Messages name the folder by
+// root.Name().
+func (r *Repository) RestoreRoot(ctx context.Context, snap *Snapshot, root *os.Root, opts RestoreOptions) (*RestoreStats, error) {
+	target := root.Name()
 	filter, err := newIncludeFilter(opts.Include)
 	if err != nil {
 		return nil, err
@@ -436,7 +447,12 @@ func (rs *restorer) mkdir(p string, depth int, n *node) bool {
 	rs.current.Store(&s)
 	if err := rs.root.Mkdir(p, 0o700); err != nil {
 		fi, serr := rs.root.Lstat(p)
-		if serr != nil || !fi.IsDir() {
+		switch {
+		case serr == nil && fi.Mode()&fs.ModeSymlink != 0:
+			// Never followed: it could lead anywhere.
+			rs.fail(fmt.Errorf("create directory %q: %q is a symbolic link in the target; refusing to restore through it", p, p))
+			return false
+		case serr != nil || !fi.IsDir():
 			rs.fail(fmt.Errorf("create directory %q: %w", p, err))
 			return false
 		}

@@ -17,10 +17,12 @@
 //   - Errors for missing objects wrap backend.ErrNotExist; errors caused by a
 //     cancelled context wrap context.Canceled.
 //
-// Exported API:
-//
-//	func Run(t *testing.T, newBackend func(t *testing.T) backend.Backend)
-//	const LargeSize = 11<<20 + 4321
+// Next to the suite live the test doubles that repository tests build on
+// (as kopia's internal/blobtesting has them): Mem, an in-memory backend
+// that passes the suite, and Faulty, a wrapper around any real backend
+// that fails, pauses or observes chosen calls and records the order of
+// all of them. A test double only ever wraps or replaces storage; the
+// repository code under test is the real one.
 package backendtest
 
 import (
