@@ -167,7 +167,7 @@ func (a *Agent) entries(rc *RuntimeContext) []jobs.Entry {
 		name := s.Name
 		out = append(out, jobs.Entry{Name: scheduleName(name), Schedule: s.Schedule, Run: func(context.Context) { a.SubmitSource(name) }})
 	}
-	return out
+	return append(out, a.preservationEntries(rc)...)
 }
 
 // Reload reads the configuration again and applies it: schedules and queue
@@ -244,7 +244,11 @@ func (a *Agent) newIngestJob(rc *RuntimeContext, src *SourceSpec, b *metadata.Ba
 		// Command output in the log then names the job, source and
 		// dataset.
 		ctx = shell.ContextWithLogger(ctx, jobs.Logger(ctx))
-		return a.mgr.Ingest(ctx, rc, src, b, ds).Err
+		if err := a.mgr.Ingest(ctx, rc, src, b, ds).Err; err != nil {
+			return err
+		}
+		a.afterIngest(rc, src, ds.Name)
+		return nil
 	})
 }
 

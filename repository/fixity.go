@@ -473,3 +473,9 @@ func (r *Repository) VerifyHeld(ctx context.Context, id ID) error {
 	}
 	return nil
 }
+
+// Refresh brings the in-memory index up to date with what other processes
+// wrote since it was loaded (a long-lived Repository's view goes stale).
+func (r *Repository) Refresh(ctx context.Context) error {
+	return r.refreshIndex(ctx, false)
+}
