@@ -167,7 +167,9 @@ func (m *Manager) Fixity(ctx context.Context, rc *RuntimeContext, repoName strin
 // (never verified before all), ties by id, while they fit in budget (0:
 // all). The first pack is always taken, so that a pack larger than the
 // budget is not starved; a pack that does not fit is passed over for
-// smaller ones behind it, and leads the next run.
+// smaller ones verified no more recently than it, and leads the next run.
+// So a run reads more than budget minus the largest pack unless it runs
+// out of packs, and no pack is read twice while another waits.
 func choosePacks(packs []repository.PackInfo, last []*metadata.FixityResult, budget int64) []repository.PackInfo {
 	when := make(map[string]time.Time, len(last))
 	for _, r := range last {
@@ -188,8 +190,17 @@ func choosePacks(packs []repository.PackInfo, last []*metadata.FixityResult, bud
 	}
 	var out []repository.PackInfo
 	var used int64
+	var skipped *time.Time
 	for _, p := range sorted {
+		w := when[p.ID.String()]
+		if skipped != nil && w.After(*skipped) {
+			// Never verify a pack again while an older one waits.
+			break
+		}
 		if len(out) > 0 && used+p.Size > budget {
+			if skipped == nil {
+				skipped = &w
+			}
 			continue
 		}
 		out = append(out, p)

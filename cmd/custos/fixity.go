@@ -14,6 +14,10 @@ import (
 	"github.com/custos-backup/custos/agent"
 )
 
+// runnableGroup marks a command that has subcommands and also runs on its
+// own (failOnUnknownSubcommands leaves its RunE alone).
+const runnableGroup = "runnable_group"
+
 func newFixityCmd() *cobra.Command {
 	var path, repo string
 	var all, deep, asJSON bool
@@ -27,7 +31,8 @@ named down to its snapshots, atoms and paths, and healed from another
 repository that holds good copies of its blobs. --deep also re-derives every
 file's SHA-256 from its blobs and compares it with the digest recorded at
 ingest. Exits 0 when everything verified or was healed, 1 when damage remains.`,
-		Args: cobra.NoArgs,
+		Args:        cobra.NoArgs,
+		Annotations: map[string]string{runnableGroup: "true"},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			env, err := openCLI(ctx, path, false, slog.LevelWarn)

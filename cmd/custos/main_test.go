@@ -13,9 +13,13 @@ import (
 func TestUnknownSubcommandFails(t *testing.T) {
 	var groups [][]string
 	var walk func(c *cobra.Command, path []string)
+	var runnable = map[string]bool{}
 	walk = func(c *cobra.Command, path []string) {
 		if c.HasSubCommands() {
 			groups = append(groups, path)
+			// A command that does its own work and has subcommands too
+			// (custos fixity, custos fixity report) runs when called bare.
+			runnable[strings.Join(path, " ")] = c.Annotations[runnableGroup] != ""
 		}
 		for _, sub := range c.Commands() {
 			walk(sub, append(append([]string(nil), path...), sub.Name()))
@@ -37,6 +41,9 @@ func TestUnknownSubcommandFails(t *testing.T) {
 				t.Fatalf("err %v, want unknown command (output %q)", err, out.String())
 			}
 
+			if runnable[strings.Join(g, " ")] {
+				return
+			}
 			out.Reset()
 			root = newRootCmd()
 			root.SetArgs(g)
