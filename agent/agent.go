@@ -141,6 +141,7 @@ func (a *Agent) Start(ctx context.Context) error {
 			a.SubmitSource(s.Name)
 		}
 	}
+	a.startFixity(rc)
 	cfg := rc.Config
 	repos := make([]string, 0, len(cfg.Repositories))
 	for _, r := range cfg.Repositories {

@@ -624,3 +624,68 @@ func (a *Agent) serveRunPreservation(w http.ResponseWriter, r *http.Request, kin
 		writeJSON(w, map[string]any{"kind": kind, "repository": name, "jobs": []string{id}})
 	}
 }
+
+// startFixity runs the fixity of repositories marked run_on_start once the
+// agent's first ingests and replications are through (at most
+// startFixityWait after the start), so that the first run has their packs
+// to verify.
+func (a *Agent) startFixity(rc *RuntimeContext) {
+	var repos []string
+	for _, r := range rc.Config.Repositories {
+		if r.Fixity != nil && r.Fixity.RunOnStart {
+			repos = append(repos, r.Name)
+		}
+	}
+	if len(repos) == 0 {
+		return
+	}
+	ingests := false
+	for _, s := range rc.Config.Sources {
+		ingests = ingests || s.RunOnStart
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		deadline := time.NewTimer(startFixityWait)
+		defer deadline.Stop()
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for !a.startWorkDone(ingests) {
+			select {
+			case <-a.ctx.Done():
+				return
+			case <-deadline.C:
+				a.log.Info("starting fixity while the first backups still run")
+			case <-tick.C:
+				continue
+			}
+			break
+		}
+		for _, r := range repos {
+			a.submitFixityLogged(r)
+		}
+	}()
+}
+
+// startFixityWait bounds how long the start's fixity waits for ingests.
+const startFixityWait = 45 * time.Second
+
+// startWorkDone reports whether no ingest or replication is pending or
+// running, and (when ingests were started) at least one has finished.
+func (a *Agent) startWorkDone(ingests bool) bool {
+	st := a.runner.Status()
+	for _, j := range append(st.Pending, st.Running...) {
+		if j.Kind == "ingest" || j.Kind == "replicate" {
+			return false
+		}
+	}
+	if !ingests {
+		return true
+	}
+	for _, j := range st.Done {
+		if j.Kind == "ingest" {
+			return true
+		}
+	}
+	return false
+}

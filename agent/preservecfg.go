@@ -27,6 +27,9 @@ type FixitySpec struct {
 	Schedule string
 	Period   time.Duration
 	Budget   int64
+	// RunOnStart runs fixity once after the agent starts, when the
+	// ingests and replications started with it are done.
+	RunOnStart bool
 }
 
 // defaultFixityPeriod is how often every pack is proven when fixity gives
@@ -78,6 +81,7 @@ func decodeFixity(d *decoder, n *yaml.Node, prefix string) *FixitySpec {
 				d.errorf(v, f, "period must be longer than 0")
 			}
 		},
+		"run_on_start": func(v *yaml.Node, f string) { d.boolean(v, f, &fx.RunOnStart) },
 		"budget": func(v *yaml.Node, f string) {
 			var s string
 			if !d.str(v, f, &s) {
