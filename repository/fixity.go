@@ -69,7 +69,7 @@ type PackVerdict struct {
 // It returns an error only when it could not judge (the backend failed to
 // list, ctx ended); damage is in the verdicts.
 func (r *Repository) VerifyPacks(ctx context.Context, packs []ID) ([]PackVerdict, error) {
-	c, verdicts, err := r.verifyPackSet(ctx, packs)
+	_, verdicts, err := r.verifyPackSet(ctx, packs)
 	if err != nil {
 		return nil, err
 	}
