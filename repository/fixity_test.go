@@ -3,8 +3,13 @@ package repository
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/custos-backup/custos/internal/s3server"
+	"github.com/custos-backup/custos/repository/backend/location"
 )
 
 // TestVerifyHealPack flips one byte inside a data blob of a pack: the
@@ -109,4 +114,93 @@ func containsSuffix(ss []string, suffix string) bool {
 		}
 	}
 	return false
+}
+
+// TestVerifyHealPackS3: bit rot in a pack stored as an S3 object (on a
+// real S3 server) is found, named and healed from a local replica.
+func TestVerifyHealPackS3(t *testing.T) {
+	ctx := context.Background()
+	srv := s3server.Start(t)
+	srv.CreateBucket(t, "custos")
+	srv.SetEnv(t)
+	be, err := location.Create(ctx, srv.URL("custos", "primary"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Init(ctx, be, InitOptions{Password: []byte("s3 password"), kdfParams: cheapKDF, PackSize: minPackSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	dir := t.TempDir()
+	writeRandomFiles(t, dir, "s", 3, 200<<10, 42)
+	sn := backupDir(t, r, dir, "s3data")
+	replica, _ := newSmallPackRepo(t, "other")
+	if _, err := Copy(ctx, r, replica, []*Snapshot{sn}, nil); err != nil {
+		t.Fatal(err)
+	}
+	node, err := r.findNode(ctx, sn.Tree, "s-01.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pack, pb, _ := r.index().lookup(dataHandle(node.Content[0]))
+	// versitygw's posix backend keeps each object as a file.
+	obj := filepath.Join(srv.Dir, "custos", "primary", filepath.FromSlash(packPath(pack)))
+	b, err := os.ReadFile(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[int64(pb.Offset)+int64(pb.Length)/2] ^= 0xff
+	if err := os.WriteFile(obj, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	vs, err := r.VerifyPacks(ctx, []ID{pack})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vs[0].OK || !containsSuffix(vs[0].Paths, ":s-01.bin") {
+		t.Fatalf("verdict: %+v", vs[0])
+	}
+	res, err := r.HealPack(ctx, pack, []*Repository{replica})
+	if err != nil || res.FromReplica == 0 {
+		t.Fatalf("heal: %+v %v", res, err)
+	}
+	packs, err := r.Packs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []ID
+	for _, p := range packs {
+		ids = append(ids, p.ID)
+	}
+	vs, err = r.VerifyPacks(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vs {
+		if !v.OK || v.Pack == pack {
+			t.Fatalf("after heal: %+v", v)
+		}
+	}
+	restoreCompare(t, r, sn, dir)
+}
+
+// TestCopyCancel: a copy whose context ends stops with the context's
+// error and leaves the destination without the snapshot it was copying.
+func TestCopyCancel(t *testing.T) {
+	src, _ := newSmallPackRepo(t, "pw")
+	dst, _ := newSmallPackRepo(t, "pw2")
+	dir := t.TempDir()
+	writeTreeOfFiles(t, dir, 3, 3, 300<<10, 5)
+	sn := backupDir(t, src, dir, "a")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, err := Copy(ctx, src, dst, []*Snapshot{sn}, func(Progress) { cancel() })
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled copy: %v", err)
+	}
+	snaps, err := dst.Snapshots(context.Background())
+	if err != nil || len(snaps) != 0 {
+		t.Fatalf("destination after a cancelled copy: %v %v", snaps, err)
+	}
 }
