@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/custos-backup/custos/jobs"
 	"github.com/custos-backup/custos/metadata"
 )
 
@@ -335,5 +336,44 @@ func TestNeverFrom(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(ts.dir, "work", "offsite")); !os.IsNotExist(err) {
 		t.Fatalf("the refusing repository was touched: %v", err)
+	}
+}
+
+// TestRunKinds: POST /api/run takes a kind; replicate and fixity jobs run
+// on their queues through the agent's runner.
+func TestRunKinds(t *testing.T) {
+	ctx := testContext(t)
+	ts := preserveSetup(t, nil)
+	a, base := startTestAgent(ctx, t, ts)
+	cases := []struct {
+		query string
+		code  int
+		kind  string
+	}{
+		{"kind=bogus&source=files", 400, ""},
+		{"kind=replicate&source=db", 422, ""},
+		{"kind=fixity&repository=nowhere", 404, ""},
+		{"kind=replicate&source=files", 200, "replicate"},
+		{"kind=fixity&repository=local", 200, "fixity"},
+	}
+	for _, tc := range cases {
+		code, body := apiCall(ctx, t, "POST", base+"/api/run?"+tc.query, "")
+		if code != tc.code {
+			t.Fatalf("%s: %d %s", tc.query, code, body)
+		}
+		if tc.kind == "" {
+			continue
+		}
+		waitFor(ctx, t, tc.kind+" job done", func() bool {
+			for _, j := range a.Runner().Done() {
+				if j.Kind == tc.kind {
+					if j.Result != jobs.ResultOK {
+						t.Fatalf("%s job: %s %s", tc.kind, j.Result, j.Error)
+					}
+					return true
+				}
+			}
+			return false
+		})
 	}
 }
