@@ -150,6 +150,7 @@ func (a *Agent) Start(ctx context.Context) error {
 			a.SubmitSource(s.Name)
 		}
 	}
+	a.startFixity(rc)
 	cfg := rc.Config
 	repos := make([]string, 0, len(cfg.Repositories))
 	for _, r := range cfg.Repositories {
@@ -176,7 +177,7 @@ func (a *Agent) entries(rc *RuntimeContext) []jobs.Entry {
 		name := s.Name
 		out = append(out, jobs.Entry{Name: scheduleName(name), Schedule: s.Schedule, Run: func(context.Context) { a.SubmitSource(name) }})
 	}
-	return out
+	return append(out, a.preservationEntries(rc)...)
 }
 
 // Reload reads the configuration again and applies it: schedules and queue
@@ -253,10 +254,17 @@ func (a *Agent) newIngestJob(rc *RuntimeContext, src *SourceSpec, b *metadata.Ba
 		// Command output in the log then names the job, source and
 		// dataset.
 		ctx = shell.ContextWithLogger(ctx, jobs.Logger(ctx))
+		var res *DatasetResult
 		if a.worker != nil {
-			return a.ingestInWorker(ctx, rc, src, b, ds).Err
+			res = a.ingestInWorker(ctx, rc, src, b, ds)
+		} else {
+			res = a.mgr.Ingest(ctx, rc, src, b, ds)
 		}
-		return a.mgr.Ingest(ctx, rc, src, b, ds).Err
+		if res.Err != nil {
+			return res.Err
+		}
+		a.afterIngest(rc, src, ds.Name)
+		return nil
 	})
 }
 

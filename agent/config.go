@@ -63,6 +63,10 @@ type RepositorySpec struct {
 	URL         string // relative local paths made absolute
 	Password    Secret // resolved from password, password_file or password_env
 	Unencrypted bool
+	// NeverFrom names sources whose data must never be copied here.
+	NeverFrom []string
+	// Fixity, when set, schedules fixity runs on this repository.
+	Fixity *FixitySpec
 
 	passwordFrom string // "password_file /x" etc., for messages; never the secret
 }
@@ -142,6 +146,9 @@ type SourceSpec struct {
 	Params     Params
 	Timeout    time.Duration
 	Repository string // name of a RepositorySpec; defaulted at load
+	// Replicate copies the source's snapshots to other repositories
+	// (a dataset's own replicate wins).
+	Replicate *ReplicateSpec
 
 	File string // file the source came from, as given
 	Line int
@@ -150,8 +157,9 @@ type SourceSpec struct {
 
 // DatasetSpec is a dataset written out in a source file.
 type DatasetSpec struct {
-	Name  string
-	Atoms []AtomSpec
+	Name      string
+	Atoms     []AtomSpec
+	Replicate *ReplicateSpec // nil: the source's
 }
 
 // AtomSpec is one atom of a dataset. For the file handler Path is the path
@@ -411,6 +419,8 @@ func decodeRepository(d *decoder, n *yaml.Node, prefix, dir string) *RepositoryS
 		"password_file": func(v *yaml.Node, f string) { d.str(v, f, &pwFile) },
 		"password_env":  func(v *yaml.Node, f string) { d.str(v, f, &pwEnv) },
 		"unencrypted":   func(v *yaml.Node, f string) { d.boolean(v, f, &r.Unencrypted) },
+		"never_from":    func(v *yaml.Node, f string) { d.strList(v, f, &r.NeverFrom) },
+		"fixity":        func(v *yaml.Node, f string) { r.Fixity = decodeFixity(d, v, f) },
 	})
 	if n.Kind != yaml.MappingNode {
 		return nil

@@ -89,6 +89,9 @@ type BackupEntry struct {
 	SnapshotID string    `json:"snapshot_id"`
 	Files      int64     `json:"dataset_files"`
 	Bytes      int64     `json:"dataset_bytes"`
+	// HeldIn lists the repositories holding this version: its own, then
+	// verified replicas (filled in by Manager.AddHoldings).
+	HeldIn []string `json:"held_in,omitempty"`
 }
 
 // Flatten lists the atom versions of a find result, by atom name and then
@@ -141,8 +144,19 @@ func (a *Agent) serveBackups(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, Flatten(found))
 }
 
-// serveRun starts a source now: POST /api/run?source=NAME.
+// serveRun starts a source now: POST /api/run?source=NAME. With
+// kind=replicate it replicates the source's datasets, with kind=fixity
+// (and repository=NAME) it runs fixity on a repository.
 func (a *Agent) serveRun(w http.ResponseWriter, r *http.Request) {
+	switch kind := r.URL.Query().Get("kind"); kind {
+	case "", "ingest":
+	case "replicate", "fixity":
+		a.serveRunPreservation(w, r, kind)
+		return
+	default:
+		httpError(w, http.StatusBadRequest, "unknown kind "+strconv.Quote(kind)+" (ingest, replicate or fixity)")
+		return
+	}
 	name := r.URL.Query().Get("source")
 	if a.cm.Current().Source(name) == nil {
 		httpError(w, http.StatusNotFound, "no source "+strconv.Quote(name))

@@ -295,6 +295,10 @@ type RestoreRequest struct {
 	Target string
 	// Stdout, when set, receives pipe atoms instead of restore_command.
 	Stdout io.Writer
+	// Repository, when set, restores from this repository: the dataset's
+	// own or a replica holding a copy. "" = its own, falling back to a
+	// replica when that copy cannot be used.
+	Repository string
 }
 
 // RestoredAtom names one atom that was restored.
@@ -371,28 +375,9 @@ func (m *Manager) restoreDataset(ctx context.Context, rc *RuntimeContext, req Re
 			return nil, fmt.Errorf("dataset %s: %s atoms need a target folder (--target)", name, d.Handler)
 		}
 	}
-	repoSpec := cfg.Repository(d.Repository)
-	if repoSpec == nil {
-		return nil, fmt.Errorf("dataset %s: it is stored in repository %q, which this configuration does not define", name, d.Repository)
-	}
-	repo, err := m.repos.Get(ctx, repoSpec)
+	repo, snaps, err := m.restoreCopy(ctx, rc, req, b, d)
 	if err != nil {
-		return nil, fmt.Errorf("dataset %s: %w", name, err)
-	}
-	var snaps []*repository.Snapshot
-	for _, s := range SnapshotIDs(d) {
-		id, err := repository.ParseID(s)
-		if err != nil {
-			return nil, fmt.Errorf("dataset %s in backup %s: bad snapshot id %q in the catalog: %w", name, b.ID, s, err)
-		}
-		snap, err := repo.LoadSnapshot(ctx, id)
-		if err != nil {
-			return nil, fmt.Errorf("dataset %s in backup %s: snapshot %s in repository %s: %w", name, b.ID, id.Short(), repoSpec.Name, err)
-		}
-		if err := crossCheck(snap, name, b); err != nil {
-			return nil, fmt.Errorf("dataset %s in backup %s: snapshot %s in repository %s %w; refusing to restore it (run custos sync to rebuild the catalog from the repository)", name, b.ID, id.Short(), repoSpec.Name, err)
-		}
-		snaps = append(snaps, snap)
+		return nil, err
 	}
 	var (
 		target string

@@ -104,6 +104,7 @@ func (cfg *Config) loadSource(file string, errs *ConfigErrors) {
 		"params":               func(v *yaml.Node, f string) { d.params(v, f, &s.Params) },
 		"timeout":              func(v *yaml.Node, f string) { d.duration(v, f, &s.Timeout) },
 		"repository":           func(v *yaml.Node, f string) { d.str(v, f, &s.Repository) },
+		"replicate":            func(v *yaml.Node, f string) { s.Replicate = decodeReplicate(d, v, f) },
 	})
 	if root.Kind != yaml.MappingNode {
 		return
@@ -138,6 +139,10 @@ func (cfg *Config) loadSource(file string, errs *ConfigErrors) {
 	if prev := cfg.Source(s.Name); prev != nil {
 		d.errorf(keys["name"], "name", "source %q is already defined in %s:%d", s.Name, prev.File, prev.Line)
 		return
+	}
+	cfg.checkReplication(errs, s, s.Replicate, "replicate")
+	for i, ds := range s.Datasets {
+		cfg.checkReplication(errs, s, ds.Replicate, fmt.Sprintf("datasets[%d].replicate", i))
 	}
 	if h := cfg.Handler(s.Handler); h != nil {
 		if _, err := NewHandler(h, s); err != nil {
@@ -188,6 +193,7 @@ func decodeDataset(d *decoder, n *yaml.Node, prefix string) *DatasetSpec {
 				ds.Atoms = append(ds.Atoms, a)
 			})
 		},
+		"replicate": func(v *yaml.Node, f string) { ds.Replicate = decodeReplicate(d, v, f) },
 	})
 	if n.Kind != yaml.MappingNode {
 		return nil

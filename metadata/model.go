@@ -136,6 +136,15 @@ type FixityResult struct {
 	DamagedBlobs []string `json:"damaged_blobs,omitempty"`
 	Atoms        []string `json:"atoms,omitempty"`
 	Healed       bool     `json:"healed,omitempty"`
+	// Algorithm says what was verified and how, e.g. "sha256-pack+blobs"
+	// (the pack's SHA-256 and every blob's) or "sha256-file" (--deep:
+	// whole-file digests of a snapshot; Pack is then "snapshot:<id>").
+	Algorithm string `json:"algorithm,omitempty"`
+	// Snapshots and Paths name what depends on a damaged pack.
+	Snapshots []string `json:"snapshots,omitempty"`
+	Paths     []string `json:"paths,omitempty"`
+	// Detail is what else a person needs: the re-read, how it healed.
+	Detail string `json:"detail,omitempty"`
 }
 
 // ReplicaRecord records that a snapshot exists (and was verified) in a

@@ -15,6 +15,18 @@ type CopyStats struct {
 	Snapshots   int64 `json:"snapshots"`    // snapshots written to the destination
 	BlobsCopied int64 `json:"blobs_copied"` // blobs the destination lacked
 	BytesCopied int64 `json:"bytes_copied"` // packed bytes written to the destination
+	// Held lists every snapshot asked for with its id in the destination,
+	// whether this call wrote it or the destination held it already, so
+	// that a caller can record where each snapshot is held.
+	Held []HeldSnapshot `json:"held"`
+}
+
+// HeldSnapshot pairs a snapshot of the source with its copy in the
+// destination (ids differ: a copy's parent is the destination's).
+type HeldSnapshot struct {
+	Source  ID   `json:"source"`
+	Dest    ID   `json:"dest"`
+	Written bool `json:"written"` // written by this call
 }
 
 // copyCommitEvery is how many plaintext bytes Copy queues before it makes
@@ -49,6 +61,12 @@ func copySnapshots(ctx context.Context, src, dst *Repository, snaps []*Snapshot,
 		return st, fmt.Errorf("copy: destination: %w", err)
 	}
 	defer func() { _ = dstLock.Unlock(context.WithoutCancel(ctx)) }()
+	// dst may be a long-lived Repository (the agent keeps them open) while
+	// an earlier, interrupted copy or another process added packs: without
+	// a fresh index the copy would send again what dst holds.
+	if err := dst.refreshIndex(ctx, true); err != nil {
+		return st, fmt.Errorf("copy: destination index: %w", err)
+	}
 
 	existing, err := dst.Snapshots(ctx)
 	if err != nil {
@@ -60,9 +78,10 @@ func copySnapshots(ctx context.Context, src, dst *Repository, snaps []*Snapshot,
 	for i, sn := range snaps {
 		c.current = sn.ID.Short()
 		c.report(int64(i), false)
-		if has, err := hasSnapshot(existing, sn); err != nil {
+		if held, err := heldCopy(existing, sn); err != nil {
 			return st, err
-		} else if has {
+		} else if held != nil {
+			st.Held = append(st.Held, HeldSnapshot{Source: sn.ID, Dest: held.ID})
 			continue
 		}
 		if err := c.tree(sn.Tree); err != nil {
@@ -88,6 +107,7 @@ func copySnapshots(ctx context.Context, src, dst *Repository, snaps []*Snapshot,
 		}
 		existing = append(existing, &out)
 		st.Snapshots++
+		st.Held = append(st.Held, HeldSnapshot{Source: sn.ID, Dest: out.ID, Written: true})
 	}
 	c.report(int64(len(snaps)), true)
 	return st, nil
@@ -102,10 +122,11 @@ func sameContent(s *Snapshot) ([]byte, error) {
 	return encodeSnapshot(&c)
 }
 
-func hasSnapshot(existing []*Snapshot, sn *Snapshot) (bool, error) {
+// heldCopy returns the snapshot of existing with sn's content, or nil.
+func heldCopy(existing []*Snapshot, sn *Snapshot) (*Snapshot, error) {
 	want, err := sameContent(sn)
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	for _, e := range existing {
 		if e.Tree != sn.Tree || !e.Time.Equal(sn.Time) {
@@ -113,13 +134,13 @@ func hasSnapshot(existing []*Snapshot, sn *Snapshot) (bool, error) {
 		}
 		got, err := sameContent(e)
 		if err != nil {
-			return false, err
+			return nil, err
 		}
 		if bytes.Equal(got, want) {
-			return true, nil
+			return e, nil
 		}
 	}
-	return false, nil
+	return nil, nil
 }
 
 // findCopied returns the id in dst of the copy of src's snapshot parent.

@@ -24,7 +24,7 @@ const defaultConfig = "/etc/custos/agent.yml"
 
 // addAgentCommands adds the agent, backup, find, restore, status and config commands.
 func addAgentCommands(root *cobra.Command) {
-	root.AddCommand(newConfigCmd(), newAgentCmd(), newBackupCmd(), newFindCmd(), newRestoreCmd(), newStatusCmd(), newReloadCmd(), newWorkerCmd())
+	root.AddCommand(newConfigCmd(), newAgentCmd(), newBackupCmd(), newFindCmd(), newRestoreCmd(), newStatusCmd(), newReloadCmd(), newReplicateCmd(), newFixityCmd(), newWorkerCmd())
 }
 
 func configFlag(cmd *cobra.Command, p *string) {
@@ -257,6 +257,9 @@ or not the agent is running.`,
 				return fmt.Errorf("find %q: %w", args[0], err)
 			}
 			atoms := agent.Flatten(found)
+			if err := env.mgr.AddHoldings(ctx, atoms); err != nil {
+				return fmt.Errorf("find %q: where the versions are held: %w", args[0], err)
+			}
 			out := cmd.OutOrStdout()
 			if asJSON {
 				enc := json.NewEncoder(out)
@@ -268,9 +271,9 @@ or not the agent is running.`,
 				return nil
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ATOM\tTIME\tHOST\tBACKUP\tHANDLER\tREPOSITORY\tSNAPSHOT")
+			fmt.Fprintln(tw, "ATOM\tTIME\tHOST\tBACKUP\tHANDLER\tREPOSITORY\tSNAPSHOT\tHELD IN")
 			for _, a := range atoms {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Atom, a.Time.Local().Format("2006-01-02 15:04:05"), a.Host, a.BackupID, a.Handler, a.Repository, shortIDs(a.SnapshotID))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Atom, a.Time.Local().Format("2006-01-02 15:04:05"), a.Host, a.BackupID, a.Handler, a.Repository, shortIDs(a.SnapshotID), strings.Join(a.HeldIn, ","))
 			}
 			return tw.Flush()
 		},
@@ -284,7 +287,7 @@ or not the agent is running.`,
 }
 
 func newRestoreCmd() *cobra.Command {
-	var path, host, olderThan, target string
+	var path, host, olderThan, target, repository string
 	var toStdout bool
 	cmd := &cobra.Command{
 		Use:   "restore PATTERN --target DIR",
@@ -315,7 +318,7 @@ dataset. Only this host's backups unless --host is given ("*" = any host).`,
 				return err
 			}
 			defer env.Close()
-			req := agent.RestoreRequest{Pattern: args[0], Host: host, OlderThan: before, Target: target}
+			req := agent.RestoreRequest{Pattern: args[0], Host: host, OlderThan: before, Target: target, Repository: repository}
 			if toStdout {
 				req.Stdout = cmd.OutOrStdout()
 			}
@@ -331,5 +334,6 @@ dataset. Only this host's backups unless --host is given ("*" = any host).`,
 	cmd.Flags().StringVar(&host, "host", "", `restore backups of this host (default: this host; "*" = any)`)
 	cmd.Flags().StringVar(&olderThan, "older-than", "", "restore the newest version older than this: a duration (24h) or a time (RFC 3339)")
 	cmd.Flags().BoolVar(&toStdout, "stdout", false, "write pipe atoms to standard output instead of running restore_command")
+	cmd.Flags().StringVar(&repository, "repository", "", "restore from this repository (the dataset's own or a replica); default: its own, or a replica when that copy cannot be used")
 	return cmd
 }

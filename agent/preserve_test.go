@@ -1,0 +1,379 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/custos-backup/custos/jobs"
+	"github.com/custos-backup/custos/metadata"
+)
+
+// preserveSetup is newSetup with a replica repository "offsite" that the
+// files source replicates to (after each ingest), and fixity on "local".
+func preserveSetup(t *testing.T, extra map[string]string) *testSetup {
+	t.Helper()
+	files := map[string]string{
+		"agent.yml": `hostname: test-host
+work_dir: work
+repositories:
+  - name: local
+    url: work/repo
+    password_file: pw
+    fixity: {period: 24h, budget: 1GiB}
+  - name: offsite
+    url: work/offsite
+    password_file: pw2
+    never_from: [db]
+http_listen: 127.0.0.1:0
+`,
+		"pw2": "another password\n",
+		"sources/files.yml": `name: files
+handler: file
+schedule: "@daily"
+params:
+  root: ../data
+  excludes: ["*.tmp"]
+replicate:
+  to: [offsite]
+datasets:
+  - name: docs
+  - name: photos
+    atoms:
+      - name: photos
+`,
+	}
+	for k, v := range extra {
+		files[k] = v
+	}
+	return newSetup(t, "@daily", files)
+}
+
+// largestPack returns the path of the largest pack file under repo.
+func largestPack(t *testing.T, repo string) string {
+	t.Helper()
+	var best string
+	var size int64
+	err := filepath.Walk(filepath.Join(repo, "data"), func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if !fi.IsDir() && fi.Size() > size {
+			best, size = p, fi.Size()
+		}
+		return nil
+	})
+	if err != nil || best == "" {
+		t.Fatalf("no pack in %s: %v", repo, err)
+	}
+	return best
+}
+
+// flipByte inverts every bit of the byte in the middle of the file.
+func flipByte(t *testing.T, p string) {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, b, 0o444); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBitRotHealedFromReplica: a flipped byte in a pack of the primary is
+// found by fixity, named down to its atom and path, recorded as evidence,
+// and healed from the replica; the next run passes and a restore yields the
+// original bytes. Damage no replica holds fails the run loudly.
+func TestBitRotHealedFromReplica(t *testing.T) {
+	ctx := testContext(t)
+	ts := preserveSetup(t, nil)
+	cm, cat, mgr := openTestCLI(ctx, t, ts.cfgPath, CatalogOptions{})
+	rc := cm.Current()
+	if _, err := BackupNow(ctx, mgr, rc, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	res, err := ReplicateNow(ctx, mgr, rc, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 2 || res[0].BytesCopied == 0 || res[0].Written != 1 {
+		t.Fatalf("replicate: %+v", res[0])
+	}
+	// Again: the replica holds everything, nothing is sent.
+	res, err = ReplicateNow(ctx, mgr, rc, "files", "docs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 1 || res[0].BytesCopied != 0 || res[0].Written != 0 || res[0].Snapshots != 1 {
+		t.Fatalf("second replicate sent data: %+v", res[0])
+	}
+	found, err := mgr.Find(ctx, metadata.FindRequest{Pattern: "*"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries := Flatten(found)
+	if err := mgr.AddHoldings(ctx, entries); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		want := []string{"local", "offsite"}
+		if strings.HasPrefix(e.Atom, "db/") {
+			want = want[:1]
+		}
+		if !slices.Equal(e.HeldIn, want) {
+			t.Errorf("%s held in %v, want %v", e.Atom, e.HeldIn, want)
+		}
+	}
+
+	// The docs dataset's pack is the largest (docs/sub/big.bin).
+	docsPack := largestPack(t, filepath.Join(ts.dir, "work", "repo"))
+	flipByte(t, docsPack)
+	run, err := mgr.Fixity(ctx, rc, "local", FixityOptions{})
+	if err != nil {
+		t.Fatalf("fixity with a replica to heal from: %v", err)
+	}
+	if len(run.Damaged) != 1 {
+		t.Fatalf("damaged: %+v", run.Damaged)
+	}
+	d := run.Damaged[0]
+	if !d.Healed || !slices.Equal(d.Atoms, []string{"files/docs/docs"}) || !slices.ContainsFunc(d.Paths, func(p string) bool { return strings.HasSuffix(p, ":docs/sub/big.bin") }) {
+		t.Fatalf("damage not named or not healed: %+v", d)
+	}
+	if d.Pack != filepath.Base(docsPack) {
+		t.Fatalf("damaged pack %s, flipped %s", d.Pack, filepath.Base(docsPack))
+	}
+	ev, err := cat.Store.FixityHistory(ctx, "local", d.Pack, 0)
+	if err != nil || len(ev) != 1 || ev[0].OK || !ev[0].Healed || ev[0].Host != "test-host" || ev[0].Algorithm != AlgoPack || ev[0].Error == "" {
+		t.Fatalf("evidence of the failure: %+v %v", ev, err)
+	}
+	run, err = mgr.Fixity(ctx, rc, "local", FixityOptions{All: true, Deep: true})
+	if err != nil || len(run.Damaged) != 0 || run.Deep == nil || run.Deep.Files != 4 {
+		t.Fatalf("the run after the heal: %+v %v", run, err)
+	}
+	target := t.TempDir()
+	if _, err := mgr.Restore(ctx, RestoreRequest{Pattern: "*", Target: target}); err != nil {
+		t.Fatal(err)
+	}
+	ts.checkRestored(t, target)
+
+	// The db source is refused by offsite: damage to its pack (the only
+	// other one above 150 KiB: the dump) has no copy to heal from.
+	dbPack := ""
+	for _, p := range run.Checked {
+		if p != d.Pack && !slices.Contains(d.HealedInto, p) {
+			path := filepath.Join(ts.dir, "work", "repo", "data", p[:2], p)
+			if fi, err := os.Stat(path); err == nil && fi.Size() > 150<<10 {
+				dbPack = path
+			}
+		}
+	}
+	if dbPack == "" {
+		t.Fatal("no pack of the db dump found")
+	}
+	flipByte(t, dbPack)
+	run, err = mgr.Fixity(ctx, rc, "local", FixityOptions{All: true})
+	if err == nil || run.Unhealed() != 1 || !strings.Contains(err.Error(), "could not be healed") {
+		t.Fatalf("unhealable damage: %+v %v", run, err)
+	}
+	if got := run.Damaged[0].Atoms; !slices.Equal(got, []string{"db/main/main"}) {
+		t.Fatalf("unhealable damage names %v", got)
+	}
+}
+
+// TestRestoreFromReplica: with the primary gone, restore falls back to the
+// replica; --repository picks a copy.
+func TestRestoreFromReplica(t *testing.T) {
+	ctx := testContext(t)
+	ts := preserveSetup(t, nil)
+	cm, _, mgr := openTestCLI(ctx, t, ts.cfgPath, CatalogOptions{})
+	if _, err := BackupNow(ctx, mgr, cm.Current(), "files", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReplicateNow(ctx, mgr, cm.Current(), "files", ""); err != nil {
+		t.Fatal(err)
+	}
+	delete(ts.files, "photos/ignore.tmp")
+	check := func(target string) {
+		t.Helper()
+		for name, want := range ts.files {
+			ds := strings.SplitN(name, "/", 2)[0]
+			got, err := os.ReadFile(filepath.Join(target, "files", ds, filepath.FromSlash(name)))
+			if err != nil || !bytes.Equal(got, want) {
+				t.Errorf("%s: %v", name, err)
+			}
+		}
+	}
+	target := t.TempDir()
+	if _, err := mgr.Restore(ctx, RestoreRequest{Pattern: "files", Target: target, Repository: "offsite"}); err != nil {
+		t.Fatal(err)
+	}
+	check(target)
+	mgr.Close()
+	if err := os.Rename(filepath.Join(ts.dir, "work", "repo"), filepath.Join(ts.dir, "work", "gone")); err != nil {
+		t.Fatal(err)
+	}
+	// A new manager, as the next command would have: the primary cannot
+	// be opened (and must not be created anew: the pool would initialise
+	// an empty one, whose snapshots are missing, which falls back too).
+	_, _, mgr2 := openTestCLI(ctx, t, ts.cfgPath, CatalogOptions{})
+	target = t.TempDir()
+	if _, err := mgr2.Restore(ctx, RestoreRequest{Pattern: "files", Target: target}); err != nil {
+		t.Fatal(err)
+	}
+	check(target)
+	_, err := mgr2.Restore(ctx, RestoreRequest{Pattern: "files", Target: t.TempDir(), Repository: "local"})
+	if err == nil {
+		t.Fatal("restore from the missing primary with --repository local succeeded")
+	}
+}
+
+// TestFixityBudget: with a budget of a tenth of the repository (plus the
+// largest pack, since runs read whole packs), ten runs verify every pack,
+// and no pack is verified an n+1th time while another has been verified
+// fewer than n times.
+func TestFixityBudget(t *testing.T) {
+	ctx := testContext(t)
+	ts := preserveSetup(t, nil)
+	cm, _, mgr := openTestCLI(ctx, t, ts.cfgPath, CatalogOptions{})
+	// Packs of about one size: the example's big file would be a pack of
+	// its own, larger than a tenth of the rest.
+	if err := os.Remove(filepath.Join(ts.dir, "data", "docs", "sub", "big.bin")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 12 {
+		if err := os.WriteFile(filepath.Join(ts.dir, "data", "docs", "new.bin"), randomBytes(t, 40<<10+i*1000), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := BackupNow(ctx, mgr, cm.Current(), "files", "docs"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	repo, err := mgr.repos.Get(ctx, cm.Current().Config.Repository("local"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	packs, err := repo.Packs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total, largest int64
+	for _, p := range packs {
+		total += p.Size
+		largest = max(largest, p.Size)
+	}
+	if len(packs) < 20 {
+		t.Fatalf("only %d packs", len(packs))
+	}
+	cm.Current().Config.Repository("local").Fixity.Budget = total/10 + largest
+	budget := total/10 + largest
+	cm.Current().Config.Repository("local").Fixity.Budget = budget
+	count := map[string]int{}
+	for run := 1; run <= 15; run++ {
+		r, err := mgr.Fixity(ctx, cm.Current(), "local", FixityOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.BytesRead > budget {
+			t.Fatalf("run %d read %d bytes, budget %d", run, r.BytesRead, budget)
+		}
+		for _, p := range r.Checked {
+			count[p]++
+			for _, q := range packs {
+				if count[q.ID.String()] < count[p]-1 {
+					t.Fatalf("run %d verified pack %s for the %d. time while pack %s was verified %d times", run, p[:8], count[p], q.ID.Short(), count[q.ID.String()])
+				}
+			}
+		}
+		if run == 10 {
+			for _, p := range packs {
+				if count[p.ID.String()] == 0 {
+					t.Fatalf("pack %s not verified in ten runs", p.ID.Short())
+				}
+			}
+		}
+	}
+	if len(count) != len(packs) {
+		t.Fatalf("%d packs verified, the repository has %d", len(count), len(packs))
+	}
+}
+
+// TestNeverFrom: config check refuses a source that replicates to a
+// repository that refuses it, naming file, line and field; a replication
+// asked for anyway sends nothing.
+func TestNeverFrom(t *testing.T) {
+	ts := preserveSetup(t, map[string]string{
+		"sources/db.yml": "name: db\nhandler: dump\nschedule: \"@daily\"\ndatasets:\n  - name: main\nreplicate:\n  to: [offsite]\n",
+	})
+	_, err := LoadConfig(ts.cfgPath)
+	var ce ConfigErrors
+	if !errors.As(err, &ce) || len(ce) != 1 {
+		t.Fatalf("want one config error, got %v", err)
+	}
+	if got := ce[0].Error(); !strings.Contains(got, "sources/db.yml:7:") || !strings.Contains(got, `field "replicate.to[0]"`) || !strings.Contains(got, "refuses source db") {
+		t.Fatalf("error: %s", got)
+	}
+
+	// The config passes without the replicate; a replication of db to
+	// offsite asked for anyway is refused before anything is sent.
+	ts = preserveSetup(t, nil)
+	ctx := testContext(t)
+	cm, _, mgr := openTestCLI(ctx, t, ts.cfgPath, CatalogOptions{})
+	if _, err := BackupNow(ctx, mgr, cm.Current(), "db", ""); err != nil {
+		t.Fatal(err)
+	}
+	_, err = mgr.Replicate(ctx, cm.Current(), cm.Current().Source("db"), "main", []string{"offsite"})
+	if err == nil || !strings.Contains(err.Error(), "refuses source db") {
+		t.Fatalf("replicate to a refusing repository: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(ts.dir, "work", "offsite")); !os.IsNotExist(err) {
+		t.Fatalf("the refusing repository was touched: %v", err)
+	}
+}
+
+// TestRunKinds: POST /api/run takes a kind; replicate and fixity jobs run
+// on their queues through the agent's runner.
+func TestRunKinds(t *testing.T) {
+	ctx := testContext(t)
+	ts := preserveSetup(t, nil)
+	a, base := startTestAgent(ctx, t, ts)
+	cases := []struct {
+		query string
+		code  int
+		kind  string
+	}{
+		{"kind=bogus&source=files", 400, ""},
+		{"kind=replicate&source=db", 422, ""},
+		{"kind=fixity&repository=nowhere", 404, ""},
+		{"kind=replicate&source=files", 200, "replicate"},
+		{"kind=fixity&repository=local", 200, "fixity"},
+	}
+	for _, tc := range cases {
+		code, body := apiCall(ctx, t, "POST", base+"/api/run?"+tc.query, "")
+		if code != tc.code {
+			t.Fatalf("%s: %d %s", tc.query, code, body)
+		}
+		if tc.kind == "" {
+			continue
+		}
+		waitFor(ctx, t, tc.kind+" job done", func() bool {
+			for _, j := range a.Runner().Done() {
+				if j.Kind == tc.kind {
+					if j.Result != jobs.ResultOK {
+						t.Fatalf("%s job: %s %s", tc.kind, j.Result, j.Error)
+					}
+					return true
+				}
+			}
+			return false
+		})
+	}
+}

@@ -1,0 +1,178 @@
+package agent
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// ReplicateSpec says where a source's (or one dataset's) snapshots are
+// copied: `replicate: {to: [offsite], schedule: "@daily"}`. Without a
+// schedule a replicate job follows each successful ingest of the dataset.
+type ReplicateSpec struct {
+	To       []string
+	Schedule string
+	File     string // where it was written, for config errors
+	Line     int
+	toLines  []int // line of each To entry
+}
+
+// FixitySpec is a repository's fixity policy: every pack verified at
+// least once per Period, a run reading at most Budget bytes (0: no limit).
+type FixitySpec struct {
+	Schedule string
+	Period   time.Duration
+	Budget   int64
+	// RunOnStart runs fixity once after the agent starts, when the
+	// ingests and replications started with it are done.
+	RunOnStart bool
+}
+
+// defaultFixityPeriod is how often every pack is proven when fixity gives
+// no period: a month, the NDSA level 2-3 interval people quote.
+const defaultFixityPeriod = 30 * 24 * time.Hour
+
+func decodeReplicate(d *decoder, n *yaml.Node, prefix string) *ReplicateSpec {
+	r := &ReplicateSpec{File: d.file, Line: n.Line}
+	keys := d.mapping(n, prefix, fields{
+		"to": func(v *yaml.Node, f string) {
+			d.sequence(v, f, func(_ int, item *yaml.Node, f string) {
+				var s string
+				if d.str(item, f, &s) {
+					r.To = append(r.To, s)
+					r.toLines = append(r.toLines, item.Line)
+				}
+			})
+		},
+		"schedule": func(v *yaml.Node, f string) {
+			if d.str(v, f, &r.Schedule) && r.Schedule != "" {
+				if err := checkSchedule(r.Schedule); err != nil {
+					d.errorf(v, f, "%v", err)
+				}
+			}
+		},
+	})
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	if keys["to"] == nil || len(r.To) == 0 {
+		d.errorf(n, join(prefix, "to"), "missing: replicate needs the repositories to copy to (to: [offsite])")
+	}
+	return r
+}
+
+func decodeFixity(d *decoder, n *yaml.Node, prefix string) *FixitySpec {
+	fx := &FixitySpec{Period: defaultFixityPeriod}
+	d.mapping(n, prefix, fields{
+		"schedule": func(v *yaml.Node, f string) {
+			if d.str(v, f, &fx.Schedule) && fx.Schedule != "" {
+				if err := checkSchedule(fx.Schedule); err != nil {
+					d.errorf(v, f, "%v", err)
+				}
+			}
+		},
+		"period": func(v *yaml.Node, f string) {
+			d.duration(v, f, &fx.Period)
+			if fx.Period <= 0 {
+				d.errorf(v, f, "period must be longer than 0")
+			}
+		},
+		"run_on_start": func(v *yaml.Node, f string) { d.boolean(v, f, &fx.RunOnStart) },
+		"budget": func(v *yaml.Node, f string) {
+			var s string
+			if !d.str(v, f, &s) {
+				return
+			}
+			b, err := parseSize(s)
+			if err != nil {
+				d.errorf(v, f, "%v", err)
+				return
+			}
+			fx.Budget = b
+		},
+	})
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	return fx
+}
+
+// parseSize reads a byte count: 1048576, 512KiB, 100MiB, 2GiB, 1GB, 0.
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"B", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if rest, ok := strings.CutSuffix(t, u.suffix); ok {
+			t, mult = strings.TrimSpace(rest), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseFloat(t, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("expected a size like 100MiB, 2GiB or a number of bytes, got %q", s)
+	}
+	return int64(n * float64(mult)), nil
+}
+
+// checkReplication rejects replicate targets that do not exist, that are
+// the source's own repository, or that refuse the source (never_from).
+func (cfg *Config) checkReplication(errs *ConfigErrors, s *SourceSpec, r *ReplicateSpec, field string) {
+	if r == nil {
+		return
+	}
+	for i, to := range r.To {
+		f := fmt.Sprintf("%s.to[%d]", field, i)
+		e := &ConfigError{File: r.File, Line: r.toLines[i], Field: f}
+		repo := cfg.Repository(to)
+		switch {
+		case repo == nil:
+			e.Msg = fmt.Sprintf("unknown repository %q (known: %s)", to, strings.Join(cfg.repositoryNames(), ", "))
+		case to == s.Repository:
+			e.Msg = fmt.Sprintf("repository %q is where source %s is backed up; a replica must be another repository", to, s.Name)
+		case slices.Contains(repo.NeverFrom, s.Name):
+			e.Msg = fmt.Sprintf("repository %q refuses source %s (never_from in %s)", to, s.Name, cfg.File)
+		default:
+			continue
+		}
+		*errs = append(*errs, e)
+	}
+}
+
+// ReplicateFor returns the replication of one dataset of s: the dataset's
+// own, else the source's, else nil.
+func (s *SourceSpec) ReplicateFor(dataset string) *ReplicateSpec {
+	for _, ds := range s.Datasets {
+		if ds.Name == dataset && ds.Replicate != nil {
+			return ds.Replicate
+		}
+	}
+	return s.Replicate
+}
+
+// replicateTargets lists every repository any dataset of s replicates to.
+func (s *SourceSpec) replicateTargets() []string {
+	var out []string
+	add := func(r *ReplicateSpec) {
+		if r == nil {
+			return
+		}
+		for _, to := range r.To {
+			if !slices.Contains(out, to) {
+				out = append(out, to)
+			}
+		}
+	}
+	add(s.Replicate)
+	for _, ds := range s.Datasets {
+		add(ds.Replicate)
+	}
+	return out
+}

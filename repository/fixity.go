@@ -1,0 +1,481 @@
+package repository
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/custos-backup/custos/repository/backend"
+)
+
+// Fixity: the pieces a scheduler needs to prove, pack by pack, that a
+// repository is intact, and to repair it from another repository. The
+// scheduler (agent) chooses which packs a run reads and keeps the evidence;
+// this file reads, judges and heals.
+
+// PackInfo is one indexed pack.
+type PackInfo struct {
+	ID   ID
+	Size int64
+}
+
+// Packs lists the packs the index lists, after bringing the index up to
+// date. Packs no index lists (crash leftovers, packs a heal retired) are
+// not there: nothing reads them, and prune deletes them.
+func (r *Repository) Packs(ctx context.Context) ([]PackInfo, error) {
+	if err := r.refreshIndex(ctx, false); err != nil {
+		return nil, fmt.Errorf("list packs: %w", err)
+	}
+	return r.index().packInfos(), nil
+}
+
+// packInfos returns every pack known with its size.
+func (x *index) packInfos() []PackInfo {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	out := make([]PackInfo, len(x.packs))
+	for i, id := range x.packs {
+		out[i] = PackInfo{ID: id, Size: x.packSize[i]}
+	}
+	return out
+}
+
+// PackVerdict is the outcome of verifying one pack.
+type PackVerdict struct {
+	Pack      ID       `json:"pack"`
+	Size      int64    `json:"size"`
+	BytesRead int64    `json:"bytes_read"`
+	OK        bool     `json:"ok"`
+	Err       string   `json:"error,omitempty"`
+	Blobs     []string `json:"damaged_blobs,omitempty"` // damaged blob ids
+	Snapshots []string `json:"snapshots,omitempty"`     // snapshots that need a damaged blob
+	Paths     []string `json:"paths,omitempty"`         // "snapshotShortID:path" of files that need one
+	// Reread is true when the first read found damage, so the pack was
+	// read a second time; OK then says what the second read found.
+	Reread bool `json:"reread,omitempty"`
+}
+
+// VerifyPacks reads each pack whole and verifies it as check --read-data
+// does: its SHA-256 against its name, its header against the index, every
+// blob against its id. A pack found damaged is read once more, so that a
+// passing network error is not reported as damage; only what the second
+// read confirms is. The verdict of a damaged pack names the snapshots and
+// file paths that depend on it.
+//
+// It returns an error only when it could not judge (the backend failed to
+// list, ctx ended); damage is in the verdicts.
+func (r *Repository) VerifyPacks(ctx context.Context, packs []ID) ([]PackVerdict, error) {
+	_, verdicts, err := r.verifyPackSet(ctx, packs)
+	if err != nil {
+		return nil, err
+	}
+	var again []ID
+	for _, v := range verdicts {
+		if !v.OK {
+			again = append(again, v.Pack)
+		}
+	}
+	if len(again) == 0 {
+		return verdicts, nil
+	}
+	c, second, err := r.verifyPackSet(ctx, again)
+	if err != nil {
+		return nil, err
+	}
+	if len(c.damagedBlobs) > 0 {
+		snaps, err := c.checkSnapshots(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if err := c.findDependents(ctx, snaps); err != nil {
+			return nil, err
+		}
+	}
+	byID := make(map[ID]PackVerdict, len(second))
+	for _, v := range second {
+		v.Reread = true
+		if p := c.problems[packPath(v.Pack)]; p != nil {
+			v.Blobs = slices.Clone(p.Blobs)
+			sort.Strings(v.Blobs)
+			v.Snapshots = slices.Clone(p.Snapshots)
+			v.Paths = slices.Clone(p.Paths)
+		}
+		byID[v.Pack] = v
+	}
+	for i, v := range verdicts {
+		if s, ok := byID[v.Pack]; ok {
+			verdicts[i] = s
+		}
+	}
+	return verdicts, nil
+}
+
+// verifyPackSet reads packs once with a fresh view of the index.
+func (r *Repository) verifyPackSet(ctx context.Context, packs []ID) (*checkState, []PackVerdict, error) {
+	c := newCheckState(r)
+	if err := c.checkIndex(ctx); err != nil {
+		return nil, nil, err
+	}
+	if err := c.listPacks(ctx); err != nil {
+		return nil, nil, err
+	}
+	out := make([]PackVerdict, 0, len(packs))
+	var buf []byte
+	for _, id := range packs {
+		pp := packPath(id)
+		v := PackVerdict{Pack: id, Size: c.packs[id]}
+		if _, stored := c.stored[id]; !stored {
+			c.problem(pp, "pack is missing from the backend")
+			for _, pb := range c.packBlobs[id] {
+				c.damageBlob(pp, pb.handle())
+			}
+		} else {
+			var n int64
+			var err error
+			n, buf, err = c.readPack(ctx, id, buf)
+			if err != nil {
+				return nil, nil, fmt.Errorf("verify %s: %w", pp, err)
+			}
+			v.BytesRead = n
+		}
+		if p := c.problems[pp]; p != nil {
+			v.Err = p.Err
+			v.Blobs = slices.Clone(p.Blobs)
+		} else {
+			v.OK = true
+		}
+		out = append(out, v)
+	}
+	return c, out, nil
+}
+
+// DigestProblem is a file whose content does not hash to the whole-file
+// SHA-256 recorded when it was ingested, or cannot be read.
+type DigestProblem struct {
+	Snapshot string `json:"snapshot"`
+	Path     string `json:"path"`
+	Err      string `json:"error"`
+}
+
+// DigestStats counts what VerifyDigests read.
+type DigestStats struct {
+	Files    int64           `json:"files"`
+	Bytes    int64           `json:"bytes"`
+	Problems []DigestProblem `json:"problems"`
+}
+
+// VerifyDigests re-derives the whole-file SHA-256 of every regular file
+// of snaps from its blobs and compares it with the digest recorded at
+// ingest (the tree node's Digest). This is the auditor's question: is the
+// file as it was ingested, not only is each pack what it was written as.
+// Files written without a digest are counted but not compared.
+func (r *Repository) VerifyDigests(ctx context.Context, snaps []*Snapshot) (*DigestStats, error) {
+	st := &DigestStats{Problems: []DigestProblem{}}
+	for _, sn := range snaps {
+		err := r.walkTree(ctx, sn.Tree, func(p string, n *node) error {
+			if n.Type != nodeFile {
+				return nil
+			}
+			st.Files++
+			h := sha256.New()
+			var buf []byte
+			for _, b := range n.Content {
+				data, err := r.loadBlob(ctx, DataBlob, b, buf)
+				if err != nil {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					st.Problems = append(st.Problems, DigestProblem{Snapshot: sn.ID.String(), Path: p, Err: err.Error()})
+					return nil
+				}
+				h.Write(data)
+				st.Bytes += int64(len(data))
+				buf = data[:0]
+			}
+			if n.Digest.IsNull() {
+				return nil
+			}
+			if ID(h.Sum(nil)) != n.Digest {
+				st.Problems = append(st.Problems, DigestProblem{Snapshot: sn.ID.String(), Path: p,
+					Err: fmt.Sprintf("content SHA-256 %s differs from the %s recorded at ingest", ID(h.Sum(nil)).Short(), n.Digest.Short())})
+			}
+			return nil
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return st, ctx.Err()
+			}
+			st.Problems = append(st.Problems, DigestProblem{Snapshot: sn.ID.String(), Path: "/", Err: err.Error()})
+		}
+	}
+	return st, nil
+}
+
+// HealResult says how a damaged pack was rewritten.
+type HealResult struct {
+	Pack        ID   `json:"pack"`
+	NewPacks    []ID `json:"new_packs"`
+	FromPack    int  `json:"blobs_from_pack"`    // blobs that still verified in the damaged pack
+	FromReplica int  `json:"blobs_from_replica"` // blobs fetched from another repository
+}
+
+// ErrCannotHeal is returned (wrapped) by HealPack when no given repository
+// holds a good copy of a damaged blob; the repository is left unchanged.
+var ErrCannotHeal = errors.New("no good copy to heal from")
+
+// HealPack rewrites a damaged pack: the blobs that still verify in it are
+// copied as they are, every other blob it holds is fetched, verified by its
+// hash, from the first of sources that has it and sealed with r's key. The
+// new pack(s) are indexed by one index file that supersedes every index
+// file listing the damaged pack, so from then on no reader looks into the
+// damaged pack; it stays in data/, unindexed, until prune's rule for
+// unindexed packs removes it.
+//
+// If some blob has no good copy anywhere, nothing is written and the error
+// wraps ErrCannotHeal and names the blobs.
+func (r *Repository) HealPack(ctx context.Context, pack ID, sources []*Repository) (*HealResult, error) {
+	pp := packPath(pack)
+	lock, err := r.Lock(ctx, false)
+	if err != nil {
+		return nil, fmt.Errorf("heal %s: %w", pp, err)
+	}
+	defer func() { _ = lock.Unlock(context.WithoutCancel(ctx)) }()
+
+	// The index files that list the pack, and everything they list.
+	var files []ID
+	var keep []indexPack
+	var entries []packedBlob
+	var size int64
+	err = r.forEachIndexFile(ctx, false, func(id ID, f *indexFile) error {
+		lists := false
+		for _, p := range f.Packs {
+			if p.ID == pack {
+				lists = true
+			}
+		}
+		if !lists {
+			return nil
+		}
+		files = append(files, id)
+		for _, p := range f.Packs {
+			if p.ID == pack {
+				if entries == nil {
+					entries, size = p.Blobs, p.Size
+				}
+				continue
+			}
+			keep = append(keep, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("heal %s: %w", pp, err)
+	}
+	if len(files) == 0 {
+		return nil, fmt.Errorf("heal %s: no index file lists the pack (already healed?)", pp)
+	}
+	res := &HealResult{Pack: pack}
+
+	// The damaged pack as it is now, if it can be read at all.
+	whole, rerr := loadWhole(ctx, r.be, backend.Handle{Type: backend.PackFile, Name: pack.String()}, size, nil)
+	if rerr != nil && ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	type healed struct {
+		pb     packedBlob
+		sealed []byte
+	}
+	var out []healed
+	var missing []string
+	for _, pb := range entries {
+		if rerr == nil && int64(pb.Offset)+int64(pb.Length) <= int64(len(whole)) {
+			sealed := whole[pb.Offset : pb.Offset+pb.Length]
+			if _, err := r.openBlob(pb, slices.Clone(sealed), nil); err == nil {
+				out = append(out, healed{pb: pb, sealed: sealed})
+				res.FromPack++
+				continue
+			}
+		}
+		pt, err := fetchGood(ctx, pb.handle(), sources)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			missing = append(missing, fmt.Sprintf("%s blob %s (%v)", pb.Type, pb.ID.Short(), err))
+			continue
+		}
+		npb := pb
+		npb.Flags = 0
+		npb.RawLength = uint32(len(pt))
+		out = append(out, healed{pb: npb, sealed: r.seal.seal(nil, pt)})
+		res.FromReplica++
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("heal %s: %w for %d blob(s): %s", pp, ErrCannotHeal, len(missing), joinShort(missing, 5))
+	}
+
+	var newPacks []indexPack
+	var cur packBuilder
+	flush := func() error {
+		if len(cur.blobs) == 0 {
+			return nil
+		}
+		id, err := cur.finish(r.seal, time.Now())
+		if err != nil {
+			return err
+		}
+		if err := saveBytes(ctx, r.be, backend.Handle{Type: backend.PackFile, Name: id.String()}, cur.buf); err != nil {
+			return err
+		}
+		newPacks = append(newPacks, indexPack{ID: id, Size: int64(len(cur.buf)), Blobs: slices.Clone(cur.blobs)})
+		res.NewPacks = append(res.NewPacks, id)
+		cur = packBuilder{}
+		return nil
+	}
+	for _, h := range out {
+		if len(cur.buf) > 0 && int64(len(cur.buf)+len(h.sealed)) > r.cfg.PackSize {
+			if err := flush(); err != nil {
+				return nil, fmt.Errorf("heal %s: %w", pp, err)
+			}
+		}
+		if err := cur.add(h.pb.Type, h.pb.ID, h.pb.Flags, int(h.pb.RawLength), h.sealed); err != nil {
+			return nil, fmt.Errorf("heal %s: %w", pp, err)
+		}
+	}
+	if err := flush(); err != nil {
+		return nil, fmt.Errorf("heal %s: %w", pp, err)
+	}
+	// Packs are durable; now the one index file that moves readers to
+	// them (FORMAT.md §10: packs before index). A crash before it leaves
+	// unindexed new packs, which prune removes.
+	if err := lock.Valid(); err != nil {
+		return nil, fmt.Errorf("heal %s: %w", pp, err)
+	}
+	if err := r.writeIndexes(ctx, append(keep, newPacks...), files); err != nil {
+		return nil, fmt.Errorf("heal %s: write index: %w", pp, err)
+	}
+	for _, id := range files {
+		h := backend.Handle{Type: backend.IndexFile, Name: id.String()}
+		if err := r.be.Remove(ctx, h); err != nil && !errors.Is(err, backend.ErrNotExist) {
+			// Superseded files are skipped by every reader; leaving one
+			// is untidy, not wrong.
+			r.log.Warn("heal: cannot remove a superseded index file", "file", h.Path(), "err", err)
+		}
+	}
+	if err := r.refreshIndex(ctx, true); err != nil {
+		return res, fmt.Errorf("heal %s: reload index: %w", pp, err)
+	}
+	return res, nil
+}
+
+// fetchGood returns the verified plaintext of blob h from the first
+// repository of sources that has a good copy.
+func fetchGood(ctx context.Context, h BlobHandle, sources []*Repository) ([]byte, error) {
+	var errs []error
+	for _, src := range sources {
+		_ = src.refreshIndex(ctx, false)
+		pt, err := src.loadBlob(ctx, h.Type, h.ID, nil)
+		if err == nil {
+			return pt, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", src.be.Location(), err))
+	}
+	if len(errs) == 0 {
+		return nil, errors.New("no replica given")
+	}
+	return nil, errors.Join(errs...)
+}
+
+func joinShort(items []string, n int) string {
+	if len(items) <= n {
+		return fmt.Sprint(items)
+	}
+	return fmt.Sprintf("%v and %d more", items[:n], len(items)-n)
+}
+
+// CopyNeeds returns how many bytes (sealed, as src stores them) copying
+// snaps into dst would write at most: the blobs below the snapshots that
+// dst lacks. Space checks use it before a copy starts.
+func CopyNeeds(ctx context.Context, src, dst *Repository, snaps []*Snapshot) (int64, error) {
+	if err := dst.refreshIndex(ctx, false); err != nil {
+		return 0, err
+	}
+	seen := map[BlobHandle]bool{}
+	var need int64
+	add := func(h BlobHandle) {
+		if seen[h] || dst.index().has(h) {
+			return
+		}
+		seen[h] = true
+		if _, pb, ok := src.index().lookup(h); ok {
+			need += int64(pb.Length)
+		}
+	}
+	for _, sn := range snaps {
+		if dst.index().has(treeHandle(sn.Tree)) {
+			continue // a tree in dst has its whole subtree there (Copy's order)
+		}
+		add(treeHandle(sn.Tree))
+		err := src.walkTree(ctx, sn.Tree, func(_ string, n *node) error {
+			switch n.Type {
+			case nodeDir:
+				if seen[treeHandle(n.Subtree)] || dst.index().has(treeHandle(n.Subtree)) {
+					return errSkipSubtree
+				}
+				add(treeHandle(n.Subtree))
+			case nodeFile:
+				for _, b := range n.Content {
+					add(dataHandle(b))
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return 0, fmt.Errorf("snapshot %s: %w", sn.ID.Short(), err)
+		}
+	}
+	return need, nil
+}
+
+// VerifyHeld checks that the snapshot id is complete in r: the snapshot
+// file and every tree verify, and every file blob is indexed. A copy calls
+// it on what it wrote before it records the replica.
+func (r *Repository) VerifyHeld(ctx context.Context, id ID) error {
+	sn, err := r.LoadSnapshot(ctx, id)
+	if err != nil {
+		return err
+	}
+	var missing int
+	var first ID
+	err = r.walkTree(ctx, sn.Tree, func(_ string, n *node) error {
+		if n.Type != nodeFile {
+			return nil
+		}
+		for _, b := range n.Content {
+			if !r.index().has(dataHandle(b)) {
+				if missing == 0 {
+					first = b
+				}
+				missing++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("snapshot %s: %w", id.Short(), err)
+	}
+	if missing > 0 {
+		return fmt.Errorf("snapshot %s: %d file blob(s) are not indexed (first %s)", id.Short(), missing, first.Short())
+	}
+	return nil
+}
+
+// Refresh brings the in-memory index up to date with what other processes
+// wrote since it was loaded (a long-lived Repository's view goes stale).
+func (r *Repository) Refresh(ctx context.Context) error {
+	return r.refreshIndex(ctx, false)
+}

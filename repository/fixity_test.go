@@ -1,0 +1,206 @@
+package repository
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/custos-backup/custos/internal/s3server"
+	"github.com/custos-backup/custos/repository/backend/location"
+)
+
+// TestVerifyHealPack flips one byte inside a data blob of a pack: the
+// verdict names the blob and the files that need it, a heal from a replica
+// (another key, another polynomial) rewrites the pack, and afterwards
+// every indexed pack verifies, the damaged one is no longer indexed, and
+// a restore yields the original bytes.
+func TestVerifyHealPack(t *testing.T) {
+	ctx := context.Background()
+	f := newCorruptionFixture(t)
+	replica, _ := newSmallPackRepo(t, "other")
+	if _, err := Copy(ctx, f.r, replica, []*Snapshot{f.snapA, f.snapB}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// A pack holding data of a/: the first blob of the first file.
+	node, err := f.r.findNode(ctx, f.snapA.Tree, "a-01.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pack, pb, ok := f.r.index().lookup(dataHandle(node.Content[0]))
+	if !ok {
+		t.Fatal("blob not indexed")
+	}
+	f.flip(t, packPath(pack), int64(pb.Offset)+int64(pb.Length)/2)
+
+	r := reopen(t, f.dir, corruptPW)
+	vs, err := r.VerifyPacks(ctx, []ID{pack})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := vs[0]
+	if v.OK || !v.Reread || len(v.Blobs) == 0 || v.Blobs[0] != node.Content[0].String() {
+		t.Fatalf("verdict does not name the damaged blob: %+v", v)
+	}
+	if len(v.Snapshots) != 1 || v.Snapshots[0] != f.snapA.ID.String() || !containsSuffix(v.Paths, ":a-01.bin") {
+		t.Fatalf("verdict does not name snapshot and path: %+v", v)
+	}
+
+	// No replica: nothing changes and the error says so.
+	if _, err := r.HealPack(ctx, pack, nil); !errors.Is(err, ErrCannotHeal) {
+		t.Fatalf("heal without replica: %v", err)
+	}
+	res, err := r.HealPack(ctx, pack, []*Repository{replica})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.FromReplica != 1 || len(res.NewPacks) == 0 {
+		t.Fatalf("heal: %+v", res)
+	}
+	packs, err := r.Packs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []ID
+	for _, p := range packs {
+		if p.ID == pack {
+			t.Fatal("the damaged pack is still indexed")
+		}
+		ids = append(ids, p.ID)
+	}
+	vs, err = r.VerifyPacks(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vs {
+		if !v.OK {
+			t.Fatalf("after heal: %+v", v)
+		}
+	}
+	ds, err := r.VerifyDigests(ctx, []*Snapshot{f.snapA, f.snapB})
+	if err != nil || len(ds.Problems) != 0 || ds.Files != 9 {
+		t.Fatalf("digests after heal: %+v %v", ds, err)
+	}
+	restoreCompare(t, reopen(t, f.dir, corruptPW), f.snapA, f.srcA)
+}
+
+// TestVerifyDigestsFindsDamage: deep verification names the file whose
+// blob no longer verifies.
+func TestVerifyDigestsFindsDamage(t *testing.T) {
+	ctx := context.Background()
+	f := newCorruptionFixture(t)
+	node, err := f.r.findNode(ctx, f.snapB.Tree, "b-02.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pack, pb, _ := f.r.index().lookup(dataHandle(node.Content[len(node.Content)-1]))
+	f.flip(t, packPath(pack), int64(pb.Offset)+4)
+	r := reopen(t, f.dir, corruptPW)
+	ds, err := r.VerifyDigests(ctx, []*Snapshot{f.snapB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ds.Problems) == 0 || ds.Problems[0].Path != "b-02.bin" {
+		t.Fatalf("deep verification: %+v", ds)
+	}
+}
+
+func containsSuffix(ss []string, suffix string) bool {
+	for _, s := range ss {
+		if strings.HasSuffix(s, suffix) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestVerifyHealPackS3: bit rot in a pack stored as an S3 object (on a
+// real S3 server) is found, named and healed from a local replica.
+func TestVerifyHealPackS3(t *testing.T) {
+	ctx := context.Background()
+	srv := s3server.Start(t)
+	srv.CreateBucket(t, "custos")
+	srv.SetEnv(t)
+	be, err := location.Create(ctx, srv.URL("custos", "primary"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Init(ctx, be, InitOptions{Password: []byte("s3 password"), kdfParams: cheapKDF, PackSize: minPackSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	dir := t.TempDir()
+	writeRandomFiles(t, dir, "s", 3, 200<<10, 42)
+	sn := backupDir(t, r, dir, "s3data")
+	replica, _ := newSmallPackRepo(t, "other")
+	if _, err := Copy(ctx, r, replica, []*Snapshot{sn}, nil); err != nil {
+		t.Fatal(err)
+	}
+	node, err := r.findNode(ctx, sn.Tree, "s-01.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pack, pb, _ := r.index().lookup(dataHandle(node.Content[0]))
+	// versitygw's posix backend keeps each object as a file.
+	obj := filepath.Join(srv.Dir, "custos", "primary", filepath.FromSlash(packPath(pack)))
+	b, err := os.ReadFile(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[int64(pb.Offset)+int64(pb.Length)/2] ^= 0xff
+	if err := os.WriteFile(obj, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	vs, err := r.VerifyPacks(ctx, []ID{pack})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vs[0].OK || !containsSuffix(vs[0].Paths, ":s-01.bin") {
+		t.Fatalf("verdict: %+v", vs[0])
+	}
+	res, err := r.HealPack(ctx, pack, []*Repository{replica})
+	if err != nil || res.FromReplica == 0 {
+		t.Fatalf("heal: %+v %v", res, err)
+	}
+	packs, err := r.Packs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []ID
+	for _, p := range packs {
+		ids = append(ids, p.ID)
+	}
+	vs, err = r.VerifyPacks(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vs {
+		if !v.OK || v.Pack == pack {
+			t.Fatalf("after heal: %+v", v)
+		}
+	}
+	restoreCompare(t, r, sn, dir)
+}
+
+// TestCopyCancel: a copy whose context ends stops with the context's
+// error and leaves the destination without the snapshot it was copying.
+func TestCopyCancel(t *testing.T) {
+	src, _ := newSmallPackRepo(t, "pw")
+	dst, _ := newSmallPackRepo(t, "pw2")
+	dir := t.TempDir()
+	writeTreeOfFiles(t, dir, 3, 3, 300<<10, 5)
+	sn := backupDir(t, src, dir, "a")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, err := Copy(ctx, src, dst, []*Snapshot{sn}, func(Progress) { cancel() })
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled copy: %v", err)
+	}
+	snaps, err := dst.Snapshots(context.Background())
+	if err != nil || len(snaps) != 0 {
+		t.Fatalf("destination after a cancelled copy: %v %v", snaps, err)
+	}
+}
