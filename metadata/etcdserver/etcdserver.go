@@ -46,6 +46,12 @@ const (
 // transactions to stay well below it.
 const MaxRequestBytes = 3 << 19 // 1.5 MiB
 
+// Raft log retention of the embedded (single-member) server.
+const (
+	snapshotCount   = 1000
+	snapshotCatchUp = 100
+)
+
 // Options tune the embedded server. The zero value works.
 type Options struct {
 	// ClientPort and PeerPort on 127.0.0.1. Zero reuses the ports of the
@@ -123,6 +129,12 @@ func start(ctx context.Context, dataDir string, opts Options, lock *os.File) (*E
 	cfg.AutoCompactionMode = embed.CompactorModePeriodic
 	cfg.AutoCompactionRetention = "1h"
 	cfg.MaxRequestBytes = MaxRequestBytes
+	// A single member has no follower to catch up: a snapshot every
+	// snapshotCount entries, keeping few entries after it, bounds both
+	// the raft log held in memory (entries of up to MaxRequestBytes) and
+	// the WAL that every start reads back.
+	cfg.SnapshotCount = snapshotCount
+	cfg.SnapshotCatchUpEntries = snapshotCatchUp
 	if opts.MaxTxnOps > 0 {
 		cfg.MaxTxnOps = opts.MaxTxnOps
 	}
