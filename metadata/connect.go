@@ -266,8 +266,12 @@ func probe(ctx context.Context, ep string, tc *tls.Config) error {
 			secure = false
 		}
 	}
+	network := "tcp"
+	if u, err := url.Parse(ep); err == nil && (u.Scheme == "unix" || u.Scheme == "unixs") {
+		network, host = "unix", u.Host+u.Path
+	}
 	var d net.Dialer
-	raw, err := d.DialContext(ctx, "tcp", host)
+	raw, err := d.DialContext(ctx, network, host)
 	if err != nil {
 		return err
 	}

@@ -6,14 +6,28 @@
 //	etcd/      etcd's own data (WAL and bbolt database)
 //	etcd.log   etcd's log (level Options.LogLevel, default "error")
 //	lock       flock held while a server runs on this directory
-//	ports      "client peer" ports, reused on the next start
-//	endpoint   client URL, present only while a server runs
+//	sock/      0700: client.sock, the server's unix socket
+//	endpoint   client URL (unix:///…/sock/client.sock), present only
+//	           while a server runs
 //
 // Only one process serves a data directory at a time (the lock); another
 // process reads the endpoint file and connects as a client.
+//
+// The catalog belongs to the agent's user: clients reach the server only
+// through a unix socket in a folder of mode 0700 (the data directory is
+// made 0700 too), so other local users can neither read nor rewrite it;
+// etcd serves no TCP client port. When the socket's path would be longer
+// than a unix socket path may be, the socket lives in a 0700 folder of our
+// own under the system's temporary folder instead (the endpoint file says
+// where). The peer port, which a single member needs to be configured
+// with but nobody talks to, is bound to 127.0.0.1 on a fresh random port
+// at every start; etcd answers there only raft messages of its own cluster
+// and member list queries, never keys.
 package etcdserver
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"context"
 	"errors"
 	"fmt"
@@ -36,7 +50,9 @@ var ErrLocked = errors.New("etcdserver: data directory is in use by another serv
 const (
 	EndpointFile = "endpoint"
 	lockFile     = "lock"
-	portsFile    = "ports"
+	portsFile    = "ports" // written by older versions; removed
+	sockDir      = "sock"
+	sockFile     = "client.sock"
 	etcdDir      = "etcd"
 	logFile      = "etcd.log"
 )
@@ -54,10 +70,12 @@ const (
 
 // Options tune the embedded server. The zero value works.
 type Options struct {
-	// ClientPort and PeerPort on 127.0.0.1. Zero reuses the ports of the
-	// previous start on this data directory when they are free, else
-	// picks free ones.
-	ClientPort, PeerPort int
+	// ClientPort, when set, serves clients on 127.0.0.1:ClientPort instead
+	// of the unix socket: every local user can reach that. For tests
+	// that need a TCP endpoint; the agent never sets it.
+	ClientPort int
+	// PeerPort on 127.0.0.1; zero picks a free one at every start.
+	PeerPort int
 	// Name of the member; default "custos".
 	Name string
 	// LogLevel of etcd's log file: debug, info, warn, error; default
@@ -108,12 +126,30 @@ func StartEmbedded(ctx context.Context, dataDir string, opts Options) (*Embedded
 }
 
 func start(ctx context.Context, dataDir string, opts Options, lock *os.File) (*Embedded, error) {
-	cp, pp, err := choosePorts(dataDir, opts.ClientPort, opts.PeerPort)
-	if err != nil {
-		return nil, err
+	// MkdirAll leaves the mode of a folder that exists alone.
+	if err := os.Chmod(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("etcdserver: data dir %s: %w", dataDir, err)
 	}
-	curl := url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(cp))}
+	var curl url.URL
+	if opts.ClientPort != 0 {
+		curl = url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(opts.ClientPort))}
+	} else {
+		sock, err := socketPath(dataDir)
+		if err != nil {
+			return nil, err
+		}
+		curl = url.URL{Scheme: "unix", Path: sock}
+	}
+	pp := opts.PeerPort
+	if pp == 0 {
+		var err error
+		if pp, err = freePort(); err != nil {
+			return nil, err
+		}
+	}
 	purl := url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(pp))}
+	// An older version recorded TCP ports here; they are not used.
+	_ = os.Remove(filepath.Join(dataDir, portsFile))
 
 	cfg := embed.NewConfig()
 	cfg.Name = opts.Name
@@ -138,15 +174,11 @@ func start(ctx context.Context, dataDir string, opts Options, lock *os.File) (*E
 	if opts.MaxTxnOps > 0 {
 		cfg.MaxTxnOps = opts.MaxTxnOps
 	}
-	if err := os.WriteFile(filepath.Join(dataDir, portsFile), []byte(fmt.Sprintf("%d %d\n", cp, pp)), 0o600); err != nil {
-		return nil, fmt.Errorf("etcdserver: record ports in %s: %w", dataDir, err)
-	}
-
 	etcd, err := embed.StartEtcd(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("etcdserver: start on %s (client %s): %w", dataDir, curl.String(), err)
+		return nil, fmt.Errorf("etcdserver: start on %s (client %s): %w", dataDir, endpointOf(curl), err)
 	}
-	e := &Embedded{etcd: etcd, dataDir: dataDir, endpoint: curl.String(), lock: lock}
+	e := &Embedded{etcd: etcd, dataDir: dataDir, endpoint: endpointOf(curl), lock: lock}
 	timer := time.NewTimer(opts.ReadyTimeout)
 	defer timer.Stop()
 	select {
@@ -166,6 +198,15 @@ func start(ctx context.Context, dataDir string, opts Options, lock *os.File) (*E
 		return nil, fmt.Errorf("etcdserver: write endpoint file in %s: %w", dataDir, err)
 	}
 	return e, nil
+}
+
+// endpointOf is the client URL as the etcd client takes it
+// (unix:///path for a socket).
+func endpointOf(u url.URL) string {
+	if u.Scheme == "unix" {
+		return "unix://" + u.Path
+	}
+	return u.String()
 }
 
 // Endpoints returns the client URLs.
@@ -211,45 +252,52 @@ func ReadEndpoint(dataDir string) (string, error) {
 	return strings.TrimSpace(string(b)), nil
 }
 
-// choosePorts returns the configured ports, else the recorded ones when
-// free, else free ones.
-func choosePorts(dataDir string, client, peer int) (int, int, error) {
-	var rc, rp int
-	if b, err := os.ReadFile(filepath.Join(dataDir, portsFile)); err == nil {
-		if _, err := fmt.Sscanf(string(b), "%d %d", &rc, &rp); err != nil {
-			rc, rp = 0, 0
-		}
-	}
-	pick := func(want, recorded int) (int, error) {
-		if want != 0 {
-			return want, nil
-		}
-		if recorded > 0 && portFree(recorded) {
-			return recorded, nil
-		}
-		return freePort()
-	}
-	c, err := pick(client, rc)
+// maxSocketPath is the longest unix socket path that Linux and the BSDs
+// accept (sun_path is 108 and 104 bytes, with a NUL).
+const maxSocketPath = 100
+
+// socketPath returns the client socket's path: dataDir/sock/client.sock,
+// or, when that is too long for a unix socket, a folder of this user's own
+// under the temporary folder, named after dataDir. Either folder is 0700
+// and checked to be ours, so no other user can reach the socket.
+func socketPath(dataDir string) (string, error) {
+	abs, err := filepath.Abs(dataDir)
 	if err != nil {
-		return 0, 0, err
+		return "", fmt.Errorf("etcdserver: data dir %s: %w", dataDir, err)
 	}
-	p, err := pick(peer, rp)
-	for err == nil && p == c {
-		p, err = freePort()
+	dir := filepath.Join(abs, sockDir)
+	if len(dir)+len("/"+sockFile) > maxSocketPath {
+		sum := sha256.Sum256([]byte(abs))
+		dir = filepath.Join(os.TempDir(), fmt.Sprintf("custos-etcd-%d-%s", os.Getuid(), hex.EncodeToString(sum[:6])))
 	}
-	if err != nil {
-		return 0, 0, err
+	if err := privateDir(dir); err != nil {
+		return "", fmt.Errorf("etcdserver: socket folder: %w", err)
 	}
-	return c, p, nil
+	return filepath.Join(dir, sockFile), nil
 }
 
-func portFree(port int) bool {
-	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-	if err != nil {
-		return false
+// privateDir creates dir with mode 0700, or makes sure that the folder
+// that is there is a folder (not a link), ours, and 0700.
+func privateDir(dir string) error {
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
 	}
-	_ = l.Close()
-	return true
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a folder", dir)
+	}
+	if uid, ok := ownerOf(fi); ok && uid != os.Getuid() {
+		return fmt.Errorf("%s belongs to user %d, not to us (%d)", dir, uid, os.Getuid())
+	}
+	if fi.Mode().Perm() != 0o700 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func freePort() (int, error) {
