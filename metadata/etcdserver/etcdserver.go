@@ -26,9 +26,9 @@
 package etcdserver
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"context"
 	"errors"
 	"fmt"
 	"net"
