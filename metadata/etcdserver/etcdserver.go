@@ -26,6 +26,7 @@
 package etcdserver
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -34,12 +35,15 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
@@ -173,6 +177,9 @@ func start(ctx context.Context, dataDir string, opts Options, lock *os.File) (*E
 	cfg.SnapshotCatchUpEntries = snapshotCatchUp
 	if opts.MaxTxnOps > 0 {
 		cfg.MaxTxnOps = opts.MaxTxnOps
+	}
+	if err := checkDB(ctx, dbPath(dataDir)); err != nil {
+		return nil, err
 	}
 	etcd, err := embed.StartEtcd(cfg)
 	if err != nil {
@@ -315,4 +322,123 @@ func writeAtomic(p string, data []byte) error {
 		return err
 	}
 	return os.Rename(tmp, p)
+}
+
+// ErrDamaged means that the catalog database cannot be read: etcd would
+// fail, or panic, on it.
+var ErrDamaged = errors.New("the catalog database is damaged")
+
+// dbPath is etcd's bbolt database inside the data directory.
+func dbPath(dataDir string) string {
+	return filepath.Join(dataDir, etcdDir, "member", "snap", "db")
+}
+
+// checkEnv makes a process that starts with it set check the database it
+// names and exit (see init): bbolt panics on some damage in goroutines of
+// its own, which no recover catches, so the check runs in a child process.
+const checkEnv = "CUSTOS_ETCDSERVER_CHECK_DB"
+
+func init() {
+	// The child side of checkDB. Any binary that can start the embedded
+	// server links this package, so os.Executable can always check.
+	if p := os.Getenv(checkEnv); p != "" {
+		if err := checkDBHere(p); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(3)
+		}
+		os.Exit(0)
+	}
+}
+
+// checkDB reads etcd's database the way etcd does when it starts, in a
+// child process (this program again, with checkEnv set), so that damage
+// that would make etcd panic, in goroutines that no caller can recover,
+// is an ErrDamaged here instead of the end of the agent.
+func checkDB(ctx context.Context, p string) error {
+	fi, err := os.Stat(p)
+	if errors.Is(err, os.ErrNotExist) || (err == nil && fi.Size() == 0) {
+		return nil // a new catalog
+	}
+	if err != nil {
+		return fmt.Errorf("etcdserver: %s: %w", p, err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("etcdserver: check %s: %w", p, err)
+	}
+	cmd := exec.CommandContext(ctx, exe)
+	cmd.Env = append(os.Environ(), checkEnv+"="+p)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("etcdserver: check %s: %w", p, ctx.Err())
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return fmt.Errorf("etcdserver: check %s: %w", p, err)
+	}
+	return fmt.Errorf("%w: %s: %s", ErrDamaged, p, checkReason(stderr.String()))
+}
+
+// checkReason picks the line that says what is wrong from the child's
+// output: its error, or the message of its panic.
+func checkReason(out string) string {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	for _, l := range lines {
+		if m, ok := strings.CutPrefix(l, "panic: "); ok {
+			return strings.TrimSpace(m)
+		}
+	}
+	if len(lines) > 0 && lines[0] != "" {
+		return lines[0]
+	}
+	return "the check failed without a message"
+}
+
+// checkDBHere opens the database read-only, checks its pages and free
+// list (which loads the free list as etcd does) and reads every bucket,
+// key and value.
+func checkDBHere(p string) (err error) {
+	// A page that points outside the mapped file faults instead of
+	// panicking unless told to.
+	debug.SetPanicOnFault(true)
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%v", r)
+		}
+	}()
+	db, err := bolt.Open(p, 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	var walk func(b *bolt.Bucket) error
+	walk = func(b *bolt.Bucket) error {
+		return b.ForEach(func(k, v []byte) error {
+			if v == nil {
+				if nb := b.Bucket(k); nb != nil {
+					return walk(nb)
+				}
+			}
+			return nil
+		})
+	}
+	return db.View(func(tx *bolt.Tx) error {
+		// Drained to the end: Check reads the database in a goroutine
+		// that must be done before the transaction ends.
+		var first error
+		for cerr := range tx.Check() {
+			if first == nil {
+				first = cerr
+			}
+		}
+		if first != nil {
+			return first
+		}
+		return tx.ForEach(func(_ []byte, b *bolt.Bucket) error { return walk(b) })
+	})
 }
