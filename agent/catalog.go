@@ -23,7 +23,11 @@ type Catalog struct {
 	// Index answers finds from memory in the agent (Serve); nil in the
 	// commands, which read etcd.
 	Index *metadata.Index
-	conn  *metadata.Conn
+	// Damaged is set when the embedded catalog's database cannot be read:
+	// the store then reaches no server and spools every record. It says
+	// what is wrong and what to do.
+	Damaged error
+	conn    *metadata.Conn
 
 	stopIndex context.CancelFunc
 	indexDone chan struct{}
@@ -106,6 +110,16 @@ func OpenCatalog(ctx context.Context, cfg *Config, opts CatalogOptions) (*Catalo
 		defer notice.Stop()
 	}
 	conn, err := metadata.Connect(cctx, mc)
+	var damaged error
+	if err != nil && errors.Is(err, etcdserver.ErrDamaged) {
+		damaged = fmt.Errorf("%w. %s", err, damagedAdvice(cfg, opts.SpoolDir))
+		if opts.SpoolDir == "" {
+			return nil, damaged
+		}
+		// Backups go on; their records wait in the spool.
+		opts.Logger.Error("the catalog cannot be opened; backups go on and their records are spooled", "error", damaged)
+		conn, err = metadata.Offline(mc.DataDir)
+	}
 	if err != nil {
 		if c := context.Cause(cctx); c != nil && ctx.Err() == nil {
 			err = fmt.Errorf("%w: %v", err, c)
@@ -126,7 +140,7 @@ func OpenCatalog(ctx context.Context, cfg *Config, opts CatalogOptions) (*Catalo
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("open %s: %w", where, err), conn.Close())
 	}
-	c := &Catalog{Store: st, conn: conn}
+	c := &Catalog{Store: st, conn: conn, Damaged: damaged}
 	if opts.Serve {
 		// The agent answers finds (the API, restores) from memory: a
 		// find over 100,000 atoms would otherwise read and decode each
@@ -140,6 +154,19 @@ func OpenCatalog(ctx context.Context, cfg *Config, opts CatalogOptions) (*Catalo
 		}()
 	}
 	return c, nil
+}
+
+// damagedAdvice says what to do about a damaged embedded catalog.
+func damagedAdvice(cfg *Config, spool string) string {
+	s := "custos goes on without it: "
+	if spool != "" {
+		s += "backups run and their catalog records wait in the spool " + spool + ". "
+	} else {
+		s += "backups run and their catalog records are spooled, but find and restore need the catalog. "
+	}
+	return s + "To start a new catalog: stop the agent, move " + cfg.MetaDB.DataDir +
+		" aside (keep it for inspection) and start the agent again; it writes the spooled records into the new catalog. " +
+		"Backups recorded only in the old catalog stay in their repositories (custos repo snapshots) but find does not show them"
 }
 
 // indexedStore is the store with finds answered by the index.

@@ -168,6 +168,9 @@ func (a *Agent) Status(ctx context.Context) *StatusReport {
 	if err != nil {
 		r.CatalogError = err.Error()
 	}
+	if a.catalog.Damaged != nil {
+		r.CatalogError = a.catalog.Damaged.Error()
+	}
 	return r
 }
 
