@@ -121,7 +121,7 @@ func New(cm *ConfigManager, catalog *Catalog, opts Options) *Agent {
 	a.metrics.watchRunner(a.runner)
 	a.metrics.watchSpool(catalog.Store.SpoolDepth, catalog.Store.SpoolFailed)
 	a.sched = jobs.NewScheduler(jobs.SchedulerOptions{Seed: rc.Seed, Logger: log})
-	a.mgr = NewManager(cm, catalog.Store, a.metrics, log)
+	a.mgr = NewManager(cm, catalog.Finder(), a.metrics, log)
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	return a
 }

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,7 +20,17 @@ import (
 // runs it).
 type Catalog struct {
 	Store *metadata.EtcdStore
-	conn  *metadata.Conn
+	// Index answers finds from memory in the agent (Serve); nil in the
+	// commands, which read etcd.
+	Index *metadata.Index
+	// Damaged is set when the embedded catalog's database cannot be read:
+	// the store then reaches no server and spools every record. It says
+	// what is wrong and what to do.
+	Damaged error
+	conn    *metadata.Conn
+
+	stopIndex context.CancelFunc
+	indexDone chan struct{}
 
 	closeOnce sync.Once
 	closeErr  error
@@ -98,6 +110,16 @@ func OpenCatalog(ctx context.Context, cfg *Config, opts CatalogOptions) (*Catalo
 		defer notice.Stop()
 	}
 	conn, err := metadata.Connect(cctx, mc)
+	var damaged error
+	if err != nil && errors.Is(err, etcdserver.ErrDamaged) {
+		damaged = fmt.Errorf("%w. %s", err, damagedAdvice(cfg, opts.SpoolDir))
+		if opts.SpoolDir == "" {
+			return nil, damaged
+		}
+		// Backups go on; their records wait in the spool.
+		opts.Logger.Error("the catalog cannot be opened; backups go on and their records are spooled", "error", damaged)
+		conn, err = metadata.Offline(mc.DataDir)
+	}
 	if err != nil {
 		if c := context.Cause(cctx); c != nil && ctx.Err() == nil {
 			err = fmt.Errorf("%w: %v", err, c)
@@ -118,7 +140,52 @@ func OpenCatalog(ctx context.Context, cfg *Config, opts CatalogOptions) (*Catalo
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("open %s: %w", where, err), conn.Close())
 	}
-	return &Catalog{Store: st, conn: conn}, nil
+	c := &Catalog{Store: st, conn: conn, Damaged: damaged}
+	if opts.Serve {
+		// The agent answers finds (the API, restores) from memory: a
+		// find over 100,000 atoms would otherwise read and decode each
+		// atom record from etcd.
+		c.Index = metadata.NewIndex(st)
+		ictx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		c.stopIndex, c.indexDone = cancel, make(chan struct{})
+		go func() {
+			defer close(c.indexDone)
+			c.Index.Run(ictx)
+		}()
+	}
+	return c, nil
+}
+
+// damagedAdvice says what to do about a damaged embedded catalog.
+func damagedAdvice(cfg *Config, spool string) string {
+	s := "custos goes on without it: "
+	if spool != "" {
+		s += "backups run and their catalog records wait in the spool " + spool + ". "
+	} else {
+		s += "backups run and their catalog records are spooled, but find and restore need the catalog. "
+	}
+	return s + "To start a new catalog: stop the agent, move " + cfg.MetaDB.DataDir +
+		" aside (keep it for inspection) and start the agent again; it writes the spooled records into the new catalog. " +
+		"Backups recorded only in the old catalog stay in their repositories (custos repo snapshots) but find does not show them"
+}
+
+// indexedStore is the store with finds answered by the index.
+type indexedStore struct {
+	*metadata.EtcdStore
+	idx *metadata.Index
+}
+
+func (s indexedStore) FindAtoms(ctx context.Context, req metadata.FindRequest) ([]*metadata.Backup, error) {
+	return s.idx.FindAtoms(ctx, req)
+}
+
+// Finder is the store as the Manager uses it: finds go through the index
+// when there is one.
+func (c *Catalog) Finder() CatalogStore {
+	if c.Index != nil {
+		return indexedStore{c.Store, c.Index}
+	}
+	return c.Store
 }
 
 // AgentSpoolDir is the agent's catalog spool; CLISpoolDir is the one of
@@ -134,6 +201,29 @@ func (c *Catalog) Embedded() *etcdserver.Embedded { return c.conn.Server }
 // Close closes the store, the client and the embedded server, in that
 // order. Later calls return the first one's result.
 func (c *Catalog) Close() error {
-	c.closeOnce.Do(func() { c.closeErr = errors.Join(c.Store.Close(), c.conn.Close()) })
+	c.closeOnce.Do(func() {
+		if c.stopIndex != nil {
+			c.stopIndex()
+			<-c.indexDone
+		}
+		c.closeErr = errors.Join(c.Store.Close(), c.conn.Close())
+	})
 	return c.closeErr
+}
+
+// RunningAgentAddr returns the address (host:port) of the status page of
+// the agent that holds work_dir, as its lock file says, or "" when none
+// does. The file may be stale after a crash: callers fall back when
+// nothing answers there.
+func RunningAgentAddr(workDir string) string {
+	b, err := os.ReadFile(filepath.Join(workDir, "agent.pid"))
+	if err != nil {
+		return ""
+	}
+	_, url, ok := strings.Cut(strings.TrimSpace(string(b)), "status page ")
+	if !ok {
+		return ""
+	}
+	url = strings.TrimPrefix(strings.TrimPrefix(url, "https://"), "http://")
+	return strings.TrimSuffix(url, "/")
 }

@@ -3,7 +3,9 @@ package agent
 import (
 	"embed"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/pprof"
 	"sort"
@@ -121,7 +123,79 @@ func Flatten(found []*metadata.Backup) []BackupEntry {
 	return out
 }
 
-// serveBackups answers ?pattern=&host=&versions= from the catalog.
+// Entries lists found versions as /api/backups does, in their order.
+func Entries(vs []metadata.FoundVersion) []BackupEntry {
+	out := make([]BackupEntry, 0, len(vs))
+	for _, v := range vs {
+		snap := v.Atom.SnapshotID
+		if snap == "" { // a record from before atoms had their own
+			snap = v.Dataset.SnapshotID
+		}
+		d := v.Dataset
+		out = append(out, BackupEntry{Atom: v.Name, Host: v.Backup.Host, Time: v.Backup.Timestamp, BackupID: v.Backup.ID,
+			Handler: d.Handler, Repository: d.Repository, SnapshotID: snap, Files: d.TotalFiles, Bytes: d.TotalBytes})
+	}
+	return out
+}
+
+// EntryRun is a run of entries of /api/backups that share their dataset
+// version: the answer of ?runs=1, for the command line, which decodes one
+// name per atom instead of a whole entry. Entry is the first one, its
+// Atom the first name; SnapshotIDs is set only when they differ.
+type EntryRun struct {
+	Entry       BackupEntry `json:"entry"`
+	Atoms       []string    `json:"atoms"`
+	SnapshotIDs []string    `json:"snapshot_ids,omitempty"`
+}
+
+// Runs groups found versions into runs.
+func Runs(vs []metadata.FoundVersion) []EntryRun {
+	out := []EntryRun{}
+	entries := Entries(vs)
+	for i, e := range entries {
+		n := len(out) - 1
+		if n < 0 || vs[i-1].Dataset != vs[i].Dataset || vs[i-1].Backup != vs[i].Backup {
+			out = append(out, EntryRun{Entry: e, Atoms: []string{e.Atom}})
+			continue
+		}
+		r := &out[n]
+		if e.SnapshotID != r.Entry.SnapshotID && r.SnapshotIDs == nil {
+			r.SnapshotIDs = make([]string, len(r.Atoms), len(r.Atoms)+1)
+			for j := range r.SnapshotIDs {
+				r.SnapshotIDs[j] = r.Entry.SnapshotID
+			}
+		}
+		r.Atoms = append(r.Atoms, e.Atom)
+		if r.SnapshotIDs != nil {
+			r.SnapshotIDs = append(r.SnapshotIDs, e.SnapshotID)
+		}
+	}
+	return out
+}
+
+// Expand turns runs back into entries.
+func Expand(runs []EntryRun) []BackupEntry {
+	n := 0
+	for _, r := range runs {
+		n += len(r.Atoms)
+	}
+	out := make([]BackupEntry, 0, n)
+	for _, r := range runs {
+		for i, a := range r.Atoms {
+			e := r.Entry
+			e.Atom = a
+			if r.SnapshotIDs != nil && i < len(r.SnapshotIDs) {
+				e.SnapshotID = r.SnapshotIDs[i]
+			}
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// serveBackups answers ?pattern=&host=&versions=&older_than= from the
+// catalog: a JSON array of BackupEntry, by atom name and then newest
+// first.
 func (a *Agent) serveBackups(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	req := metadata.FindRequest{Pattern: q.Get("pattern"), Host: q.Get("host"), NumVersions: 1}
@@ -136,12 +210,146 @@ func (a *Agent) serveBackups(w http.ResponseWriter, r *http.Request) {
 		}
 		req.NumVersions = n
 	}
+	if v := q.Get("older_than"); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			httpError(w, http.StatusBadRequest, "older_than must be a time in RFC 3339")
+			return
+		}
+		req.OlderThan = t
+	}
+	if idx := a.catalog.Index; idx != nil {
+		// From memory, encoded by hand: 100,000 entries through
+		// encoding/json take longer than the whole find may.
+		vs, err := idx.Versions(r.Context(), req)
+		if err == nil && q.Get("runs") != "" {
+			writeJSON(w, Runs(vs))
+			return
+		}
+		if err == nil {
+			w.Header().Set("Content-Type", "application/json")
+			enc := entryEncoder{w: w, buf: make([]byte, 0, 256<<10)}
+			for _, v := range vs {
+				if enc.add(v) != nil {
+					return // the client went away
+				}
+			}
+			_ = enc.finish()
+			return
+		}
+		if !metadata.IsNotLive(err) {
+			findError(w, err)
+			return
+		}
+	}
+	if q.Get("runs") != "" {
+		vs, err := a.catalog.Store.FindVersions(r.Context(), req)
+		if err != nil {
+			findError(w, err)
+			return
+		}
+		writeJSON(w, Runs(vs))
+		return
+	}
 	found, err := a.mgr.Find(r.Context(), req)
 	if err != nil {
-		httpError(w, http.StatusBadGateway, err.Error())
+		findError(w, err)
 		return
 	}
 	writeJSON(w, Flatten(found))
+}
+
+func findError(w http.ResponseWriter, err error) {
+	code := http.StatusBadGateway
+	if errors.Is(err, metadata.ErrInvalid) {
+		code = http.StatusBadRequest
+	}
+	httpError(w, code, err.Error())
+}
+
+// entryEncoder writes BackupEntry values as encoding/json would (compact):
+// the fields of one dataset version are encoded once for all its atoms.
+type entryEncoder struct {
+	w    io.Writer
+	buf  []byte
+	n    int
+	last *metadata.Dataset
+	tail []byte // ,"host":...,"repository":"..." of last
+	ds   []byte // ,"dataset_files":..,"dataset_bytes":..} of last
+}
+
+func (e *entryEncoder) add(v metadata.FoundVersion) error {
+	if len(e.buf) > cap(e.buf)-1024 {
+		if _, err := e.w.Write(e.buf); err != nil {
+			return err
+		}
+		e.buf = e.buf[:0]
+	}
+	if v.Dataset != e.last {
+		d, b := v.Dataset, v.Backup
+		e.last = d
+		e.tail = append(e.tail[:0], `,"host":`...)
+		e.tail = appendJSONString(e.tail, b.Host)
+		e.tail = append(e.tail, `,"time":`...)
+		e.tail = appendJSONValue(e.tail, b.Timestamp)
+		e.tail = append(e.tail, `,"backup_id":`...)
+		e.tail = appendJSONString(e.tail, b.ID)
+		e.tail = append(e.tail, `,"handler":`...)
+		e.tail = appendJSONString(e.tail, d.Handler)
+		e.tail = append(e.tail, `,"repository":`...)
+		e.tail = appendJSONString(e.tail, d.Repository)
+		e.tail = append(e.tail, `,"snapshot_id":`...)
+		e.ds = append(e.ds[:0], `,"dataset_files":`...)
+		e.ds = strconv.AppendInt(e.ds, d.TotalFiles, 10)
+		e.ds = append(e.ds, `,"dataset_bytes":`...)
+		e.ds = strconv.AppendInt(e.ds, d.TotalBytes, 10)
+		e.ds = append(e.ds, '}')
+	}
+	if e.n > 0 {
+		e.buf = append(e.buf, ',')
+	} else {
+		e.buf = append(e.buf, '[')
+	}
+	e.n++
+	e.buf = append(e.buf, `{"atom":`...)
+	e.buf = appendJSONString(e.buf, v.Name)
+	e.buf = append(e.buf, e.tail...)
+	snap := v.Atom.SnapshotID
+	if snap == "" { // a record from before atoms had their own
+		snap = v.Dataset.SnapshotID
+	}
+	e.buf = appendJSONString(e.buf, snap)
+	e.buf = append(e.buf, e.ds...)
+	return nil
+}
+
+func (e *entryEncoder) finish() error {
+	if e.n == 0 {
+		e.buf = append(e.buf, '[')
+	}
+	_, err := e.w.Write(append(e.buf, ']', '\n'))
+	return err
+}
+
+// appendJSONString appends s as encoding/json encodes it: plain ASCII is
+// copied, anything else goes through encoding/json.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return appendJSONValue(b, s)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+func appendJSONValue(b []byte, v any) []byte {
+	j, err := json.Marshal(v)
+	if err != nil { // strings and times always encode
+		panic(fmt.Sprintf("agent: encode %T: %v", v, err))
+	}
+	return append(b, j...)
 }
 
 // serveRun starts a source now: POST /api/run?source=NAME. With

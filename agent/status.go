@@ -182,6 +182,9 @@ func (a *Agent) Status(ctx context.Context) *StatusReport {
 	if err != nil && r.CatalogError == "" {
 		r.CatalogError = err.Error()
 	}
+	if a.catalog.Damaged != nil {
+		r.CatalogError = a.catalog.Damaged.Error()
+	}
 	return r
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -266,8 +267,12 @@ func probe(ctx context.Context, ep string, tc *tls.Config) error {
 			secure = false
 		}
 	}
+	network := "tcp"
+	if u, err := url.Parse(ep); err == nil && (u.Scheme == "unix" || u.Scheme == "unixs") {
+		network, host = "unix", u.Host+u.Path
+	}
 	var d net.Dialer
-	raw, err := d.DialContext(ctx, "tcp", host)
+	raw, err := d.DialContext(ctx, network, host)
 	if err != nil {
 		return err
 	}
@@ -317,4 +322,21 @@ func deadlineOr(ctx context.Context, t time.Time) time.Time {
 		return dl
 	}
 	return t
+}
+
+// Offline returns a connection to no server, for a process that goes on
+// while its embedded catalog cannot be opened (etcdserver.ErrDamaged):
+// every request fails, so a store on it spools the records it is given,
+// and its flusher writes them once a catalog answers (in a later run).
+// dataDir is the catalog's data directory; nothing listens on the socket
+// path named after it.
+func Offline(dataDir string) (*Conn, error) {
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: []string{"unix://" + filepath.Join(dataDir, "no-server-catalog-damaged.sock")},
+		Logger:    zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("metadata: offline catalog: %w", err)
+	}
+	return &Conn{Client: cli}, nil
 }

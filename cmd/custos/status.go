@@ -136,6 +136,8 @@ func statusURL(listen string) (string, error) {
 // and the token and TLS settings of its config.
 type agentClient struct {
 	listen string
+	// limit bounds an answer's size; 0 means maxAnswer.
+	limit  int64
 	token  []byte
 	tls    bool
 	client *http.Client
@@ -208,9 +210,13 @@ func (ac agentClient) call(ctx context.Context, method, path, start string) ([]b
 		return nil, fmt.Errorf("agent at %s: %w", listen, err)
 	}
 	defer resp.Body.Close()
-	// An answer is tens of kilobytes; the limit keeps something that is
-	// not an agent from filling memory.
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	// A status answer is tens of kilobytes; the limit keeps something
+	// that is not an agent from filling memory.
+	limit := ac.limit
+	if limit <= 0 {
+		limit = 16 << 20
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit))
 	if err != nil {
 		return nil, fmt.Errorf("agent at %s: reading the answer: %w", listen, err)
 	}

@@ -33,3 +33,12 @@ func unlockDir(f *os.File) {
 		_ = f.Close()
 	}
 }
+
+// ownerOf returns the uid that owns the file.
+func ownerOf(fi os.FileInfo) (int, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, false
+	}
+	return int(st.Uid), true
+}
