@@ -350,3 +350,46 @@ func TestBagName(t *testing.T) {
 		t.Errorf("bagName made %q", n)
 	}
 }
+
+// TestExportSingleFileAtom: a file atom whose path is one file, not a
+// folder, makes a bag holding that file under its path.
+func TestExportSingleFileAtom(t *testing.T) {
+	ctx := testContext(t)
+	ts := newSetup(t, "@daily", map[string]string{"sources/files.yml": `name: files
+handler: file
+schedule: "@daily"
+params:
+  root: ../data
+datasets:
+  - name: notes
+    atoms:
+      - name: note
+        path: docs/a.txt
+`})
+	cm, _, mgr := openTestCLI(ctx, t, ts.cfgPath, CatalogOptions{})
+	res, err := BackupNow(ctx, mgr, cm.Current(), "files", "")
+	if err != nil || len(res) != 1 || res[0].Err != nil {
+		t.Fatalf("backup: %v %+v", err, res)
+	}
+	bags, err := mgr.ExportBagIt(ctx, ExportRequest{Pattern: "files/notes/note", Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bags) != 1 || bags[0].Files != 1 {
+		t.Fatalf("exported %+v, want one bag of one file", bags)
+	}
+	if err := bagitcheck.Validate(bags[0].Path); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(bags[0].Path, "data", "docs", "a.txt"))
+	if err != nil || !bytes.Equal(got, ts.files["docs/a.txt"]) {
+		t.Errorf("data/docs/a.txt = %q, %v", got, err)
+	}
+	info, err := bagitcheck.Info(bags[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := info["Custos-Atom-Path"]; len(got) != 1 || got[0] != "docs/a.txt" {
+		t.Errorf("bag-info Custos-Atom-Path = %q", got)
+	}
+}
