@@ -26,9 +26,10 @@ import (
 // defaultConfig is where the commands look for agent.yml without -c.
 const defaultConfig = "/etc/custos/agent.yml"
 
-// addAgentCommands adds the agent, backup, find, restore, status and config commands.
+// addAgentCommands adds the commands that work with a configuration (the
+// agent and its catalog), as opposed to "custos repo".
 func addAgentCommands(root *cobra.Command) {
-	root.AddCommand(newConfigCmd(), newAgentCmd(), newBackupCmd(), newFindCmd(), newRestoreCmd(), newStatusCmd(), newReloadCmd(), newReplicateCmd(), newFixityCmd(), newWorkerCmd())
+	root.AddCommand(newConfigCmd(), newAgentCmd(), newBackupCmd(), newFindCmd(), newRestoreCmd(), newStatusCmd(), newReloadCmd(), newReplicateCmd(), newFixityCmd(), newExportCmd(), newWorkerCmd())
 }
 
 func configFlag(cmd *cobra.Command, p *string) {
