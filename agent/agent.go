@@ -66,6 +66,7 @@ type Agent struct {
 	jobEvents *jobEvents                        // feeds /api/jobs/{id}/events
 	backups   catalogCache[[]*metadata.Backup]  // the catalog parts of the status page
 	outcomes  catalogCache[[]*metadata.Outcome] // last outcome per kind and dataset
+	health    catalogCache[healthView]          // banner and repository panel
 
 	ctx    context.Context // lives until Stop
 	cancel context.CancelFunc
@@ -346,6 +347,7 @@ func (a *Agent) recordOutcome(s jobs.Status) {
 		err := a.catalog.Store.PutOutcome(ctx, o)
 		if err == nil {
 			a.outcomes.invalidate()
+			a.health.invalidate()
 			a.changes.notify()
 			return
 		}

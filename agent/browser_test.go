@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -196,6 +198,17 @@ datasets:
       - name: a
       - name: b
 `,
+		"handlers/broken.yml": `name: broken
+type: pipe
+params:
+  backup_command: 'echo "dump refused: disk quota" >&2; exit 5'
+  restore_command: 'cat >/dev/null'
+`,
+		"sources/broken.yml": `name: broken
+handler: broken
+datasets:
+  - name: x
+`,
 		"handlers/slow.yml": `name: slow
 type: pipe
 params:
@@ -214,7 +227,10 @@ datasets:
 	started := make(chan *Agent, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(runCtx, ts.cfgPath, RunOptions{Logger: log, Listening: func(s string) { addr <- s }, Started: func(a *Agent) { started <- a }})
+		done <- Run(runCtx, ts.cfgPath, RunOptions{Logger: log, Listening: func(s string) { addr <- s }, Started: func(a *Agent) { started <- a },
+			// The broken source retries once, late enough for the page to
+			// show the countdown.
+			Retry: &jobs.RetryPolicy{MaxAttempts: 2, InitialBackoff: 15 * time.Second, MaxBackoff: 15 * time.Second}})
 	}()
 	var a *Agent
 	select {
@@ -223,6 +239,17 @@ datasets:
 		t.Fatalf("agent stopped: %v", err)
 	}
 	base := "http://" + <-addr
+
+	// Before any data: the page says loading, not a false "nothing".
+	resp, err := http.Get(base + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	html, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if strings.Contains(string(html), ">Nothing is running.<") || !strings.Contains(string(html), `id="running-empty" data-empty="Nothing is running.">loading…<`) {
+		t.Errorf("the page's empty states say something before data arrives:\n%s", html)
+	}
 	defer func() {
 		stop()
 		if err := <-done; err != nil {
@@ -249,6 +276,19 @@ datasets:
 	if pid := evalJS[string](t, tab, `document.getElementById("pid").textContent`); pid != strconv.Itoa(os.Getpid()) {
 		t.Errorf("pid: page shows %q, want %d", pid, os.Getpid())
 	}
+	// The broken source: while it waits to retry, its row counts down to
+	// the next attempt; after the last one the banner says what fails and
+	// since when.
+	a.SubmitSource("broken")
+	waitJS(ctx, t, tab, "the retry countdown", `[...document.querySelectorAll("#running tbody tr")].some(tr =>
+		tr.cells[1].textContent === "back up broken/x" && /^retrying, next attempt in \d/.test(tr.cells[2].textContent))`)
+	waitJS(ctx, t, tab, "the health banner", `!document.getElementById("health").hidden &&
+		[...document.querySelectorAll("#health-list li")].some(li => /^backups of broken\/x fail since \d.* ago: .*dump refused: disk quota/.test(li.textContent))`)
+	// The repository panel: the catalog's totals and the location.
+	waitJS(ctx, t, tab, "the repository panel", `(() => {
+		const tr = document.querySelector('#repositories tbody tr[data-repository="local"]');
+		return !!tr && tr.cells[1].textContent.endsWith("/work/repo") && Number(tr.cells[2].textContent) >= 4 && /×$/.test(tr.cells[5].textContent);
+	})()`)
 	// The schedule: each scheduled source shows its next run; the
 	// on-demand one says so.
 	for _, src := range []string{"files", evil} {
@@ -307,7 +347,8 @@ datasets:
 		t.Fatalf("click cancel: %v", err)
 	}
 	waitJS(ctx, t, tab, "the slow job canceled", `!!document.querySelector('#results tbody tr[data-job=`+jsString(slowID)+`][data-result="canceled"]')`)
-	waitJS(ctx, t, tab, "nothing running", `document.querySelectorAll("#running tbody tr").length === 0 && !document.getElementById("running-empty").hidden`)
+	waitJS(ctx, t, tab, "nothing running", `document.querySelectorAll("#running tbody tr").length === 0 && !document.getElementById("running-empty").hidden &&
+		document.getElementById("running-empty").textContent === "Nothing is running."`)
 
 	// Live progress. Stream backups report no progress before they end
 	// (repository.BackupStream has no progress ticker), so a job of the

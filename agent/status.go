@@ -40,6 +40,12 @@ type StatusReport struct {
 	// Outcomes are the newest outcome of every kind and dataset of this
 	// host from the catalog: they outlive a restart, unlike Done.
 	Outcomes []*metadata.Outcome `json:"outcomes"`
+	// Health lists what is wrong, for the page's banner; empty when all
+	// is well.
+	Health []Problem `json:"health"`
+	// Repositories are the configured repositories with the catalog's
+	// totals and fixity evidence.
+	Repositories []RepositoryPanel `json:"repositories"`
 	// CatalogError says why Backups may be missing or stale.
 	CatalogError string `json:"catalog_error,omitempty"`
 }
@@ -185,6 +191,17 @@ func (a *Agent) Status(ctx context.Context) *StatusReport {
 	if a.catalog.Damaged != nil {
 		r.CatalogError = a.catalog.Damaged.Error()
 	}
+	hv, err := a.health.get(ctx, func(ctx context.Context) (healthView, error) {
+		return a.loadHealth(ctx, cfg, r.Outcomes)
+	})
+	if err != nil && r.CatalogError == "" {
+		r.CatalogError = err.Error()
+	}
+	r.Repositories = hv.repositories
+	if r.Repositories == nil {
+		r.Repositories = []RepositoryPanel{}
+	}
+	r.Health = problems(r, hv)
 	return r
 }
 

@@ -106,7 +106,9 @@
     shown[id] = key;
     $(id).querySelector("tbody").replaceChildren(...items.map(row));
     $(id).hidden = items.length === 0;
-    $(id + "-empty").hidden = items.length !== 0;
+    const empty = $(id + "-empty");
+    empty.textContent = empty.dataset.empty; // "loading…" until the first report
+    empty.hidden = items.length !== 0;
   }
 
   const num = (v) => el("td", { class: "num" }, v);
@@ -139,8 +141,9 @@
       return el("tr", { "data-job": j.id },
         el("td", {}, el("code", {}, j.id)),
         el("td", {}, j.description),
-        el("td", { class: j.state }, j.state + (j.attempts > 1 ? " (attempt " + j.attempts + ")" : "") +
-          (j.state === "retrying" && j.error ? ": " + j.error : "")),
+        el("td", { class: j.state }, j.state + (j.attempts > 1 ? " (attempt " + j.attempts + ")" : ""),
+          j.state === "retrying" && j.next_attempt ? el("span", { class: "retry" }, ", next attempt ", rel(j.next_attempt)) : "",
+          j.state === "retrying" && j.error ? ": " + j.error : ""),
         el("td", {}, rel(j.started)),
         num(total(p.files || 0, p.total_files, String)),
         num(total(p.bytes || 0, p.total_bytes, bytes)),
@@ -197,6 +200,28 @@
       num(dur(nsToMs(d.duration_ns))),
       snapshotCell(d),
       el("td", {}, d.repository)));
+    section("repositories", st.repositories || [], (r) => el("tr", { "data-repository": r.name },
+      el("td", {}, r.name),
+      el("td", {}, el("code", {}, r.location)),
+      num(r.versions || 0),
+      num(bytes(r.logical_bytes || 0)),
+      num(bytes(r.added_bytes || 0)),
+      num(r.dedup_ratio ? r.dedup_ratio.toFixed(2) + "×" : "—"),
+      el("td", {}, r.last_fixity ? rel(r.last_fixity) : "never"),
+      num(r.packs_verified || 0),
+      num(r.packs_damaged || 0)));
+
+    // The health banner: what failed, and since when.
+    const health = st.health || [];
+    const hkey = JSON.stringify(health);
+    if (shown.health !== hkey) {
+      shown.health = hkey;
+      $("health-list").replaceChildren(...health.map((p) => el("li", {},
+        p.what, p.since ? el("span", {}, " since ", rel(p.since)) : "",
+        p.error ? el("span", { class: "err" }, ": " + p.error) : "")));
+      $("health").hidden = health.length === 0;
+    }
+
     $("catalog-error").hidden = !st.catalog_error;
     $("catalog-error").textContent = st.catalog_error ? "catalog: " + st.catalog_error + " (the list below may be stale)" : "";
     tick();
