@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
 	"time"
+
+	"gopkg.in/yaml.v3"
 
 	"github.com/custos-backup/custos/handlers"
 	"github.com/custos-backup/custos/jobs"
@@ -118,6 +121,28 @@ func (k versionKey) String() string {
 	return fmt.Sprintf("%s/%s of backup %s (host %s)", k.source, k.dataset, k.backupID, k.host)
 }
 
+// errNoRepository: there is no repository at a configured location (yet).
+var errNoRepository = errors.New("no repository there")
+
+// repositoryExists checks that a repository is at spec's location without
+// creating one, as opening it through the pool would: a sync or a
+// retention run against an empty new repository would take every record
+// of it for gone.
+func repositoryExists(ctx context.Context, spec *RepositorySpec) error {
+	be, err := location.Open(ctx, spec.URL)
+	if err == nil {
+		_, err = be.Stat(ctx, backend.Handle{Type: backend.ConfigFile})
+		be.Close()
+	}
+	switch {
+	case errors.Is(err, backend.ErrNotExist) || errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("repository %s (%s): %w", spec.Name, spec.URL, errNoRepository)
+	case err != nil:
+		return fmt.Errorf("repository %s (%s) cannot be read: %w", spec.Name, spec.URL, err)
+	}
+	return nil
+}
+
 // repoView is one repository as the sync listed it.
 type repoView struct {
 	spec    *RepositorySpec
@@ -190,13 +215,8 @@ func (m *Manager) Sync(ctx context.Context, rc *RuntimeContext, store SyncStore,
 // does not exist is an error, never created: a sync against an empty new
 // one would take every record of it for gone.
 func (m *Manager) listRepository(ctx context.Context, spec *RepositorySpec, before time.Time) (*repoView, error) {
-	be, err := location.Open(ctx, spec.URL)
-	if err == nil {
-		_, err = be.Stat(ctx, backend.Handle{Type: backend.ConfigFile})
-		be.Close()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("sync: repository %s (%s) cannot be read, so the records naming it stay as they are: %w", spec.Name, spec.URL, err)
+	if err := repositoryExists(ctx, spec); err != nil {
+		return nil, fmt.Errorf("sync: %w; the records naming it stay as they are", err)
 	}
 	repo, err := m.repos.Get(ctx, spec)
 	if err != nil {
@@ -731,4 +751,134 @@ func catalogWarnings(res *SyncResult) []string {
 		}
 	}
 	return out
+}
+
+// DefaultSyncSchedule is when the agent syncs the catalog with the
+// repositories unless agent.yml says: once a day, at an offset of its
+// own per host.
+const DefaultSyncSchedule = "@random_every 24h"
+
+// SyncSpec is agent.yml's sync: section.
+type SyncSpec struct {
+	// Schedule of the sync job; "" = only on demand.
+	Schedule string
+}
+
+func decodeSync(d *decoder, n *yaml.Node, f string) SyncSpec {
+	s := SyncSpec{Schedule: DefaultSyncSchedule}
+	d.mapping(n, f, fields{
+		"schedule": func(v *yaml.Node, f string) {
+			if d.str(v, f, &s.Schedule) && s.Schedule != "" {
+				if err := checkSchedule(s.Schedule); err != nil {
+					d.errorf(v, f, "%v (\"\" runs the sync only on demand)", err)
+				}
+			}
+		},
+	})
+	return s
+}
+
+// syncScheduleName is the scheduler entry of the sync.
+const syncScheduleName = "sync"
+
+// newSyncJob syncs the catalog with every repository on the sync queue,
+// one at a time.
+func (a *Agent) newSyncJob() jobs.Job {
+	return jobs.New(jobs.Info{
+		Kind:        "sync",
+		LockKey:     "sync",
+		IfLocked:    jobs.LockSkip,
+		Description: "sync the catalog with the repositories",
+	}, func(ctx context.Context) error {
+		res, err := a.mgr.Sync(ctx, a.cm.Current(), a.catalog.Store, SyncOptions{})
+		if res != nil {
+			jobs.Logger(ctx).Info("sync done", "added", res.Count(SyncAdd), "removed", res.Count(SyncRemove), "rewritten", res.Count(SyncRewrite),
+				"catalog_versions", res.CatalogVersions, "repository_versions", res.RepositoryVersions)
+			for _, n := range res.Notes {
+				jobs.Logger(ctx).Warn("sync left alone", "note", n)
+			}
+		}
+		a.setCatalogWarnings(warningsAfterSync(res, err))
+		a.backups.invalidate()
+		return err
+	})
+}
+
+// warningsAfterSync is what is left to say once a sync ran: the changes
+// it could not make, and its failure.
+func warningsAfterSync(res *SyncResult, err error) []string {
+	var out []string
+	if res != nil {
+		left := &SyncResult{Repositories: res.Repositories, CatalogVersions: res.CatalogVersions}
+		for _, c := range res.Changes {
+			if !c.Done {
+				left.Changes = append(left.Changes, c)
+			}
+		}
+		out = catalogWarnings(left)
+	}
+	if err != nil {
+		out = append(out, "the last sync failed: "+err.Error())
+	}
+	return out
+}
+
+// checkCatalog compares the catalog with the repositories at start,
+// changing nothing, and says (log and status page) when the catalog is
+// empty or incomplete next to repositories that hold backups, or lists
+// versions whose snapshots are gone. Backups of this run are left out:
+// they may be between their snapshot and their record.
+func (a *Agent) checkCatalog(ctx context.Context) {
+	res, err := a.mgr.Sync(ctx, a.cm.Current(), a.catalog.Store, SyncOptions{Report: true, Before: a.started})
+	if ctx.Err() != nil {
+		return
+	}
+	var warnings []string
+	if res != nil {
+		warnings = catalogWarnings(res)
+	}
+	if err != nil {
+		// A repository that does not exist yet is new, not a problem:
+		// its first backup creates it.
+		var rest []error
+		for _, e := range unjoin(err) {
+			if !errors.Is(e, errNoRepository) {
+				rest = append(rest, e)
+			}
+		}
+		if len(rest) > 0 {
+			warnings = append(warnings, "the catalog could not be compared with the repositories: "+errors.Join(rest...).Error())
+		}
+	}
+	for _, w := range warnings {
+		a.log.Warn("catalog check", "warning", w)
+	}
+	a.setCatalogWarnings(warnings)
+}
+
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, unjoin(e)...)
+		}
+		return out
+	}
+	return []error{err}
+}
+
+func (a *Agent) setCatalogWarnings(w []string) {
+	if w == nil {
+		w = []string{}
+	}
+	a.warnMu.Lock()
+	a.catalogWarnings = w
+	a.warnMu.Unlock()
+	a.changes.notify()
+}
+
+func (a *Agent) currentCatalogWarnings() []string {
+	a.warnMu.Lock()
+	defer a.warnMu.Unlock()
+	return append([]string{}, a.catalogWarnings...)
 }

@@ -24,7 +24,7 @@ const defaultConfig = "/etc/custos/agent.yml"
 
 // addAgentCommands adds the agent, backup, find, restore, status and config commands.
 func addAgentCommands(root *cobra.Command) {
-	root.AddCommand(newConfigCmd(), newAgentCmd(), newBackupCmd(), newFindCmd(), newRestoreCmd(), newStatusCmd(), newReloadCmd(), newWorkerCmd())
+	root.AddCommand(newConfigCmd(), newAgentCmd(), newBackupCmd(), newFindCmd(), newRestoreCmd(), newStatusCmd(), newReloadCmd(), newWorkerCmd(), newSyncCmd())
 }
 
 func configFlag(cmd *cobra.Command, p *string) {
