@@ -287,7 +287,7 @@ func TestAgentSyncAndRetentionJobs(t *testing.T) {
 		t.Errorf("find after the retention job: %d atom versions, want 5", n)
 	}
 	for body, want := range map[string]int{
-		`{"kind": "retention"}`:                      http.StatusBadRequest,
+		`{"kind": "retention"}`:                     http.StatusBadRequest,
 		`{"kind": "retention", "repository": "no"}`: http.StatusNotFound,
 	} {
 		if code, b := apiCall(ctx, t, http.MethodPost, base+"/api/jobs", body); code != want {
