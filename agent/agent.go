@@ -73,6 +73,11 @@ type Agent struct {
 	wg     sync.WaitGroup // source runs listing their datasets
 	hooks  sync.WaitGroup // on_failure_command runs
 	worker *WorkerOptions // nil: jobs run in this process
+
+	// catalogWarnings: what the catalog check at start or the last sync
+	// found wrong between the catalog and the repositories.
+	warnMu          sync.Mutex
+	catalogWarnings []string
 }
 
 // Options tune an Agent. The zero value works.
@@ -146,6 +151,11 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.sched.Start(a.ctx)
 	a.changes.notify() // the schedule has its next times now
 	a.catalog.Store.StartUpdates(a.ctx, a.activeJobs, 5*time.Second)
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.checkCatalog(a.ctx)
+	}()
 	for _, s := range rc.Config.Sources {
 		if s.RunOnStart {
 			a.SubmitSource(s.Name)
@@ -178,7 +188,25 @@ func (a *Agent) entries(rc *RuntimeContext) []jobs.Entry {
 		name := s.Name
 		out = append(out, jobs.Entry{Name: scheduleName(name), Schedule: s.Schedule, Run: func(context.Context) { a.SubmitSource(name) }})
 	}
+	if s := rc.Config.Sync.Schedule; s != "" {
+		out = append(out, jobs.Entry{Name: syncScheduleName, Schedule: s, Run: func(context.Context) { a.submit(a.newSyncJob()) }})
+	}
+	for _, r := range rc.Config.Repositories {
+		if r.Retention == nil {
+			continue
+		}
+		name := r.Name
+		out = append(out, jobs.Entry{Name: retentionScheduleName(name), Schedule: r.Retention.Schedule, Run: func(context.Context) { a.submit(a.newRetentionJob(name)) }})
+	}
 	return append(out, a.preservationEntries(rc)...)
+}
+
+// submit queues a scheduled job that is not a source's; one still
+// running from the last tick is not queued twice.
+func (a *Agent) submit(j jobs.Job) {
+	if _, err := a.runner.Submit(a.ctx, j); err != nil && !errors.Is(err, jobs.ErrAlreadyRunning) && a.ctx.Err() == nil {
+		a.log.Error("cannot start a scheduled job", "job", j.Info().Description, "error", err)
+	}
 }
 
 // Reload reads the configuration again and applies it: schedules and queue

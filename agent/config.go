@@ -24,10 +24,12 @@ const DefaultHTTPListen = "127.0.0.1:7373"
 
 // jobKinds are the kinds of job that have a queue. Concurrency per kind is
 // set in agent.yml under "queues".
-func jobKinds() []string { return []string{"ingest", "restore", "replicate", "fixity", "sync"} }
+func jobKinds() []string {
+	return []string{"ingest", "restore", "replicate", "fixity", "sync", "retention"}
+}
 
 func defaultQueues() map[string]int {
-	return map[string]int{"ingest": 2, "restore": 1, "replicate": 1, "fixity": 1, "sync": 1}
+	return map[string]int{"ingest": 2, "restore": 1, "replicate": 1, "fixity": 1, "sync": 1, "retention": 1}
 }
 
 // Config is the whole configuration: agent.yml plus the sources/*.yml and
@@ -52,6 +54,8 @@ type Config struct {
 	DryRun           bool
 	DefaultNiceLevel int
 	DefaultIOClass   int
+	// Sync schedules the sync of the catalog with the repositories.
+	Sync SyncSpec
 
 	Handlers []*HandlerSpec
 	Sources  []*SourceSpec
@@ -67,6 +71,8 @@ type RepositorySpec struct {
 	NeverFrom []string
 	// Fixity, when set, schedules fixity runs on this repository.
 	Fixity *FixitySpec
+	// Retention, when set, runs forget (and prune) on a schedule.
+	Retention *RetentionSpec
 
 	passwordFrom string // "password_file /x" etc., for messages; never the secret
 }
@@ -204,6 +210,7 @@ func load(path string, errs *ConfigErrors) *Config {
 		Dir:        filepath.Dir(absFile),
 		Queues:     defaultQueues(),
 		HTTPListen: DefaultHTTPListen,
+		Sync:       SyncSpec{Schedule: DefaultSyncSchedule},
 	}
 	root, ok := readYAML(path, errs)
 	if !ok {
@@ -312,6 +319,7 @@ func (cfg *Config) decodeAgent(d *decoder, root *yaml.Node) {
 			}
 		},
 		"queues": func(v *yaml.Node, f string) { cfg.decodeQueues(d, v, f) },
+		"sync":   func(v *yaml.Node, f string) { cfg.Sync = decodeSync(d, v, f) },
 		"repositories": func(v *yaml.Node, f string) {
 			seen := map[string]bool{}
 			d.sequence(v, f, func(_ int, item *yaml.Node, f string) {
@@ -421,6 +429,7 @@ func decodeRepository(d *decoder, n *yaml.Node, prefix, dir string) *RepositoryS
 		"unencrypted":   func(v *yaml.Node, f string) { d.boolean(v, f, &r.Unencrypted) },
 		"never_from":    func(v *yaml.Node, f string) { d.strList(v, f, &r.NeverFrom) },
 		"fixity":        func(v *yaml.Node, f string) { r.Fixity = decodeFixity(d, v, f) },
+		"retention":     func(v *yaml.Node, f string) { r.Retention = decodeRetention(d, v, f) },
 	})
 	if n.Kind != yaml.MappingNode {
 		return nil

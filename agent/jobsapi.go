@@ -28,6 +28,8 @@ type JobRequest struct {
 	Target    string    `json:"target,omitempty"`
 	Host      string    `json:"host,omitempty"` // "" this host, "*" any host
 	OlderThan time.Time `json:"older_than,omitzero"`
+	// Retention only: the repository whose retention to run.
+	Repository string `json:"repository,omitempty"`
 }
 
 // jobEvents fans job status changes out to the subscribers of one job.
@@ -112,10 +114,14 @@ func (a *Agent) serveCreateJob(w http.ResponseWriter, r *http.Request) {
 		job, code, err = a.ingestJob(req)
 	case "restore":
 		job, code, err = a.restoreJob(req)
+	case "sync":
+		job = a.newSyncJob()
+	case "retention":
+		job, code, err = a.retentionJob(req)
 	case "":
-		code, err = http.StatusBadRequest, errors.New(`"kind" is missing (ingest or restore)`)
+		code, err = http.StatusBadRequest, errors.New(`"kind" is missing (ingest, restore, sync or retention)`)
 	default:
-		code, err = http.StatusBadRequest, fmt.Errorf("unknown kind %q (ingest or restore)", req.Kind)
+		code, err = http.StatusBadRequest, fmt.Errorf("unknown kind %q (ingest, restore, sync or retention)", req.Kind)
 	}
 	if err != nil {
 		httpError(w, code, err.Error())
@@ -186,6 +192,19 @@ func (a *Agent) restoreJob(req JobRequest) (jobs.Job, int, error) {
 		_, err := a.mgr.Restore(ctx, rreq)
 		return err
 	}), 0, nil
+}
+
+func (a *Agent) retentionJob(req JobRequest) (jobs.Job, int, error) {
+	r := a.cm.Current().Config.Repository(req.Repository)
+	switch {
+	case req.Repository == "":
+		return nil, http.StatusBadRequest, errors.New(`a retention run needs "repository"`)
+	case r == nil:
+		return nil, http.StatusNotFound, fmt.Errorf("no repository %q in the configuration", req.Repository)
+	case r.Retention == nil:
+		return nil, http.StatusBadRequest, fmt.Errorf("repository %s has no retention settings in agent.yml", req.Repository)
+	}
+	return a.newRetentionJob(r.Name), 0, nil
 }
 
 func orStar(s string) string {

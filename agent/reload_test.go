@@ -78,7 +78,7 @@ func TestAgentReloadUpdatesSchedule(t *testing.T) {
 		}
 		return out
 	}
-	if got := entries(); len(got) != 2 {
+	if got := entries(); len(got) != 3 || got["ingest/db"] != "@daily" || got["ingest/files"] != "@daily" || got["sync"] != DefaultSyncSchedule {
 		t.Fatalf("schedule before reload: %v", got)
 	}
 	writeTree(t, ts.dir, map[string]string{"sources/extra.yml": "name: extra\nhandler: file\nschedule: '@hourly'\nparams: {root: ../data}\ndatasets: [{name: all}]\n"})

@@ -48,6 +48,11 @@ type StatusReport struct {
 	Repositories []RepositoryPanel `json:"repositories"`
 	// CatalogError says why Backups may be missing or stale.
 	CatalogError string `json:"catalog_error,omitempty"`
+	// CatalogWarnings say where the catalog and the repositories
+	// disagree (an empty or incomplete catalog, records of forgotten
+	// snapshots), as the check at start or the last sync found it; a
+	// sync repairs them.
+	CatalogWarnings []string `json:"catalog_warnings"`
 }
 
 // SourceStatus is one configured source and its schedule.
@@ -152,6 +157,7 @@ func (a *Agent) Status(ctx context.Context) *StatusReport {
 		Host: cfg.Hostname, Version: Version(), PID: os.Getpid(), Config: cfg.File, Generation: rc.Generation, DryRun: cfg.DryRun,
 		Now: time.Now(), Started: a.started, SpoolDepth: a.catalog.Store.SpoolDepth(),
 		Sources: []SourceStatus{}, Pending: nonNil(s.Pending), Running: nonNil(s.Running), Done: nonNil(done),
+		CatalogWarnings: a.currentCatalogWarnings(),
 	}
 	sched := map[string]jobs.EntryStatus{}
 	for _, e := range a.Schedule() {

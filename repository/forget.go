@@ -35,12 +35,46 @@ func (p RetentionPolicy) rules() []bucketRule {
 
 type groupKey struct{ dataset, host string }
 
+// unit is what a retention policy keeps or removes as a whole: one
+// snapshot, or every snapshot of one backup of a dataset (a dataset stored
+// as one snapshot per atom, all with the backup's id and time), so that a
+// policy never keeps part of a backup.
+type unit struct {
+	snaps []*Snapshot
+	time  time.Time // the newest of its snapshots
+	id    ID        // the smallest id, to order units of one time
+}
+
+func unitsOf(g []*Snapshot) []*unit {
+	var out []*unit
+	byBackup := map[string]*unit{}
+	for _, s := range g {
+		u := byBackup[s.BackupID]
+		if u == nil || s.BackupID == "" {
+			u = &unit{time: s.Time, id: s.ID}
+			out = append(out, u)
+			if s.BackupID != "" {
+				byBackup[s.BackupID] = u
+			}
+		}
+		u.snaps = append(u.snaps, s)
+		if s.Time.After(u.time) {
+			u.time = s.Time
+		}
+		if slices.Compare(s.ID[:], u.id[:]) < 0 {
+			u.id = s.ID
+		}
+	}
+	return out
+}
+
 // applyPolicy splits snaps into those p keeps and those it removes, with the
 // semantics of restic's forget: within each (dataset, host) group, newest
 // first, keep-last keeps the first Last; a period rule keeps a snapshot when
 // it is the newest of a period not yet seen by that rule, until the rule has
-// kept its count. Both results are ordered oldest first; times are bucketed
-// in loc.
+// kept its count. The snapshots of one backup (same backup id) count as
+// one, kept or removed together. Both results are ordered oldest first;
+// times are bucketed in loc.
 func applyPolicy(snaps []*Snapshot, p RetentionPolicy, loc *time.Location) (keep, remove []*Snapshot) {
 	groups := map[groupKey][]*Snapshot{}
 	for _, s := range snaps {
@@ -49,12 +83,13 @@ func applyPolicy(snaps []*Snapshot, p RetentionPolicy, loc *time.Location) (keep
 	}
 	kept := map[*Snapshot]bool{}
 	for _, g := range groups {
+		units := unitsOf(g)
 		// Newest first; ties broken by id so the result does not depend on input order.
-		slices.SortStableFunc(g, func(a, b *Snapshot) int {
-			if c := b.Time.Compare(a.Time); c != 0 {
+		slices.SortStableFunc(units, func(a, b *unit) int {
+			if c := b.time.Compare(a.time); c != 0 {
 				return c
 			}
-			return slices.Compare(a.ID[:], b.ID[:])
+			return slices.Compare(a.id[:], b.id[:])
 		})
 		rules := p.rules()
 		last := make([]int, len(rules))
@@ -63,9 +98,9 @@ func applyPolicy(snaps []*Snapshot, p RetentionPolicy, loc *time.Location) (keep
 			last[i] = -1
 			left[i] = r.count
 		}
-		for n, s := range g {
+		for n, u := range units {
 			k := p.Last < 0 || n < p.Last
-			t := s.Time.In(loc)
+			t := u.time.In(loc)
 			for i, r := range rules {
 				if left[i] == 0 {
 					continue
@@ -79,7 +114,9 @@ func applyPolicy(snaps []*Snapshot, p RetentionPolicy, loc *time.Location) (keep
 				}
 			}
 			if k {
-				kept[s] = true
+				for _, s := range u.snaps {
+					kept[s] = true
+				}
 			}
 		}
 	}
@@ -101,8 +138,8 @@ func applyPolicy(snaps []*Snapshot, p RetentionPolicy, loc *time.Location) (keep
 	return keep, remove
 }
 
-// Forget applies p to every snapshot, grouped by (Dataset, Host), and
-// removes the snapshot files of those it does not keep (unless dryRun).
+// Forget applies p to every snapshot, grouped by (Dataset, Host), the
+// snapshots of one backup counting as one, and removes the snapshot files of those it does not keep (unless dryRun).
 // Buckets use local time. Only snapshot files are removed; Prune frees the
 // data. Forget holds a shared lock: removing a snapshot never removes data
 // a running backup needs, so it need not wait for backups, while prune's

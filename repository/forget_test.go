@@ -161,3 +161,42 @@ func TestForget(t *testing.T) {
 	// The repository still checks clean (snapshot files only were removed).
 	mustCheckClean(t, r, true)
 }
+
+// TestApplyPolicyKeepsBackupsWhole: a dataset stored as one snapshot per
+// atom has several snapshots of one backup. keep-last 1 keeps the newest
+// backup with all its atoms, not the newest snapshot of the group; a
+// snapshot without a backup id still counts on its own.
+func TestApplyPolicyKeepsBackupsWhole(t *testing.T) {
+	var snaps []*Snapshot
+	for i, b := range []string{"2025-01-01 00:00", "2025-01-02 00:00", "2025-01-03 00:00"} {
+		atoms := snapsAt(t, "db/main", "h", b, b, b)
+		for _, s := range atoms {
+			s.BackupID = fmt.Sprintf("backup-%d", i)
+		}
+		snaps = append(snaps, atoms...)
+	}
+	loose := snapsAt(t, "db/main", "h", "2025-01-02 12:00")
+	snaps = append(snaps, loose...)
+	tests := []struct {
+		p    RetentionPolicy
+		keep []string
+	}{
+		{RetentionPolicy{Last: 1}, []string{"2025-01-03 00:00", "2025-01-03 00:00", "2025-01-03 00:00"}},
+		{RetentionPolicy{Last: 2}, []string{"2025-01-02 12:00", "2025-01-03 00:00", "2025-01-03 00:00", "2025-01-03 00:00"}},
+		{RetentionPolicy{Daily: 2}, []string{"2025-01-02 12:00", "2025-01-03 00:00", "2025-01-03 00:00", "2025-01-03 00:00"}},
+		{RetentionPolicy{Last: 3}, []string{"2025-01-02 00:00", "2025-01-02 00:00", "2025-01-02 00:00", "2025-01-02 12:00", "2025-01-03 00:00", "2025-01-03 00:00", "2025-01-03 00:00"}},
+	}
+	for _, tc := range tests {
+		keep, remove := applyPolicy(snaps, tc.p, time.UTC)
+		var want []string
+		for _, ts := range tc.keep {
+			want = append(want, "db/main@"+ts)
+		}
+		if got := timesOf(keep); !slices.Equal(got, want) {
+			t.Errorf("%+v: keep = %v\nwant %v", tc.p, got, want)
+		}
+		if len(keep)+len(remove) != len(snaps) {
+			t.Errorf("%+v: keep %d + remove %d != %d", tc.p, len(keep), len(remove), len(snaps))
+		}
+	}
+}

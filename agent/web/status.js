@@ -224,6 +224,9 @@
 
     $("catalog-error").hidden = !st.catalog_error;
     $("catalog-error").textContent = st.catalog_error ? "catalog: " + st.catalog_error + " (the list below may be stale)" : "";
+    const warnings = st.catalog_warnings || [];
+    $("catalog-warnings").hidden = warnings.length === 0;
+    $("catalog-warnings").replaceChildren(...warnings.map(w => el("li", {}, "catalog: " + w)));
     tick();
   }
 

@@ -29,7 +29,7 @@ const defaultConfig = "/etc/custos/agent.yml"
 // addAgentCommands adds the commands that work with a configuration (the
 // agent and its catalog), as opposed to "custos repo".
 func addAgentCommands(root *cobra.Command) {
-	root.AddCommand(newConfigCmd(), newAgentCmd(), newBackupCmd(), newFindCmd(), newRestoreCmd(), newStatusCmd(), newReloadCmd(), newReplicateCmd(), newFixityCmd(), newExportCmd(), newWorkerCmd())
+	root.AddCommand(newConfigCmd(), newAgentCmd(), newBackupCmd(), newFindCmd(), newRestoreCmd(), newStatusCmd(), newReloadCmd(), newReplicateCmd(), newFixityCmd(), newExportCmd(), newSyncCmd(), newWorkerCmd())
 }
 
 func configFlag(cmd *cobra.Command, p *string) {

@@ -211,8 +211,9 @@ func newRepoForgetCmd(f *repoFlags) *cobra.Command {
 		Short: "Remove snapshots that a retention policy does not keep",
 		Long: `Remove snapshots that the retention policy does not keep.
 
-Snapshots are grouped by (dataset, host). In each group a snapshot is kept
-if any rule keeps it: --keep-last N keeps the N newest; --keep-hourly N
+Snapshots are grouped by (dataset, host); the snapshots of one backup (a
+dataset stored as one snapshot per atom) count as one and are kept or
+removed together. In each group a snapshot is kept if any rule keeps it: --keep-last N keeps the N newest; --keep-hourly N
 keeps the newest snapshot of each of the N latest hours that have one, and
 likewise daily, weekly, monthly and yearly (local time). Only snapshot
 files are removed; run prune (or pass --prune, which takes prune's
