@@ -9,7 +9,7 @@
 // unexported pieces instead of re-reading the format:
 //
 //	r.be, r.seal, r.cfg           backend, sealer (AEAD or checksum), config
-//	r.index() *index              in-memory index (one location per blob),
+//	r.index() *index.Index              in-memory index (one location per blob),
 //	    keyed by BlobHandle{Type, ID}; use its methods (lookup, has,
 //	    count, packIDs, ...), never its fields or its lock.
 //	r.loadIndex(ctx)              rebuild r.index() from index/ (after prune)
