@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/custos-backup/custos/repository/format"
 	"github.com/restic/chunker"
 	"golang.org/x/sync/errgroup"
 )
@@ -84,7 +85,7 @@ func (b *backupState) skip(format string, args ...any) {
 
 // dirState collects the nodes of one directory until all of them are known.
 type dirState struct {
-	nodes     []node
+	nodes     []format.Node
 	pending   atomic.Int64
 	parent    *dirState
 	parentIdx int
@@ -98,7 +99,7 @@ type fileJob struct {
 	path string
 	rel  string
 	st   syscall.Stat_t
-	old  *node // same file in the parent snapshot, if any
+	old  *format.Node // same file in the parent snapshot, if any
 }
 
 // Backup saves root/paths as a new snapshot. See BackupOptions.
@@ -243,7 +244,7 @@ func (b *backupState) snapshot(opts BackupOptions, rootID ID, start time.Time) *
 }
 
 // parentFor picks the parent snapshot and loads its root tree.
-func (r *Repository) parentFor(ctx context.Context, opts *BackupOptions) (*Snapshot, *tree, error) {
+func (r *Repository) parentFor(ctx context.Context, opts *BackupOptions) (*Snapshot, *format.Tree, error) {
 	if opts.NoParent {
 		return nil, nil, nil
 	}
@@ -387,7 +388,7 @@ func excluded(patterns []string, rel string) bool {
 	return false
 }
 
-func (b *backupState) walkRoot(absRoot string, sel *selection, parentTree *tree) error {
+func (b *backupState) walkRoot(absRoot string, sel *selection, parentTree *format.Tree) error {
 	root := &dirState{}
 	root.pending.Store(1)
 	err := b.walkDir(absRoot, "", root, sel, parentTree)
@@ -413,8 +414,8 @@ func lstat(p string) (syscall.Stat_t, error) {
 }
 
 // nodeFromStat fills the metadata of a node.
-func nodeFromStat(name string, st *syscall.Stat_t) node {
-	n := node{
+func nodeFromStat(name string, st *syscall.Stat_t) format.Node {
+	n := format.Node{
 		Name:   name,
 		Mode:   st.Mode & 0o7777,
 		UID:    st.Uid,
@@ -427,22 +428,22 @@ func nodeFromStat(name string, st *syscall.Stat_t) node {
 	}
 	switch st.Mode & syscall.S_IFMT {
 	case syscall.S_IFREG:
-		n.Type = nodeFile
+		n.Type = format.NodeFile
 		n.Size = uint64(st.Size)
 	case syscall.S_IFDIR:
-		n.Type = nodeDir
+		n.Type = format.NodeDir
 	case syscall.S_IFLNK:
-		n.Type = nodeSymlink
+		n.Type = format.NodeSymlink
 	case syscall.S_IFIFO:
-		n.Type = nodeFIFO
+		n.Type = format.NodeFIFO
 	case syscall.S_IFCHR:
-		n.Type = nodeChar
+		n.Type = format.NodeChar
 		n.Rdev = uint64(st.Rdev)
 	case syscall.S_IFBLK:
-		n.Type = nodeBlock
+		n.Type = format.NodeBlock
 		n.Rdev = uint64(st.Rdev)
 	case syscall.S_IFSOCK:
-		n.Type = nodeSocket
+		n.Type = format.NodeSocket
 	}
 	return n
 }
@@ -450,7 +451,7 @@ func nodeFromStat(name string, st *syscall.Stat_t) node {
 // walkDir lists the directory dirPath into d (whose pending count already
 // includes one hold for this walk) and queues its files. Subdirectories are
 // walked depth-first here; files are read by workers in parallel.
-func (b *backupState) walkDir(dirPath, rel string, d *dirState, sel *selection, old *tree) error {
+func (b *backupState) walkDir(dirPath, rel string, d *dirState, sel *selection, old *format.Tree) error {
 	if err := b.ctx.Err(); err != nil {
 		return context.Cause(b.ctx)
 	}
@@ -470,11 +471,11 @@ func (b *backupState) walkDir(dirPath, rel string, d *dirState, sel *selection, 
 		}
 	}
 	sort.Strings(names)
-	d.nodes = make([]node, 0, len(names))
+	d.nodes = make([]format.Node, 0, len(names))
 	type sub struct {
 		idx   int
 		sel   *selection
-		old   *tree
+		old   *format.Tree
 		oldID ID
 		path  string
 		rel   string
@@ -490,7 +491,7 @@ func (b *backupState) walkDir(dirPath, rel string, d *dirState, sel *selection, 
 		if excluded(b.opts.Excludes, r) {
 			continue
 		}
-		if err := checkName(name); err != nil {
+		if err := format.CheckName(name); err != nil {
 			b.skip("skipping %q: %v", displayPath(r), err)
 			continue
 		}
@@ -511,29 +512,29 @@ func (b *backupState) walkDir(dirPath, rel string, d *dirState, sel *selection, 
 		childSel := sel
 		if !sel.all {
 			childSel = sel.children[name]
-			if !childSel.all && n.Type != nodeDir {
+			if !childSel.all && n.Type != format.NodeDir {
 				// An intermediate path element must be a directory.
 				b.skip("skipping %q: not a directory", displayPath(r))
 				continue
 			}
 		}
-		var oldNode *node
+		var oldNode *format.Node
 		if old != nil {
-			oldNode = old.find(name)
+			oldNode = old.Find(name)
 		}
 		idx := len(d.nodes)
 		switch n.Type {
-		case nodeSymlink:
+		case format.NodeSymlink:
 			target, err := os.Readlink(p)
 			if err != nil || target == "" {
 				b.skip("skipping symlink %q: %v", displayPath(r), err)
 				continue
 			}
 			n.LinkTarget = target
-		case nodeDir:
-			var oldSub *tree
+		case format.NodeDir:
+			var oldSub *format.Tree
 			var oldID ID
-			if oldNode != nil && oldNode.Type == nodeDir {
+			if oldNode != nil && oldNode.Type == format.NodeDir {
 				oldID = oldNode.Subtree
 				t, err := b.r.loadTree(b.ctx, oldNode.Subtree)
 				if err != nil {
@@ -544,7 +545,7 @@ func (b *backupState) walkDir(dirPath, rel string, d *dirState, sel *selection, 
 			}
 			subs = append(subs, sub{idx: idx, sel: childSel, old: oldSub, oldID: oldID, path: p, rel: r})
 			b.nDirs.Add(1)
-		case nodeFile:
+		case format.NodeFile:
 			b.nFiles.Add(1)
 			b.bytes.Add(int64(n.Size))
 			if oldNode != nil && b.unchanged(oldNode, &n) {
@@ -587,13 +588,13 @@ func displayPath(rel string) string {
 
 // unchanged reports whether the file n can reuse the content of the parent
 // snapshot's node old without being read.
-func (b *backupState) unchanged(old, n *node) bool {
-	if old.Type != nodeFile || old.Size != n.Size || old.MTime != n.MTime || old.CTime != n.CTime || old.Inode != n.Inode {
+func (b *backupState) unchanged(old, n *format.Node) bool {
+	if old.Type != format.NodeFile || old.Size != n.Size || old.MTime != n.MTime || old.CTime != n.CTime || old.Inode != n.Inode {
 		return false
 	}
 	x := b.r.index()
 	for _, id := range old.Content {
-		if !x.has(dataHandle(id)) {
+		if !x.Has(format.DataHandle(id)) {
 			return false
 		}
 	}
@@ -613,9 +614,9 @@ func (b *backupState) finish(d *dirState) error {
 				nodes = append(nodes, n)
 			}
 		}
-		enc := encodeTree(&tree{Nodes: nodes})
+		enc := format.EncodeTree(&format.Tree{Nodes: nodes})
 		id := ID(sha256.Sum256(enc))
-		if id != d.oldID || !b.r.index().has(treeHandle(id)) {
+		if id != d.oldID || !b.r.index().Has(format.TreeHandle(id)) {
 			full, buf := b.saver.newBuf(len(enc))
 			copy(buf, enc)
 			if _, err := b.saver.save(TreeBlob, id, full, len(enc)); err != nil {
@@ -697,7 +698,7 @@ func (w *chunkWorker) backupFile(j *fileJob) error {
 		}
 		b.bytes.Add(int64(nn.Size) - int64(n.Size))
 		*n = nn
-		if j.old != nil && j.old.Type == nodeFile {
+		if j.old != nil && j.old.Type == format.NodeFile {
 			b.nChanged.Add(1)
 		} else {
 			b.nNew.Add(1)
@@ -790,16 +791,16 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 	}
 	defer func() { b.chunkers <- cs }()
 	if cs == nil {
-		cs = &chunkState{ch: b.r.cfg.newChunker(rd), digest: sha256.New()}
+		cs = &chunkState{ch: b.r.cfg.NewChunker(rd), digest: sha256.New()}
 	} else {
-		b.r.cfg.resetChunker(cs.ch, rd)
+		b.r.cfg.ResetChunker(cs.ch, rd)
 		cs.digest.Reset()
 	}
 	defer b.bufs.put(full)
 	// The chunker cuts straight into a blob buffer big enough for most
 	// chunks (chunk_min plus twice the average excess: 86% of them), so
 	// a new chunk is not copied again; a larger one is.
-	fit := int(min(b.r.cfg.MaxChunk, b.r.cfg.MinChunk+2<<b.r.cfg.avgBits()))
+	fit := int(min(b.r.cfg.MaxChunk, b.r.cfg.MinChunk+2<<b.r.cfg.AverageBits()))
 	for i := 0; ; i++ {
 		bfull, bdata := b.saver.newBuf(fit)
 		c, err := cs.ch.Next(bdata[:0:fit])
@@ -819,7 +820,7 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 		res.content = append(res.content, id)
 		res.size += int64(len(c.Data))
 		switch {
-		case b.saver.r.index().has(dataHandle(id)):
+		case b.saver.r.index().Has(format.DataHandle(id)):
 			b.bufs.put(bfull)
 		case &c.Data[:1][0] == &bdata[:1][0]: // not reallocated: cut in place
 			if _, err := b.saver.save(DataBlob, id, bfull, len(c.Data)); err != nil {

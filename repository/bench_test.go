@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/custos-backup/custos/repository/backend/local"
+	"github.com/custos-backup/custos/repository/format"
 	"github.com/restic/chunker"
 )
 
@@ -85,13 +86,13 @@ func BenchmarkCompress(b *testing.B) {
 }
 
 func BenchmarkEncrypt(b *testing.B) {
-	s, _ := newSealer(randBytes(4, keySize))
+	s, _ := format.NewSealer(randBytes(4, format.KeySize))
 	data := randBytes(5, 1<<20)
-	buf := make([]byte, nonceSize+len(data), nonceSize+len(data)+tagSize)
+	buf := make([]byte, format.NonceSize+len(data), format.NonceSize+len(data)+format.TagSize)
 	b.SetBytes(int64(len(data)))
 	for b.Loop() {
-		copy(buf[nonceSize:], data)
-		s.sealInPlace(buf[:nonceSize+len(data)])
+		copy(buf[format.NonceSize:], data)
+		s.SealInPlace(buf[:format.NonceSize+len(data)])
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // BlobError says which object a damaged or missing blob belongs to.
@@ -34,15 +35,15 @@ func (e *BlobError) Unwrap() error { return e.Err }
 // (or checksum), decompression, plaintext length and SHA-256. sealed is
 // overwritten. The plaintext is appended to dst[:0] when compressed, or
 // returned inside sealed's memory when not.
-func (r *Repository) openBlob(pb packedBlob, sealed, dst []byte) ([]byte, error) {
+func (r *Repository) openBlob(pb format.PackedBlob, sealed, dst []byte) ([]byte, error) {
 	if len(sealed) != int(pb.Length) {
 		return nil, fmt.Errorf("sealed length %d, header says %d", len(sealed), pb.Length)
 	}
-	pt, err := r.seal.openInPlace(sealed)
+	pt, err := r.seal.OpenInPlace(sealed)
 	if err != nil {
 		return nil, err
 	}
-	if pb.Flags&flagZstd != 0 {
+	if pb.Flags&format.FlagZstd != 0 {
 		d := r.getDecoder()
 		if cap(dst) < int(pb.RawLength) {
 			dst = make([]byte, 0, pb.RawLength)
@@ -65,7 +66,7 @@ func (r *Repository) openBlob(pb packedBlob, sealed, dst []byte) ([]byte, error)
 // loadBlob fetches one blob via the index and returns its verified
 // plaintext. buf may be reused for the result.
 func (r *Repository) loadBlob(ctx context.Context, t BlobType, id ID, buf []byte) ([]byte, error) {
-	pack, pb, ok := r.index().lookup(BlobHandle{Type: t, ID: id})
+	pack, pb, ok := r.index().Lookup(BlobHandle{Type: t, ID: id})
 	if !ok {
 		return nil, &BlobError{Blob: id, Type: t, Err: fmt.Errorf("%s blob not in index", t)}
 	}

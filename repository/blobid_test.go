@@ -10,11 +10,12 @@ import (
 	"testing"
 
 	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // emptyTree is the encoding of an empty directory's tree: a file with these
 // bytes has the id of every empty directory's tree blob.
-var emptyTree = encodeTree(&tree{})
+var emptyTree = format.EncodeTree(&format.Tree{})
 
 // TestTypeCollisionRoundTrip backs up a file whose bytes equal the tree of
 // an empty directory next to such a directory, in either order, in one
@@ -57,9 +58,9 @@ func TestTypeCollisionRoundTrip(t *testing.T) {
 				snaps = append(snaps, backupDir(t, r, src, ds))
 			}
 			last := snaps[len(snaps)-1]
-			h := hashID(emptyTree)
-			for _, want := range []BlobHandle{dataHandle(h), treeHandle(h)} {
-				if !r.index().has(want) {
+			h := format.HashID(emptyTree)
+			for _, want := range []BlobHandle{format.DataHandle(h), format.TreeHandle(h)} {
+				if !r.index().Has(want) {
 					t.Errorf("%s is not indexed", want)
 				}
 			}
@@ -107,7 +108,7 @@ func TestPruneKeepsTreeSharingIDWithFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dTree, err := r.loadBlob(ctx, TreeBlob, top.find("d").Subtree, nil)
+	dTree, err := r.loadBlob(ctx, TreeBlob, top.Find("d").Subtree, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,14 +131,14 @@ func TestPruneKeepsTreeSharingIDWithFile(t *testing.T) {
 func dropIndexEntry(t *testing.T, r *Repository, h BlobHandle) {
 	t.Helper()
 	ctx := context.Background()
-	f := &indexFile{}
+	f := &format.IndexFile{}
 	var old []ID
 	dropped := false
-	err := r.forEachIndexFile(ctx, false, func(id ID, in *indexFile) error {
+	err := r.forEachIndexFile(ctx, false, func(id ID, in *format.IndexFile) error {
 		old = append(old, id)
 		for _, p := range in.Packs {
-			p.Blobs = slices.DeleteFunc(slices.Clone(p.Blobs), func(pb packedBlob) bool {
-				if pb.handle() == h {
+			p.Blobs = slices.DeleteFunc(slices.Clone(p.Blobs), func(pb format.PackedBlob) bool {
+				if pb.Handle() == h {
 					dropped = true
 					return true
 				}
@@ -186,7 +187,7 @@ func TestCheckFindsTypeCollision(t *testing.T) {
 				t.Fatal(err)
 			}
 			sn := backupDir(t, r, src, "t/a")
-			h := BlobHandle{Type: tc.missing, ID: hashID(emptyTree)}
+			h := BlobHandle{Type: tc.missing, ID: format.HashID(emptyTree)}
 			dropIndexEntry(t, r, h)
 
 			old := reopen(t, dir, "pw")
@@ -220,7 +221,7 @@ func TestCheckFindsTypeCollision(t *testing.T) {
 				t.Errorf("the next backup added %d blobs", healed.Summary.BlobsAdded)
 			}
 			fresh := reopen(t, dir, "pw")
-			if !fresh.index().has(h) {
+			if !fresh.index().Has(h) {
 				t.Errorf("%s is still not indexed", h)
 			}
 			restoreCompare(t, fresh, healed, src)

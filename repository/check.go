@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/format"
+	"github.com/custos-backup/custos/repository/index"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -69,11 +71,11 @@ type checkState struct {
 
 	// index as read by check itself (not r.index(), which a damaged index
 	// file may have left incomplete)
-	packs     map[ID]int64                     // pack -> size recorded in the index
-	packBlobs map[ID][]packedBlob              // pack -> its entries
-	blobPacks map[BlobHandle][]ID              // blob -> packs that hold it
-	entry     map[ID]map[BlobHandle]packedBlob // pack -> blob -> entry
-	stored    map[ID]int64                     // packs present in data/, with size
+	packs     map[ID]int64                            // pack -> size recorded in the index
+	packBlobs map[ID][]format.PackedBlob              // pack -> its entries
+	blobPacks map[BlobHandle][]ID                     // blob -> packs that hold it
+	entry     map[ID]map[BlobHandle]format.PackedBlob // pack -> blob -> entry
+	stored    map[ID]int64                            // packs present in data/, with size
 
 	damagedIndexes []string
 	damagedBlobs   map[BlobHandle]string // blob -> object (pack path or "index") it is attributed to
@@ -193,9 +195,9 @@ func newCheckState(r *Repository) *checkState {
 		res:          &CheckResult{Problems: []Problem{}},
 		problems:     map[string]*Problem{},
 		packs:        map[ID]int64{},
-		packBlobs:    map[ID][]packedBlob{},
+		packBlobs:    map[ID][]format.PackedBlob{},
 		blobPacks:    map[BlobHandle][]ID{},
-		entry:        map[ID]map[BlobHandle]packedBlob{},
+		entry:        map[ID]map[BlobHandle]format.PackedBlob{},
 		stored:       map[ID]int64{},
 		damagedBlobs: map[BlobHandle]string{},
 		unindexed:    map[ID]bool{},
@@ -367,8 +369,8 @@ func (c *checkState) checkIndex(ctx context.Context) error {
 			c.mu.Unlock()
 		}
 	}
-	superseded := supersededFiles(ids, files)
-	overhead := r.seal.overhead()
+	superseded := index.Superseded(ids, files)
+	overhead := r.seal.Overhead()
 	for i, f := range files {
 		if f == nil || superseded[ids[i]] {
 			continue
@@ -381,23 +383,23 @@ func (c *checkState) checkIndex(ctx context.Context) error {
 			}
 			c.packs[p.ID] = p.Size
 			if c.entry[p.ID] == nil {
-				c.entry[p.ID] = map[BlobHandle]packedBlob{}
+				c.entry[p.ID] = map[BlobHandle]format.PackedBlob{}
 			}
 			for _, pb := range p.Blobs {
-				if err := pb.check(overhead); err != nil {
+				if err := pb.Check(overhead); err != nil {
 					c.problem(obj, "pack %s: %v", pp, err)
 					continue
 				}
-				if int64(pb.Offset)+int64(pb.Length) > p.Size-packTrailerSize {
+				if int64(pb.Offset)+int64(pb.Length) > p.Size-format.PackTrailerSize {
 					c.problem(obj, "blob %s lies outside pack %s (%d+%d of %d bytes)", pb.ID, pp, pb.Offset, pb.Length, p.Size)
 					continue
 				}
-				if _, dup := c.entry[p.ID][pb.handle()]; dup {
+				if _, dup := c.entry[p.ID][pb.Handle()]; dup {
 					continue
 				}
-				c.entry[p.ID][pb.handle()] = pb
+				c.entry[p.ID][pb.Handle()] = pb
 				c.packBlobs[p.ID] = append(c.packBlobs[p.ID], pb)
-				c.blobPacks[pb.handle()] = append(c.blobPacks[pb.handle()], p.ID)
+				c.blobPacks[pb.Handle()] = append(c.blobPacks[pb.Handle()], p.ID)
 			}
 		}
 	}
@@ -413,12 +415,12 @@ func (c *checkState) checkIndexedPacks() {
 		case !ok:
 			c.problem(packPath(id), "pack is in the index but missing from the backend")
 			for _, pb := range c.packBlobs[id] {
-				c.damageBlob(packPath(id), pb.handle())
+				c.damageBlob(packPath(id), pb.Handle())
 			}
 		case st != size:
 			c.problem(packPath(id), "pack has %d bytes, index says %d", st, size)
 			for _, pb := range c.packBlobs[id] {
-				c.damageBlob(packPath(id), pb.handle())
+				c.damageBlob(packPath(id), pb.Handle())
 			}
 		}
 	}
@@ -437,7 +439,7 @@ func (c *checkState) checkUnindexed(ctx context.Context, now time.Time) error {
 		}
 	}
 	slices.SortFunc(ids, func(a, b ID) int { return bytes.Compare(a[:], b[:]) })
-	readHeader := func(ctx context.Context, id ID) (*packHeader, error) {
+	readHeader := func(ctx context.Context, id ID) (*format.PackHeader, error) {
 		return c.r.readPackHeader(ctx, id, c.stored[id])
 	}
 	hdrs, errs, err := loadAll(ctx, ids, 8, readHeader, cancelled)
@@ -501,10 +503,10 @@ func (c *checkState) checkSnapshots(ctx context.Context) ([]*Snapshot, error) {
 
 // lookupBlob finds a blob in check's own view of the index: by type and
 // id, so that a reference is satisfied only by a blob of the type it needs.
-func (c *checkState) lookupBlob(h BlobHandle) (ID, packedBlob, bool) {
+func (c *checkState) lookupBlob(h BlobHandle) (ID, format.PackedBlob, bool) {
 	ps := c.blobPacks[h]
 	if len(ps) == 0 {
-		return ID{}, packedBlob{}, false
+		return ID{}, format.PackedBlob{}, false
 	}
 	return ps[0], c.entry[ps[0]][h], true
 }
@@ -540,13 +542,13 @@ func (c *checkState) checkTrees(ctx context.Context, snaps []*Snapshot) (map[Blo
 				for j := range t.Nodes {
 					n := &t.Nodes[j]
 					switch n.Type {
-					case nodeDir:
+					case format.NodeDir:
 						subs = append(subs, n.Subtree)
-					case nodeFile:
+					case format.NodeFile:
 						for _, b := range n.Content {
-							if _, _, ok := c.lookupBlob(dataHandle(b)); !ok {
+							if _, _, ok := c.lookupBlob(format.DataHandle(b)); !ok {
 								c.mu.Lock()
-								missing[dataHandle(b)] = true
+								missing[format.DataHandle(b)] = true
 								c.mu.Unlock()
 							}
 						}
@@ -574,8 +576,8 @@ func (c *checkState) checkTrees(ctx context.Context, snaps []*Snapshot) (map[Blo
 
 // loadTree reads one tree through check's own index view and records why it
 // could not be read.
-func (c *checkState) loadTree(ctx context.Context, id ID) (*tree, error) {
-	h := treeHandle(id)
+func (c *checkState) loadTree(ctx context.Context, id ID) (*format.Tree, error) {
+	h := format.TreeHandle(id)
 	pack, pb, ok := c.lookupBlob(h)
 	if !ok {
 		c.mu.Lock()
@@ -601,7 +603,7 @@ func (c *checkState) loadTree(ctx context.Context, id ID) (*tree, error) {
 		c.damageBlob(packPath(pack), h)
 		return nil, err
 	}
-	t, err := decodeTree(pt)
+	t, err := format.DecodeTree(pt)
 	if err != nil {
 		c.problem(packPath(pack), "tree blob %s: %v", id.Short(), err)
 		c.damageBlob(packPath(pack), h)
@@ -744,7 +746,7 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 		}
 		c.problem(pp, "reading pack: %v", err)
 		for _, pb := range c.packBlobs[id] {
-			c.damageBlob(pp, pb.handle())
+			c.damageBlob(pp, pb.Handle())
 		}
 		return int64(len(buf)), buf, nil
 	}
@@ -761,18 +763,18 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 			c.mu.Unlock()
 			if nb == 0 {
 				for _, pb := range c.packBlobs[id] {
-					c.damageBlob(pp, pb.handle())
+					c.damageBlob(pp, pb.Handle())
 				}
 			}
 		}()
 	}
-	hdr, herr := c.r.parsePackTail(buf, int64(len(buf)))
+	hdr, herr := format.ParsePackTail(c.r.seal, buf, int64(len(buf)))
 	if herr != nil {
 		c.problem(pp, "pack header: %v", herr)
 	} else {
-		inHeader := make(map[BlobHandle]packedBlob, len(hdr.Blobs))
+		inHeader := make(map[BlobHandle]format.PackedBlob, len(hdr.Blobs))
 		for _, pb := range hdr.Blobs {
-			inHeader[pb.handle()] = pb
+			inHeader[pb.Handle()] = pb
 		}
 		for h, pb := range indexed {
 			if hb, ok := inHeader[h]; !ok || hb != pb {
@@ -782,7 +784,7 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 	}
 	// Verify blobs by the index entries (what restore uses); for a pack no
 	// index lists, by its header.
-	var blobs []packedBlob
+	var blobs []format.PackedBlob
 	if indexed != nil {
 		blobs = c.packBlobs[id]
 	} else if hdr != nil {
@@ -798,7 +800,7 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 		end := int64(pb.Offset) + int64(pb.Length)
 		if end > int64(len(buf)) {
 			c.problem(pp, "blob %s lies beyond the end of the pack", pb.ID.Short())
-			c.damageBlob(pp, pb.handle())
+			c.damageBlob(pp, pb.Handle())
 			continue
 		}
 		sealed := buf[pb.Offset:end:end]
@@ -808,10 +810,10 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 		pt, err := c.r.openBlob(pb, sealed, scratch)
 		if err != nil {
 			c.problem(pp, "%s blob %s: %v", pb.Type, pb.ID.Short(), err)
-			c.damageBlob(pp, pb.handle())
+			c.damageBlob(pp, pb.Handle())
 			continue
 		}
-		if pb.Flags&flagZstd != 0 {
+		if pb.Flags&format.FlagZstd != 0 {
 			scratch = pt[:0]
 		}
 	}
@@ -819,8 +821,8 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 }
 
 // entriesOverlap reports whether the byte ranges of blobs overlap.
-func entriesOverlap(blobs []packedBlob) bool {
-	sorted := slices.SortedFunc(slices.Values(blobs), func(a, b packedBlob) int { return cmp.Compare(a.Offset, b.Offset) })
+func entriesOverlap(blobs []format.PackedBlob) bool {
+	sorted := slices.SortedFunc(slices.Values(blobs), func(a, b format.PackedBlob) int { return cmp.Compare(a.Offset, b.Offset) })
 	for i := 1; i < len(sorted); i++ {
 		if int64(sorted[i-1].Offset)+int64(sorted[i-1].Length) > int64(sorted[i].Offset) {
 			return true
@@ -890,18 +892,18 @@ func (c *checkState) findDependents(ctx context.Context, snaps []*Snapshot) erro
 		}
 	}
 	for _, sn := range snaps {
-		add(treeHandle(sn.Tree), sn, "/")
-		if _, bad := c.damagedBlobs[treeHandle(sn.Tree)]; bad {
+		add(format.TreeHandle(sn.Tree), sn, "/")
+		if _, bad := c.damagedBlobs[format.TreeHandle(sn.Tree)]; bad {
 			continue
 		}
-		err := c.walk(ctx, "", sn.Tree, func(p string, n *node) {
+		err := c.walk(ctx, "", sn.Tree, func(p string, n *format.Node) {
 			switch n.Type {
-			case nodeDir:
-				add(treeHandle(n.Subtree), sn, p+"/")
-			case nodeFile:
+			case format.NodeDir:
+				add(format.TreeHandle(n.Subtree), sn, p+"/")
+			case format.NodeFile:
 				for _, b := range n.Content {
-					if _, bad := c.damagedBlobs[dataHandle(b)]; bad {
-						add(dataHandle(b), sn, p)
+					if _, bad := c.damagedBlobs[format.DataHandle(b)]; bad {
+						add(format.DataHandle(b), sn, p)
 						break
 					}
 				}
@@ -930,11 +932,11 @@ func (c *checkState) findDependents(ctx context.Context, snaps []*Snapshot) erro
 // walk visits the nodes below tree id, skipping subtrees that are damaged.
 // A node whose path is needed more than once (shared subtrees) is visited
 // once per path, which is what dependents need.
-func (c *checkState) walk(ctx context.Context, prefix string, id ID, fn func(p string, n *node)) error {
+func (c *checkState) walk(ctx context.Context, prefix string, id ID, fn func(p string, n *format.Node)) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if _, bad := c.damagedBlobs[treeHandle(id)]; bad {
+	if _, bad := c.damagedBlobs[format.TreeHandle(id)]; bad {
 		return nil
 	}
 	t, err := c.loadTree(ctx, id)
@@ -951,7 +953,7 @@ func (c *checkState) walk(ctx context.Context, prefix string, id ID, fn func(p s
 			p = prefix + "/" + n.Name
 		}
 		fn(p, n)
-		if n.Type == nodeDir {
+		if n.Type == format.NodeDir {
 			if err := c.walk(ctx, p, n.Subtree, fn); err != nil {
 				return err
 			}
@@ -977,7 +979,7 @@ func OpenTolerant(ctx context.Context, be backend.Backend, password []byte) (*Re
 		return nil, nil, fmt.Errorf("open %s: load index: %w", be.Location(), err)
 	}
 	r.setIndex(x)
-	files := x.damagedFiles()
+	files := x.DamagedFiles()
 	damaged := make([]string, 0, len(files))
 	for id, err := range files {
 		damaged = append(damaged, fmt.Sprintf("%s: %v", backend.Handle{Type: backend.IndexFile, Name: id.String()}.Path(), err))

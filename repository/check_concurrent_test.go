@@ -14,6 +14,7 @@ import (
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/backend/local"
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // hookBackend runs a hook before chosen calls of the wrapped backend, so
@@ -198,12 +199,12 @@ func TestCheckDuringWritersStillFindsDamage(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			d := tr.find("d00")
+			d := tr.Find("d00")
 			dt, err := r0.loadTree(context.Background(), d.Subtree)
 			if err != nil {
 				t.Fatal(err)
 			}
-			pack, _, ok := r0.index().lookup(dataHandle(dt.Nodes[0].Content[0]))
+			pack, _, ok := r0.index().Lookup(format.DataHandle(dt.Nodes[0].Content[0]))
 			if !ok {
 				t.Fatal("test data: blob not indexed")
 			}
@@ -263,9 +264,9 @@ func TestCheckGivesUpOnEndlessChange(t *testing.T) {
 func mustAnyPack(t *testing.T, r *Repository, sn *Snapshot) ID {
 	t.Helper()
 	var pack ID
-	err := r.walkTree(context.Background(), sn.Tree, func(_ string, n *node) error {
-		if n.Type == nodeFile && len(n.Content) > 0 && pack.IsNull() {
-			pack, _, _ = r.index().lookup(dataHandle(n.Content[0]))
+	err := r.walkTree(context.Background(), sn.Tree, func(_ string, n *format.Node) error {
+		if n.Type == format.NodeFile && len(n.Content) > 0 && pack.IsNull() {
+			pack, _, _ = r.index().Lookup(format.DataHandle(n.Content[0]))
 		}
 		return nil
 	})

@@ -12,6 +12,7 @@ import (
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/backend/local"
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // newSmallPackRepo creates a repository with the smallest pack size, so
@@ -19,7 +20,7 @@ import (
 func newSmallPackRepo(t testing.TB, password string) (*Repository, string) {
 	t.Helper()
 	be, dir := newBackend(t)
-	opts := InitOptions{Password: []byte(password), kdfParams: cheapKDF, PackSize: minPackSize}
+	opts := InitOptions{Password: []byte(password), kdfParams: cheapKDF, PackSize: format.MinPackSize}
 	if password == "" {
 		opts.Unencrypted = true
 	}
@@ -209,9 +210,9 @@ func TestCheckGarbage(t *testing.T) {
 	}
 	var want []string
 	for i, g := range [][]byte{{}, {1, 2, 3}, randBytes(99, 100), randBytes(98, 70000)} {
-		want = append(want, put(backend.PackFile, hashID(g).String(), g))                   // hash matches, content is junk
-		want = append(want, put(backend.SnapshotFile, hashID(g).String(), g))               // junk snapshot
-		want = append(want, put(backend.IndexFile, hashID(append(g, byte(i))).String(), g)) // name does not match
+		want = append(want, put(backend.PackFile, format.HashID(g).String(), g))                   // hash matches, content is junk
+		want = append(want, put(backend.SnapshotFile, format.HashID(g).String(), g))               // junk snapshot
+		want = append(want, put(backend.IndexFile, format.HashID(append(g, byte(i))).String(), g)) // name does not match
 	}
 	want = append(want, put(backend.SnapshotFile, "not-an-id", []byte("x")))
 	junk := randBytes(97, 5000)
@@ -286,7 +287,7 @@ func TestCheckUnindexedPacks(t *testing.T) {
 			packs := lostIndex(t, r)
 			// Put a damaged index file in place of the lost one.
 			junk := randBytes(41, 500)
-			if err := saveBytes(ctx, r.be, backend.Handle{Type: backend.IndexFile, Name: hashID(junk).String()}, junk); err != nil {
+			if err := saveBytes(ctx, r.be, backend.Handle{Type: backend.IndexFile, Name: format.HashID(junk).String()}, junk); err != nil {
 				t.Fatal(err)
 			}
 			return packs

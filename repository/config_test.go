@@ -5,17 +5,19 @@ import (
 	"context"
 	"strings"
 	"testing"
+
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // TestChunkAvgBits pins the chunk size settings: new repositories record
 // chunk_avg_bits, older configs without it keep restic's 2^20, and values
 // out of range are refused.
 func TestChunkAvgBits(t *testing.T) {
-	c, err := newRepoConfig(InitOptions{})
+	c, err := format.NewRepoConfig(0, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.AvgBits != defaultAvgBits || c.MinChunk != defaultMinChunk || c.avgBits() != 19 {
+	if c.AvgBits != format.DefaultAvgBits || c.MinChunk != format.DefaultMinChunk || c.AverageBits() != 19 {
 		t.Fatalf("new config: avg bits %d, min %d", c.AvgBits, c.MinChunk)
 	}
 	for _, tc := range []struct {
@@ -31,14 +33,14 @@ func TestChunkAvgBits(t *testing.T) {
 	} {
 		c2 := *c
 		c2.AvgBits = tc.bits
-		err := c2.validate()
+		err := c2.Validate()
 		switch {
 		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
 			t.Errorf("bits %d: error %v, want one naming %s", tc.bits, err, tc.wantErr)
 		case tc.wantErr == "" && err != nil:
 			t.Errorf("bits %d: %v", tc.bits, err)
-		case tc.wantErr == "" && c2.avgBits() != tc.want:
-			t.Errorf("bits %d: avgBits() = %d, want %d", tc.bits, c2.avgBits(), tc.want)
+		case tc.wantErr == "" && c2.AverageBits() != tc.want:
+			t.Errorf("bits %d: avgBits() = %d, want %d", tc.bits, c2.AverageBits(), tc.want)
 		}
 	}
 }
@@ -63,10 +65,10 @@ func TestChunkSizesFollowConfig(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		n := tr.find("big.bin")
+		n := tr.Find("big.bin")
 		var total int
 		for i, id := range n.Content {
-			_, pb, ok := r.index().lookup(dataHandle(id))
+			_, pb, ok := r.index().Lookup(format.DataHandle(id))
 			if !ok {
 				t.Fatalf("chunk %d not indexed", i)
 			}

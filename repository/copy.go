@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/custos-backup/custos/repository/format"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -119,7 +120,7 @@ func sameContent(s *Snapshot) ([]byte, error) {
 	c := *s
 	c.ID = ID{}
 	c.Parent = nil
-	return encodeSnapshot(&c)
+	return format.EncodeSnapshot(&c)
 }
 
 // heldCopy returns the snapshot of existing with sn's content, or nil.
@@ -249,14 +250,14 @@ func (c *copier) report(done int64, final bool) {
 // tree copies the tree id and everything below it that dst lacks, the
 // tree blob itself last.
 func (c *copier) tree(id ID) error {
-	if c.seen[treeHandle(id)] || c.dst.index().has(treeHandle(id)) {
+	if c.seen[format.TreeHandle(id)] || c.dst.index().Has(format.TreeHandle(id)) {
 		return nil
 	}
 	raw, err := c.src.loadBlob(c.ctx, TreeBlob, id, nil)
 	if err != nil {
 		return fmt.Errorf("source tree: %w", err)
 	}
-	t, err := decodeTree(raw)
+	t, err := format.DecodeTree(raw)
 	if err != nil {
 		return fmt.Errorf("source tree %s: %w", id, err)
 	}
@@ -265,14 +266,14 @@ func (c *copier) tree(id ID) error {
 	g.SetLimit(4)
 	for i := range t.Nodes {
 		n := &t.Nodes[i]
-		if n.Type != nodeFile {
+		if n.Type != format.NodeFile {
 			continue
 		}
 		for _, b := range n.Content {
-			h := dataHandle(b)
+			h := format.DataHandle(b)
 			skip := c.seen[h]
 			c.seen[h] = true
-			if skip || c.dst.index().has(h) {
+			if skip || c.dst.index().Has(h) {
 				continue
 			}
 			g.Go(func() error { return c.blob(gctx, DataBlob, b) })
@@ -282,7 +283,7 @@ func (c *copier) tree(id ID) error {
 		return err
 	}
 	for i := range t.Nodes {
-		if n := &t.Nodes[i]; n.Type == nodeDir {
+		if n := &t.Nodes[i]; n.Type == format.NodeDir {
 			if err := c.tree(n.Subtree); err != nil {
 				return err
 			}
@@ -291,7 +292,7 @@ func (c *copier) tree(id ID) error {
 	if _, err := c.saver.saveCopy(TreeBlob, raw); err != nil {
 		return err
 	}
-	c.seen[treeHandle(id)] = true
+	c.seen[format.TreeHandle(id)] = true
 	c.report(c.done, false)
 	if c.queued.Add(int64(len(raw))) >= c.commitEvery {
 		return c.commit()

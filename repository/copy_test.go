@@ -12,6 +12,7 @@ import (
 	"github.com/custos-backup/custos/internal/s3server"
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/backend/location"
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // writeTreeOfFiles writes dirs directories of files random files each.
@@ -114,13 +115,13 @@ func TestCopyResumesAfterInterruption(t *testing.T) {
 	dir := t.TempDir()
 	writeTreeOfFiles(t, dir, 10, 3, 300<<10, 5)
 	sn := backupDir(t, src, dir, "a")
-	total, _ := src.index().count()
+	total, _ := src.index().Count()
 
 	be, dstDir := newBackend(t)
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	wrapped := &cancelAfterPacks{Backend: be, limit: 6, cancel: cancel}
-	dst, err := Init(ctx, wrapped, InitOptions{Password: []byte("other"), kdfParams: cheapKDF, PackSize: minPackSize})
+	dst, err := Init(ctx, wrapped, InitOptions{Password: []byte("other"), kdfParams: cheapKDF, PackSize: format.MinPackSize})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +163,7 @@ func TestCopyLocalToS3(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dst, err := Init(ctx, be, InitOptions{Password: []byte("s3 password"), kdfParams: cheapKDF, PackSize: minPackSize})
+	dst, err := Init(ctx, be, InitOptions{Password: []byte("s3 password"), kdfParams: cheapKDF, PackSize: format.MinPackSize})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/backend/local"
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // corruptionFixture is a repository with two snapshots of different
@@ -185,15 +186,15 @@ func TestCorruptPack(t *testing.T) {
 			f := newCorruptionFixture(t)
 			victim := "a-02.bin"
 			data, _ := os.ReadFile(filepath.Join(f.srcA, victim))
-			blob := dataHandle(hashID(data))
+			blob := format.DataHandle(format.HashID(data))
 			if tc.where == inTreeBlob {
 				t2, err := f.r.loadTree(ctx, f.snapA.Tree)
 				if err != nil {
 					t.Fatal(err)
 				}
-				blob = treeHandle(t2.find("deep").Subtree)
+				blob = format.TreeHandle(t2.Find("deep").Subtree)
 			}
-			pack, pb, ok := f.r.index().lookup(blob)
+			pack, pb, ok := f.r.index().Lookup(blob)
 			if !ok {
 				t.Fatal("victim blob not indexed")
 			}
@@ -302,10 +303,10 @@ func TestCorruptIndex(t *testing.T) {
 		// snapshot b's blobs.
 		data, _ := os.ReadFile(filepath.Join(f.srcB, "b-00.bin"))
 		var object string
-		err := f.r.forEachIndexFile(ctx, true, func(id ID, ix *indexFile) error {
+		err := f.r.forEachIndexFile(ctx, true, func(id ID, ix *format.IndexFile) error {
 			for _, p := range ix.Packs {
 				for _, pb := range p.Blobs {
-					if pb.ID == hashID(data) {
+					if pb.ID == format.HashID(data) {
 						object = backend.Handle{Type: backend.IndexFile, Name: id.String()}.Path()
 					}
 				}

@@ -1,55 +1,54 @@
 // Package repository is custos's content-addressed, deduplicating,
 // encrypted store: it chunks files and streams into blobs, packs them,
 // keeps an index, and records trees and snapshots on a backend.Backend.
-// The on-disk format is specified in FORMAT.md; this package follows it.
+// The on-disk format is specified in FORMAT.md and implemented, without
+// I/O, by package format; this package does the I/O and the operations.
 //
-// # Internal API for check.go, copy.go, forget.go, prune.go, stats.go
+// # Parts
 //
-// These files live in this package and should build on the following
-// unexported pieces instead of re-reading the format:
+// The package is layered; each layer builds on the ones before it and does
+// not re-read the format itself.
 //
-//	r.be, r.seal, r.cfg           backend, sealer (AEAD or checksum), config
-//	r.index() *index              in-memory index (one location per blob),
-//	    keyed by BlobHandle{Type, ID}; use its methods (lookup, has,
-//	    count, packIDs, ...), never its fields or its lock.
-//	r.loadIndex(ctx)              rebuild r.index() from index/ (after prune)
-//	r.forEachIndexFile(ctx, all, fn(id ID, f *indexFile) error)
-//	    every index file, verified; all=false skips superseded files.
-//	    indexFile{Supersedes []ID; Packs []indexPack{ID, Size, Blobs []packedBlob}}
-//	r.saveIndexFile(ctx, *indexFile) (ID, error)   (prune: set Supersedes)
-//	r.commitPacks(ctx, []indexPack)  index files for new packs + in-memory add
-//	r.readPackHeader(ctx, pack ID, size int64) (*packHeader, error)
-//	    reads only the tail; packHeader{Created time.Time; Blobs []packedBlob}
-//	r.openBlob(pb packedBlob, sealed, dst []byte) ([]byte, error)
-//	    verifies AEAD/checksum, decompresses, checks length and SHA-256.
-//	    Use it on byte ranges you loaded yourself (check --read-data, copy).
-//	r.loadBlob(ctx, t BlobType, id, buf) ([]byte, error)  verified plaintext via index
-//	r.loadTree(ctx, id) (*tree, error); r.walkTree(ctx, treeID, fn(path, *node) error)
-//	    fn may return errSkipSubtree. node: Type, Content []ID, Subtree ID, Digest, Size...
-//	r.newBlobSaver(ctx, g *errgroup.Group, &bufPool{}) *blobSaver
-//	    full, data := s.newBuf(n); s.save(t, id, full, n) / s.saveCopy(t, data) (ID, error):
-//	    dedup, compress, seal, pack, upload;
-//	    s.flush() ([]indexPack, error) then g.Wait(), then r.commitPacks.
-//	    (copy.go: load plaintext from src with loadBlob, saveCopy into dst.)
-//	newPackBuilder(inMemory) / packBuilder{} (in memory): add, finish -> pack id,
-//	    reader, close; for prune's rewrites without the whole pipeline.
-//	r.listIDs(ctx, backend.FileType, bad func(name)) ([]ID, error)
-//	r.saveSnapshot(ctx, *Snapshot); r.LoadSnapshot; r.Snapshots
-//	r.listLocks(ctx) ([]lockEntry, error); r.Lock(ctx, true) for prune;
-//	    lockEntry{Name; Info *lockInfo{Exclusive, Created, Refreshed, ...}; Err}
-//	hashID(b) ID; decodeTree/encodeTree; decodeIndexFile/encodeIndexFile;
-//	decodePackHeader/encodePackHeader; BlobError{Blob, Pack, Err}.
+//   - format (subpackage): ids, blob handles, the sealer and the codecs of
+//     every stored object. Pure; fuzzed.
+//   - index (subpackage): the in-memory index, keyed by blob handle (type,
+//     id), one location per blob. It owns its map and lock.
+//   - Core, in this package: Repository (open, init, keys, config), locks
+//     (lock.go), loading and refreshing the index from index/ (index.go),
+//     the blob saver that deduplicates, compresses, seals, packs and uploads
+//     (pipeline.go), pack writing and pack-header reading (pack.go),
+//     verified blob reading (blob.go), trees and snapshots (tree.go,
+//     snapshot.go).
+//   - Operations on top: backup and stream backup, restore, check and
+//     fixity, forget and prune, copy, stats and ls.
+//
+// # Contracts between the parts
+//
+//   - A blob is known by its (type, id) handle everywhere: in the index, the
+//     saver's pending set, prune's used set, copy, check and stats. A data
+//     blob and a tree blob with the same id are two blobs.
+//   - Every blob read back is verified: the seal (AEAD or checksum), the
+//     decompressed length, and the SHA-256 of the plaintext against its id.
+//     Code that loads byte ranges of packs itself (restore, check
+//     --read-data, fixity, prune) opens each blob through the same
+//     verified path (openBlob), never with the sealer alone.
+//   - Writers take their lock, then refresh the index strictly, then save
+//     blobs; they write packs, then the index files that list them, then
+//     the snapshot that references them, and check that their lock is
+//     still valid before they write the index. A reader that meets
+//     these objects in the reverse order (snapshots, index, packs) never
+//     sees a reference to something not yet written.
+//   - Pack names are the SHA-256 of the pack bytes: a fixity pass verifies
+//     a whole pack with sha256 alone (no key), then each blob with the key.
+//   - Prune follows the deletion rule in FORMAT.md ("Locks and prune"): it
+//     writes index files that supersede the old ones before it deletes any
+//     pack, and deletes the old index files last.
 //
 // Backups write packs straight into a local repository
 // (local.Backend.Stage: a temp file renamed into place on commit). For other
 // backends they are assembled in memory (at most one per packer and one per
 // uploader), or in unlinked temp files when pack_size is above 32 MiB.
 // Repository.packsInMemory forces in-memory packs.
-//
-// Pack names are the SHA-256 of the pack bytes: a fixity pass can verify a
-// whole pack with sha256 alone (no key), then verify each blob with
-// openBlob. Prune must follow the deletion rule in FORMAT.md ("Locks and
-// prune").
 //
 // # Restore and ownership
 //

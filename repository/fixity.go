@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/format"
+	"github.com/custos-backup/custos/repository/index"
 )
 
 // Fixity: the pieces a scheduler needs to prove, pack by pack, that a
@@ -18,10 +20,7 @@ import (
 // this file reads, judges and heals.
 
 // PackInfo is one indexed pack.
-type PackInfo struct {
-	ID   ID
-	Size int64
-}
+type PackInfo = index.Pack
 
 // Packs lists the packs the index lists, after bringing the index up to
 // date. Packs no index lists (crash leftovers, packs a heal retired) are
@@ -30,18 +29,7 @@ func (r *Repository) Packs(ctx context.Context) ([]PackInfo, error) {
 	if err := r.refreshIndex(ctx, false); err != nil {
 		return nil, fmt.Errorf("list packs: %w", err)
 	}
-	return r.index().packInfos(), nil
-}
-
-// packInfos returns every pack known with its size.
-func (x *index) packInfos() []PackInfo {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	out := make([]PackInfo, len(x.packs))
-	for i, id := range x.packs {
-		out[i] = PackInfo{ID: id, Size: x.packSize[i]}
-	}
-	return out
+	return r.index().Packs(), nil
 }
 
 // PackVerdict is the outcome of verifying one pack.
@@ -131,7 +119,7 @@ func (r *Repository) verifyPackSet(ctx context.Context, packs []ID) (*checkState
 		if _, stored := c.stored[id]; !stored {
 			c.problem(pp, "pack is missing from the backend")
 			for _, pb := range c.packBlobs[id] {
-				c.damageBlob(pp, pb.handle())
+				c.damageBlob(pp, pb.Handle())
 			}
 		} else {
 			var n int64
@@ -176,8 +164,8 @@ type DigestStats struct {
 func (r *Repository) VerifyDigests(ctx context.Context, snaps []*Snapshot) (*DigestStats, error) {
 	st := &DigestStats{Problems: []DigestProblem{}}
 	for _, sn := range snaps {
-		err := r.walkTree(ctx, sn.Tree, func(p string, n *node) error {
-			if n.Type != nodeFile {
+		err := r.walkTree(ctx, sn.Tree, func(p string, n *format.Node) error {
+			if n.Type != format.NodeFile {
 				return nil
 			}
 			st.Files++
@@ -247,10 +235,10 @@ func (r *Repository) HealPack(ctx context.Context, pack ID, sources []*Repositor
 
 	// The index files that list the pack, and everything they list.
 	var files []ID
-	var keep []indexPack
-	var entries []packedBlob
+	var keep []format.IndexPack
+	var entries []format.PackedBlob
 	var size int64
-	err = r.forEachIndexFile(ctx, false, func(id ID, f *indexFile) error {
+	err = r.forEachIndexFile(ctx, false, func(id ID, f *format.IndexFile) error {
 		lists := false
 		for _, p := range f.Packs {
 			if p.ID == pack {
@@ -286,7 +274,7 @@ func (r *Repository) HealPack(ctx context.Context, pack ID, sources []*Repositor
 		return nil, ctx.Err()
 	}
 	type healed struct {
-		pb     packedBlob
+		pb     format.PackedBlob
 		sealed []byte
 	}
 	var out []healed
@@ -300,7 +288,7 @@ func (r *Repository) HealPack(ctx context.Context, pack ID, sources []*Repositor
 				continue
 			}
 		}
-		pt, err := fetchGood(ctx, pb.handle(), sources)
+		pt, err := fetchGood(ctx, pb.Handle(), sources)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
@@ -311,14 +299,14 @@ func (r *Repository) HealPack(ctx context.Context, pack ID, sources []*Repositor
 		npb := pb
 		npb.Flags = 0
 		npb.RawLength = uint32(len(pt))
-		out = append(out, healed{pb: npb, sealed: r.seal.seal(nil, pt)})
+		out = append(out, healed{pb: npb, sealed: r.seal.Seal(nil, pt)})
 		res.FromReplica++
 	}
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("heal %s: %w for %d blob(s): %s", pp, ErrCannotHeal, len(missing), joinShort(missing, 5))
 	}
 
-	var newPacks []indexPack
+	var newPacks []format.IndexPack
 	var cur packBuilder
 	flush := func() error {
 		if len(cur.blobs) == 0 {
@@ -331,7 +319,7 @@ func (r *Repository) HealPack(ctx context.Context, pack ID, sources []*Repositor
 		if err := saveBytes(ctx, r.be, backend.Handle{Type: backend.PackFile, Name: id.String()}, cur.buf); err != nil {
 			return err
 		}
-		newPacks = append(newPacks, indexPack{ID: id, Size: int64(len(cur.buf)), Blobs: slices.Clone(cur.blobs)})
+		newPacks = append(newPacks, format.IndexPack{ID: id, Size: int64(len(cur.buf)), Blobs: slices.Clone(cur.blobs)})
 		res.NewPacks = append(res.NewPacks, id)
 		cur = packBuilder{}
 		return nil
@@ -407,29 +395,29 @@ func CopyNeeds(ctx context.Context, src, dst *Repository, snaps []*Snapshot) (in
 	seen := map[BlobHandle]bool{}
 	var need int64
 	add := func(h BlobHandle) {
-		if seen[h] || dst.index().has(h) {
+		if seen[h] || dst.index().Has(h) {
 			return
 		}
 		seen[h] = true
-		if _, pb, ok := src.index().lookup(h); ok {
+		if _, pb, ok := src.index().Lookup(h); ok {
 			need += int64(pb.Length)
 		}
 	}
 	for _, sn := range snaps {
-		if dst.index().has(treeHandle(sn.Tree)) {
+		if dst.index().Has(format.TreeHandle(sn.Tree)) {
 			continue // a tree in dst has its whole subtree there (Copy's order)
 		}
-		add(treeHandle(sn.Tree))
-		err := src.walkTree(ctx, sn.Tree, func(_ string, n *node) error {
+		add(format.TreeHandle(sn.Tree))
+		err := src.walkTree(ctx, sn.Tree, func(_ string, n *format.Node) error {
 			switch n.Type {
-			case nodeDir:
-				if seen[treeHandle(n.Subtree)] || dst.index().has(treeHandle(n.Subtree)) {
+			case format.NodeDir:
+				if seen[format.TreeHandle(n.Subtree)] || dst.index().Has(format.TreeHandle(n.Subtree)) {
 					return errSkipSubtree
 				}
-				add(treeHandle(n.Subtree))
-			case nodeFile:
+				add(format.TreeHandle(n.Subtree))
+			case format.NodeFile:
 				for _, b := range n.Content {
-					add(dataHandle(b))
+					add(format.DataHandle(b))
 				}
 			}
 			return nil
@@ -451,12 +439,12 @@ func (r *Repository) VerifyHeld(ctx context.Context, id ID) error {
 	}
 	var missing int
 	var first ID
-	err = r.walkTree(ctx, sn.Tree, func(_ string, n *node) error {
-		if n.Type != nodeFile {
+	err = r.walkTree(ctx, sn.Tree, func(_ string, n *format.Node) error {
+		if n.Type != format.NodeFile {
 			return nil
 		}
 		for _, b := range n.Content {
-			if !r.index().has(dataHandle(b)) {
+			if !r.index().Has(format.DataHandle(b)) {
 				if missing == 0 {
 					first = b
 				}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/custos-backup/custos/internal/s3server"
 	"github.com/custos-backup/custos/repository/backend/location"
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // TestVerifyHealPack flips one byte inside a data blob of a pack: the
@@ -29,7 +30,7 @@ func TestVerifyHealPack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pack, pb, ok := f.r.index().lookup(dataHandle(node.Content[0]))
+	pack, pb, ok := f.r.index().Lookup(format.DataHandle(node.Content[0]))
 	if !ok {
 		t.Fatal("blob not indexed")
 	}
@@ -95,7 +96,7 @@ func TestVerifyDigestsFindsDamage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pack, pb, _ := f.r.index().lookup(dataHandle(node.Content[len(node.Content)-1]))
+	pack, pb, _ := f.r.index().Lookup(format.DataHandle(node.Content[len(node.Content)-1]))
 	f.flip(t, packPath(pack), int64(pb.Offset)+4)
 	r := reopen(t, f.dir, corruptPW)
 	ds, err := r.VerifyDigests(ctx, []*Snapshot{f.snapB})
@@ -127,7 +128,7 @@ func TestVerifyHealPackS3(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := Init(ctx, be, InitOptions{Password: []byte("s3 password"), kdfParams: cheapKDF, PackSize: minPackSize})
+	r, err := Init(ctx, be, InitOptions{Password: []byte("s3 password"), kdfParams: cheapKDF, PackSize: format.MinPackSize})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +144,7 @@ func TestVerifyHealPackS3(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pack, pb, _ := r.index().lookup(dataHandle(node.Content[0]))
+	pack, pb, _ := r.index().Lookup(format.DataHandle(node.Content[0]))
 	// versitygw's posix backend keeps each object as a file.
 	obj := filepath.Join(srv.Dir, "custos", "primary", filepath.FromSlash(packPath(pack)))
 	b, err := os.ReadFile(obj)

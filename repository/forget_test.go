@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // snapsAt builds synthetic snapshots of one group at the given UTC times
@@ -20,7 +22,7 @@ func snapsAt(t *testing.T, dataset, host string, times ...string) []*Snapshot {
 			t.Fatal(err)
 		}
 		s := &Snapshot{Time: tm, Dataset: dataset, Host: host}
-		s.ID = hashID(fmt.Appendf(nil, "%s/%s/%d/%s", dataset, host, i, ts))
+		s.ID = format.HashID(fmt.Appendf(nil, "%s/%s/%d/%s", dataset, host, i, ts))
 		out = append(out, s)
 	}
 	return out

@@ -13,12 +13,14 @@ import (
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/backend/local"
+	"github.com/custos-backup/custos/repository/format"
+	"github.com/custos-backup/custos/repository/index"
 )
 
 var testPassword = []byte("correct horse battery staple")
 
 // cheapKDF keeps tests fast; the format is the same as with the defaults.
-var cheapKDF = &kdfParams{N: 1 << 10, R: 8, P: 1}
+var cheapKDF = &format.KdfParams{N: 1 << 10, R: 8, P: 1}
 
 func newBackend(t testing.TB) (backend.Backend, string) {
 	t.Helper()
@@ -145,4 +147,10 @@ func mustEqual(t *testing.T, a, b []byte, what string) {
 	if !bytes.Equal(a, b) {
 		t.Fatalf("%s: content differs (%d vs %d bytes)", what, len(a), len(b))
 	}
+}
+
+// fuzzRepo is an unencrypted repository shell: with the checksum sealer,
+// the decoders behind the seal are reachable without a backend.
+func fuzzRepo() *Repository {
+	return &Repository{seal: &format.Sealer{}, idx: index.New()}
 }

@@ -2,343 +2,22 @@ package repository
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"maps"
-	"slices"
 	"sort"
-	"sync"
 
 	"github.com/custos-backup/custos/repository/backend"
-	"github.com/klauspost/compress/zstd"
+	"github.com/custos-backup/custos/repository/format"
+	"github.com/custos-backup/custos/repository/index"
 	"golang.org/x/sync/errgroup"
 )
 
-const (
-	indexVersion       = 1
-	indexPlain         = 0
-	indexZstd          = 1
-	maxIndexPlainBytes = 64 << 20
-	maxBlobsPerIndex   = 200000 // a new index file is started after this many blobs
-)
-
-// indexFile is the decoded content of one object in index/.
-type indexFile struct {
-	// Supersedes lists index files whose content this one fully replaces
-	// (written by prune). Readers ignore a superseded index file when its
-	// superseder is present.
-	Supersedes []ID
-	Packs      []indexPack
-}
-
-// indexPack lists the blobs of one pack.
-type indexPack struct {
-	ID    ID
-	Size  int64 // bytes of the whole pack as stored
-	Blobs []packedBlob
-}
-
-func encodeIndexFile(f *indexFile) []byte {
-	b := []byte{indexVersion}
-	b = binary.AppendUvarint(b, uint64(len(f.Supersedes)))
-	for _, id := range f.Supersedes {
-		b = append(b, id[:]...)
-	}
-	b = binary.AppendUvarint(b, uint64(len(f.Packs)))
-	for _, p := range f.Packs {
-		b = append(b, p.ID[:]...)
-		b = binary.AppendUvarint(b, uint64(p.Size))
-		b = binary.AppendUvarint(b, uint64(len(p.Blobs)))
-		for _, pb := range p.Blobs {
-			b = append(b, byte(pb.Type), pb.Flags)
-			b = binary.AppendUvarint(b, uint64(pb.Offset))
-			b = binary.AppendUvarint(b, uint64(pb.Length))
-			b = binary.AppendUvarint(b, uint64(pb.RawLength))
-			b = append(b, pb.ID[:]...)
-		}
-	}
-	return b
-}
-
-type byteReader struct {
-	b   []byte
-	err error
-}
-
-func (r *byteReader) uvarint(max uint64) uint64 {
-	if r.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(r.b)
-	if n <= 0 {
-		r.err = errors.New("truncated or overlong varint")
-		return 0
-	}
-	if v > max {
-		r.err = fmt.Errorf("value %d exceeds %d", v, max)
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *byteReader) bytes(n int) []byte {
-	if r.err != nil {
-		return nil
-	}
-	if len(r.b) < n {
-		r.err = errors.New("truncated")
-		return nil
-	}
-	v := r.b[:n]
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *byteReader) id() (id ID) {
-	copy(id[:], r.bytes(len(id)))
-	return id
-}
-
-// decodeIndexFile parses the plaintext of an index file. overhead is the
-// sealing overhead of a blob, for checking entries.
-func decodeIndexFile(b []byte, overhead int) (*indexFile, error) {
-	r := &byteReader{b: b}
-	if v := r.bytes(1); r.err == nil && v[0] != indexVersion {
-		return nil, fmt.Errorf("decode index: unsupported version %d", v[0])
-	}
-	f := &indexFile{}
-	ns := r.uvarint(uint64(len(r.b) / 32))
-	for range ns {
-		f.Supersedes = append(f.Supersedes, r.id())
-	}
-	np := r.uvarint(uint64(len(r.b) / 34))
-	if r.err == nil {
-		f.Packs = make([]indexPack, 0, np)
-	}
-	for range np {
-		if r.err != nil {
-			break
-		}
-		p := indexPack{ID: r.id()}
-		p.Size = int64(r.uvarint(1 << 40))
-		nb := r.uvarint(uint64(len(r.b) / 37))
-		if r.err == nil {
-			p.Blobs = make([]packedBlob, 0, nb)
-		}
-		var end int64
-		for range nb {
-			if r.err != nil {
-				break
-			}
-			tf := r.bytes(2)
-			if r.err != nil {
-				break
-			}
-			pb := packedBlob{Type: BlobType(tf[0]), Flags: tf[1]}
-			pb.Offset = uint32(r.uvarint(1<<32 - 1))
-			pb.Length = uint32(r.uvarint(1<<32 - 1))
-			pb.RawLength = uint32(r.uvarint(1<<32 - 1))
-			pb.ID = r.id()
-			if r.err != nil {
-				break
-			}
-			if err := pb.check(overhead); err != nil {
-				return nil, fmt.Errorf("decode index: pack %s: %w", p.ID.Short(), err)
-			}
-			if int64(pb.Offset)+int64(pb.Length) > p.Size {
-				return nil, fmt.Errorf("decode index: pack %s: blob %s lies beyond the pack's %d bytes", p.ID.Short(), pb.ID.Short(), p.Size)
-			}
-			end = max(end, int64(pb.Offset)+int64(pb.Length))
-			p.Blobs = append(p.Blobs, pb)
-		}
-		f.Packs = append(f.Packs, p)
-	}
-	if r.err != nil {
-		return nil, fmt.Errorf("decode index: %w", r.err)
-	}
-	if len(r.b) != 0 {
-		return nil, fmt.Errorf("decode index: %d trailing bytes", len(r.b))
-	}
-	return f, nil
-}
-
-// blobLoc is where the index says a blob is.
-type blobLoc struct {
-	pack      uint32 // index into index.packs
-	offset    uint32
-	length    uint32
-	rawLength uint32
-	flags     uint8
-}
-
-// index is the in-memory map from blob handle (type, id) to its location.
-// It holds one location per blob (the first seen); check/prune read the
-// index files themselves when they need every copy. Its fields and lock
-// belong to its methods: other code asks it through them.
-type index struct {
-	mu       sync.RWMutex
-	blobs    map[BlobHandle]blobLoc
-	packs    []ID
-	packSize []int64
-	packNum  map[ID]uint32
-	files    map[ID]struct{} // index files loaded (neither superseded nor damaged)
-	// seen holds every index file listed when this index was built or last
-	// refreshed, and those written through it: refreshIndex loads only
-	// files outside it.
-	seen map[ID]struct{}
-	// damaged holds the listed index files that could not be loaded, with
-	// the reason. Their blobs count as not stored.
-	damaged map[ID]error
-}
-
-func newIndex() *index {
-	return &index{blobs: make(map[BlobHandle]blobLoc), packNum: make(map[ID]uint32), files: make(map[ID]struct{}),
-		seen: make(map[ID]struct{}), damaged: make(map[ID]error)}
-}
-
-// addPackLocked records the blobs of one pack; x.mu must be held (or x not
-// shared yet).
-func (x *index) addPackLocked(p indexPack) {
-	n, ok := x.packNum[p.ID]
-	if !ok {
-		n = uint32(len(x.packs))
-		x.packs = append(x.packs, p.ID)
-		x.packSize = append(x.packSize, p.Size)
-		x.packNum[p.ID] = n
-	}
-	for _, pb := range p.Blobs {
-		h := pb.handle()
-		if _, dup := x.blobs[h]; dup {
-			continue
-		}
-		x.blobs[h] = blobLoc{pack: n, offset: pb.Offset, length: pb.Length, rawLength: pb.RawLength, flags: pb.Flags}
-	}
-}
-
-// addFile records the packs of the index file id, written or loaded
-// through this index.
-func (x *index) addFile(id ID, packs []indexPack) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	for _, p := range packs {
-		x.addPackLocked(p)
-	}
-	x.files[id] = struct{}{}
-	x.seen[id] = struct{}{}
-}
-
-// has reports whether a blob is in the index.
-func (x *index) has(h BlobHandle) bool {
-	x.mu.RLock()
-	_, ok := x.blobs[h]
-	x.mu.RUnlock()
-	return ok
-}
-
-// lookup returns where a blob is: its pack id and entry.
-func (x *index) lookup(h BlobHandle) (ID, packedBlob, bool) {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	l, ok := x.blobs[h]
-	if !ok {
-		return ID{}, packedBlob{}, false
-	}
-	return x.packs[l.pack], packedBlob{Type: h.Type, Flags: l.flags, ID: h.ID, Offset: l.offset, Length: l.length, RawLength: l.rawLength}, true
-}
-
-// count returns the number of blobs (distinct handles) and packs known.
-func (x *index) count() (blobs, packs int) {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	return len(x.blobs), len(x.packs)
-}
-
-// blobCount returns the number of blobs (distinct handles) known.
-func (x *index) blobCount() int {
-	n, _ := x.count()
-	return n
-}
-
-// packBytes returns the summed size of the packs known.
-func (x *index) packBytes() int64 {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	var n int64
-	for _, s := range x.packSize {
-		n += s
-	}
-	return n
-}
-
-// packIDs returns the packs known.
-func (x *index) packIDs() []ID {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	return slices.Clone(x.packs)
-}
-
-// each calls fn for every blob with its pack, under the read lock (fn must
-// not call back into x).
-func (x *index) each(fn func(h BlobHandle, pack ID)) {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	for h, l := range x.blobs {
-		fn(h, x.packs[l.pack])
-	}
-}
-
-// damagedFiles returns a copy of the damaged index files with their reasons.
-func (x *index) damagedFiles() map[ID]error {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	return maps.Clone(x.damaged)
-}
-
-// sealIndexFile encodes, compresses and seals an index file.
-func (r *Repository) sealIndexFile(f *indexFile) []byte {
-	plain := encodeIndexFile(f)
-	body := make([]byte, 1, 1+len(plain)/2)
-	body[0] = indexZstd
-	enc := r.getEncoder()
-	body = enc.EncodeAll(plain, body)
-	r.putEncoder(enc)
-	return r.seal.seal(nil, body)
-}
-
-// openIndexFile verifies, decrypts and decodes a stored index file.
-func (r *Repository) openIndexFile(stored []byte) (*indexFile, error) {
-	body, err := r.seal.open(nil, stored)
-	if err != nil {
-		return nil, err
-	}
-	if len(body) == 0 {
-		return nil, errors.New("empty index file")
-	}
-	plain := body[1:]
-	switch body[0] {
-	case indexPlain:
-	case indexZstd:
-		dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxIndexPlainBytes), zstd.WithDecoderMaxWindow(8<<20))
-		if err != nil {
-			return nil, err
-		}
-		defer dec.Close()
-		plain, err = dec.DecodeAll(body[1:], nil)
-		if err != nil {
-			return nil, fmt.Errorf("decompress index: %w", err)
-		}
-	default:
-		return nil, fmt.Errorf("unknown index encoding %d", body[0])
-	}
-	return decodeIndexFile(plain, r.seal.overhead())
-}
-
 // saveIndexFile stores f and returns its id.
-func (r *Repository) saveIndexFile(ctx context.Context, f *indexFile) (ID, error) {
-	stored := r.sealIndexFile(f)
-	id := hashID(stored)
+func (r *Repository) saveIndexFile(ctx context.Context, f *format.IndexFile) (ID, error) {
+	enc := r.getEncoder()
+	stored := format.SealIndexFile(r.seal, enc, f)
+	r.putEncoder(enc)
+	id := format.HashID(stored)
 	if err := saveBytes(ctx, r.be, backend.Handle{Type: backend.IndexFile, Name: id.String()}, stored); err != nil {
 		return ID{}, err
 	}
@@ -365,17 +44,17 @@ func isIndexDamage(err error) bool {
 }
 
 // loadIndexFile loads and verifies one index file (name = SHA-256 of its bytes).
-func (r *Repository) loadIndexFile(ctx context.Context, id ID) (*indexFile, error) {
+func (r *Repository) loadIndexFile(ctx context.Context, id ID) (*format.IndexFile, error) {
 	r.indexLoads.Add(1)
 	h := backend.Handle{Type: backend.IndexFile, Name: id.String()}
-	b, err := loadSmall(ctx, r.be, h, maxIndexFileSize)
+	b, err := loadSmall(ctx, r.be, h, format.MaxIndexFileSize)
 	if err != nil {
 		return nil, err
 	}
-	if hashID(b) != id {
+	if format.HashID(b) != id {
 		return nil, &indexDamageError{h, errors.New("content does not match its name")}
 	}
-	f, err := r.openIndexFile(b)
+	f, err := format.OpenIndexFile(r.seal, b)
 	if err != nil {
 		return nil, &indexDamageError{h, err}
 	}
@@ -430,14 +109,14 @@ func (r *Repository) listIDs(ctx context.Context, t backend.FileType, bad func(n
 // forEachIndexFile loads every index file concurrently and calls fn for
 // each (serialised). Files superseded by another present file are skipped
 // unless all is true.
-func (r *Repository) forEachIndexFile(ctx context.Context, all bool, fn func(id ID, f *indexFile) error) error {
+func (r *Repository) forEachIndexFile(ctx context.Context, all bool, fn func(id ID, f *format.IndexFile) error) error {
 	_, err := r.forEachIndexFileIDs(ctx, all, fn)
 	return err
 }
 
 // forEachIndexFileIDs is forEachIndexFile that also returns every index
 // file id it listed.
-func (r *Repository) forEachIndexFileIDs(ctx context.Context, all bool, fn func(id ID, f *indexFile) error) ([]ID, error) {
+func (r *Repository) forEachIndexFileIDs(ctx context.Context, all bool, fn func(id ID, f *format.IndexFile) error) ([]ID, error) {
 	ids, err := r.listIDs(ctx, backend.IndexFile, func(name string) {
 		r.log.Warn("ignoring index object with an invalid name", "name", name)
 	})
@@ -450,7 +129,7 @@ func (r *Repository) forEachIndexFileIDs(ctx context.Context, all bool, fn func(
 	}
 	var superseded map[ID]bool
 	if !all {
-		superseded = supersededFiles(ids, files)
+		superseded = index.Superseded(ids, files)
 	}
 	for i, id := range ids {
 		if superseded[id] {
@@ -463,36 +142,11 @@ func (r *Repository) forEachIndexFileIDs(ctx context.Context, all bool, fn func(
 	return ids, nil
 }
 
-// supersededFiles returns the files among ids that a loaded file (files[i]
-// not nil) supersedes; FORMAT.md §7 leaves them out of the index. A file
-// that could not be loaded supersedes nothing, since what it lists is
-// unknown.
-func supersededFiles(ids []ID, files []*indexFile) map[ID]bool {
-	present := make(map[ID]bool, len(ids))
-	for i, id := range ids {
-		if files[i] != nil {
-			present[id] = true
-		}
-	}
-	superseded := make(map[ID]bool)
-	for _, f := range files {
-		if f == nil {
-			continue
-		}
-		for _, s := range f.Supersedes {
-			if present[s] {
-				superseded[s] = true
-			}
-		}
-	}
-	return superseded
-}
-
 // buildIndex builds a new in-memory index from every index file. A file
 // that fails to load with an error tolerate accepts is recorded in the
 // index's damaged set instead of failing the build; a nil tolerate accepts
 // none.
-func (r *Repository) buildIndex(ctx context.Context, tolerate func(error) bool) (*index, error) {
+func (r *Repository) buildIndex(ctx context.Context, tolerate func(error) bool) (*index.Index, error) {
 	ids, err := r.listIDs(ctx, backend.IndexFile, func(name string) {
 		r.log.Warn("ignoring index object with an invalid name", "name", name)
 	})
@@ -506,15 +160,12 @@ func (r *Repository) buildIndex(ctx context.Context, tolerate func(error) bool) 
 	if err != nil {
 		return nil, err
 	}
-	x := newIndex() // not shared yet: its fields are set directly
-	for i, id := range ids {
-		x.seen[id] = struct{}{}
-		if errs[i] != nil {
-			x.damaged[id] = errs[i]
-		}
+	var damaged bool
+	for _, err := range errs {
+		damaged = damaged || err != nil
 	}
 	var stored map[ID]bool
-	if len(x.damaged) > 0 {
+	if damaged {
 		// A damaged file may be the one a prune wrote to supersede all
 		// others before it deleted packs (a prune that stopped before
 		// deleting the old files leaves both). The old files then list
@@ -525,19 +176,7 @@ func (r *Repository) buildIndex(ctx context.Context, tolerate func(error) bool) 
 			return nil, err
 		}
 	}
-	superseded := supersededFiles(ids, files)
-	for i, f := range files {
-		if f == nil || superseded[ids[i]] {
-			continue
-		}
-		for _, p := range f.Packs {
-			if stored == nil || stored[p.ID] {
-				x.addPackLocked(p) // x is not shared yet
-			}
-		}
-		x.files[ids[i]] = struct{}{}
-	}
-	return x, nil
+	return index.Build(ids, files, errs, stored), nil
 }
 
 // storedPackSet lists the packs in data/.
@@ -553,7 +192,7 @@ func (r *Repository) storedPackSet(ctx context.Context) (map[ID]bool, error) {
 	return set, nil
 }
 
-func (r *Repository) setIndex(x *index) {
+func (r *Repository) setIndex(x *index.Index) {
 	r.idxMu.Lock()
 	r.idx = x
 	r.idxMu.Unlock()
@@ -591,12 +230,12 @@ func (r *Repository) loadIndexSkipDamaged(ctx context.Context) error {
 
 // logDamaged logs the damaged index files of x (not shared yet) that old
 // did not know.
-func (r *Repository) logDamaged(x, old *index) {
+func (r *Repository) logDamaged(x, old *index.Index) {
 	var known map[ID]error
 	if old != nil {
-		known = old.damagedFiles()
+		known = old.DamagedFiles()
 	}
-	for id, err := range x.damagedFiles() {
+	for id, err := range x.DamagedFiles() {
 		if _, ok := known[id]; ok {
 			continue
 		}
@@ -632,7 +271,7 @@ func (r *Repository) refreshIndex(ctx context.Context, strict bool) error {
 		return err
 	}
 	x := r.index()
-	added, gone := x.compare(ids)
+	added, gone := x.Compare(ids)
 	if !gone {
 		if len(added) == 0 {
 			return nil
@@ -665,43 +304,11 @@ func (r *Repository) refreshIndex(ctx context.Context, strict bool) error {
 	return nil
 }
 
-// compare matches the listed index files against x: added are those x has
-// not seen, gone reports that a file x loaded is no longer listed. Seen
-// files that were not loaded (superseded or damaged) and are no longer
-// listed are forgotten, so that a damaged file someone removed stops being
-// reported.
-func (x *index) compare(ids []ID) (added []ID, gone bool) {
-	listed := make(map[ID]struct{}, len(ids))
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	for _, id := range ids {
-		listed[id] = struct{}{}
-		if _, ok := x.seen[id]; !ok {
-			added = append(added, id)
-		}
-	}
-	for id := range x.files {
-		if _, ok := listed[id]; !ok {
-			gone = true
-		}
-	}
-	for id := range x.seen {
-		if _, ok := listed[id]; ok {
-			continue
-		}
-		if _, loaded := x.files[id]; !loaded {
-			delete(x.seen, id)
-			delete(x.damaged, id)
-		}
-	}
-	return added, gone
-}
-
 // addIndexFiles loads the index files added (not seen by x yet) and adds
 // their packs to x. It adds nothing and returns rebuild true when x must be
 // rebuilt from every file instead: a new file is damaged, or supersedes a
 // file x has loaded. A file that cannot be read is an error.
-func (r *Repository) addIndexFiles(ctx context.Context, x *index, added []ID) (rebuild bool, err error) {
+func (r *Repository) addIndexFiles(ctx context.Context, x *index.Index, added []ID) (rebuild bool, err error) {
 	files, errs, err := loadAll(ctx, added, 8, r.loadIndexFile, cancelled)
 	if err != nil {
 		return false, err
@@ -716,45 +323,14 @@ func (r *Repository) addIndexFiles(ctx context.Context, x *index, added []ID) (r
 			return true, nil
 		}
 	}
-	return x.addFiles(added, files), nil
-}
-
-// addFiles adds the packs of index files loaded by refreshIndex (ids
-// not seen before, files loaded in the same order). It adds nothing and
-// returns rebuild true when one of them supersedes a file x has loaded.
-func (x *index) addFiles(ids []ID, files []*indexFile) (rebuild bool) {
-	// Files added together may supersede one another (when x had loaded
-	// none of the files a prune replaced): leave those out as a rebuild
-	// would.
-	superseded := supersededFiles(ids, files)
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	for _, f := range files {
-		for _, s := range f.Supersedes {
-			if _, loaded := x.files[s]; loaded {
-				return true
-			}
-		}
-	}
-	for i, f := range files {
-		id := ids[i]
-		x.seen[id] = struct{}{}
-		if superseded[id] {
-			continue
-		}
-		for _, p := range f.Packs {
-			x.addPackLocked(p)
-		}
-		x.files[id] = struct{}{}
-	}
-	return false
+	return x.AddFiles(added, files), nil
 }
 
 // indexDamageWarnings returns one warning per index file the in-memory
 // index left out as damaged, for a backup to record in its snapshot: blobs
 // listed only there count as not stored, so the backup stored them again.
 func (r *Repository) indexDamageWarnings() []string {
-	damaged := r.index().damagedFiles()
+	damaged := r.index().DamagedFiles()
 	out := make([]string, 0, len(damaged))
 	for id, err := range damaged {
 		reason := err
@@ -770,7 +346,7 @@ func (r *Repository) indexDamageWarnings() []string {
 }
 
 // index returns the current in-memory index.
-func (r *Repository) index() *index {
+func (r *Repository) index() *index.Index {
 	r.idxMu.RLock()
 	defer r.idxMu.RUnlock()
 	return r.idx

@@ -13,6 +13,7 @@ import (
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/backend/local"
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // indexIDs lists the index files in the repository.
@@ -29,7 +30,7 @@ func indexIDs(t testing.TB, r *Repository) []ID {
 func indexFileOf(t testing.TB, r *Repository, blob ID) string {
 	t.Helper()
 	var object string
-	err := r.forEachIndexFile(context.Background(), true, func(id ID, f *indexFile) error {
+	err := r.forEachIndexFile(context.Background(), true, func(id ID, f *format.IndexFile) error {
 		for _, p := range f.Packs {
 			for _, pb := range p.Blobs {
 				if pb.ID == blob {
@@ -53,15 +54,15 @@ func mustMatchFreshIndex(t *testing.T, r *Repository, dir, password string) {
 	fresh := reopen(t, dir, password)
 	stored := storedPacks(t, r)
 	x, fx := r.index(), fresh.index()
-	if n, fn := x.blobCount(), fx.blobCount(); n != fn {
+	if n, fn := x.BlobCount(), fx.BlobCount(); n != fn {
 		t.Errorf("handle knows %d blobs, a fresh handle %d", n, fn)
 	}
-	fx.each(func(h BlobHandle, _ ID) {
-		if !x.has(h) {
+	fx.Each(func(h BlobHandle, _ ID) {
+		if !x.Has(h) {
 			t.Errorf("%s is indexed but the handle does not know it", h)
 		}
 	})
-	x.each(func(h BlobHandle, pack ID) {
+	x.Each(func(h BlobHandle, pack ID) {
 		if _, ok := stored[pack]; !ok {
 			t.Errorf("handle locates %s in pack %s, which does not exist", h, pack.Short())
 		}
@@ -162,12 +163,12 @@ func TestIndexRefreshSupersedingFile(t *testing.T) {
 			// What a prune that dropped gone.bin's pack leaves while it is
 			// stopped before deleting the old index files.
 			b := reopen(t, dir, pw)
-			gonePack, _, ok := b.index().lookup(dataHandle(hashID(gone)))
+			gonePack, _, ok := b.index().Lookup(format.DataHandle(format.HashID(gone)))
 			if !ok {
 				t.Fatal("gone.bin is not one blob in the index")
 			}
-			var packs []indexPack
-			if err := b.forEachIndexFile(ctx, false, func(_ ID, f *indexFile) error {
+			var packs []format.IndexPack
+			if err := b.forEachIndexFile(ctx, false, func(_ ID, f *format.IndexFile) error {
 				for _, p := range f.Packs {
 					if p.ID != gonePack {
 						packs = append(packs, p)
@@ -202,7 +203,7 @@ func TestIndexRefreshSupersedingFile(t *testing.T) {
 			if a.index() == before {
 				t.Error("the new file was added incrementally instead of rebuilding")
 			}
-			if a.index().has(dataHandle(hashID(gone))) {
+			if a.index().Has(format.DataHandle(format.HashID(gone))) {
 				t.Fatal("the handle still locates gone.bin in a deleted pack")
 			}
 			mustMatchFreshIndex(t, a, dir, pw)
@@ -270,7 +271,7 @@ func TestIndexRefreshAfterFailedReload(t *testing.T) {
 
 	fbe.fail.Store(true)
 	restoreCompare(t, a, keep, keepSrc) // refreshes, fails to reload, goes on
-	if !a.index().has(dataHandle(hashID(gone))) {
+	if !a.index().Has(format.DataHandle(format.HashID(gone))) {
 		t.Fatal("the failed reload replaced the index anyway")
 	}
 	if err := a.refreshIndex(ctx, true); err == nil {
@@ -278,7 +279,7 @@ func TestIndexRefreshAfterFailedReload(t *testing.T) {
 	}
 	fbe.fail.Store(false)
 	again := backupDir(t, a, goneSrc, "gone")
-	if again.Summary.BlobsAdded < 1 || !storedPackHas(t, a, hashID(gone)) {
+	if again.Summary.BlobsAdded < 1 || !storedPackHas(t, a, format.HashID(gone)) {
 		t.Fatalf("backup after the failed reload added %d blobs; it deduplicated against a deleted pack", again.Summary.BlobsAdded)
 	}
 	restoreCompare(t, reopen(t, dir, pw), again, goneSrc)
@@ -288,7 +289,7 @@ func TestIndexRefreshAfterFailedReload(t *testing.T) {
 // storedPackHas reports whether r locates blob in a pack that exists.
 func storedPackHas(t testing.TB, r *Repository, blob ID) bool {
 	t.Helper()
-	pack, _, ok := r.index().lookup(dataHandle(blob))
+	pack, _, ok := r.index().Lookup(format.DataHandle(blob))
 	if !ok {
 		return false
 	}
@@ -310,12 +311,12 @@ func TestBackupWithDamagedIndex(t *testing.T) {
 		setup func(t *testing.T, f *corruptionFixture) (r *Repository, object string, damaged *Snapshot, src string)
 	}{
 		{"Open after the damage", func(t *testing.T, f *corruptionFixture) (*Repository, string, *Snapshot, string) {
-			object := indexFileOf(t, f.r, hashID(mustRead(t, filepath.Join(f.srcB, "b-00.bin"))))
+			object := indexFileOf(t, f.r, format.HashID(mustRead(t, filepath.Join(f.srcB, "b-00.bin"))))
 			f.flip(t, object, 20)
 			return reopen(t, f.dir, corruptPW), object, f.snapB, f.srcB
 		}},
 		{"OpenTolerant after the damage", func(t *testing.T, f *corruptionFixture) (*Repository, string, *Snapshot, string) {
-			object := indexFileOf(t, f.r, hashID(mustRead(t, filepath.Join(f.srcB, "b-00.bin"))))
+			object := indexFileOf(t, f.r, format.HashID(mustRead(t, filepath.Join(f.srcB, "b-00.bin"))))
 			f.flip(t, object, -1)
 			r, damaged := f.reopenTolerant(t)
 			if len(damaged) != 1 || !strings.Contains(damaged[0], object) {
@@ -330,7 +331,7 @@ func TestBackupWithDamagedIndex(t *testing.T) {
 			srcC := t.TempDir()
 			writeRandomFiles(t, srcC, "c", 3, 240<<10, 300)
 			snapC := backupDir(t, f.r, srcC, "c")
-			object := indexFileOf(t, f.r, hashID(mustRead(t, filepath.Join(srcC, "c-00.bin"))))
+			object := indexFileOf(t, f.r, format.HashID(mustRead(t, filepath.Join(srcC, "c-00.bin"))))
 			f.flip(t, object, 0)
 			return r, object, snapC, srcC
 		}},

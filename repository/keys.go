@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // KeyInfo describes one key file: a password that opens the repository.
@@ -33,9 +34,9 @@ func (r *Repository) Keys(ctx context.Context) ([]KeyInfo, error) {
 	var out []KeyInfo
 	err := r.be.List(ctx, backend.KeyFile, func(fi backend.FileInfo) error {
 		ki := KeyInfo{ID: fi.Name, Current: fi.Name == r.keyName}
-		b, err := loadSmall(ctx, r.be, backend.Handle{Type: backend.KeyFile, Name: fi.Name}, maxKeyFileSize)
+		b, err := loadSmall(ctx, r.be, backend.Handle{Type: backend.KeyFile, Name: fi.Name}, format.MaxKeyFileSize)
 		if err == nil {
-			if k, err := decodeKeyFile(b); err == nil {
+			if k, err := format.DecodeKeyFile(b); err == nil {
 				ki.Created, ki.Hostname, ki.KDF = k.Created, k.Hostname, k.KDF
 			}
 		}
@@ -63,20 +64,20 @@ func (r *Repository) AddKey(ctx context.Context, password []byte, kdf string) (s
 	if len(password) == 0 {
 		return "", errors.New("add key: the new password is empty")
 	}
-	var params kdfParams
+	var params format.KdfParams
 	switch kdf {
-	case "", kdfScrypt:
-		kdf, params = kdfScrypt, defaultScrypt
-	case kdfArgon2id:
-		params = defaultArgon2id
+	case "", format.KdfScrypt:
+		kdf, params = format.KdfScrypt, format.DefaultScrypt
+	case format.KdfArgon2id:
+		params = format.DefaultArgon2id
 	default:
 		return "", fmt.Errorf("add key: unknown KDF %q (scrypt or argon2id)", kdf)
 	}
-	kb, err := newKeyFile(kdf, params, password, r.master)
+	kb, err := format.NewKeyFile(kdf, params, password, r.master)
 	if err != nil {
 		return "", fmt.Errorf("add key: %w", err)
 	}
-	name := hashID(kb).String()
+	name := format.HashID(kb).String()
 	if err := saveBytes(ctx, r.be, backend.Handle{Type: backend.KeyFile, Name: name}, kb); err != nil {
 		return "", fmt.Errorf("add key %s: %w", name[:8], err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/custos-backup/custos/internal/s3server"
 	"github.com/custos-backup/custos/repository/backend/location"
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // TestOnlyWritersRemoveLeftovers: the incomplete multipart uploads a killed
@@ -26,7 +27,7 @@ func TestOnlyWritersRemoveLeftovers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := Init(ctx, be, InitOptions{Password: []byte("pw"), kdfParams: cheapKDF, PackSize: minPackSize})
+	r, err := Init(ctx, be, InitOptions{Password: []byte("pw"), kdfParams: cheapKDF, PackSize: format.MinPackSize})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // ErrLocked is wrapped by Lock when a conflicting live lock exists.
@@ -55,10 +56,10 @@ func (li *lockInfo) setProcess(p processInfo) {
 
 func decodeLockInfo(b []byte) (*lockInfo, error) {
 	var li lockInfo
-	if err := strictUnmarshal(b, &li); err != nil {
+	if err := format.StrictUnmarshal(b, &li); err != nil {
 		return nil, fmt.Errorf("decode lock: %w", err)
 	}
-	if li.Version != formatVersion {
+	if li.Version != format.Version {
 		return nil, fmt.Errorf("decode lock: unsupported version %d", li.Version)
 	}
 	if li.Refreshed.Before(li.Created) {
@@ -117,7 +118,7 @@ func (r *Repository) listLocks(ctx context.Context) ([]lockEntry, error) {
 		e := lockEntry{Name: name}
 		if err == nil {
 			var pt []byte
-			pt, err = r.seal.open(nil, b)
+			pt, err = r.seal.Open(nil, b)
 			if err == nil {
 				e.Info, err = decodeLockInfo(pt)
 			}
@@ -198,7 +199,7 @@ func (r *Repository) lock(ctx context.Context, exclusive bool, refresh time.Dura
 	l := &Lock{
 		r:    r,
 		name: randomHex(32),
-		info: lockInfo{Version: formatVersion, Exclusive: exclusive, Created: now.UTC(), Refreshed: now.UTC()},
+		info: lockInfo{Version: format.Version, Exclusive: exclusive, Created: now.UTC(), Refreshed: now.UTC()},
 		done: make(chan struct{}),
 	}
 	l.info.setProcess(me)
@@ -229,7 +230,7 @@ func (l *Lock) write(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return saveBytes(ctx, l.r.be, backend.Handle{Type: backend.LockFile, Name: l.name}, l.r.seal.seal(nil, b))
+	return saveBytes(ctx, l.r.be, backend.Handle{Type: backend.LockFile, Name: l.name}, l.r.seal.Seal(nil, b))
 }
 
 func (l *Lock) refreshLoop(ctx context.Context, every time.Duration) {

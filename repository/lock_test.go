@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // deadProcess returns the identity of a real process of this host that has
@@ -44,7 +45,7 @@ func writeLockFile(t *testing.T, r *Repository, name string, li lockInfo) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := saveBytes(context.Background(), r.be, backend.Handle{Type: backend.LockFile, Name: name}, r.seal.seal(nil, b)); err != nil {
+	if err := saveBytes(context.Background(), r.be, backend.Handle{Type: backend.LockFile, Name: name}, r.seal.Seal(nil, b)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -81,7 +82,7 @@ func TestLockOfGoneProcess(t *testing.T) {
 			ctx := context.Background()
 			r, _ := newTestRepo(t, false)
 			now := time.Now()
-			li := lockInfo{Version: formatVersion, Exclusive: true, Created: now, Refreshed: now}
+			li := lockInfo{Version: format.Version, Exclusive: true, Created: now, Refreshed: now}
 			li.setProcess(tc.proc)
 			writeLockFile(t, r, "other", li)
 			l, err := r.Lock(ctx, false)
@@ -121,7 +122,7 @@ func TestUnindexedCutoff(t *testing.T) {
 	grace := tStart.Add(-pruneGrace)
 	older := tStart.Add(-5 * time.Hour)
 	lock := func(name string, created, refreshed time.Time, p processInfo) lockEntry {
-		li := &lockInfo{Version: formatVersion, Created: created, Refreshed: refreshed}
+		li := &lockInfo{Version: format.Version, Created: created, Refreshed: refreshed}
 		li.setProcess(p)
 		return lockEntry{Name: name, Info: li}
 	}

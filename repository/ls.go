@@ -7,6 +7,8 @@ import (
 	"path"
 	"strings"
 	"time"
+
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // Entry is one node of a snapshot's tree, as listings show it.
@@ -21,9 +23,9 @@ type Entry struct {
 	SHA256 string `json:"sha256,omitempty"`
 }
 
-func entryOf(p string, n *node) Entry {
+func entryOf(p string, n *format.Node) Entry {
 	e := Entry{Path: p, Type: n.Type.String(), Mode: n.Mode, Size: n.Size, MTime: time.Unix(0, n.MTime).UTC(), LinkTarget: n.LinkTarget}
-	if n.Type == nodeFile && n.Digest != (ID{}) {
+	if n.Type == format.NodeFile && n.Digest != (ID{}) {
 		e.SHA256 = n.Digest.String()
 	}
 	return e
@@ -37,14 +39,14 @@ func (r *Repository) List(ctx context.Context, snap *Snapshot, dir string, recur
 	root := snap.Tree
 	if dir != "" {
 		found := false
-		err := r.walkTree(ctx, snap.Tree, func(p string, n *node) error {
+		err := r.walkTree(ctx, snap.Tree, func(p string, n *format.Node) error {
 			switch {
-			case p == dir && n.Type == nodeDir:
+			case p == dir && n.Type == format.NodeDir:
 				root, found = n.Subtree, true
 				return errStopWalk
 			case p == dir:
 				return fmt.Errorf("%s is a %s, not a folder", dir, n.Type)
-			case strings.HasPrefix(dir, p+"/") && n.Type == nodeDir:
+			case strings.HasPrefix(dir, p+"/") && n.Type == format.NodeDir:
 				return nil
 			}
 			return errSkipSubtree
@@ -56,7 +58,7 @@ func (r *Repository) List(ctx context.Context, snap *Snapshot, dir string, recur
 			return fmt.Errorf("snapshot %s: no folder %q", snap.ID.Short(), dir)
 		}
 	}
-	err := r.walkTreeAt(ctx, dir, root, func(p string, n *node) error {
+	err := r.walkTreeAt(ctx, dir, root, func(p string, n *format.Node) error {
 		if err := fn(entryOf(p, n)); err != nil {
 			return err
 		}
@@ -80,7 +82,7 @@ func (r *Repository) Find(ctx context.Context, snap *Snapshot, pattern string, f
 	if _, err := path.Match(pattern, ""); err != nil {
 		return fmt.Errorf("pattern %q: %w", pattern, err)
 	}
-	err := r.walkTree(ctx, snap.Tree, func(p string, n *node) error {
+	err := r.walkTree(ctx, snap.Tree, func(p string, n *format.Node) error {
 		base, _ := path.Match(pattern, n.Name)
 		full, _ := path.Match(pattern, p)
 		if base || full {

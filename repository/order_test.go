@@ -10,6 +10,7 @@ import (
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/backend/backendtest"
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // newFaultyRepo initialises a repository on a real local backend wrapped
@@ -18,7 +19,7 @@ func newFaultyRepo(t *testing.T) (*Repository, *backendtest.Faulty) {
 	t.Helper()
 	be, _ := newBackend(t)
 	f := backendtest.NewFaulty(be)
-	r, err := Init(context.Background(), f, InitOptions{Password: testPassword, kdfParams: cheapKDF, PackSize: minPackSize})
+	r, err := Init(context.Background(), f, InitOptions{Password: testPassword, kdfParams: cheapKDF, PackSize: format.MinPackSize})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/custos-backup/custos/repository/format"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
 )
@@ -45,7 +46,7 @@ type blobSaver struct {
 
 	mu      sync.Mutex
 	pending map[BlobHandle]struct{} // queued in this session, not yet in the index
-	packs   []indexPack             // uploaded in this session
+	packs   []format.IndexPack      // uploaded in this session
 
 	// inflight bounds the bytes of blob buffers between the callers of save
 	// and the packer. Bounding bytes rather than items lets thousands of
@@ -141,7 +142,7 @@ func (r *Repository) newBlobSaver(ctx context.Context, g *errgroup.Group, bufs *
 // queues it if so. A blob of the other type with the same id does not
 // count: it is a different blob.
 func (s *blobSaver) reserve(h BlobHandle) bool {
-	if s.r.index().has(h) {
+	if s.r.index().Has(h) {
 		return false
 	}
 	s.mu.Lock()
@@ -158,8 +159,8 @@ func (s *blobSaver) reserve(h BlobHandle) bool {
 // sealing in place (nonce in front, tag behind), so stored blobs are never
 // copied between reading and packing.
 func (s *blobSaver) newBuf(n int) (full, data []byte) {
-	h := s.r.seal.headroom()
-	full = s.bufs.get(h + n + tagSize)
+	h := s.r.seal.Headroom()
+	full = s.bufs.get(h + n + format.TagSize)
 	return full, full[h : h+n]
 }
 
@@ -188,7 +189,7 @@ func (s *blobSaver) save(t BlobType, id ID, full []byte, n int) (bool, error) {
 // saveCopy is save for data the caller keeps.
 func (s *blobSaver) saveCopy(t BlobType, data []byte) (ID, error) {
 	id := ID(sha256.Sum256(data))
-	if s.r.index().has(BlobHandle{Type: t, ID: id}) {
+	if s.r.index().Has(BlobHandle{Type: t, ID: id}) {
 		return id, nil
 	}
 	full, b := s.newBuf(len(data))
@@ -230,26 +231,26 @@ const inflightBytes = 8 << 20
 func (s *blobSaver) sealLoop() error {
 	enc := s.r.getEncoder()
 	defer s.r.putEncoder(enc)
-	compress := s.r.cfg.Compression == compressionZstd
-	head := s.r.seal.headroom()
+	compress := s.r.cfg.Compression == format.CompressionZstd
+	head := s.r.seal.Headroom()
 	for pb := range s.toSeal {
 		n := pb.n
 		data := pb.full[head : head+n]
 		out, buf := pb.full[:head+n], pb.full // sealed in place unless compression helps
 		var flags uint8
 		if compress && compressible(data) {
-			scratch := s.bufs.get(head + n + tagSize)
+			scratch := s.bufs.get(head + n + format.TagSize)
 			// Output that would not fit is useless (the blob would not
 			// shrink); EncodeAll then reallocates and the result is dropped.
 			c := enc.EncodeAll(data, scratch[:head])
-			if len(c)-head < n && cap(c)-len(c) >= tagSize && &c[:1][0] == &scratch[:1][0] {
-				out, buf, flags = c, scratch, flagZstd
+			if len(c)-head < n && cap(c)-len(c) >= format.TagSize && &c[:1][0] == &scratch[:1][0] {
+				out, buf, flags = c, scratch, format.FlagZstd
 				s.bufs.put(pb.full)
 			} else {
 				s.bufs.put(scratch)
 			}
 		}
-		sealed := s.r.seal.sealInPlace(out)
+		sealed := s.r.seal.SealInPlace(out)
 		select {
 		case s.toPack <- &sealedBlob{t: pb.t, id: pb.id, flags: flags, rawLen: n, sealed: sealed, buf: buf, w: pb.w}:
 		case <-s.ctx.Done():
@@ -326,7 +327,7 @@ func (s *blobSaver) packLoop() error {
 		// The whole pack, header included, stays within pack_size (unless a
 		// single blob is larger), so an in-memory pack never outgrows its
 		// buffer.
-		if cur != nil && len(cur.blobs) > 0 && cur.size+int64(len(sb.sealed))+packOverhead(s.r.seal, len(cur.blobs)+1) > limit {
+		if cur != nil && len(cur.blobs) > 0 && cur.size+int64(len(sb.sealed))+format.PackOverhead(s.r.seal, len(cur.blobs)+1) > limit {
 			if err := flush(); err != nil {
 				return err
 			}
@@ -383,7 +384,7 @@ func (s *blobSaver) savePack(fp *finishedPack) error {
 	if err := p.save(s.ctx, s.r.be, fp.id); err != nil {
 		return err
 	}
-	ip := indexPack{ID: fp.id, Size: p.size, Blobs: p.blobs}
+	ip := format.IndexPack{ID: fp.id, Size: p.size, Blobs: p.blobs}
 	s.mu.Lock()
 	s.packs = append(s.packs, ip)
 	s.mu.Unlock()
@@ -394,7 +395,7 @@ func (s *blobSaver) savePack(fp *finishedPack) error {
 
 // flush closes the pipeline and waits until every queued blob is in a
 // durable pack. It returns the packs written in this session.
-func (s *blobSaver) flush() ([]indexPack, error) {
+func (s *blobSaver) flush() ([]format.IndexPack, error) {
 	if !s.closed {
 		s.closed = true
 		close(s.toSeal)
@@ -413,11 +414,11 @@ func (s *blobSaver) flush() ([]indexPack, error) {
 
 // commitPacks writes index files for packs (durable already) and adds them
 // to the in-memory index. Only after this are the blobs reachable.
-func (r *Repository) commitPacks(ctx context.Context, packs []indexPack) error {
+func (r *Repository) commitPacks(ctx context.Context, packs []format.IndexPack) error {
 	for len(packs) > 0 {
-		f := &indexFile{}
+		f := &format.IndexFile{}
 		n := 0
-		for len(packs) > 0 && (n == 0 || n+len(packs[0].Blobs) <= maxBlobsPerIndex) {
+		for len(packs) > 0 && (n == 0 || n+len(packs[0].Blobs) <= format.MaxBlobsPerIndex) {
 			n += len(packs[0].Blobs)
 			f.Packs = append(f.Packs, packs[0])
 			packs = packs[1:]
@@ -426,7 +427,7 @@ func (r *Repository) commitPacks(ctx context.Context, packs []indexPack) error {
 		if err != nil {
 			return err
 		}
-		r.index().addFile(id, f.Packs)
+		r.index().AddFile(id, f.Packs)
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/backend/local"
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // plainBackend hides the optional methods of a backend (Stage), as any
@@ -53,7 +54,7 @@ func TestPackModes(t *testing.T) {
 			}
 			ps := tc.packSize
 			if ps == 0 {
-				ps = minPackSize
+				ps = format.MinPackSize
 			}
 			r, err := Init(ctx, be, InitOptions{Password: testPassword, kdfParams: cheapKDF, PackSize: ps})
 			if err != nil {
@@ -106,7 +107,7 @@ func TestPackModes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if ps == minPackSize && packs < 5 {
+			if ps == format.MinPackSize && packs < 5 {
 				t.Errorf("%d packs for about 8 MiB of data in 1 MiB packs", packs)
 			}
 		})
@@ -146,7 +147,7 @@ func TestBackupFailureRemovesStagedPacks(t *testing.T) {
 		t.Fatal(err)
 	}
 	fs := &failingStager{Backend: lb}
-	r, err := Init(ctx, fs, InitOptions{Password: testPassword, kdfParams: cheapKDF, PackSize: minPackSize})
+	r, err := Init(ctx, fs, InitOptions{Password: testPassword, kdfParams: cheapKDF, PackSize: format.MinPackSize})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/backend/local"
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // genTree writes a random tree below root: directories (some empty) and
@@ -66,12 +67,12 @@ func treeBlobs(t *testing.T, r *Repository, root ID) [][]byte {
 			t.Fatal(err)
 		}
 		out = append(out, slices.Clone(b))
-		tr, err := decodeTree(b)
+		tr, err := format.DecodeTree(b)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, n := range tr.Nodes {
-			if n.Type == nodeDir {
+			if n.Type == format.NodeDir {
 				visit(n.Subtree)
 			}
 		}
@@ -203,14 +204,14 @@ func damageRandomBlob(t *testing.T, r *Repository, dir string, rng *rand.Rand, s
 	t.Helper()
 	ctx := context.Background()
 	var refs []BlobHandle
-	refs = append(refs, treeHandle(sn.Tree))
-	err := r.walkTree(ctx, sn.Tree, func(_ string, n *node) error {
+	refs = append(refs, format.TreeHandle(sn.Tree))
+	err := r.walkTree(ctx, sn.Tree, func(_ string, n *format.Node) error {
 		switch n.Type {
-		case nodeDir:
-			refs = append(refs, treeHandle(n.Subtree))
-		case nodeFile:
+		case format.NodeDir:
+			refs = append(refs, format.TreeHandle(n.Subtree))
+		case format.NodeFile:
 			for _, c := range n.Content {
-				refs = append(refs, dataHandle(c))
+				refs = append(refs, format.DataHandle(c))
 			}
 		}
 		return nil
@@ -223,7 +224,7 @@ func damageRandomBlob(t *testing.T, r *Repository, dir string, rng *rand.Rand, s
 	case dropEntry:
 		dropIndexEntry(t, r, h)
 	case flipBlob:
-		pack, pb, ok := r.index().lookup(h)
+		pack, pb, ok := r.index().Lookup(h)
 		if !ok {
 			t.Fatalf("%s not indexed", h)
 		}
@@ -252,25 +253,25 @@ func TestBlobReadComparesSHA256(t *testing.T) {
 	writeFile(t, filepath.Join(src, "a"), wantA, 0o644)
 	writeFile(t, filepath.Join(src, "b"), other, 0o644)
 	sn := backupDir(t, r, src, "t/sha")
-	a, b := dataHandle(hashID(wantA)), dataHandle(hashID(other))
-	bPack, bEntry, ok := r.index().lookup(b)
+	a, b := format.DataHandle(format.HashID(wantA)), format.DataHandle(format.HashID(other))
+	bPack, bEntry, ok := r.index().Lookup(b)
 	if !ok {
 		t.Fatal("b not indexed")
 	}
 
 	// A new index file, superseding the old, in which a's entry is b's
 	// location under a's id.
-	f := &indexFile{}
+	f := &format.IndexFile{}
 	var old []ID
-	err := r.forEachIndexFile(ctx, false, func(id ID, in *indexFile) error {
+	err := r.forEachIndexFile(ctx, false, func(id ID, in *format.IndexFile) error {
 		old = append(old, id)
 		for _, p := range in.Packs {
-			p.Blobs = slices.DeleteFunc(slices.Clone(p.Blobs), func(pb packedBlob) bool { return pb.handle() == a })
+			p.Blobs = slices.DeleteFunc(slices.Clone(p.Blobs), func(pb format.PackedBlob) bool { return pb.Handle() == a })
 			if p.ID == bPack {
 				forged := bEntry
 				forged.ID = a.ID
 				p.Blobs = append(p.Blobs, forged)
-				slices.SortFunc(p.Blobs, func(x, y packedBlob) int { return int(x.Offset) - int(y.Offset) })
+				slices.SortFunc(p.Blobs, func(x, y format.PackedBlob) int { return int(x.Offset) - int(y.Offset) })
 			}
 			f.Packs = append(f.Packs, p)
 		}
@@ -284,7 +285,7 @@ func TestBlobReadComparesSHA256(t *testing.T) {
 		t.Fatal(err)
 	}
 	forged := reopen(t, dir, "pw")
-	if p, _, _ := forged.index().lookup(a); p != bPack {
+	if p, _, _ := forged.index().Lookup(a); p != bPack {
 		t.Fatal("test setup: the forged entry is not what the index uses")
 	}
 
@@ -327,22 +328,22 @@ func TestBlobReadComparesSHA256(t *testing.T) {
 func TestSealNonceFresh(t *testing.T) {
 	r, _ := newTestRepo(t, false)
 	plain := []byte("the same plaintext, sealed twice")
-	if a, b := r.seal.seal(nil, plain), r.seal.seal(nil, plain); bytes.Equal(a, b) || bytes.Equal(a[:nonceSize], b[:nonceSize]) {
+	if a, b := r.seal.Seal(nil, plain), r.seal.Seal(nil, plain); bytes.Equal(a, b) || bytes.Equal(a[:format.NonceSize], b[:format.NonceSize]) {
 		t.Error("seal repeated its nonce")
 	}
 	inPlace := func() []byte {
-		buf := make([]byte, nonceSize+len(plain), nonceSize+len(plain)+tagSize)
-		copy(buf[nonceSize:], plain)
-		return r.seal.sealInPlace(buf)
+		buf := make([]byte, format.NonceSize+len(plain), format.NonceSize+len(plain)+format.TagSize)
+		copy(buf[format.NonceSize:], plain)
+		return r.seal.SealInPlace(buf)
 	}
-	if a, b := inPlace(), inPlace(); bytes.Equal(a, b) || bytes.Equal(a[:nonceSize], b[:nonceSize]) {
+	if a, b := inPlace(), inPlace(); bytes.Equal(a, b) || bytes.Equal(a[:format.NonceSize], b[:format.NonceSize]) {
 		t.Error("sealInPlace repeated its nonce")
 	}
 	// Through the repository: two index files with the same content are
 	// different objects, and one blob backed up twice with one key is
 	// stored as different bytes.
 	ctx := context.Background()
-	f := &indexFile{}
+	f := &format.IndexFile{}
 	i1, err1 := r.saveIndexFile(ctx, f)
 	i2, err2 := r.saveIndexFile(ctx, f)
 	if err := errors.Join(err1, err2); err != nil {
@@ -358,7 +359,7 @@ func TestSealNonceFresh(t *testing.T) {
 	other.seal = r.seal // same key
 	backupDir(t, other, src, "t/n1")
 	stored := func(r *Repository) []byte {
-		pack, pb, ok := r.index().lookup(dataHandle(hashID(plain)))
+		pack, pb, ok := r.index().Lookup(format.DataHandle(format.HashID(plain)))
 		if !ok {
 			t.Fatal("blob not indexed")
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // DefaultMaxUnused is the MaxUnused the command line uses unless told
@@ -212,13 +213,13 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, op
 	// count as unused.
 	type packUse struct {
 		size         int64
-		all          []packedBlob // as the index file lists them
-		keep, drop   []packedBlob
+		all          []format.PackedBlob // as the index file lists them
+		keep, drop   []format.PackedBlob
 		used, unused int64 // sealed bytes of keep and drop
 	}
 	packs := map[ID]*packUse{}
 	var order []ID
-	err = r.forEachIndexFile(ctx, false, func(_ ID, f *indexFile) error {
+	err = r.forEachIndexFile(ctx, false, func(_ ID, f *format.IndexFile) error {
 		x := r.index()
 		for _, p := range f.Packs {
 			pu := packs[p.ID]
@@ -230,8 +231,8 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, op
 				continue // listed by two index files; the first suffices
 			}
 			for _, pb := range p.Blobs {
-				canon, _, ok := x.lookup(pb.handle())
-				if used[pb.handle()] && ok && canon == p.ID {
+				canon, _, ok := x.Lookup(pb.Handle())
+				if used[pb.Handle()] && ok && canon == p.ID {
 					pu.keep = append(pu.keep, pb)
 					pu.used += int64(pb.Length)
 				} else {
@@ -260,7 +261,7 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, op
 	rewrite := chooseRepack(cands, usedTotal, opts)
 
 	var (
-		keepPacks   []indexPack
+		keepPacks   []format.IndexPack
 		deletePacks = map[ID]int64{}
 		toRewrite   []ID
 	)
@@ -273,7 +274,7 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, op
 			// A kept pack stays indexed with every blob it holds, unused
 			// ones too: a blob left out of the index would still take
 			// space, yet no later prune could see it to reclaim it.
-			keepPacks = append(keepPacks, indexPack{ID: id, Size: pu.size, Blobs: pu.all})
+			keepPacks = append(keepPacks, format.IndexPack{ID: id, Size: pu.size, Blobs: pu.all})
 			if len(pu.drop) > 0 {
 				st.PacksKeptPartlyUsed++
 				st.UnusedBytesKept += pu.unused
@@ -284,7 +285,7 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, op
 	}
 
 	// Rewrite: copy the used blobs, still sealed, into new packs.
-	var newPacks []indexPack
+	var newPacks []format.IndexPack
 	var cur packBuilder
 	flush := func() error {
 		if len(cur.blobs) == 0 {
@@ -297,7 +298,7 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, op
 		if err := saveBytes(ctx, r.be, backend.Handle{Type: backend.PackFile, Name: id.String()}, cur.buf); err != nil {
 			return err
 		}
-		newPacks = append(newPacks, indexPack{ID: id, Size: int64(len(cur.buf)), Blobs: append([]packedBlob(nil), cur.blobs...)})
+		newPacks = append(newPacks, format.IndexPack{ID: id, Size: int64(len(cur.buf)), Blobs: append([]format.PackedBlob(nil), cur.blobs...)})
 		cur = packBuilder{}
 		return nil
 	}
@@ -408,14 +409,14 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, op
 
 // writeIndexes stores packs in index files of at most maxBlobsPerIndex
 // blobs; the last one written lists supersedes.
-func (r *Repository) writeIndexes(ctx context.Context, packs []indexPack, supersedes []ID) error {
-	var files []*indexFile
-	cur := &indexFile{}
+func (r *Repository) writeIndexes(ctx context.Context, packs []format.IndexPack, supersedes []ID) error {
+	var files []*format.IndexFile
+	cur := &format.IndexFile{}
 	n := 0
 	for _, p := range packs {
-		if n > 0 && n+len(p.Blobs) > maxBlobsPerIndex {
+		if n > 0 && n+len(p.Blobs) > format.MaxBlobsPerIndex {
 			files = append(files, cur)
-			cur, n = &indexFile{}, 0
+			cur, n = &format.IndexFile{}, 0
 		}
 		cur.Packs = append(cur.Packs, p)
 		n += len(p.Blobs)
@@ -437,10 +438,10 @@ func (r *Repository) usedBlobs(ctx context.Context, snaps []*Snapshot) (map[Blob
 	used := map[BlobHandle]bool{}
 	var visit func(id ID) error
 	visit = func(id ID) error {
-		if used[treeHandle(id)] {
+		if used[format.TreeHandle(id)] {
 			return nil
 		}
-		used[treeHandle(id)] = true
+		used[format.TreeHandle(id)] = true
 		t, err := r.loadTree(ctx, id)
 		if err != nil {
 			return fmt.Errorf("%w (run check; prune refuses to guess what a damaged tree references)", err)
@@ -448,13 +449,13 @@ func (r *Repository) usedBlobs(ctx context.Context, snaps []*Snapshot) (map[Blob
 		for i := range t.Nodes {
 			n := &t.Nodes[i]
 			switch n.Type {
-			case nodeDir:
+			case format.NodeDir:
 				if err := visit(n.Subtree); err != nil {
 					return err
 				}
-			case nodeFile:
+			case format.NodeFile:
 				for _, b := range n.Content {
-					used[dataHandle(b)] = true
+					used[format.DataHandle(b)] = true
 				}
 			}
 		}

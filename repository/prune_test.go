@@ -16,11 +16,12 @@ import (
 	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/format"
 )
 
 func indexedPacks(r *Repository) map[ID]bool {
 	out := map[ID]bool{}
-	for _, p := range r.index().packIDs() {
+	for _, p := range r.index().PackIDs() {
 		out[p] = true
 	}
 	return out
@@ -42,8 +43,8 @@ func TestPrune(t *testing.T) {
 	other := t.TempDir()
 	writeRandomFiles(t, other, "o", 3, 300<<10, 3)
 	s3 := backupDir(t, r, other, "other")
-	goneBlob := hashID(randBytes(100, 200<<10))
-	if !r.index().has(dataHandle(goneBlob)) {
+	goneBlob := format.HashID(randBytes(100, 200<<10))
+	if !r.index().Has(format.DataHandle(goneBlob)) {
 		t.Fatal("test data: gone-00.bin's blob is not indexed")
 	}
 
@@ -75,7 +76,7 @@ func TestPrune(t *testing.T) {
 	if bb-ab != st.BytesFreed {
 		t.Errorf("stored bytes went from %d to %d, prune says it freed %d", bb, ab, st.BytesFreed)
 	}
-	if r.index().has(dataHandle(goneBlob)) {
+	if r.index().Has(format.DataHandle(goneBlob)) {
 		t.Error("a blob of a forgotten file is still indexed")
 	}
 	idx := indexedPacks(r)
@@ -105,9 +106,9 @@ func savePack(t *testing.T, r *Repository, created time.Time, seed uint64) ID {
 	t.Helper()
 	data := randBytes(seed, 1000)
 	var pb packBuilder
-	pb.add(DataBlob, hashID(data), 0, len(data), r.seal.seal(nil, data))
+	pb.add(DataBlob, format.HashID(data), 0, len(data), r.seal.Seal(nil, data))
 	pb.finish(r.seal, created)
-	id := hashID(pb.buf)
+	id := format.HashID(pb.buf)
 	if err := saveBytes(context.Background(), r.be, backend.Handle{Type: backend.PackFile, Name: id.String()}, pb.buf); err != nil {
 		t.Fatal(err)
 	}
@@ -129,8 +130,8 @@ func TestPruneUnindexedPacks(t *testing.T) {
 	// a moment ago. Neither can ever index its packs, so neither holds
 	// the three-hour-old pack back, and prune removes both.
 	dead := deadProcess(t)
-	stale := lockInfo{Version: formatVersion, Created: now.Add(-4 * time.Hour), Refreshed: now.Add(-4 * time.Hour), Hostname: "gone", PID: 1}
-	killed := lockInfo{Version: formatVersion, Created: now.Add(-4 * time.Hour), Refreshed: now}
+	stale := lockInfo{Version: format.Version, Created: now.Add(-4 * time.Hour), Refreshed: now.Add(-4 * time.Hour), Hostname: "gone", PID: 1}
+	killed := lockInfo{Version: format.Version, Created: now.Add(-4 * time.Hour), Refreshed: now}
 	killed.setProcess(dead)
 	for _, li := range []lockInfo{stale, killed} {
 		writeLockFile(t, r, randomHex(32), li)
@@ -303,14 +304,14 @@ func pruneUsage(t *testing.T, r *Repository) (packs map[ID]repackCandidate, used
 	}
 	packs = map[ID]repackCandidate{}
 	x := r.index()
-	err = r.forEachIndexFile(ctx, false, func(_ ID, f *indexFile) error {
+	err = r.forEachIndexFile(ctx, false, func(_ ID, f *format.IndexFile) error {
 		for _, p := range f.Packs {
 			if _, dup := packs[p.ID]; dup {
 				continue
 			}
 			c := repackCandidate{id: p.ID}
 			for _, pb := range p.Blobs {
-				if canon, _, ok := x.lookup(pb.handle()); ok && canon == p.ID && used[pb.handle()] {
+				if canon, _, ok := x.Lookup(pb.Handle()); ok && canon == p.ID && used[pb.Handle()] {
 					c.used += int64(pb.Length)
 				} else {
 					c.unused += int64(pb.Length)
@@ -328,13 +329,13 @@ func pruneUsage(t *testing.T, r *Repository) (packs map[ID]repackCandidate, used
 }
 
 // indexEntries returns the blobs the index files list for each pack.
-func indexEntries(t *testing.T, r *Repository) map[ID]map[ID]packedBlob {
+func indexEntries(t *testing.T, r *Repository) map[ID]map[ID]format.PackedBlob {
 	t.Helper()
-	out := map[ID]map[ID]packedBlob{}
-	err := r.forEachIndexFile(context.Background(), false, func(_ ID, f *indexFile) error {
+	out := map[ID]map[ID]format.PackedBlob{}
+	err := r.forEachIndexFile(context.Background(), false, func(_ ID, f *format.IndexFile) error {
 		for _, p := range f.Packs {
 			if out[p.ID] == nil {
-				out[p.ID] = map[ID]packedBlob{}
+				out[p.ID] = map[ID]format.PackedBlob{}
 			}
 			for _, pb := range p.Blobs {
 				out[p.ID][pb.ID] = pb

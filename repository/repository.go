@@ -12,11 +12,13 @@ import (
 	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/format"
+	"github.com/custos-backup/custos/repository/index"
 	"github.com/klauspost/compress/zstd"
 )
 
 // ErrWrongPassword is wrapped by Open when no key file opens with the password.
-var ErrWrongPassword = errors.New("wrong password or no matching key")
+var ErrWrongPassword = format.ErrWrongPassword
 
 // ErrNotInitialized is wrapped by Open when the location holds no repository.
 var ErrNotInitialized = errors.New("repository not initialized (no config object)")
@@ -29,14 +31,14 @@ type InitOptions struct {
 	PackSize    int64  // target pack size in bytes; 0 = 16 MiB
 
 	// kdfParams overrides the KDF cost (tests use cheap parameters).
-	kdfParams *kdfParams
+	kdfParams *format.KdfParams
 }
 
 // Repository is an open repository. It is safe for concurrent use.
 type Repository struct {
 	be   backend.Backend
-	cfg  *repoConfig
-	seal *sealer
+	cfg  *format.Config
+	seal *format.Sealer
 	log  *slog.Logger
 	// master and keyName (the key file that opened it) serve key
 	// management; both are empty for an unencrypted repository.
@@ -44,7 +46,7 @@ type Repository struct {
 	keyName string
 
 	idxMu sync.RWMutex
-	idx   *index
+	idx   *index.Index
 	// refreshMu serialises rebuilding and refreshing the index, so that
 	// two refreshes cannot both load the same new files or replace each
 	// other's index.
@@ -75,7 +77,7 @@ func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repositor
 	} else if !errors.Is(err, backend.ErrNotExist) {
 		return nil, fmt.Errorf("init %s: %w", be.Location(), err)
 	}
-	cfg, err := newRepoConfig(opts)
+	cfg, err := format.NewRepoConfig(opts.PackSize, opts.Unencrypted)
 	if err != nil {
 		return nil, fmt.Errorf("init %s: %w", be.Location(), err)
 	}
@@ -86,36 +88,36 @@ func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repositor
 			return nil, fmt.Errorf("init %s: a password is required for an encrypted repository", be.Location())
 		}
 		kdf := opts.KDF
-		var params kdfParams
+		var params format.KdfParams
 		switch kdf {
-		case "", kdfScrypt:
-			kdf, params = kdfScrypt, defaultScrypt
-		case kdfArgon2id:
-			params = defaultArgon2id
+		case "", format.KdfScrypt:
+			kdf, params = format.KdfScrypt, format.DefaultScrypt
+		case format.KdfArgon2id:
+			params = format.DefaultArgon2id
 		default:
 			return nil, fmt.Errorf("init %s: unknown KDF %q", be.Location(), opts.KDF)
 		}
 		if opts.kdfParams != nil {
 			params = *opts.kdfParams
 		}
-		master = make([]byte, keySize)
+		master = make([]byte, format.KeySize)
 		if _, err := rand.Read(master); err != nil {
 			return nil, err
 		}
-		kb, err := newKeyFile(kdf, params, opts.Password, master)
+		kb, err := format.NewKeyFile(kdf, params, opts.Password, master)
 		if err != nil {
 			return nil, fmt.Errorf("init %s: key: %w", be.Location(), err)
 		}
-		keyName = hashID(kb).String()
+		keyName = format.HashID(kb).String()
 		if err := saveBytes(ctx, be, backend.Handle{Type: backend.KeyFile, Name: keyName}, kb); err != nil {
 			return nil, fmt.Errorf("init %s: %w", be.Location(), err)
 		}
 	}
-	s, err := newSealer(master)
+	s, err := format.NewSealer(master)
 	if err != nil {
 		return nil, err
 	}
-	cb, err := encodeConfigFile(cfg, s)
+	cb, err := format.EncodeConfigFile(cfg, s)
 	if err != nil {
 		return nil, err
 	}
@@ -128,8 +130,8 @@ func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repositor
 	return r, nil
 }
 
-func newRepository(be backend.Backend, cfg *repoConfig, s *sealer) *Repository {
-	return &Repository{be: be, cfg: cfg, seal: s, log: slog.Default().With("repository", be.Location()), idx: newIndex()}
+func newRepository(be backend.Backend, cfg *format.Config, s *format.Sealer) *Repository {
+	return &Repository{be: be, cfg: cfg, seal: s, log: slog.Default().With("repository", be.Location()), idx: index.New()}
 }
 
 // Open opens the repository in be. password is ignored for an unencrypted
@@ -153,14 +155,14 @@ func Open(ctx context.Context, be backend.Backend, password []byte) (*Repository
 
 // openConfig opens the repository in be without loading its index.
 func openConfig(ctx context.Context, be backend.Backend, password []byte) (*Repository, error) {
-	b, err := loadSmall(ctx, be, backend.Handle{Type: backend.ConfigFile}, maxConfigSize)
+	b, err := loadSmall(ctx, be, backend.Handle{Type: backend.ConfigFile}, format.MaxConfigSize)
 	if errors.Is(err, backend.ErrNotExist) {
 		return nil, fmt.Errorf("open %s: %w", be.Location(), ErrNotInitialized)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", be.Location(), err)
 	}
-	cf, err := decodeConfigFile(b)
+	cf, err := format.DecodeConfigFile(b)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", be.Location(), err)
 	}
@@ -173,15 +175,15 @@ func openConfig(ctx context.Context, be backend.Backend, password []byte) (*Repo
 		if err != nil {
 			return nil, fmt.Errorf("open %s: %w", be.Location(), err)
 		}
-		s, err := newSealer(master)
+		s, err := format.NewSealer(master)
 		if err != nil {
 			return nil, err
 		}
 		r = newRepository(be, cfg, s)
 		r.master, r.keyName = master, keyName
 	} else {
-		s, _ := newSealer(nil)
-		cfg, err := decodeRepoConfig(cf, s)
+		s, _ := format.NewSealer(nil)
+		cfg, err := format.DecodeRepoConfig(cf, s)
 		if err != nil {
 			return nil, fmt.Errorf("open %s: %w", be.Location(), err)
 		}
@@ -216,7 +218,7 @@ func (r *Repository) Backend() backend.Backend { return r.be }
 func (r *Repository) ID() string { return r.cfg.ID }
 
 // Encrypted reports whether the repository is encrypted.
-func (r *Repository) Encrypted() bool { return r.seal.encrypted() }
+func (r *Repository) Encrypted() bool { return r.seal.Encrypted() }
 
 func (r *Repository) getEncoder() *zstd.Encoder {
 	if e, ok := r.encoders.Get().(*zstd.Encoder); ok {
@@ -236,7 +238,7 @@ func (r *Repository) getDecoder() *zstd.Decoder {
 	if d, ok := r.decoders.Get().(*zstd.Decoder); ok {
 		return d
 	}
-	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxBlobSize), zstd.WithDecoderMaxWindow(maxBlobSize))
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(format.MaxBlobSize), zstd.WithDecoderMaxWindow(format.MaxBlobSize))
 	if err != nil {
 		panic(fmt.Sprintf("zstd decoder with constant options: %v", err))
 	}

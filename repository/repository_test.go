@@ -15,6 +15,7 @@ import (
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/backend/local"
+	"github.com/custos-backup/custos/repository/format"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -27,7 +28,7 @@ func TestInitOpen(t *testing.T) {
 			if kdf == "scrypt" {
 				opts.kdfParams = cheapKDF
 			} else {
-				opts.kdfParams = &kdfParams{Time: 1, MemoryKiB: 8 << 10, Threads: 1}
+				opts.kdfParams = &format.KdfParams{Time: 1, MemoryKiB: 8 << 10, Threads: 1}
 			}
 			r, err := Init(ctx, be, opts)
 			if err != nil {
@@ -43,7 +44,7 @@ func TestInitOpen(t *testing.T) {
 			if r2.ID() != r.ID() || len(r.ID()) != 64 || !r2.Encrypted() {
 				t.Fatalf("ids %q %q encrypted %v", r.ID(), r2.ID(), r2.Encrypted())
 			}
-			if r2.cfg.pol != r.cfg.pol {
+			if r2.cfg.Polynomial != r.cfg.Polynomial {
 				t.Fatal("polynomial differs after Open")
 			}
 			_, err = Open(ctx, be, []byte("wrong"))
@@ -309,7 +310,7 @@ func TestBackupPathsAndExcludes(t *testing.T) {
 		t.Errorf("progress: %d calls, last %+v", calls, last)
 	}
 	var got []string
-	if err := r.walkTree(ctx, sn.Tree, func(p string, n *node) error { got = append(got, p); return nil }); err != nil {
+	if err := r.walkTree(ctx, sn.Tree, func(p string, n *format.Node) error { got = append(got, p); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	want := "keep keep/a.txt keep/sub keep/sub/b.txt top.txt"
@@ -592,7 +593,7 @@ func TestLocks(t *testing.T) {
 	// RemoveStaleLocks clears it.
 	old := time.Now().Add(-2 * LockStaleAfter)
 	b, _ := json.Marshal(lockInfo{Version: 1, Exclusive: true, Created: old, Refreshed: old, Hostname: "gone", PID: 1})
-	if err := saveBytes(ctx, r.be, backend.Handle{Type: backend.LockFile, Name: "stale"}, r.seal.seal(nil, b)); err != nil {
+	if err := saveBytes(ctx, r.be, backend.Handle{Type: backend.LockFile, Name: "stale"}, r.seal.Seal(nil, b)); err != nil {
 		t.Fatal(err)
 	}
 	x, err = r.Lock(ctx, true)
@@ -643,8 +644,8 @@ func TestRestoreNeverEscapes(t *testing.T) {
 			base := t.TempDir()
 			target := filepath.Join(base, "target")
 			content := []byte("evil")
-			evil := node{Name: name, Type: nodeFile, Mode: 0o644, Size: uint64(len(content)), Digest: hashID(content), Content: []ID{hashID(content)}}
-			sn := saveRawTree(t, r, []node{evil}, content)
+			evil := format.Node{Name: name, Type: format.NodeFile, Mode: 0o644, Size: uint64(len(content)), Digest: format.HashID(content), Content: []ID{format.HashID(content)}}
+			sn := saveRawTree(t, r, []format.Node{evil}, content)
 			_, err := r.Restore(ctx, sn, target, RestoreOptions{})
 			if err == nil {
 				t.Fatal("restore of a tree with a hostile name succeeded")
@@ -670,13 +671,13 @@ func TestRestoreNeverEscapes(t *testing.T) {
 		t.Fatal(err)
 	}
 	target := filepath.Join(base, "target")
-	sn := saveRawTree(t, r, []node{{Name: "d", Type: nodeSymlink, Mode: 0o777, LinkTarget: outside}}, nil)
+	sn := saveRawTree(t, r, []format.Node{{Name: "d", Type: format.NodeSymlink, Mode: 0o777, LinkTarget: outside}}, nil)
 	if _, err := r.Restore(ctx, sn, target, RestoreOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	content := []byte("x")
-	sub := saveRawTree(t, r, []node{{Name: "x", Type: nodeFile, Mode: 0o644, Size: 1, Digest: hashID(content), Content: []ID{hashID(content)}}}, content)
-	sn2 := saveRawTree(t, r, []node{{Name: "d", Type: nodeDir, Mode: 0o755, Subtree: sub.Tree}}, nil)
+	sub := saveRawTree(t, r, []format.Node{{Name: "x", Type: format.NodeFile, Mode: 0o644, Size: 1, Digest: format.HashID(content), Content: []ID{format.HashID(content)}}}, content)
+	sn2 := saveRawTree(t, r, []format.Node{{Name: "d", Type: format.NodeDir, Mode: 0o755, Subtree: sub.Tree}}, nil)
 	if _, err := r.Restore(ctx, sn2, target, RestoreOptions{}); err == nil {
 		t.Fatal("restore through a symlink succeeded")
 	}
@@ -687,7 +688,7 @@ func TestRestoreNeverEscapes(t *testing.T) {
 
 // saveRawTree stores nodes as a tree with the raw encoder (no validation),
 // plus data as one data blob, and a snapshot pointing at it.
-func saveRawTree(t *testing.T, r *Repository, nodes []node, data []byte) *Snapshot {
+func saveRawTree(t *testing.T, r *Repository, nodes []format.Node, data []byte) *Snapshot {
 	t.Helper()
 	ctx := context.Background()
 	g, gctx := errgroup.WithContext(ctx)
@@ -697,7 +698,7 @@ func saveRawTree(t *testing.T, r *Repository, nodes []node, data []byte) *Snapsh
 			t.Fatal(err)
 		}
 	}
-	id, err := s.saveCopy(TreeBlob, encodeTree(&tree{Nodes: nodes}))
+	id, err := s.saveCopy(TreeBlob, format.EncodeTree(&format.Tree{Nodes: nodes}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -730,8 +731,8 @@ func TestDamagedBlob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	badID := hashID(bad)
-	pack, pb, ok := r.index().lookup(dataHandle(badID))
+	badID := format.HashID(bad)
+	pack, pb, ok := r.index().Lookup(format.DataHandle(badID))
 	if !ok {
 		t.Fatal("bad.bin's blob not in index")
 	}
@@ -831,12 +832,12 @@ func TestStaleIndexRefreshed(t *testing.T) {
 	// Simulate prune replacing the index and dropping f.bin's pack: r1's
 	// next backup of the same data must store it again.
 	x := r1.index()
-	fpack, _, ok := x.lookup(dataHandle(hashID(data)))
+	fpack, _, ok := x.Lookup(format.DataHandle(format.HashID(data)))
 	if !ok {
 		t.Fatal("f.bin is not one blob in the index")
 	}
-	var keep []indexPack
-	err = r1.forEachIndexFile(ctx, false, func(id ID, f *indexFile) error {
+	var keep []format.IndexPack
+	err = r1.forEachIndexFile(ctx, false, func(id ID, f *format.IndexFile) error {
 		for _, p := range f.Packs {
 			if p.ID != fpack {
 				keep = append(keep, p)
@@ -847,7 +848,7 @@ func TestStaleIndexRefreshed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r1.saveIndexFile(ctx, &indexFile{Packs: keep}); err != nil {
+	if _, err := r1.saveIndexFile(ctx, &format.IndexFile{Packs: keep}); err != nil {
 		t.Fatal(err)
 	}
 	if err := r1.be.Remove(ctx, backend.Handle{Type: backend.PackFile, Name: fpack.String()}); err != nil {
@@ -859,7 +860,7 @@ func TestStaleIndexRefreshed(t *testing.T) {
 	}
 	// The data blob must have been stored again (the tree blob may sit in
 	// another, surviving pack: backups fill several packs at once).
-	if pack, _, ok := r2.index().lookup(dataHandle(hashID(data))); !ok || pack == fpack || sn3.Summary.BlobsAdded < 1 {
+	if pack, _, ok := r2.index().Lookup(format.DataHandle(format.HashID(data))); !ok || pack == fpack || sn3.Summary.BlobsAdded < 1 {
 		t.Fatalf("backup after the index changed added %d blobs, f.bin in pack %s (deleted: %s); it deduplicated against a deleted pack", sn3.Summary.BlobsAdded, pack.Short(), fpack.Short())
 	}
 	out.Reset()

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/format"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 )
@@ -47,7 +48,7 @@ type restoreFile struct {
 	path string
 	dir  *dirHandle
 	name string // last element of path (validated by decodeTree)
-	node *node
+	node *format.Node
 	// trailingHole: the content ends with skipped all-zero blobs, so the
 	// size must be set explicitly.
 	trailingHole bool
@@ -79,7 +80,7 @@ type blobUse struct {
 
 // packBlob is one needed blob of a pack with all its destinations.
 type packBlob struct {
-	pb   packedBlob
+	pb   format.PackedBlob
 	uses []blobUse
 }
 
@@ -106,7 +107,7 @@ type restorer struct {
 type dirMeta struct {
 	path  string
 	depth int
-	node  *node
+	node  *format.Node
 }
 
 func (rs *restorer) fail(err error) {
@@ -299,7 +300,7 @@ func (rs *restorer) plan(ctx context.Context, rootTree ID, filter *includeFilter
 	return rs.planTree(ctx, tl, "", 0, t, filter, links)
 }
 
-func (rs *restorer) planTree(ctx context.Context, tl *treeLoader, prefix string, depth int, t *tree, filter *includeFilter, links map[[2]uint64]string) error {
+func (rs *restorer) planTree(ctx context.Context, tl *treeLoader, prefix string, depth int, t *format.Tree, filter *includeFilter, links map[[2]uint64]string) error {
 	join := func(name string) string {
 		if prefix == "" {
 			return name
@@ -309,7 +310,7 @@ func (rs *restorer) planTree(ctx context.Context, tl *treeLoader, prefix string,
 	// Ask for the subtrees first, so that they load while this directory
 	// is being created.
 	for i := len(t.Nodes) - 1; i >= 0; i-- {
-		if n := &t.Nodes[i]; n.Type == nodeDir {
+		if n := &t.Nodes[i]; n.Type == format.NodeDir {
 			if _, desc := filter.match(join(n.Name)); desc {
 				tl.want(n.Subtree)
 			}
@@ -319,10 +320,10 @@ func (rs *restorer) planTree(ctx context.Context, tl *treeLoader, prefix string,
 		n := &t.Nodes[i]
 		p := join(n.Name)
 		inc, desc := filter.match(p)
-		if !inc && !(desc && n.Type == nodeDir) {
+		if !inc && !(desc && n.Type == format.NodeDir) {
 			continue
 		}
-		if n.Type != nodeDir {
+		if n.Type != format.NodeDir {
 			rs.create(p, n, links)
 			continue
 		}
@@ -360,7 +361,7 @@ type treeLoader struct {
 
 type treeLoad struct {
 	done chan struct{}
-	t    *tree
+	t    *format.Tree
 	err  error
 }
 
@@ -412,7 +413,7 @@ func (tl *treeLoader) want(id ID) *treeLoad {
 
 // get returns the tree id, waiting for its load. The loaded tree is
 // forgotten, so memory holds only the trees loaded ahead of the walk.
-func (tl *treeLoader) get(ctx context.Context, id ID) (*tree, error) {
+func (tl *treeLoader) get(ctx context.Context, id ID) (*format.Tree, error) {
 	l := tl.want(id)
 	select {
 	case <-l.done:
@@ -442,7 +443,7 @@ func (rs *restorer) removeExisting(p string) {
 
 // mkdir creates the directory p and reports whether the walk can descend
 // into it.
-func (rs *restorer) mkdir(p string, depth int, n *node) bool {
+func (rs *restorer) mkdir(p string, depth int, n *format.Node) bool {
 	s := p
 	rs.current.Store(&s)
 	if err := rs.root.Mkdir(p, 0o700); err != nil {
@@ -464,13 +465,13 @@ func (rs *restorer) mkdir(p string, depth int, n *node) bool {
 
 // create makes the entry for one non-directory node; file content is
 // written later.
-func (rs *restorer) create(p string, n *node, links map[[2]uint64]string) {
+func (rs *restorer) create(p string, n *format.Node, links map[[2]uint64]string) {
 	s := p
 	rs.current.Store(&s)
 	switch n.Type {
-	case nodeFile:
+	case format.NodeFile:
 		rs.planFile(p, n, links)
-	case nodeSymlink:
+	case format.NodeSymlink:
 		rs.removeExisting(p)
 		if err := rs.root.Symlink(n.LinkTarget, p); err != nil {
 			rs.fail(fmt.Errorf("restore symlink %q: %w", p, err))
@@ -480,19 +481,19 @@ func (rs *restorer) create(p string, n *node, links map[[2]uint64]string) {
 			rs.fail(fmt.Errorf("restore symlink %q: %w", p, err))
 		}
 		rs.nFiles.Add(1)
-	case nodeFIFO, nodeChar, nodeBlock:
-		if n.Type != nodeFIFO && !rs.asRoot {
+	case format.NodeFIFO, format.NodeChar, format.NodeBlock:
+		if n.Type != format.NodeFIFO && !rs.asRoot {
 			rs.fail(fmt.Errorf("restore %q: creating a %s needs root", p, n.Type))
 			return
 		}
 		rs.removeExisting(p)
 		mode := n.Mode & 0o777
 		switch n.Type {
-		case nodeFIFO:
+		case format.NodeFIFO:
 			mode |= syscall.S_IFIFO
-		case nodeChar:
+		case format.NodeChar:
 			mode |= syscall.S_IFCHR
-		case nodeBlock:
+		case format.NodeBlock:
 			mode |= syscall.S_IFBLK
 		}
 		err := rs.inParent(p, func(dirfd int, name string) error {
@@ -506,7 +507,7 @@ func (rs *restorer) create(p string, n *node, links map[[2]uint64]string) {
 			return
 		}
 		rs.nFiles.Add(1)
-	case nodeSocket:
+	case format.NodeSocket:
 		// A socket is only meaningful to the process that bound it.
 	default:
 		rs.fail(fmt.Errorf("restore %q: unknown node type %d", p, n.Type))
@@ -514,7 +515,7 @@ func (rs *restorer) create(p string, n *node, links map[[2]uint64]string) {
 }
 
 // planFile records a regular file and the blobs it needs.
-func (rs *restorer) planFile(p string, n *node, links map[[2]uint64]string) {
+func (rs *restorer) planFile(p string, n *format.Node, links map[[2]uint64]string) {
 	if n.Links > 1 {
 		key := [2]uint64{n.Device, n.Inode}
 		if first, ok := links[key]; ok {
@@ -537,7 +538,7 @@ func (rs *restorer) planFile(p string, n *node, links map[[2]uint64]string) {
 	rs.files = append(rs.files, rf)
 	type located struct {
 		pack ID
-		pb   packedBlob
+		pb   format.PackedBlob
 		off  int64
 	}
 	var (
@@ -545,7 +546,7 @@ func (rs *restorer) planFile(p string, n *node, links map[[2]uint64]string) {
 		locs = make([]located, 0, len(n.Content))
 	)
 	for _, id := range n.Content {
-		pack, pb, ok := rs.r.index().lookup(dataHandle(id))
+		pack, pb, ok := rs.r.index().Lookup(format.DataHandle(id))
 		if !ok {
 			rf.errs = append(rf.errs, &BlobError{Blob: id, Type: DataBlob, Err: errors.New("data blob not in index")})
 			break
@@ -600,10 +601,10 @@ func (rs *restorer) inParent(p string, fn func(dirfd int, name string) error) er
 // isZeroBlob reports whether a blob is all zeros (a hole of a sparse file),
 // by comparing its id with the hash of zeros of its length; such blobs need
 // neither fetching nor writing.
-func (rs *restorer) isZeroBlob(pb packedBlob) bool {
+func (rs *restorer) isZeroBlob(pb format.PackedBlob) bool {
 	// All-zero data compresses to almost nothing; only such blobs are
 	// worth hashing a zero buffer of their length for.
-	if pb.RawLength < 64<<10 || pb.Flags&flagZstd == 0 || pb.Length > pb.RawLength/256 {
+	if pb.RawLength < 64<<10 || pb.Flags&format.FlagZstd == 0 || pb.Length > pb.RawLength/256 {
 		return false
 	}
 	id, ok := rs.zeroIDs[pb.RawLength]
@@ -615,7 +616,7 @@ func (rs *restorer) isZeroBlob(pb packedBlob) bool {
 }
 
 // setMeta restores owner (as root), mode and mtime of p.
-func (rs *restorer) setMeta(p string, n *node) error {
+func (rs *restorer) setMeta(p string, n *format.Node) error {
 	var errs []error
 	if rs.asRoot {
 		if err := rs.root.Lchown(p, int(n.UID), int(n.GID)); err != nil {
@@ -623,7 +624,7 @@ func (rs *restorer) setMeta(p string, n *node) error {
 		}
 	}
 	mt := time.Unix(0, n.MTime)
-	if n.Type == nodeSymlink {
+	if n.Type == format.NodeSymlink {
 		err := rs.inParent(p, func(dirfd int, name string) error {
 			ts := []unix.Timespec{unix.NsecToTimespec(n.MTime), unix.NsecToTimespec(n.MTime)}
 			return unix.UtimesNanoAt(dirfd, name, ts, unix.AT_SYMLINK_NOFOLLOW)
@@ -910,7 +911,7 @@ func (rs *restorer) ranges() []packRange {
 	order := map[ID]int{}
 	for i, f := range rs.files {
 		for _, c := range f.node.Content {
-			if p, _, ok := rs.r.index().lookup(dataHandle(c)); ok {
+			if p, _, ok := rs.r.index().Lookup(format.DataHandle(c)); ok {
 				if _, seen := order[p]; !seen {
 					order[p] = i
 				}
@@ -1025,7 +1026,7 @@ func (rs *restorer) fetchRange(ctx context.Context, rg packRange, sealedBuf, pla
 			rs.deliver(b, nil, &BlobError{Blob: b.pb.ID, Pack: rg.pack, Err: err})
 			continue
 		}
-		if b.pb.Flags&flagZstd != 0 {
+		if b.pb.Flags&format.FlagZstd != 0 {
 			*plainBuf = pt
 		}
 		rs.deliver(b, pt, nil)
@@ -1044,7 +1045,7 @@ func (r *Repository) RestoreFile(ctx context.Context, snap *Snapshot, p string, 
 	if err != nil {
 		return fmt.Errorf("restore %q from snapshot %s: %w", p, snap.ID.Short(), err)
 	}
-	if n.Type != nodeFile {
+	if n.Type != format.NodeFile {
 		return fmt.Errorf("restore %q from snapshot %s: is a %s, not a regular file", p, snap.ID.Short(), n.Type)
 	}
 	const ahead = 4
@@ -1096,7 +1097,7 @@ func (r *Repository) RestoreFile(ctx context.Context, snap *Snapshot, p string, 
 }
 
 // findNode resolves a slash path in a tree.
-func (r *Repository) findNode(ctx context.Context, treeID ID, p string) (*node, error) {
+func (r *Repository) findNode(ctx context.Context, treeID ID, p string) (*format.Node, error) {
 	c := path.Clean("/" + p)[1:]
 	if c == "" {
 		return nil, errors.New("empty path")
@@ -1108,14 +1109,14 @@ func (r *Repository) findNode(ctx context.Context, treeID ID, p string) (*node, 
 		if err != nil {
 			return nil, err
 		}
-		n := t.find(el)
+		n := t.Find(el)
 		if n == nil {
 			return nil, fmt.Errorf("%q: %w", strings.Join(els[:i+1], "/"), fs.ErrNotExist)
 		}
 		if i == len(els)-1 {
 			return n, nil
 		}
-		if n.Type != nodeDir {
+		if n.Type != format.NodeDir {
 			return nil, fmt.Errorf("%q is not a directory", strings.Join(els[:i+1], "/"))
 		}
 		id = n.Subtree

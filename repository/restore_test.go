@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // TestRestoreDamagedTree damages one directory's tree blob inside its pack
@@ -44,9 +45,9 @@ func TestRestoreDamagedTree(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				treeID = tr.find(el).Subtree
+				treeID = tr.Find(el).Subtree
 			}
-			pack, pb, ok := r.index().lookup(treeHandle(treeID))
+			pack, pb, ok := r.index().Lookup(format.TreeHandle(treeID))
 			if !ok {
 				t.Fatal("victim tree not indexed")
 			}

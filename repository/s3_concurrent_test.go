@@ -13,6 +13,7 @@ import (
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/backend/backendtest"
 	"github.com/custos-backup/custos/repository/backend/location"
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // s3Fixture is a repository on a real S3 server (versitygw) that several
@@ -176,7 +177,7 @@ func TestConcurrentWritersS3(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r0, err := Init(ctx, be, InitOptions{Password: []byte(f.pw), kdfParams: cheapKDF, PackSize: minPackSize})
+	r0, err := Init(ctx, be, InitOptions{Password: []byte(f.pw), kdfParams: cheapKDF, PackSize: format.MinPackSize})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,79 +2,24 @@ package repository
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/format"
 )
-
-// Snapshot is the record of one dataset at one time.
-type Snapshot struct {
-	ID       ID        `json:"-"` // set when loaded/saved
-	Time     time.Time `json:"time"`
-	Dataset  string    `json:"dataset"`
-	Host     string    `json:"host"`
-	Tags     []string  `json:"tags,omitempty"`
-	BackupID string    `json:"backup_id,omitempty"`
-	Root     string    `json:"root,omitempty"`  // source dir the paths are relative to
-	Paths    []string  `json:"paths,omitempty"` // as given to Backup
-	Tree     ID        `json:"tree"`
-	Parent   *ID       `json:"parent,omitempty"`
-	Summary  Summary   `json:"summary"`
-	Warnings []string  `json:"warnings,omitempty"`
-}
-
-// Summary holds the totals of one backup.
-type Summary struct {
-	Files, Dirs                             int64
-	FilesNew, FilesChanged, FilesUnmodified int64
-	Bytes                                   int64 // logical bytes of all files in the snapshot
-	BytesRead                               int64 // bytes actually read from the source
-	BytesAdded                              int64 // bytes newly stored in the repository (packed, after compression)
-	BlobsAdded                              int64
-	Duration                                time.Duration
-	// Skipped counts files and folders left out because they could not be
-	// read (the warnings say which); the CLI exits 3 when it is not zero.
-	Skipped int64 `json:",omitempty"`
-}
-
-// snapshotFile is the stored form: a format marker plus the snapshot.
-type snapshotFile struct {
-	Version int `json:"version"`
-	*Snapshot
-}
-
-func encodeSnapshot(s *Snapshot) ([]byte, error) {
-	return json.Marshal(snapshotFile{Version: formatVersion, Snapshot: s})
-}
-
-func decodeSnapshot(b []byte) (*Snapshot, error) {
-	sf := snapshotFile{Snapshot: &Snapshot{}}
-	if err := json.Unmarshal(b, &sf); err != nil {
-		return nil, fmt.Errorf("decode snapshot: %w", err)
-	}
-	if sf.Version != formatVersion {
-		return nil, fmt.Errorf("decode snapshot: unsupported version %d", sf.Version)
-	}
-	if sf.Snapshot.Tree.IsNull() {
-		return nil, errors.New("decode snapshot: no tree")
-	}
-	return sf.Snapshot, nil
-}
 
 // saveSnapshot stores sn and sets sn.ID.
 func (r *Repository) saveSnapshot(ctx context.Context, sn *Snapshot) error {
-	b, err := encodeSnapshot(sn)
+	b, err := format.EncodeSnapshot(sn)
 	if err != nil {
 		return err
 	}
-	stored := r.seal.seal(nil, b)
-	id := hashID(stored)
+	stored := r.seal.Seal(nil, b)
+	id := format.HashID(stored)
 	if err := saveBytes(ctx, r.be, backend.Handle{Type: backend.SnapshotFile, Name: id.String()}, stored); err != nil {
 		return err
 	}
@@ -104,21 +49,21 @@ func (r *Repository) loadSnapshot(ctx context.Context, id ID) (*Snapshot, error)
 		return nil, fmt.Errorf("load snapshot %s: %w", h, err)
 	}
 	defer func() { _ = rd.Close() }()
-	b, err := io.ReadAll(io.LimitReader(rd, maxSnapshotSize+1))
+	b, err := io.ReadAll(io.LimitReader(rd, format.MaxSnapshotSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("load snapshot %s: %w", h, err)
 	}
-	if len(b) > maxSnapshotSize {
-		return nil, fmt.Errorf("snapshot %s: %w: larger than %d bytes", h, errSnapshotDamaged, maxSnapshotSize)
+	if len(b) > format.MaxSnapshotSize {
+		return nil, fmt.Errorf("snapshot %s: %w: larger than %d bytes", h, errSnapshotDamaged, format.MaxSnapshotSize)
 	}
-	if hashID(b) != id {
+	if format.HashID(b) != id {
 		return nil, fmt.Errorf("snapshot %s: %w: content does not match its name", h, errSnapshotDamaged)
 	}
-	pt, err := r.seal.open(nil, b)
+	pt, err := r.seal.Open(nil, b)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w: %w", h, errSnapshotDamaged, err)
 	}
-	sn, err := decodeSnapshot(pt)
+	sn, err := format.DecodeSnapshot(pt)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w: %w", h, errSnapshotDamaged, err)
 	}

@@ -29,7 +29,7 @@ func (r *Repository) Stats(ctx context.Context) (*Stats, error) {
 		st.LogicalBytes += s.Summary.Bytes
 	}
 	x := r.index()
-	st.Blobs, st.Packs = x.count()
-	st.PackBytes = x.packBytes()
+	st.Blobs, st.Packs = x.Count()
+	st.PackBytes = x.PackBytes()
 	return st, nil
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/custos-backup/custos/repository/format"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -16,7 +17,7 @@ import (
 // returned.
 func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader, opts BackupOptions) (*Snapshot, error) {
 	start := time.Now()
-	if err := checkName(name); err != nil {
+	if err := format.CheckName(name); err != nil {
 		return nil, fmt.Errorf("backup stream: %w", err)
 	}
 	lock, err := r.Lock(ctx, false)
@@ -45,14 +46,14 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 		b.warn("%s", w)
 	}
 
-	n := node{Name: name, Type: nodeFile, Mode: 0o600, UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), Links: 1}
+	n := format.Node{Name: name, Type: format.NodeFile, Mode: 0o600, UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), Links: 1}
 	// Progress as in Backup: bytes read so far, the stream as the current
 	// file; it counts as a file once it is complete.
 	b.current.Store(&n.Name)
 	stopProgress := b.startProgress()
 	defer func() { stopProgress() }() // a no-op once stopped below
 	readErr := func() error {
-		ch := r.cfg.newChunker(rd)
+		ch := r.cfg.NewChunker(rd)
 		buf := make([]byte, 0, r.cfg.MaxChunk)
 		digest := sha256.New()
 		for {
@@ -69,7 +70,7 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 			n.Size += uint64(len(c.Data))
 			b.bytesRead.Add(int64(len(c.Data)))
 			b.bytes.Add(int64(len(c.Data)))
-			if !r.index().has(dataHandle(id)) {
+			if !r.index().Has(format.DataHandle(id)) {
 				full, pb := saver.newBuf(len(c.Data))
 				copy(pb, c.Data)
 				if _, err := saver.save(DataBlob, id, full, len(c.Data)); err != nil {
@@ -84,7 +85,7 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 	if readErr == nil {
 		now := time.Now()
 		n.MTime, n.CTime = now.UnixNano(), now.UnixNano()
-		rootID, readErr = saver.saveCopy(TreeBlob, encodeTree(&tree{Nodes: []node{n}}))
+		rootID, readErr = saver.saveCopy(TreeBlob, format.EncodeTree(&format.Tree{Nodes: []format.Node{n}}))
 	}
 	if readErr != nil {
 		// Stop the pipeline; whatever packs were uploaded stay unreferenced

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // TestUnchangedComparesEveryField: a file of the parent snapshot is
@@ -33,18 +35,18 @@ func TestUnchangedComparesEveryField(t *testing.T) {
 	b := &backupState{r: r}
 	cases := []struct {
 		name      string
-		change    func(prev, n *node) // prev: the parent's node; n: the file as stat'ed now
+		change    func(prev, n *format.Node) // prev: the parent's node; n: the file as stat'ed now
 		unchanged bool
 	}{
-		{"identical", func(_, _ *node) {}, true},
-		{"mode and owner do not count", func(_, n *node) { n.Mode ^= 0o111; n.UID++ }, true},
-		{"was not a file", func(prev, _ *node) { prev.Type = nodeSymlink }, false},
-		{"size", func(_, n *node) { n.Size++ }, false},
-		{"mtime", func(_, n *node) { n.MTime++ }, false},
-		{"ctime", func(_, n *node) { n.CTime++ }, false},
-		{"inode", func(_, n *node) { n.Inode++ }, false},
-		{"content no longer indexed", func(prev, _ *node) {
-			prev.Content = append([]ID{hashID([]byte("a blob no index holds"))}, prev.Content...)
+		{"identical", func(_, _ *format.Node) {}, true},
+		{"mode and owner do not count", func(_, n *format.Node) { n.Mode ^= 0o111; n.UID++ }, true},
+		{"was not a file", func(prev, _ *format.Node) { prev.Type = format.NodeSymlink }, false},
+		{"size", func(_, n *format.Node) { n.Size++ }, false},
+		{"mtime", func(_, n *format.Node) { n.MTime++ }, false},
+		{"ctime", func(_, n *format.Node) { n.CTime++ }, false},
+		{"inode", func(_, n *format.Node) { n.Inode++ }, false},
+		{"content no longer indexed", func(prev, _ *format.Node) {
+			prev.Content = append([]ID{format.HashID([]byte("a blob no index holds"))}, prev.Content...)
 		}, false},
 	}
 	for _, tc := range cases {

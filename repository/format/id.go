@@ -1,4 +1,4 @@
-package repository
+package format
 
 import (
 	"crypto/sha256"
@@ -48,8 +48,8 @@ func (id *ID) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// hashID returns the SHA-256 of b.
-func hashID(b []byte) ID { return sha256.Sum256(b) }
+// HashID returns the SHA-256 of b.
+func HashID(b []byte) ID { return sha256.Sum256(b) }
 
 // BlobHandle identifies a blob: its type and the SHA-256 of its plaintext.
 // The id alone is not enough: a file chunk whose bytes equal an encoded
@@ -60,9 +60,9 @@ type BlobHandle struct {
 	ID   ID
 }
 
-// dataHandle and treeHandle name a data or a tree blob.
-func dataHandle(id ID) BlobHandle { return BlobHandle{Type: DataBlob, ID: id} }
-func treeHandle(id ID) BlobHandle { return BlobHandle{Type: TreeBlob, ID: id} }
+// DataHandle and treeHandle name a data or a tree blob.
+func DataHandle(id ID) BlobHandle { return BlobHandle{Type: DataBlob, ID: id} }
+func TreeHandle(id ID) BlobHandle { return BlobHandle{Type: TreeBlob, ID: id} }
 
 // String returns the type and the full id, e.g. "data blob 47dc…".
 func (h BlobHandle) String() string { return h.Type.String() + " blob " + h.ID.String() }
