@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -142,7 +143,10 @@ func (a *Agent) ingestInWorker(ctx context.Context, rc *RuntimeContext, src *Sou
 			return res
 		}
 	}
-	command := "exec " + shellQuote(a.worker.Binary) + " worker ingest -c " + shellQuote(rc.Config.File)
+	// The worker runs in the config's folder, so a relative -c would
+	// name the wrong file: give it the absolute path.
+	cfgPath := filepath.Join(rc.Config.Dir, filepath.Base(rc.Config.File))
+	command := "exec " + shellQuote(a.worker.Binary) + " worker ingest -c " + shellQuote(cfgPath)
 	sh := rc.Shell().WithDir(rc.Config.Dir).WithEnv(a.worker.Env...)
 	p, err := sh.Start(ctx, command, shell.StartOptions{Stdin: bytes.NewReader(spec), PipeStdout: true})
 	if err != nil {

@@ -90,7 +90,11 @@ default_io_class: 3
 		"handlers/slow.yml": "name: slow\ntype: pipe\nparams:\n  backup_command: 'while [ ! -e go ]; do sleep 0.05; done; echo dumped'\n  restore_command: 'cat >/dev/null'\n",
 		"sources/db.yml":    "name: db\nhandler: slow\ndatasets:\n  - name: main\n",
 	})
+	// The agent is given a relative path, as in the README's tour; its
+	// workers run in the config's folder and must still find it.
 	cfg := filepath.Join(dir, "agent.yml")
+	t.Chdir(filepath.Dir(dir))
+	relCfg := filepath.Join(filepath.Base(dir), "agent.yml")
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -99,7 +103,7 @@ default_io_class: 3
 	started := make(chan *agent.Agent, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- agent.Run(runCtx, cfg, agent.RunOptions{Logger: testLog(t), Started: func(a *agent.Agent) { started <- a },
+		done <- agent.Run(runCtx, relCfg, agent.RunOptions{Logger: testLog(t), Started: func(a *agent.Agent) { started <- a },
 			Retry:  &jobs.RetryPolicy{MaxAttempts: 1},
 			Worker: &agent.WorkerOptions{Binary: exe, Env: []string{"CUSTOS_TEST_AS_CUSTOS=1"}}})
 	}()
