@@ -220,6 +220,14 @@ func TestConfigErrors(t *testing.T) {
 			},
 		},
 		{
+			name:  "source priority out of range",
+			files: map[string]string{"sources/home.yml": goodSource + "nice_level: 20\nio_class: 4\n"},
+			want: []string{
+				`sources/home.yml:10: field "nice_level": nice level must be between -20 and 19, got 20`,
+				`sources/home.yml:11: field "io_class": io class must be 0 (none), 1 (realtime), 2 (best-effort) or 3 (idle), got 4`,
+			},
+		},
+		{
 			name:  "port out of range",
 			files: map[string]string{"agent.yml": goodAgent + "http_listen: 127.0.0.1:99999\n"},
 			want:  []string{`agent.yml:6: field "http_listen": listen address "127.0.0.1:99999": port must be a number from 0 to 65535`},
