@@ -388,7 +388,6 @@ func (cfg *Config) decodeAgent(d *decoder, root *yaml.Node) {
 				cfg.DefaultIOClass = *c
 			}
 		},
-
 	})
 }
 

@@ -303,11 +303,11 @@ type RestoreRequest struct {
 
 // RestoredAtom names one atom that was restored.
 type RestoredAtom struct {
-	Name     string // source/dataset/atom
-	BackupID string
-	Time     time.Time
-	Host     string
-	Target   string // folder, or "-" for stdout
+	Name     string    `json:"name"` // source/dataset/atom
+	BackupID string    `json:"backup_id"`
+	Time     time.Time `json:"time"`
+	Host     string    `json:"host"`
+	Target   string    `json:"target"` // folder, or "-" for stdout
 }
 
 // Restore restores the newest version (older than OlderThan, if set) of
