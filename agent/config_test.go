@@ -445,3 +445,38 @@ func TestDatasetsCommandBounds(t *testing.T) {
 		})
 	}
 }
+
+// TestSourcePriority: a source's nice_level and io_class override the
+// defaults for its jobs, each on its own, and other sources and the
+// repository jobs keep the defaults.
+func TestSourcePriority(t *testing.T) {
+	dir := t.TempDir()
+	writeTree(t, dir, map[string]string{
+		"agent.yml":        goodAgent + "default_nice_level: 7\ndefault_io_class: 3\n",
+		"sources/home.yml": goodSource,
+		"sources/nice.yml": strings.Replace(goodSource, "name: home", "name: nice", 1) + "nice_level: 12\n",
+		"sources/io.yml":   strings.Replace(goodSource, "name: home", "name: io", 1) + "io_class: 2\n",
+		"sources/zero.yml": strings.Replace(goodSource, "name: home", "name: zero", 1) + "nice_level: 0\nio_class: 0\n",
+	})
+	cm, err := NewConfigManager(filepath.Join(dir, "agent.yml"), testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := cm.Current()
+	cases := []struct {
+		source      string
+		nice, class int
+	}{
+		{"home", 7, 3},
+		{"nice", 12, 3},
+		{"io", 7, 2},
+		{"zero", 0, 0}, // set to 0: the agent's own, not the default
+		{"", 7, 3},     // a repository's job
+	}
+	for _, c := range cases {
+		o := rc.SourceShell(rc.Source(c.source)).Options()
+		if o.NiceLevel != c.nice || o.IOClass != c.class {
+			t.Errorf("source %q: nice %d, I/O class %d; want %d, %d", c.source, o.NiceLevel, o.IOClass, c.nice, c.class)
+		}
+	}
+}
