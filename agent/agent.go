@@ -85,7 +85,7 @@ type Options struct {
 	Logger *slog.Logger
 	// Retry overrides the retry policy of ingest jobs (tests make it fast).
 	Retry *jobs.RetryPolicy
-	// Worker, when set, runs each ingest in a worker process.
+	// Worker, when set, runs each job's data work in a worker process.
 	Worker *WorkerOptions
 }
 

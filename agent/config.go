@@ -152,6 +152,10 @@ type SourceSpec struct {
 	Params     Params
 	Timeout    time.Duration
 	Repository string // name of a RepositorySpec; defaulted at load
+	// NiceLevel and IOClass, when set, override default_nice_level and
+	// default_io_class for this source's jobs and commands.
+	NiceLevel *int
+	IOClass   *int
 	// Replicate copies the source's snapshots to other repositories
 	// (a dataset's own replicate wins).
 	Replicate *ReplicateSpec
@@ -375,13 +379,13 @@ func (cfg *Config) decodeAgent(d *decoder, root *yaml.Node) {
 		},
 		"dry_run": func(v *yaml.Node, f string) { d.boolean(v, f, &cfg.DryRun) },
 		"default_nice_level": func(v *yaml.Node, f string) {
-			if d.integer(v, f, &cfg.DefaultNiceLevel) && (cfg.DefaultNiceLevel < -20 || cfg.DefaultNiceLevel > 19) {
-				d.errorf(v, f, "nice level must be between -20 and 19, got %d", cfg.DefaultNiceLevel)
+			if n := decodeNiceLevel(d, v, f); n != nil {
+				cfg.DefaultNiceLevel = *n
 			}
 		},
 		"default_io_class": func(v *yaml.Node, f string) {
-			if d.integer(v, f, &cfg.DefaultIOClass) && (cfg.DefaultIOClass < 0 || cfg.DefaultIOClass > 3) {
-				d.errorf(v, f, "io class must be 0 (none), 1 (realtime), 2 (best-effort) or 3 (idle), got %d", cfg.DefaultIOClass)
+			if c := decodeIOClass(d, v, f); c != nil {
+				cfg.DefaultIOClass = *c
 			}
 		},
 	})

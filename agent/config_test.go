@@ -220,6 +220,14 @@ func TestConfigErrors(t *testing.T) {
 			},
 		},
 		{
+			name:  "source priority out of range",
+			files: map[string]string{"sources/home.yml": goodSource + "nice_level: 20\nio_class: 4\n"},
+			want: []string{
+				`sources/home.yml:10: field "nice_level": nice level must be between -20 and 19, got 20`,
+				`sources/home.yml:11: field "io_class": io class must be 0 (none), 1 (realtime), 2 (best-effort) or 3 (idle), got 4`,
+			},
+		},
+		{
 			name:  "port out of range",
 			files: map[string]string{"agent.yml": goodAgent + "http_listen: 127.0.0.1:99999\n"},
 			want:  []string{`agent.yml:6: field "http_listen": listen address "127.0.0.1:99999": port must be a number from 0 to 65535`},
@@ -435,5 +443,40 @@ func TestDatasetsCommandBounds(t *testing.T) {
 				t.Errorf("datasets %v, want %v", names, tc.want)
 			}
 		})
+	}
+}
+
+// TestSourcePriority: a source's nice_level and io_class override the
+// defaults for its jobs, each on its own, and other sources and the
+// repository jobs keep the defaults.
+func TestSourcePriority(t *testing.T) {
+	dir := t.TempDir()
+	writeTree(t, dir, map[string]string{
+		"agent.yml":        goodAgent + "default_nice_level: 7\ndefault_io_class: 3\n",
+		"sources/home.yml": goodSource,
+		"sources/nice.yml": strings.Replace(goodSource, "name: home", "name: nice", 1) + "nice_level: 12\n",
+		"sources/io.yml":   strings.Replace(goodSource, "name: home", "name: io", 1) + "io_class: 2\n",
+		"sources/zero.yml": strings.Replace(goodSource, "name: home", "name: zero", 1) + "nice_level: 0\nio_class: 0\n",
+	})
+	cm, err := NewConfigManager(filepath.Join(dir, "agent.yml"), testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := cm.Current()
+	cases := []struct {
+		source      string
+		nice, class int
+	}{
+		{"home", 7, 3},
+		{"nice", 12, 3},
+		{"io", 7, 2},
+		{"zero", 0, 0}, // set to 0: the agent's own, not the default
+		{"", 7, 3},     // a repository's job
+	}
+	for _, c := range cases {
+		o := rc.SourceShell(rc.Source(c.source)).Options()
+		if o.NiceLevel != c.nice || o.IOClass != c.class {
+			t.Errorf("source %q: nice %d, I/O class %d; want %d, %d", c.source, o.NiceLevel, o.IOClass, c.nice, c.class)
+		}
 	}
 }

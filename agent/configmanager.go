@@ -21,11 +21,25 @@ type RuntimeContext struct {
 	Seed       int64 // from random_seed_file: per-host jitter of schedules
 
 	shell    *shell.Shell
+	shells   map[string]*shell.Shell     // by source name: its priority
 	handlers map[string]handlers.Handler // by source name
 }
 
 // Shell returns the shell configured by agent.yml (nice, ionice, dry-run).
 func (rc *RuntimeContext) Shell() *shell.Shell { return rc.shell }
+
+// SourceShell returns the shell of a source's jobs: agent.yml's, at the
+// source's nice_level and io_class where it sets them. A nil source (a
+// repository's job, or a restore of a source no longer configured) gets
+// the defaults.
+func (rc *RuntimeContext) SourceShell(src *SourceSpec) *shell.Shell {
+	if src != nil {
+		if sh := rc.shells[src.Name]; sh != nil {
+			return sh
+		}
+	}
+	return rc.shell
+}
 
 // Handler returns the handler of a source (its handler spec with the
 // source's params on top).
@@ -51,8 +65,18 @@ func newRuntimeContext(cfg *Config, gen int, log *slog.Logger) (*RuntimeContext,
 		Logger:    log,
 		Env:       []string{"CUSTOS_HOST=" + cfg.Hostname, "CUSTOS_CONFIG_DIR=" + cfg.Dir},
 	})
-	rc := &RuntimeContext{Config: cfg, Generation: gen, Seed: seed, shell: sh, handlers: map[string]handlers.Handler{}}
+	rc := &RuntimeContext{Config: cfg, Generation: gen, Seed: seed, shell: sh, shells: map[string]*shell.Shell{}, handlers: map[string]handlers.Handler{}}
 	for _, s := range cfg.Sources {
+		if s.NiceLevel != nil || s.IOClass != nil {
+			o := sh.Options()
+			if s.NiceLevel != nil {
+				o.NiceLevel = *s.NiceLevel
+			}
+			if s.IOClass != nil {
+				o.IOClass = *s.IOClass
+			}
+			rc.shells[s.Name] = shell.New(o)
+		}
 		h, err := NewHandler(cfg.Handler(s.Handler), s)
 		if err != nil {
 			return nil, fmt.Errorf("source %s: %w", s.Name, err)

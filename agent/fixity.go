@@ -30,8 +30,8 @@ const (
 
 // FixityOptions say what one fixity run covers.
 type FixityOptions struct {
-	All  bool // every pack, whatever the budget
-	Deep bool // also whole-file digests of every snapshot
+	All  bool `json:"all,omitempty"`  // every pack, whatever the budget
+	Deep bool `json:"deep,omitempty"` // also whole-file digests of every snapshot
 }
 
 // PackDamage is one damaged pack found by a fixity run.
@@ -537,7 +537,13 @@ func (a *Agent) newFixityJob(rc *RuntimeContext, repo string, opts FixityOptions
 		Retry:       &jobs.RetryPolicy{MaxAttempts: 1}, // the next run picks up where this one stopped
 	}, func(ctx context.Context) error {
 		ctx = shell.ContextWithLogger(ctx, jobs.Logger(ctx))
-		_, err := a.mgr.Fixity(ctx, rc, repo, opts)
+		if a.worker == nil {
+			_, err := a.mgr.Fixity(ctx, rc, repo, opts)
+			return err
+		}
+		// A repository's job: the default priority.
+		spec := WorkerSpec{Kind: kindFixity, Repository: repo, Fixity: opts}
+		_, err := a.runInWorker(ctx, rc, rc.Shell(), spec, "fixity of repository "+repo)
 		return err
 	})
 }

@@ -189,7 +189,14 @@ func (a *Agent) restoreJob(req JobRequest) (jobs.Job, int, error) {
 		Retry:       &jobs.RetryPolicy{MaxAttempts: 1}, // a person waits for it and decides
 	}, func(ctx context.Context) error {
 		ctx = shell.ContextWithLogger(ctx, jobs.Logger(ctx))
-		_, err := a.mgr.Restore(ctx, rreq)
+		if a.worker == nil {
+			_, err := a.mgr.Restore(ctx, rreq)
+			return err
+		}
+		rc := a.cm.Current()
+		spec := WorkerSpec{Kind: kindRestore, Source: req.Source, Dataset: req.Dataset, Restore: &WorkerRestore{
+			Pattern: rreq.Pattern, Host: rreq.Host, OlderThan: rreq.OlderThan, Target: rreq.Target, Repository: rreq.Repository}}
+		_, err := a.runInWorker(ctx, rc, rc.SourceShell(rc.Source(req.Source)), spec, "restore "+pattern)
 		return err
 	}), 0, nil
 }

@@ -128,7 +128,7 @@ func (m *Manager) ingest(ctx context.Context, rc *RuntimeContext, src *SourceSpe
 		return nil, jobs.Permanent(fmt.Errorf("dataset %s: repository %q is not configured", name, src.Repository))
 	}
 	env := commandEnv(src.Name, ds.Name, ds.Atoms, b.ID)
-	sh := rc.Shell().WithEnv(env...).WithDir(cfg.Dir)
+	sh := rc.SourceShell(src).WithEnv(env...).WithDir(cfg.Dir)
 
 	if src.PreBackupCommand != "" {
 		if err := sh.Run(ctx, src.PreBackupCommand); err != nil {
@@ -303,11 +303,11 @@ type RestoreRequest struct {
 
 // RestoredAtom names one atom that was restored.
 type RestoredAtom struct {
-	Name     string // source/dataset/atom
-	BackupID string
-	Time     time.Time
-	Host     string
-	Target   string // folder, or "-" for stdout
+	Name     string    `json:"name"` // source/dataset/atom
+	BackupID string    `json:"backup_id"`
+	Time     time.Time `json:"time"`
+	Host     string    `json:"host"`
+	Target   string    `json:"target"` // folder, or "-" for stdout
 }
 
 // Restore restores the newest version (older than OlderThan, if set) of
@@ -395,7 +395,7 @@ func (m *Manager) restoreDataset(ctx context.Context, rc *RuntimeContext, req Re
 		atoms[i] = handlers.Atom{Name: a.Name, Path: a.Path}
 	}
 	env := append(commandEnv(d.Source, d.Name, atoms, b.ID), "CUSTOS_RESTORE_TARGET="+target)
-	sh := rc.Shell().WithEnv(env...).WithDir(cfg.Dir)
+	sh := rc.SourceShell(src).WithEnv(env...).WithDir(cfg.Dir)
 	if src != nil && src.PreRestoreCommand != "" {
 		if err := sh.Run(ctx, src.PreRestoreCommand); err != nil {
 			return nil, fmt.Errorf("dataset %s: pre_restore_command: %w", name, err)

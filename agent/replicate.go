@@ -272,7 +272,12 @@ func (a *Agent) newReplicateJob(rc *RuntimeContext, src *SourceSpec, dataset str
 		Dataset:     dataset,
 	}, func(ctx context.Context) error {
 		ctx = shell.ContextWithLogger(ctx, jobs.Logger(ctx))
-		_, err := a.mgr.Replicate(ctx, rc, src, dataset, nil)
+		if a.worker == nil {
+			_, err := a.mgr.Replicate(ctx, rc, src, dataset, nil)
+			return err
+		}
+		spec := WorkerSpec{Kind: kindReplicate, Source: src.Name, Dataset: dataset}
+		_, err := a.runInWorker(ctx, rc, rc.SourceShell(src), spec, "replicate "+src.Name+"/"+dataset)
 		return err
 	})
 }

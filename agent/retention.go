@@ -173,6 +173,20 @@ func (m *Manager) Retention(ctx context.Context, rc *RuntimeContext, store SyncS
 // retention.
 func retentionScheduleName(repo string) string { return "retention/" + repo }
 
+// retention runs a repository's retention, in a worker process when the
+// agent has them (at the default priority: it is the repository's job).
+func (a *Agent) retention(ctx context.Context, name string) (*RetentionResult, error) {
+	rc := a.cm.Current()
+	if a.worker == nil {
+		return a.mgr.Retention(ctx, rc, a.catalog.Store, name)
+	}
+	wr, err := a.runInWorker(ctx, rc, rc.Shell(), WorkerSpec{Kind: kindRetention, Repository: name}, "retention of repository "+name)
+	if wr == nil {
+		return nil, err
+	}
+	return wr.Retention, err
+}
+
 // newRetentionJob runs a repository's retention on the retention queue,
 // one at a time per repository.
 func (a *Agent) newRetentionJob(name string) jobs.Job {
@@ -182,7 +196,7 @@ func (a *Agent) newRetentionJob(name string) jobs.Job {
 		IfLocked:    jobs.LockSkip,
 		Description: "retention of repository " + name,
 	}, func(ctx context.Context) error {
-		res, err := a.mgr.Retention(ctx, a.cm.Current(), a.catalog.Store, name)
+		res, err := a.retention(ctx, name)
 		if res != nil {
 			attrs := []any{"repository", name, "kept", res.Kept, "forgotten", len(res.Forgotten)}
 			if res.Sync != nil {

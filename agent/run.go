@@ -31,7 +31,8 @@ type RunOptions struct {
 	Retry *jobs.RetryPolicy
 	// Started, when set, is called with the agent once it runs.
 	Started func(*Agent)
-	// Worker, when set, runs each ingest in a worker process (the custos
+	// Worker, when set, runs each job's data work (ingest, restore,
+	// replicate, fixity, sync, retention) in a worker process (the custos
 	// command sets it to its own binary).
 	Worker *WorkerOptions
 }

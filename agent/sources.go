@@ -104,6 +104,8 @@ func (cfg *Config) loadSource(file string, errs *ConfigErrors) {
 		"params":               func(v *yaml.Node, f string) { d.params(v, f, &s.Params) },
 		"timeout":              func(v *yaml.Node, f string) { d.duration(v, f, &s.Timeout) },
 		"repository":           func(v *yaml.Node, f string) { d.str(v, f, &s.Repository) },
+		"nice_level":           func(v *yaml.Node, f string) { s.NiceLevel = decodeNiceLevel(d, v, f) },
+		"io_class":             func(v *yaml.Node, f string) { s.IOClass = decodeIOClass(d, v, f) },
 		"replicate":            func(v *yaml.Node, f string) { s.Replicate = decodeReplicate(d, v, f) },
 	})
 	if root.Kind != yaml.MappingNode {

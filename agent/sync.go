@@ -790,7 +790,7 @@ func (a *Agent) newSyncJob() jobs.Job {
 		IfLocked:    jobs.LockSkip,
 		Description: "sync the catalog with the repositories",
 	}, func(ctx context.Context) error {
-		res, err := a.mgr.Sync(ctx, a.cm.Current(), a.catalog.Store, SyncOptions{})
+		res, err := a.sync(ctx)
 		if res != nil {
 			jobs.Logger(ctx).Info("sync done", "added", res.Count(SyncAdd), "removed", res.Count(SyncRemove), "rewritten", res.Count(SyncRewrite),
 				"catalog_versions", res.CatalogVersions, "repository_versions", res.RepositoryVersions)
@@ -802,6 +802,19 @@ func (a *Agent) newSyncJob() jobs.Job {
 		a.backups.invalidate()
 		return err
 	})
+}
+
+// sync runs a full sync, in a worker process when the agent has them.
+func (a *Agent) sync(ctx context.Context) (*SyncResult, error) {
+	rc := a.cm.Current()
+	if a.worker == nil {
+		return a.mgr.Sync(ctx, rc, a.catalog.Store, SyncOptions{})
+	}
+	wr, err := a.runInWorker(ctx, rc, rc.Shell(), WorkerSpec{Kind: kindSync}, "sync")
+	if wr == nil {
+		return nil, err
+	}
+	return wr.Sync, err
 }
 
 // warningsAfterSync is what is left to say once a sync ran: the changes

@@ -21,13 +21,13 @@ import (
 	"github.com/custos-backup/custos/shell"
 )
 
-// WorkerOptions make the agent run each ingest's data work in a child
-// process: the custos binary in worker mode ("custos worker ingest"),
-// started through the Shell. The child runs at the configured nice level
-// and I/O class, in its own process group (a cancel or timeout kills all
-// of it), and a crash or an out-of-memory kill fails one job, not the
-// agent. Without WorkerOptions (tests of this package) the work runs in
-// the agent's process.
+// WorkerOptions make the agent run each job's data work in a child
+// process: the custos binary in worker mode ("custos worker KIND"),
+// started through the Shell. The child runs at the source's (or the
+// default) nice level and I/O class, in its own process group (a cancel
+// or timeout kills all of it), and a crash or an out-of-memory kill fails
+// one job, not the agent. Without WorkerOptions (tests of this package)
+// the work runs in the agent's process.
 type WorkerOptions struct {
 	// Binary is the custos executable.
 	Binary string
@@ -35,15 +35,53 @@ type WorkerOptions struct {
 	Env []string
 }
 
+// Kinds of work a worker does: the job kinds whose data work leaves the
+// agent's process.
+const (
+	kindIngest    = "ingest"
+	kindRestore   = "restore"
+	kindReplicate = "replicate"
+	kindFixity    = "fixity"
+	kindSync      = "sync"
+	kindRetention = "retention"
+)
+
+// WorkerKinds lists the kinds "custos worker" accepts.
+func WorkerKinds() []string {
+	return []string{kindIngest, kindRestore, kindReplicate, kindFixity, kindSync, kindRetention}
+}
+
 // WorkerSpec is what the agent sends a worker on its standard input: one
-// dataset of one backup run.
+// job's data work. Kind says which fields are used.
 type WorkerSpec struct {
-	Source     string          `json:"source"`
-	Dataset    string          `json:"dataset"`
-	Atoms      []handlers.Atom `json:"atoms"`
-	BackupID   string          `json:"backup_id"`
-	Host       string          `json:"host"`
-	BackupTime time.Time       `json:"backup_time"`
+	Kind string `json:"kind"`
+	// Ingest and replicate: the dataset.
+	Source  string `json:"source,omitempty"`
+	Dataset string `json:"dataset,omitempty"`
+	// Ingest: its atoms and the backup it belongs to.
+	Atoms      []handlers.Atom `json:"atoms,omitempty"`
+	BackupID   string          `json:"backup_id,omitempty"`
+	Host       string          `json:"host,omitempty"`
+	BackupTime time.Time       `json:"backup_time,omitzero"`
+	// Restore: what and where.
+	Restore *WorkerRestore `json:"restore,omitempty"`
+	// Fixity and retention: the repository.
+	Repository string        `json:"repository,omitempty"`
+	Fixity     FixityOptions `json:"fixity,omitzero"`
+}
+
+// WorkerRestore is a RestoreRequest without its Stdout (a worker's
+// standard output is the protocol's).
+type WorkerRestore struct {
+	Pattern    string    `json:"pattern"`
+	Host       string    `json:"host,omitempty"`
+	OlderThan  time.Time `json:"older_than,omitzero"`
+	Target     string    `json:"target"`
+	Repository string    `json:"repository,omitempty"`
+}
+
+func (r *WorkerRestore) request() RestoreRequest {
+	return RestoreRequest{Pattern: r.Pattern, Host: r.Host, OlderThan: r.OlderThan, Target: r.Target, Repository: r.Repository}
 }
 
 // workerMsg is one line a worker prints on its standard output.
@@ -79,29 +117,51 @@ func (o *WorkerOutput) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// workerResult is the end of a worker's job: its error and what it did,
+// in the field of its kind.
 type workerResult struct {
-	Record  *metadata.Dataset `json:"record,omitempty"`
-	Spooled bool              `json:"spooled,omitempty"`
-	Start   time.Time         `json:"start"`
-	End     time.Time         `json:"end"`
-	Error   string            `json:"error,omitempty"`
+	Start time.Time `json:"start"`
+	End   time.Time `json:"end"`
+	Error string    `json:"error,omitempty"`
+	// Permanent keeps jobs.Permanent across the pipe: the agent must not
+	// retry what the worker found hopeless.
+	Permanent bool `json:"permanent,omitempty"`
+
+	Record     *metadata.Dataset  `json:"record,omitempty"` // ingest
+	Spooled    bool               `json:"spooled,omitempty"`
+	Restored   []RestoredAtom     `json:"restored,omitempty"`
+	Replicated []*ReplicateResult `json:"replicated,omitempty"`
+	Fixity     *FixityRun         `json:"fixity,omitempty"`
+	Sync       *SyncResult        `json:"sync,omitempty"`
+	Retention  *RetentionResult   `json:"retention,omitempty"`
+}
+
+// err is the job's error as the worker reported it.
+func (r *workerResult) err() error {
+	if r.Error == "" {
+		return nil
+	}
+	err := errors.New(r.Error)
+	if r.Permanent {
+		return jobs.Permanent(err)
+	}
+	return err
 }
 
 // progressEvery throttles the worker's progress lines.
 const progressEvery = 500 * time.Millisecond
 
-// RunWorkerIngest is the worker's side: it reads a WorkerSpec from in,
-// backs the dataset up with m (which writes the catalog record, or spools
-// it), and writes progress and then the result as JSON lines to out. The
-// returned error is the backup's.
-func RunWorkerIngest(ctx context.Context, m *Manager, rc *RuntimeContext, in io.Reader, out *WorkerOutput) error {
+// RunWorker is the worker's side: it reads a WorkerSpec of the given kind
+// from in, does its work with m (which writes the catalog records, or
+// spools them), and writes progress and then the result as JSON lines to
+// out. The returned error is the work's.
+func RunWorker(ctx context.Context, m *Manager, rc *RuntimeContext, kind string, in io.Reader, out *WorkerOutput) error {
 	var spec WorkerSpec
 	if err := json.NewDecoder(io.LimitReader(in, 64<<20)).Decode(&spec); err != nil {
 		return fmt.Errorf("worker: reading the job from standard input: %w", err)
 	}
-	src := rc.Source(spec.Source)
-	if src == nil {
-		return fmt.Errorf("worker: no source %q in the configuration", spec.Source)
+	if spec.Kind != kind {
+		return fmt.Errorf("worker: started for %s, sent a %q job", kind, spec.Kind)
 	}
 	var mu sync.Mutex
 	var last time.Time
@@ -115,47 +175,83 @@ func RunWorkerIngest(ctx context.Context, m *Manager, rc *RuntimeContext, in io.
 		mu.Unlock()
 		_ = out.send(workerMsg{Progress: &p})
 	})
-	b := &metadata.Backup{ID: spec.BackupID, Host: spec.Host, Timestamp: spec.BackupTime}
-	res := m.Ingest(ctx, rc, src, b, Dataset{Name: spec.Dataset, Atoms: spec.Atoms})
-	wr := &workerResult{Record: res.Record, Spooled: res.Catalog.Spooled, Start: res.Start, End: res.End}
-	if res.Err != nil {
-		wr.Error = res.Err.Error()
+	wr := &workerResult{Start: time.Now()}
+	err := m.workerJob(ctx, rc, spec, wr)
+	if wr.End.IsZero() {
+		wr.End = time.Now()
 	}
-	if err := out.send(workerMsg{Result: wr}); err != nil {
-		return fmt.Errorf("worker: writing the result: %w", err)
+	if err != nil {
+		wr.Error, wr.Permanent = err.Error(), jobs.IsPermanent(err)
 	}
-	return res.Err
+	if serr := out.send(workerMsg{Result: wr}); serr != nil {
+		return fmt.Errorf("worker: writing the result: %w", serr)
+	}
+	return err
 }
 
-// ingestInWorker runs one dataset's ingest in a worker process and turns
-// its output into job progress and a DatasetResult.
-func (a *Agent) ingestInWorker(ctx context.Context, rc *RuntimeContext, src *SourceSpec, b *metadata.Backup, ds Dataset) *DatasetResult {
-	res := &DatasetResult{Source: src.Name, Dataset: ds.Name, BackupID: b.ID, Host: b.Host, Start: time.Now()}
-	spec, err := json.Marshal(WorkerSpec{Source: src.Name, Dataset: ds.Name, Atoms: ds.Atoms, BackupID: b.ID, Host: b.Host, BackupTime: b.Timestamp})
-	if err != nil {
-		res.Err, res.End = err, time.Now()
-		return res
-	}
-	if spec := rc.Config.Repository(src.Repository); spec != nil && !rc.Config.DryRun {
-		if err := a.mgr.repos.Ensure(ctx, spec); err != nil {
-			res.Err, res.End = fmt.Errorf("dataset %s/%s: %w", src.Name, ds.Name, err), time.Now()
-			a.mgr.events.Finished(res)
-			return res
+// workerJob does the work of spec, in this (the worker's) process, and
+// fills in wr.
+func (m *Manager) workerJob(ctx context.Context, rc *RuntimeContext, spec WorkerSpec, wr *workerResult) error {
+	var src *SourceSpec
+	if spec.Kind == kindIngest || spec.Kind == kindReplicate {
+		if src = rc.Source(spec.Source); src == nil {
+			return jobs.Permanent(fmt.Errorf("worker: no source %q in the configuration", spec.Source))
 		}
+	}
+	var err error
+	switch spec.Kind {
+	case kindIngest:
+		b := &metadata.Backup{ID: spec.BackupID, Host: spec.Host, Timestamp: spec.BackupTime}
+		res := m.Ingest(ctx, rc, src, b, Dataset{Name: spec.Dataset, Atoms: spec.Atoms})
+		wr.Record, wr.Spooled, wr.Start, wr.End = res.Record, res.Catalog.Spooled, res.Start, res.End
+		err = res.Err
+	case kindRestore:
+		if spec.Restore == nil {
+			return jobs.Permanent(errors.New("worker: a restore job without its request"))
+		}
+		wr.Restored, err = m.Restore(ctx, spec.Restore.request())
+	case kindReplicate:
+		wr.Replicated, err = m.Replicate(ctx, rc, src, spec.Dataset, nil)
+	case kindFixity:
+		wr.Fixity, err = m.Fixity(ctx, rc, spec.Repository, spec.Fixity)
+	case kindSync, kindRetention:
+		store, ok := m.catalog.(SyncStore)
+		if !ok {
+			return jobs.Permanent(fmt.Errorf("worker: a %s needs a catalog that lists every record", spec.Kind))
+		}
+		if spec.Kind == kindSync {
+			wr.Sync, err = m.Sync(ctx, rc, store, SyncOptions{})
+		} else {
+			wr.Retention, err = m.Retention(ctx, rc, store, spec.Repository)
+		}
+	default:
+		err = jobs.Permanent(fmt.Errorf("worker: unknown job kind %q", spec.Kind))
+	}
+	return err
+}
+
+// runInWorker runs spec in a worker process started through sh (whose
+// nice level and I/O class the worker takes), relays the worker's
+// progress and log records to the job of ctx, and returns its result and
+// the job's error. A worker that ends without a result (it crashed, or
+// was killed) fails the job with a transient error, so the runner
+// retries it; the agent goes on.
+func (a *Agent) runInWorker(ctx context.Context, rc *RuntimeContext, sh *shell.Shell, spec WorkerSpec, what string) (*workerResult, error) {
+	in, err := json.Marshal(spec)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	// The worker runs in the config's folder, so a relative -c would
 	// name the wrong file: give it the absolute path.
 	cfgPath := filepath.Join(rc.Config.Dir, filepath.Base(rc.Config.File))
-	command := "exec " + shellQuote(a.worker.Binary) + " worker ingest -c " + shellQuote(cfgPath)
-	sh := rc.Shell().WithDir(rc.Config.Dir).WithEnv(a.worker.Env...)
-	p, err := sh.Start(ctx, command, shell.StartOptions{Stdin: bytes.NewReader(spec), PipeStdout: true})
+	command := "exec " + shellQuote(a.worker.Binary) + " worker " + spec.Kind + " -c " + shellQuote(cfgPath)
+	p, err := sh.WithDir(rc.Config.Dir).WithEnv(a.worker.Env...).Start(ctx, command, shell.StartOptions{Stdin: bytes.NewReader(in), PipeStdout: true})
 	if err != nil {
-		res.Err, res.End = fmt.Errorf("dataset %s/%s: starting the worker: %w", src.Name, ds.Name, err), time.Now()
-		return res
+		return nil, fmt.Errorf("%s: starting the worker: %w", what, err)
 	}
 	var result *workerResult
 	sc := bufio.NewScanner(p.Stdout)
-	sc.Buffer(make([]byte, 64<<10), 64<<20) // a result holds the dataset record
+	sc.Buffer(make([]byte, 64<<10), 64<<20) // a result may hold a dataset record
 	for sc.Scan() {
 		var msg workerMsg
 		if err := json.Unmarshal(sc.Bytes(), &msg); err != nil {
@@ -174,21 +270,35 @@ func (a *Agent) ingestInWorker(ctx context.Context, rc *RuntimeContext, src *Sou
 	readErr := sc.Err()
 	_ = p.Stdout.Close()
 	waitErr := p.Wait()
-	res.End = time.Now()
 	switch {
 	case result != nil:
-		res.Start, res.End, res.Record, res.Catalog.Spooled = result.Start, result.End, result.Record, result.Spooled
-		if result.Error != "" {
-			res.Err = errors.New(result.Error)
-		}
+		return result, result.err()
 	case waitErr != nil:
-		// No result: the worker crashed or was killed. Transient as far
-		// as the runner knows, so the job is retried.
-		res.Err = fmt.Errorf("dataset %s/%s: the worker process ended without a result: %w", src.Name, ds.Name, waitErr)
+		return nil, fmt.Errorf("%s: the worker process ended without a result: %w", what, waitErr)
 	case readErr != nil && !errors.Is(readErr, io.EOF):
-		res.Err = fmt.Errorf("dataset %s/%s: reading the worker's output: %w", src.Name, ds.Name, readErr)
+		return nil, fmt.Errorf("%s: reading the worker's output: %w", what, readErr)
 	default:
-		res.Err = fmt.Errorf("dataset %s/%s: the worker exited without a result", src.Name, ds.Name)
+		return nil, fmt.Errorf("%s: the worker exited without a result", what)
+	}
+}
+
+// ingestInWorker runs one dataset's ingest in a worker process.
+func (a *Agent) ingestInWorker(ctx context.Context, rc *RuntimeContext, src *SourceSpec, b *metadata.Backup, ds Dataset) *DatasetResult {
+	res := &DatasetResult{Source: src.Name, Dataset: ds.Name, BackupID: b.ID, Host: b.Host, Start: time.Now()}
+	what := "dataset " + src.Name + "/" + ds.Name
+	// The worker must not race another to create the repository.
+	if spec := rc.Config.Repository(src.Repository); spec != nil && !rc.Config.DryRun {
+		if err := a.mgr.repos.Ensure(ctx, spec); err != nil {
+			res.Err, res.End = fmt.Errorf("%s: %w", what, err), time.Now()
+			a.mgr.events.Finished(res)
+			return res
+		}
+	}
+	spec := WorkerSpec{Kind: kindIngest, Source: src.Name, Dataset: ds.Name, Atoms: ds.Atoms, BackupID: b.ID, Host: b.Host, BackupTime: b.Timestamp}
+	wr, err := a.runInWorker(ctx, rc, rc.SourceShell(src), spec, what)
+	res.Err, res.End = err, time.Now()
+	if wr != nil {
+		res.Start, res.End, res.Record, res.Catalog.Spooled = wr.Start, wr.End, wr.Record, wr.Spooled
 	}
 	a.mgr.events.Finished(res)
 	return res

@@ -208,3 +208,30 @@ func (d *decoder) params(n *yaml.Node, field string, out *Params) {
 	}
 	*out = p
 }
+
+// decodeNiceLevel reads a nice level (-20..19); nil when it is invalid.
+func decodeNiceLevel(d *decoder, n *yaml.Node, field string) *int {
+	var v int
+	if !d.integer(n, field, &v) {
+		return nil
+	}
+	if v < -20 || v > 19 {
+		d.errorf(n, field, "nice level must be between -20 and 19, got %d", v)
+		return nil
+	}
+	return &v
+}
+
+// decodeIOClass reads an I/O class as in ionice(1) (0..3); nil when it
+// is invalid.
+func decodeIOClass(d *decoder, n *yaml.Node, field string) *int {
+	var v int
+	if !d.integer(n, field, &v) {
+		return nil
+	}
+	if v < 0 || v > 3 {
+		d.errorf(n, field, "io class must be 0 (none), 1 (realtime), 2 (best-effort) or 3 (idle), got %d", v)
+		return nil
+	}
+	return &v
+}

@@ -63,8 +63,17 @@ func TestUnknownSubcommandFails(t *testing.T) {
 // TestMain lets the test binary stand in for the custos binary: tests that
 // need a real custos process (the agent's worker processes) start it with
 // CUSTOS_TEST_AS_CUSTOS=1, and it then runs main with its arguments.
+// With CUSTOS_TEST_TRACE=FILE it first appends its arguments to FILE, so
+// that a test knows which processes ran, however short-lived.
 func TestMain(m *testing.M) {
 	if os.Getenv("CUSTOS_TEST_AS_CUSTOS") == "1" {
+		if trace := os.Getenv("CUSTOS_TEST_TRACE"); trace != "" {
+			f, err := os.OpenFile(trace, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+			if err == nil {
+				_, _ = f.WriteString(strings.Join(os.Args[1:], " ") + "\n")
+				_ = f.Close()
+			}
+		}
 		main()
 		return
 	}

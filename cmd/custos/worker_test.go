@@ -45,8 +45,19 @@ func niceOf(t *testing.T, pid int) int {
 	return n
 }
 
-// workerPids lists the worker processes running for config cfg.
-func workerPids(cfg string) []int {
+// workerPids lists the ingest worker processes running for config cfg.
+func workerPids(cfg string) []int { return workerPidsOf(cfg, "ingest") }
+
+// workerPidsOf lists the worker processes of one kind running for config
+// cfg.
+func workerPidsOf(cfg, kind string) []int {
+	return pidsWhere(func(args []string) bool {
+		return len(args) > 4 && args[1] == "worker" && args[2] == kind && args[4] == cfg
+	})
+}
+
+// pidsWhere lists the live processes whose command line matches.
+func pidsWhere(match func(args []string) bool) []int {
 	var pids []int
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
@@ -55,15 +66,20 @@ func workerPids(cfg string) []int {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
+		if err != nil || len(b) == 0 { // gone, or a zombie
 			continue
 		}
-		args := strings.Split(string(b), "\x00")
-		if len(args) > 4 && args[1] == "worker" && args[2] == "ingest" && args[4] == cfg {
+		if match(strings.Split(string(b), "\x00")) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
+}
+
+// commandPids lists the live shell commands whose command line holds
+// marker.
+func commandPids(marker string) []int {
+	return pidsWhere(func(args []string) bool { return strings.Contains(strings.Join(args, " "), marker) })
 }
 
 // TestWorkerProcesses runs a real agent whose jobs run in worker processes
