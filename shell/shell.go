@@ -417,13 +417,21 @@ func (s *Shell) start(ctx context.Context, command string, opts StartOptions, st
 	c := exec.CommandContext(ctx, "/bin/sh", args...)
 	c.Dir = o.Dir
 	c.Env = append(os.Environ(), o.Env...)
-	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: if this process is killed outright (SIGKILL, the OOM
+	// killer), nothing would stop the command's group on cancel; the
+	// kernel kills the command instead, so no orphaned dump keeps running
+	// (and holding locks) after an agent or worker dies.
+	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	c.WaitDelay = grace
 
 	p := &Process{done: make(chan struct{}), command: command}
-	// The output goroutines start inside c.Start, before p.Pid is set.
+	// The output goroutines start inside c.Start, before p.Pid is set:
+	// they wait for started, closed once the pid is known (or the start
+	// failed), so that every line is logged with its pid.
 	var pid atomic.Int64
+	started := make(chan struct{})
 	stderr := &lineWriter{fn: func(line []byte) {
+		<-started
 		log.LogAttrs(context.WithoutCancel(ctx), slog.LevelInfo, string(line), slog.String("stream", "stderr"), slog.Int64("pid", pid.Load()))
 	}, keepLast: true}
 	c.Stderr = stderr
@@ -434,6 +442,7 @@ func (s *Shell) start(ctx context.Context, command string, opts StartOptions, st
 		c.Stdout = stdout
 	default:
 		stdoutLog = &lineWriter{fn: func(line []byte) {
+			<-started
 			log.LogAttrs(context.WithoutCancel(ctx), stdoutLevel, string(line), slog.String("stream", "stdout"), slog.Int64("pid", pid.Load()))
 		}}
 		c.Stdout = stdoutLog
@@ -493,6 +502,7 @@ func (s *Shell) start(ctx context.Context, command string, opts StartOptions, st
 
 	log.Debug("running command", "cmd", command)
 	if err := c.Start(); err != nil {
+		close(started)
 		closeAll(closeAfterStart...)
 		closeAll(p.stdoutR, stdinW, gateW)
 		return nil, fmt.Errorf("command %q: start: %w", command, err)
@@ -500,6 +510,7 @@ func (s *Shell) start(ctx context.Context, command string, opts StartOptions, st
 	closeAll(closeAfterStart...)
 	p.Pid = c.Process.Pid
 	pid.Store(int64(p.Pid))
+	close(started)
 	if gated {
 		for _, e := range applyPriority(p.Pid, o.NiceLevel, o.IOClass) {
 			log.Warn("could not apply priority to command; running it anyway", "cmd", command, "error", e)
