@@ -28,7 +28,8 @@ type JobRequest struct {
 	Target    string    `json:"target,omitempty"`
 	Host      string    `json:"host,omitempty"` // "" this host, "*" any host
 	OlderThan time.Time `json:"older_than,omitzero"`
-	// Retention only: the repository whose retention to run.
+	// Retention: the repository whose retention to run. Restore: the copy
+	// to restore from ("" = the dataset's own, or a replica).
 	Repository string `json:"repository,omitempty"`
 }
 
@@ -180,7 +181,7 @@ func (a *Agent) restoreJob(req JobRequest) (jobs.Job, int, error) {
 	if !strings.HasPrefix(req.Target, "/") {
 		return nil, http.StatusBadRequest, errors.New(`"target" must be an absolute path: the agent's working folder is not the caller's`)
 	}
-	rreq := RestoreRequest{Pattern: pattern, Host: req.Host, OlderThan: req.OlderThan, Target: req.Target}
+	rreq := RestoreRequest{Pattern: pattern, Host: req.Host, OlderThan: req.OlderThan, Target: req.Target, Repository: req.Repository}
 	return jobs.New(jobs.Info{
 		Kind:        "restore",
 		Description: "restore " + pattern,

@@ -182,7 +182,9 @@ not the agent is running.`,
 						status += " (catalog record spooled)"
 					}
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s/%s  %s\n", r.Source, r.Dataset, status)
+				if !quietFlag(cmd) || failed > 0 {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s/%s  %s\n", r.Source, r.Dataset, status)
+				}
 			}
 			if n := env.catalog.Store.SpoolDepth(); n > 0 {
 				fmt.Fprintf(cmd.OutOrStdout(), "%d catalog record(s) wait in the spool (%s) until the catalog answers; the next backup or the agent writes them, and find shows those backups only then\n",
@@ -384,7 +386,7 @@ func findViaAgent(ctx context.Context, path string, req metadata.FindRequest) ([
 
 func newRestoreCmd() *cobra.Command {
 	var path, host, olderThan, target, repository string
-	var toStdout bool
+	var toStdout, viaAgent bool
 	cmd := &cobra.Command{
 		Use:   "restore PATTERN --target DIR",
 		Short: "Restore the newest version of every atom matching a pattern",
@@ -393,7 +395,10 @@ atom matching PATTERN. Each dataset goes into DIR/<source>/<dataset>/: file
 atoms as their paths under the source root, pipe atoms through the source's
 restore_command (with CUSTOS_RESTORE_TARGET set to that folder), or to
 standard output with --stdout. pre/post_restore_command run around each
-dataset. Only this host's backups unless --host is given ("*" = any host).`,
+dataset. Only this host's backups unless --host is given ("*" = any host).
+With --via-agent the running agent does the restore as a job on its restore
+queue (at its priority, in a worker process), and this command follows its
+progress; Ctrl-C cancels the job.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			before, err := parseOlderThan(olderThan, time.Now())
@@ -409,6 +414,13 @@ dataset. Only this host's backups unless --host is given ("*" = any host).`,
 				}
 			}
 			ctx := cmd.Context()
+			if viaAgent {
+				if toStdout {
+					return errors.New("--stdout cannot go through the agent: restore in this process instead (without --via-agent)")
+				}
+				return restoreViaAgent(ctx, path, agent.JobRequest{Kind: "restore", Pattern: args[0], Host: host, OlderThan: before, Target: target, Repository: repository},
+					cmd.ErrOrStderr(), quietFlag(cmd))
+			}
 			env, err := openCLI(ctx, path, false, slog.LevelWarn)
 			if err != nil {
 				return err
@@ -420,7 +432,9 @@ dataset. Only this host's backups unless --host is given ("*" = any host).`,
 			}
 			done, err := env.mgr.Restore(ctx, req)
 			for _, a := range done {
-				fmt.Fprintf(cmd.ErrOrStderr(), "restored %s (backup %s, %s) -> %s\n", a.Name, a.BackupID, a.Time.Local().Format("2006-01-02 15:04:05"), a.Target)
+				if !quietFlag(cmd) || err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "restored %s (backup %s, %s) -> %s\n", a.Name, a.BackupID, a.Time.Local().Format("2006-01-02 15:04:05"), a.Target)
+				}
 			}
 			return err
 		},
@@ -430,6 +444,7 @@ dataset. Only this host's backups unless --host is given ("*" = any host).`,
 	cmd.Flags().StringVar(&host, "host", "", `restore backups of this host (default: this host; "*" = any)`)
 	cmd.Flags().StringVar(&olderThan, "older-than", "", "restore the newest version older than this: a duration (24h) or a time (RFC 3339)")
 	cmd.Flags().BoolVar(&toStdout, "stdout", false, "write pipe atoms to standard output instead of running restore_command")
+	cmd.Flags().BoolVar(&viaAgent, "via-agent", false, "run the restore as a job of the running agent (its restore queue and priority) and follow it")
 	cmd.Flags().StringVar(&repository, "repository", "", "restore from this repository (the dataset's own or a replica); default: its own, or a replica when that copy cannot be used")
 	return cmd
 }

@@ -60,6 +60,7 @@ interrupted (Ctrl-C, SIGTERM).`,
 	// hidden because users never need it.
 	var cpuProfile string
 	var profFile *os.File
+	root.PersistentFlags().BoolP("quiet", "q", false, "print nothing on success (errors still go to standard error)")
 	root.PersistentFlags().StringVar(&cpuProfile, "cpu-profile", "", "write a CPU profile to this file")
 	_ = root.PersistentFlags().MarkHidden("cpu-profile")
 	root.PersistentPreRunE = func(*cobra.Command, []string) error {
@@ -106,4 +107,11 @@ func failOnUnknownSubcommands(cmd *cobra.Command) {
 	for _, sub := range cmd.Commands() {
 		failOnUnknownSubcommands(sub)
 	}
+}
+
+// quietFlag reports whether -q/--quiet is set for cmd (the root's, or a
+// command group's own).
+func quietFlag(cmd *cobra.Command) bool {
+	q, _ := cmd.Flags().GetBool("quiet")
+	return q
 }

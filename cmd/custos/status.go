@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -179,6 +180,42 @@ func fetchStatus(ctx context.Context, ac agentClient, start string) ([]byte, *ag
 // answer. Its errors are one line each, for main to print; start is the
 // command that starts the agent, for the "no agent answers" hint.
 func (ac agentClient) call(ctx context.Context, method, path, start string) ([]byte, error) {
+	return ac.callBody(ctx, method, path, nil, start)
+}
+
+// callBody is call with a JSON request body.
+func (ac agentClient) callBody(ctx context.Context, method, path string, reqBody []byte, start string) ([]byte, error) {
+	resp, err := ac.send(ctx, method, path, reqBody, start)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	// A status answer is tens of kilobytes; the limit keeps something
+	// that is not an agent from filling memory.
+	limit := ac.limit
+	if limit <= 0 {
+		limit = 16 << 20
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit))
+	if err != nil {
+		return nil, fmt.Errorf("agent at %s: reading the answer: %w", ac.listen, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		msg := firstLine(string(body))
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+			msg = e.Error
+		}
+		return nil, fmt.Errorf("agent at %s: %s %s: %s: %s", ac.listen, method, resp.Request.URL.Path, resp.Status, msg)
+	}
+	return body, nil
+}
+
+// send sends one request to the agent, with its token, and returns the
+// response whatever its status; its errors are one line each.
+func (ac agentClient) send(ctx context.Context, method, path string, reqBody []byte, start string) (*http.Response, error) {
 	listen := ac.listen
 	url, err := statusURL(listen)
 	if err != nil {
@@ -188,9 +225,16 @@ func (ac agentClient) call(ctx context.Context, method, path, start string) ([]b
 	if ac.tls {
 		url = "https" + strings.TrimPrefix(url, "http")
 	}
-	req, err := http.NewRequestWithContext(ctx, method, url, nil)
+	var rd io.Reader
+	if reqBody != nil {
+		rd = bytes.NewReader(reqBody)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
 	if err != nil {
 		return nil, fmt.Errorf("agent address %q: %w", listen, err)
+	}
+	if reqBody != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if len(ac.token) > 0 {
 		req.Header.Set("Authorization", "Bearer "+string(ac.token))
@@ -209,28 +253,7 @@ func (ac agentClient) call(ctx context.Context, method, path, start string) ([]b
 		}
 		return nil, fmt.Errorf("agent at %s: %w", listen, err)
 	}
-	defer resp.Body.Close()
-	// A status answer is tens of kilobytes; the limit keeps something
-	// that is not an agent from filling memory.
-	limit := ac.limit
-	if limit <= 0 {
-		limit = 16 << 20
-	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, limit))
-	if err != nil {
-		return nil, fmt.Errorf("agent at %s: reading the answer: %w", listen, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		msg := firstLine(string(body))
-		var e struct {
-			Error string `json:"error"`
-		}
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
-			msg = e.Error
-		}
-		return nil, fmt.Errorf("agent at %s: %s %s: %s: %s", listen, method, req.URL.Path, resp.Status, msg)
-	}
-	return body, nil
+	return resp, nil
 }
 
 // cmdContextAlive tells our own timeout apart from the caller's
