@@ -59,7 +59,7 @@ Exit status, for monitoring scripts:
      ended ok (datasets that never ran are not counted)
   1  the newest finished run of some dataset did not end ok (error, timeout
      or canceled; the summary shows the error's first line), or no agent
-     answers, or it answers with an error`,
+     answers, or it answers with an error, or it cannot reach its catalog`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if fleet {
@@ -103,6 +103,9 @@ Exit status, for monitoring scripts:
 			}
 			if n := len(rep.SpoolFailed); n > 0 {
 				return fmt.Errorf("%d catalog record(s) could never be written and were set aside; those backups are not findable", n)
+			}
+			if rep.CatalogError != "" {
+				return fmt.Errorf("the agent cannot reach its catalog: %s", firstLine(rep.CatalogError))
 			}
 			return nil
 		},

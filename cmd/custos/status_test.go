@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -351,5 +353,20 @@ func TestRoundDur(t *testing.T) {
 		if got := roundDur(tc.d); got != tc.want {
 			t.Errorf("roundDur(%v) = %q, want %q", tc.d, got, tc.want)
 		}
+	}
+}
+
+// TestStatusCatalogUnreachable: an agent that answers but cannot reach its
+// catalog makes status exit non-zero, naming why. The answer comes from a
+// stand-in for the agent's /api/status, since making a real agent lose its
+// embedded catalog while it answers is what the agent's own tests do.
+func TestStatusCatalogUnreachable(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_ = json.NewEncoder(w).Encode(agent.StatusReport{Host: "h", CatalogError: "etcd: context deadline exceeded\nmore"})
+	}))
+	defer srv.Close()
+	_, _, err := runCLI(context.Background(), "status", "--listen", srv.URL)
+	if err == nil || !strings.Contains(err.Error(), "cannot reach its catalog: etcd: context deadline exceeded") {
+		t.Errorf("status with the catalog unreachable: %v", err)
 	}
 }
