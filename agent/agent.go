@@ -372,7 +372,9 @@ func (a *Agent) recordOutcome(s jobs.Status) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), outcomeTimeout)
 	defer cancel()
 	for attempt := 1; ; attempt++ {
-		err := a.catalog.Store.PutOutcome(ctx, o)
+		actx, cancel := context.WithTimeout(ctx, outcomeAttemptTimeout)
+		err := a.catalog.Store.PutOutcome(actx, o)
+		cancel()
 		if err == nil {
 			a.outcomes.invalidate()
 			a.health.invalidate()
@@ -387,6 +389,10 @@ func (a *Agent) recordOutcome(s jobs.Status) {
 		case <-ctx.Done():
 			a.log.Warn("job outcome not recorded in the catalog", "job", s.ID, "source", s.Source, "dataset", s.Dataset, "error", err)
 			return
+		case <-a.ctx.Done():
+			// Stopping: one attempt was made; do not hold the stop up.
+			a.log.Warn("job outcome not recorded in the catalog", "job", s.ID, "source", s.Source, "dataset", s.Dataset, "error", err)
+			return
 		case <-time.After(policy.Delay(attempt)):
 		}
 	}
@@ -395,3 +401,7 @@ func (a *Agent) recordOutcome(s jobs.Status) {
 // outcomeTimeout bounds the retries of one outcome write (and so how long
 // a stopping agent waits for them).
 const outcomeTimeout = 20 * time.Second
+
+// outcomeAttemptTimeout bounds one write of an outcome, so that a stopping
+// agent whose catalog is down waits for one attempt, not for all.
+const outcomeAttemptTimeout = 3 * time.Second

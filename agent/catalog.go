@@ -120,6 +120,13 @@ func OpenCatalog(ctx context.Context, cfg *Config, opts CatalogOptions) (*Catalo
 		opts.Logger.Error("the catalog cannot be opened; backups go on and their records are spooled", "error", damaged)
 		conn, err = metadata.Offline(mc.DataDir)
 	}
+	if err != nil && errors.Is(err, metadata.ErrUnreachable) && !mc.Embedded && opts.Serve && opts.SpoolDir != "" {
+		// The agent starts anyway: backups run and spool their records,
+		// and the client connects once a member answers.
+		opts.Logger.Error("the catalog does not answer; backups go on, their records are spooled until it does", "endpoints", mc.Endpoints, "error", err)
+		mc.Unchecked = true
+		conn, err = metadata.Connect(ctx, mc)
+	}
 	if err != nil {
 		if c := context.Cause(cctx); c != nil && ctx.Err() == nil {
 			err = fmt.Errorf("%w: %v", err, c)

@@ -174,34 +174,47 @@ func (a *Agent) Status(ctx context.Context) *StatusReport {
 	if r.SpoolFailed == nil {
 		r.SpoolFailed = []metadata.FailedRecord{}
 	}
-	backups, err := a.backups.get(ctx, func(ctx context.Context) ([]*metadata.Backup, error) {
-		return a.catalog.Store.ListBackups(ctx, cfg.Hostname, statusBackupsLimit)
+	// The catalog parts are read side by side: with the catalog down each
+	// waits out its timeout, and the report must still come in time.
+	var (
+		wg                 sync.WaitGroup
+		backupsErr, outErr error
+	)
+	wg.Go(func() {
+		r.Backups, backupsErr = a.backups.get(ctx, func(ctx context.Context) ([]*metadata.Backup, error) {
+			return a.catalog.Store.ListBackups(ctx, cfg.Hostname, statusBackupsLimit)
+		})
 	})
-	r.Backups = backups
+	wg.Go(func() {
+		r.Outcomes, outErr = a.outcomes.get(ctx, func(ctx context.Context) ([]*metadata.Outcome, error) {
+			return a.catalog.Store.LastOutcomes(ctx, cfg.Hostname)
+		})
+	})
+	wg.Wait()
 	if r.Backups == nil {
 		r.Backups = []*metadata.Backup{}
 	}
-	if err != nil {
-		r.CatalogError = err.Error()
-	}
-	outcomes, err := a.outcomes.get(ctx, func(ctx context.Context) ([]*metadata.Outcome, error) {
-		return a.catalog.Store.LastOutcomes(ctx, cfg.Hostname)
-	})
-	r.Outcomes = outcomes
 	if r.Outcomes == nil {
 		r.Outcomes = []*metadata.Outcome{}
 	}
-	if err != nil && r.CatalogError == "" {
-		r.CatalogError = err.Error()
+	for _, err := range []error{backupsErr, outErr} {
+		if err != nil && r.CatalogError == "" {
+			r.CatalogError = err.Error()
+		}
 	}
 	if a.catalog.Damaged != nil {
 		r.CatalogError = a.catalog.Damaged.Error()
 	}
-	hv, err := a.health.get(ctx, func(ctx context.Context) (healthView, error) {
-		return a.loadHealth(ctx, cfg, r.Outcomes)
-	})
-	if err != nil && r.CatalogError == "" {
-		r.CatalogError = err.Error()
+	var hv healthView
+	if r.CatalogError == "" {
+		// Only with the catalog answering: it reads more of it.
+		var err error
+		hv, err = a.health.get(ctx, func(ctx context.Context) (healthView, error) {
+			return a.loadHealth(ctx, cfg, r.Outcomes)
+		})
+		if err != nil {
+			r.CatalogError = err.Error()
+		}
 	}
 	r.Repositories = hv.repositories
 	if r.Repositories == nil {

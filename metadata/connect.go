@@ -57,7 +57,15 @@ type Config struct {
 	Password    string        `yaml:"password" json:"-"`
 	// Server tunes an embedded server that Connect starts.
 	Server etcdserver.Options `yaml:"-" json:"-"`
+	// Unchecked returns the client of an external cluster even when no
+	// endpoint answers yet: etcd's client connects once one does. The
+	// agent uses it so that backups (spooling their records) do not wait
+	// for the catalog to come up.
+	Unchecked bool `yaml:"-" json:"-"`
 }
+
+// ErrUnreachable marks a catalog none of whose endpoints answered.
+var ErrUnreachable = errors.New("the catalog does not answer")
 
 // Conn is an open catalog connection.
 type Conn struct {
@@ -178,9 +186,12 @@ func dial(ctx context.Context, cfg Config, endpoints []string) (*clientv3.Client
 	if err != nil {
 		return nil, fmt.Errorf("metadata: connect to catalog %v: %w", endpoints, err)
 	}
+	if cfg.Unchecked {
+		return cli, nil
+	}
 	if err := checkEndpoints(ctx, cli, ccfg.TLS, endpoints, cfg.DialTimeout); err != nil {
 		_ = cli.Close()
-		return nil, fmt.Errorf("metadata: catalog %v does not answer: %w", endpoints, err)
+		return nil, fmt.Errorf("metadata: catalog %v does not answer: %w", endpoints, errors.Join(ErrUnreachable, err))
 	}
 	return cli, nil
 }

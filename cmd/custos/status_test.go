@@ -7,8 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -356,17 +354,30 @@ func TestRoundDur(t *testing.T) {
 	}
 }
 
-// TestStatusCatalogUnreachable: an agent that answers but cannot reach its
-// catalog makes status exit non-zero, naming why. The answer comes from a
-// stand-in for the agent's /api/status, since making a real agent lose its
-// embedded catalog while it answers is what the agent's own tests do.
+// TestStatusCatalogUnreachable runs a real agent whose external etcd does
+// not answer: the agent starts anyway, a backup runs and its record waits
+// in the spool, and status exits non-zero naming the catalog.
 func TestStatusCatalogUnreachable(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		_ = json.NewEncoder(w).Encode(agent.StatusReport{Host: "h", CatalogError: "etcd: context deadline exceeded\nmore"})
-	}))
-	defer srv.Close()
-	_, _, err := runCLI(context.Background(), "status", "--listen", srv.URL)
-	if err == nil || !strings.Contains(err.Error(), "cannot reach its catalog: etcd: context deadline exceeded") {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	files := map[string]string{}
+	for k, v := range statusConfig {
+		files[k] = v
+	}
+	files["agent.yml"] = strings.Replace(statusConfig["agent.yml"], "http_listen:", "metadb:\n  endpoints: [\""+closedPort(t)+"\"]\nhttp_listen:", 1)
+	writeFiles(t, dir, files)
+	cfg := filepath.Join(dir, "agent.yml")
+	a, addr := startAgent(t, cfg)
+	for a.Status(ctx).SpoolDepth == 0 {
+		select {
+		case <-ctx.Done():
+			t.Fatal("no backup record reached the spool")
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	_, _, err := runCLI(ctx, "status", "--listen", addr)
+	if err == nil || !strings.Contains(err.Error(), "cannot reach its catalog") {
 		t.Errorf("status with the catalog unreachable: %v", err)
 	}
 }
