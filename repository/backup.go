@@ -21,7 +21,6 @@ import (
 
 	"github.com/custos-backup/custos/repository/format"
 	"github.com/restic/chunker"
-	"golang.org/x/sync/errgroup"
 )
 
 // Progress reports how far a backup or restore is.
@@ -126,28 +125,24 @@ func (r *Repository) Backup(ctx context.Context, root string, paths []string, op
 	if err := checkExcludes(opts.Excludes); err != nil {
 		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
 	}
-	lock, err := r.Lock(ctx, false)
+	w, err := r.beginWrite(ctx, true)
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
 	}
-	defer func() { _ = lock.Unlock(context.WithoutCancel(ctx)) }()
-	defer r.removeOldLeftovers(ctx)()
-	if err := r.refreshIndex(ctx, true); err != nil {
-		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
-	}
+	defer w.end()
 
 	parent, parentTree, err := r.parentFor(ctx, &opts)
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
 	}
 
-	g, gctx := errgroup.WithContext(ctx)
-	bufs := &bufPool{}
+	w.start()
+	g, gctx := w.g, w.ctx
 	b := &backupState{
 		r:        r,
 		ctx:      gctx,
-		saver:    r.newBlobSaver(gctx, g, bufs),
-		bufs:     bufs,
+		saver:    w.saver,
+		bufs:     w.bufs,
 		opts:     &opts,
 		files:    make(chan *fileJob, 64),
 		rootDone: make(chan ID, 1),
@@ -156,8 +151,8 @@ func (r *Repository) Backup(ctx context.Context, root string, paths []string, op
 	for range cap(b.chunkers) {
 		b.chunkers <- nil // made when first needed
 	}
-	for _, w := range r.indexDamageWarnings() {
-		b.warn("%s", w)
+	for _, msg := range r.indexDamageWarnings() {
+		b.warn("%s", msg)
 	}
 	stopProgress := b.startProgress()
 	// Two readers per core: while one waits for the disk (or for pages
@@ -189,21 +184,15 @@ func (r *Repository) Backup(ctx context.Context, root string, paths []string, op
 			}
 		}
 	}
-	packs, ferr := b.saver.flush()
+	packs, ferr := w.flush()
 	if err == nil {
 		err = ferr
-	}
-	if gerr := g.Wait(); err == nil {
-		err = gerr
 	}
 	stopProgress()
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
 	}
-	if err := lock.Valid(); err != nil {
-		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
-	}
-	if err := r.commitPacks(ctx, packs); err != nil {
+	if err := w.commitPacks(packs); err != nil {
 		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
 	}
 	sn := b.snapshot(opts, rootID, start)
@@ -213,7 +202,7 @@ func (r *Repository) Backup(ctx context.Context, root string, paths []string, op
 		pid := parent.ID
 		sn.Parent = &pid
 	}
-	if err := r.saveSnapshot(ctx, sn); err != nil {
+	if err := w.saveSnapshot(sn); err != nil {
 		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
 	}
 	return sn, nil
