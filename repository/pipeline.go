@@ -327,7 +327,7 @@ func (s *blobSaver) packLoop() error {
 		// The whole pack, header included, stays within pack_size (unless a
 		// single blob is larger), so an in-memory pack never outgrows its
 		// buffer.
-		if cur != nil && len(cur.blobs) > 0 && cur.size+int64(len(sb.sealed))+format.PackOverhead(s.r.seal, len(cur.blobs)+1) > limit {
+		if cur != nil && !cur.fits(s.r.seal, len(sb.sealed), limit) {
 			if err := flush(); err != nil {
 				return err
 			}
