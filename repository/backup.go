@@ -46,11 +46,20 @@ type BackupOptions struct {
 // again before it is stored as read, with a warning.
 const maxRereads = 2
 
+// blobSink is what backup needs of the blob saver: buffers to read into,
+// and a place to put blobs, deduplicated against the index and each other.
+type blobSink interface {
+	newBuf(n int) (full, data []byte)
+	save(t BlobType, id ID, full []byte, n int) (bool, error)
+	saveCopy(t BlobType, data []byte) (ID, error)
+	added() (bytes, blobs int64)
+}
+
 // backupState is the shared state of one Backup run.
 type backupState struct {
 	r     *Repository
 	ctx   context.Context
-	saver *blobSaver
+	saver blobSink
 	bufs  *bufPool
 	opts  *BackupOptions
 
@@ -214,6 +223,7 @@ func (b *backupState) snapshot(opts BackupOptions, rootID ID, start time.Time) *
 		t = start
 	}
 	sort.Strings(b.warnings)
+	bytesAdded, blobsAdded := b.saver.added()
 	return &Snapshot{
 		Time:     t.UTC(),
 		Dataset:  opts.Dataset,
@@ -226,7 +236,7 @@ func (b *backupState) snapshot(opts BackupOptions, rootID ID, start time.Time) *
 			Files: b.nFiles.Load(), Dirs: b.nDirs.Load(),
 			FilesNew: b.nNew.Load(), FilesChanged: b.nChanged.Load(), FilesUnmodified: b.nUnmod.Load(),
 			Bytes: b.bytes.Load(), BytesRead: b.bytesRead.Load(),
-			BytesAdded: b.saver.bytesAdded.Load(), BlobsAdded: b.saver.blobsAdded.Load(),
+			BytesAdded: bytesAdded, BlobsAdded: blobsAdded,
 			Duration: time.Since(start), Skipped: b.nSkipped.Load(),
 		},
 	}
@@ -809,7 +819,7 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 		res.content = append(res.content, id)
 		res.size += int64(len(c.Data))
 		switch {
-		case b.saver.r.index().Has(format.DataHandle(id)):
+		case b.r.index().Has(format.DataHandle(id)):
 			b.bufs.put(bfull)
 		case &c.Data[:1][0] == &bdata[:1][0]: // not reallocated: cut in place
 			if _, err := b.saver.save(DataBlob, id, bfull, len(c.Data)); err != nil {

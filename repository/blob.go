@@ -70,7 +70,8 @@ func (r *Repository) loadBlob(ctx context.Context, t BlobType, id ID, buf []byte
 	if !ok {
 		return nil, &BlobError{Blob: id, Type: t, Err: fmt.Errorf("%s blob not in index", t)}
 	}
-	pr := packReader{r: r, plain: buf}
+	pr := r.newPackReader(false)
+	pr.plain = buf
 	var out readBlob
 	err := pr.read(ctx, pack, []format.PackedBlob{pb}, func(b readBlob) error { out = b; return nil })
 	if err != nil {

@@ -587,7 +587,7 @@ func (c *checkState) loadTree(ctx context.Context, id ID) (*format.Tree, error) 
 	if _, ok := c.stored[pack]; !ok {
 		return nil, errors.New("pack missing") // already reported
 	}
-	pr := packReader{r: c.r}
+	pr := c.r.newPackReader(false)
 	var got readBlob
 	if err := pr.read(ctx, pack, []format.PackedBlob{pb}, func(b readBlob) error { got = b; return nil }); err != nil {
 		return nil, err
@@ -787,7 +787,7 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 	}
 	// The pack hash and header are done with, so blobs are opened in
 	// place.
-	pr := packReader{r: c.r}
+	pr := c.r.newPackReader(false)
 	_ = pr.readBuffer(id, buf, blobs, func(b readBlob) error {
 		if b.Err != nil {
 			if errors.Is(b.Err, errBeyondEnd) {

@@ -160,10 +160,17 @@ func findCopied(ctx context.Context, existing []*Snapshot, parent *ID, src *Repo
 	return nil
 }
 
+// blobLoader returns the verified plaintext of a blob
+// (Repository.loadBlob).
+type blobLoader interface {
+	loadBlob(ctx context.Context, t BlobType, id ID, buf []byte) ([]byte, error)
+}
+
 // copier moves blobs from src to dst through dst's blob saver.
 type copier struct {
 	ctx      context.Context
-	src, dst *Repository
+	src      blobLoader
+	dst      *Repository
 	st       *CopyStats
 	seen     map[BlobHandle]bool // queued in this run
 	progress func(Progress)

@@ -41,7 +41,11 @@
 //     a callback; a blob that fails arrives as a *BlobError naming pack
 //     and blob, and the read goes on with the next.
 //   - Operations on top: backup and stream backup, restore, check and
-//     fixity, forget and prune, copy, stats and ls.
+//     fixity, forget and prune, copy, stats and ls. Where a part needs
+//     only one role of another, it names that role as a small interface
+//     where it is used (backup's blob sink, copy's blob loader, the pack
+//     reader's loader and opener), so that a test can hand it a real part
+//     wrapped to count or to fail.
 //
 // # Contracts between the parts
 //

@@ -281,7 +281,7 @@ func (r *Repository) HealPack(ctx context.Context, pack ID, sources []*Repositor
 	// Blobs of the damaged pack that still verify are kept as they are.
 	fromPack := make([][]byte, len(entries))
 	if rerr == nil {
-		pr := packReader{r: r, keepSealed: true}
+		pr := r.newPackReader(true)
 		_ = pr.readBuffer(pack, whole, entries, func(b readBlob) error {
 			if b.Err == nil {
 				fromPack[b.Index] = b.Sealed

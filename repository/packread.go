@@ -39,11 +39,27 @@ type readBlob struct {
 // length, SHA-256 against its id: openBlob), and hands the plaintext to a
 // callback. It reuses its buffers, so one packReader serves one goroutine.
 type packReader struct {
-	r *Repository
+	be     packLoader
+	opener blobOpener
 	// keepSealed opens each blob on a copy and passes the sealed bytes on.
 	keepSealed bool
 
 	sealed, plain, scratch []byte
+}
+
+// packLoader is what the pack reader needs of a backend.
+type packLoader interface {
+	Load(ctx context.Context, h backend.Handle, length int, offset int64) (io.ReadCloser, error)
+}
+
+// blobOpener verifies and decodes one sealed blob (Repository.openBlob).
+type blobOpener interface {
+	openBlob(pb format.PackedBlob, sealed, dst []byte) ([]byte, error)
+}
+
+// newPackReader returns a pack reader of r's packs.
+func (r *Repository) newPackReader(keepSealed bool) *packReader {
+	return &packReader{be: r.be, opener: r, keepSealed: keepSealed}
 }
 
 // blobFunc receives each blob; an error it returns stops the read.
@@ -119,7 +135,7 @@ func (pr *packReader) readRange(ctx context.Context, pack ID, entries []format.P
 	last := entries[len(entries)-1]
 	end := int64(last.Offset) + int64(last.Length)
 	h := backend.Handle{Type: backend.PackFile, Name: pack.String()}
-	rd, err := pr.r.be.Load(ctx, h, int(end-start), start)
+	rd, err := pr.be.Load(ctx, h, int(end-start), start)
 	if err != nil {
 		return failFrom(0, err)
 	}
@@ -186,7 +202,7 @@ func (pr *packReader) open(pack ID, i int, pb format.PackedBlob, sealed []byte) 
 		pr.scratch = append(pr.scratch[:0], sealed...)
 		sealed = pr.scratch
 	}
-	pt, err := pr.r.openBlob(pb, sealed, pr.plain)
+	pt, err := pr.opener.openBlob(pb, sealed, pr.plain)
 	if err != nil {
 		b.Err = blobError(pack, pb, err)
 		return b

@@ -53,12 +53,11 @@ func TestPackReader(t *testing.T) {
 		t.Fatal(err)
 	}
 	cl := &countLoads{Backend: r.be}
-	r.be = cl
 
 	entries := []format.PackedBlob{pb.blobs[3], pb.blobs[2], pb.blobs[1], pb.blobs[0]}
 	for _, keep := range []bool{false, true} {
 		cl.n.Store(0)
-		pr := packReader{r: r, keepSealed: keep}
+		pr := packReader{be: cl, opener: r, keepSealed: keep}
 		seen := map[int]bool{}
 		err := pr.read(ctx, pack, entries, func(b readBlob) error {
 			seen[b.Index] = true

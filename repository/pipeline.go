@@ -393,6 +393,11 @@ func (s *blobSaver) savePack(fp *finishedPack) error {
 	return nil
 }
 
+// added returns the packed bytes and the blobs written so far.
+func (s *blobSaver) added() (bytes, blobs int64) {
+	return s.bytesAdded.Load(), s.blobsAdded.Load()
+}
+
 // flush closes the pipeline and waits until every queued blob is in a
 // durable pack. It returns the packs written in this session.
 func (s *blobSaver) flush() ([]format.IndexPack, error) {

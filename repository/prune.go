@@ -290,7 +290,7 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, op
 	for _, id := range toRewrite {
 		pu := packs[id]
 		h := backend.Handle{Type: backend.PackFile, Name: id.String()}
-		pr := packReader{r: r, keepSealed: true}
+		pr := r.newPackReader(true)
 		err := pr.read(ctx, id, pu.keep, func(b readBlob) error {
 			if b.Err != nil {
 				return fmt.Errorf("rewrite %s: %w; run check and repair before pruning", h, b.Err)

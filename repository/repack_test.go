@@ -53,7 +53,7 @@ func TestRepackPackSizeCountsHeader(t *testing.T) {
 				if p.Size > total {
 					t.Errorf("pack %s has %d bytes, pack_size is %d", p.ID.Short(), p.Size, total)
 				}
-				pr := packReader{r: r}
+				pr := r.newPackReader(false)
 				err := pr.read(ctx, p.ID, p.Blobs, func(b readBlob) error {
 					if b.Err != nil {
 						t.Errorf("blob %s: %v", b.Entry.ID.Short(), b.Err)

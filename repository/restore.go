@@ -967,7 +967,7 @@ func (rs *restorer) writeContents(ctx context.Context) error {
 		g.Go(func() error {
 			pr, _ := pool.Get().(*packReader)
 			if pr == nil {
-				pr = &packReader{r: rs.r}
+				pr = rs.r.newPackReader(false)
 			}
 			err := pr.read(gctx, rg.pack, rg.entries, func(b readBlob) error {
 				rs.deliver(rg.blobs[b.Index], b.Plain, b.Err)
