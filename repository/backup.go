@@ -21,7 +21,6 @@ import (
 
 	"github.com/custos-backup/custos/repository/format"
 	"github.com/restic/chunker"
-	"golang.org/x/sync/errgroup"
 )
 
 // Progress reports how far a backup or restore is.
@@ -47,11 +46,20 @@ type BackupOptions struct {
 // again before it is stored as read, with a warning.
 const maxRereads = 2
 
+// blobSink is what backup needs of the blob saver: buffers to read into,
+// and a place to put blobs, deduplicated against the index and each other.
+type blobSink interface {
+	newBuf(n int) (full, data []byte)
+	save(t BlobType, id ID, full []byte, n int) (bool, error)
+	saveCopy(t BlobType, data []byte) (ID, error)
+	added() (bytes, blobs int64)
+}
+
 // backupState is the shared state of one Backup run.
 type backupState struct {
 	r     *Repository
 	ctx   context.Context
-	saver *blobSaver
+	saver blobSink
 	bufs  *bufPool
 	opts  *BackupOptions
 
@@ -126,28 +134,24 @@ func (r *Repository) Backup(ctx context.Context, root string, paths []string, op
 	if err := checkExcludes(opts.Excludes); err != nil {
 		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
 	}
-	lock, err := r.Lock(ctx, false)
+	w, err := r.beginWrite(ctx, true)
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
 	}
-	defer func() { _ = lock.Unlock(context.WithoutCancel(ctx)) }()
-	defer r.removeOldLeftovers(ctx)()
-	if err := r.refreshIndex(ctx, true); err != nil {
-		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
-	}
+	defer w.end()
 
 	parent, parentTree, err := r.parentFor(ctx, &opts)
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
 	}
 
-	g, gctx := errgroup.WithContext(ctx)
-	bufs := &bufPool{}
+	w.start()
+	g, gctx := w.g, w.ctx
 	b := &backupState{
 		r:        r,
 		ctx:      gctx,
-		saver:    r.newBlobSaver(gctx, g, bufs),
-		bufs:     bufs,
+		saver:    w.saver,
+		bufs:     w.bufs,
 		opts:     &opts,
 		files:    make(chan *fileJob, 64),
 		rootDone: make(chan ID, 1),
@@ -156,8 +160,8 @@ func (r *Repository) Backup(ctx context.Context, root string, paths []string, op
 	for range cap(b.chunkers) {
 		b.chunkers <- nil // made when first needed
 	}
-	for _, w := range r.indexDamageWarnings() {
-		b.warn("%s", w)
+	for _, msg := range r.indexDamageWarnings() {
+		b.warn("%s", msg)
 	}
 	stopProgress := b.startProgress()
 	// Two readers per core: while one waits for the disk (or for pages
@@ -189,21 +193,15 @@ func (r *Repository) Backup(ctx context.Context, root string, paths []string, op
 			}
 		}
 	}
-	packs, ferr := b.saver.flush()
+	packs, ferr := w.flush()
 	if err == nil {
 		err = ferr
-	}
-	if gerr := g.Wait(); err == nil {
-		err = gerr
 	}
 	stopProgress()
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
 	}
-	if err := lock.Valid(); err != nil {
-		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
-	}
-	if err := r.commitPacks(ctx, packs); err != nil {
+	if err := w.commitPacks(packs); err != nil {
 		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
 	}
 	sn := b.snapshot(opts, rootID, start)
@@ -213,7 +211,7 @@ func (r *Repository) Backup(ctx context.Context, root string, paths []string, op
 		pid := parent.ID
 		sn.Parent = &pid
 	}
-	if err := r.saveSnapshot(ctx, sn); err != nil {
+	if err := w.saveSnapshot(sn); err != nil {
 		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
 	}
 	return sn, nil
@@ -225,6 +223,7 @@ func (b *backupState) snapshot(opts BackupOptions, rootID ID, start time.Time) *
 		t = start
 	}
 	sort.Strings(b.warnings)
+	bytesAdded, blobsAdded := b.saver.added()
 	return &Snapshot{
 		Time:     t.UTC(),
 		Dataset:  opts.Dataset,
@@ -237,7 +236,7 @@ func (b *backupState) snapshot(opts BackupOptions, rootID ID, start time.Time) *
 			Files: b.nFiles.Load(), Dirs: b.nDirs.Load(),
 			FilesNew: b.nNew.Load(), FilesChanged: b.nChanged.Load(), FilesUnmodified: b.nUnmod.Load(),
 			Bytes: b.bytes.Load(), BytesRead: b.bytesRead.Load(),
-			BytesAdded: b.saver.bytesAdded.Load(), BlobsAdded: b.saver.blobsAdded.Load(),
+			BytesAdded: bytesAdded, BlobsAdded: blobsAdded,
 			Duration: time.Since(start), Skipped: b.nSkipped.Load(),
 		},
 	}
@@ -820,7 +819,7 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 		res.content = append(res.content, id)
 		res.size += int64(len(c.Data))
 		switch {
-		case b.saver.r.index().Has(format.DataHandle(id)):
+		case b.r.index().Has(format.DataHandle(id)):
 			b.bufs.put(bfull)
 		case &c.Data[:1][0] == &bdata[:1][0]: // not reallocated: cut in place
 			if _, err := b.saver.save(DataBlob, id, bfull, len(c.Data)); err != nil {

@@ -70,15 +70,14 @@ func (r *Repository) loadBlob(ctx context.Context, t BlobType, id ID, buf []byte
 	if !ok {
 		return nil, &BlobError{Blob: id, Type: t, Err: fmt.Errorf("%s blob not in index", t)}
 	}
-	sealed, err := loadRange(ctx, r.be, backend.Handle{Type: backend.PackFile, Name: pack.String()}, int64(pb.Offset), int(pb.Length))
+	pr := r.newPackReader(false)
+	pr.plain = buf
+	var out readBlob
+	err := pr.read(ctx, pack, []format.PackedBlob{pb}, func(b readBlob) error { out = b; return nil })
 	if err != nil {
 		return nil, &BlobError{Blob: id, Type: t, Pack: pack, Err: err}
 	}
-	pt, err := r.openBlob(pb, sealed, buf)
-	if err != nil {
-		return nil, &BlobError{Blob: id, Type: t, Pack: pack, Err: err}
-	}
-	return pt, nil
+	return out.Plain, out.Err
 }
 
 // isZero reports whether b is all zero bytes.

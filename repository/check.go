@@ -2,7 +2,6 @@ package repository
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -588,21 +587,17 @@ func (c *checkState) loadTree(ctx context.Context, id ID) (*format.Tree, error) 
 	if _, ok := c.stored[pack]; !ok {
 		return nil, errors.New("pack missing") // already reported
 	}
-	sealed, err := loadRange(ctx, c.r.be, backend.Handle{Type: backend.PackFile, Name: pack.String()}, int64(pb.Offset), int(pb.Length))
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, err
-		}
-		c.problem(packPath(pack), "reading tree %s: %v", id.Short(), err)
-		c.damageBlob(packPath(pack), h)
+	pr := c.r.newPackReader(false)
+	var got readBlob
+	if err := pr.read(ctx, pack, []format.PackedBlob{pb}, func(b readBlob) error { got = b; return nil }); err != nil {
 		return nil, err
 	}
-	pt, err := c.r.openBlob(pb, sealed, nil)
-	if err != nil {
-		c.problem(packPath(pack), "tree blob %s: %v", id.Short(), err)
+	if got.Err != nil {
+		c.problem(packPath(pack), "tree blob %s: %v", id.Short(), blobCause(got.Err))
 		c.damageBlob(packPath(pack), h)
-		return nil, err
+		return nil, got.Err
 	}
+	pt := got.Plain
 	t, err := format.DecodeTree(pt)
 	if err != nil {
 		c.problem(packPath(pack), "tree blob %s: %v", id.Short(), err)
@@ -790,45 +785,21 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 	} else if hdr != nil {
 		blobs = hdr.Blobs
 	}
-	// The pack hash and header are done with, and blobs occupy disjoint
-	// ranges, so each blob is opened in place. Entries of a damaged (or
-	// forged) index may overlap; then each is opened on a copy, so that
-	// one entry cannot spoil the bytes another one is checked against.
-	overlap := entriesOverlap(blobs)
-	var scratch []byte
-	for _, pb := range blobs {
-		end := int64(pb.Offset) + int64(pb.Length)
-		if end > int64(len(buf)) {
-			c.problem(pp, "blob %s lies beyond the end of the pack", pb.ID.Short())
-			c.damageBlob(pp, pb.Handle())
-			continue
+	// The pack hash and header are done with, so blobs are opened in
+	// place.
+	pr := c.r.newPackReader(false)
+	_ = pr.readBuffer(id, buf, blobs, func(b readBlob) error {
+		if b.Err != nil {
+			if errors.Is(b.Err, errBeyondEnd) {
+				c.problem(pp, "blob %s lies beyond the end of the pack", b.Entry.ID.Short())
+			} else {
+				c.problem(pp, "%s blob %s: %v", b.Entry.Type, b.Entry.ID.Short(), blobCause(b.Err))
+			}
+			c.damageBlob(pp, b.Entry.Handle())
 		}
-		sealed := buf[pb.Offset:end:end]
-		if overlap {
-			sealed = slices.Clone(sealed)
-		}
-		pt, err := c.r.openBlob(pb, sealed, scratch)
-		if err != nil {
-			c.problem(pp, "%s blob %s: %v", pb.Type, pb.ID.Short(), err)
-			c.damageBlob(pp, pb.Handle())
-			continue
-		}
-		if pb.Flags&format.FlagZstd != 0 {
-			scratch = pt[:0]
-		}
-	}
+		return nil
+	})
 	return int64(len(buf)), buf, nil
-}
-
-// entriesOverlap reports whether the byte ranges of blobs overlap.
-func entriesOverlap(blobs []format.PackedBlob) bool {
-	sorted := slices.SortedFunc(slices.Values(blobs), func(a, b format.PackedBlob) int { return cmp.Compare(a.Offset, b.Offset) })
-	for i := 1; i < len(sorted); i++ {
-		if int64(sorted[i-1].Offset)+int64(sorted[i-1].Length) > int64(sorted[i].Offset) {
-			return true
-		}
-	}
-	return false
 }
 
 // loadWhole reads a whole object of the given size into buf's memory (or a

@@ -57,25 +57,22 @@ func copySnapshots(ctx context.Context, src, dst *Repository, snaps []*Snapshot,
 		return st, fmt.Errorf("copy: source: %w", err)
 	}
 	defer func() { _ = srcLock.Unlock(context.WithoutCancel(ctx)) }()
-	dstLock, err := dst.Lock(ctx, false)
+	// dst may be a long-lived Repository (the agent keeps them open) while
+	// an earlier, interrupted copy or another process added packs: the
+	// session's fresh index keeps the copy from sending again what dst
+	// holds.
+	w, err := dst.beginWrite(ctx, false)
 	if err != nil {
 		return st, fmt.Errorf("copy: destination: %w", err)
 	}
-	defer func() { _ = dstLock.Unlock(context.WithoutCancel(ctx)) }()
-	// dst may be a long-lived Repository (the agent keeps them open) while
-	// an earlier, interrupted copy or another process added packs: without
-	// a fresh index the copy would send again what dst holds.
-	if err := dst.refreshIndex(ctx, true); err != nil {
-		return st, fmt.Errorf("copy: destination index: %w", err)
-	}
+	defer w.end()
 
 	existing, err := dst.Snapshots(ctx)
 	if err != nil {
 		return st, fmt.Errorf("copy: destination: %w", err)
 	}
-	c := &copier{ctx: ctx, src: src, dst: dst, lock: dstLock, st: st, seen: map[BlobHandle]bool{}, progress: progress, total: int64(len(snaps)), commitEvery: commitEvery}
-	c.start()
-	defer c.abort()
+	c := &copier{ctx: ctx, src: src, dst: dst, w: w, st: st, seen: map[BlobHandle]bool{}, progress: progress, total: int64(len(snaps)), commitEvery: commitEvery}
+	w.start()
 	for i, sn := range snaps {
 		c.current = sn.ID.Short()
 		c.report(int64(i), false)
@@ -100,10 +97,7 @@ func copySnapshots(ctx context.Context, src, dst *Repository, snaps []*Snapshot,
 				out.Parent = p
 			}
 		}
-		if err := dstLock.Valid(); err != nil {
-			return st, fmt.Errorf("copy snapshot %s: %w", sn.ID.Short(), err)
-		}
-		if err := dst.saveSnapshot(ctx, &out); err != nil {
+		if err := w.saveSnapshot(&out); err != nil {
 			return st, fmt.Errorf("copy snapshot %s: %w", sn.ID.Short(), err)
 		}
 		existing = append(existing, &out)
@@ -166,11 +160,17 @@ func findCopied(ctx context.Context, existing []*Snapshot, parent *ID, src *Repo
 	return nil
 }
 
+// blobLoader returns the verified plaintext of a blob
+// (Repository.loadBlob).
+type blobLoader interface {
+	loadBlob(ctx context.Context, t BlobType, id ID, buf []byte) ([]byte, error)
+}
+
 // copier moves blobs from src to dst through dst's blob saver.
 type copier struct {
 	ctx      context.Context
-	src, dst *Repository
-	lock     *Lock
+	src      blobLoader
+	dst      *Repository
 	st       *CopyStats
 	seen     map[BlobHandle]bool // queued in this run
 	progress func(Progress)
@@ -181,56 +181,24 @@ type copier struct {
 
 	commitEvery int64
 
-	g      *errgroup.Group
-	gctx   context.Context
-	cancel context.CancelFunc
-	saver  *blobSaver
-	queued atomic.Int64 // plaintext bytes queued since the last commit
-	bytes  atomic.Int64 // plaintext bytes copied (progress)
-}
-
-func (c *copier) start() {
-	ctx, cancel := context.WithCancel(c.ctx)
-	c.cancel = cancel
-	c.g, c.gctx = errgroup.WithContext(ctx)
-	c.saver = c.dst.newBlobSaver(c.gctx, c.g, &bufPool{})
-	c.queued.Store(0)
-}
-
-// abort stops a saver that was not committed.
-func (c *copier) abort() {
-	if c.saver == nil {
-		return
-	}
-	c.cancel()
-	_, _ = c.saver.flush()
-	_ = c.g.Wait()
-	c.saver = nil
+	w      *writeSession // its saver is the destination's
+	queued atomic.Int64  // plaintext bytes queued since the last commit
+	bytes  atomic.Int64  // plaintext bytes copied (progress)
 }
 
 // commit makes everything queued durable and indexed in dst, then starts a
 // new saver.
 func (c *copier) commit() error {
-	packs, err := c.saver.flush()
-	if gerr := c.g.Wait(); err == nil {
-		err = gerr
-	}
-	c.cancel()
-	c.saver = nil
+	packs, err := c.w.commit()
 	if err != nil {
-		return err
-	}
-	if err := c.lock.Valid(); err != nil {
-		return err
-	}
-	if err := c.dst.commitPacks(c.ctx, packs); err != nil {
 		return err
 	}
 	for _, p := range packs {
 		c.st.BlobsCopied += int64(len(p.Blobs))
 		c.st.BytesCopied += p.Size
 	}
-	c.start()
+	c.queued.Store(0)
+	c.w.start()
 	return nil
 }
 
@@ -289,7 +257,7 @@ func (c *copier) tree(id ID) error {
 			}
 		}
 	}
-	if _, err := c.saver.saveCopy(TreeBlob, raw); err != nil {
+	if _, err := c.w.saver.saveCopy(TreeBlob, raw); err != nil {
 		return err
 	}
 	c.seen[format.TreeHandle(id)] = true
@@ -305,7 +273,7 @@ func (c *copier) blob(ctx context.Context, t BlobType, id ID) error {
 	if err != nil {
 		return fmt.Errorf("source: %w", err)
 	}
-	if _, err := c.saver.saveCopy(t, data); err != nil {
+	if _, err := c.w.saver.saveCopy(t, data); err != nil {
 		return err
 	}
 	c.queued.Add(int64(len(data)))

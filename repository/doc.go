@@ -15,12 +15,37 @@
 //     id), one location per blob. It owns its map and lock.
 //   - Core, in this package: Repository (open, init, keys, config), locks
 //     (lock.go), loading and refreshing the index from index/ (index.go),
-//     the blob saver that deduplicates, compresses, seals, packs and uploads
-//     (pipeline.go), pack writing and pack-header reading (pack.go),
-//     verified blob reading (blob.go), trees and snapshots (tree.go,
-//     snapshot.go).
+//     trees and snapshots (tree.go, snapshot.go), and one component for
+//     each step of writing and reading:
+//   - The pack builder (pack.go) assembles one pack in memory, in a temp
+//     file or staged in the repository, hashing it as it goes; its fits
+//     rule keeps every pack, header and trailer included, within
+//     pack_size unless one blob alone is larger.
+//   - The blob saver (pipeline.go) deduplicates by (type, id) against the
+//     index and its own pending set, compresses, seals, and fills packs
+//     through the pack builder; what it writes is durable but unreachable
+//     until the packs are committed.
+//   - The write session (session.go) is the only way backup, stream
+//     backup and copy write: shared lock, strict index refresh, one or
+//     more savers, and on commit: flush and wait, lock still valid, index
+//     files for the packs, and only then the snapshot.
+//   - The repacker (repack.go) moves blobs already sealed with this key
+//     into new packs through the same pack builder (prune's rewrite,
+//     heal). It writes packs only; the caller writes the superseding
+//     index files after checking its lock.
+//   - The pack reader (packread.go) is the only way blobs are read out of
+//     packs (single blob loads, copy, restore, check, fixity, heal,
+//     prune): it loads the needed byte ranges of a pack, nearby ranges in
+//     one request, or takes a whole pack already in memory, verifies each
+//     blob and hands its plaintext (and, on request, its sealed bytes) to
+//     a callback; a blob that fails arrives as a *BlobError naming pack
+//     and blob, and the read goes on with the next.
 //   - Operations on top: backup and stream backup, restore, check and
-//     fixity, forget and prune, copy, stats and ls.
+//     fixity, forget and prune, copy, stats and ls. Where a part needs
+//     only one role of another, it names that role as a small interface
+//     where it is used (backup's blob sink, copy's blob loader, the pack
+//     reader's loader and opener), so that a test can hand it a real part
+//     wrapped to count or to fail.
 //
 // # Contracts between the parts
 //
@@ -29,20 +54,20 @@
 //     blob and a tree blob with the same id are two blobs.
 //   - Every blob read back is verified: the seal (AEAD or checksum), the
 //     decompressed length, and the SHA-256 of the plaintext against its id.
-//     Code that loads byte ranges of packs itself (restore, check
-//     --read-data, fixity, prune) opens each blob through the same
-//     verified path (openBlob), never with the sealer alone.
-//   - Writers take their lock, then refresh the index strictly, then save
-//     blobs; they write packs, then the index files that list them, then
-//     the snapshot that references them, and check that their lock is
-//     still valid before they write the index. A reader that meets
-//     these objects in the reverse order (snapshots, index, packs) never
-//     sees a reference to something not yet written.
+//     All of it happens in the pack reader (through openBlob); no
+//     operation opens a blob with the sealer alone.
+//   - Writers write packs, then the index files that list them, then the
+//     snapshot that references them, and check that their lock is still
+//     valid before they write the index; the write session does this for
+//     every writer that adds snapshots. A reader that meets these objects
+//     in the reverse order (snapshots, index, packs) never sees a
+//     reference to something not yet written.
 //   - Pack names are the SHA-256 of the pack bytes: a fixity pass verifies
 //     a whole pack with sha256 alone (no key), then each blob with the key.
 //   - Prune follows the deletion rule in FORMAT.md ("Locks and prune"): it
 //     writes index files that supersede the old ones before it deletes any
-//     pack, and deletes the old index files last.
+//     pack, and deletes the old index files last. Heal supersedes the index
+//     files that list the damaged pack the same way.
 //
 // Backups write packs straight into a local repository
 // (local.Backend.Stage: a temp file renamed into place on commit). For other

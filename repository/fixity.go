@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"slices"
 	"sort"
-	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/format"
@@ -279,14 +278,22 @@ func (r *Repository) HealPack(ctx context.Context, pack ID, sources []*Repositor
 	}
 	var out []healed
 	var missing []string
-	for _, pb := range entries {
-		if rerr == nil && int64(pb.Offset)+int64(pb.Length) <= int64(len(whole)) {
-			sealed := whole[pb.Offset : pb.Offset+pb.Length]
-			if _, err := r.openBlob(pb, slices.Clone(sealed), nil); err == nil {
-				out = append(out, healed{pb: pb, sealed: sealed})
-				res.FromPack++
-				continue
+	// Blobs of the damaged pack that still verify are kept as they are.
+	fromPack := make([][]byte, len(entries))
+	if rerr == nil {
+		pr := r.newPackReader(true)
+		_ = pr.readBuffer(pack, whole, entries, func(b readBlob) error {
+			if b.Err == nil {
+				fromPack[b.Index] = b.Sealed
 			}
+			return nil
+		})
+	}
+	for i, pb := range entries {
+		if fromPack[i] != nil {
+			out = append(out, healed{pb: pb, sealed: fromPack[i]})
+			res.FromPack++
+			continue
 		}
 		pt, err := fetchGood(ctx, pb.Handle(), sources)
 		if err != nil {
@@ -306,36 +313,19 @@ func (r *Repository) HealPack(ctx context.Context, pack ID, sources []*Repositor
 		return nil, fmt.Errorf("heal %s: %w for %d blob(s): %s", pp, ErrCannotHeal, len(missing), joinShort(missing, 5))
 	}
 
-	var newPacks []format.IndexPack
-	var cur packBuilder
-	flush := func() error {
-		if len(cur.blobs) == 0 {
-			return nil
-		}
-		id, err := cur.finish(r.seal, time.Now())
-		if err != nil {
-			return err
-		}
-		if err := saveBytes(ctx, r.be, backend.Handle{Type: backend.PackFile, Name: id.String()}, cur.buf); err != nil {
-			return err
-		}
-		newPacks = append(newPacks, format.IndexPack{ID: id, Size: int64(len(cur.buf)), Blobs: slices.Clone(cur.blobs)})
-		res.NewPacks = append(res.NewPacks, id)
-		cur = packBuilder{}
-		return nil
-	}
+	rp := r.newRepacker(ctx)
+	defer rp.close()
 	for _, h := range out {
-		if len(cur.buf) > 0 && int64(len(cur.buf)+len(h.sealed)) > r.cfg.PackSize {
-			if err := flush(); err != nil {
-				return nil, fmt.Errorf("heal %s: %w", pp, err)
-			}
-		}
-		if err := cur.add(h.pb.Type, h.pb.ID, h.pb.Flags, int(h.pb.RawLength), h.sealed); err != nil {
+		if err := rp.add(h.pb, h.sealed); err != nil {
 			return nil, fmt.Errorf("heal %s: %w", pp, err)
 		}
 	}
-	if err := flush(); err != nil {
+	newPacks, err := rp.finish()
+	if err != nil {
 		return nil, fmt.Errorf("heal %s: %w", pp, err)
+	}
+	for _, np := range newPacks {
+		res.NewPacks = append(res.NewPacks, np.ID)
 	}
 	// Packs are durable; now the one index file that moves readers to
 	// them (FORMAT.md §10: packs before index). A crash before it leaves

@@ -134,6 +134,32 @@ func newPackBuilderBuf(buf []byte) *packBuilder {
 	return &packBuilder{hash: sha256.New(), buf: buf[:0]}
 }
 
+// startPack starts a pack where the blob saver would (packMode), for
+// writers that fill one pack at a time.
+func (r *Repository) startPack(ctx context.Context) (*packBuilder, error) {
+	mode, st := r.packMode()
+	switch mode {
+	case packStaged:
+		p, err := newStagedPackBuilder(ctx, st)
+		if err != nil {
+			return nil, fmt.Errorf("start a pack: %w", err)
+		}
+		return p, nil
+	case packInMemory:
+		return newPackBuilder(true), nil
+	default:
+		return newPackBuilder(false), nil
+	}
+}
+
+// fits reports whether a blob of sealedLen bytes can join the pack without
+// the whole pack, header and trailer included, growing beyond limit. An
+// empty pack takes any blob, so that a blob larger than limit gets a pack
+// of its own.
+func (p *packBuilder) fits(s *format.Sealer, sealedLen int, limit int64) bool {
+	return len(p.blobs) == 0 || p.size+int64(sealedLen)+format.PackOverhead(s, len(p.blobs)+1) <= limit
+}
+
 func (p *packBuilder) write(b []byte) error {
 	if p.hash == nil {
 		p.hash = sha256.New() // zero value: an in-memory builder

@@ -327,7 +327,7 @@ func (s *blobSaver) packLoop() error {
 		// The whole pack, header included, stays within pack_size (unless a
 		// single blob is larger), so an in-memory pack never outgrows its
 		// buffer.
-		if cur != nil && len(cur.blobs) > 0 && cur.size+int64(len(sb.sealed))+format.PackOverhead(s.r.seal, len(cur.blobs)+1) > limit {
+		if cur != nil && !cur.fits(s.r.seal, len(sb.sealed), limit) {
 			if err := flush(); err != nil {
 				return err
 			}
@@ -391,6 +391,11 @@ func (s *blobSaver) savePack(fp *finishedPack) error {
 	s.bytesAdded.Add(p.size)
 	s.blobsAdded.Add(int64(len(p.blobs)))
 	return nil
+}
+
+// added returns the packed bytes and the blobs written so far.
+func (s *blobSaver) added() (bytes, blobs int64) {
+	return s.bytesAdded.Load(), s.blobsAdded.Load()
 }
 
 // flush closes the pipeline and waits until every queued blob is in a

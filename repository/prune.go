@@ -285,51 +285,32 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, op
 	}
 
 	// Rewrite: copy the used blobs, still sealed, into new packs.
-	var newPacks []format.IndexPack
-	var cur packBuilder
-	flush := func() error {
-		if len(cur.blobs) == 0 {
-			return nil
-		}
-		id, err := cur.finish(r.seal, time.Now())
-		if err != nil {
-			return err
-		}
-		if err := saveBytes(ctx, r.be, backend.Handle{Type: backend.PackFile, Name: id.String()}, cur.buf); err != nil {
-			return err
-		}
-		newPacks = append(newPacks, format.IndexPack{ID: id, Size: int64(len(cur.buf)), Blobs: append([]format.PackedBlob(nil), cur.blobs...)})
-		cur = packBuilder{}
-		return nil
-	}
+	rp := r.newRepacker(ctx)
+	defer rp.close()
 	for _, id := range toRewrite {
 		pu := packs[id]
 		h := backend.Handle{Type: backend.PackFile, Name: id.String()}
-		for _, pb := range pu.keep {
-			sealed, err := loadRange(ctx, r.be, h, int64(pb.Offset), int(pb.Length))
-			if err != nil {
-				return st, fmt.Errorf("rewrite %s: %w", h, err)
+		pr := r.newPackReader(true)
+		err := pr.read(ctx, id, pu.keep, func(b readBlob) error {
+			if b.Err != nil {
+				return fmt.Errorf("rewrite %s: %w; run check and repair before pruning", h, b.Err)
 			}
-			// Verify on a copy: openBlob works in place.
-			if _, err := r.openBlob(pb, append([]byte(nil), sealed...), nil); err != nil {
-				return st, fmt.Errorf("rewrite %s: blob %s is damaged (%v); run check and repair before pruning", h, pb.ID, err)
+			if err := rp.add(b.Entry, b.Sealed); err != nil {
+				return fmt.Errorf("rewrite %s: %w", h, err)
 			}
-			if len(cur.buf) > 0 && int64(len(cur.buf)+len(sealed)) > r.cfg.PackSize {
-				if err := flush(); err != nil {
-					return st, err
-				}
-			}
-			if err := cur.add(pb.Type, pb.ID, pb.Flags, int(pb.RawLength), sealed); err != nil {
-				return st, fmt.Errorf("rewrite %s: %w", h, err)
-			}
-			st.BytesRepacked += int64(len(sealed))
+			return nil
+		})
+		if err != nil {
+			return st, err
 		}
 		deletePacks[id] = pu.size
 		st.PacksRewritten++
 	}
-	if err := flush(); err != nil {
+	newPacks, err := rp.finish()
+	if err != nil {
 		return st, err
 	}
+	st.BytesRepacked = rp.bytes
 
 	// Unindexed packs (crash leftovers, or a running backup's): FORMAT.md
 	// §12 rule 2.

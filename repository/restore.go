@@ -20,7 +20,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/format"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
@@ -889,18 +888,17 @@ func (rs *restorer) deliver(b *packBlob, data []byte, berr error) {
 	}
 }
 
-// packRange is a contiguous byte range of a pack holding needed blobs.
+// packRange is a contiguous byte range of a pack holding needed blobs,
+// which one request loads.
 type packRange struct {
-	pack  ID
-	start int64
-	end   int64
-	blobs []*packBlob
+	pack    ID
+	blobs   []*packBlob
+	entries []format.PackedBlob // of blobs
 }
 
 // ranges groups the needed blobs of all packs into ranges that one Load
 // each fetches; blobs separated by small gaps share a range.
 func (rs *restorer) ranges() []packRange {
-	const maxGap, maxRange = 256 << 10, 32 << 20
 	var out []packRange
 	ids := make([]ID, 0, len(rs.packs))
 	for id := range rs.packs {
@@ -925,16 +923,14 @@ func (rs *restorer) ranges() []packRange {
 			blobs = append(blobs, b)
 		}
 		sort.Slice(blobs, func(i, j int) bool { return blobs[i].pb.Offset < blobs[j].pb.Offset })
-		var cur *packRange
-		for _, b := range blobs {
-			s, e := int64(b.pb.Offset), int64(b.pb.Offset)+int64(b.pb.Length)
-			if cur != nil && s-cur.end <= maxGap && e-cur.start <= maxRange {
-				cur.end = e
-				cur.blobs = append(cur.blobs, b)
-				continue
-			}
-			out = append(out, packRange{pack: pid, start: s, end: e, blobs: []*packBlob{b}})
-			cur = &out[len(out)-1]
+		entries := make([]format.PackedBlob, len(blobs))
+		for i, b := range blobs {
+			entries[i] = b.pb
+		}
+		from := 0
+		for _, to := range rangeSplit(entries) {
+			out = append(out, packRange{pack: pid, blobs: blobs[from:to], entries: entries[from:to]})
+			from = to
 		}
 	}
 	return out
@@ -965,73 +961,23 @@ func (rs *restorer) writeContents(ctx context.Context) error {
 			return nil
 		})
 	}
-	// One sealed buffer and one plaintext buffer per worker, reused.
-	type bufs struct{ sealed, plain []byte }
+	// One reader per worker, whose buffers are reused.
 	var pool sync.Pool
 	for _, rg := range rs.ranges() {
 		g.Go(func() error {
-			b, _ := pool.Get().(*bufs)
-			if b == nil {
-				b = &bufs{}
+			pr, _ := pool.Get().(*packReader)
+			if pr == nil {
+				pr = rs.r.newPackReader(false)
 			}
-			err := rs.fetchRange(gctx, rg, &b.sealed, &b.plain)
-			pool.Put(b)
+			err := pr.read(gctx, rg.pack, rg.entries, func(b readBlob) error {
+				rs.deliver(rg.blobs[b.Index], b.Plain, b.Err)
+				return nil
+			})
+			pool.Put(pr)
 			return err
 		})
 	}
 	return g.Wait()
-}
-
-func (rs *restorer) fetchRange(ctx context.Context, rg packRange, sealedBuf, plainBuf *[]byte) error {
-	h := backend.Handle{Type: backend.PackFile, Name: rg.pack.String()}
-	failAll := func(from int, err error) {
-		for _, b := range rg.blobs[from:] {
-			rs.deliver(b, nil, &BlobError{Blob: b.pb.ID, Pack: rg.pack, Err: err})
-		}
-	}
-	rd, err := rs.r.be.Load(ctx, h, int(rg.end-rg.start), rg.start)
-	if err != nil {
-		if ctx.Err() != nil {
-			return context.Cause(ctx)
-		}
-		failAll(0, err)
-		return nil
-	}
-	defer func() { _ = rd.Close() }()
-	pos := rg.start
-	for i, b := range rg.blobs {
-		if err := ctx.Err(); err != nil {
-			return context.Cause(ctx)
-		}
-		if skip := int64(b.pb.Offset) - pos; skip > 0 {
-			if _, err := io.CopyN(io.Discard, rd, skip); err != nil {
-				failAll(i, err)
-				return nil
-			}
-		}
-		if cap(*sealedBuf) < int(b.pb.Length) {
-			*sealedBuf = make([]byte, b.pb.Length)
-		}
-		sealed := (*sealedBuf)[:b.pb.Length]
-		if _, err := io.ReadFull(rd, sealed); err != nil {
-			if ctx.Err() != nil {
-				return context.Cause(ctx)
-			}
-			failAll(i, err)
-			return nil
-		}
-		pos = int64(b.pb.Offset) + int64(b.pb.Length)
-		pt, err := rs.r.openBlob(b.pb, sealed, *plainBuf)
-		if err != nil {
-			rs.deliver(b, nil, &BlobError{Blob: b.pb.ID, Pack: rg.pack, Err: err})
-			continue
-		}
-		if b.pb.Flags&format.FlagZstd != 0 {
-			*plainBuf = pt
-		}
-		rs.deliver(b, pt, nil)
-	}
-	return nil
 }
 
 // RestoreFile streams one regular file (slash path relative to the

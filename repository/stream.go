@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/custos-backup/custos/repository/format"
-	"golang.org/x/sync/errgroup"
 )
 
 // BackupStream stores rd as one regular file called name at the top of the
@@ -20,15 +19,11 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 	if err := format.CheckName(name); err != nil {
 		return nil, fmt.Errorf("backup stream: %w", err)
 	}
-	lock, err := r.Lock(ctx, false)
+	w, err := r.beginWrite(ctx, true)
 	if err != nil {
 		return nil, fmt.Errorf("backup stream %q: %w", name, err)
 	}
-	defer func() { _ = lock.Unlock(context.WithoutCancel(ctx)) }()
-	defer r.removeOldLeftovers(ctx)()
-	if err := r.refreshIndex(ctx, true); err != nil {
-		return nil, fmt.Errorf("backup stream %q: %w", name, err)
-	}
+	defer w.end()
 	var parent *Snapshot
 	if !opts.NoParent {
 		if parent, _, err = r.parentFor(ctx, &opts); err != nil {
@@ -36,14 +31,11 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 		}
 	}
 
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	g, gctx := errgroup.WithContext(ctx)
-	bufs := &bufPool{}
-	saver := r.newBlobSaver(gctx, g, bufs)
-	b := &backupState{r: r, ctx: gctx, saver: saver, bufs: bufs, opts: &opts}
-	for _, w := range r.indexDamageWarnings() {
-		b.warn("%s", w)
+	w.start()
+	saver := w.saver
+	b := &backupState{r: r, ctx: w.ctx, saver: saver, bufs: w.bufs, opts: &opts}
+	for _, msg := range r.indexDamageWarnings() {
+		b.warn("%s", msg)
 	}
 
 	n := format.Node{Name: name, Type: format.NodeFile, Mode: 0o600, UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), Links: 1}
@@ -90,12 +82,9 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 	if readErr != nil {
 		// Stop the pipeline; whatever packs were uploaded stay unreferenced
 		// (no index, no snapshot) and are removed by prune.
-		cancel(readErr)
+		w.stop(readErr)
 	}
-	packs, err := saver.flush()
-	if gerr := g.Wait(); err == nil {
-		err = gerr
-	}
+	packs, err := w.flush()
 	if readErr == nil && err == nil {
 		b.nFiles.Store(1)
 	}
@@ -107,10 +96,7 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 	if err != nil {
 		return nil, fmt.Errorf("backup stream %q: %w", name, err)
 	}
-	if err := lock.Valid(); err != nil {
-		return nil, fmt.Errorf("backup stream %q: %w", name, err)
-	}
-	if err := r.commitPacks(ctx, packs); err != nil {
+	if err := w.commitPacks(packs); err != nil {
 		return nil, fmt.Errorf("backup stream %q: %w", name, err)
 	}
 	b.nNew.Store(1)
@@ -120,7 +106,7 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 		pid := parent.ID
 		sn.Parent = &pid
 	}
-	if err := r.saveSnapshot(ctx, sn); err != nil {
+	if err := w.saveSnapshot(sn); err != nil {
 		return nil, fmt.Errorf("backup stream %q: %w", name, err)
 	}
 	return sn, nil
