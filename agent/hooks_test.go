@@ -53,10 +53,12 @@ on_failure_command: 'env | grep ^CUSTOS_ | sort >> source-hook.out'
 	a.SubmitSource("other")
 	srcHook := filepath.Join(ts.dir, "source-hook.out")
 	agentHook := filepath.Join(ts.dir, "agent-hook.other")
+	// The shell creates the file before env writes to it: wait for the
+	// whole of it (sort prints when env is done).
 	waitFor(ctx, t, "both hooks", func() bool {
-		_, e1 := os.Stat(srcHook)
-		_, e2 := os.Stat(agentHook)
-		return e1 == nil && e2 == nil
+		b1, _ := os.ReadFile(srcHook)
+		b2, _ := os.ReadFile(agentHook)
+		return strings.Contains(string(b1), "CUSTOS_SOURCE=") && strings.Contains(string(b2), "CUSTOS_SOURCE=")
 	})
 	stop()
 	if err := <-done; err != nil {
