@@ -21,6 +21,11 @@ type metrics struct {
 	files        *prometheus.CounterVec
 	lastSuccess  *prometheus.GaugeVec
 	listFailures *prometheus.CounterVec
+	// Per dataset and kind, for alerting rules: a failure counter, the
+	// last outcome (1 ok, 0 not), and when a job of it last succeeded.
+	jobFailures    *prometheus.CounterVec
+	jobLastOK      *prometheus.GaugeVec
+	jobLastSuccess *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -48,7 +53,17 @@ func newMetrics() *metrics {
 			Name: "custos_source_list_failures_total", Help: "Source runs that failed before any dataset started (datasets_command failed).",
 		}, []string{"source"}),
 	}
+	m.jobFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "custos_job_failures_total", Help: "Jobs whose final attempt failed (error or timeout), by kind, source and dataset.",
+	}, []string{"kind", "source", "dataset"})
+	m.jobLastOK = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "custos_job_last_outcome_ok", Help: "1 if the last job of this kind, source and dataset ended ok, 0 if it failed (canceled jobs do not count).",
+	}, []string{"kind", "source", "dataset"})
+	m.jobLastSuccess = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "custos_job_last_success_timestamp_seconds", Help: "When a job of this kind, source and dataset last ended ok.",
+	}, []string{"kind", "source", "dataset"})
 	m.reg.MustRegister(m.jobs, m.datasets, m.bytes, m.bytesAdded, m.files, m.lastSuccess, m.listFailures,
+		m.jobFailures, m.jobLastOK, m.jobLastSuccess,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -65,6 +80,14 @@ func (m *metrics) watchRunner(r *jobs.Runner) {
 func (m *metrics) jobChanged(s jobs.Status) {
 	if s.State == jobs.StateDone {
 		m.jobs.WithLabelValues(s.Kind, string(s.Result)).Inc()
+		switch s.Result {
+		case jobs.ResultOK:
+			m.jobLastOK.WithLabelValues(s.Kind, s.Source, s.Dataset).Set(1)
+			m.jobLastSuccess.WithLabelValues(s.Kind, s.Source, s.Dataset).Set(float64(s.Finished.Unix()))
+		case jobs.ResultError, jobs.ResultTimeout:
+			m.jobFailures.WithLabelValues(s.Kind, s.Source, s.Dataset).Inc()
+			m.jobLastOK.WithLabelValues(s.Kind, s.Source, s.Dataset).Set(0)
+		}
 	}
 }
 

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/custos-backup/custos/jobs"
@@ -51,6 +53,21 @@ func TestOutcomesOutliveRestart(t *testing.T) {
 			os := a.Status(ctx).Outcomes
 			return find(os, "db", "main") != nil && find(os, "bad", "x") != nil
 		})
+		// The counters alerting rules need.
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest("GET", "/metrics", nil)
+		req.Host = "127.0.0.1:7373"
+		a.Handler().ServeHTTP(rec, req)
+		for _, want := range []string{
+			`custos_job_failures_total{dataset="x",kind="ingest",source="bad"} 1`,
+			`custos_job_last_outcome_ok{dataset="x",kind="ingest",source="bad"} 0`,
+			`custos_job_last_outcome_ok{dataset="main",kind="ingest",source="db"} 1`,
+			`custos_job_last_success_timestamp_seconds{dataset="main",kind="ingest",source="db"} `,
+		} {
+			if !strings.Contains(rec.Body.String(), want) {
+				t.Errorf("/metrics lacks %s", want)
+			}
+		}
 	})
 	run(func(a *Agent) {
 		rep := a.Status(ctx)
