@@ -248,11 +248,30 @@ func (a *Agent) submitSource(ctx context.Context, name string) ([]string, error)
 	if src == nil {
 		return nil, fmt.Errorf("no source %q in the configuration", name)
 	}
+	if src.DatasetsCommand != "" {
+		// The command may take long or fail: it runs as a job of its own
+		// (visible, cancellable, bounded by the source's timeout), which
+		// then submits the datasets' jobs. The caller gets its id.
+		id, err := a.runner.Submit(ctx, a.newListJob(rc, src))
+		if errors.Is(err, jobs.ErrAlreadyRunning) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("source %s: %w", src.Name, err)
+		}
+		return []string{id}, nil
+	}
 	dss, err := Datasets(ctx, rc.Shell().WithDir(rc.Config.Dir), src)
 	if err != nil {
 		a.metrics.sourceListFailed(name)
 		return nil, err
 	}
+	return a.submitDatasets(ctx, rc, src, dss)
+}
+
+// submitDatasets submits one ingest job per dataset, all parts of one
+// backup, and returns their ids; datasets already running are skipped.
+func (a *Agent) submitDatasets(ctx context.Context, rc *RuntimeContext, src *SourceSpec, dss []Dataset) ([]string, error) {
 	b := NewBackup(rc.Config.Hostname, time.Now())
 	var ids []string
 	for _, ds := range dss {
@@ -266,6 +285,28 @@ func (a *Agent) submitSource(ctx context.Context, name string) ([]string, error)
 		ids = append(ids, id)
 	}
 	return ids, nil
+}
+
+// newListJob runs a source's datasets_command as a job on the ingest
+// queue, then submits the ingest jobs of the datasets it printed.
+func (a *Agent) newListJob(rc *RuntimeContext, src *SourceSpec) jobs.Job {
+	return jobs.New(jobs.Info{
+		Kind:        "ingest",
+		LockKey:     "list:" + src.Name,
+		IfLocked:    jobs.LockSkip,
+		Description: "list the datasets of " + src.Name,
+		Source:      src.Name,
+	}, func(ctx context.Context) error {
+		ctx = shell.ContextWithLogger(ctx, jobs.Logger(ctx))
+		dss, err := Datasets(ctx, rc.SourceShell(src).WithDir(rc.Config.Dir), src)
+		if err != nil {
+			a.metrics.sourceListFailed(src.Name)
+			return err
+		}
+		ids, err := a.submitDatasets(a.ctx, rc, src, dss)
+		jobs.Logger(ctx).Info("datasets listed", "datasets", len(dss), "jobs", strings.Join(ids, ","))
+		return err
+	})
 }
 
 // newIngestJob is the job that backs up one dataset of a source as part
