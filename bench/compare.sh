@@ -166,9 +166,7 @@ repo_of() {
 }
 bucket_of() { echo "bench-$1-$tag-r$round"; }
 kopia_cfg() { echo "$run/kopia-$tag.config"; }
-K() { "$KOPIA" --config-file "$(kopia_cfg)" --log-dir "$run/kopia-logs" "$@"; }
-# kopia_argv: sets the array kopia to K's command line, for measure, which
-# runs a program rather than a shell function.
+# kopia_argv: sets the array kopia to the kopia command line of this mode.
 kopia_argv() { kopia=("$KOPIA" --config-file "$(kopia_cfg)" --log-dir "$run/kopia-logs"); }
 
 # init_tool TOOL: creates the tool's repository (measured as "init").
@@ -192,7 +190,7 @@ init_tool() {
 				--cache-directory "$run/cache/kopia-$tag"
 		fi
 		# kopia stores data uncompressed unless a policy says otherwise.
-		K policy set --global --compression=zstd >>"$run/logs/$tag-$t-init.log" 2>&1
+		"${kopia[@]}" policy set --global --compression=zstd >>"$run/logs/$tag-$t-init.log" 2>&1
 		;;
 	esac
 }
@@ -231,14 +229,13 @@ step() {
 		esac || true
 		;;
 	restore)
-		local target=$run/restore-$t id=
+		local target=$run/restore-$t
 		rm -rf "$target"
-		[ "$t" != kopia ] || id=$(K snapshot list "$DATA" --json | sed -n 's/^ *"id": "\(.*\)",$/\1/p' | tail -n1)
 		prepare "$repo"
 		case $t in
 		custos) measure "$name" "$bin/custos" repo --repo "$repo" --quiet restore --snapshot latest --target "$target" ;;
 		restic*) measure "$name" "$(restic_bin "$t")" --repo "$repo" --quiet restore latest --target "$target" ;;
-		kopia) measure "$name" "${kopia[@]}" snapshot restore "$id" "$target" ;;
+		kopia) measure "$name" "${kopia[@]}" snapshot restore "$DATA" "$target" ;; # the latest snapshot of that path
 		esac || return 0
 		local got=$target
 		[ "${t#restic}" = "$t" ] || got=$target$DATA
