@@ -4,9 +4,9 @@
 #
 #   restic 0.14   Debian's package (apt-get), the oldest peer
 #   restic 0.18.1 built from source with go install
-#   kopia 0.21.1  built from source: `go install` refuses kopia's module (its
-#                 go.mod has replace directives), so the module is fetched with
-#                 `go mod download` and built in the folder it names
+#   kopia 0.21.1  built from source: `go install` is refused for kopia's
+#                 module, so the module is fetched with `go mod download` and
+#                 built in the folder it names
 #
 # Built binaries are cached in $PEER_CACHE (default ~/.cache/custos/bench),
 # one folder per tool and version, and never rebuilt while they are there.
