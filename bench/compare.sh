@@ -299,7 +299,8 @@ gen() {
 	fi
 	data_bytes=$(bytes_of "$DATA")
 	data_files=$(find "$DATA" -type f | wc -l)
-	echo "$data_bytes $data_files" >"$run/logs/$1.data"
+	data_disk=$(du -sm "$DATA" | cut -f1) # MiB in blocks, which small files round up
+	echo "$data_bytes $data_files $data_disk" >"$run/logs/$1.data"
 }
 
 clean_round() {
@@ -458,7 +459,7 @@ for mode in $MODES; do
 		[ "$mode" != s3 ] || t=s3-${S3_DELAY_MS}ms
 		rounds=$(wc -l <"$run/logs/$t-custos-backup1.time" 2>/dev/null || echo 0)
 		[ "$rounds" != 0 ] || { echo "no $mode figures in $run/logs" >&2; continue; }
-		read -r data_bytes data_files <"$run/logs/$mode.data" || true
+		read -r data_bytes data_files data_disk <"$run/logs/$mode.data" || true
 	elif [ "$mode" = s3 ] && [ -z "$s3env_pid" ]; then
 		start_s3env "$rounds"
 	fi
@@ -525,7 +526,7 @@ for mode in $MODES; do
 	cold) table "Local repository, cold page cache, median of $rounds rounds, wall seconds" best "${tools[@]}" ;;
 	small)
 		tag=small
-		table "$data_files small files ($((data_bytes / 1048576)) MiB), local repository, cold page cache, median of $rounds rounds, wall seconds" best "${tools[@]}"
+		table "$data_files small files ($((data_bytes / 1048576)) MiB of content, $data_disk MiB on disk), local repository, cold page cache, median of $rounds rounds, wall seconds" best "${tools[@]}"
 		;;
 	s3)
 		ref=best
