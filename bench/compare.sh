@@ -368,12 +368,13 @@ table() {
 	local ts=("$@") rows=() r t v
 	case $tag in
 	local | cold) rows=("first backup|s|backup1|0.5" "no-change backup|s|backup2|0.67" "mutated backup|s|backup3|0.67"
-		"check, all data|s|check|0.67" "restore|s|restore|" "peak RSS, first backup (MiB)|m|backup1|" "repository size (MiB)|z|size|") ;;
+		"check, all data|s|check|0.67" "restore|s|restore|" "peak RSS, first backup (MiB)|m|backup1|"
+		"peak RSS, restore (MiB)|m|restore|" "repository size (MiB)|z|size|") ;;
 	s3-*) rows=("first backup|s|backup1|0.5" "check --read-data|s|check|0.67" "restore|s|restore|0.67"
 		"copy local to S3|s|copy|0.5" "peak RSS, first backup (MiB)|m|backup1|" "peak RSS, restore (MiB)|m|restore|"
 		"repository size (MiB)|z|size|") ;;
 	small) rows=("first backup|s|backup1|" "no-change backup|s|backup2|" "restore|s|restore|"
-		"peak RSS, first backup (MiB)|m|backup1|" "repository size (MiB)|z|size|") ;;
+		"peak RSS, first backup (MiB)|m|backup1|" "peak RSS, restore (MiB)|m|restore|" "repository size (MiB)|z|size|") ;;
 	esac
 	{
 		printf 'title\t%s\n' "$title"
