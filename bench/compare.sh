@@ -460,7 +460,8 @@ for mode in $MODES; do
 		[ "$mode" != s3 ] || t=s3-${S3_DELAY_MS}ms
 		rounds=$(wc -l <"$run/logs/$t-custos-backup1.time" 2>/dev/null || echo 0)
 		[ "$rounds" != 0 ] || { echo "no $mode figures in $run/logs" >&2; continue; }
-		read -r data_bytes data_files data_disk <"$run/logs/$mode.data" || true
+		data_bytes=0 data_files=0 data_disk=0
+		[ ! -f "$run/logs/$mode.data" ] || read -r data_bytes data_files data_disk <"$run/logs/$mode.data"
 	elif [ "$mode" = s3 ] && [ -z "$s3env_pid" ]; then
 		start_s3env "$rounds"
 	fi
@@ -522,6 +523,7 @@ for mode in $MODES; do
 			;;
 		esac
 	done
+	tag=$mode
 	case $mode in
 	local) table "Local repository, warm page cache, median of $rounds rounds, wall seconds" best "${tools[@]}" ;;
 	cold) table "Local repository, cold page cache, median of $rounds rounds, wall seconds" best "${tools[@]}" ;;
