@@ -289,6 +289,12 @@ datasets:
 		const tr = document.querySelector('#repositories tbody tr[data-repository="local"]');
 		return !!tr && tr.cells[1].textContent.endsWith("/work/repo") && Number(tr.cells[2].textContent) >= 4 && /×$/.test(tr.cells[5].textContent);
 	})()`)
+	// The fleet view lists this host's outcomes from the catalog.
+	if err := chromedp.Do(tab, chromedp.Reload()); err != nil {
+		t.Fatal(err)
+	}
+	waitJS(ctx, t, tab, "the fleet view", `[...document.querySelectorAll("#fleet tbody tr")].some(tr =>
+		tr.dataset.host === "test-host" && tr.cells[2].textContent === "files/docs" && tr.cells[3].textContent === "ok")`)
 	// The schedule: each scheduled source shows its next run; the
 	// on-demand one says so.
 	for _, src := range []string{"files", evil} {

@@ -250,8 +250,32 @@
   // slow to bring it.
   function refreshSoon() { setTimeout(poll, 300); }
 
+  // The fleet view: every host's running jobs and last outcomes, read
+  // from the catalog every 10 s (it is not part of this agent's report).
+  async function fleet() {
+    try {
+      const resp = await fetch("/api/fleet", { cache: "no-store" });
+      if (!resp.ok) throw new Error(resp.statusText);
+      const f = await resp.json();
+      const hosts = new Set((f.running || []).map((j) => j.host));
+      $("fleet-running").textContent = (f.running || []).length + " job(s) running on " + hosts.size + " host(s)";
+      section("fleet", f.outcomes || [], (o) => el("tr", { "data-host": o.host, "data-result": o.result },
+        el("td", {}, o.host),
+        el("td", {}, o.kind),
+        el("td", {}, o.source ? o.source + "/" + o.dataset : "—"),
+        el("td", { class: o.result }, o.result),
+        el("td", {}, rel(o.end)),
+        num(o.attempts),
+        el("td", { class: "err" }, o.error || "")));
+    } catch (e) {
+      $("fleet-running").textContent = "fleet: " + e.message;
+    }
+  }
+
   function start() {
     setInterval(tick, 1000);
+    fleet();
+    setInterval(fleet, 10000);
     if (!window.EventSource) {
       poll();
       setInterval(poll, 2000);
