@@ -446,3 +446,20 @@ const outcomeTimeout = 20 * time.Second
 // outcomeAttemptTimeout bounds one write of an outcome, so that a stopping
 // agent whose catalog is down waits for one attempt, not for all.
 const outcomeAttemptTimeout = 3 * time.Second
+
+// recordSetAside turns a spooled catalog record that the catalog refused
+// for good into a failed ingest outcome of its dataset: the job reported ok
+// when the record was spooled, but that backup is not findable, and the
+// status, the banner, the fleet view and the metrics must say so.
+func (a *Agent) recordSetAside(f metadata.FailedRecord) {
+	a.log.Error("a backup's catalog record was refused for good; that backup is not findable", "backup", f.BackupID, "source", f.Source, "dataset", f.Dataset, "reason", f.Reason, "kept_in", f.File)
+	st := jobs.Status{ID: "catalog-" + f.BackupID, Kind: "ingest", Source: f.Source, Dataset: f.Dataset, State: jobs.StateDone,
+		Result: jobs.ResultError, Error: "the backup's catalog record was refused for good and set aside (" + f.File + "): " + f.Reason,
+		Started: f.Time, Finished: f.Time, Attempts: 1}
+	a.metrics.jobChanged(st)
+	a.hooks.Add(1)
+	go func() {
+		defer a.hooks.Done()
+		a.recordOutcome(st)
+	}()
+}

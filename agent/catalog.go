@@ -54,6 +54,8 @@ type CatalogOptions struct {
 	SpoolDir string
 	// OnSpoolDepth is passed to the store.
 	OnSpoolDepth func(int)
+	// OnSetAside is passed to the store.
+	OnSetAside func(metadata.FailedRecord)
 	// Store, when set, may adjust the store's options (timeouts, backoff)
 	// before it opens.
 	Store  func(*metadata.Options)
@@ -139,6 +141,7 @@ func OpenCatalog(ctx context.Context, cfg *Config, opts CatalogOptions) (*Catalo
 		Host:         cfg.Hostname,
 		Logger:       opts.Logger,
 		OnSpoolDepth: opts.OnSpoolDepth,
+		OnSetAside:   opts.OnSetAside,
 	}
 	if opts.Store != nil {
 		opts.Store(&mo)

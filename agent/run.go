@@ -7,9 +7,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/custos-backup/custos/jobs"
+	"github.com/custos-backup/custos/metadata"
 	"github.com/custos-backup/custos/metadata/etcdserver"
 )
 
@@ -55,13 +57,22 @@ func Run(ctx context.Context, path string, opts RunOptions) error {
 		return err
 	}
 	defer lk.release()
-	cat, err := OpenCatalog(ctx, cfg, CatalogOptions{Serve: true, SpoolDir: AgentSpoolDir(cfg), EtcdOptions: opts.EtcdOptions, Logger: log})
+	// A spooled record refused later must reach the agent's outcomes; the
+	// agent exists only after the catalog is open.
+	var agentRef atomic.Pointer[Agent]
+	onSetAside := func(f metadata.FailedRecord) {
+		if a := agentRef.Load(); a != nil {
+			a.recordSetAside(f)
+		}
+	}
+	cat, err := OpenCatalog(ctx, cfg, CatalogOptions{Serve: true, SpoolDir: AgentSpoolDir(cfg), EtcdOptions: opts.EtcdOptions, Logger: log, OnSetAside: onSetAside})
 	if err != nil {
 		return err
 	}
 	defer cat.Close()
 
 	a := New(cm, cat, Options{Logger: log, Retry: opts.Retry, Worker: opts.Worker})
+	agentRef.Store(a)
 	listen := cfg.HTTPListen
 	if opts.HTTPListen != "" {
 		listen = opts.HTTPListen

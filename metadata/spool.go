@@ -355,6 +355,10 @@ func (s *EtcdStore) FlushSpool(ctx context.Context) error {
 				return derr
 			}
 			s.forgetAttempts(name)
+			if s.opts.OnSetAside != nil {
+				s.opts.OnSetAside(FailedRecord{File: filepath.Join(s.opts.SpoolDir, name), BackupID: rec.Backup.ID,
+					Source: rec.Dataset.Source, Dataset: rec.Dataset.Name, Reason: err.Error(), Time: time.Now()})
+			}
 			continue
 		}
 		// etcd took a record: new records may try it directly again,

@@ -58,6 +58,10 @@ type Options struct {
 	// OnSpoolDepth, when set, is called with the new depth after every
 	// change (from any goroutine; keep it fast).
 	OnSpoolDepth func(depth int)
+	// OnSetAside, when set, is called for a spooled record that the
+	// catalog refused for good and that was set aside: the backup it
+	// records is not findable, and whoever reported it ok must hear.
+	OnSetAside func(FailedRecord)
 }
 
 func (o *Options) setDefaults() error {
