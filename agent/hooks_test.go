@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,19 +35,9 @@ on_failure_command: 'env | grep ^CUSTOS_ | sort >> source-hook.out'
 `,
 		"sources/other.yml": "name: other\nhandler: broken\ndatasets:\n  - name: x\n",
 	})
-	runCtx, stop := context.WithCancel(ctx)
-	started := make(chan *Agent, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(runCtx, ts.cfgPath, RunOptions{Logger: testLogger(t), Started: func(a *Agent) { started <- a },
-			Retry: &jobs.RetryPolicy{MaxAttempts: 2, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 10 * time.Millisecond}})
-	}()
-	var a *Agent
-	select {
-	case a = <-started:
-	case err := <-done:
-		t.Fatalf("agent stopped: %v", err)
-	}
+	a, _ := startTestAgent(ctx, t, ts, func(o *RunOptions) {
+		o.Retry = &jobs.RetryPolicy{MaxAttempts: 2, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 10 * time.Millisecond}
+	})
 	a.SubmitSource("db")
 	a.SubmitSource("other")
 	srcHook := filepath.Join(ts.dir, "source-hook.out")
@@ -60,10 +49,6 @@ on_failure_command: 'env | grep ^CUSTOS_ | sort >> source-hook.out'
 		b2, _ := os.ReadFile(agentHook)
 		return strings.Contains(string(b1), "CUSTOS_SOURCE=") && strings.Contains(string(b2), "CUSTOS_SOURCE=")
 	})
-	stop()
-	if err := <-done; err != nil {
-		t.Errorf("agent: %v", err)
-	}
 	b, err := os.ReadFile(srcHook)
 	if err != nil {
 		t.Fatal(err)

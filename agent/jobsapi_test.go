@@ -17,16 +17,21 @@ import (
 )
 
 // startTestAgent runs a real agent on ts and returns it with its base URL.
-func startTestAgent(ctx context.Context, t *testing.T, ts *testSetup) (*Agent, string) {
+// startTestAgent runs a real agent on ts (one attempt per job unless an
+// option says otherwise), stops it when the test ends, and returns it with
+// its base URL.
+func startTestAgent(ctx context.Context, t *testing.T, ts *testSetup, options ...func(*RunOptions)) (*Agent, string) {
 	t.Helper()
 	runCtx, stop := context.WithCancel(ctx)
 	started := make(chan *Agent, 1)
 	addr := make(chan string, 1)
 	done := make(chan error, 1)
-	go func() {
-		done <- Run(runCtx, ts.cfgPath, RunOptions{Logger: testLogger(t), Started: func(a *Agent) { started <- a }, Listening: func(s string) { addr <- s },
-			Retry: &jobs.RetryPolicy{MaxAttempts: 1}, StopGrace: 10 * time.Second})
-	}()
+	opts := RunOptions{Logger: testLogger(t), Started: func(a *Agent) { started <- a }, Listening: func(s string) { addr <- s },
+		Retry: &jobs.RetryPolicy{MaxAttempts: 1}, StopGrace: 10 * time.Second}
+	for _, o := range options {
+		o(&opts)
+	}
+	go func() { done <- Run(runCtx, ts.cfgPath, opts) }()
 	var a *Agent
 	select {
 	case a = <-started:

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+
+	"github.com/custos-backup/custos/repository"
 )
 
 // newRepoKeyCmd manages the passwords (key files) of a repository.
@@ -59,64 +62,60 @@ master key. The repository is opened with the password given as usual
 		},
 	}
 	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	add := &cobra.Command{
-		Use: "add", Short: "Add a password", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+	// withRepo opens the repository, runs fn and prints its message.
+	withRepo := func(fn func(ctx context.Context, r *repository.Repository, args []string) (string, error)) func(*cobra.Command, []string) error {
+		return func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			r, err := f.open(ctx)
 			if err != nil {
 				return err
 			}
 			defer r.Close()
-			pw, err := newPassword()
+			msg, err := fn(ctx, r, args)
 			if err != nil {
 				return err
+			}
+			_, err = fmt.Fprintln(cmd.OutOrStdout(), msg)
+			return err
+		}
+	}
+	add := &cobra.Command{
+		Use: "add", Short: "Add a password", Args: cobra.NoArgs,
+		RunE: withRepo(func(ctx context.Context, r *repository.Repository, _ []string) (string, error) {
+			pw, err := newPassword()
+			if err != nil {
+				return "", err
 			}
 			id, err := r.AddKey(ctx, pw, kdf)
 			if err != nil {
-				return err
+				return "", err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "added key %s\n", id[:8])
-			return nil
-		},
+			return "added key " + id[:8], nil
+		}),
 	}
 	remove := &cobra.Command{
 		Use: "remove ID", Short: "Remove a password (not the one used to open the repository, not the last)", Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			r, err := f.open(ctx)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
+		RunE: withRepo(func(ctx context.Context, r *repository.Repository, args []string) (string, error) {
 			id, err := r.RemoveKey(ctx, args[0])
 			if err != nil {
-				return err
+				return "", err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "removed key %s\n", id[:8])
-			return nil
-		},
+			return "removed key " + id[:8], nil
+		}),
 	}
 	passwd := &cobra.Command{
 		Use: "passwd", Short: "Change the password used to open the repository", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			r, err := f.open(ctx)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
+		RunE: withRepo(func(ctx context.Context, r *repository.Repository, _ []string) (string, error) {
 			pw, err := newPassword()
 			if err != nil {
-				return err
+				return "", err
 			}
 			id, err := r.ChangePassword(ctx, pw, kdf)
 			if err != nil {
-				return err
+				return "", err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "password changed: key %s replaces the old one\n", id[:8])
-			return nil
-		},
+			return "password changed: key " + id[:8] + " replaces the old one", nil
+		}),
 	}
 	for _, c := range []*cobra.Command{add, passwd} {
 		c.Flags().StringVar(&newPW, "new-password-file", "", "file holding the new password (default $CUSTOS_NEW_PASSWORD_FILE, then $CUSTOS_NEW_PASSWORD)")
