@@ -83,24 +83,25 @@ func runCLI(ctx context.Context, args ...string) (stdout, stderr string, err err
 
 // startAgent runs a real agent (embedded etcd, local repository) on the
 // config and returns it with its HTTP address; it stops at the test's end.
-func startAgent(t *testing.T, cfgPath string) (*agent.Agent, string) {
+func startAgent(t *testing.T, cfgPath string, options ...func(*agent.RunOptions)) (*agent.Agent, string) {
 	t.Helper()
 	ctx, stop := context.WithCancel(context.Background())
 	started := make(chan *agent.Agent, 1)
 	addr := make(chan string, 1)
 	done := make(chan error, 1)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	go func() {
-		done <- agent.Run(ctx, cfgPath, agent.RunOptions{
-			Logger:    log,
-			Listening: func(s string) { addr <- s },
-			Started:   func(a *agent.Agent) { started <- a },
-			// One attempt: a failing dump must show as failed at once,
-			// not after the default 30s backoff.
-			Retry:     &jobs.RetryPolicy{MaxAttempts: 1},
-			StopGrace: 5 * time.Second,
-		})
-	}()
+	opts := agent.RunOptions{
+		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Listening: func(s string) { addr <- s },
+		Started:   func(a *agent.Agent) { started <- a },
+		// One attempt: a failing dump must show as failed at once,
+		// not after the default 30s backoff.
+		Retry:     &jobs.RetryPolicy{MaxAttempts: 1},
+		StopGrace: 5 * time.Second,
+	}
+	for _, o := range options {
+		o(&opts)
+	}
+	go func() { done <- agent.Run(ctx, cfgPath, opts) }()
 	var a *agent.Agent
 	select {
 	case a = <-started:

@@ -115,26 +115,10 @@ default_io_class: 3
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	started := make(chan *agent.Agent, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- agent.Run(runCtx, relCfg, agent.RunOptions{Logger: testLog(t), Started: func(a *agent.Agent) { started <- a },
-			Retry:  &jobs.RetryPolicy{MaxAttempts: 1},
-			Worker: &agent.WorkerOptions{Binary: exe, Env: []string{"CUSTOS_TEST_AS_CUSTOS=1"}}})
-	}()
-	var a *agent.Agent
-	select {
-	case a = <-started:
-	case err := <-done:
-		t.Fatalf("agent: %v", err)
-	}
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	}()
+	a, _ := startAgent(t, relCfg, func(o *agent.RunOptions) {
+		o.Logger = testLog(t)
+		o.Worker = &agent.WorkerOptions{Binary: exe, Env: []string{"CUSTOS_TEST_AS_CUSTOS=1"}}
+	})
 	waitPids := func() []int {
 		for {
 			if pids := workerPids(cfg); len(pids) > 0 {

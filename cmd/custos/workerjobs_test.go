@@ -57,26 +57,10 @@ default_io_class: 3
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	started := make(chan *agent.Agent, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- agent.Run(runCtx, cfg, agent.RunOptions{Logger: testLog(t), Started: func(a *agent.Agent) { started <- a },
-			Retry:  &jobs.RetryPolicy{MaxAttempts: 1},
-			Worker: &agent.WorkerOptions{Binary: exe, Env: []string{"CUSTOS_TEST_AS_CUSTOS=1", "CUSTOS_TEST_TRACE=" + trace}}})
-	}()
-	var a *agent.Agent
-	select {
-	case a = <-started:
-	case err := <-done:
-		t.Fatalf("agent: %v", err)
-	}
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	}()
+	a, _ := startAgent(t, cfg, func(o *agent.RunOptions) {
+		o.Logger = testLog(t)
+		o.Worker = &agent.WorkerOptions{Binary: exe, Env: []string{"CUSTOS_TEST_AS_CUSTOS=1", "CUSTOS_TEST_TRACE=" + trace}}
+	})
 	srv := httptest.NewServer(a.Handler())
 	defer srv.Close()
 
