@@ -127,8 +127,10 @@ func (m *Manager) ingest(ctx context.Context, rc *RuntimeContext, src *SourceSpe
 	if repoSpec == nil {
 		return nil, jobs.Permanent(fmt.Errorf("dataset %s: repository %q is not configured", name, src.Repository))
 	}
-	env := commandEnv(src.Name, ds.Name, ds.Atoms, b.ID)
-	sh := rc.SourceShell(src).WithEnv(env...).WithDir(cfg.Dir)
+	// The handler's commands get the same environment as the hooks, from
+	// the request (handlers.CommandEnv builds it), not from the shell.
+	hsh := rc.SourceShell(src).WithDir(cfg.Dir)
+	sh := hsh.WithEnv(handlers.CommandEnv(src.Name, ds.Name, b.ID, ds.Atoms, "")...)
 
 	if src.PreBackupCommand != "" {
 		if err := sh.Run(ctx, src.PreBackupCommand); err != nil {
@@ -147,10 +149,10 @@ func (m *Manager) ingest(ctx context.Context, rc *RuntimeContext, src *SourceSpe
 		return nil, fmt.Errorf("dataset %s: %w", name, err)
 	}
 	start := time.Now()
-	snaps, err := h.Backup(ctx, &handlers.BackupRequest{
+	stored, err := h.Backup(ctx, &handlers.BackupRequest{
 		Source: src.Name, Dataset: ds.Name, Atoms: ds.Atoms,
 		Host: b.Host, BackupID: b.ID, Time: b.Timestamp,
-		Repo: repo, Shell: handlers.FromShell(sh), Env: env, Dir: cfg.Dir,
+		Repo: repo, Shell: handlers.FromShell(hsh), Dir: cfg.Dir,
 		// Progress goes to the job's status when this runs as a job.
 		Progress: func(p repository.Progress) {
 			jobs.ReportProgress(ctx, jobs.Progress{Bytes: p.Bytes, Files: p.Files, TotalBytes: p.TotalBytes, TotalFiles: p.TotalFiles, Current: p.Current})
@@ -167,25 +169,20 @@ func (m *Manager) ingest(ctx context.Context, rc *RuntimeContext, src *SourceSpe
 		Repository: repoSpec.Name,
 		Duration:   time.Since(start),
 	}
-	for _, s := range snaps {
-		rec.TotalFiles += s.Summary.Files
-		rec.TotalBytes += s.Summary.Bytes
-		rec.BytesAdded += s.Summary.BytesAdded
+	for _, s := range stored {
+		rec.TotalFiles += s.Snapshot.Summary.Files
+		rec.TotalBytes += s.Snapshot.Summary.Bytes
+		rec.BytesAdded += s.Snapshot.Summary.BytesAdded
 	}
-	// Handler contract: one snapshot for the whole dataset, or one per
-	// atom in the order of the atoms.
-	switch {
-	case len(snaps) == 1:
-		rec.SnapshotID = snaps[0].ID.String()
-		for _, a := range ds.Atoms {
-			rec.Atoms = append(rec.Atoms, metadata.Atom{Name: a.Name, Path: a.Path, SnapshotID: rec.SnapshotID})
-		}
-	case len(snaps) == len(ds.Atoms):
-		for i, a := range ds.Atoms {
-			rec.Atoms = append(rec.Atoms, metadata.Atom{Name: a.Name, Path: a.Path, SnapshotID: snaps[i].ID.String()})
-		}
-	default:
-		return nil, jobs.Permanent(fmt.Errorf("dataset %s: the %s handler wrote %d snapshots for %d atoms; nothing was recorded in the catalog", name, h.Type(), len(snaps), len(ds.Atoms)))
+	holder, err := atomSnapshots(stored, ds.Atoms)
+	if err != nil {
+		return nil, jobs.Permanent(fmt.Errorf("dataset %s: the %s handler %w; nothing was recorded in the catalog", name, h.Type(), err))
+	}
+	if len(stored) == 1 {
+		rec.SnapshotID = stored[0].Snapshot.ID.String()
+	}
+	for _, a := range ds.Atoms {
+		rec.Atoms = append(rec.Atoms, metadata.Atom{Name: a.Name, Path: a.Path, SnapshotID: holder[a.Name]})
 	}
 	// The snapshots are durable now (Backup returns after packs, index and
 	// snapshot are written): only now may the catalog point at them. The
@@ -203,6 +200,34 @@ func (m *Manager) ingest(ctx context.Context, rc *RuntimeContext, src *SourceSpe
 	return rec, nil
 }
 
+// atomSnapshots maps each atom to the id of the snapshot that holds it, as
+// the handler said, and refuses an atom held by none or by two, and a
+// snapshot said to hold an atom the dataset does not have.
+func atomSnapshots(stored []handlers.Stored, atoms []handlers.Atom) (map[string]string, error) {
+	want := make(map[string]bool, len(atoms))
+	for _, a := range atoms {
+		want[a.Name] = true
+	}
+	holder := make(map[string]string, len(atoms))
+	for _, s := range stored {
+		for _, name := range s.Atoms {
+			switch {
+			case !want[name]:
+				return nil, fmt.Errorf("wrote snapshot %s for atom %q, which the dataset does not have", s.Snapshot.ID, name)
+			case holder[name] != "":
+				return nil, fmt.Errorf("wrote two snapshots for atom %q (%s and %s)", name, holder[name], s.Snapshot.ID)
+			}
+			holder[name] = s.Snapshot.ID.String()
+		}
+	}
+	for _, a := range atoms {
+		if holder[a.Name] == "" {
+			return nil, fmt.Errorf("wrote no snapshot for atom %q", a.Name)
+		}
+	}
+	return holder, nil
+}
+
 // contextCause names the timeout when the job was stopped by it.
 func contextCause(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
@@ -211,19 +236,6 @@ func contextCause(ctx context.Context, err error) error {
 		}
 	}
 	return err
-}
-
-func commandEnv(source, dataset string, atoms []handlers.Atom, backupID string) []string {
-	names := make([]string, len(atoms))
-	for i, a := range atoms {
-		names[i] = a.Name
-	}
-	return []string{
-		"CUSTOS_SOURCE=" + source,
-		"CUSTOS_DATASET=" + dataset,
-		"CUSTOS_ATOMS=" + strings.Join(names, " "),
-		"CUSTOS_BACKUP_ID=" + backupID,
-	}
 }
 
 // RunSource backs up every dataset of a source now, one after the other,
@@ -394,16 +406,16 @@ func (m *Manager) restoreDataset(ctx context.Context, rc *RuntimeContext, req Re
 	for i, a := range d.Atoms {
 		atoms[i] = handlers.Atom{Name: a.Name, Path: a.Path}
 	}
-	env := append(commandEnv(d.Source, d.Name, atoms, b.ID), "CUSTOS_RESTORE_TARGET="+target)
-	sh := rc.SourceShell(src).WithEnv(env...).WithDir(cfg.Dir)
+	hsh := rc.SourceShell(src).WithDir(cfg.Dir)
+	sh := hsh.WithEnv(append(handlers.CommandEnv(d.Source, d.Name, b.ID, atoms, ""), "CUSTOS_RESTORE_TARGET="+target)...)
 	if src != nil && src.PreRestoreCommand != "" {
 		if err := sh.Run(ctx, src.PreRestoreCommand); err != nil {
 			return nil, fmt.Errorf("dataset %s: pre_restore_command: %w", name, err)
 		}
 	}
 	rreq := &handlers.RestoreRequest{
-		Source: d.Source, Dataset: d.Name, Atoms: atoms, Snapshots: snaps,
-		Repo: repo, Shell: handlers.FromShell(sh), Target: target, Root: root, Env: env, Dir: cfg.Dir,
+		Source: d.Source, Dataset: d.Name, BackupID: b.ID, Atoms: atoms, Snapshots: snaps,
+		Repo: repo, Shell: handlers.FromShell(hsh), Target: target, Root: root, Dir: cfg.Dir,
 		// Progress goes to the job's status when this runs as a job.
 		Progress: func(p repository.Progress) {
 			jobs.ReportProgress(ctx, jobs.Progress{Bytes: p.Bytes, Files: p.Files, TotalBytes: p.TotalBytes, TotalFiles: p.TotalFiles, Current: p.Current})

@@ -27,14 +27,16 @@ func newFileHandler(spec Spec) (Handler, error) {
 
 func (h *fileHandler) Type() string { return "file" }
 
-func (h *fileHandler) Backup(ctx context.Context, req *BackupRequest) ([]*repository.Snapshot, error) {
+func (h *fileHandler) Backup(ctx context.Context, req *BackupRequest) ([]Stored, error) {
 	paths := make([]string, 0, len(req.Atoms))
+	names := make([]string, 0, len(req.Atoms))
 	for _, a := range req.Atoms {
 		p := filepath.ToSlash(filepath.Clean(a.path()))
 		if err := localPath("atom path", p); err != nil {
 			return nil, fmt.Errorf("atom %s/%s/%s: %w", req.Source, req.Dataset, a.Name, err)
 		}
 		paths = append(paths, p)
+		names = append(names, a.Name)
 	}
 	snap, err := req.Repo.Backup(ctx, h.root, paths, repository.BackupOptions{
 		Dataset:  req.Source + "/" + req.Dataset,
@@ -47,7 +49,7 @@ func (h *fileHandler) Backup(ctx context.Context, req *BackupRequest) ([]*reposi
 	if err != nil {
 		return nil, fmt.Errorf("back up %s under %s: %w", req.Source+"/"+req.Dataset, h.root, err)
 	}
-	return []*repository.Snapshot{snap}, nil
+	return []Stored{{Snapshot: snap, Atoms: names}}, nil
 }
 
 // Restore writes the selected atoms' paths into the target, laid out as they

@@ -28,9 +28,10 @@ type Handler interface {
 	// restore knows how the dataset was written.
 	Type() string
 	// Backup stores the dataset's atoms and returns the snapshots it wrote,
-	// one per atom for "pipe", one for the whole dataset for "file". When it
-	// returns an error nothing it wrote may be recorded.
-	Backup(ctx context.Context, req *BackupRequest) ([]*repository.Snapshot, error)
+	// each with the atoms it holds: one per atom for "pipe", one for the
+	// whole dataset for "file". Every atom of the request is in exactly one
+	// of them. When it returns an error nothing it wrote may be recorded.
+	Backup(ctx context.Context, req *BackupRequest) ([]Stored, error)
 	// Restore writes the selected atoms back.
 	Restore(ctx context.Context, req *RestoreRequest) error
 }
@@ -41,6 +42,14 @@ type Atom struct {
 	// Path is the file handler's path under the source root; it defaults to
 	// Name.
 	Path string
+}
+
+// Stored is one snapshot a handler wrote, and the names of the atoms it
+// holds, so that the catalog points each atom at its own snapshot without
+// relying on any order.
+type Stored struct {
+	Snapshot *repository.Snapshot
+	Atoms    []string
 }
 
 // Repo is what a handler needs from a repository; *repository.Repository
@@ -65,7 +74,7 @@ type BackupRequest struct {
 	Repo            Repo
 	Shell           Shell
 	// Env is added to the environment of every command the handler runs,
-	// on top of CUSTOS_SOURCE, CUSTOS_DATASET and CUSTOS_ATOM(S).
+	// on top of CommandEnv's.
 	Env      []string
 	Dir      string // working folder for commands; "" = the agent's
 	Progress func(repository.Progress)
@@ -74,6 +83,7 @@ type BackupRequest struct {
 // RestoreRequest is a selection of atoms of one stored dataset to restore.
 type RestoreRequest struct {
 	Source, Dataset string
+	BackupID        string
 	Atoms           []Atom // the atoms to restore (a subset of the dataset's)
 	// Snapshots are the dataset's snapshots as Backup returned them,
 	// loaded from the repository: one for "file", one per atom for "pipe".
@@ -237,8 +247,12 @@ func (p *params) done() error {
 	return nil
 }
 
-// atomEnv is the environment that names what a command is working on.
-func atomEnv(source, dataset string, atoms []Atom) []string {
+// CommandEnv is the environment that names what a command works on. Every
+// command run for a dataset gets it, hooks and handler commands alike, and
+// it is built here only, so that they cannot disagree. atoms are all the
+// atoms the run covers; atom is the one a per-atom command works on ("" for
+// the others, which get CUSTOS_ATOM only when the run covers one atom).
+func CommandEnv(source, dataset, backupID string, atoms []Atom, atom string) []string {
 	names := make([]string, len(atoms))
 	for i, a := range atoms {
 		names[i] = a.Name
@@ -248,8 +262,14 @@ func atomEnv(source, dataset string, atoms []Atom) []string {
 		"CUSTOS_DATASET=" + dataset,
 		"CUSTOS_ATOMS=" + strings.Join(names, " "),
 	}
-	if len(atoms) == 1 {
-		env = append(env, "CUSTOS_ATOM="+atoms[0].Name)
+	if backupID != "" {
+		env = append(env, "CUSTOS_BACKUP_ID="+backupID)
+	}
+	if atom == "" && len(atoms) == 1 {
+		atom = atoms[0].Name
+	}
+	if atom != "" {
+		env = append(env, "CUSTOS_ATOM="+atom)
 	}
 	return env
 }

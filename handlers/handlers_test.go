@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -82,13 +83,14 @@ func TestFileHandlerRoundTrip(t *testing.T) {
 	}
 	repo := newRepo(t)
 	atoms := []Atom{{Name: "a"}, {Name: "bee", Path: "b"}}
-	snaps, err := h.Backup(ctx, &BackupRequest{Source: "s", Dataset: "d", Atoms: atoms, Host: "h", BackupID: "b1", Time: time.Now(), Repo: repo})
+	stored, err := h.Backup(ctx, &BackupRequest{Source: "s", Dataset: "d", Atoms: atoms, Host: "h", BackupID: "b1", Time: time.Now(), Repo: repo})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(snaps) != 1 || snaps[0].Dataset != "s/d" {
-		t.Fatalf("snapshots %+v", snaps)
+	if len(stored) != 1 || stored[0].Snapshot.Dataset != "s/d" || strings.Join(stored[0].Atoms, ",") != "a,bee" {
+		t.Fatalf("stored %+v", stored)
 	}
+	snaps := snapshotsOf(stored)
 	// Restore only atom "bee": only b/ comes back.
 	target := t.TempDir()
 	if err := h.Restore(ctx, &RestoreRequest{Source: "s", Dataset: "d", Atoms: atoms[1:], Snapshots: snaps, Repo: repo, Target: target}); err != nil {
@@ -146,7 +148,8 @@ func TestPipeHandler(t *testing.T) {
 				t.Fatal(err)
 			}
 			atoms := []Atom{{Name: "t1"}, {Name: "t2"}}
-			snaps, err := h.Backup(ctx, &BackupRequest{Source: "db", Dataset: "main", Atoms: atoms, Host: "h", BackupID: "b", Time: time.Now(), Repo: repo, Shell: sh, Dir: dir})
+			written, err := h.Backup(ctx, &BackupRequest{Source: "db", Dataset: "main", Atoms: atoms, Host: "h", BackupID: "b", Time: time.Now(), Repo: repo, Shell: sh, Dir: dir})
+			snaps := snapshotsOf(written)
 			stored, lerr := repo.Snapshots(ctx)
 			if lerr != nil {
 				t.Fatal(lerr)
@@ -165,6 +168,12 @@ func TestPipeHandler(t *testing.T) {
 			}
 			if len(snaps) != 2 || len(stored) != 2 {
 				t.Fatalf("want one snapshot per atom, got %d (%d stored)", len(snaps), len(stored))
+			}
+			// Each atom is named with the snapshot that holds it.
+			for _, w := range written {
+				if len(w.Atoms) != 1 || !slices.Contains(w.Snapshot.Tags, "atom:"+w.Atoms[0]) {
+					t.Errorf("snapshot %s (tags %v) is said to hold atoms %v", w.Snapshot.ID, w.Snapshot.Tags, w.Atoms)
+				}
 			}
 			target := t.TempDir()
 			if err := h.Restore(ctx, &RestoreRequest{Source: "db", Dataset: "main", Atoms: atoms[1:], Snapshots: snaps, Repo: repo, Shell: sh, Target: target, Dir: dir}); err != nil {
@@ -189,6 +198,66 @@ func TestPipeHandler(t *testing.T) {
 				t.Errorf("restore to stdout: %d bytes, %v", buf.Len(), err)
 			}
 		})
+	}
+}
+
+func snapshotsOf(stored []Stored) []*repository.Snapshot {
+	out := make([]*repository.Snapshot, len(stored))
+	for i, s := range stored {
+		out[i] = s.Snapshot
+	}
+	return out
+}
+
+// TestCommandEnv: a per-atom command knows its atom and every atom of the
+// run; hooks of a one-atom run know the atom too.
+func TestCommandEnv(t *testing.T) {
+	two := []Atom{{Name: "t1"}, {Name: "t2", Path: "x/t2"}}
+	cases := []struct {
+		name     string
+		atoms    []Atom
+		atom, id string
+		want     []string
+	}{
+		{"hook of a dataset", two, "", "b1", []string{"CUSTOS_SOURCE=s", "CUSTOS_DATASET=d", "CUSTOS_ATOMS=t1 t2", "CUSTOS_BACKUP_ID=b1"}},
+		{"per-atom command", two, "t2", "b1", []string{"CUSTOS_SOURCE=s", "CUSTOS_DATASET=d", "CUSTOS_ATOMS=t1 t2", "CUSTOS_BACKUP_ID=b1", "CUSTOS_ATOM=t2"}},
+		{"hook of one atom", two[:1], "", "", []string{"CUSTOS_SOURCE=s", "CUSTOS_DATASET=d", "CUSTOS_ATOMS=t1", "CUSTOS_ATOM=t1"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := CommandEnv("s", "d", tc.id, tc.atoms, tc.atom); !slices.Equal(got, tc.want) {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestPipeCommandEnv runs a real backup_command that records what it was
+// told, for each atom.
+func TestPipeCommandEnv(t *testing.T) {
+	ctx := context.Background()
+	sh := FromShell(shell.New(shell.Options{}))
+	h, err := New(Spec{Name: "p", Type: "pipe", Params: map[string]any{
+		"backup_command":  `printf '%s|%s|%s|%s|%s|%s' "$CUSTOS_SOURCE" "$CUSTOS_DATASET" "$CUSTOS_ATOMS" "$CUSTOS_ATOM" "$CUSTOS_BACKUP_ID" "$EXTRA"`,
+		"restore_command": "true",
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := newRepo(t)
+	atoms := []Atom{{Name: "t1"}, {Name: "t2"}}
+	written, err := h.Backup(ctx, &BackupRequest{Source: "db", Dataset: "main", Atoms: atoms, Host: "h", BackupID: "b7", Time: time.Now(), Repo: repo, Shell: sh, Env: []string{"EXTRA=x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range written {
+		var buf bytes.Buffer
+		if err := repo.RestoreFile(ctx, w.Snapshot, w.Atoms[0], &buf); err != nil {
+			t.Fatal(err)
+		}
+		if want := "db|main|t1 t2|" + w.Atoms[0] + "|b7|x"; buf.String() != want {
+			t.Errorf("atom %s: the command saw %q, want %q", w.Atoms[0], buf.String(), want)
+		}
 	}
 }
 

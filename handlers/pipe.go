@@ -65,8 +65,9 @@ func (h *pipeHandler) Type() string { return "pipe" }
 // The dataset is one unit: when an atom fails, the snapshots of the atoms
 // stored before it are removed again, so that a failed run (and each of its
 // retries) leaves no partial dataset behind.
-func (h *pipeHandler) Backup(ctx context.Context, req *BackupRequest) ([]*repository.Snapshot, error) {
+func (h *pipeHandler) Backup(ctx context.Context, req *BackupRequest) ([]Stored, error) {
 	snaps := make([]*repository.Snapshot, 0, len(req.Atoms))
+	stored := make([]Stored, 0, len(req.Atoms))
 	for _, a := range req.Atoms {
 		if err := localPath("atom name", a.Name); err != nil {
 			return nil, errors.Join(fmt.Errorf("atom %s/%s/%s: %w", req.Source, req.Dataset, a.Name, err), takeBack(ctx, req, snaps))
@@ -76,8 +77,9 @@ func (h *pipeHandler) Backup(ctx context.Context, req *BackupRequest) ([]*reposi
 			return nil, errors.Join(fmt.Errorf("atom %s/%s/%s: %w", req.Source, req.Dataset, a.Name, err), takeBack(ctx, req, snaps))
 		}
 		snaps = append(snaps, snap)
+		stored = append(stored, Stored{Snapshot: snap, Atoms: []string{a.Name}})
 	}
-	return snaps, nil
+	return stored, nil
 }
 
 // takeBack removes the snapshots of a dataset whose backup failed, also
@@ -100,7 +102,7 @@ func (h *pipeHandler) backupAtom(ctx context.Context, req *BackupRequest, a Atom
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pr, pw := io.Pipe()
-	env := append(atomEnv(req.Source, req.Dataset, []Atom{a}), req.Env...)
+	env := append(CommandEnv(req.Source, req.Dataset, req.BackupID, req.Atoms, a.Name), req.Env...)
 	var cmdErr error
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -208,7 +210,7 @@ func (h *pipeHandler) restoreAtom(ctx context.Context, req *RestoreRequest, a At
 		readErr = req.Repo.RestoreFile(ctx, snap, a.Name, pw)
 		pw.CloseWithError(readErr)
 	}()
-	env := append(atomEnv(req.Source, req.Dataset, []Atom{a}), req.Env...)
+	env := append(CommandEnv(req.Source, req.Dataset, req.BackupID, req.Atoms, a.Name), req.Env...)
 	if req.Target != "" {
 		env = append(env, "CUSTOS_RESTORE_TARGET="+req.Target)
 	}
