@@ -20,7 +20,12 @@ import (
 var testPassword = []byte("correct horse battery staple")
 
 // cheapKDF keeps tests fast; the format is the same as with the defaults.
-var cheapKDF = &format.KdfParams{N: 1 << 10, R: 8, P: 1}
+// cheapKDF is the least the bounds allow of the default KDF (argon2id), and
+// cheapScrypt of scrypt, so that tests do not spend their time deriving.
+var (
+	cheapKDF    = &format.KdfParams{Time: 1, MemoryKiB: 8 << 10, Threads: 1}
+	cheapScrypt = &format.KdfParams{N: 1 << 10, R: 8, P: 1}
+)
 
 func newBackend(t testing.TB) (backend.Backend, string) {
 	t.Helper()

@@ -55,7 +55,7 @@ func (r *Repository) Keys(ctx context.Context) ([]KeyInfo, error) {
 	return out, nil
 }
 
-// AddKey wraps the master key with a new password (kdf "" means scrypt)
+// AddKey wraps the master key with a new password (kdf "" means argon2id)
 // and stores it as a new key file; the repository then opens with either.
 func (r *Repository) AddKey(ctx context.Context, password []byte, kdf string) (string, error) {
 	if r.master == nil {
@@ -66,10 +66,10 @@ func (r *Repository) AddKey(ctx context.Context, password []byte, kdf string) (s
 	}
 	var params format.KdfParams
 	switch kdf {
-	case "", format.KdfScrypt:
-		kdf, params = format.KdfScrypt, format.DefaultScrypt
-	case format.KdfArgon2id:
-		params = format.DefaultArgon2id
+	case format.KdfScrypt:
+		params = format.DefaultScrypt
+	case "", format.KdfArgon2id:
+		kdf, params = format.KdfArgon2id, format.DefaultArgon2id
 	default:
 		return "", fmt.Errorf("add key: unknown KDF %q (scrypt or argon2id)", kdf)
 	}

@@ -27,7 +27,7 @@ var ErrNotInitialized = errors.New("repository not initialized (no config object
 type InitOptions struct {
 	Password    []byte // required unless Unencrypted
 	Unencrypted bool   // recorded in config; no keys/ then
-	KDF         string // "scrypt" (default) or "argon2id"
+	KDF         string // "argon2id" (default) or "scrypt"
 	PackSize    int64  // target pack size in bytes; 0 = 16 MiB
 
 	// kdfParams overrides the KDF cost (tests use cheap parameters).
@@ -90,10 +90,10 @@ func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repositor
 		kdf := opts.KDF
 		var params format.KdfParams
 		switch kdf {
-		case "", format.KdfScrypt:
-			kdf, params = format.KdfScrypt, format.DefaultScrypt
-		case format.KdfArgon2id:
-			params = format.DefaultArgon2id
+		case format.KdfScrypt:
+			params = format.DefaultScrypt
+		case "", format.KdfArgon2id:
+			kdf, params = format.KdfArgon2id, format.DefaultArgon2id
 		default:
 			return nil, fmt.Errorf("init %s: unknown KDF %q", be.Location(), opts.KDF)
 		}

@@ -26,9 +26,9 @@ func TestInitOpen(t *testing.T) {
 			be, dir := newBackend(t)
 			opts := InitOptions{Password: testPassword, KDF: kdf}
 			if kdf == "scrypt" {
-				opts.kdfParams = cheapKDF
+				opts.kdfParams = cheapScrypt
 			} else {
-				opts.kdfParams = &format.KdfParams{Time: 1, MemoryKiB: 8 << 10, Threads: 1}
+				opts.kdfParams = cheapKDF
 			}
 			r, err := Init(ctx, be, opts)
 			if err != nil {

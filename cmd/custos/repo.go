@@ -266,7 +266,7 @@ func newRepoInitCmd(f *repoFlags) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&unencrypted, "insecure-no-encryption", false, "create the repository without encryption (anyone with access to the storage can read it)")
-	cmd.Flags().StringVar(&kdf, "kdf", "scrypt", "key derivation function: scrypt or argon2id")
+	cmd.Flags().StringVar(&kdf, "kdf", "argon2id", "key derivation function: argon2id or scrypt")
 	cmd.Flags().StringVar(&packSize, "pack-size", "", "target pack size, e.g. 16M (default 16 MiB)")
 	return cmd
 }

@@ -119,7 +119,7 @@ master key. The repository is opened with the password given as usual
 	}
 	for _, c := range []*cobra.Command{add, passwd} {
 		c.Flags().StringVar(&newPW, "new-password-file", "", "file holding the new password (default $CUSTOS_NEW_PASSWORD_FILE, then $CUSTOS_NEW_PASSWORD)")
-		c.Flags().StringVar(&kdf, "kdf", "scrypt", "key derivation: scrypt or argon2id")
+		c.Flags().StringVar(&kdf, "kdf", "argon2id", "key derivation: argon2id or scrypt")
 	}
 	cmd.AddCommand(list, add, remove, passwd)
 	return cmd
