@@ -21,6 +21,7 @@ import (
 
 	"github.com/custos-backup/custos/repository/format"
 	"github.com/restic/chunker"
+	"golang.org/x/sync/errgroup"
 )
 
 // Progress reports how far a backup or restore is.
@@ -75,6 +76,15 @@ type backupState struct {
 
 	rootDone chan ID
 	chunkers chan *chunkState // free chunkers (nil: not made yet)
+
+	// Directories are walked by up to cap(walkers) goroutines at once
+	// (the first walker included), started in the write session's group
+	// so that a failure stops the others. On a cold page cache each
+	// readdir, lstat and parent-tree read waits for the disk; one walker
+	// would wait for them one at a time.
+	g       *errgroup.Group
+	walkers chan struct{}
+	walkWG  sync.WaitGroup
 }
 
 func (b *backupState) warn(format string, args ...any) {
@@ -156,6 +166,8 @@ func (r *Repository) Backup(ctx context.Context, root string, paths []string, op
 		files:    make(chan *fileJob, 64),
 		rootDone: make(chan ID, 1),
 		chunkers: make(chan *chunkState, runtime.GOMAXPROCS(0)),
+		g:        g,
+		walkers:  make(chan struct{}, maxWalkers),
 	}
 	for range cap(b.chunkers) {
 		b.chunkers <- nil // made when first needed
@@ -387,14 +399,60 @@ func excluded(patterns []string, rel string) bool {
 	return false
 }
 
+// maxWalkers bounds the directories listed at once: enough requests in
+// flight to keep a disk's queue busy on a cold cache.
+const maxWalkers = 8
+
 func (b *backupState) walkRoot(absRoot string, sel *selection, parentTree *format.Tree) error {
 	root := &dirState{}
 	root.pending.Store(1)
+	b.walkers <- struct{}{} // this walker's own slot
 	err := b.walkDir(absRoot, "", root, sel, parentTree)
-	if err != nil {
-		return err
+	<-b.walkers
+	if err == nil {
+		err = b.finish(root)
 	}
-	return b.finish(root)
+	// The directories handed to other walkers finish before the file
+	// queue may be closed; a walker that failed has cancelled b.ctx.
+	b.walkWG.Wait()
+	if err == nil && b.ctx.Err() != nil {
+		err = context.Cause(b.ctx)
+	}
+	return err
+}
+
+// walkSub walks one subdirectory: in a walker of its own when one is free,
+// else in this one.
+func (b *backupState) walkSub(parent *dirState, idx int, sel *selection, oldID ID, hasOld bool, p, rel string) error {
+	sd := &dirState{parent: parent, parentIdx: idx, oldID: oldID}
+	sd.pending.Store(1)
+	walk := func() error {
+		var old *format.Tree
+		if hasOld {
+			t, err := b.r.loadTree(b.ctx, oldID)
+			if err != nil {
+				b.warn("cannot load the parent snapshot's tree for %q, reading it anew: %v", displayPath(rel), err)
+			} else {
+				old = t
+			}
+		}
+		if err := b.walkDir(p, rel, sd, sel, old); err != nil {
+			return err
+		}
+		return b.finish(sd)
+	}
+	select {
+	case b.walkers <- struct{}{}:
+		b.walkWG.Add(1)
+		b.g.Go(func() error {
+			defer b.walkWG.Done()
+			defer func() { <-b.walkers }()
+			return walk()
+		})
+		return nil
+	default:
+		return walk()
+	}
 }
 
 // lstat returns the stat of p.
@@ -472,12 +530,12 @@ func (b *backupState) walkDir(dirPath, rel string, d *dirState, sel *selection, 
 	sort.Strings(names)
 	d.nodes = make([]format.Node, 0, len(names))
 	type sub struct {
-		idx   int
-		sel   *selection
-		old   *format.Tree
-		oldID ID
-		path  string
-		rel   string
+		idx    int
+		sel    *selection
+		oldID  ID
+		hasOld bool
+		path   string
+		rel    string
 	}
 	var subs []sub
 	var jobs []*fileJob
@@ -531,18 +589,11 @@ func (b *backupState) walkDir(dirPath, rel string, d *dirState, sel *selection, 
 			}
 			n.LinkTarget = target
 		case format.NodeDir:
-			var oldSub *format.Tree
-			var oldID ID
+			s := sub{idx: idx, sel: childSel, path: p, rel: r}
 			if oldNode != nil && oldNode.Type == format.NodeDir {
-				oldID = oldNode.Subtree
-				t, err := b.r.loadTree(b.ctx, oldNode.Subtree)
-				if err != nil {
-					b.warn("cannot load the parent snapshot's tree for %q, reading it anew: %v", displayPath(r), err)
-				} else {
-					oldSub = t
-				}
+				s.oldID, s.hasOld = oldNode.Subtree, true
 			}
-			subs = append(subs, sub{idx: idx, sel: childSel, old: oldSub, oldID: oldID, path: p, rel: r})
+			subs = append(subs, s)
 			b.nDirs.Add(1)
 		case format.NodeFile:
 			b.nFiles.Add(1)
@@ -566,12 +617,7 @@ func (b *backupState) walkDir(dirPath, rel string, d *dirState, sel *selection, 
 		}
 	}
 	for _, s := range subs {
-		sd := &dirState{parent: d, parentIdx: s.idx, oldID: s.oldID}
-		sd.pending.Store(1)
-		if err := b.walkDir(s.path, s.rel, sd, s.sel, s.old); err != nil {
-			return err
-		}
-		if err := b.finish(sd); err != nil {
+		if err := b.walkSub(d, s.idx, s.sel, s.oldID, s.hasOld, s.path, s.rel); err != nil {
 			return err
 		}
 	}
