@@ -2,6 +2,7 @@ package repository
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -211,55 +212,109 @@ func TestConcurrentWritersS3(t *testing.T) {
 	}
 
 	t.Run("prune and check while a backup's index is not written", func(t *testing.T) {
-		reached, release := make(chan struct{}), make(chan struct{})
-		var once sync.Once
-		var fb *backendtest.Faulty
-		rb := f.open(t, func(be backend.Backend) backend.Backend {
-			fb = backendtest.NewFaulty(be)
-			return fb
-		})
-		fb.Add(&backendtest.Rule{Op: backendtest.OpSave, Type: backend.IndexFile, Times: 1,
-			Before: func(ctx context.Context, _ backend.Handle) error {
-				once.Do(func() { close(reached) })
-				select {
-				case <-release:
-					return nil
-				case <-ctx.Done():
-					return context.Cause(ctx)
-				}
-			}})
-		ds, src := f.next(t, "paused")
-		done := make(chan error, 1)
-		go func() {
-			_, err := rb.Backup(ctx, src, nil, BackupOptions{Dataset: ds, Host: "h"})
-			done <- err
-		}()
-		select {
-		case <-reached:
-		case err := <-done:
-			t.Fatalf("the backup ended before its index save: %v", err)
-		}
-		var packs int
-		for _, c := range fb.Calls() {
-			if c.Op == backendtest.OpSave && c.Handle.Type == backend.PackFile && c.Err == nil {
-				packs++
-			}
-		}
-		if packs == 0 {
-			t.Fatal("test data: the paused backup uploaded no pack")
-		}
-		// The backup's shared lock makes prune refuse; if prune ran
-		// anyway, it must leave the backup's packs alone.
-		if _, err := f.open(t, nil).Prune(ctx, PruneOptions{}); err != nil && !errors.Is(err, ErrLocked) {
-			t.Errorf("prune during the paused backup: %v", err)
-		}
-		f.check(t, f.open(t, nil))
-		close(release)
-		if err := <-done; err != nil {
-			t.Fatalf("the paused backup, released: %v", err)
-		}
-		f.remember(ds, src)
-		f.prune(t, f.open(t, nil))
+		f.pausedBackup(t, false)
+	})
+	// The same, with the backup's lock made to look stale (as when its
+	// process was stopped for longer than LockStaleAfter): prune is no
+	// longer refused, and the grace period alone keeps the packs.
+	t.Run("prune while a paused backup's lock looks stale", func(t *testing.T) {
+		f.pausedBackup(t, true)
 	})
 	f.verify(t)
+}
+
+// pausedBackup holds a backup after it uploaded its packs, before its index
+// is saved, and runs prune and check meanwhile; staleLock first rewrites
+// the backup's lock as last refreshed long ago. The backup, released, must
+// complete and restore (f.verify).
+func (f *s3Fixture) pausedBackup(t *testing.T, staleLock bool) {
+	ctx := context.Background()
+	reached, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	var fb *backendtest.Faulty
+	rb := f.open(t, func(be backend.Backend) backend.Backend {
+		fb = backendtest.NewFaulty(be)
+		return fb
+	})
+	fb.Add(&backendtest.Rule{Op: backendtest.OpSave, Type: backend.IndexFile, Times: 1,
+		Before: func(ctx context.Context, _ backend.Handle) error {
+			once.Do(func() { close(reached) })
+			select {
+			case <-release:
+				return nil
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
+		}})
+	ds, src := f.next(t, "paused")
+	done := make(chan error, 1)
+	go func() {
+		_, err := rb.Backup(ctx, src, nil, BackupOptions{Dataset: ds, Host: "h"})
+		done <- err
+	}()
+	select {
+	case <-reached:
+	case err := <-done:
+		t.Fatalf("the backup ended before its index save: %v", err)
+	}
+	var packs []backend.Handle
+	for _, c := range fb.Calls() {
+		if c.Op == backendtest.OpSave && c.Handle.Type == backend.PackFile && c.Err == nil {
+			packs = append(packs, c.Handle)
+		}
+	}
+	if len(packs) == 0 {
+		t.Fatal("test data: the paused backup uploaded no pack")
+	}
+	pr := f.open(t, nil)
+	if staleLock {
+		locks, err := pr.listLocks(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		forged := 0
+		for _, l := range locks {
+			if l.Info == nil || l.Info.Exclusive {
+				continue
+			}
+			info := *l.Info
+			info.Created = time.Now().Add(-3 * LockStaleAfter).UTC()
+			info.Refreshed = time.Now().Add(-2 * LockStaleAfter).UTC()
+			if !info.stale(time.Now(), thisProcess()) {
+				t.Fatal("the rewritten lock does not look stale")
+			}
+			b, err := json.Marshal(&info)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := saveBytes(ctx, pr.be, backend.Handle{Type: backend.LockFile, Name: l.Name}, pr.seal.Seal(nil, b)); err != nil {
+				t.Fatal(err)
+			}
+			forged++
+		}
+		if forged != 1 {
+			t.Fatalf("found %d shared locks to make stale, want the paused backup's one", forged)
+		}
+		// Nothing refuses prune now: it must run, and leave the young
+		// unindexed packs alone.
+		if _, err := pr.Prune(ctx, PruneOptions{}); err != nil {
+			t.Fatalf("prune with only a stale lock: %v", err)
+		}
+		for _, h := range packs {
+			if _, err := pr.be.Stat(ctx, h); err != nil {
+				t.Errorf("prune removed pack %s of the paused backup: %v", h.Name, err)
+			}
+		}
+	} else if _, err := pr.Prune(ctx, PruneOptions{}); err != nil && !errors.Is(err, ErrLocked) {
+		// The backup's shared lock makes prune refuse; if prune ran
+		// anyway, it must leave the backup's packs alone.
+		t.Errorf("prune during the paused backup: %v", err)
+	}
+	f.check(t, f.open(t, nil))
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatalf("the paused backup, released: %v", err)
+	}
+	f.remember(ds, src)
+	f.prune(t, f.open(t, nil))
 }
