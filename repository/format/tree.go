@@ -69,11 +69,14 @@ type Tree struct {
 }
 
 const (
-	treeVersion    = 1
+	// Version 2 leaves out a file's digest where the content determines
+	// it (see derivedDigest); version 1 trees are still read.
+	treeVersion    = 2
 	maxNameLen     = 4096
 	maxLinkLen     = 65536
 	nodeHasSubtree = 1
 	nodeHasDigest  = 2
+	minNodeLen     = 17
 )
 
 // CheckName rejects names that could address anything but a direct child.
@@ -118,6 +121,23 @@ func (n *Node) check() error {
 	return nil
 }
 
+// emptyDigest is the SHA-256 of no bytes: the digest of every empty file.
+var emptyDigest = HashID(nil)
+
+// derivedDigest returns the digest that a file node's content implies:
+// a file of one blob has that blob's id (blob ids are SHA-256 of the
+// plaintext, as the digest is of the whole file), and an empty file the
+// digest of no bytes. A file of several blobs implies none.
+func derivedDigest(n *Node) (ID, bool) {
+	switch len(n.Content) {
+	case 0:
+		return emptyDigest, n.Size == 0
+	case 1:
+		return n.Content[0], true
+	}
+	return ID{}, false
+}
+
 func EncodeTree(t *Tree) []byte {
 	b := make([]byte, 0, 64+len(t.Nodes)*128)
 	b = append(b, treeVersion)
@@ -143,7 +163,9 @@ func EncodeTree(t *Tree) []byte {
 		if !n.Subtree.IsNull() {
 			flags |= nodeHasSubtree
 		}
-		if !n.Digest.IsNull() {
+		// Most files of a mail spool or a source tree are one blob: their
+		// digest would repeat the blob id (32 bytes a file).
+		if d, ok := derivedDigest(n); !n.Digest.IsNull() && !(n.Type == NodeFile && ok && d == n.Digest) {
 			flags |= nodeHasDigest
 		}
 		b = append(b, flags)
@@ -167,10 +189,13 @@ func EncodeTree(t *Tree) []byte {
 func DecodeTree(b []byte) (*Tree, error) {
 	r := &byteReader{b: b}
 	v := r.bytes(1)
-	if r.err == nil && v[0] != treeVersion {
+	if r.err == nil && v[0] != 1 && v[0] != treeVersion {
 		return nil, fmt.Errorf("decode tree: unsupported version %d", v[0])
 	}
-	count := r.uvarint(uint64(len(r.b) / 20))
+	// The count is bounded by the smallest node (17 bytes: a one-byte
+	// name, one byte for each number, no ids), so that a hostile count
+	// cannot make the allocation below large.
+	count := r.uvarint(uint64(len(r.b) / minNodeLen))
 	if r.err != nil {
 		return nil, fmt.Errorf("decode tree: %w", r.err)
 	}
@@ -221,6 +246,11 @@ func DecodeTree(b []byte) (*Tree, error) {
 		r.bytes(int(r.uvarint(uint64(len(r.b))))) // extension data, ignored
 		if r.err != nil {
 			break
+		}
+		if v[0] >= 2 && n.Type == NodeFile && fb[0]&nodeHasDigest == 0 {
+			if d, ok := derivedDigest(&n); ok {
+				n.Digest = d
+			}
 		}
 		if err := n.check(); err != nil {
 			return nil, fmt.Errorf("decode tree: node %d: %w", i, err)
