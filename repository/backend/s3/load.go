@@ -87,7 +87,7 @@ type loadReader struct {
 // open issues the GET for [pos, end) and checks the answer covers it.
 func (r *loadReader) open() error {
 	first := r.etag == ""
-	return r.b.retryKeep(r.ctx, "load", r.key, func(a *attempt) (bool, error) {
+	return r.b.requestKeep(r.ctx, "load", r.key, func(a *attempt) (bool, error) {
 		in := &s3api.GetObjectInput{Bucket: aws.String(r.b.opts.Bucket), Key: aws.String(r.key)}
 		switch {
 		case r.end >= 0:
