@@ -111,7 +111,9 @@ func (p *Proxy) close() {
 func (p *Proxy) URL() string { return p.srv.URL }
 
 // FailNext answers the next n matching requests with status and an S3-style
-// XML error body, without passing them on.
+// XML error body, without passing them on. The body's code is S3's for the
+// status: SlowDown (503), AccessDenied (403), NoSuchKey (404), else
+// InternalError.
 func (p *Proxy) FailNext(n, status int, m Match) {
 	p.add(&fault{kind: failFault, left: n, status: status, match: m})
 }
@@ -204,8 +206,13 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		// Drain the body so the client sees the answer rather than a reset.
 		_, _ = io.Copy(io.Discard, r.Body)
 		code := "InternalError"
-		if f.status == http.StatusServiceUnavailable {
+		switch f.status {
+		case http.StatusServiceUnavailable:
 			code = "SlowDown"
+		case http.StatusForbidden:
+			code = "AccessDenied"
+		case http.StatusNotFound:
+			code = "NoSuchKey"
 		}
 		w.Header().Set("Content-Type", "application/xml")
 		w.WriteHeader(f.status)

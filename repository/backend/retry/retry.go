@@ -120,15 +120,19 @@ func NewRetrier(opts Options) *Retrier {
 // is done, or MaxAttempts calls failed; what names the operation and object
 // in logs and in the final error. fn gets the attempt number (1 = first).
 // The error of the last attempt is returned as is when it is not worth
-// retrying, and wrapped with the count when the attempts ran out.
+// retrying, wrapped with the count when the attempts ran out, and wrapped
+// together with ctx.Err() when ctx ended a retry.
 func (r *Retrier) Do(ctx context.Context, what string, fn func(attempt int) error) error {
 	for n := 1; ; n++ {
 		err := fn(n)
 		if err == nil {
 			return nil
 		}
-		if ctx.Err() != nil || !Retryable(err) {
+		if !Retryable(err) {
 			return err
+		}
+		if cerr := ctx.Err(); cerr != nil {
+			return fmt.Errorf("%s: %w before retrying after attempt %d: %w", what, cerr, n, err)
 		}
 		if n >= r.opts.MaxAttempts {
 			return fmt.Errorf("%s: giving up after %d attempts: %w", what, n, err)
