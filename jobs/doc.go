@@ -1,9 +1,9 @@
 // Package jobs runs custos's units of work (ingest, replicate, fixity,
 // sync, restore): named queues with concurrency limits, exclusive lock
 // keys, retries with exponential backoff (internal/backoff, the one backoff
-// of custos), timeouts, cancellation by id, a
-// status registry with a bounded history, and a cron scheduler whose
-// @random_every schedules get a stable per-host offset.
+// of custos), timeouts, cancellation by id, a status registry with a bounded
+// history, and a cron scheduler whose @random_every schedules get a stable
+// per-host offset.
 //
 // It knows nothing about agents, handlers or repositories: a Job is just an
 // Info plus a Run(ctx) func.
