@@ -313,6 +313,40 @@ func TestLoadResumesBrokenBody(t *testing.T) {
 		t.Errorf("ranged Load made %d GETs, want 2", got)
 	}
 
+	// The server fails the reopening after a cut: the read resumes again.
+	p.Reset()
+	p.CutBodyNext(1, 1000, anyGET)
+	p.FailNext(2, 503, anyGET)
+	rd, err = be.Load(context.Background(), h, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err = io.ReadAll(rd)
+	rd.Close()
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("Load whose resume failed twice = %d bytes, %v", len(got), err)
+	}
+	if got := p.Count(anyGET); got != 4 {
+		t.Errorf("Load whose resume failed twice made %d GETs, want 4", got)
+	}
+
+	// A 403 on the reopening is not resumed.
+	p.Reset()
+	p.CutBodyNext(1, 1000, anyGET)
+	p.FailNext(1, 403, anyGET)
+	rd, err = be.Load(context.Background(), h, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.ReadAll(rd)
+	rd.Close()
+	if !errors.Is(err, s3.ErrAccessDenied) {
+		t.Fatalf("Load whose resume was refused: %v, want ErrAccessDenied", err)
+	}
+	if got := p.Count(anyGET); got != 2 {
+		t.Errorf("Load whose resume was refused made %d GETs, want 2", got)
+	}
+
 	// Cut every time: the reader gives up with an error, never short data.
 	p.Reset()
 	p.CutBodyNext(100, 1000, anyGET)
