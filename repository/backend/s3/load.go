@@ -190,7 +190,7 @@ func (r *loadReader) resume(cause error) error {
 		if err := r.ctx.Err(); err != nil {
 			return r.b.errorf("load", r.key, nil, err, "%v", err)
 		}
-		retryable, kind, msg := resumeVerdict(cause, stalled, r.b.opts.StallTimeout)
+		retryable, msg, kind := resumeVerdict(cause, stalled, r.b.opts.StallTimeout)
 		if !retryable {
 			return r.b.errorf("load", r.key, kind, cause, "reading at offset %d: %s", r.pos, msg)
 		}
@@ -215,16 +215,16 @@ func (r *loadReader) resume(cause error) error {
 
 // resumeVerdict says whether a read may resume after cause: a broken body
 // (classified here) or a failed reopening (classified by request already).
-func resumeVerdict(cause error, stalled bool, stall time.Duration) (retryable bool, kind error, msg string) {
+func resumeVerdict(cause error, stalled bool, stall time.Duration) (retryable bool, msg string, kind error) {
 	if stalled {
-		return true, nil, fmt.Sprintf("no progress for %v", stall)
+		return true, fmt.Sprintf("no progress for %v", stall), nil
 	}
 	var se *s3Error
 	if errors.As(cause, &se) {
-		return se.retryable, se.kind, se.msg
+		return se.retryable, se.msg, se.kind
 	}
 	v := classify(cause)
-	return v.retryable, v.kind, v.msg
+	return v.retryable, v.msg, v.kind
 }
 
 func (r *loadReader) closeBody() {
