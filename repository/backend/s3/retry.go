@@ -235,21 +235,22 @@ func classify(err error) verdict {
 	return v
 }
 
-// describe maps err to a sentinel and a brief description.
+// describe maps err to a sentinel and a brief description; whether to retry
+// is classify's to say.
 func describe(err error) verdict {
 	var p permanent
 	if errors.As(err, &p) {
-		return verdict{false, nil, p.err.Error()}
+		return verdict{msg: p.err.Error()}
 	}
 	// A failure inside the credential chain (IMDS, STS, SSO ...) shows up
 	// as another service's operation error inside the S3 one. Retrying it
-	// would only repeat the chain's own timeouts.
+	// would only repeat the chain's own timeouts; its sentinel says so.
 	var op *smithy.OperationError
 	if errors.As(err, &op) {
 		var inner *smithy.OperationError
 		if errors.As(op.Err, &inner) || strings.Contains(op.Err.Error(), "get identity") ||
 			strings.Contains(op.Err.Error(), "failed to retrieve credentials") {
-			return verdict{false, ErrNoCredentials, "no usable AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or configure a profile): " + op.Err.Error()}
+			return verdict{kind: ErrNoCredentials, msg: "no usable AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or configure a profile): " + op.Err.Error()}
 		}
 	}
 
@@ -280,29 +281,29 @@ func describe(err error) verdict {
 
 	switch code {
 	case "NoSuchBucket":
-		return verdict{false, ErrBucketNotFound, "no such bucket"}
+		return verdict{kind: ErrBucketNotFound, msg: "no such bucket"}
 	case "NoSuchKey", "NotFound":
-		return verdict{false, backend.ErrNotExist, backend.ErrNotExist.Error()}
+		return verdict{kind: backend.ErrNotExist, msg: backend.ErrNotExist.Error()}
 	case "InvalidAccessKeyId", "XAdminUserNotFound": // the latter is versitygw's, with HTTP 404
-		return verdict{false, ErrAccessDenied, "invalid access key id: the server does not know it (check AWS_ACCESS_KEY_ID)"}
+		return verdict{kind: ErrAccessDenied, msg: "invalid access key id: the server does not know it (check AWS_ACCESS_KEY_ID)"}
 	case "SignatureDoesNotMatch":
-		return verdict{false, ErrAccessDenied, "signature does not match: wrong secret access key (check AWS_SECRET_ACCESS_KEY)"}
+		return verdict{kind: ErrAccessDenied, msg: "signature does not match: wrong secret access key (check AWS_SECRET_ACCESS_KEY)"}
 	case "AccessDenied", "AllAccessDisabled", "AccountProblem", "InvalidToken", "ExpiredToken":
-		return verdict{false, ErrAccessDenied, describe("access denied")}
+		return verdict{kind: ErrAccessDenied, msg: describe("access denied")}
 	case "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
 		"TooManyRequestsException", "RequestTimeout", "InternalError", "ServiceUnavailable":
-		return verdict{true, nil, describe("server busy or failing")}
+		return verdict{msg: describe("server busy or failing")}
 	}
 	switch {
 	case status == http.StatusNotFound && code == "":
 		// HEAD answers have no body, hence no code.
-		return verdict{false, backend.ErrNotExist, backend.ErrNotExist.Error()}
+		return verdict{kind: backend.ErrNotExist, msg: backend.ErrNotExist.Error()}
 	case status == http.StatusForbidden:
-		return verdict{false, ErrAccessDenied, describe("access denied")}
+		return verdict{kind: ErrAccessDenied, msg: describe("access denied")}
 	case status == http.StatusTooManyRequests || status >= 500:
-		return verdict{true, nil, describe("server error")}
+		return verdict{msg: describe("server error")}
 	case status != 0:
-		return verdict{false, nil, describe("request failed")}
+		return verdict{msg: describe("request failed")}
 	}
 
 	// No response at all, or a broken one.
@@ -310,11 +311,11 @@ func describe(err error) verdict {
 	var nerr net.Error
 	switch {
 	case errors.As(err, &send):
-		return verdict{true, nil, "connection failed: " + rootCause(err).Error()}
+		return verdict{msg: "connection failed: " + rootCause(err).Error()}
 	case errors.As(err, &nerr), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
-		return verdict{true, nil, "connection broken: " + rootCause(err).Error()}
+		return verdict{msg: "connection broken: " + rootCause(err).Error()}
 	}
-	return verdict{false, nil, err.Error()}
+	return verdict{msg: err.Error()}
 }
 
 // rootCause returns the innermost error, which for transport errors is the
