@@ -43,7 +43,8 @@ import (
 const DefaultMaxAttempts = 6
 
 // DefaultBackoff is the wait between attempts by default: full jitter under
-// 250ms, 500ms, 1s ... up to 20s, about a minute in all over six attempts.
+// 250ms, 500ms, 1s ... up to 20s; the five waits of DefaultMaxAttempts add
+// up to at most 7.75s, about 4s on average.
 func DefaultBackoff() backoff.Policy {
 	return backoff.Policy{Initial: 250 * time.Millisecond, Max: 20 * time.Second, Jitter: 1}
 }
