@@ -1,8 +1,9 @@
 // Package jobs runs custos's units of work (ingest, replicate, fixity,
 // sync, restore): named queues with concurrency limits, exclusive lock
-// keys, retries with exponential backoff, timeouts, cancellation by id, a
-// status registry with a bounded history, and a cron scheduler whose
-// @random_every schedules get a stable per-host offset.
+// keys, retries with exponential backoff (internal/backoff, the one backoff
+// of custos), timeouts, cancellation by id, a status registry with a bounded
+// history, and a cron scheduler whose @random_every schedules get a stable
+// per-host offset.
 //
 // It knows nothing about agents, handlers or repositories: a Job is just an
 // Info plus a Run(ctx) func.
@@ -58,6 +59,7 @@
 //	}
 //	func DefaultRetryPolicy() RetryPolicy // 3 attempts, 30s, x2, max 10m, ±20%
 //	func (p RetryPolicy) Delay(failures int) time.Duration
+//	func (p RetryPolicy) Backoff(rnd func() float64) backoff.Policy // the same, as internal/backoff
 //	type Options struct {
 //	    Queues      QueueSpec
 //	    Retry       *RetryPolicy     // nil = DefaultRetryPolicy()

@@ -10,11 +10,12 @@ import (
 	"log/slog"
 	"maps"
 	"math"
-	mrand "math/rand/v2"
 	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/custos-backup/custos/internal/backoff"
 )
 
 // Errors returned by the Runner. Test with errors.Is.
@@ -81,32 +82,31 @@ func DefaultRetryPolicy() RetryPolicy {
 // Delay returns the backoff after the given number of failed attempts
 // (1 = after the first failure), with jitter.
 func (p RetryPolicy) Delay(failures int) time.Duration {
-	return p.delay(failures, mrand.Float64())
+	return p.Backoff(nil).Delay(failures)
 }
 
-// delay computes the backoff with u in [0,1) as the jitter draw.
-func (p RetryPolicy) delay(failures int, u float64) time.Duration {
-	if failures < 1 {
-		failures = 1
+// Backoff returns the policy as the one backoff of custos (internal/backoff)
+// draws it; rnd is its random source (nil = the default). The ±Jitter window
+// around each delay is the backoff's downward jitter under a ceiling raised
+// by the same fraction: [d*(1-J), d*(1+J)] either way.
+func (p RetryPolicy) Backoff(rnd func() float64) backoff.Policy {
+	j := max(p.Jitter, 0)
+	return backoff.Policy{
+		Initial:    scale(p.InitialBackoff, 1+j),
+		Max:        scale(p.MaxBackoff, 1+j),
+		Multiplier: p.Multiplier,
+		Jitter:     2 * j / (1 + j),
+		Rand:       rnd,
 	}
-	mult := p.Multiplier
-	if mult < 1 {
-		mult = 2
-	}
-	d := float64(p.InitialBackoff) * math.Pow(mult, float64(failures-1))
-	if p.MaxBackoff > 0 && d > float64(p.MaxBackoff) {
-		d = float64(p.MaxBackoff)
-	}
-	if p.Jitter > 0 {
-		d *= 1 + p.Jitter*(2*u-1)
-	}
-	if d < 0 || math.IsNaN(d) {
-		return 0
-	}
-	if d > math.MaxInt64 {
+}
+
+// scale multiplies d by f, saturating instead of overflowing.
+func scale(d time.Duration, f float64) time.Duration {
+	x := float64(d) * f
+	if x >= math.MaxInt64 {
 		return time.Duration(math.MaxInt64)
 	}
-	return time.Duration(d)
+	return time.Duration(x)
 }
 
 // State is where a job is in its life.
@@ -395,13 +395,7 @@ func (r *Runner) run(e *entry) {
 			s.NextAttempt = next
 		})
 		e.log.Warn("job attempt failed; will retry", "attempt", attempt, "max_attempts", policy.MaxAttempts, "delay", delay, "error", err)
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-		}
-		if ctx.Err() != nil {
+		if backoff.Sleep(ctx, delay) != nil {
 			break
 		}
 	}

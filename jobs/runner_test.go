@@ -343,10 +343,16 @@ func TestRetryReleasesSlotKeepsLock(t *testing.T) {
 	}
 }
 
+// delay is p's delay after failures with u in [0,1] as the jitter draw: 0 is
+// the low end of the ±Jitter window, 1 the high end.
+func delay(p RetryPolicy, failures int, u float64) time.Duration {
+	return p.Backoff(func() float64 { return 1 - u }).Delay(failures)
+}
+
 func TestBackoffDelay(t *testing.T) {
 	p := RetryPolicy{InitialBackoff: time.Second, MaxBackoff: 10 * time.Second, Multiplier: 2}
 	for i, want := range []time.Duration{1, 2, 4, 8, 10, 10, 10} {
-		if got := p.delay(i+1, 0.5); got != want*time.Second {
+		if got := delay(p, i+1, 0.5); got != want*time.Second {
 			t.Errorf("delay(%d) = %v, want %v", i+1, got, want*time.Second)
 		}
 	}
@@ -363,7 +369,7 @@ func TestBackoffDelay(t *testing.T) {
 		{100, 1, 15 * time.Second},
 	}
 	for _, tt := range tests {
-		if got := p.delay(tt.failures, tt.u); got != tt.want {
+		if got := delay(p, tt.failures, tt.u); got != tt.want {
 			t.Errorf("delay(%d, %v) = %v, want %v", tt.failures, tt.u, got, tt.want)
 		}
 	}
@@ -372,7 +378,7 @@ func TestBackoffDelay(t *testing.T) {
 			t.Fatalf("Delay(1) = %v out of jitter range", d)
 		}
 	}
-	if d := (RetryPolicy{InitialBackoff: time.Second}).delay(3, 0.5); d != 4*time.Second {
+	if d := delay(RetryPolicy{InitialBackoff: time.Second}, 3, 0.5); d != 4*time.Second {
 		t.Errorf("default multiplier: %v", d)
 	}
 }

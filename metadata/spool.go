@@ -14,6 +14,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/custos-backup/custos/internal/backoff"
 )
 
 // spoolRecord is one AddDataset call waiting for etcd.
@@ -385,18 +387,20 @@ func (s *EtcdStore) poke() {
 	}
 }
 
-// flushLoop retries the spool with exponential backoff until Close. A
-// kick while etcd is down does not shorten the backoff.
+// flushLoop retries the spool with exponential backoff (internal/backoff)
+// until Close. A kick while etcd is down does not shorten the backoff.
 func (s *EtcdStore) flushLoop() {
 	defer s.wg.Done()
+	// Jittered down by up to half, so that agents sharing an etcd that
+	// comes back do not all flush at once.
+	policy := backoff.Policy{Initial: s.opts.MinBackoff, Max: s.opts.MaxBackoff, Jitter: 0.5}
 	for {
 		select {
 		case <-s.runCtx.Done():
 			return
 		case <-s.kick:
 		}
-		backoff := s.opts.MinBackoff
-		for s.spool.depth() > 0 {
+		for failures := 1; s.spool.depth() > 0; failures++ {
 			err := s.FlushSpool(s.runCtx)
 			if err == nil {
 				break
@@ -404,15 +408,11 @@ func (s *EtcdStore) flushLoop() {
 			if s.runCtx.Err() != nil {
 				return
 			}
-			s.log.Warn("catalog spool flush failed; will retry", "depth", s.spool.depth(), "retry_in", backoff, "err", err)
-			t := time.NewTimer(backoff)
-			select {
-			case <-s.runCtx.Done():
-				t.Stop()
+			delay := policy.Delay(failures)
+			s.log.Warn("catalog spool flush failed; will retry", "depth", s.spool.depth(), "retry_in", delay, "err", err)
+			if backoff.Sleep(s.runCtx, delay) != nil {
 				return
-			case <-t.C:
 			}
-			backoff = min(2*backoff, s.opts.MaxBackoff)
 		}
 	}
 }

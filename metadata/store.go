@@ -44,8 +44,9 @@ type Options struct {
 	// without trying etcd, until the spool flusher gets one through.
 	// Default 5s.
 	WriteTimeout time.Duration
-	// MinBackoff and MaxBackoff bound the spool flusher's retry delay
-	// (doubling); defaults 1s and 1m.
+	// MinBackoff and MaxBackoff bound the spool flusher's retry delay,
+	// which doubles from one to the other and is jittered down by up to
+	// half (internal/backoff); defaults 1s and 1m.
 	MinBackoff, MaxBackoff time.Duration
 	// LeaseTTL of the job status lease; default 15s. etcd rounds it up to
 	// its minimum (about 2s with default timing).

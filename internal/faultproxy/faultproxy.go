@@ -1,8 +1,9 @@
 // Package faultproxy is an HTTP reverse proxy for tests that sits on
 // 127.0.0.1 in front of a real server and injects the faults a real server
-// cannot be made to produce on demand: error responses, stalls, and cut-off
-// response bodies. It counts every request it sees, so tests can assert how
-// many attempts a client made without looking at the clock.
+// cannot be made to produce on demand: error responses, stalls, dropped
+// connections, and cut-off response bodies. It counts every request it sees,
+// so tests can assert how many attempts a client made without looking at the
+// clock.
 //
 // The Host header is passed through unchanged, so signed requests (AWS
 // SigV4) made to the proxy's address still verify at the real server.
@@ -15,6 +16,7 @@
 //	func (p *Proxy) FailNext(n, status int, m Match)
 //	func (p *Proxy) StallNext(n int, d time.Duration, m Match)
 //	func (p *Proxy) CutBodyNext(n int, after int64, m Match)
+//	func (p *Proxy) DropNext(n int, m Match)
 //	func (p *Proxy) Requests() int
 //	func (p *Proxy) Count(m Match) int
 //	func (p *Proxy) Log() []string          // "METHOD /path?query" per request, in order
@@ -54,6 +56,7 @@ const (
 	failFault faultKind = iota
 	stallFault
 	cutFault
+	dropFault
 )
 
 type fault struct {
@@ -108,7 +111,9 @@ func (p *Proxy) close() {
 func (p *Proxy) URL() string { return p.srv.URL }
 
 // FailNext answers the next n matching requests with status and an S3-style
-// XML error body, without passing them on.
+// XML error body, without passing them on. The body's code is S3's for the
+// status: SlowDown (503), AccessDenied (403), NoSuchKey (404), else
+// InternalError.
 func (p *Proxy) FailNext(n, status int, m Match) {
 	p.add(&fault{kind: failFault, left: n, status: status, match: m})
 }
@@ -123,6 +128,12 @@ func (p *Proxy) StallNext(n int, d time.Duration, m Match) {
 // first after bytes of the response body and then breaks the connection.
 func (p *Proxy) CutBodyNext(n int, after int64, m Match) {
 	p.add(&fault{kind: cutFault, left: n, after: after, match: m})
+}
+
+// DropNext closes the connection of the next n matching requests without an
+// answer, as a server that crashes or a middlebox that resets would.
+func (p *Proxy) DropNext(n int, m Match) {
+	p.add(&fault{kind: dropFault, left: n, match: m})
 }
 
 func (p *Proxy) add(f *fault) {
@@ -195,8 +206,13 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		// Drain the body so the client sees the answer rather than a reset.
 		_, _ = io.Copy(io.Discard, r.Body)
 		code := "InternalError"
-		if f.status == http.StatusServiceUnavailable {
+		switch f.status {
+		case http.StatusServiceUnavailable:
 			code = "SlowDown"
+		case http.StatusForbidden:
+			code = "AccessDenied"
+		case http.StatusNotFound:
+			code = "NoSuchKey"
 		}
 		w.Header().Set("Content-Type", "application/xml")
 		w.WriteHeader(f.status)
@@ -217,6 +233,11 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	case f.kind == cutFault:
 		p.rp.ServeHTTP(&cutWriter{ResponseWriter: w, left: f.after}, r)
+	case f.kind == dropFault:
+		_, _ = io.Copy(io.Discard, r.Body)
+		// Aborting before any byte of the answer makes net/http close the
+		// connection: the client sees it end with no response.
+		panic(http.ErrAbortHandler)
 	}
 }
 

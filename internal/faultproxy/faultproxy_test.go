@@ -149,3 +149,19 @@ func TestCutBody(t *testing.T) {
 		t.Fatalf("request after the cut = %d, %d bytes, %v", status, len(body), err)
 	}
 }
+
+func TestDrop(t *testing.T) {
+	p := faultproxy.Start(t, backend(t).URL)
+	p.DropNext(1, faultproxy.Match{Method: "PUT"})
+	// No keep-alive: a retry on a reused connection would hide the drop.
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	if _, _, err := get(t, c, "PUT", p.URL()+"/dropped"); err == nil {
+		t.Fatal("dropped request was answered")
+	}
+	if status, _, err := get(t, c, "PUT", p.URL()+"/next"); err != nil || status != 200 {
+		t.Fatalf("request after the drop = %d, %v", status, err)
+	}
+	if got := p.Count(faultproxy.Match{Method: "PUT"}); got != 2 {
+		t.Errorf("Count(PUT) = %d, want 2", got)
+	}
+}

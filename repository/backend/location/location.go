@@ -8,6 +8,9 @@
 //	s3:http://host:port/bucket/prefix  an S3-compatible server (path-style)
 //	s3:https://host/bucket             the prefix is optional
 //
+// An S3 backend comes wrapped in repository/backend/retry, so that its
+// failed requests are retried with backoff before they are reported.
+//
 // S3 credentials and region come from the standard AWS chain
 // (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, shared files); a URL
 // with credentials in it is refused, so they never end up in logs.
@@ -30,6 +33,7 @@ import (
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/backend/local"
+	"github.com/custos-backup/custos/repository/backend/retry"
 	"github.com/custos-backup/custos/repository/backend/s3"
 )
 
@@ -157,7 +161,7 @@ func Open(ctx context.Context, raw string) (backend.Backend, error) {
 	case Local:
 		return local.Open(ctx, l.Path)
 	default:
-		return s3.Open(ctx, l.s3Options())
+		return openS3(ctx, "open", l, s3.Open)
 	}
 }
 
@@ -173,8 +177,24 @@ func Create(ctx context.Context, raw string) (backend.Backend, error) {
 	case Local:
 		return local.Create(ctx, l.Path)
 	default:
-		return s3.Create(ctx, l.s3Options())
+		return openS3(ctx, "create", l, s3.Create)
 	}
+}
+
+// openS3 opens an S3 location, retrying the bucket check as any request,
+// and wraps the backend in the retries of repository/backend/retry: the S3
+// backend tries each request once.
+func openS3(ctx context.Context, op string, l Location, open func(context.Context, s3.Options) (*s3.Backend, error)) (backend.Backend, error) {
+	var be *s3.Backend
+	err := retry.NewRetrier(retry.Options{}).Do(ctx, op+" "+l.String(), func(int) error {
+		var err error
+		be, err = open(ctx, l.s3Options())
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return retry.New(be, retry.Options{}), nil
 }
 
 func (l Location) s3Options() s3.Options {

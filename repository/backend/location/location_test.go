@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/custos-backup/custos/internal/faultproxy"
 	"github.com/custos-backup/custos/internal/s3server"
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/backend/location"
@@ -158,8 +159,46 @@ func TestS3(t *testing.T) {
 	if got, want := be.Location(), srv.URL("repos", "team/one"); got != want {
 		t.Errorf("Location() = %q, want %q", got, want)
 	}
+	// S3 comes wrapped in the retries, and keeps its clean-up.
+	u, ok := be.(interface{ Unwrap() backend.Backend })
+	if !ok {
+		t.Fatalf("S3 backend %T is not wrapped", be)
+	}
+	if _, ok := u.Unwrap().(*s3.Backend); !ok {
+		t.Errorf("wrapped backend is %T, want *s3.Backend", u.Unwrap())
+	}
+	if _, ok := be.(backend.LeftoverRemover); !ok {
+		t.Errorf("wrapped S3 backend %T does not remove leftovers", be)
+	}
 	_, err = location.Create(context.Background(), srv.URL("no-bucket", "x"))
 	if !errors.Is(err, s3.ErrBucketNotFound) || !strings.Contains(err.Error(), `"no-bucket"`) {
 		t.Errorf("Create on a missing bucket = %v, want ErrBucketNotFound naming it", err)
+	}
+}
+
+// TestS3OpenRetries: a server that fails the first bucket checks does not
+// fail Open; requests of the opened backend are retried too.
+func TestS3OpenRetries(t *testing.T) {
+	srv := s3server.Start(t)
+	srv.SetEnv(t)
+	srv.CreateBucket(t, "repos")
+	p := faultproxy.Start(t, srv.Endpoint)
+	url := "s3:" + p.URL() + "/repos/r"
+	p.FailNext(2, 503, faultproxy.Match{Method: "GET"})
+	be, err := location.Create(context.Background(), url)
+	if err != nil {
+		t.Fatalf("Create after two 503s: %v", err)
+	}
+	defer be.Close()
+	if got := p.Count(faultproxy.Match{Method: "GET"}); got != 3 {
+		t.Errorf("Create made %d bucket checks, want 3", got)
+	}
+	p.FailNext(1, 500, faultproxy.Match{Method: "PUT"})
+	h := backend.Handle{Type: backend.ConfigFile}
+	if err := be.Save(context.Background(), h, bytes.NewReader([]byte("c")), 1); err != nil {
+		t.Fatalf("Save after a 500: %v", err)
+	}
+	if got := p.Count(faultproxy.Match{Method: "PUT"}); got != 2 {
+		t.Errorf("Save made %d PUTs, want 2", got)
 	}
 }

@@ -46,7 +46,7 @@ func (b *Backend) abortStaleUploads(ctx context.Context, before time.Time) (abor
 	var keyMarker string
 	for {
 		var out *s3api.ListMultipartUploadsOutput
-		err := b.retry(ctx, "list incomplete uploads", prefix, func(a *attempt) error {
+		err := b.request(ctx, "list incomplete uploads", prefix, func(a *attempt) error {
 			in := &s3api.ListMultipartUploadsInput{
 				Bucket: aws.String(b.opts.Bucket),
 				Prefix: aws.String(prefix),
@@ -100,7 +100,7 @@ func (b *Backend) abortStaleUploads(ctx context.Context, before time.Time) (abor
 // the upload is gone already: another process cleaning up got there first,
 // or an earlier attempt succeeded but its answer was lost.
 func (b *Backend) abortStaleUpload(ctx context.Context, key, uploadID string, initiated time.Time) (bool, error) {
-	err := b.retry(ctx, "abort stale upload", key, func(a *attempt) error {
+	err := b.request(ctx, "abort stale upload", key, func(a *attempt) error {
 		_, err := b.client.AbortMultipartUpload(a.ctx, &s3api.AbortMultipartUploadInput{
 			Bucket:   aws.String(b.opts.Bucket),
 			Key:      aws.String(key),

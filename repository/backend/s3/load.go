@@ -9,12 +9,14 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	s3api "github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
 
 	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/backend/retry"
 )
 
 // Load returns a reader over the range. A range past the end of the object is
@@ -87,7 +89,7 @@ type loadReader struct {
 // open issues the GET for [pos, end) and checks the answer covers it.
 func (r *loadReader) open() error {
 	first := r.etag == ""
-	return r.b.retryKeep(r.ctx, "load", r.key, func(a *attempt) (bool, error) {
+	return r.b.requestKeep(r.ctx, "load", r.key, func(a *attempt) (bool, error) {
 		in := &s3api.GetObjectInput{Bucket: aws.String(r.b.opts.Bucket), Key: aws.String(r.key)}
 		switch {
 		case r.end >= 0:
@@ -177,28 +179,52 @@ func (r *loadReader) Read(p []byte) (int, error) {
 }
 
 // resume replaces a failed body with a new request from the current
-// position, or says why it cannot.
+// position, or says why it cannot. A resume is a retry of the read that only
+// this backend can make (pinned to the ETag), so it follows the wrapper's
+// rules: from the second resume on it waits with the one backoff, and a
+// reopening that fails is resumed again while resumes are left.
 func (r *loadReader) resume(cause error) error {
-	stalled := r.a.stalled()
+	stalled := r.a != nil && r.a.stalled()
 	r.closeBody()
-	if err := r.ctx.Err(); err != nil {
-		return r.b.errorf("load", r.key, nil, err, "%v", err)
+	for {
+		if err := r.ctx.Err(); err != nil {
+			return r.b.errorf("load", r.key, nil, err, "%v", err)
+		}
+		retryable, msg, kind := resumeVerdict(cause, stalled, r.b.opts.StallTimeout)
+		if !retryable {
+			return r.b.errorf("load", r.key, kind, cause, "reading at offset %d: %s", r.pos, msg)
+		}
+		if r.resumes >= r.b.opts.MaxAttempts-1 {
+			return r.b.errorf("load", r.key, kind, cause, "reading at offset %d: giving up after %d resumed reads: %s", r.pos, r.resumes, msg)
+		}
+		r.resumes++
+		if r.resumes > 1 {
+			if err := retry.DefaultBackoff().Wait(r.ctx, r.resumes-1); err != nil {
+				return r.b.errorf("load", r.key, nil, err, "reading at offset %d: %v while waiting to resume after: %s", r.pos, err, msg)
+			}
+		}
+		r.b.log.Warn("s3 read broke off, resuming", "bucket", r.b.opts.Bucket, "key", r.key,
+			"offset", r.pos, "error", msg)
+		err := r.open()
+		if err == nil {
+			return nil
+		}
+		cause, stalled = err, false
+	}
+}
+
+// resumeVerdict says whether a read may resume after cause: a broken body
+// (classified here) or a failed reopening (classified by request already).
+func resumeVerdict(cause error, stalled bool, stall time.Duration) (retryable bool, msg string, kind error) {
+	if stalled {
+		return true, fmt.Sprintf("no progress for %v", stall), nil
+	}
+	var se *s3Error
+	if errors.As(cause, &se) {
+		return se.retryable, se.msg, se.kind
 	}
 	v := classify(cause)
-	retryable, kind, msg := v.retryable, v.kind, v.msg
-	if stalled {
-		retryable, msg = true, fmt.Sprintf("no progress for %v", r.b.opts.StallTimeout)
-	}
-	if !retryable {
-		return r.b.errorf("load", r.key, kind, cause, "reading at offset %d: %s", r.pos, msg)
-	}
-	if r.resumes >= r.b.opts.MaxAttempts-1 {
-		return r.b.errorf("load", r.key, kind, cause, "reading at offset %d: giving up after %d resumed reads: %s", r.pos, r.resumes, msg)
-	}
-	r.resumes++
-	r.b.log.Warn("s3 read broke off, resuming", "bucket", r.b.opts.Bucket, "key", r.key,
-		"offset", r.pos, "error", msg)
-	return r.open()
+	return v.retryable, v.msg, v.kind
 }
 
 func (r *loadReader) closeBody() {

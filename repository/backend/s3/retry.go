@@ -16,6 +16,7 @@ import (
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/backend/retry"
 )
 
 // Errors for mistakes in the setup rather than in the data. Test with
@@ -39,7 +40,14 @@ type s3Error struct {
 	msg   string
 	kind  error // may be nil
 	err   error // may be nil
+	// retryable is the verdict of classify; only request sets it.
+	retryable bool
 }
+
+// RetryableError answers the AWS SDK's question (aws/retry.RetryableError),
+// which repository/backend/retry asks: it knows about stalls, credential
+// failures and this package's own checks, which the SDK's checks do not.
+func (e *s3Error) RetryableError() bool { return e.retryable }
 
 func (e *s3Error) Error() string {
 	var sb strings.Builder
@@ -65,7 +73,7 @@ func (e *s3Error) Unwrap() []error {
 	return errs
 }
 
-func (b *Backend) errorf(op, key string, kind, err error, format string, args ...any) error {
+func (b *Backend) errorf(op, key string, kind, err error, format string, args ...any) *s3Error {
 	return &s3Error{where: b.where, op: op, key: key, msg: fmt.Sprintf(format, args...), kind: kind, err: err}
 }
 
@@ -167,58 +175,44 @@ func (p *progressReader) Seek(offset int64, whence int) (int64, error) {
 	return p.r.Seek(offset, whence)
 }
 
-// retry runs fn until it succeeds, fails permanently, or MaxAttempts is
-// reached, waiting with backoff in between. Each call gets a fresh attempt,
-// which is ended when fn returns.
-func (b *Backend) retry(ctx context.Context, op, key string, fn func(a *attempt) error) error {
-	return b.retryKeep(ctx, op, key, func(a *attempt) (bool, error) { return false, fn(a) })
+// request runs fn once as an attempt, which is ended when fn returns, and
+// turns a failure into an error that names the bucket, operation and key.
+// Retrying is not this package's business: repository/backend/retry wraps
+// the backend and retries whole operations, asking the error whether it is
+// worth it (see s3Error.RetryableError).
+func (b *Backend) request(ctx context.Context, op, key string, fn func(a *attempt) error) error {
+	return b.requestKeep(ctx, op, key, func(a *attempt) (bool, error) { return false, fn(a) })
 }
 
-// retryKeep is retry for calls whose attempt must outlive fn (a response body
-// still to be read): if fn returns keep, the attempt is the caller's to end.
-func (b *Backend) retryKeep(ctx context.Context, op, key string, fn func(a *attempt) (keep bool, err error)) error {
-	for n := 1; ; n++ {
-		if err := ctx.Err(); err != nil {
-			return b.errorf(op, key, nil, err, "%v", err)
-		}
-		a := b.newAttempt(ctx)
-		keep, err := fn(a)
-		stalled := a.stalled()
-		if err != nil || !keep {
-			a.end()
-		}
-		if err == nil {
-			return nil
-		}
-		if cerr := ctx.Err(); cerr != nil {
-			return b.errorf(op, key, nil, cerr, "%v", cerr)
-		}
-		var retryable bool
-		var kind error
-		var msg string
-		if stalled {
-			retryable, msg = true, fmt.Sprintf("no progress for %v", b.opts.StallTimeout)
-		} else {
-			v := classify(err)
-			retryable, kind, msg = v.retryable, v.kind, v.msg
-		}
-		if !retryable {
-			return b.errorf(op, key, kind, err, "%s", msg)
-		}
-		if n >= b.opts.MaxAttempts {
-			return b.errorf(op, key, kind, err, "giving up after %d attempts: %s", n, msg)
-		}
-		delay := b.backoff(n)
-		b.log.Warn("s3 request failed, will retry", "bucket", b.opts.Bucket, "op", op, "key", key,
-			"attempt", n, "of", b.opts.MaxAttempts, "error", msg, "wait", delay)
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return b.errorf(op, key, nil, ctx.Err(), "%v (while waiting to retry after: %s)", ctx.Err(), msg)
-		case <-t.C:
-		}
+// requestKeep is request for calls whose attempt must outlive fn (a response
+// body still to be read): if fn returns keep, the attempt is the caller's to
+// end.
+func (b *Backend) requestKeep(ctx context.Context, op, key string, fn func(a *attempt) (keep bool, err error)) error {
+	if err := ctx.Err(); err != nil {
+		return b.errorf(op, key, nil, err, "%v", err)
 	}
+	a := b.newAttempt(ctx)
+	keep, err := fn(a)
+	stalled := a.stalled()
+	if err != nil || !keep {
+		a.end()
+	}
+	if err == nil {
+		return nil
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		return b.errorf(op, key, nil, cerr, "%v", cerr)
+	}
+	if stalled {
+		// The SDK error only says "canceled"; what happened is the stall.
+		e := b.errorf(op, key, nil, nil, "no progress for %v", b.opts.StallTimeout)
+		e.retryable = true
+		return e
+	}
+	v := classify(err)
+	e := b.errorf(op, key, v.kind, err, "%s", v.msg)
+	e.retryable = v.retryable
+	return e
 }
 
 // verdict is what classify makes of an error.
@@ -229,22 +223,34 @@ type verdict struct {
 }
 
 // classify says whether err is worth retrying, which sentinel it maps to, and
-// describes it briefly. It never includes credentials: S3 error messages and
-// codes do not contain the secret key.
+// describes it briefly. Whether to retry is the AWS SDK's checks' call (via
+// retry.Retryable), except where this package knows better: its own checks
+// (permanent) and a failing credential chain, which the SDK would see as a
+// connection error, are final. The description never includes credentials:
+// S3 error messages and codes do not contain the secret key.
 func classify(err error) verdict {
+	v := describe(err)
+	var p permanent
+	v.retryable = v.kind == nil && !errors.As(err, &p) && retry.Retryable(err)
+	return v
+}
+
+// describe maps err to a sentinel and a brief description; whether to retry
+// is classify's to say.
+func describe(err error) verdict {
 	var p permanent
 	if errors.As(err, &p) {
-		return verdict{false, nil, p.err.Error()}
+		return verdict{msg: p.err.Error()}
 	}
 	// A failure inside the credential chain (IMDS, STS, SSO ...) shows up
 	// as another service's operation error inside the S3 one. Retrying it
-	// would only repeat the chain's own timeouts.
+	// would only repeat the chain's own timeouts; its sentinel says so.
 	var op *smithy.OperationError
 	if errors.As(err, &op) {
 		var inner *smithy.OperationError
 		if errors.As(op.Err, &inner) || strings.Contains(op.Err.Error(), "get identity") ||
 			strings.Contains(op.Err.Error(), "failed to retrieve credentials") {
-			return verdict{false, ErrNoCredentials, "no usable AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or configure a profile): " + op.Err.Error()}
+			return verdict{kind: ErrNoCredentials, msg: "no usable AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or configure a profile): " + op.Err.Error()}
 		}
 	}
 
@@ -275,29 +281,29 @@ func classify(err error) verdict {
 
 	switch code {
 	case "NoSuchBucket":
-		return verdict{false, ErrBucketNotFound, "no such bucket"}
+		return verdict{kind: ErrBucketNotFound, msg: "no such bucket"}
 	case "NoSuchKey", "NotFound":
-		return verdict{false, backend.ErrNotExist, backend.ErrNotExist.Error()}
+		return verdict{kind: backend.ErrNotExist, msg: backend.ErrNotExist.Error()}
 	case "InvalidAccessKeyId", "XAdminUserNotFound": // the latter is versitygw's, with HTTP 404
-		return verdict{false, ErrAccessDenied, "invalid access key id: the server does not know it (check AWS_ACCESS_KEY_ID)"}
+		return verdict{kind: ErrAccessDenied, msg: "invalid access key id: the server does not know it (check AWS_ACCESS_KEY_ID)"}
 	case "SignatureDoesNotMatch":
-		return verdict{false, ErrAccessDenied, "signature does not match: wrong secret access key (check AWS_SECRET_ACCESS_KEY)"}
+		return verdict{kind: ErrAccessDenied, msg: "signature does not match: wrong secret access key (check AWS_SECRET_ACCESS_KEY)"}
 	case "AccessDenied", "AllAccessDisabled", "AccountProblem", "InvalidToken", "ExpiredToken":
-		return verdict{false, ErrAccessDenied, describe("access denied")}
+		return verdict{kind: ErrAccessDenied, msg: describe("access denied")}
 	case "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
 		"TooManyRequestsException", "RequestTimeout", "InternalError", "ServiceUnavailable":
-		return verdict{true, nil, describe("server busy or failing")}
+		return verdict{msg: describe("server busy or failing")}
 	}
 	switch {
 	case status == http.StatusNotFound && code == "":
 		// HEAD answers have no body, hence no code.
-		return verdict{false, backend.ErrNotExist, backend.ErrNotExist.Error()}
+		return verdict{kind: backend.ErrNotExist, msg: backend.ErrNotExist.Error()}
 	case status == http.StatusForbidden:
-		return verdict{false, ErrAccessDenied, describe("access denied")}
+		return verdict{kind: ErrAccessDenied, msg: describe("access denied")}
 	case status == http.StatusTooManyRequests || status >= 500:
-		return verdict{true, nil, describe("server error")}
+		return verdict{msg: describe("server error")}
 	case status != 0:
-		return verdict{false, nil, describe("request failed")}
+		return verdict{msg: describe("request failed")}
 	}
 
 	// No response at all, or a broken one.
@@ -305,11 +311,11 @@ func classify(err error) verdict {
 	var nerr net.Error
 	switch {
 	case errors.As(err, &send):
-		return verdict{true, nil, "connection failed: " + rootCause(err).Error()}
+		return verdict{msg: "connection failed: " + rootCause(err).Error()}
 	case errors.As(err, &nerr), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
-		return verdict{true, nil, "connection broken: " + rootCause(err).Error()}
+		return verdict{msg: "connection broken: " + rootCause(err).Error()}
 	}
-	return verdict{false, nil, err.Error()}
+	return verdict{msg: err.Error()}
 }
 
 // rootCause returns the innermost error, which for transport errors is the

@@ -7,15 +7,18 @@
 // unless Options.Credentials is set. The region comes from the chain too and
 // defaults to "us-east-1".
 //
-// The SDK's own retries are switched off; this package retries every request
-// itself, so that the policy is the same everywhere and testable: server
-// errors (5xx), throttling, broken connections and stalls are retried with
-// exponential backoff and jitter up to Options.MaxAttempts. A stall is an
-// attempt during which no bytes move for Options.StallTimeout: a server that
-// accepts a connection and never answers is abandoned and retried, not waited
-// on forever. Permanent errors (no such bucket, bad credentials, access
-// denied) are reported at once, naming the bucket and the object. Loads that
-// break midway resume from where they stopped (pinned to the object's ETag).
+// The backend tries each request once: the SDK's own retries are switched
+// off, and repository/backend/retry, which wraps the backend where it is
+// opened (repository/backend/location), retries whole operations with the
+// one backoff of custos, so that attempts do not multiply. Errors tell the
+// wrapper whether they are worth retrying (RetryableError, the SDK's
+// interface): server errors (5xx), throttling and broken connections are, by
+// the SDK's checks, and so is a stall, an attempt during which no bytes move
+// for Options.StallTimeout: a server that accepts a connection and never
+// answers is abandoned, not waited on forever. Permanent errors (no such
+// bucket, bad credentials, access denied) are not; they name the bucket and
+// the object. Loads that break midway resume from where they stopped (pinned
+// to the object's ETag), at most Options.MaxAttempts-1 times.
 //
 // Objects above Options.MultipartThreshold are uploaded in parts of
 // Options.PartSize; a failed multipart upload is aborted. Saving over an
@@ -38,13 +41,13 @@
 //
 //	type Options struct{ Endpoint, Bucket, Prefix, Region string; UsePathStyle bool;
 //	    Credentials aws.CredentialsProvider; PartSize, MultipartThreshold int64;
-//	    MaxAttempts int; RetryBaseDelay, RetryMaxDelay, StallTimeout time.Duration;
+//	    MaxAttempts int; StallTimeout time.Duration;
 //	    ListPageSize int32; Logger *slog.Logger }
 //	func Open(ctx context.Context, opts Options) (*Backend, error)
 //	func Create(ctx context.Context, opts Options) (*Backend, error)
 //	var ErrBucketNotFound, ErrAccessDenied, ErrNoCredentials error
 //	const DefaultPartSize (8 MiB), DefaultMultipartThreshold (16 MiB), DefaultMaxAttempts (6),
-//	    DefaultRetryBaseDelay, DefaultRetryMaxDelay, DefaultStallTimeout (2 min), DefaultRegion
+//	    DefaultStallTimeout (2 min), DefaultRegion
 //	func (*Backend) Location() string // "s3:http://host:port/bucket/prefix", never secrets
 //	plus the backend.Backend methods Save, Load, Stat, List, Remove, Close.
 package s3
@@ -54,7 +57,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strings"
@@ -73,8 +75,6 @@ const (
 	DefaultPartSize           = 8 << 20
 	DefaultMultipartThreshold = 16 << 20
 	DefaultMaxAttempts        = 6
-	DefaultRetryBaseDelay     = 250 * time.Millisecond
-	DefaultRetryMaxDelay      = 20 * time.Second
 	DefaultStallTimeout       = 2 * time.Minute
 	DefaultRegion             = "us-east-1"
 )
@@ -104,13 +104,11 @@ type Options struct {
 	// 0 means DefaultMultipartThreshold.
 	MultipartThreshold int64
 
-	// MaxAttempts is how often one request is tried before giving up.
-	// 0 means DefaultMaxAttempts.
+	// MaxAttempts bounds the requests one read of an object makes: a body
+	// that breaks off is resumed at most MaxAttempts-1 times. Retrying
+	// whole operations is repository/backend/retry's. 0 means
+	// DefaultMaxAttempts.
 	MaxAttempts int
-	// The wait before retry n is about RetryBaseDelay * 2^(n-1), with jitter,
-	// at most RetryMaxDelay. 0 means the defaults.
-	RetryBaseDelay time.Duration
-	RetryMaxDelay  time.Duration
 	// StallTimeout: an attempt during which no bytes move for this long is
 	// abandoned and retried. 0 means DefaultStallTimeout.
 	StallTimeout time.Duration
@@ -120,8 +118,8 @@ type Options struct {
 	// AWS).
 	ListPageSize int32
 
-	// Logger receives retry warnings and the clean-up of stale multipart
-	// uploads. nil means slog.Default().
+	// Logger receives warnings of resumed reads and of failed aborts, and
+	// the clean-up of stale multipart uploads. nil means slog.Default().
 	Logger *slog.Logger
 }
 
@@ -134,12 +132,6 @@ func (o *Options) setDefaults() {
 	}
 	if o.MaxAttempts <= 0 {
 		o.MaxAttempts = DefaultMaxAttempts
-	}
-	if o.RetryBaseDelay <= 0 {
-		o.RetryBaseDelay = DefaultRetryBaseDelay
-	}
-	if o.RetryMaxDelay <= 0 {
-		o.RetryMaxDelay = DefaultRetryMaxDelay
 	}
 	if o.StallTimeout <= 0 {
 		o.StallTimeout = DefaultStallTimeout
@@ -200,7 +192,8 @@ func newBackend(ctx context.Context, opts Options) (*Backend, error) {
 	if opts.Credentials != nil {
 		loadOpts = append(loadOpts, config.WithCredentialsProvider(opts.Credentials))
 	}
-	// Our own retry loop (retry.go) decides; the SDK tries each request once.
+	// repository/backend/retry retries; the SDK tries each request once, or
+	// the attempts would multiply.
 	loadOpts = append(loadOpts, config.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }))
 	cfg, err := config.LoadDefaultConfig(ctx, loadOpts...)
 	if err != nil {
@@ -304,7 +297,7 @@ func (b *Backend) typePrefix(t backend.FileType) string {
 }
 
 func (b *Backend) checkBucket(ctx context.Context) error {
-	return b.retry(ctx, "open", b.opts.Prefix, func(a *attempt) error {
+	return b.request(ctx, "open", b.opts.Prefix, func(a *attempt) error {
 		_, err := b.client.ListObjectsV2(a.ctx, &s3api.ListObjectsV2Input{
 			Bucket:  aws.String(b.opts.Bucket),
 			Prefix:  aws.String(b.typePrefix(backend.ConfigFile)),
@@ -335,7 +328,7 @@ func (b *Backend) Stat(ctx context.Context, h backend.Handle) (backend.FileInfo,
 
 // head returns the size and ETag of key.
 func (b *Backend) head(ctx context.Context, op, key string) (size int64, etag string, err error) {
-	err = b.retry(ctx, op, key, func(a *attempt) error {
+	err = b.request(ctx, op, key, func(a *attempt) error {
 		out, err := b.client.HeadObject(a.ctx, &s3api.HeadObjectInput{
 			Bucket: aws.String(b.opts.Bucket),
 			Key:    aws.String(key),
@@ -360,7 +353,7 @@ func (b *Backend) Remove(ctx context.Context, h backend.Handle) error {
 	if _, _, err := b.head(ctx, "remove", key); err != nil {
 		return err
 	}
-	return b.retry(ctx, "remove", key, func(a *attempt) error {
+	return b.request(ctx, "remove", key, func(a *attempt) error {
 		_, err := b.client.DeleteObject(a.ctx, &s3api.DeleteObjectInput{
 			Bucket: aws.String(b.opts.Bucket),
 			Key:    aws.String(key),
@@ -391,7 +384,7 @@ func (b *Backend) List(ctx context.Context, t backend.FileType, fn func(backend.
 	var token *string
 	for {
 		var out *s3api.ListObjectsV2Output
-		err := b.retry(ctx, "list", prefix, func(a *attempt) error {
+		err := b.request(ctx, "list", prefix, func(a *attempt) error {
 			var err error
 			in := &s3api.ListObjectsV2Input{
 				Bucket:            aws.String(b.opts.Bucket),
@@ -435,16 +428,4 @@ func (b *Backend) List(ctx context.Context, t backend.FileType, fn func(backend.
 		}
 		token = out.NextContinuationToken
 	}
-}
-
-// backoff returns the wait before retry n (n >= 1): exponential with "equal
-// jitter", so that it never collapses to zero yet clients spread out.
-func (b *Backend) backoff(n int) time.Duration {
-	d := b.opts.RetryBaseDelay
-	for i := 1; i < n && d < b.opts.RetryMaxDelay; i++ {
-		d *= 2
-	}
-	d = min(d, b.opts.RetryMaxDelay)
-	half := d / 2
-	return half + time.Duration(rand.Int64N(int64(half)+1))
 }

@@ -17,10 +17,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	s3api "github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/custos-backup/custos/internal/backoff"
 	"github.com/custos-backup/custos/internal/faultproxy"
 	"github.com/custos-backup/custos/internal/s3server"
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/backend/backendtest"
+	"github.com/custos-backup/custos/repository/backend/retry"
 	"github.com/custos-backup/custos/repository/backend/s3"
 )
 
@@ -32,7 +34,7 @@ const stallTimeout = 500 * time.Millisecond
 func shortStall(o *s3.Options) { o.StallTimeout = stallTimeout }
 
 // options are fast settings for tests: small parts so that the suite's large
-// object goes multipart, and quick retries.
+// object goes multipart.
 func options(endpoint, prefix string) s3.Options {
 	return s3.Options{
 		Endpoint:           endpoint,
@@ -42,8 +44,6 @@ func options(endpoint, prefix string) s3.Options {
 		PartSize:           5 << 20,
 		MultipartThreshold: 5 << 20,
 		MaxAttempts:        4,
-		RetryBaseDelay:     time.Millisecond,
-		RetryMaxDelay:      5 * time.Millisecond,
 		// Long enough that a busy machine never looks like a stalled
 		// server; the stall tests use stallTimeout.
 		StallTimeout: 30 * time.Second,
@@ -59,14 +59,30 @@ func startServer(t *testing.T) *s3server.Server {
 	return srv
 }
 
-func open(t *testing.T, opts s3.Options) *s3.Backend {
+// retryOptions are quick retries for tests, as many as the S3 backend's
+// resumed reads.
+func retryOptions() retry.Options {
+	return retry.Options{
+		MaxAttempts: 4,
+		Backoff:     backoff.Policy{Initial: time.Millisecond, Max: 5 * time.Millisecond, Jitter: 1},
+		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+}
+
+// open opens the backend as location.Open does: wrapped in the retries.
+func open(t *testing.T, opts s3.Options) backend.Backend {
+	t.Helper()
+	return openWith(t, opts, retryOptions())
+}
+
+func openWith(t *testing.T, opts s3.Options, ro retry.Options) backend.Backend {
 	t.Helper()
 	be, err := s3.Open(context.Background(), opts)
 	if err != nil {
 		t.Fatalf("s3.Open(%s): %v", opts.Endpoint, err)
 	}
 	t.Cleanup(func() { _ = be.Close() })
-	return be
+	return retry.New(be, ro)
 }
 
 func TestConformance(t *testing.T) {
@@ -154,14 +170,19 @@ func TestKeyLayoutAndLocation(t *testing.T) {
 }
 
 // withProxy returns a backend that talks to srv through a fault proxy.
-func withProxy(t *testing.T, srv *s3server.Server, tweak func(*s3.Options)) (*s3.Backend, *faultproxy.Proxy) {
+func withProxy(t *testing.T, srv *s3server.Server, tweak func(*s3.Options)) (backend.Backend, *faultproxy.Proxy) {
+	t.Helper()
+	return withProxyRetry(t, srv, tweak, retryOptions())
+}
+
+func withProxyRetry(t *testing.T, srv *s3server.Server, tweak func(*s3.Options), ro retry.Options) (backend.Backend, *faultproxy.Proxy) {
 	t.Helper()
 	p := faultproxy.Start(t, srv.Endpoint)
 	opts := options(p.URL(), "repo")
 	if tweak != nil {
 		tweak(&opts)
 	}
-	be := open(t, opts)
+	be := openWith(t, opts, ro)
 	p.Reset() // forget Open's request
 	return be, p
 }
@@ -253,7 +274,7 @@ func TestRetryStall(t *testing.T) {
 	// A server that always stalls makes the backend give up.
 	p.StallNext(100, 0, faultproxy.Match{Method: "HEAD"})
 	_, err := be.Stat(context.Background(), h)
-	if err == nil || !strings.Contains(err.Error(), "giving up after 4 attempts: no progress for 500ms") {
+	if err == nil || !strings.Contains(err.Error(), "giving up after 4 attempts") || !strings.Contains(err.Error(), "no progress for 500ms") {
 		t.Fatalf("Stat against a stalling server = %v, want it to give up", err)
 	}
 	if got := p.Count(faultproxy.Match{Method: "HEAD"}); got != 4 {
@@ -290,6 +311,40 @@ func TestLoadResumesBrokenBody(t *testing.T) {
 	}
 	if got := p.Count(anyGET); got != 2 {
 		t.Errorf("ranged Load made %d GETs, want 2", got)
+	}
+
+	// The server fails the reopening after a cut: the read resumes again.
+	p.Reset()
+	p.CutBodyNext(1, 1000, anyGET)
+	p.FailNext(2, 503, anyGET)
+	rd, err = be.Load(context.Background(), h, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err = io.ReadAll(rd)
+	rd.Close()
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("Load whose resume failed twice = %d bytes, %v", len(got), err)
+	}
+	if got := p.Count(anyGET); got != 4 {
+		t.Errorf("Load whose resume failed twice made %d GETs, want 4", got)
+	}
+
+	// A 403 on the reopening is not resumed.
+	p.Reset()
+	p.CutBodyNext(1, 1000, anyGET)
+	p.FailNext(1, 403, anyGET)
+	rd, err = be.Load(context.Background(), h, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.ReadAll(rd)
+	rd.Close()
+	if !errors.Is(err, s3.ErrAccessDenied) {
+		t.Fatalf("Load whose resume was refused: %v, want ErrAccessDenied", err)
+	}
+	if got := p.Count(anyGET); got != 2 {
+		t.Errorf("Load whose resume was refused made %d GETs, want 2", got)
 	}
 
 	// Cut every time: the reader gives up with an error, never short data.
@@ -330,10 +385,9 @@ func TestLoadDoesNotSpliceVersions(t *testing.T) {
 
 func TestCancelDuringBackoff(t *testing.T) {
 	srv := startServer(t)
-	be, p := withProxy(t, srv, func(o *s3.Options) {
-		o.RetryBaseDelay = time.Hour // the test would time out if ctx were ignored
-		o.RetryMaxDelay = time.Hour
-	})
+	ro := retryOptions()
+	ro.Backoff = backoff.Policy{Initial: time.Hour} // the test would time out if ctx were ignored
+	be, p := withProxyRetry(t, srv, nil, ro)
 	p.FailNext(100, 503, anyPUT)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -359,7 +413,8 @@ func TestMultipart(t *testing.T) {
 	h := backend.Handle{Type: backend.PackFile, Name: "ef" + strings.Repeat("6", 62)}
 	data := randomData(backendtest.LargeSize)
 
-	// One part fails twice on the way: only that part is sent again.
+	// One part fails twice on the way: the upload is aborted each time and
+	// the whole Save tried again, since only the wrapper retries.
 	p.FailNext(2, 500, faultproxy.Match{Method: "PUT", PathContains: "partNumber=2"})
 	save(t, be, h, data)
 	log := strings.Join(p.Log(), "\n")
@@ -368,9 +423,10 @@ func TestMultipart(t *testing.T) {
 		n    int
 		what string
 	}{
-		{faultproxy.Match{Method: "POST", PathContains: "?uploads"}, 1, "create"},
+		{faultproxy.Match{Method: "POST", PathContains: "?uploads"}, 3, "create"},
 		{faultproxy.Match{Method: "POST", PathContains: "?uploadId="}, 1, "complete"},
-		{faultproxy.Match{Method: "PUT", PathContains: "partNumber=1"}, 1, "part 1"},
+		{faultproxy.Match{Method: "DELETE", PathContains: "uploadId="}, 2, "abort"},
+		{faultproxy.Match{Method: "PUT", PathContains: "partNumber=1"}, 3, "part 1"},
 		{faultproxy.Match{Method: "PUT", PathContains: "partNumber=2"}, 3, "part 2"},
 		{faultproxy.Match{Method: "PUT", PathContains: "partNumber=3"}, 1, "part 3"},
 		{faultproxy.Match{Method: "PUT", PathContains: "partNumber=4"}, 0, "part 4"},
@@ -383,15 +439,17 @@ func TestMultipart(t *testing.T) {
 		t.Fatal("multipart object reads back wrong")
 	}
 
-	// A part that keeps failing aborts the upload: no object, no parts left.
+	// A part that keeps failing aborts every upload: no object, no parts
+	// left.
+	p.Reset()
 	h2 := backend.Handle{Type: backend.PackFile, Name: "ef" + strings.Repeat("7", 62)}
 	p.FailNext(100, 500, faultproxy.Match{Method: "PUT", PathContains: "partNumber=3"})
 	err := be.Save(context.Background(), h2, bytes.NewReader(data), int64(len(data)))
 	if err == nil || !strings.Contains(err.Error(), "part 3") {
 		t.Fatalf("Save with a failing part = %v, want an error naming part 3", err)
 	}
-	if got := p.Count(faultproxy.Match{Method: "DELETE", PathContains: "uploadId="}); got != 1 {
-		t.Errorf("failed multipart upload aborted %d times, want 1", got)
+	if got := p.Count(faultproxy.Match{Method: "DELETE", PathContains: "uploadId="}); got != 4 {
+		t.Errorf("4 failed multipart uploads aborted %d times, want 4", got)
 	}
 	if _, err := be.Stat(context.Background(), h2); !errors.Is(err, backend.ErrNotExist) {
 		t.Errorf("Stat after failed multipart Save = %v, want ErrNotExist", err)
@@ -446,7 +504,10 @@ func TestPermanentErrorsFailFast(t *testing.T) {
 				}
 			}
 			if got := p.Requests(); got != 1 {
-				t.Errorf("Open made %d requests, want 1 (no retries of a permanent error)", got)
+				t.Errorf("Open made %d requests, want 1", got)
+			}
+			if retry.Retryable(err) {
+				t.Errorf("permanent error %q is retryable", err)
 			}
 		})
 	}
@@ -478,10 +539,23 @@ func TestConnectionRefused(t *testing.T) {
 	l.Close()
 	t.Setenv("AWS_ACCESS_KEY_ID", "x")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "y")
+	// The backend tries once and says the failure is worth retrying; the
+	// retries are the wrapper's, as location.Open does it.
 	_, err = s3.Open(context.Background(), options("http://"+addr, ""))
-	if err == nil || !strings.Contains(err.Error(), "giving up after 4 attempts: connection failed") ||
-		!strings.Contains(err.Error(), "refused") {
-		t.Fatalf("Open of a closed port = %v, want it to retry and give up", err)
+	if err == nil || !strings.Contains(err.Error(), "connection failed") || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("Open of a closed port = %v, want connection refused", err)
+	}
+	if !retry.Retryable(err) {
+		t.Errorf("Open of a closed port: %v is not retryable", err)
+	}
+	tries := 0
+	err = retry.NewRetrier(retryOptions()).Do(context.Background(), "open", func(int) error {
+		tries++
+		_, err := s3.Open(context.Background(), options("http://"+addr, ""))
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), "giving up after 4 attempts") || !strings.Contains(err.Error(), "refused") || tries != 4 {
+		t.Fatalf("retried Open of a closed port = %v after %d tries, want it to give up after 4", err, tries)
 	}
 }
 
@@ -523,6 +597,9 @@ func TestNoCredentials(t *testing.T) {
 		t.Fatalf("Open without credentials = %v, want ErrNoCredentials", err)
 	}
 	t.Logf("Open: %v", err)
+	if retry.Retryable(err) {
+		t.Errorf("missing credentials %q are retryable", err)
+	}
 	if !strings.Contains(err.Error(), "AWS_ACCESS_KEY_ID") {
 		t.Errorf("error %q does not say how to provide credentials", err)
 	}
@@ -587,8 +664,10 @@ func TestListPagination(t *testing.T) {
 	p.Reset()
 	p.FailNext(1, 503, faultproxy.Match{Method: "GET", PathContains: "continuation-token"})
 	got := map[string]int64{}
+	calls := 0
 	err := be.List(context.Background(), backend.PackFile, func(fi backend.FileInfo) error {
 		got[fi.Name] = fi.Size
+		calls++
 		return nil
 	})
 	if err != nil {
@@ -602,8 +681,12 @@ func TestListPagination(t *testing.T) {
 			t.Errorf("List: %s has size %d, want %d", name, got[name], size)
 		}
 	}
-	// 10 keys in pages of 3 is 4 pages, plus the failed request.
-	if n := p.Count(faultproxy.Match{Method: "GET", PathContains: "list-type=2"}); n != 5 {
-		t.Errorf("List made %d listing requests, want 5:\n%s", n, strings.Join(p.Log(), "\n"))
+	if calls != len(want) {
+		t.Errorf("List reported %d names for %d packs: the retry repeated some", calls, len(want))
+	}
+	// 10 keys in pages of 3 is 4 pages; the first page and the failed
+	// second went before the retry started over.
+	if n := p.Count(faultproxy.Match{Method: "GET", PathContains: "list-type=2"}); n != 6 {
+		t.Errorf("List made %d listing requests, want 6:\n%s", n, strings.Join(p.Log(), "\n"))
 	}
 }

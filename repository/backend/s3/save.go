@@ -14,6 +14,7 @@ import (
 	"github.com/aws/smithy-go"
 
 	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/backend/retry"
 )
 
 // abortTimeout bounds the clean-up of a failed multipart upload, which runs
@@ -43,7 +44,7 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, rd io.ReadSeeker, 
 	if size > b.opts.MultipartThreshold {
 		return b.saveMultipart(ctx, key, rd, size)
 	}
-	return b.retry(ctx, "save", key, func(a *attempt) error {
+	return b.request(ctx, "save", key, func(a *attempt) error {
 		body := &segment{r: rd, base: start, size: size}
 		if _, err := body.Seek(0, io.SeekStart); err != nil {
 			return permanent{err}
@@ -159,7 +160,7 @@ func (c ctxReader) Read(p []byte) (int, error) {
 // one part per save). Any failure aborts the upload, so no parts linger.
 func (b *Backend) saveMultipart(ctx context.Context, key string, rd io.ReadSeeker, size int64) (err error) {
 	var uploadID string
-	err = b.retry(ctx, "save", key, func(a *attempt) error {
+	err = b.request(ctx, "save", key, func(a *attempt) error {
 		out, err := b.client.CreateMultipartUpload(a.ctx, &s3api.CreateMultipartUploadInput{
 			Bucket:            aws.String(b.opts.Bucket),
 			Key:               aws.String(key),
@@ -196,7 +197,7 @@ func (b *Backend) saveMultipart(ctx context.Context, key string, rd io.ReadSeeke
 		}
 		part := buf[:n]
 		var out *s3api.UploadPartOutput
-		err := b.retry(ctx, fmt.Sprintf("save (part %d)", num), key, func(a *attempt) error {
+		err := b.request(ctx, fmt.Sprintf("save (part %d)", num), key, func(a *attempt) error {
 			var err error
 			out, err = b.client.UploadPart(a.ctx, &s3api.UploadPartInput{
 				Bucket:            aws.String(b.opts.Bucket),
@@ -220,39 +221,39 @@ func (b *Backend) saveMultipart(ctx context.Context, key string, rd io.ReadSeeke
 		done += n
 	}
 
-	tries := 0
-	return b.retry(ctx, "save (complete)", key, func(a *attempt) error {
-		tries++
+	// A lost answer to a completion that worked fails this Save; the
+	// retry of the whole Save uploads the object again, which is harmless.
+	return b.request(ctx, "save (complete)", key, func(a *attempt) error {
 		_, err := b.client.CompleteMultipartUpload(a.ctx, &s3api.CompleteMultipartUploadInput{
 			Bucket:          aws.String(b.opts.Bucket),
 			Key:             aws.String(key),
 			UploadId:        aws.String(uploadID),
 			MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
 		})
-		var api smithy.APIError
-		if tries > 1 && errors.As(err, &api) && api.ErrorCode() == "NoSuchUpload" {
-			// An earlier attempt completed the upload but its answer was
-			// lost. If the object is there with the right size, we are done.
-			got, _, herr := b.head(a.ctx, "save (check)", key)
-			if herr == nil && got == size {
-				return nil
-			}
-		}
 		return err
 	})
 }
 
 // abortMultipart removes the parts of a failed upload. It must run even if
-// ctx is cancelled, so it has its own deadline.
+// ctx is cancelled, so it has its own deadline. It retries by itself, with
+// the shared retry loop, because the wrapper only sees the failed Save; a
+// retried abort of an upload already gone is done.
 func (b *Backend) abortMultipart(ctx context.Context, key, uploadID string) {
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
 	defer cancel()
-	err := b.retry(actx, "abort upload", key, func(a *attempt) error {
-		_, err := b.client.AbortMultipartUpload(a.ctx, &s3api.AbortMultipartUploadInput{
-			Bucket:   aws.String(b.opts.Bucket),
-			Key:      aws.String(key),
-			UploadId: aws.String(uploadID),
+	err := retry.NewRetrier(retry.Options{Logger: b.log}).Do(actx, "abort upload "+key, func(n int) error {
+		err := b.request(actx, "abort upload", key, func(a *attempt) error {
+			_, err := b.client.AbortMultipartUpload(a.ctx, &s3api.AbortMultipartUploadInput{
+				Bucket:   aws.String(b.opts.Bucket),
+				Key:      aws.String(key),
+				UploadId: aws.String(uploadID),
+			})
+			return err
 		})
+		var api smithy.APIError
+		if n > 1 && errors.As(err, &api) && api.ErrorCode() == "NoSuchUpload" {
+			return nil
+		}
 		return err
 	})
 	if err != nil {
