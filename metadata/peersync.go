@@ -78,8 +78,8 @@ type PeerSyncOptions struct {
 	// nothing (no record, no watermark, no initial copy).
 	Report bool
 	// Overlap is how many revisions before each watermark the sync looks
-	// again; default DefaultPeerOverlap. Looking again costs reads only:
-	// a record already in agreement comes out PeerNone.
+	// again; 0 means DefaultPeerOverlap, a negative value none. Looking
+	// again costs reads only: a record in agreement comes out PeerNone.
 	Overlap int64
 	// Full ignores the watermarks and compares every record.
 	Full bool
@@ -231,8 +231,11 @@ func (s *EtcdStore) SyncPeer(ctx context.Context, p Peer, opts PeerSyncOptions) 
 	if err := s.checkPeer(p); err != nil {
 		return nil, err
 	}
-	if opts.Overlap <= 0 {
+	switch {
+	case opts.Overlap == 0:
 		opts.Overlap = DefaultPeerOverlap
+	case opts.Overlap < 0:
+		opts.Overlap = 0
 	}
 	ps := &peerSync{s: s, p: p, opts: opts, hosts: map[string]bool{}}
 	for _, h := range p.Hosts {
@@ -350,7 +353,10 @@ func (ps *peerSync) run(ctx context.Context) (*PeerSyncResult, error) {
 		}
 	}
 	for rid, rev := range ownKeys {
-		if rev > res.OwnFrom {
+		// A take writes the record and its initial copy in one
+		// transaction: a record still at its initial copy's revision is
+		// as this sync's own write left it.
+		if rev > res.OwnFrom && rev != initials[rid] {
 			cand[rid] = true
 		}
 	}

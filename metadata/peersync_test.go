@@ -243,3 +243,130 @@ func revision(t *testing.T, s *EtcdStore) int64 {
 	}
 	return resp.Header.Revision
 }
+
+// TestSyncPeerKeepsOwnRecords: a sync never writes or removes a record of
+// a host this site owns, whatever the peer holds under the same key, and
+// does not pull records of hosts the peer does not own.
+func TestSyncPeerKeepsOwnRecords(t *testing.T) {
+	pp := newPeerPair(t, Options{})
+	putVersion(t, pp.here, "ours", "here", "a")        // ours; the peer has another version of it
+	putVersion(t, pp.there, "ours", "there", "b")      // same key, claimed by a peer host
+	putVersion(t, pp.here, "ours2", "here", "a")       // ours; the peer has a copy of it, changed
+	putVersion(t, pp.there, "ours2", "here", "c")      //
+	putVersion(t, pp.here, "alone", "here", "a")       // ours, the peer lacks it
+	putVersion(t, pp.there, "third", "elsewhere", "a") // neither ours nor the peer's
+	before := map[string]string{}
+	for _, n := range []string{"ours", "ours2", "alone"} {
+		before[n] = digestHere(t, pp.here, n)
+	}
+	for range 2 { // the second from the watermarks
+		res := syncPeer(t, pp, PeerSyncOptions{})
+		for n, d := range before {
+			if got := digestHere(t, pp.here, n); got != d {
+				t.Errorf("record %s of this site changed: %s, was %s", n, got, d)
+			}
+		}
+		if v := versionOf(t, pp.here, "third"); v != "" {
+			t.Errorf("the record of host elsewhere was pulled (%s): the peer does not own it", v)
+		}
+		c := changeOf(res, "ours")
+		if c == nil || c.Done || !strings.Contains(c.Skipped, "this site owns") {
+			t.Errorf("the peer's record under this site's key is not reported: %+v", c)
+		}
+		for _, n := range []string{"ours2", "alone", "third"} {
+			if c := changeOf(res, n); c != nil {
+				t.Errorf("%s: unexpected change %+v", n, c)
+			}
+		}
+	}
+	if err := pp.here.checkPeer(Peer{Name: "b", Store: pp.there, Hosts: []string{"here"}}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a peer owning this host: %v, want ErrInvalid", err)
+	}
+	if err := pp.here.checkPeer(Peer{Name: "b", Store: pp.here, Hosts: []string{"there"}}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a peer that is this catalog: %v, want ErrInvalid", err)
+	}
+}
+
+func digestHere(t *testing.T, s *EtcdStore, name string) string {
+	t.Helper()
+	b, err := s.GetDatasetVersion(ctxT(t), "src", name, t0, "bk-"+name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.Host + " " + versionDigest(b)
+}
+
+// TestSyncPeerFindable: pulled records are findable through the agent's
+// in-memory index, and removed ones disappear from it.
+func TestSyncPeerFindable(t *testing.T) {
+	pp := newPeerPair(t, Options{})
+	x := startIndex(t, pp.here)
+	putVersion(t, pp.there, "db", "there", "a")
+	syncPeer(t, pp, PeerSyncOptions{})
+	bs, err := x.FindAtoms(ctxT(t), FindRequest{Pattern: "src/db/*"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := flat(bs); len(got) != 2 {
+		t.Fatalf("find after the pull: %v, want the two atoms of src/db", got)
+	}
+	putVersion(t, pp.there, "db", "there", "")
+	syncPeer(t, pp, PeerSyncOptions{})
+	bs, err = x.FindAtoms(ctxT(t), FindRequest{Pattern: "src/db/*"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := flat(bs); len(got) != 0 {
+		t.Fatalf("find after the peer removed it: %v, want nothing", got)
+	}
+}
+
+// TestSyncPeerWatermarkAndReport: a sync compares only what changed since
+// the watermarks (less the overlap); a report changes nothing, not even
+// the watermarks; pages of a few records and a dataset written over
+// several transactions are taken whole with their initial copies.
+func TestSyncPeerWatermarkAndReport(t *testing.T) {
+	pp := newPeerPair(t, Options{PageSize: 2, MaxTxnOps: 8})
+	for i := range 5 {
+		putVersion(t, pp.there, fmt.Sprintf("d%d", i), "there", "a")
+	}
+	big := mkDataset("src", "big")
+	for i := range 40 {
+		big.Atoms = append(big.Atoms, Atom{Name: fmt.Sprintf("f%03d", i)})
+	}
+	if err := pp.there.AddDataset(ctxT(t), mkBackup("bk-big", "there2", t0), big); err != nil {
+		t.Fatal(err)
+	}
+	rev := revision(t, pp.here)
+	rep := syncPeer(t, pp, PeerSyncOptions{Report: true})
+	if rep.Count(PeerTake) != 6 || !rep.Full {
+		t.Fatalf("report: %d takes (full %v), want 6 from a full compare", rep.Count(PeerTake), rep.Full)
+	}
+	if got := revision(t, pp.here); got != rev {
+		t.Fatalf("a report wrote to this catalog (revision %d, was %d)", got, rev)
+	}
+	res := syncPeer(t, pp, PeerSyncOptions{Overlap: -1})
+	if res.Count(PeerTake) != 6 || !res.Full {
+		t.Fatalf("first sync: %d takes (full %v), want 6", res.Count(PeerTake), res.Full)
+	}
+	b, err := pp.here.GetDatasetVersion(ctxT(t), "src", "big", t0, "bk-big")
+	if err != nil || len(b.Datasets[0].Atoms) != 40 {
+		t.Fatalf("the big dataset here: %v, %v", b, err)
+	}
+	_, _, initials, err := ridScan(ctxT(t), pp.here, pp.here.k.peerInitial("b"))
+	if err != nil || len(initials) != 6 {
+		t.Fatalf("initial copies: %d (%v), want 6", len(initials), err)
+	}
+	again := syncPeer(t, pp, PeerSyncOptions{Overlap: -1})
+	if again.Full || again.Compared != 0 || len(again.Changes) != 0 {
+		t.Errorf("a sync with nothing changed compared %d records (full %v): %+v %+v", again.Compared, again.Full, again.Changes, again)
+	}
+	putVersion(t, pp.there, "d3", "there", "b")
+	one := syncPeer(t, pp, PeerSyncOptions{Overlap: -1})
+	if one.Compared != 1 || one.Count(PeerTake) != 1 || versionOf(t, pp.here, "d3") != "b" {
+		t.Errorf("after one change at the peer: compared %d, %d taken, d3 is %q", one.Compared, one.Count(PeerTake), versionOf(t, pp.here, "d3"))
+	}
+	if full := syncPeer(t, pp, PeerSyncOptions{Full: true}); full.Compared != 6 || full.Agreed != 6 {
+		t.Errorf("a full sync compared %d, agreed %d; want 6 and 6", full.Compared, full.Agreed)
+	}
+}
