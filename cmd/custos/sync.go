@@ -170,8 +170,11 @@ func printPeerSync(w io.Writer, res *metadata.PeerSyncResult) {
 		if v == nil || v.Dataset == nil {
 			return "absent"
 		}
-		d := v.Dataset
-		return fmt.Sprintf("%s host %s repository %s snapshot %s %d atom(s) %d bytes", v.Digest[:min(8, len(v.Digest))], v.Host, d.Repository, shortIDs(d.SnapshotID), d.AtomCount, d.TotalBytes)
+		d, snap := v.Dataset, "-"
+		if d.SnapshotID != "" {
+			snap = shortIDs(d.SnapshotID)
+		}
+		return fmt.Sprintf("%s host %s repository %s snapshot %s %d atom(s) %d bytes", v.Digest[:min(8, len(v.Digest))], v.Host, d.Repository, snap, d.AtomCount, d.TotalBytes)
 	}
 	table := func(title string, cs []metadata.PeerChange, report bool) {
 		if len(cs) == 0 {
