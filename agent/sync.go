@@ -782,13 +782,17 @@ func decodeSync(d *decoder, n *yaml.Node, f string) SyncSpec {
 const syncScheduleName = "sync"
 
 // newSyncJob syncs the catalog with every repository on the sync queue,
-// one at a time.
+// one at a time, then with every peer.
 func (a *Agent) newSyncJob() jobs.Job {
+	desc := "sync the catalog with the repositories"
+	if len(a.cm.Current().Config.Peers) > 0 {
+		desc += " and the peers"
+	}
 	return jobs.New(jobs.Info{
 		Kind:        "sync",
 		LockKey:     "sync",
 		IfLocked:    jobs.LockSkip,
-		Description: "sync the catalog with the repositories",
+		Description: desc,
 	}, func(ctx context.Context) error {
 		res, err := a.sync(ctx)
 		if res != nil {
