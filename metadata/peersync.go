@@ -505,8 +505,12 @@ func (ps *peerSync) page(ctx context.Context, rids []string, peerRev int64) erro
 		var report *PeerChange
 		if kv := own[2*i]; kv != nil {
 			initial = &PeerVersion{}
-			if err := json.Unmarshal(kv.Value, initial); err != nil {
-				return fmt.Errorf("decode the initial copy %q: %w", kv.Key, err)
+			if err := json.Unmarshal(kv.Value, initial); err != nil || initial.Digest == "" {
+				// Compared as absent: if both sites agree, the sync
+				// writes it again; otherwise it is a keep or a conflict,
+				// reported, never a silent change of ours.
+				s.log.Warn("an undecodable initial copy of a peer sync counts as absent", "peer", name, "key", string(kv.Key), "err", err)
+				initial = nil
 			}
 		}
 		if kv := own[2*i+1]; kv != nil {
