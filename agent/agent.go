@@ -78,6 +78,7 @@ type Agent struct {
 	// found wrong between the catalog and the repositories.
 	warnMu          sync.Mutex
 	catalogWarnings []string
+	peerWarnings    map[string][]string // by peer: its recorded reports, its last failure
 }
 
 // Options tune an Agent. The zero value works.
@@ -191,6 +192,7 @@ func (a *Agent) entries(rc *RuntimeContext) []jobs.Entry {
 	if s := rc.Config.Sync.Schedule; s != "" {
 		out = append(out, jobs.Entry{Name: syncScheduleName, Schedule: s, Run: func(context.Context) { a.submit(a.newSyncJob()) }})
 	}
+	out = append(out, a.peerEntries(rc)...)
 	for _, r := range rc.Config.Repositories {
 		if r.Retention == nil {
 			continue

@@ -56,6 +56,8 @@ type Config struct {
 	DefaultIOClass   int
 	// Sync schedules the sync of the catalog with the repositories.
 	Sync SyncSpec
+	// Peers are other sites whose records the sync pulls (site to site).
+	Peers []*PeerSpec
 
 	Handlers []*HandlerSpec
 	Sources  []*SourceSpec
@@ -223,6 +225,7 @@ func load(path string, errs *ConfigErrors) *Config {
 	d := &decoder{file: path, errs: errs}
 	cfg.decodeAgent(d, root)
 	cfg.applyDefaults(d, root)
+	cfg.checkPeers(d)
 
 	dir := filepath.Dir(path)
 	for _, f := range yamlFiles(filepath.Join(dir, "handlers"), errs) {
@@ -324,6 +327,7 @@ func (cfg *Config) decodeAgent(d *decoder, root *yaml.Node) {
 		},
 		"queues": func(v *yaml.Node, f string) { cfg.decodeQueues(d, v, f) },
 		"sync":   func(v *yaml.Node, f string) { cfg.Sync = decodeSync(d, v, f) },
+		"peers":  func(v *yaml.Node, f string) { cfg.decodePeers(d, v, f) },
 		"repositories": func(v *yaml.Node, f string) {
 			seen := map[string]bool{}
 			d.sequence(v, f, func(_ int, item *yaml.Node, f string) {

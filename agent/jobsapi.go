@@ -31,6 +31,9 @@ type JobRequest struct {
 	// Retention: the repository whose retention to run. Restore: the copy
 	// to restore from ("" = the dataset's own, or a replica).
 	Repository string `json:"repository,omitempty"`
+	// Sync: the peer to sync with alone ("" = the repositories, then
+	// every peer).
+	Peer string `json:"peer,omitempty"`
 }
 
 // jobEvents fans job status changes out to the subscribers of one job.
@@ -116,7 +119,7 @@ func (a *Agent) serveCreateJob(w http.ResponseWriter, r *http.Request) {
 	case "restore":
 		job, code, err = a.restoreJob(req)
 	case "sync":
-		job = a.newSyncJob()
+		job, code, err = a.syncJob(req)
 	case "retention":
 		job, code, err = a.retentionJob(req)
 	case "":

@@ -782,13 +782,17 @@ func decodeSync(d *decoder, n *yaml.Node, f string) SyncSpec {
 const syncScheduleName = "sync"
 
 // newSyncJob syncs the catalog with every repository on the sync queue,
-// one at a time.
+// one at a time, then with every peer.
 func (a *Agent) newSyncJob() jobs.Job {
+	desc := "sync the catalog with the repositories"
+	if len(a.cm.Current().Config.Peers) > 0 {
+		desc += " and the peers"
+	}
 	return jobs.New(jobs.Info{
 		Kind:        "sync",
 		LockKey:     "sync",
 		IfLocked:    jobs.LockSkip,
-		Description: "sync the catalog with the repositories",
+		Description: desc,
 	}, func(ctx context.Context) error {
 		res, err := a.sync(ctx)
 		if res != nil {
@@ -800,7 +804,8 @@ func (a *Agent) newSyncJob() jobs.Job {
 		}
 		a.setCatalogWarnings(warningsAfterSync(res, err))
 		a.backups.invalidate()
-		return err
+		// Then the peers (site to site), whatever the repositories said.
+		return errors.Join(err, a.syncPeers(ctx))
 	})
 }
 
@@ -842,6 +847,7 @@ func warningsAfterSync(res *SyncResult, err error) []string {
 // versions whose snapshots are gone. Backups of this run are left out:
 // they may be between their snapshot and their record.
 func (a *Agent) checkCatalog(ctx context.Context) {
+	a.loadPeerWarnings(ctx)
 	res, err := a.mgr.Sync(ctx, a.cm.Current(), a.catalog.Store, SyncOptions{Report: true, Before: a.started})
 	if ctx.Err() != nil {
 		return
@@ -891,7 +897,12 @@ func (a *Agent) setCatalogWarnings(w []string) {
 }
 
 func (a *Agent) currentCatalogWarnings() []string {
+	peers := a.cm.Current().Config.Peers
 	a.warnMu.Lock()
 	defer a.warnMu.Unlock()
-	return append([]string{}, a.catalogWarnings...)
+	out := append([]string{}, a.catalogWarnings...)
+	for _, p := range peers {
+		out = append(out, a.peerWarnings[p.Name]...)
+	}
+	return out
 }

@@ -40,7 +40,7 @@ func (s *EtcdStore) RemoveDatasetVersion(ctx context.Context, source, dataset st
 	}
 	what := fmt.Sprintf("backup %s dataset %s/%s", backupID, source, dataset)
 	for attempt := 1; ; attempt++ {
-		removed, err := s.removeOnce(ctx, source, dataset, ts.UTC(), backupID)
+		removed, err := s.removeOnce(ctx, source, dataset, ts.UTC(), backupID, nil, nil)
 		if !errors.Is(err, errRaced) || attempt >= maxRemoveAttempts {
 			if err != nil {
 				return false, fmt.Errorf("metadata: remove %s: %w", what, err)
@@ -51,7 +51,23 @@ func (s *EtcdStore) RemoveDatasetVersion(ctx context.Context, source, dataset st
 	}
 }
 
-func (s *EtcdStore) removeOnce(ctx context.Context, source, dataset string, ts time.Time, backupID string) (bool, error) {
+// removeGuarded is RemoveDatasetVersion for the peer sync: only while the
+// dataset record is at mod revision expectRev (errMovedOn otherwise), with
+// extra in the transaction that deletes the record.
+func (s *EtcdStore) removeGuarded(ctx context.Context, source, dataset string, ts time.Time, backupID string, expectRev int64, extra []clientv3.Op) error {
+	what := fmt.Sprintf("backup %s dataset %s/%s", backupID, source, dataset)
+	for attempt := 1; ; attempt++ {
+		_, err := s.removeOnce(ctx, source, dataset, ts.UTC(), backupID, &expectRev, extra)
+		if !errors.Is(err, errRaced) || attempt >= maxRemoveAttempts {
+			if err != nil {
+				return fmt.Errorf("metadata: remove %s: %w", what, err)
+			}
+			return nil
+		}
+	}
+}
+
+func (s *EtcdStore) removeOnce(ctx context.Context, source, dataset string, ts time.Time, backupID string, expectRev *int64, extra []clientv3.Op) (bool, error) {
 	dsKey := s.k.dataset(source, dataset, ts, backupID)
 	hk := s.k.backup(backupID)
 	dsIndex := s.k.backupDSPrefix(backupID)
@@ -65,6 +81,9 @@ func (s *EtcdStore) removeOnce(ctx context.Context, source, dataset string, ts t
 	}
 	rev := resp.Header.Revision
 	dkv, bkv := firstKV(resp, 0), firstKV(resp, 1)
+	if expectRev != nil && (dkv == nil || dkv.ModRevision != *expectRev) {
+		return false, errMovedOn
+	}
 	if dkv == nil {
 		return false, nil
 	}
@@ -79,6 +98,7 @@ func (s *EtcdStore) removeOnce(ctx context.Context, source, dataset string, ts t
 
 	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(dsKey), "=", dkv.ModRevision)}
 	ops := []clientv3.Op{clientv3.OpDelete(dsKey), clientv3.OpDelete(s.k.backupDS(backupID, source, dataset))}
+	ops = append(ops, extra...)
 	others := 0
 	ownIndex := s.k.backupDS(backupID, source, dataset)
 	for _, kv := range resp.Responses[2].GetResponseRange().Kvs {

@@ -57,6 +57,12 @@ type datasetWrite struct {
 	dsKey           string
 	sum             string        // content of the dataset as added
 	atoms           []clientv3.Op // the atom set: list chunks, then atom records
+
+	// A peer sync's write (writeGuarded): the dataset record must still
+	// be at expectRev (0: absent), and extra goes into the switch, so
+	// that the record and the sync's own bookkeeping change together.
+	expectRev *int64
+	extra     []clientv3.Op
 }
 
 func opBytes(ops ...clientv3.Op) int {
@@ -214,6 +220,29 @@ func (s *EtcdStore) write(ctx context.Context, b *Backup, d *Dataset) error {
 	if err != nil {
 		return err
 	}
+	return s.writePlanned(ctx, w)
+}
+
+// errMovedOn: a guarded write or removal found the dataset record at
+// another revision than the caller compared.
+var errMovedOn = errors.New("metadata: the dataset record changed since it was compared")
+
+// writeGuarded is write for the peer sync: only while the dataset record
+// is at mod revision expectRev (0: absent; errMovedOn otherwise), and with
+// extra in the transaction that switches the record.
+func (s *EtcdStore) writeGuarded(ctx context.Context, b *Backup, d *Dataset, expectRev int64, extra []clientv3.Op) error {
+	if err := validate(b, d); err != nil {
+		return err
+	}
+	w, err := s.planWrite(b, d)
+	if err != nil {
+		return err
+	}
+	w.expectRev, w.extra = &expectRev, extra
+	return s.writePlanned(ctx, w)
+}
+
+func (s *EtcdStore) writePlanned(ctx context.Context, w *datasetWrite) error {
 	for attempt := 1; ; attempt++ {
 		err := s.writeOnce(ctx, w)
 		if !errors.Is(err, errRaced) || attempt >= maxWriteAttempts {
@@ -246,8 +275,8 @@ func (s *EtcdStore) writeOnce(ctx context.Context, w *datasetWrite) error {
 	read := func(t clientv3.Txn) clientv3.Txn {
 		return t.Then(clientv3.OpGet(w.hk), clientv3.OpGet(w.dsKey))
 	}
-	all := concatOps(w.create, w.record, w.atoms)
-	fast := s.fits(all)
+	all := concatOps(w.create, w.record, w.atoms, w.extra)
+	fast := s.fits(all) && (w.expectRev == nil || *w.expectRev == 0)
 	if fast {
 		read = func(t clientv3.Txn) clientv3.Txn {
 			return t.If(clientv3.Compare(clientv3.CreateRevision(w.hk), "=", 0),
@@ -285,6 +314,11 @@ func (s *EtcdStore) writeOnce(ctx context.Context, w *datasetWrite) error {
 	var old *datasetRecord
 	if dkv != nil {
 		dsRev = dkv.ModRevision
+	}
+	if w.expectRev != nil && dsRev != *w.expectRev {
+		return fmt.Errorf("metadata: write %s: %w", w.what, errMovedOn)
+	}
+	if dkv != nil {
 		old = &datasetRecord{}
 		if err := json.Unmarshal(dkv.Value, old); err != nil || old.Dataset == nil {
 			// Readers cannot use that record either; its atoms become
@@ -292,11 +326,12 @@ func (s *EtcdStore) writeOnce(ctx context.Context, w *datasetWrite) error {
 			s.log.Warn("undecodable dataset record is replaced without deleting its atoms", "key", string(dkv.Key), "err", err)
 			old = nil
 		} else if old.Sum == w.sum {
-			return nil // already recorded, as it is (a retry)
+			return s.commitExtra(ctx, w, dsRev) // already recorded, as it is (a retry)
 		}
 	}
 	cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(w.dsKey), "=", dsRev))
 	sw = append(sw, w.record...)
+	sw = append(sw, w.extra...)
 	stale, err := s.staleAtoms(ctx, w, old, dsRev)
 	if err != nil {
 		return fmt.Errorf("metadata: write %s: read the atoms it replaces: %w", w.what, err)
@@ -336,6 +371,24 @@ func (s *EtcdStore) writeOnce(ctx context.Context, w *datasetWrite) error {
 	if _, err := s.commitBatches(ctx, stale, nil); err != nil {
 		s.log.Warn("could not delete the atom set the dataset record no longer names; it stays, unused",
 			"backup", w.h.ID, "dataset", w.source+"/"+w.dataset, "err", err)
+	}
+	return nil
+}
+
+// commitExtra writes the extra operations of a write whose record is
+// already as given, while it stays at dsRev.
+func (s *EtcdStore) commitExtra(ctx context.Context, w *datasetWrite, dsRev int64) error {
+	if len(w.extra) == 0 {
+		return nil
+	}
+	r, err := s.commit(ctx, func(t clientv3.Txn) clientv3.Txn {
+		return t.If(clientv3.Compare(clientv3.ModRevision(w.dsKey), "=", dsRev)).Then(w.extra...)
+	})
+	if err != nil {
+		return fmt.Errorf("metadata: write %s: %w", w.what, err)
+	}
+	if !r.Succeeded {
+		return fmt.Errorf("metadata: write %s: %w", w.what, errRaced)
 	}
 	return nil
 }

@@ -378,6 +378,11 @@ func printStatus(w io.Writer, rep *agent.StatusReport) []string {
 		}
 	}
 
+	for _, warn := range rep.CatalogWarnings {
+		// The catalog against the repositories, and the peer syncs.
+		fmt.Fprintln(w, "catalog warning:", warn)
+	}
+
 	fmt.Fprintf(w, "\nRunning (%d)\n", len(rep.Running))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, j := range rep.Running {
