@@ -36,6 +36,9 @@ type Manager struct {
 	repos   *repoPool
 	log     *slog.Logger
 	events  Events
+	// freeSpace reports the bytes free to this process on the file
+	// system holding path; tests wrap it to show a full disk.
+	freeSpace func(path string) (int64, error)
 }
 
 // Events receives the outcome of every ingest (metrics, status page). It
@@ -56,7 +59,7 @@ func NewManager(cm *ConfigManager, catalog CatalogStore, events Events, log *slo
 	if events == nil {
 		events = noEvents{}
 	}
-	return &Manager{cm: cm, catalog: catalog, repos: newRepoPool(log), log: log, events: events}
+	return &Manager{cm: cm, catalog: catalog, repos: newRepoPool(log), log: log, events: events, freeSpace: statfsFree}
 }
 
 // Close closes the repositories the Manager opened.

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/custos-backup/custos/jobs"
@@ -375,5 +376,83 @@ func TestRunKinds(t *testing.T) {
 			}
 			return false
 		})
+	}
+}
+
+// TestReplicateRefusesWithoutSpace: a local target whose file system
+// cannot take the copy plus the margin fails the job by name, with the
+// numbers, before anything is sent; with room, the same job copies. The
+// target is a real 20 MiB tmpfs when this process may mount one, else the
+// real file system seen through a probe that caps its free space.
+func TestReplicateRefusesWithoutSpace(t *testing.T) {
+	ctx := testContext(t)
+	ts := preserveSetup(t, nil)
+	offsite := filepath.Join(ts.dir, "work", "offsite")
+	if err := os.MkdirAll(offsite, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	mounted := syscall.Mount("tmpfs", offsite, "tmpfs", 0, "size=20m") == nil
+	if mounted {
+		t.Cleanup(func() {
+			if err := syscall.Unmount(offsite, 0); err != nil {
+				t.Errorf("unmount %s: %v", offsite, err)
+			}
+		})
+	}
+	cm, cat, mgr := openTestCLI(ctx, t, ts.cfgPath, CatalogOptions{})
+	if !mounted {
+		t.Log("cannot mount a tmpfs here; capping the free space the real statfs reports")
+		mgr.freeSpace = func(p string) (int64, error) {
+			free, err := statfsFree(p)
+			return min(free, 20<<20), err
+		}
+	}
+	if _, err := BackupNow(ctx, mgr, cm.Current(), "files", "docs"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := ReplicateNow(ctx, mgr, cm.Current(), "files", "docs")
+	if err == nil || !strings.Contains(err.Error(), "dataset files/docs: not enough space in offsite") || !strings.Contains(err.Error(), "nothing was copied") {
+		t.Fatalf("replicate to a full target: %v", err)
+	}
+	if len(res) != 1 || res[0].Written != 0 || res[0].BytesCopied != 0 || res[0].BlobsCopied != 0 {
+		t.Fatalf("replicate to a full target reports a copy: %+v", res)
+	}
+	packs := func() int {
+		n := 0
+		err := filepath.Walk(filepath.Join(offsite, "data"), func(_ string, fi os.FileInfo, err error) error {
+			if err == nil && fi.Mode().IsRegular() {
+				n++
+			}
+			if errors.Is(err, os.ErrNotExist) {
+				return nil
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := packs(); n != 0 {
+		t.Fatalf("the refused copy left %d packs in the target", n)
+	}
+	if recs, err := cat.Store.ListReplicas(ctx, "offsite"); err != nil || len(recs) != 0 {
+		t.Fatalf("replica records after a refused copy: %v %v", recs, err)
+	}
+
+	// Room enough: the same job copies, so the refusal was the space's.
+	if mounted {
+		if err := syscall.Mount("tmpfs", offsite, "tmpfs", syscall.MS_REMOUNT, "size=256m"); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		mgr.freeSpace = statfsFree
+	}
+	res, err = ReplicateNow(ctx, mgr, cm.Current(), "files", "docs")
+	if err != nil || len(res) != 1 || res[0].Written != 1 {
+		t.Fatalf("replicate with room: %+v %v", res, err)
+	}
+	if packs() == 0 {
+		t.Fatal("the copy with room wrote no pack")
 	}
 }
