@@ -311,6 +311,10 @@ type RestoredAtom struct {
 	Time     time.Time `json:"time"`
 	Host     string    `json:"host"`
 	Target   string    `json:"target"` // folder, or "-" for stdout
+	// Repository is the copy it was restored from; Fallback, when set,
+	// says why that is a replica rather than the dataset's own.
+	Repository string `json:"repository"`
+	Fallback   string `json:"fallback,omitempty"`
 }
 
 // Restore restores the newest version (older than OlderThan, if set) of
@@ -378,7 +382,7 @@ func (m *Manager) restoreDataset(ctx context.Context, rc *RuntimeContext, req Re
 			return nil, fmt.Errorf("dataset %s: %s atoms need a target folder (--target)", name, d.Handler)
 		}
 	}
-	repo, snaps, err := m.restoreCopy(ctx, rc, req, b, d)
+	from, err := m.restoreCopy(ctx, rc, req, b, d)
 	if err != nil {
 		return nil, err
 	}
@@ -405,8 +409,8 @@ func (m *Manager) restoreDataset(ctx context.Context, rc *RuntimeContext, req Re
 		}
 	}
 	rreq := &handlers.RestoreRequest{
-		Source: d.Source, Dataset: d.Name, Atoms: atoms, Snapshots: snaps,
-		Repo: repo, Shell: handlers.FromShell(sh), Target: target, Root: root, Env: env, Dir: cfg.Dir,
+		Source: d.Source, Dataset: d.Name, Atoms: atoms,
+		Shell: handlers.FromShell(sh), Target: target, Root: root, Env: env, Dir: cfg.Dir,
 		// Progress goes to the job's status when this runs as a job.
 		Progress: func(p repository.Progress) {
 			jobs.ReportProgress(ctx, jobs.Progress{Bytes: p.Bytes, Files: p.Files, TotalBytes: p.TotalBytes, TotalFiles: p.TotalFiles, Current: p.Current})
@@ -417,7 +421,11 @@ func (m *Manager) restoreDataset(ctx context.Context, rc *RuntimeContext, req Re
 		rreq.Stdout = req.Stdout
 		where = "-"
 	}
-	if err := h.Restore(ctx, rreq); err != nil {
+	from, err = m.restoreData(ctx, rc, req, b, d, from, func(c *restoreFrom) error {
+		rreq.Repo, rreq.Snapshots = c.repo, c.snaps
+		return h.Restore(ctx, rreq)
+	})
+	if err != nil {
 		return nil, fmt.Errorf("dataset %s from backup %s: %w", name, b.ID, err)
 	}
 	if src != nil && src.PostRestoreCommand != "" {
@@ -427,7 +435,8 @@ func (m *Manager) restoreDataset(ctx context.Context, rc *RuntimeContext, req Re
 	}
 	out := make([]RestoredAtom, 0, len(atoms))
 	for _, a := range atoms {
-		out = append(out, RestoredAtom{Name: metadata.AtomName(d.Source, d.Name, a.Name), BackupID: b.ID, Time: b.Timestamp, Host: b.Host, Target: where})
+		out = append(out, RestoredAtom{Name: metadata.AtomName(d.Source, d.Name, a.Name), BackupID: b.ID, Time: b.Timestamp, Host: b.Host, Target: where,
+			Repository: from.name, Fallback: from.why})
 	}
 	return out, nil
 }
