@@ -31,9 +31,10 @@ type Archive struct {
 	RestoreDays int32
 }
 
-// DefaultRestoreDays keeps a restored pack readable long enough for the
-// fixity run after the one that asked for it, with a day to spare.
-const DefaultRestoreDays = 2
+// DefaultRestoreDays is how long a restored pack stays readable unless
+// told otherwise: the fixity run that reads it is the next one after the
+// restore is done, which for a weekly schedule is up to a week later.
+const DefaultRestoreDays = 7
 
 // storageClasses are the classes an Archive may name.
 var storageClasses = []string{"STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE"}

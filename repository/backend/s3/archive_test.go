@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -25,6 +26,8 @@ type classRecorder struct {
 	// by "METHOD path": the header's value ("" when absent)
 	sent map[string]string
 	seen []string // "METHOD path?query", in order
+	// restoreBody is the body of the last RestoreObject request.
+	restoreBody string
 }
 
 func startClassRecorder(t *testing.T, target string) *classRecorder {
@@ -46,6 +49,11 @@ func startClassRecorder(t *testing.T, target string) *classRecorder {
 		c.seen = append(c.seen, r.Method+" "+r.URL.RequestURI())
 		if r.Method == http.MethodPut && r.URL.Query().Get("partNumber") == "" || r.Method == http.MethodPost && r.URL.Query().Has("uploads") {
 			c.sent[r.Method+" "+r.URL.Path] = r.Header.Get("X-Amz-Storage-Class")
+		}
+		if r.URL.Query().Has("restore") {
+			b, _ := io.ReadAll(r.Body)
+			c.restoreBody = string(b)
+			r.Body = io.NopCloser(bytes.NewReader(b))
 		}
 		c.mu.Unlock()
 		rp.ServeHTTP(w, r)
@@ -123,6 +131,11 @@ func TestArchiveStorageClass(t *testing.T) {
 	}
 	if n := rec.count("?restore"); n != 1 {
 		t.Fatalf("the restore request was sent %d times; a 501 is final", n)
+	}
+	for _, want := range []string{"<Days>5</Days>", "<Tier>Bulk</Tier>"} {
+		if !strings.Contains(rec.restoreBody, want) {
+			t.Errorf("the restore request does not say %s: %s", want, rec.restoreBody)
+		}
 	}
 	if _, err := be.ArchiveState(ctx, backend.Handle{Type: backend.PackFile, Name: strings.Repeat("f", 64)}); !errors.Is(err, backend.ErrNotExist) {
 		t.Fatalf("archive state of a missing pack: %v", err)
