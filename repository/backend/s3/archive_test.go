@@ -37,13 +37,10 @@ func startClassRecorder(t *testing.T, target string) *classRecorder {
 		t.Fatal(err)
 	}
 	c := &classRecorder{sent: map[string]string{}}
-	rp := httputil.NewSingleHostReverseProxy(u)
-	direct := rp.Director
-	rp.Director = func(r *http.Request) {
-		host := r.Host // signed by the client: keep it
-		direct(r)
-		r.Host = host
-	}
+	rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+		r.SetURL(u)
+		r.Out.Host = r.In.Host // signed by the client: keep it
+	}}
 	c.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c.mu.Lock()
 		c.seen = append(c.seen, r.Method+" "+r.URL.RequestURI())
