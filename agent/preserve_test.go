@@ -567,3 +567,57 @@ func TestRestoreFallsBackOnDamagedData(t *testing.T) {
 		})
 	}
 }
+
+// TestRestorePipeFallsBackOnDamagedData: a pipe atom whose stream breaks
+// on damaged data is fed to restore_command again, whole, from the
+// replica; to standard output, where what was written cannot be taken
+// back, the restore fails and names the replica to restore from.
+func TestRestorePipeFallsBackOnDamagedData(t *testing.T) {
+	ctx := testContext(t)
+	ts := preserveSetup(t, map[string]string{
+		"agent.yml": `hostname: test-host
+work_dir: work
+repositories:
+  - name: local
+    url: work/repo
+    password_file: pw
+  - name: offsite
+    url: work/offsite
+    password_file: pw2
+http_listen: 127.0.0.1:0
+`,
+		"sources/db.yml": "name: db\nhandler: dump\nschedule: \"@daily\"\nreplicate:\n  to: [offsite]\ndatasets:\n  - name: main\n",
+	})
+	cm, _, mgr := openTestCLI(ctx, t, ts.cfgPath, CatalogOptions{})
+	if _, err := BackupNow(ctx, mgr, cm.Current(), "db", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReplicateNow(ctx, mgr, cm.Current(), "db", ""); err != nil {
+		t.Fatal(err)
+	}
+	dbPack := packsBySize(t, filepath.Join(ts.dir, "work", "repo"))[0]
+	flipByte(t, dbPack)
+
+	target := t.TempDir()
+	done, err := mgr.Restore(ctx, RestoreRequest{Pattern: "db", Target: target})
+	if err != nil {
+		t.Fatalf("restore with a sound replica: %v", err)
+	}
+	if len(done) != 1 || done[0].Repository != "offsite" || !strings.Contains(done[0].Fallback, filepath.Base(dbPack)) {
+		t.Fatalf("restored %+v", done)
+	}
+	got, err := os.ReadFile(filepath.Join(target, "db", "main", "main.bin"))
+	if err != nil || !bytes.Equal(got, ts.dump) {
+		t.Fatalf("the dump is not restored byte for byte (%d bytes of %d): %v", len(got), len(ts.dump), err)
+	}
+
+	var out bytes.Buffer
+	_, err = mgr.Restore(ctx, RestoreRequest{Pattern: "db", Stdout: &out})
+	if err == nil || !strings.Contains(err.Error(), "what was written to standard output is incomplete: restore again from a replica with --repository offsite") || !strings.Contains(err.Error(), filepath.Base(dbPack)) {
+		t.Fatalf("restore to standard output: %v", err)
+	}
+	out.Reset()
+	if _, err := mgr.Restore(ctx, RestoreRequest{Pattern: "db", Stdout: &out, Repository: "offsite"}); err != nil || !bytes.Equal(out.Bytes(), ts.dump) {
+		t.Fatalf("restore to standard output from the replica: %v (%d bytes of %d)", err, out.Len(), len(ts.dump))
+	}
+}
