@@ -47,7 +47,8 @@ func newRepoPool(log *slog.Logger) *repoPool {
 
 func poolKey(spec *RepositorySpec) [32]byte {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00%s\x00%v\x00", spec.Name, spec.URL, spec.Unencrypted)
+	// A reload that changes the storage class opens a new backend.
+	fmt.Fprintf(h, "%s\x00%s\x00%v\x00%+v\x00", spec.Name, spec.URL, spec.Unencrypted, spec.Archive)
 	h.Write(spec.Password.Bytes())
 	var k [32]byte
 	copy(k[:], h.Sum(nil))
