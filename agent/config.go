@@ -16,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/custos-backup/custos/repository/backend/location"
+	"github.com/custos-backup/custos/repository/backend/s3"
 )
 
 // DefaultHTTPListen is where the agent serves its status page and API when
@@ -75,6 +76,9 @@ type RepositorySpec struct {
 	Fixity *FixitySpec
 	// Retention, when set, runs forget (and prune) on a schedule.
 	Retention *RetentionSpec
+	// Archive is the S3 storage class of packs and how fixity restores
+	// archived ones (storage_class, restore_tier, restore_days).
+	Archive s3.Archive
 
 	passwordFrom string // "password_file /x" etc., for messages; never the secret
 }
@@ -438,6 +442,9 @@ func decodeRepository(d *decoder, n *yaml.Node, prefix, dir string) *RepositoryS
 		"never_from":    func(v *yaml.Node, f string) { d.strList(v, f, &r.NeverFrom) },
 		"fixity":        func(v *yaml.Node, f string) { r.Fixity = decodeFixity(d, v, f) },
 		"retention":     func(v *yaml.Node, f string) { r.Retention = decodeRetention(d, v, f) },
+		"storage_class": func(v *yaml.Node, f string) { d.str(v, f, &r.Archive.StorageClass) },
+		"restore_tier":  func(v *yaml.Node, f string) { d.str(v, f, &r.Archive.RestoreTier) },
+		"restore_days":  func(v *yaml.Node, f string) { decodeRestoreDays(d, v, f, &r.Archive.RestoreDays) },
 	})
 	if n.Kind != yaml.MappingNode {
 		return nil
@@ -445,6 +452,7 @@ func decodeRepository(d *decoder, n *yaml.Node, prefix, dir string) *RepositoryS
 	if keys["name"] == nil {
 		d.errorf(n, join(prefix, "name"), "missing: every repository needs a name")
 	}
+	checkArchive(d, keys, prefix, r)
 	if keys["url"] == nil {
 		d.errorf(n, join(prefix, "url"), "missing: where is repository %q?", r.Name)
 	}

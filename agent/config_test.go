@@ -261,6 +261,31 @@ func TestConfigErrors(t *testing.T) {
 			want:  []string{`agent.yml:8: field "metadb.endpoints": an embedded catalog takes no endpoints`},
 		},
 		{
+			name:  "unknown storage class",
+			files: map[string]string{"agent.yml": goodAgent + "  - name: cold\n    url: s3:http://127.0.0.1:9/b\n    password: x\n    storage_class: glacier\n"},
+			want:  []string{`agent.yml:9: field "repositories[1].storage_class": unknown storage class "glacier"`},
+		},
+		{
+			name:  "restore tier the class has not",
+			files: map[string]string{"agent.yml": goodAgent + "  - name: cold\n    url: s3:http://127.0.0.1:9/b\n    password: x\n    storage_class: DEEP_ARCHIVE\n    restore_tier: Expedited\n"},
+			want:  []string{`agent.yml:10: field "repositories[1].restore_tier": DEEP_ARCHIVE has no Expedited restores`},
+		},
+		{
+			name:  "restore days out of range",
+			files: map[string]string{"agent.yml": goodAgent + "  - name: cold\n    url: s3:http://127.0.0.1:9/b\n    password: x\n    storage_class: GLACIER\n    restore_days: 0\n"},
+			want:  []string{`agent.yml:10: field "repositories[1].restore_days": restore_days must be a number of days from 1 to 30000, not 0`},
+		},
+		{
+			name:  "restore tier without an archive class",
+			files: map[string]string{"agent.yml": goodAgent + "  - name: cold\n    url: s3:http://127.0.0.1:9/b\n    password: x\n    restore_tier: Bulk\n"},
+			want:  []string{`agent.yml:9: field "repositories[1].restore_tier": restore_tier needs an archive storage_class`},
+		},
+		{
+			name:  "storage class on a local repository",
+			files: map[string]string{"agent.yml": goodAgent + "    storage_class: GLACIER\n"},
+			want:  []string{`agent.yml:6: field "repositories[0].storage_class": only S3 repositories have storage classes; local is a local repository`},
+		},
+		{
 			name:  "metadb TLS on the embedded catalog",
 			files: map[string]string{"agent.yml": goodAgent + "metadb:\n  embedded: true\n  ca_file: ca.pem\n"},
 			want:  []string{`agent.yml:8: field "metadb.ca_file": only for an external etcd cluster (set endpoints)`},

@@ -50,16 +50,19 @@ type PackDamage struct {
 
 // FixityRun is the outcome of one fixity run on one repository.
 type FixityRun struct {
-	Repository string                  `json:"repository"`
-	Time       time.Time               `json:"time"`
-	Packs      int                     `json:"packs"`         // packs in the repository
-	Verified   int                     `json:"packs_checked"` // packs read this run
-	Checked    []string                `json:"checked"`       // their ids, in the order read
-	BytesRead  int64                   `json:"bytes_read"`
-	Budget     int64                   `json:"budget_bytes,omitempty"`
-	Damaged    []PackDamage            `json:"damaged"`
-	Deep       *repository.DigestStats `json:"deep,omitempty"`
-	Duration   time.Duration           `json:"duration_ns"`
+	Repository string       `json:"repository"`
+	Time       time.Time    `json:"time"`
+	Packs      int          `json:"packs"`         // packs in the repository
+	Verified   int          `json:"packs_checked"` // packs read this run
+	Checked    []string     `json:"checked"`       // their ids, in the order read
+	BytesRead  int64        `json:"bytes_read"`
+	Budget     int64        `json:"budget_bytes,omitempty"`
+	Damaged    []PackDamage `json:"damaged"`
+	// Archived are the packs chosen but not read: archived, waiting for
+	// a restore.
+	Archived []PackRestore           `json:"archived,omitempty"`
+	Deep     *repository.DigestStats `json:"deep,omitempty"`
+	Duration time.Duration           `json:"duration_ns"`
 }
 
 // Unhealed counts the damaged packs that stay damaged.
@@ -107,15 +110,19 @@ func (m *Manager) Fixity(ctx context.Context, rc *RuntimeContext, repoName strin
 		return nil, fmt.Errorf("repository %s: the fixity cursor in the catalog: %w", repoName, err)
 	}
 	chosen := choosePacks(packs, last, run.Budget)
-	ids := make([]repository.ID, len(chosen))
-	for i, p := range chosen {
-		ids[i] = p.ID
+	var errs []error
+	ids, waiting, err := m.thaw(ctx, repo, spec, chosen)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("repository %s: %w", repoName, contextCause(ctx, err))
+		}
+		errs = append(errs, err)
 	}
+	run.Archived = waiting
 	verdicts, err := repo.VerifyPacks(ctx, ids)
 	if err != nil {
 		return nil, fmt.Errorf("repository %s: %w", repoName, contextCause(ctx, err))
 	}
-	var errs []error
 	for i, v := range verdicts {
 		jobs.ReportProgress(ctx, jobs.Progress{Files: int64(i + 1), TotalFiles: int64(len(verdicts)), Bytes: run.BytesRead, Current: v.Pack.Short()})
 		run.Verified++

@@ -36,6 +36,9 @@ type Manager struct {
 	repos   *repoPool
 	log     *slog.Logger
 	events  Events
+	// freeSpace reports the bytes free to this process on the file
+	// system holding path; tests wrap it to show a full disk.
+	freeSpace func(path string) (int64, error)
 }
 
 // Events receives the outcome of every ingest (metrics, status page). It
@@ -56,7 +59,7 @@ func NewManager(cm *ConfigManager, catalog CatalogStore, events Events, log *slo
 	if events == nil {
 		events = noEvents{}
 	}
-	return &Manager{cm: cm, catalog: catalog, repos: newRepoPool(log), log: log, events: events}
+	return &Manager{cm: cm, catalog: catalog, repos: newRepoPool(log), log: log, events: events, freeSpace: statfsFree}
 }
 
 // Close closes the repositories the Manager opened.
@@ -320,6 +323,10 @@ type RestoredAtom struct {
 	Time     time.Time `json:"time"`
 	Host     string    `json:"host"`
 	Target   string    `json:"target"` // folder, or "-" for stdout
+	// Repository is the copy it was restored from; Fallback, when set,
+	// says why that is a replica rather than the dataset's own.
+	Repository string `json:"repository"`
+	Fallback   string `json:"fallback,omitempty"`
 }
 
 // Restore restores the newest version (older than OlderThan, if set) of
@@ -387,7 +394,7 @@ func (m *Manager) restoreDataset(ctx context.Context, rc *RuntimeContext, req Re
 			return nil, fmt.Errorf("dataset %s: %s atoms need a target folder (--target)", name, d.Handler)
 		}
 	}
-	repo, snaps, err := m.restoreCopy(ctx, rc, req, b, d)
+	from, err := m.restoreCopy(ctx, rc, req, b, d)
 	if err != nil {
 		return nil, err
 	}
@@ -414,8 +421,8 @@ func (m *Manager) restoreDataset(ctx context.Context, rc *RuntimeContext, req Re
 		}
 	}
 	rreq := &handlers.RestoreRequest{
-		Source: d.Source, Dataset: d.Name, BackupID: b.ID, Atoms: atoms, Snapshots: snaps,
-		Repo: repo, Shell: handlers.FromShell(hsh), Target: target, Root: root, Dir: cfg.Dir,
+		Source: d.Source, Dataset: d.Name, BackupID: b.ID, Atoms: atoms,
+		Shell: handlers.FromShell(hsh), Target: target, Root: root, Dir: cfg.Dir,
 		// Progress goes to the job's status when this runs as a job.
 		Progress: func(p repository.Progress) {
 			jobs.ReportProgress(ctx, jobs.Progress{Bytes: p.Bytes, Files: p.Files, TotalBytes: p.TotalBytes, TotalFiles: p.TotalFiles, Current: p.Current})
@@ -426,7 +433,11 @@ func (m *Manager) restoreDataset(ctx context.Context, rc *RuntimeContext, req Re
 		rreq.Stdout = req.Stdout
 		where = "-"
 	}
-	if err := h.Restore(ctx, rreq); err != nil {
+	from, err = m.restoreData(ctx, rc, req, b, d, from, func(c *restoreFrom) error {
+		rreq.Repo, rreq.Snapshots = c.repo, c.snaps
+		return h.Restore(ctx, rreq)
+	})
+	if err != nil {
 		return nil, fmt.Errorf("dataset %s from backup %s: %w", name, b.ID, err)
 	}
 	if src != nil && src.PostRestoreCommand != "" {
@@ -436,7 +447,8 @@ func (m *Manager) restoreDataset(ctx context.Context, rc *RuntimeContext, req Re
 	}
 	out := make([]RestoredAtom, 0, len(atoms))
 	for _, a := range atoms {
-		out = append(out, RestoredAtom{Name: metadata.AtomName(d.Source, d.Name, a.Name), BackupID: b.ID, Time: b.Timestamp, Host: b.Host, Target: where})
+		out = append(out, RestoredAtom{Name: metadata.AtomName(d.Source, d.Name, a.Name), BackupID: b.ID, Time: b.Timestamp, Host: b.Host, Target: where,
+			Repository: from.name, Fallback: from.why})
 	}
 	return out, nil
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/custos-backup/custos/jobs"
@@ -375,5 +376,248 @@ func TestRunKinds(t *testing.T) {
 			}
 			return false
 		})
+	}
+}
+
+// TestReplicateRefusesWithoutSpace: a local target whose file system
+// cannot take the copy plus the margin fails the job by name, with the
+// numbers, before anything is sent; with room, the same job copies. The
+// target is a real 20 MiB tmpfs when this process may mount one, else the
+// real file system seen through a probe that caps its free space.
+func TestReplicateRefusesWithoutSpace(t *testing.T) {
+	ctx := testContext(t)
+	ts := preserveSetup(t, nil)
+	offsite := filepath.Join(ts.dir, "work", "offsite")
+	if err := os.MkdirAll(offsite, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	mounted := syscall.Mount("tmpfs", offsite, "tmpfs", 0, "size=20m") == nil
+	if mounted {
+		t.Cleanup(func() {
+			if err := syscall.Unmount(offsite, 0); err != nil {
+				t.Errorf("unmount %s: %v", offsite, err)
+			}
+		})
+	}
+	cm, cat, mgr := openTestCLI(ctx, t, ts.cfgPath, CatalogOptions{})
+	if !mounted {
+		t.Log("cannot mount a tmpfs here; capping the free space the real statfs reports")
+		mgr.freeSpace = func(p string) (int64, error) {
+			free, err := statfsFree(p)
+			return min(free, 20<<20), err
+		}
+	}
+	if _, err := BackupNow(ctx, mgr, cm.Current(), "files", "docs"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := ReplicateNow(ctx, mgr, cm.Current(), "files", "docs")
+	if err == nil || !strings.Contains(err.Error(), "dataset files/docs: not enough space in offsite") || !strings.Contains(err.Error(), "nothing was copied") {
+		t.Fatalf("replicate to a full target: %v", err)
+	}
+	if len(res) != 1 || res[0].Written != 0 || res[0].BytesCopied != 0 || res[0].BlobsCopied != 0 {
+		t.Fatalf("replicate to a full target reports a copy: %+v", res)
+	}
+	packs := func() int {
+		n := 0
+		err := filepath.Walk(filepath.Join(offsite, "data"), func(_ string, fi os.FileInfo, err error) error {
+			if err == nil && fi.Mode().IsRegular() {
+				n++
+			}
+			if errors.Is(err, os.ErrNotExist) {
+				return nil
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := packs(); n != 0 {
+		t.Fatalf("the refused copy left %d packs in the target", n)
+	}
+	if recs, err := cat.Store.ListReplicas(ctx, "offsite"); err != nil || len(recs) != 0 {
+		t.Fatalf("replica records after a refused copy: %v %v", recs, err)
+	}
+
+	// Room enough: the same job copies, so the refusal was the space's.
+	if mounted {
+		if err := syscall.Mount("tmpfs", offsite, "tmpfs", syscall.MS_REMOUNT, "size=256m"); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		mgr.freeSpace = statfsFree
+	}
+	res, err = ReplicateNow(ctx, mgr, cm.Current(), "files", "docs")
+	if err != nil || len(res) != 1 || res[0].Written != 1 {
+		t.Fatalf("replicate with room: %+v %v", res, err)
+	}
+	if packs() == 0 {
+		t.Fatal("the copy with room wrote no pack")
+	}
+}
+
+// packsBySize lists the pack files under repo, largest first.
+func packsBySize(t *testing.T, repo string) []string {
+	t.Helper()
+	type pack struct {
+		path string
+		size int64
+	}
+	var packs []pack
+	err := filepath.Walk(filepath.Join(repo, "data"), func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() {
+			packs = append(packs, pack{p, fi.Size()})
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(packs, func(a, b pack) int { return int(b.size - a.size) })
+	out := make([]string, len(packs))
+	for i, p := range packs {
+		out[i] = p.path
+	}
+	return out
+}
+
+// TestRestoreFallsBackOnDamagedData: file data found damaged in the middle
+// of a restore (a flipped byte inside a data pack: the snapshot, its trees
+// and the index are sound, so the copy is chosen) is restored again from
+// a replica holding the snapshot, byte for byte, and the result says so.
+// Pinned to the damaged copy, or with no sound copy anywhere, the restore
+// fails naming the damaged pack.
+func TestRestoreFallsBackOnDamagedData(t *testing.T) {
+	ctx := testContext(t)
+	ts := preserveSetup(t, nil)
+	cm, _, mgr := openTestCLI(ctx, t, ts.cfgPath, CatalogOptions{})
+	if _, err := BackupNow(ctx, mgr, cm.Current(), "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReplicateNow(ctx, mgr, cm.Current(), "files", ""); err != nil {
+		t.Fatal(err)
+	}
+	local := packsBySize(t, filepath.Join(ts.dir, "work", "repo"))
+	// The largest pack holds docs/sub/big.bin, the next the db dump
+	// (which offsite refuses: never_from).
+	docsPack, dbPack := local[0], local[1]
+	flipByte(t, docsPack)
+	flipByte(t, dbPack)
+
+	target := t.TempDir()
+	done, err := mgr.Restore(ctx, RestoreRequest{Pattern: "files", Target: target})
+	if err != nil {
+		t.Fatalf("restore with a sound replica: %v", err)
+	}
+	for name, want := range ts.files {
+		if name == "photos/ignore.tmp" {
+			continue // excluded from the backup
+		}
+		ds := strings.SplitN(name, "/", 2)[0]
+		got, err := os.ReadFile(filepath.Join(target, "files", ds, filepath.FromSlash(name)))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s not restored byte for byte: %v", name, err)
+		}
+	}
+	if len(done) != 2 {
+		t.Fatalf("restored %+v", done)
+	}
+	for _, a := range done {
+		switch a.Name {
+		case "files/docs/docs":
+			if a.Repository != "offsite" || !strings.Contains(a.Fallback, "the copy in local holds damaged file data") || !strings.Contains(a.Fallback, "in pack "+filepath.Base(docsPack)) {
+				t.Errorf("docs restored from %s, fallback %q", a.Repository, a.Fallback)
+			}
+		case "files/photos/photos":
+			if a.Repository != "local" || a.Fallback != "" {
+				t.Errorf("photos (not damaged) restored from %s, fallback %q", a.Repository, a.Fallback)
+			}
+		default:
+			t.Errorf("restored %s", a.Name)
+		}
+	}
+
+	for _, tc := range []struct {
+		name, pattern, repo string
+		damage              func()
+		want                []string
+	}{
+		{name: "pinned to the damaged copy", pattern: "files/docs", repo: "local",
+			want: []string{filepath.Base(docsPack)}},
+		{name: "no replica", pattern: "db",
+			want: []string{"repository local holds damaged file data of db/main", "no replica holds a verified copy", "in pack " + filepath.Base(dbPack)}},
+		{name: "every copy damaged", pattern: "files/docs",
+			damage: func() { flipByte(t, packsBySize(t, filepath.Join(ts.dir, "work", "offsite"))[0]) },
+			want:   []string{"every copy of files/docs holds damaged file data (tried local, offsite)", filepath.Base(docsPack)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.damage != nil {
+				tc.damage()
+			}
+			_, err := mgr.Restore(ctx, RestoreRequest{Pattern: tc.pattern, Target: t.TempDir(), Repository: tc.repo})
+			if err == nil {
+				t.Fatal("restore of damaged data succeeded")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not say %q: %v", w, err)
+				}
+			}
+		})
+	}
+}
+
+// TestRestorePipeFallsBackOnDamagedData: a pipe atom whose stream breaks
+// on damaged data is fed to restore_command again, whole, from the
+// replica; to standard output, where what was written cannot be taken
+// back, the restore fails and names the replica to restore from.
+func TestRestorePipeFallsBackOnDamagedData(t *testing.T) {
+	ctx := testContext(t)
+	ts := preserveSetup(t, map[string]string{
+		"agent.yml": `hostname: test-host
+work_dir: work
+repositories:
+  - name: local
+    url: work/repo
+    password_file: pw
+  - name: offsite
+    url: work/offsite
+    password_file: pw2
+http_listen: 127.0.0.1:0
+`,
+		"sources/db.yml": "name: db\nhandler: dump\nschedule: \"@daily\"\nreplicate:\n  to: [offsite]\ndatasets:\n  - name: main\n",
+	})
+	cm, _, mgr := openTestCLI(ctx, t, ts.cfgPath, CatalogOptions{})
+	if _, err := BackupNow(ctx, mgr, cm.Current(), "db", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReplicateNow(ctx, mgr, cm.Current(), "db", ""); err != nil {
+		t.Fatal(err)
+	}
+	dbPack := packsBySize(t, filepath.Join(ts.dir, "work", "repo"))[0]
+	flipByte(t, dbPack)
+
+	target := t.TempDir()
+	done, err := mgr.Restore(ctx, RestoreRequest{Pattern: "db", Target: target})
+	if err != nil {
+		t.Fatalf("restore with a sound replica: %v", err)
+	}
+	if len(done) != 1 || done[0].Repository != "offsite" || !strings.Contains(done[0].Fallback, filepath.Base(dbPack)) {
+		t.Fatalf("restored %+v", done)
+	}
+	got, err := os.ReadFile(filepath.Join(target, "db", "main", "main.bin"))
+	if err != nil || !bytes.Equal(got, ts.dump) {
+		t.Fatalf("the dump is not restored byte for byte (%d bytes of %d): %v", len(got), len(ts.dump), err)
+	}
+
+	var out bytes.Buffer
+	_, err = mgr.Restore(ctx, RestoreRequest{Pattern: "db", Stdout: &out})
+	if err == nil || !strings.Contains(err.Error(), "what was written to standard output is incomplete: restore again from a replica with --repository offsite") || !strings.Contains(err.Error(), filepath.Base(dbPack)) {
+		t.Fatalf("restore to standard output: %v", err)
+	}
+	out.Reset()
+	if _, err := mgr.Restore(ctx, RestoreRequest{Pattern: "db", Stdout: &out, Repository: "offsite"}); err != nil || !bytes.Equal(out.Bytes(), ts.dump) {
+		t.Fatalf("restore to standard output from the replica: %v (%d bytes of %d)", err, out.Len(), len(ts.dump))
 	}
 }

@@ -8,6 +8,9 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/custos-backup/custos/repository/backend/location"
+	"github.com/custos-backup/custos/repository/backend/s3"
 )
 
 // ReplicateSpec says where a source's (or one dataset's) snapshots are
@@ -99,6 +102,49 @@ func decodeFixity(d *decoder, n *yaml.Node, prefix string) *FixitySpec {
 		return nil
 	}
 	return fx
+}
+
+// decodeRestoreDays reads restore_days: a whole number of days, 1 or more.
+func decodeRestoreDays(d *decoder, v *yaml.Node, f string, out *int32) {
+	var n int
+	if !d.integer(v, f, &n) {
+		return
+	}
+	if n < 1 || n > 30000 {
+		d.errorf(v, f, "restore_days must be a number of days from 1 to 30000, not %d", n)
+		return
+	}
+	*out = int32(n)
+}
+
+// checkArchive rejects storage class settings that S3 would refuse, or
+// that only an S3 repository can have, at the line that gives them.
+func checkArchive(d *decoder, keys map[string]*yaml.Node, prefix string, r *RepositorySpec) {
+	if r.Archive == (s3.Archive{}) {
+		return
+	}
+	if field, err := r.Archive.Check(); err != nil {
+		n := keys[field]
+		if n == nil {
+			n = keys["storage_class"]
+		}
+		if n == nil {
+			n = keys["restore_tier"]
+		}
+		if n == nil {
+			n = keys["restore_days"]
+		}
+		d.errorf(n, join(prefix, field), "%v", err)
+		return
+	}
+	if loc, err := location.Parse(r.URL); err == nil && loc.Kind != location.S3 {
+		for _, k := range []string{"storage_class", "restore_tier", "restore_days"} {
+			if keys[k] != nil {
+				d.errorf(keys[k], join(prefix, k), "only S3 repositories have storage classes; %s is a %s repository", r.Name, loc.Kind)
+				return
+			}
+		}
+	}
 }
 
 // parseSize reads a byte count: 1048576, 512KiB, 100MiB, 2GiB, 1GB, 0.

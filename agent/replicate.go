@@ -183,16 +183,25 @@ func (m *Manager) checkSpace(ctx context.Context, src, dst *repository.Repositor
 	if err != nil {
 		return fmt.Errorf("dataset %s: estimating the space needed in %s: %w", name, dstSpec.Name, err)
 	}
-	var fs syscall.Statfs_t
-	if err := syscall.Statfs(loc.Path, &fs); err != nil {
+	free, err := m.freeSpace(loc.Path)
+	if err != nil {
 		return fmt.Errorf("dataset %s: free space of %s (%s): %w", name, dstSpec.Name, loc.Path, err)
 	}
-	free := int64(fs.Bavail) * int64(fs.Bsize)
 	if free < need+spaceMargin(need) {
 		return fmt.Errorf("dataset %s: not enough space in %s (%s): the copy needs up to %s plus a margin of %s, %s are free; nothing was copied",
 			name, dstSpec.Name, loc.Path, HumanBytes(need), HumanBytes(spaceMargin(need)), HumanBytes(free))
 	}
 	return nil
+}
+
+// statfsFree is the space on path's file system that an unprivileged
+// writer may use (Bavail, not Bfree: the root reserve is not ours).
+func statfsFree(path string) (int64, error) {
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(path, &fs); err != nil {
+		return 0, err
+	}
+	return int64(fs.Bavail) * int64(fs.Bsize), nil
 }
 
 // ReplicateNow runs the replication of every source that has one (or of

@@ -13,6 +13,7 @@ import (
 	"github.com/custos-backup/custos/repository"
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/backend/location"
+	"github.com/custos-backup/custos/repository/backend/s3"
 )
 
 // repoPool keeps repositories open across jobs and config generations:
@@ -21,6 +22,9 @@ import (
 // started with the old one keep using it until the pool closes.
 type repoPool struct {
 	log *slog.Logger
+	// wrap, when set, decorates each backend as it is opened: tests
+	// inject the faults a real server cannot produce.
+	wrap func(repo string, be backend.Backend) backend.Backend
 
 	mu      sync.Mutex
 	open    map[[32]byte]*poolEntry
@@ -43,7 +47,8 @@ func newRepoPool(log *slog.Logger) *repoPool {
 
 func poolKey(spec *RepositorySpec) [32]byte {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00%s\x00%v\x00", spec.Name, spec.URL, spec.Unencrypted)
+	// A reload that changes the storage class opens a new backend.
+	fmt.Fprintf(h, "%s\x00%s\x00%v\x00%+v\x00", spec.Name, spec.URL, spec.Unencrypted, spec.Archive)
 	h.Write(spec.Password.Bytes())
 	var k [32]byte
 	copy(k[:], h.Sum(nil))
@@ -61,7 +66,7 @@ func (p *repoPool) Get(ctx context.Context, spec *RepositorySpec) (*repository.R
 		p.open[key] = e
 	}
 	p.mu.Unlock()
-	e.once.Do(func() { e.repo, e.err = openOrInit(ctx, spec, p.log) })
+	e.once.Do(func() { e.repo, e.err = p.openOrInit(ctx, spec) })
 	if e.err != nil {
 		p.mu.Lock()
 		if p.open[key] == e {
@@ -96,7 +101,7 @@ func (p *repoPool) Ensure(ctx context.Context, spec *RepositorySpec) error {
 			return nil
 		}
 	}
-	repo, err := openOrInit(ctx, spec, p.log)
+	repo, err := p.openOrInit(ctx, spec)
 	if err != nil {
 		return err
 	}
@@ -130,8 +135,9 @@ func (p *repoPool) Close() error {
 
 // openOrInit opens a repository, and initialises it when its location holds
 // none yet. A wrong password is never a reason to initialise.
-func openOrInit(ctx context.Context, spec *RepositorySpec, log *slog.Logger) (*repository.Repository, error) {
-	be, err := location.Open(ctx, spec.URL)
+func (p *repoPool) openOrInit(ctx context.Context, spec *RepositorySpec) (*repository.Repository, error) {
+	log := p.log
+	be, err := p.backend(ctx, spec, location.Open)
 	if err == nil {
 		repo, oerr := repository.Open(ctx, be, spec.Password.Bytes())
 		if oerr == nil {
@@ -148,7 +154,7 @@ func openOrInit(ctx context.Context, spec *RepositorySpec, log *slog.Logger) (*r
 	} else if !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, backend.ErrNotExist) {
 		return nil, fmt.Errorf("repository %s (%s): %w", spec.Name, spec.URL, err)
 	}
-	be, err = location.Create(ctx, spec.URL)
+	be, err = p.backend(ctx, spec, location.Create)
 	if err != nil {
 		return nil, fmt.Errorf("repository %s (%s): create: %w", spec.Name, spec.URL, err)
 	}
@@ -159,4 +165,28 @@ func openOrInit(ctx context.Context, spec *RepositorySpec, log *slog.Logger) (*r
 	}
 	log.Info("created a new repository", "repository", spec.Name, "url", spec.URL, "encrypted", !spec.Unencrypted)
 	return repo, nil
+}
+
+// backend opens (or creates) the backend of spec with its storage class
+// settings, decorated by wrap.
+func (p *repoPool) backend(ctx context.Context, spec *RepositorySpec, open func(context.Context, string) (backend.Backend, error)) (backend.Backend, error) {
+	be, err := open(ctx, spec.URL)
+	if err != nil {
+		return nil, err
+	}
+	if spec.Archive != (s3.Archive{}) {
+		a, ok := be.(interface{ SetArchive(s3.Archive) error })
+		if !ok {
+			be.Close()
+			return nil, jobs.Permanent(fmt.Errorf("storage_class is set, but %s is not an S3 repository", be.Location()))
+		}
+		if err := a.SetArchive(spec.Archive); err != nil {
+			be.Close()
+			return nil, jobs.Permanent(err)
+		}
+	}
+	if p.wrap != nil {
+		be = p.wrap(spec.Name, be)
+	}
+	return be, nil
 }

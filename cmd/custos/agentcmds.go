@@ -384,6 +384,15 @@ func findViaAgent(ctx context.Context, path string, req metadata.FindRequest) ([
 	return agent.Expand(runs), nil
 }
 
+// fallbackNote says where an atom was restored from when that is a
+// replica standing in for the dataset's own copy.
+func fallbackNote(a agent.RestoredAtom) string {
+	if a.Fallback == "" {
+		return ""
+	}
+	return " from replica " + a.Repository + ": " + a.Fallback
+}
+
 func newRestoreCmd() *cobra.Command {
 	var path, host, olderThan, target, repository string
 	var toStdout, viaAgent bool
@@ -432,8 +441,10 @@ progress; Ctrl-C cancels the job.`,
 			}
 			done, err := env.mgr.Restore(ctx, req)
 			for _, a := range done {
-				if !quietFlag(cmd) || err != nil {
-					fmt.Fprintf(cmd.ErrOrStderr(), "restored %s (backup %s, %s) -> %s\n", a.Name, a.BackupID, a.Time.Local().Format("2006-01-02 15:04:05"), a.Target)
+				// A fallback is said even with --quiet: the operator
+				// learns that a copy is damaged or unreachable.
+				if !quietFlag(cmd) || err != nil || a.Fallback != "" {
+					fmt.Fprintf(cmd.ErrOrStderr(), "restored %s (backup %s, %s) -> %s%s\n", a.Name, a.BackupID, a.Time.Local().Format("2006-01-02 15:04:05"), a.Target, fallbackNote(a))
 				}
 			}
 			return err

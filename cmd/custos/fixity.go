@@ -65,6 +65,16 @@ ingest. Exits 0 when everything verified or was healed, 1 when damage remains.`,
 					fmt.Fprintf(out, "  damaged pack %s: %s\n    atoms: %s\n    paths: %s\n    %s\n", shortIDs(d.Pack), d.Error,
 						strings.Join(d.Atoms, " "), strings.Join(d.Paths, " "), state)
 				}
+				for _, a := range r.Archived {
+					fmt.Fprintf(out, "  archived pack %s (%s): %s", shortIDs(a.Pack), a.StorageClass, a.State)
+					if a.Tier != "" {
+						fmt.Fprintf(out, " (tier %s)", a.Tier)
+					}
+					if a.Error != "" {
+						fmt.Fprintf(out, ": %s", a.Error)
+					}
+					fmt.Fprintln(out, "; a later run verifies it")
+				}
 				if r.Deep != nil {
 					fmt.Fprintf(out, "  deep: %d file(s), %s, %d mismatch(es)\n", r.Deep.Files, agent.HumanBytes(r.Deep.Bytes), len(r.Deep.Problems))
 					for _, p := range r.Deep.Problems {

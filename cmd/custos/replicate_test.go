@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -126,5 +127,92 @@ http_listen: 127.0.0.1:0
 	out = c.ok("find", "-c", cfg, "*")
 	if !strings.Contains(out, "local,offsite,fresh") {
 		t.Fatalf("find does not show where versions are held:\n%s", out)
+	}
+}
+
+// TestRestoreDamagedDataFromReplica: "custos restore" meets a data pack of
+// the primary with a flipped byte, restores the file byte for byte from
+// the replica, and says so on the console even with --quiet.
+func TestRestoreDamagedDataFromReplica(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "custos")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	dir := t.TempDir()
+	big := make([]byte, 2<<20)
+	if _, err := rand.Read(big); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{
+		"agent.yml": `hostname: test-host
+work_dir: work
+repositories:
+  - name: local
+    url: work/local
+    password_file: pw
+  - name: offsite
+    url: work/offsite
+    password_file: pw
+http_listen: 127.0.0.1:0
+`,
+		"pw":                "test password\n",
+		"sources/files.yml": "name: files\nhandler: file\nparams:\n  root: ../data\nreplicate:\n  to: [offsite]\ndatasets:\n  - name: big\n",
+		"data/big/f.bin":    string(big),
+	}
+	for name, content := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := filepath.Join(dir, "agent.yml")
+	c := &cli{t: t, bin: bin, env: append(os.Environ(), "HOME="+dir)}
+	c.ok("backup", "-c", cfg)
+	c.ok("replicate", "-c", cfg)
+	// Flip a byte in the middle of the largest pack of the primary: one
+	// of the file's data packs.
+	packs, _ := filepath.Glob(filepath.Join(dir, "work", "local", "data", "*", "*"))
+	var pack string
+	var size int64
+	for _, p := range packs {
+		if fi, err := os.Stat(p); err == nil && fi.Size() > size {
+			pack, size = p, fi.Size()
+		}
+	}
+	if pack == "" {
+		t.Fatal("no pack in the primary")
+	}
+	b, err := os.ReadFile(pack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.Remove(pack); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pack, b, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	target := t.TempDir()
+	_, stderr, err := c.run("", "restore", "-c", cfg, "-q", "files", "--target", target)
+	if err != nil {
+		t.Fatalf("restore: %v\n%s", err, stderr)
+	}
+	t.Logf("restore with pack %s damaged:\n%s", filepath.Base(pack), stderr)
+	got, err := os.ReadFile(filepath.Join(target, "files", "big", "big", "f.bin"))
+	if err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("f.bin not restored byte for byte: %v", err)
+	}
+	for _, want := range []string{"restored files/big/big", "from replica offsite: the copy in local holds damaged file data (data blob ", " in pack " + filepath.Base(pack)} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("the console does not say %q:\n%s", want, stderr)
+		}
+	}
+	_, stderr, err = c.run("", "restore", "-c", cfg, "files", "--target", t.TempDir(), "--repository", "local")
+	if err == nil || !strings.Contains(stderr, "authentication failed") || !strings.Contains(stderr, " in pack data/") {
+		t.Fatalf("restore pinned to the damaged primary: %v\n%s", err, stderr)
 	}
 }

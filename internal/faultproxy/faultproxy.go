@@ -63,6 +63,7 @@ type fault struct {
 	kind   faultKind
 	left   int
 	status int
+	code   string        // fail: S3 error code; "" = the status's usual one
 	delay  time.Duration // stall; 0 = until the client gives up
 	after  int64         // cut: body bytes passed before the cut
 	match  Match
@@ -116,6 +117,12 @@ func (p *Proxy) URL() string { return p.srv.URL }
 // InternalError.
 func (p *Proxy) FailNext(n, status int, m Match) {
 	p.add(&fault{kind: failFault, left: n, status: status, match: m})
+}
+
+// FailNextCode is FailNext with the error code given, for answers such as
+// 403 InvalidObjectState (a GET of an archived object).
+func (p *Proxy) FailNextCode(n, status int, code string, m Match) {
+	p.add(&fault{kind: failFault, left: n, status: status, code: code, match: m})
 }
 
 // StallNext holds the next n matching requests without answering: for d and
@@ -213,6 +220,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 			code = "AccessDenied"
 		case http.StatusNotFound:
 			code = "NoSuchKey"
+		}
+		if f.code != "" {
+			code = f.code
 		}
 		w.Header().Set("Content-Type", "application/xml")
 		w.WriteHeader(f.status)

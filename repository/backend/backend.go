@@ -80,6 +80,10 @@ type FileInfo struct {
 // Test with errors.Is.
 var ErrNotExist = errors.New("object does not exist")
 
+// ErrArchived is returned (wrapped) by Load of an object kept in an archive
+// storage class (S3 GLACIER, DEEP_ARCHIVE) that has not been restored.
+var ErrArchived = errors.New("object is archived")
+
 // Backend stores named objects. Implementations must be safe for concurrent
 // use. Errors name the object they are about; errors caused by a cancelled
 // context wrap ctx.Err(). The conformance suite in backendtest pins these

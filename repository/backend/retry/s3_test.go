@@ -80,6 +80,9 @@ func TestS3(t *testing.T) {
 		{"list after a 500", func() { p.FailNext(1, 500, lst) }, list, lst, 2, nil, "failed"},
 		{"403 is not retried", func() { p.FailNext(1, 403, put) }, save, put, 1, s3.ErrAccessDenied, ""},
 		{"404 is not retried", func() { p.FailNext(1, 404, head) }, stat, head, 1, backend.ErrNotExist, ""},
+		// S3's answer to a GET of a GLACIER object not restored: neither
+		// access denied nor worth another try.
+		{"403 InvalidObjectState is archived, not retried", func() { p.FailNextCode(1, 403, "InvalidObjectState", get) }, load, get, 1, backend.ErrArchived, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

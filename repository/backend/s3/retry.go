@@ -288,6 +288,11 @@ func describe(err error) verdict {
 		return verdict{kind: ErrAccessDenied, msg: "invalid access key id: the server does not know it (check AWS_ACCESS_KEY_ID)"}
 	case "SignatureDoesNotMatch":
 		return verdict{kind: ErrAccessDenied, msg: "signature does not match: wrong secret access key (check AWS_SECRET_ACCESS_KEY)"}
+	case "InvalidObjectState":
+		// A GET of a pack in GLACIER or DEEP_ARCHIVE that was not
+		// restored: not a permission problem, and no retry makes it
+		// readable.
+		return verdict{kind: backend.ErrArchived, msg: describe("archived: the object is in an archive storage class and must be restored before it can be read")}
 	case "AccessDenied", "AllAccessDisabled", "AccountProblem", "InvalidToken", "ExpiredToken":
 		return verdict{kind: ErrAccessDenied, msg: describe("access denied")}
 	case "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",

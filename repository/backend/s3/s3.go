@@ -118,6 +118,10 @@ type Options struct {
 	// AWS).
 	ListPageSize int32
 
+	// Archive is the storage class of packs and how archived ones are
+	// restored (archive.go).
+	Archive Archive
+
 	// Logger receives warnings of resumed reads and of failed aborts, and
 	// the clean-up of stale multipart uploads. nil means slog.Default().
 	Logger *slog.Logger

@@ -42,7 +42,7 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, rd io.ReadSeeker, 
 		return b.errorf("save", key, nil, err, "%v", err)
 	}
 	if size > b.opts.MultipartThreshold {
-		return b.saveMultipart(ctx, key, rd, size)
+		return b.saveMultipart(ctx, key, b.storageClass(h), rd, size)
 	}
 	return b.request(ctx, "save", key, func(a *attempt) error {
 		body := &segment{r: rd, base: start, size: size}
@@ -55,6 +55,7 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, rd io.ReadSeeker, 
 			Body:          &progressReader{r: body, wd: a.wd},
 			ContentLength: aws.Int64(size),
 			ContentType:   aws.String("application/octet-stream"),
+			StorageClass:  b.storageClass(h),
 		})
 		if err != nil && body.err != nil {
 			return permanent{body.err}
@@ -158,7 +159,7 @@ func (c ctxReader) Read(p []byte) (int, error) {
 // saveMultipart uploads size bytes of rd in parts, one at a time from one
 // buffer (the repository runs several saves in parallel, so memory stays at
 // one part per save). Any failure aborts the upload, so no parts linger.
-func (b *Backend) saveMultipart(ctx context.Context, key string, rd io.ReadSeeker, size int64) (err error) {
+func (b *Backend) saveMultipart(ctx context.Context, key string, class types.StorageClass, rd io.ReadSeeker, size int64) (err error) {
 	var uploadID string
 	err = b.request(ctx, "save", key, func(a *attempt) error {
 		out, err := b.client.CreateMultipartUpload(a.ctx, &s3api.CreateMultipartUploadInput{
@@ -166,6 +167,7 @@ func (b *Backend) saveMultipart(ctx context.Context, key string, rd io.ReadSeeke
 			Key:               aws.String(key),
 			ContentType:       aws.String("application/octet-stream"),
 			ChecksumAlgorithm: types.ChecksumAlgorithmCrc32,
+			StorageClass:      class,
 		})
 		if err != nil {
 			return err
