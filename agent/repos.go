@@ -175,7 +175,7 @@ func (p *repoPool) backend(ctx context.Context, spec *RepositorySpec, open func(
 		return nil, err
 	}
 	if spec.Archive != (s3.Archive{}) {
-		a, ok := be.(interface{ SetArchive(s3.Archive) error })
+		a, ok := backend.As[interface{ SetArchive(s3.Archive) error }](be)
 		if !ok {
 			be.Close()
 			return nil, jobs.Permanent(fmt.Errorf("storage_class is set, but %s is not an S3 repository", be.Location()))

@@ -53,18 +53,24 @@ type ArchiveState struct {
 // Readable reports whether the object can be loaded now.
 func (s ArchiveState) Readable() bool { return !s.Archived || s.Restore == RestoreDone }
 
-// AsArchiver finds the Archiver in be or in a backend it decorates
-// (a decorator offers Unwrap() Backend).
-func AsArchiver(be Backend) (Archiver, bool) {
+// AsArchiver finds the Archiver in be or in a backend it decorates.
+func AsArchiver(be Backend) (Archiver, bool) { return As[Archiver](be) }
+
+// As finds, in be or in the backends it decorates (a decorator offers
+// Unwrap() Backend), the first that implements T: the optional abilities
+// of a backend (archive classes, leftover clean-up, ...) stay reachable
+// through wrappers such as the retry wrapper.
+func As[T any](be Backend) (T, bool) {
 	for be != nil {
-		if a, ok := be.(Archiver); ok {
-			return a, true
+		if t, ok := be.(T); ok {
+			return t, true
 		}
 		u, ok := be.(interface{ Unwrap() Backend })
 		if !ok {
-			return nil, false
+			break
 		}
 		be = u.Unwrap()
 	}
-	return nil, false
+	var zero T
+	return zero, false
 }
