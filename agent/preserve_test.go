@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -9,7 +10,10 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/custos-backup/custos/internal/faultproxy"
+	"github.com/custos-backup/custos/internal/s3server"
 	"github.com/custos-backup/custos/jobs"
 	"github.com/custos-backup/custos/metadata"
 )
@@ -619,5 +623,99 @@ http_listen: 127.0.0.1:0
 	out.Reset()
 	if _, err := mgr.Restore(ctx, RestoreRequest{Pattern: "db", Stdout: &out, Repository: "offsite"}); err != nil || !bytes.Equal(out.Bytes(), ts.dump) {
 		t.Fatalf("restore to standard output from the replica: %v (%d bytes of %d)", err, out.Len(), len(ts.dump))
+	}
+}
+
+// TestReplicateCancelStops: a replication to an S3 replica whose pack
+// uploads the network holds (a proxy that answers none of them) stops as
+// soon as its context is cancelled, instead of waiting for the network,
+// and records no replica; the next run, with the network back, completes
+// and the replica holds every snapshot.
+func TestReplicateCancelStops(t *testing.T) {
+	ctx := testContext(t)
+	srv := s3server.Start(t)
+	srv.SetEnv(t)
+	srv.CreateBucket(t, "off")
+	p := faultproxy.Start(t, srv.Endpoint)
+	ts := newSetup(t, "@daily", map[string]string{
+		"agent.yml": `hostname: test-host
+work_dir: work
+repositories:
+  - name: local
+    url: work/repo
+    password_file: pw
+  - name: offsite
+    url: s3:` + p.URL() + `/off/repo
+    password_file: pw
+http_listen: 127.0.0.1:0
+`,
+	})
+	cm, _, mgr := openTestCLI(ctx, t, ts.cfgPath, CatalogOptions{})
+	rc := cm.Current()
+	if res, err := BackupNow(ctx, mgr, rc, "files", "docs"); err != nil || res[0].Err != nil {
+		t.Fatalf("backup: %v %v", err, res)
+	}
+	src := rc.Source("files")
+	// Open the replica first (init writes config and keys), then hold
+	// every pack upload.
+	if _, err := mgr.repos.Get(ctx, rc.Config.Repository("offsite")); err != nil {
+		t.Fatal(err)
+	}
+	packs := faultproxy.Match{Method: "PUT", PathContains: "/data/"}
+	p.StallNext(1000, 0, packs)
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		_, err := mgr.Replicate(rctx, rc, src, "docs", []string{"offsite"})
+		done <- err
+	}()
+	// Cancel once an upload is held: the replication is then waiting for
+	// the network, which will never answer.
+	for p.Count(packs) == 0 {
+		select {
+		case err := <-done:
+			t.Fatalf("the replication ended before its first pack upload: %v", err)
+		case <-ctx.Done():
+			t.Fatal("no pack upload reached the proxy")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("cancelled replication returned %v, want context.Canceled", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the cancelled replication did not return")
+	}
+	held, err := mgr.HeldIn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, recs := range held {
+		for _, r := range recs {
+			if r.Repository == "offsite" {
+				t.Errorf("a cancelled replication recorded a replica: %+v", r)
+			}
+		}
+	}
+
+	p.Reset()
+	res, err := mgr.Replicate(ctx, rc, src, "docs", []string{"offsite"})
+	if err != nil || len(res) != 1 || res[0].Err != nil || res[0].Written != 1 {
+		t.Fatalf("replication after the cancel: %v %+v", err, res)
+	}
+	if held, err = mgr.HeldIn(ctx); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, recs := range held {
+		for _, r := range recs {
+			found = found || (r.Repository == "offsite" && r.Dataset == "docs" && r.Verified)
+		}
+	}
+	if !found {
+		t.Errorf("no verified replica record after the second run: %v", held)
 	}
 }
