@@ -80,20 +80,11 @@ func OpenCatalog(ctx context.Context, cfg *Config, opts CatalogOptions) (*Catalo
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	mc := metadata.Config{
-		Embedded:  cfg.MetaDB.Embedded,
-		DataDir:   cfg.MetaDB.DataDir,
-		Own:       opts.Serve,
-		Endpoints: cfg.MetaDB.Endpoints,
-		Server:    opts.EtcdOptions,
-	}
+	mc := cfg.MetaDB.metadataConfig()
+	mc.Embedded, mc.DataDir, mc.Own, mc.Server = cfg.MetaDB.Embedded, cfg.MetaDB.DataDir, opts.Serve, opts.EtcdOptions
 	if !mc.Embedded {
 		mc.DataDir = ""
 	}
-	if m := cfg.MetaDB; m.CAFile != "" || m.CertFile != "" || m.ServerName != "" {
-		mc.TLS = &metadata.TLSConfig{CAFile: m.CAFile, CertFile: m.CertFile, KeyFile: m.KeyFile, ServerName: m.ServerName}
-	}
-	mc.Username, mc.Password = cfg.MetaDB.Username, string(cfg.MetaDB.Password.Bytes())
 	where := fmt.Sprintf("the catalog at %v", cfg.MetaDB.Endpoints)
 	if mc.Embedded {
 		where = "the embedded catalog in " + mc.DataDir

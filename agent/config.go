@@ -15,6 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/custos-backup/custos/metadata"
 	"github.com/custos-backup/custos/repository/backend/location"
 	"github.com/custos-backup/custos/repository/backend/s3"
 )
@@ -116,8 +117,15 @@ type HTTPSpec struct {
 // MetaDBSpec says where the catalog lives: an embedded etcd server with its
 // data under DataDir (the default), or an external cluster.
 type MetaDBSpec struct {
-	Embedded  bool
-	DataDir   string // embedded only; default work_dir/etcd
+	Embedded bool
+	DataDir  string // embedded only; default work_dir/etcd
+	EtcdClientSpec
+	Prefix string // key prefix; "" lets the metadata package choose
+}
+
+// EtcdClientSpec is how to reach an external etcd cluster: the catalog's
+// (metadb) or a peer site's.
+type EtcdClientSpec struct {
 	Endpoints []string
 	CAFile    string
 	CertFile  string
@@ -128,7 +136,50 @@ type MetaDBSpec struct {
 	// Username and Password enable etcd's own authentication.
 	Username string
 	Password Secret // from password_file; never logged
-	Prefix   string // key prefix; "" lets the metadata package choose
+}
+
+// decodeFields adds the fields of an etcd client to fs.
+func (e *EtcdClientSpec) decodeFields(d *decoder, dir string, fs fields) fields {
+	fs["endpoints"] = func(v *yaml.Node, f string) {
+		d.sequence(v, f, func(_ int, item *yaml.Node, f string) {
+			var ep string
+			if !d.str(item, f, &ep) {
+				return
+			}
+			if err := checkEndpoint(ep); err != nil {
+				d.errorf(item, f, "%v", err)
+			}
+			e.Endpoints = append(e.Endpoints, ep)
+		})
+	}
+	fs["ca_file"] = func(v *yaml.Node, f string) { pathField(d, v, f, dir, &e.CAFile) }
+	fs["cert_file"] = func(v *yaml.Node, f string) { pathField(d, v, f, dir, &e.CertFile) }
+	fs["key_file"] = func(v *yaml.Node, f string) { pathField(d, v, f, dir, &e.KeyFile) }
+	fs["server_name"] = func(v *yaml.Node, f string) { d.str(v, f, &e.ServerName) }
+	fs["username"] = func(v *yaml.Node, f string) { d.str(v, f, &e.Username) }
+	fs["password_file"] = func(v *yaml.Node, f string) {
+		var pf string
+		pathField(d, v, f, dir, &pf)
+		if pf == "" {
+			return
+		}
+		b, err := os.ReadFile(pf)
+		if err != nil {
+			d.errorf(v, f, "cannot read password file: %v", unwrapPathError(err))
+			return
+		}
+		e.Password = Secret{bytes.TrimSuffix(b, []byte("\n"))}
+	}
+	return fs
+}
+
+// metadataConfig is the client part of a metadata.Config.
+func (e *EtcdClientSpec) metadataConfig() metadata.Config {
+	mc := metadata.Config{Endpoints: e.Endpoints, Username: e.Username, Password: string(e.Password.Bytes())}
+	if e.CAFile != "" || e.CertFile != "" || e.ServerName != "" {
+		mc.TLS = &metadata.TLSConfig{CAFile: e.CAFile, CertFile: e.CertFile, KeyFile: e.KeyFile, ServerName: e.ServerName}
+	}
+	return mc
 }
 
 // HandlerSpec is one handlers/*.yml file (or a built-in handler).
@@ -585,41 +636,11 @@ func (cfg *Config) decodeMetaDB(d *decoder, v *yaml.Node, f string) {
 		return
 	}
 	m := &cfg.MetaDB
-	keys := d.mapping(v, f, fields{
+	keys := d.mapping(v, f, m.EtcdClientSpec.decodeFields(d, cfg.Dir, fields{
 		"embedded": func(v *yaml.Node, f string) { d.boolean(v, f, &m.Embedded) },
 		"data_dir": func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.DataDir) },
-		"endpoints": func(v *yaml.Node, f string) {
-			d.sequence(v, f, func(_ int, item *yaml.Node, f string) {
-				var ep string
-				if !d.str(item, f, &ep) {
-					return
-				}
-				if err := checkEndpoint(ep); err != nil {
-					d.errorf(item, f, "%v", err)
-				}
-				m.Endpoints = append(m.Endpoints, ep)
-			})
-		},
-		"ca_file":     func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.CAFile) },
-		"cert_file":   func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.CertFile) },
-		"key_file":    func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &m.KeyFile) },
-		"prefix":      func(v *yaml.Node, f string) { d.str(v, f, &m.Prefix) },
-		"server_name": func(v *yaml.Node, f string) { d.str(v, f, &m.ServerName) },
-		"username":    func(v *yaml.Node, f string) { d.str(v, f, &m.Username) },
-		"password_file": func(v *yaml.Node, f string) {
-			var pf string
-			pathField(d, v, f, cfg.Dir, &pf)
-			if pf == "" {
-				return
-			}
-			b, err := os.ReadFile(pf)
-			if err != nil {
-				d.errorf(v, f, "cannot read password file: %v", unwrapPathError(err))
-				return
-			}
-			m.Password = Secret{bytes.TrimSuffix(b, []byte("\n"))}
-		},
-	})
+		"prefix":   func(v *yaml.Node, f string) { d.str(v, f, &m.Prefix) },
+	}))
 	if m.Embedded || len(m.Endpoints) == 0 {
 		// The embedded server speaks plain http on loopback: TLS or auth
 		// settings here would be silently ignored, so say so.

@@ -1,13 +1,11 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -22,16 +20,10 @@ type PeerSpec struct {
 	Name string
 	// Endpoints of the peer's etcd cluster; none: the peer is another key
 	// prefix of this site's own catalog.
-	Endpoints []string
+	EtcdClientSpec
 	// Prefix of the peer's keys; default "/custos/" on its own cluster
 	// (required, and not this site's, without Endpoints).
-	Prefix     string
-	CAFile     string
-	CertFile   string
-	KeyFile    string
-	ServerName string
-	Username   string
-	Password   Secret
+	Prefix string
 	// Hosts are the hosts whose records the peer owns.
 	Hosts []string
 	// Schedule of a sync with this peer alone; "" = with the sync job
@@ -72,46 +64,16 @@ func (cfg *Config) decodePeers(d *decoder, v *yaml.Node, f string) {
 
 func (cfg *Config) decodePeer(d *decoder, n *yaml.Node, f string) *PeerSpec {
 	p := &PeerSpec{node: n, field: f}
-	keys := d.mapping(n, f, fields{
+	keys := d.mapping(n, f, p.EtcdClientSpec.decodeFields(d, cfg.Dir, fields{
 		"name": func(v *yaml.Node, f string) {
 			if d.str(v, f, &p.Name) {
 				checkName(d, v, f, p.Name)
 			}
 		},
-		"endpoints": func(v *yaml.Node, f string) {
-			d.sequence(v, f, func(_ int, item *yaml.Node, f string) {
-				var ep string
-				if !d.str(item, f, &ep) {
-					return
-				}
-				if err := checkEndpoint(ep); err != nil {
-					d.errorf(item, f, "%v", err)
-				}
-				p.Endpoints = append(p.Endpoints, ep)
-			})
-		},
 		"prefix": func(v *yaml.Node, f string) {
 			if d.str(v, f, &p.Prefix) && !strings.HasSuffix(p.Prefix, "/") {
 				d.errorf(v, f, "a key prefix must end with '/', got %q", p.Prefix)
 			}
-		},
-		"ca_file":     func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &p.CAFile) },
-		"cert_file":   func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &p.CertFile) },
-		"key_file":    func(v *yaml.Node, f string) { pathField(d, v, f, cfg.Dir, &p.KeyFile) },
-		"server_name": func(v *yaml.Node, f string) { d.str(v, f, &p.ServerName) },
-		"username":    func(v *yaml.Node, f string) { d.str(v, f, &p.Username) },
-		"password_file": func(v *yaml.Node, f string) {
-			var pf string
-			pathField(d, v, f, cfg.Dir, &pf)
-			if pf == "" {
-				return
-			}
-			b, err := os.ReadFile(pf)
-			if err != nil {
-				d.errorf(v, f, "cannot read password file: %v", unwrapPathError(err))
-				return
-			}
-			p.Password = Secret{bytes.TrimSuffix(b, []byte("\n"))}
 		},
 		"hosts": func(v *yaml.Node, f string) {
 			d.strList(v, f, &p.Hosts)
@@ -137,7 +99,7 @@ func (cfg *Config) decodePeer(d *decoder, n *yaml.Node, f string) *PeerSpec {
 				p.Overlap = int64(n)
 			}
 		},
-	})
+	}))
 	if n.Kind != yaml.MappingNode {
 		return nil
 	}
@@ -205,10 +167,7 @@ func openPeer(ctx context.Context, cfg *Config, own *metadata.EtcdStore, spec *P
 		}
 		return st, func() { st.Close() }, nil
 	}
-	mc := metadata.Config{Endpoints: spec.Endpoints, Username: spec.Username, Password: string(spec.Password.Bytes())}
-	if spec.CAFile != "" || spec.CertFile != "" || spec.ServerName != "" {
-		mc.TLS = &metadata.TLSConfig{CAFile: spec.CAFile, CertFile: spec.CertFile, KeyFile: spec.KeyFile, ServerName: spec.ServerName}
-	}
+	mc := spec.metadataConfig()
 	conn, err := metadata.Connect(ctx, mc)
 	if err != nil {
 		return nil, nil, fmt.Errorf("peer %s: open its catalog at %v: %w", spec.Name, spec.Endpoints, err)
