@@ -96,11 +96,10 @@ func (b *Backend) abortStaleUploads(ctx context.Context, before time.Time) (abor
 	}
 }
 
-// abortStaleUpload aborts one upload. It reports false, without an error, if
-// the upload is gone already: another process cleaning up got there first,
-// or an earlier attempt succeeded but its answer was lost.
-func (b *Backend) abortStaleUpload(ctx context.Context, key, uploadID string, initiated time.Time) (bool, error) {
-	err := b.request(ctx, "abort stale upload", key, func(a *attempt) error {
+// abortUpload sends one AbortMultipartUpload; gone reports S3's
+// NoSuchUpload (with the error): the upload is not there (any more).
+func (b *Backend) abortUpload(ctx context.Context, op, key, uploadID string) (gone bool, err error) {
+	err = b.request(ctx, op, key, func(a *attempt) error {
 		_, err := b.client.AbortMultipartUpload(a.ctx, &s3api.AbortMultipartUploadInput{
 			Bucket:   aws.String(b.opts.Bucket),
 			Key:      aws.String(key),
@@ -109,7 +108,15 @@ func (b *Backend) abortStaleUpload(ctx context.Context, key, uploadID string, in
 		return err
 	})
 	var api smithy.APIError
-	if errors.As(err, &api) && api.ErrorCode() == "NoSuchUpload" {
+	return errors.As(err, &api) && api.ErrorCode() == "NoSuchUpload", err
+}
+
+// abortStaleUpload aborts one upload. It reports false, without an error, if
+// the upload is gone already: another process cleaning up got there first,
+// or an earlier attempt succeeded but its answer was lost.
+func (b *Backend) abortStaleUpload(ctx context.Context, key, uploadID string, initiated time.Time) (bool, error) {
+	gone, err := b.abortUpload(ctx, "abort stale upload", key, uploadID)
+	if gone {
 		return false, nil
 	}
 	if err != nil {

@@ -11,7 +11,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	s3api "github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
-	"github.com/aws/smithy-go"
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/backend/retry"
@@ -244,16 +243,8 @@ func (b *Backend) abortMultipart(ctx context.Context, key, uploadID string) {
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
 	defer cancel()
 	err := retry.NewRetrier(retry.Options{Logger: b.log}).Do(actx, "abort upload "+key, func(n int) error {
-		err := b.request(actx, "abort upload", key, func(a *attempt) error {
-			_, err := b.client.AbortMultipartUpload(a.ctx, &s3api.AbortMultipartUploadInput{
-				Bucket:   aws.String(b.opts.Bucket),
-				Key:      aws.String(key),
-				UploadId: aws.String(uploadID),
-			})
-			return err
-		})
-		var api smithy.APIError
-		if n > 1 && errors.As(err, &api) && api.ErrorCode() == "NoSuchUpload" {
+		gone, err := b.abortUpload(actx, "abort upload", key, uploadID)
+		if n > 1 && gone {
 			return nil
 		}
 		return err
