@@ -291,6 +291,15 @@ func (d datasetResult) failed() bool {
 // datasetResults joins the finished jobs (newest first in the report) and
 // the catalog records (newest backup first) by source/dataset, sorted by
 // name.
+// resultName names a dataset's row; an ingest job of a source without a
+// dataset is the run of its datasets_command, which lists the datasets.
+func resultName(source, dataset string) string {
+	if dataset == "" {
+		return source + " (datasets_command)"
+	}
+	return source + "/" + dataset
+}
+
 func datasetResults(rep *agent.StatusReport) []datasetResult {
 	byName := map[string]*datasetResult{}
 	get := func(name string) *datasetResult {
@@ -305,7 +314,7 @@ func datasetResults(rep *agent.StatusReport) []datasetResult {
 		j := &rep.Done[i]
 		name, ok := strings.CutPrefix(j.LockKey, ingestLockPrefix)
 		if j.Source != "" {
-			name, ok = j.Source+"/"+j.Dataset, true
+			name, ok = resultName(j.Source, j.Dataset), true
 		}
 		if !ok || j.Kind != "ingest" {
 			continue
@@ -320,7 +329,7 @@ func datasetResults(rep *agent.StatusReport) []datasetResult {
 		if o.Kind != "ingest" || o.Source == "" {
 			continue
 		}
-		if d := get(o.Source + "/" + o.Dataset); d.job == nil || d.job.Finished.Before(o.End) {
+		if d := get(resultName(o.Source, o.Dataset)); d.job == nil || d.job.Finished.Before(o.End) {
 			d.job = &jobs.Status{ID: o.JobID, Kind: o.Kind, Source: o.Source, Dataset: o.Dataset, State: jobs.StateDone,
 				Result: jobs.Result(o.Result), Error: o.Error, Started: o.Start, Finished: o.End, Attempts: o.Attempts}
 		}

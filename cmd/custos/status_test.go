@@ -16,6 +16,7 @@ import (
 
 	"github.com/custos-backup/custos/agent"
 	"github.com/custos-backup/custos/jobs"
+	"github.com/custos-backup/custos/metadata"
 )
 
 // statusConfig is a small config tree: a file source and a pipe source
@@ -380,5 +381,27 @@ func TestStatusCatalogUnreachable(t *testing.T) {
 	_, _, err := runCLI(ctx, "status", "--listen", addr)
 	if err == nil || !strings.Contains(err.Error(), "cannot reach its catalog") {
 		t.Errorf("status with the catalog unreachable: %v", err)
+	}
+}
+
+// TestDatasetResultNames: the run of a source's datasets_command (an
+// ingest with no dataset) gets a row that says what it was, from a job in
+// memory or an outcome from the catalog alike.
+func TestDatasetResultNames(t *testing.T) {
+	now := time.Now()
+	rep := &agent.StatusReport{
+		Done: []jobs.Status{{ID: "j1", Kind: "ingest", Source: "db", State: jobs.StateDone, Result: jobs.ResultOK, Finished: now}},
+		Outcomes: []*metadata.Outcome{
+			{Kind: "ingest", Source: "mail", JobID: "j2", Result: "failed", End: now},
+			{Kind: "ingest", Source: "mail", Dataset: "spool", JobID: "j3", Result: "ok", End: now},
+		},
+	}
+	var got []string
+	for _, r := range datasetResults(rep) {
+		got = append(got, r.name+"="+string(r.job.Result))
+	}
+	want := []string{"db (datasets_command)=ok", "mail (datasets_command)=failed", "mail/spool=ok"}
+	if !slices.Equal(got, want) {
+		t.Errorf("rows %q, want %q", got, want)
 	}
 }
