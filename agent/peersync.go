@@ -193,6 +193,9 @@ type PeerOptions struct {
 func SyncPeer(ctx context.Context, cfg *Config, own *metadata.EtcdStore, name string, opts PeerOptions, log *slog.Logger) (*metadata.PeerSyncResult, error) {
 	spec := cfg.Peer(name)
 	if spec == nil {
+		if len(cfg.Peers) == 0 {
+			return nil, fmt.Errorf("no peer %q: the configuration has no peers", name)
+		}
 		return nil, fmt.Errorf("no peer %q in the configuration (peers: %s)", name, strings.Join(peerNames(cfg), ", "))
 	}
 	if log == nil {
