@@ -9,6 +9,8 @@
 //	sock/      0700: client.sock, the server's unix socket
 //	endpoint   client URL (unix:///…/sock/client.sock), present only
 //	           while a server runs
+//	clean      present after a clean stop, until the next start: the
+//	           database holds everything (see OpenSnapshot)
 //
 // Only one process serves a data directory at a time (the lock); another
 // process reads the endpoint file and connects as a client.
@@ -181,6 +183,11 @@ func start(ctx context.Context, dataDir string, opts Options, lock *os.File) (*E
 	if err := checkDB(ctx, dbPath(dataDir)); err != nil {
 		return nil, err
 	}
+	// From here the database and WAL change: no snapshot may read them
+	// until a clean stop says again that the database holds everything.
+	if err := unmarkClean(dataDir); err != nil {
+		return nil, err
+	}
 	etcd, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("etcdserver: start on %s (client %s): %w", dataDir, endpointOf(curl), err)
@@ -236,6 +243,10 @@ func (e *Embedded) Close() error {
 			}
 		}
 		e.etcd.Close()
+		// etcd's Close committed the database: it holds every write the
+		// server acknowledged. Still under the lock, so no other server
+		// ran in between.
+		markClean(e.dataDir)
 		unlockDir(e.lock)
 	})
 	return e.closeErr
