@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -332,13 +333,12 @@ func printAtoms(out io.Writer, atoms []agent.BackupEntry) error {
 		}
 	}
 	w := bufio.NewWriterSize(out, 256<<10)
+	pad := strings.Repeat(" ", slices.Max(width)+2)
 	line := func(cells []string) {
 		for j, c := range cells {
 			w.WriteString(c)
 			if j < len(cells)-1 {
-				for k := utf8.RuneCountInString(c); k < width[j]+2; k++ {
-					w.WriteByte(' ')
-				}
+				w.WriteString(pad[:width[j]+2-utf8.RuneCountInString(c)])
 			}
 		}
 		w.WriteByte('\n')
