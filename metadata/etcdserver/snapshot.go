@@ -16,6 +16,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -219,7 +220,7 @@ func openSnapshot(dataDir string, lock *os.File) (*Snapshot, error) {
 	}()
 	if err := <-done; err != nil {
 		s.closeDB()
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, ErrLocked
 		}
 		return nil, fmt.Errorf("%w: %s: %w", ErrDamaged, p, err)
