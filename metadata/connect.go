@@ -62,7 +62,8 @@ type Config struct {
 	// Connect reads the database file (etcdserver.OpenSnapshot) instead
 	// of starting a server, which takes most of a second on a large
 	// catalog. The connection's client then answers KV reads only, all
-	// at the revision of the snapshot; writes fail with ErrReadOnly.
+	// at the revision of the snapshot; writes and leases fail with
+	// ErrReadOnly, and watches end at once, cancelled.
 	ReadOnly bool `yaml:"-" json:"-"`
 	// Unchecked returns the client of an external cluster even when no
 	// endpoint answers yet: etcd's client connects once one does. The

@@ -25,13 +25,56 @@ type snapshotKV struct {
 
 var _ clientv3.KV = snapshotKV{}
 
-// snapshotClient is a client whose KV reads s; it has no connection, so
-// anything but KV reads fails.
+// snapshotClient is a client whose KV reads s. It has no connection:
+// leases fail with ErrReadOnly and watches end at once, cancelled.
 func snapshotClient(s *etcdserver.Snapshot) *clientv3.Client {
 	cli := clientv3.NewCtxClient(context.Background())
 	cli.KV = snapshotKV{s}
+	cli.Lease = noLease{}
+	cli.Watcher = noWatch{}
 	return cli
 }
+
+type noLease struct{}
+
+func (noLease) Grant(context.Context, int64) (*clientv3.LeaseGrantResponse, error) {
+	return nil, ErrReadOnly
+}
+
+func (noLease) Revoke(context.Context, clientv3.LeaseID) (*clientv3.LeaseRevokeResponse, error) {
+	return nil, ErrReadOnly
+}
+
+func (noLease) TimeToLive(context.Context, clientv3.LeaseID, ...clientv3.LeaseOption) (*clientv3.LeaseTimeToLiveResponse, error) {
+	return nil, ErrReadOnly
+}
+
+func (noLease) Leases(context.Context) (*clientv3.LeaseLeasesResponse, error) {
+	return nil, ErrReadOnly
+}
+
+func (noLease) KeepAlive(context.Context, clientv3.LeaseID) (<-chan *clientv3.LeaseKeepAliveResponse, error) {
+	return nil, ErrReadOnly
+}
+
+func (noLease) KeepAliveOnce(context.Context, clientv3.LeaseID) (*clientv3.LeaseKeepAliveResponse, error) {
+	return nil, ErrReadOnly
+}
+
+func (noLease) Close() error { return nil }
+
+type noWatch struct{}
+
+func (noWatch) Watch(context.Context, string, ...clientv3.OpOption) clientv3.WatchChan {
+	ch := make(chan clientv3.WatchResponse, 1)
+	ch <- clientv3.WatchResponse{Canceled: true}
+	close(ch)
+	return ch
+}
+
+func (noWatch) RequestProgress(context.Context) error { return ErrReadOnly }
+
+func (noWatch) Close() error { return nil }
 
 func (k snapshotKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
 	r, err := k.rangeOp(ctx, clientv3.OpGet(key, opts...))

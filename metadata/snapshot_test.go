@@ -130,4 +130,10 @@ func TestReadOnlyConnectReadsTheFiles(t *testing.T) {
 	if _, err := ro.Client.Get(context.WithoutCancel(ctx), "x", clientv3.WithRev(1)); !errors.Is(err, ErrReadOnly) {
 		t.Errorf("a read at another revision: %v, want ErrReadOnly", err)
 	}
+	if _, err := ro.Client.Grant(ctx, 10); !errors.Is(err, ErrReadOnly) {
+		t.Errorf("a lease grant: %v, want ErrReadOnly", err)
+	}
+	if wr, ok := <-ro.Client.Watch(ctx, "x"); !ok || !wr.Canceled {
+		t.Errorf("a watch: %+v %v, want one cancelled response", wr, ok)
+	}
 }
