@@ -13,7 +13,9 @@
 //	           database holds everything (see OpenSnapshot)
 //
 // Only one process serves a data directory at a time (the lock); another
-// process reads the endpoint file and connects as a client.
+// process reads the endpoint file and connects as a client. A process that
+// only reads may instead, while no server runs, read the database file of
+// a server that stopped cleanly (OpenSnapshot).
 //
 // The catalog belongs to the agent's user: clients reach the server only
 // through a unix socket in a folder of mode 0700 (the data directory is
