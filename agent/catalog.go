@@ -46,6 +46,11 @@ type CatalogOptions struct {
 	// server when there is one, and starts its own for the time it runs
 	// when there is not.
 	Serve bool
+	// ReadOnly is for a command that only reads: without Serve, an
+	// embedded catalog that no server holds is read from its files when
+	// its last server stopped cleanly (metadata.Config.ReadOnly), which
+	// saves starting a server. Writes then fail.
+	ReadOnly bool
 	// EtcdOptions tune the embedded server (tests pin ports).
 	EtcdOptions etcdserver.Options
 	// SpoolDir keeps catalog records while etcd is unreachable. "" means
@@ -82,6 +87,7 @@ func OpenCatalog(ctx context.Context, cfg *Config, opts CatalogOptions) (*Catalo
 	}
 	mc := cfg.MetaDB.metadataConfig()
 	mc.Embedded, mc.DataDir, mc.Own, mc.Server = cfg.MetaDB.Embedded, cfg.MetaDB.DataDir, opts.Serve, opts.EtcdOptions
+	mc.ReadOnly = opts.ReadOnly && !opts.Serve
 	if !mc.Embedded {
 		mc.DataDir = ""
 	}

@@ -3,7 +3,9 @@
 # (default 100 x 1000 = 100,000) on the embedded etcd, then
 #   find '*' and find 'src/ds000/atom000500' through the agent's API,
 #   custos find '*' from the CLI, with the agent running (the CLI reaches
-#   its catalog) and without it (the CLI starts the catalog itself),
+#   its catalog) and without it (the CLI reads the catalog's database file,
+#   since its server stopped cleanly; and, as after a crash, with the clean
+#   file removed first, so that the CLI starts the catalog's server),
 #   the agent's resident memory, and the etcd database size.
 # Prints one line per figure: the median of RUNS runs, and the best.
 # Everything goes under $BENCH_DIR (default a fresh temporary folder).
@@ -53,7 +55,13 @@ curl_ms() { curl -sf -o /dev/null -w '%{time_total}' "$1" | awk '{printf "%.1f\n
 cli=()
 for _ in $(seq "$RUNS"); do cli+=("$(ms_of "$BENCH_DIR/custos" find -c "$BENCH_DIR/conf/agent.yml" '*')"); done
 n=$("$BENCH_DIR/custos" find -c "$BENCH_DIR/conf/agent.yml" '*' | wc -l)
-stats "CLI find '*', no agent (starts the catalog; $n lines)" ms "${cli[@]}"
+stats "CLI find '*', no agent (reads the files; $n lines)" ms "${cli[@]}"
+cli=()
+for _ in $(seq "$RUNS"); do
+	rm -f "$work/etcd/clean"
+	cli+=("$(ms_of "$BENCH_DIR/custos" find -c "$BENCH_DIR/conf/agent.yml" '*')")
+done
+stats "CLI find '*', no agent, after a crash (starts etcd)" ms "${cli[@]}"
 
 "$BENCH_DIR/custos" agent -c "$BENCH_DIR/conf/agent.yml" >"$BENCH_DIR/agent.log" 2>&1 &
 agent=$!

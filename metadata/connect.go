@@ -57,6 +57,14 @@ type Config struct {
 	Password    string        `yaml:"password" json:"-"`
 	// Server tunes an embedded server that Connect starts.
 	Server etcdserver.Options `yaml:"-" json:"-"`
+	// ReadOnly is for a command that only reads an embedded catalog:
+	// when no server runs on DataDir and the last one stopped cleanly,
+	// Connect reads the database file (etcdserver.OpenSnapshot) instead
+	// of starting a server, which takes most of a second on a large
+	// catalog. The connection's client then answers KV reads only, all
+	// at the revision of the snapshot; writes and leases fail with
+	// ErrReadOnly, and watches end at once, cancelled.
+	ReadOnly bool `yaml:"-" json:"-"`
 	// Unchecked returns the client of an external cluster even when no
 	// endpoint answers yet: etcd's client connects once one does. The
 	// agent uses it so that backups (spooling their records) do not wait
@@ -73,6 +81,8 @@ type Conn struct {
 	// Server is the embedded server this process started, or nil when it
 	// uses someone else's server or an external cluster.
 	Server *etcdserver.Embedded
+	// snapshot is the database read by a ReadOnly connection, or nil.
+	snapshot *etcdserver.Snapshot
 }
 
 // Close closes the client, then the server if this process started it.
@@ -84,6 +94,10 @@ func (c *Conn) Close() error {
 	}
 	if c.Server != nil {
 		err = errors.Join(err, c.Server.Close())
+	}
+	if c.snapshot != nil {
+		err = errors.Join(err, c.snapshot.Close())
+		c.snapshot = nil
 	}
 	return err
 }
@@ -132,6 +146,17 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 					return &Conn{Client: cli}, nil
 				}
 			}
+		}
+		if cfg.ReadOnly && !cfg.Own {
+			snap, err := etcdserver.OpenSnapshot(cfg.DataDir)
+			switch {
+			case err == nil:
+				return &Conn{Client: snapshotClient(snap), snapshot: snap}, nil
+			case errors.Is(err, etcdserver.ErrDamaged):
+				return nil, err
+			}
+			// Locked (a server is starting or stopping) or not clean (a
+			// server must replay its WAL first): as without ReadOnly.
 		}
 		srv, err := etcdserver.StartEmbedded(ctx, cfg.DataDir, cfg.Server)
 		if err == nil {

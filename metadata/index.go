@@ -3,7 +3,6 @@ package metadata
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -262,8 +261,8 @@ func applyChunk(sets map[string]map[string][]Atom, p string, key, val []byte) er
 		}
 		return nil
 	}
-	var atoms []Atom
-	if err := json.Unmarshal(val, &atoms); err != nil {
+	atoms, err := decodeAtoms(val)
+	if err != nil {
 		return fmt.Errorf("decode atom list %q: %w", key, err)
 	}
 	m := sets[set]

@@ -425,8 +425,8 @@ func (s *EtcdStore) atomList(ctx context.Context, source, dataset string, ts tim
 	p := s.k.datasetAtomsPrefix(source, dataset, ts, backupID, gen)
 	var out []Atom
 	err := s.scanAt(ctx, p, prefixEnd(p), false, chunkPage, &rev, nil, func(key, val []byte) (string, bool, error) {
-		var chunk []Atom
-		if err := json.Unmarshal(val, &chunk); err != nil {
+		chunk, err := decodeAtoms(val)
+		if err != nil {
 			return "", false, fmt.Errorf("decode atom list %q: %w", key, err)
 		}
 		out = append(out, chunk...)

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -89,13 +90,24 @@ func openCLI(ctx context.Context, path string, spool bool, level slog.Level) (*c
 	return openCLIWith(ctx, path, spool, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 }
 
+// openCLIReadOnly is openCLI for a command that only reads the catalog:
+// with no agent running, it reads the embedded catalog's files instead of
+// starting its server when it can (agent.CatalogOptions.ReadOnly).
+func openCLIReadOnly(ctx context.Context, path string, level slog.Level) (*cliEnv, error) {
+	return openCLIOpts(ctx, path, false, true, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+}
+
 func openCLIWith(ctx context.Context, path string, spool bool, log *slog.Logger) (*cliEnv, error) {
+	return openCLIOpts(ctx, path, spool, false, log)
+}
+
+func openCLIOpts(ctx context.Context, path string, spool, readOnly bool, log *slog.Logger) (*cliEnv, error) {
 	cm, err := agent.NewConfigManager(path, log)
 	if err != nil {
 		return nil, configError(err)
 	}
 	cfg := cm.Current().Config
-	opts := agent.CatalogOptions{Logger: log}
+	opts := agent.CatalogOptions{Logger: log, ReadOnly: readOnly}
 	if spool {
 		opts.SpoolDir = agent.CLISpoolDir(cfg)
 	}
@@ -261,7 +273,7 @@ or not the agent is running.`,
 			// opened here when no agent answered the find.
 			var env *cliEnv
 			if err != nil {
-				if env, err = openCLI(ctx, path, false, slog.LevelWarn); err != nil {
+				if env, err = openCLIReadOnly(ctx, path, slog.LevelWarn); err != nil {
 					return err
 				}
 				found, err := env.catalog.Store.FindVersions(ctx, req)
@@ -270,7 +282,7 @@ or not the agent is running.`,
 					return fmt.Errorf("find %q: %w", args[0], err)
 				}
 				atoms = agent.Entries(found)
-			} else if env, err = openCLI(ctx, path, false, slog.LevelWarn); err != nil {
+			} else if env, err = openCLIReadOnly(ctx, path, slog.LevelWarn); err != nil {
 				env = nil
 			}
 			if env != nil {
@@ -321,13 +333,12 @@ func printAtoms(out io.Writer, atoms []agent.BackupEntry) error {
 		}
 	}
 	w := bufio.NewWriterSize(out, 256<<10)
+	pad := strings.Repeat(" ", slices.Max(width)+2)
 	line := func(cells []string) {
 		for j, c := range cells {
 			w.WriteString(c)
 			if j < len(cells)-1 {
-				for k := utf8.RuneCountInString(c); k < width[j]+2; k++ {
-					w.WriteByte(' ')
-				}
+				w.WriteString(pad[:width[j]+2-utf8.RuneCountInString(c)])
 			}
 		}
 		w.WriteByte('\n')

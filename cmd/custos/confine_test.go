@@ -147,7 +147,9 @@ func repoRestoreArgs(repo []string) func(string) []string {
 
 // TestFindHostFlag backs up as two hosts into one catalog (the embedded
 // etcd under work_dir) and checks that "custos find --host H" lists only
-// H's versions, and that without --host both hosts' are listed.
+// H's versions, and that without --host both hosts' are listed. The finds
+// read the catalog's files (the backups stopped its server cleanly): they
+// start no server, which would rewrite the clean file.
 func TestFindHostFlag(t *testing.T) {
 	ctx := cliTestContext(t)
 	dir := t.TempDir()
@@ -185,6 +187,15 @@ func TestFindHostFlag(t *testing.T) {
 		{"no such host", []string{"--host", "host-c"}, map[string]int{}},
 		{"every host", nil, map[string]int{"host-a": 4, "host-b": 2}},
 	}
+	c, err := agent.LoadConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleanFile := filepath.Join(c.MetaDB.DataDir, "clean")
+	clean, err := os.ReadFile(cleanFile)
+	if err != nil {
+		t.Fatalf("no clean file after the backups: %v", err)
+	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			got := find(t, tc.args...)
@@ -192,5 +203,8 @@ func TestFindHostFlag(t *testing.T) {
 				t.Errorf("find %v: versions per host %v, want %v", tc.args, got, tc.want)
 			}
 		})
+	}
+	if now, err := os.ReadFile(cleanFile); err != nil || string(now) != string(clean) {
+		t.Errorf("the finds started the catalog's server: clean file %q (%v), was %q", now, err, clean)
 	}
 }

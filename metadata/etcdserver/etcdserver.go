@@ -9,9 +9,13 @@
 //	sock/      0700: client.sock, the server's unix socket
 //	endpoint   client URL (unix:///…/sock/client.sock), present only
 //	           while a server runs
+//	clean      present after a clean stop, until the next start: the
+//	           database holds everything (see OpenSnapshot)
 //
 // Only one process serves a data directory at a time (the lock); another
-// process reads the endpoint file and connects as a client.
+// process reads the endpoint file and connects as a client. A process that
+// only reads may instead, while no server runs, read the database file of
+// a server that stopped cleanly (OpenSnapshot).
 //
 // The catalog belongs to the agent's user: clients reach the server only
 // through a unix socket in a folder of mode 0700 (the data directory is
@@ -70,6 +74,12 @@ const MaxRequestBytes = 3 << 19 // 1.5 MiB
 const (
 	snapshotCount   = 1000
 	snapshotCatchUp = 100
+)
+
+// Raft timing of the embedded (single-member) server (see start).
+const (
+	tickMs     = 10
+	electionMs = 100
 )
 
 // Options tune the embedded server. The zero value works.
@@ -175,10 +185,23 @@ func start(ctx context.Context, dataDir string, opts Options, lock *os.File) (*E
 	// the WAL that every start reads back.
 	cfg.SnapshotCount = snapshotCount
 	cfg.SnapshotCatchUpEntries = snapshotCatchUp
+	// A single member elects itself once its election timeout passes,
+	// randomized between one and two timeouts; etcd fast-forwards all but
+	// one timeout at start, so serving waited a random 0.1 to 1 s with
+	// etcd's 100 ms ticks and 1 s timeout. With no peer to hear
+	// heartbeats from, short ticks cost nothing but wakeups: the wait is
+	// 10 to 100 ms.
+	cfg.TickMs = tickMs
+	cfg.ElectionMs = electionMs
 	if opts.MaxTxnOps > 0 {
 		cfg.MaxTxnOps = opts.MaxTxnOps
 	}
 	if err := checkDB(ctx, dbPath(dataDir)); err != nil {
+		return nil, err
+	}
+	// From here the database and WAL change: no snapshot may read them
+	// until a clean stop says again that the database holds everything.
+	if err := unmarkClean(dataDir); err != nil {
 		return nil, err
 	}
 	etcd, err := embed.StartEtcd(cfg)
@@ -236,6 +259,10 @@ func (e *Embedded) Close() error {
 			}
 		}
 		e.etcd.Close()
+		// etcd's Close committed the database: it holds every write the
+		// server acknowledged. Still under the lock, so no other server
+		// ran in between.
+		markClean(e.dataDir)
 		unlockDir(e.lock)
 	})
 	return e.closeErr
