@@ -507,3 +507,62 @@ func TestSweepStopsWhenSetRewritten(t *testing.T) {
 		t.Fatalf("next sweep = %+v, want the set (still named by no record) removed", again)
 	}
 }
+
+// getHookKV wraps the real KV and calls before ahead of every range read.
+type getHookKV struct {
+	clientv3.KV
+	before func(key string)
+}
+
+func (k *getHookKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	k.before(key)
+	return k.KV.Get(ctx, key, opts...)
+}
+
+// TestSweepLeavesSetWhenRecordChanges: a dataset record rewritten between
+// the sweep's read and its deletes makes the sweep leave that version's
+// leftover for the next sweep (its guard on the record's mod revision),
+// which removes it; find shows the rewritten record throughout.
+func TestSweepLeavesSetWhenRecordChanges(t *testing.T) {
+	ctx := ctxT(t)
+	s := newSharedStore(t, Options{MaxTxnOps: 4, PageSize: 3})
+	b := mkBackup("b1", "h1", t0)
+	if err := s.AddDataset(ctx, b, atomsDS("old", atomNames("a", 0, 10)...)); err != nil {
+		t.Fatal(err)
+	}
+	s.testHook = crashAt(stepAtomsWritten)
+	if err := s.AddDataset(ctx, b, atomsDS("crashed", atomNames("a", 0, 12)...)); !errors.Is(err, errCrash) {
+		t.Fatalf("crashed write: %v", err)
+	}
+	s.testHook = nil
+	third := atomNames("a", 3, 9)
+	sw := sweeper(t, s)
+	rewritten := false
+	sw.kv = &getHookKV{KV: sw.kv, before: func(key string) {
+		if strings.HasPrefix(key, s.k.atomNS()) && !rewritten {
+			rewritten = true
+			if err := s.AddDataset(ctx, b, atomsDS("third", third...)); err != nil {
+				t.Error(err)
+			}
+		}
+	}}
+	res := sweepNow(t, sw)
+	if !rewritten || res.Gens != 0 || res.Changed != 1 || res.Keys != 0 {
+		t.Fatalf("sweep with the record rewritten meanwhile = %+v, want the leftover left untouched", res)
+	}
+	if n := atomKeysOf(t, s, "b1"); n != 12+len(third) {
+		t.Fatalf("%d atom records of b1, want the crashed write's 12 and the third set's %d", n, len(third))
+	}
+	if got := findOf(t, s, "src/ds", "b1"); !reflect.DeepEqual(got, want("third", third)) {
+		t.Fatalf("find = %q, want the third set", got)
+	}
+	if again := sweepNow(t, sw); again.Gens != 1 || again.Keys != 13 {
+		t.Fatalf("next sweep = %+v, want the crashed write's set (12 atoms, 1 chunk) removed", again)
+	}
+	if n := atomKeysOf(t, s, "b1"); n != len(third) {
+		t.Fatalf("%d atom records of b1, want the third set's %d", n, len(third))
+	}
+	if got := findOf(t, s, "src/ds", "b1"); !reflect.DeepEqual(got, want("third", third)) {
+		t.Fatalf("find = %q, want the third set", got)
+	}
+}
