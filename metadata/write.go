@@ -363,11 +363,11 @@ func (s *EtcdStore) writeOnce(ctx context.Context, w *datasetWrite) error {
 		return err
 	}
 	if w.chunk0 != "" {
-		// A sweep deletes a set it takes for a leftover chunks first, and
-		// nothing of it once chunk 000000 is back (SweepAtomSets): with
-		// chunk 000000 here, every key put above is still here. Without
-		// it the switch fails and the write starts again, putting the
-		// whole set again.
+		// A sweep that takes this set for a leftover deletes its chunks
+		// first, and nothing of it once chunk 000000 is back
+		// (SweepAtomSets): so while chunk 000000 is here, every key put
+		// above is here too. Without it the switch fails and the write
+		// starts again, putting the whole set again.
 		cmps = append(cmps, clientv3.Compare(clientv3.Version(w.chunk0), ">", 0))
 	}
 	r, err := s.commit(ctx, func(t clientv3.Txn) clientv3.Txn { return t.If(cmps...).Then(sw...) })
