@@ -804,9 +804,23 @@ func (a *Agent) newSyncJob() jobs.Job {
 		}
 		a.setCatalogWarnings(warningsAfterSync(res, err))
 		a.backups.invalidate()
+		err = errors.Join(err, a.sweepCatalog(ctx))
 		// Then the peers (site to site), whatever the repositories said.
 		return errors.Join(err, a.syncPeers(ctx))
 	})
+}
+
+// sweepCatalog removes the atom sets that no catalog record names, the
+// leftovers of writes that crashed (metadata KEYS.md, "Writes"); readers
+// never count them, they only take space.
+func (a *Agent) sweepCatalog(ctx context.Context) error {
+	res, err := a.catalog.Store.SweepAtomSets(ctx, metadata.SweepOptions{MinAge: metadata.DefaultSweepAge})
+	if err != nil {
+		return fmt.Errorf("catalog sweep: %w", err)
+	}
+	jobs.Logger(ctx).Info("catalog sweep done", "atom_sets_removed", res.Gens, "keys_removed", res.Keys,
+		"too_young", res.Young, "changed_meanwhile", res.Changed)
+	return nil
 }
 
 // sync runs a full sync, in a worker process when the agent has them.

@@ -37,8 +37,10 @@ const (
 // writer of the same dataset).
 const maxWriteAttempts = 5
 
-// errRaced: the guard of the switch transaction failed.
-var errRaced = errors.New("metadata: backup or dataset record changed during the write")
+// errRaced: the guard of the switch transaction failed: another write of
+// the same backup or dataset record, or a sweep that took the new atom set
+// for a leftover (SweepAtomSets).
+var errRaced = errors.New("metadata: backup or dataset record changed, or the new atom set was swept, during the write")
 
 // Steps of a write split over several transactions, for testHook.
 const (
@@ -55,6 +57,7 @@ type datasetWrite struct {
 	create          []clientv3.Op // backup record and its time indexes, for a new backup
 	record          []clientv3.Op // backup-ds index and dataset record (the switch)
 	dsKey           string
+	chunk0          string        // the new atom set's list chunk 000000 ("": no atoms)
 	sum             string        // content of the dataset as added
 	atoms           []clientv3.Op // the atom set: list chunks, then atom records
 
@@ -128,7 +131,11 @@ func (s *EtcdStore) planWrite(b *Backup, d *Dataset) (*datasetWrite, error) {
 	flush := func() {
 		if len(chunk) > 0 {
 			chunk = append(chunk, ']')
-			w.atoms = append(w.atoms, clientv3.OpPut(s.k.datasetAtomsChunk(d.Source, d.Name, h.Timestamp, h.ID, gen, n), string(chunk)))
+			key := s.k.datasetAtomsChunk(d.Source, d.Name, h.Timestamp, h.ID, gen, n)
+			if n == 0 {
+				w.chunk0 = key
+			}
+			w.atoms = append(w.atoms, clientv3.OpPut(key, string(chunk)))
 			chunk, n = nil, n+1
 		}
 	}
@@ -354,6 +361,14 @@ func (s *EtcdStore) writeOnce(ctx context.Context, w *datasetWrite) error {
 	}
 	if err := s.runHook(ctx, stepAtomsWritten); err != nil {
 		return err
+	}
+	if w.chunk0 != "" {
+		// A sweep that takes this set for a leftover deletes its chunks
+		// first, and nothing of it once chunk 000000 is back
+		// (SweepAtomSets): so while chunk 000000 is here, every key put
+		// above is here too. Without it the switch fails and the write
+		// starts again, putting the whole set again.
+		cmps = append(cmps, clientv3.Compare(clientv3.Version(w.chunk0), ">", 0))
 	}
 	r, err := s.commit(ctx, func(t clientv3.Txn) clientv3.Txn { return t.If(cmps...).Then(sw...) })
 	if err != nil {

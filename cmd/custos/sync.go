@@ -40,6 +40,10 @@ func newSyncCmd() *cobra.Command {
            from the snapshots the repository holds for it.
 
 Only this host's records are touched. A second run changes nothing.
+Then (not with --report) it removes the atom lists in the catalog that no
+record names, left by catalog writes that crashed, once a sweep an hour or
+more ago saw them already (the agent's sync job does the same), and prints
+how many it removed.
 --report prints what it would change and changes nothing. A repository that
 holds no snapshot at all while the catalog lists versions in it is refused
 (a wrong url or an unmounted disk looks the same) unless --allow-empty.
@@ -85,6 +89,16 @@ compares every record instead of only those changed since the last sync.`,
 					}
 				} else {
 					printSync(cmd.OutOrStdout(), res)
+				}
+			}
+			if !report {
+				// The atom sets no record names (leftovers of crashed
+				// writes), as the agent's sync job does.
+				sw, serr := env.catalog.Store.SweepAtomSets(ctx, metadata.SweepOptions{MinAge: metadata.DefaultSweepAge})
+				if serr != nil {
+					err = errors.Join(err, fmt.Errorf("catalog sweep: %w", serr))
+				} else if sw.Keys > 0 && !asJSON {
+					fmt.Fprintf(cmd.OutOrStdout(), "catalog sweep: %d unused atom set(s) removed, %d key(s)\n", sw.Gens, sw.Keys)
 				}
 			}
 			if err != nil {
