@@ -149,6 +149,7 @@ func (r *Repository) Backup(ctx context.Context, root string, paths []string, op
 		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
 	}
 	defer w.end()
+	w.commitAsYouGo = true
 
 	parent, parentTree, err := r.parentFor(ctx, &opts)
 	if err != nil {

@@ -44,9 +44,20 @@ type blobSaver struct {
 	stager      packStager
 	packersLeft atomic.Int32
 
-	mu      sync.Mutex
-	pending map[BlobHandle]struct{} // queued in this session, not yet in the index
-	packs   []format.IndexPack      // uploaded in this session
+	mu        sync.Mutex
+	pending   map[BlobHandle]struct{} // queued in this session, not yet in the index
+	packs     []format.IndexPack      // uploaded in this session, not yet committed
+	packBlobs int                     // blobs in packs
+
+	// commit, when set, makes uploaded packs reachable while the saver
+	// runs: once they hold commitEvery blobs, they get an index file (the
+	// write session's commitPacks, which checks the lock first), enter
+	// the in-memory index, and leave pending and packs. Without it, a
+	// backup of a million small files held every new blob twice (pending
+	// and the pack entries) until its end: 130 MiB of its 350.
+	commit      func([]format.IndexPack) error
+	commitEvery int
+	commitMu    sync.Mutex
 
 	// inflight bounds the bytes of blob buffers between the callers of save
 	// and the packer. Bounding bytes rather than items lets thousands of
@@ -387,9 +398,48 @@ func (s *blobSaver) savePack(fp *finishedPack) error {
 	ip := format.IndexPack{ID: fp.id, Size: p.size, Blobs: p.blobs}
 	s.mu.Lock()
 	s.packs = append(s.packs, ip)
+	s.packBlobs += len(ip.Blobs)
+	var batch []format.IndexPack
+	if s.commit != nil && s.packBlobs >= s.commitEvery {
+		batch, s.packs, s.packBlobs = s.packs, nil, 0
+	}
 	s.mu.Unlock()
 	s.bytesAdded.Add(p.size)
 	s.blobsAdded.Add(int64(len(p.blobs)))
+	if batch != nil {
+		return s.commitBatch(batch)
+	}
+	return nil
+}
+
+// commitEvery is how many blobs of uploaded packs a backup holds before it
+// writes an index file for them (a quarter of an index file's limit).
+const commitEvery = format.MaxBlobsPerIndex / 4
+
+// commitBatch commits durable packs while the saver runs, then forgets
+// their blobs from pending: the index answers for them from now on.
+func (s *blobSaver) commitBatch(batch []format.IndexPack) error {
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+	if err := s.commit(batch); err != nil {
+		return err
+	}
+	done := make(map[BlobHandle]struct{})
+	for i := range batch {
+		for j := range batch[i].Blobs {
+			done[batch[i].Blobs[j].Handle()] = struct{}{}
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// A new map: Go's maps never give back the room of deleted entries.
+	left := make(map[BlobHandle]struct{}, max(len(s.pending)-len(done), 0))
+	for h := range s.pending {
+		if _, ok := done[h]; !ok {
+			left[h] = struct{}{}
+		}
+	}
+	s.pending = left
 	return nil
 }
 
@@ -399,7 +449,8 @@ func (s *blobSaver) added() (bytes, blobs int64) {
 }
 
 // flush closes the pipeline and waits until every queued blob is in a
-// durable pack. It returns the packs written in this session.
+// durable pack. It returns the packs written in this session that were not
+// committed on the way (see commit).
 func (s *blobSaver) flush() ([]format.IndexPack, error) {
 	if !s.closed {
 		s.closed = true

@@ -62,6 +62,9 @@ type Repository struct {
 	// file (path is the source path, n the chunk number), so tests can
 	// change the file deterministically while it is being read.
 	testHookChunk func(path string, n int)
+	// commitEvery, when not 0, replaces the blobs a backup holds in
+	// uploaded packs before it indexes them (tests use a few).
+	commitEvery int
 	// packsInMemory forces in-memory packs (no staging in the backend or
 	// in temp files); tests use it to cover that mode.
 	packsInMemory bool

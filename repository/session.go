@@ -33,6 +33,9 @@ type writeSession struct {
 	cancel context.CancelCauseFunc
 	saver  *blobSaver
 	bufs   *bufPool
+	// commitAsYouGo lets savers commit packs while they run (see
+	// blobSaver.commit): backups set it; copy commits on its own terms.
+	commitAsYouGo bool
 }
 
 // beginWrite takes a shared lock and refreshes the index strictly, so that
@@ -63,6 +66,12 @@ func (w *writeSession) start() {
 	w.g, w.ctx = errgroup.WithContext(cctx)
 	w.bufs = &bufPool{}
 	w.saver = w.r.newBlobSaver(w.ctx, w.g, w.bufs)
+	if w.commitAsYouGo {
+		w.saver.commit, w.saver.commitEvery = w.commitPacks, commitEvery
+		if w.r.commitEvery > 0 {
+			w.saver.commitEvery = w.r.commitEvery
+		}
+	}
 }
 
 // stop cancels the current saver with cause; flush then returns it.
@@ -73,7 +82,8 @@ func (w *writeSession) stop(cause error) {
 }
 
 // flush closes the current saver and waits for it and every goroutine of
-// w.g. It returns the packs written, all durable but not yet reachable.
+// w.g. It returns the packs written and not yet committed, all durable but
+// not yet reachable.
 func (w *writeSession) flush() ([]format.IndexPack, error) {
 	packs, err := w.saver.flush()
 	if gerr := w.g.Wait(); err == nil {

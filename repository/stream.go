@@ -24,6 +24,7 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 		return nil, fmt.Errorf("backup stream %q: %w", name, err)
 	}
 	defer w.end()
+	w.commitAsYouGo = true
 	var parent *Snapshot
 	if !opts.NoParent {
 		if parent, _, err = r.parentFor(ctx, &opts); err != nil {
