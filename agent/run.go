@@ -7,7 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/custos-backup/custos/jobs"
@@ -58,21 +58,17 @@ func Run(ctx context.Context, path string, opts RunOptions) error {
 	}
 	defer lk.release()
 	// A spooled record refused later must reach the agent's outcomes; the
-	// agent exists only after the catalog is open.
-	var agentRef atomic.Pointer[Agent]
-	onSetAside := func(f metadata.FailedRecord) {
-		if a := agentRef.Load(); a != nil {
-			a.recordSetAside(f)
-		}
-	}
-	cat, err := OpenCatalog(ctx, cfg, CatalogOptions{Serve: true, SpoolDir: AgentSpoolDir(cfg), EtcdOptions: opts.EtcdOptions, Logger: log, OnSetAside: onSetAside})
+	// agent exists only after the catalog is open, and the spool may be
+	// flushed before that: those records wait for it.
+	var early setAsideQueue
+	cat, err := OpenCatalog(ctx, cfg, CatalogOptions{Serve: true, SpoolDir: AgentSpoolDir(cfg), EtcdOptions: opts.EtcdOptions, Logger: log, OnSetAside: early.add})
 	if err != nil {
 		return err
 	}
 	defer cat.Close()
 
 	a := New(cm, cat, Options{Logger: log, Retry: opts.Retry, Worker: opts.Worker})
-	agentRef.Store(a)
+	early.deliverTo(a.recordSetAside)
 	listen := cfg.HTTPListen
 	if opts.HTTPListen != "" {
 		listen = opts.HTTPListen
@@ -138,4 +134,35 @@ loop:
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// setAsideQueue holds the records set aside before the agent exists, and
+// passes every later one straight on.
+type setAsideQueue struct {
+	mu      sync.Mutex
+	waiting []metadata.FailedRecord
+	to      func(metadata.FailedRecord)
+}
+
+func (q *setAsideQueue) add(f metadata.FailedRecord) {
+	q.mu.Lock()
+	to := q.to
+	if to == nil {
+		q.waiting = append(q.waiting, f)
+	}
+	q.mu.Unlock()
+	if to != nil {
+		to(f)
+	}
+}
+
+// deliverTo passes the waiting records to fn, then every later one.
+func (q *setAsideQueue) deliverTo(fn func(metadata.FailedRecord)) {
+	q.mu.Lock()
+	waiting := q.waiting
+	q.waiting, q.to = nil, fn
+	q.mu.Unlock()
+	for _, f := range waiting {
+		fn(f)
+	}
 }

@@ -74,3 +74,17 @@ func TestSetAsideRecordFailsItsDataset(t *testing.T) {
 		t.Errorf("spool_failed: %+v, want the one record", rep.SpoolFailed)
 	}
 }
+
+// TestSetAsideQueue: records set aside before the agent exists reach it
+// once it does, and later ones go straight through.
+func TestSetAsideQueue(t *testing.T) {
+	var q setAsideQueue
+	q.add(metadata.FailedRecord{BackupID: "early-1"})
+	q.add(metadata.FailedRecord{BackupID: "early-2"})
+	var got []string
+	q.deliverTo(func(f metadata.FailedRecord) { got = append(got, f.BackupID) })
+	q.add(metadata.FailedRecord{BackupID: "late"})
+	if strings.Join(got, ",") != "early-1,early-2,late" {
+		t.Errorf("delivered %v", got)
+	}
+}
