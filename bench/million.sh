@@ -8,9 +8,9 @@
 #   FILES=200000 bench/million.sh         # smaller, for a quick look
 #
 # BENCH_DIR (default $HOME/custos-bench-million) holds the data (about 4 GB
-# on disk for a million files) and the repositories; it is deleted at the
-# start. Each backup starts on a cold page cache. Wall seconds and peak RSS
-# come from GNU time.
+# on disk for a million files; kept for the next run with the same FILES)
+# and the repositories (made anew each run). Each backup starts on a cold
+# page cache. Wall seconds and peak RSS come from GNU time.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 BENCH_DIR=${BENCH_DIR:-$HOME/custos-bench-million}
@@ -23,13 +23,19 @@ esac
 . "$src/bench/peers.sh"
 install_peers
 
-rm -rf "$BENCH_DIR"
+if [ "$(cat "$BENCH_DIR/data.files" 2>/dev/null)" != "$FILES" ]; then
+	rm -rf "$BENCH_DIR"
+fi
+rm -rf "$BENCH_DIR/custos-repo" "$BENCH_DIR/restic-repo" "$BENCH_DIR/cache"
 mkdir -p "$BENCH_DIR/bin"
 (cd "$src" && go build -o "$BENCH_DIR/bin/custos" ./cmd/custos)
 (cd "$SHARED_DIR/bench/gendata" && go build -o "$BENCH_DIR/bin/gendata" .)
 commit=$(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo unknown)
-echo "generating $FILES files"
-"$BENCH_DIR/bin/gendata" -out "$BENCH_DIR/data" -small "$FILES" -small-max-kib 3 -no-large >/dev/null
+if [ ! -e "$BENCH_DIR/data.files" ]; then
+	echo "generating $FILES files"
+	"$BENCH_DIR/bin/gendata" -out "$BENCH_DIR/data" -small "$FILES" -small-max-kib 3 -no-large >/dev/null
+	echo "$FILES" >"$BENCH_DIR/data.files"
+fi
 printf 'bench-password-%s\n' "$RANDOM$RANDOM" >"$BENCH_DIR/password"
 export CUSTOS_PASSWORD_FILE=$BENCH_DIR/password RESTIC_PASSWORD_FILE=$BENCH_DIR/password
 export XDG_CACHE_HOME=$BENCH_DIR/cache
