@@ -418,35 +418,6 @@ func ridScan(ctx context.Context, st *EtcdStore, prefix string) (int64, uint64, 
 	return rev, cluster, out, err
 }
 
-// getKVs fetches keys in transactions of at most MaxTxnOps gets, all at
-// revision *rev (0: the first transaction's, which it sets); missing keys
-// give nil.
-func (s *EtcdStore) getKVs(ctx context.Context, keys []string, rev *int64) ([]*mvccpb.KeyValue, error) {
-	out := make([]*mvccpb.KeyValue, len(keys))
-	for lo := 0; lo < len(keys); lo += s.opts.MaxTxnOps {
-		hi := min(lo+s.opts.MaxTxnOps, len(keys))
-		var opts []clientv3.OpOption
-		if *rev != 0 {
-			opts = append(opts, clientv3.WithRev(*rev))
-		}
-		ops := make([]clientv3.Op, 0, hi-lo)
-		for _, k := range keys[lo:hi] {
-			ops = append(ops, clientv3.OpGet(k, opts...))
-		}
-		resp, err := s.kv.Txn(ctx).Then(ops...).Commit()
-		if err != nil {
-			return nil, err
-		}
-		if *rev == 0 {
-			*rev = resp.Header.Revision
-		}
-		for i := range resp.Responses {
-			out[lo+i] = firstKV(resp, i)
-		}
-	}
-	return out, nil
-}
-
 // versionsAt reads the dataset records of rids with their atoms at one
 // revision (*rev; 0: the latest, which it sets). A record that cannot be
 // decoded is left out and said so in bad.

@@ -531,16 +531,17 @@ func sortDatasets(ds []*Dataset) {
 	})
 }
 
-// getMany fetches keys in transactions of at most MaxTxnOps gets, at
-// revision rev (0: the latest); missing keys give nil.
-func (s *EtcdStore) getMany(ctx context.Context, keys []string, rev int64) ([][]byte, error) {
-	out := make([][]byte, len(keys))
-	var opts []clientv3.OpOption
-	if rev != 0 {
-		opts = append(opts, clientv3.WithRev(rev))
-	}
+// getKVs fetches keys in transactions of at most MaxTxnOps gets, all at
+// revision *rev (0: the first transaction's, which it sets); missing keys
+// give nil.
+func (s *EtcdStore) getKVs(ctx context.Context, keys []string, rev *int64) ([]*mvccpb.KeyValue, error) {
+	out := make([]*mvccpb.KeyValue, len(keys))
 	for lo := 0; lo < len(keys); lo += s.opts.MaxTxnOps {
 		hi := min(lo+s.opts.MaxTxnOps, len(keys))
+		var opts []clientv3.OpOption
+		if *rev != 0 {
+			opts = append(opts, clientv3.WithRev(*rev))
+		}
 		ops := make([]clientv3.Op, 0, hi-lo)
 		for _, k := range keys[lo:hi] {
 			ops = append(ops, clientv3.OpGet(k, opts...))
@@ -549,10 +550,27 @@ func (s *EtcdStore) getMany(ctx context.Context, keys []string, rev int64) ([][]
 		if err != nil {
 			return nil, err
 		}
-		for i, r := range resp.Responses {
-			if kvs := r.GetResponseRange().Kvs; len(kvs) > 0 {
-				out[lo+i] = kvs[0].Value
-			}
+		if *rev == 0 {
+			*rev = resp.Header.Revision
+		}
+		for i := range resp.Responses {
+			out[lo+i] = firstKV(resp, i)
+		}
+	}
+	return out, nil
+}
+
+// getMany fetches the values of keys (getKVs) at revision rev (0: the
+// latest); missing keys give nil.
+func (s *EtcdStore) getMany(ctx context.Context, keys []string, rev int64) ([][]byte, error) {
+	kvs, err := s.getKVs(ctx, keys, &rev)
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]byte, len(kvs))
+	for i, kv := range kvs {
+		if kv != nil {
+			out[i] = kv.Value
 		}
 	}
 	return out, nil
