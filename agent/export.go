@@ -65,22 +65,12 @@ type exportSource interface {
 // atom and returns every error at the end.
 func (m *Manager) ExportBagIt(ctx context.Context, req ExportRequest) ([]ExportedBag, error) {
 	rc := m.cm.Current()
-	host := req.Host
-	switch host {
-	case "":
-		host = rc.Config.Hostname
-	case "*":
-		host = ""
-	}
 	if req.Dir == "" {
 		return nil, errors.New("export: no target folder")
 	}
-	found, err := m.catalog.FindAtoms(ctx, metadata.FindRequest{Pattern: req.Pattern, Host: host, NumVersions: 1, OlderThan: req.OlderThan})
+	found, err := m.findNewest(ctx, rc, req.Pattern, req.Host, req.OlderThan)
 	if err != nil {
-		return nil, fmt.Errorf("find %q in the catalog: %w", req.Pattern, err)
-	}
-	if len(found) == 0 {
-		return nil, fmt.Errorf("no atom in the catalog matches %q%s", req.Pattern, hostNote(host))
+		return nil, err
 	}
 	if err := os.MkdirAll(req.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("export folder: %w", err)

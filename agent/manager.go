@@ -332,21 +332,31 @@ type RestoredAtom struct {
 // Restore restores the newest version (older than OlderThan, if set) of
 // every atom matching the pattern. It goes on after a failed dataset and
 // returns every error at the end.
-func (m *Manager) Restore(ctx context.Context, req RestoreRequest) ([]RestoredAtom, error) {
-	rc := m.cm.Current()
-	host := req.Host
+// findNewest finds the newest version of the atoms matching pattern, of
+// host ("" = this host, "*" = any), older than olderThan if set; none is
+// an error.
+func (m *Manager) findNewest(ctx context.Context, rc *RuntimeContext, pattern, host string, olderThan time.Time) ([]*metadata.Backup, error) {
 	switch host {
 	case "":
 		host = rc.Config.Hostname
 	case "*":
 		host = ""
 	}
-	found, err := m.catalog.FindAtoms(ctx, metadata.FindRequest{Pattern: req.Pattern, Host: host, NumVersions: 1, OlderThan: req.OlderThan})
+	found, err := m.catalog.FindAtoms(ctx, metadata.FindRequest{Pattern: pattern, Host: host, NumVersions: 1, OlderThan: olderThan})
 	if err != nil {
-		return nil, fmt.Errorf("find %q in the catalog: %w", req.Pattern, err)
+		return nil, fmt.Errorf("find %q in the catalog: %w", pattern, err)
 	}
 	if len(found) == 0 {
-		return nil, fmt.Errorf("no atom in the catalog matches %q%s", req.Pattern, hostNote(host))
+		return nil, fmt.Errorf("no atom in the catalog matches %q%s", pattern, hostNote(host))
+	}
+	return found, nil
+}
+
+func (m *Manager) Restore(ctx context.Context, req RestoreRequest) ([]RestoredAtom, error) {
+	rc := m.cm.Current()
+	found, err := m.findNewest(ctx, rc, req.Pattern, req.Host, req.OlderThan)
+	if err != nil {
+		return nil, err
 	}
 	var done []RestoredAtom
 	var errs []error
