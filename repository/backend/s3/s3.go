@@ -96,6 +96,10 @@ type Options struct {
 	UsePathStyle bool
 	// Credentials overrides the standard AWS credential chain.
 	Credentials aws.CredentialsProvider
+	// Connections is how many requests the repository's readers keep in
+	// flight on this backend at once (Backend.Connections). 0 means
+	// DefaultConnections.
+	Connections int
 
 	// PartSize is the size of multipart upload parts (S3 requires at least
 	// 5 MiB for all but the last part). 0 means DefaultPartSize.
