@@ -257,7 +257,8 @@ func (c *copier) tree(id ID) error {
 			}
 		}
 	}
-	if _, err := c.w.saver.saveCopy(TreeBlob, raw); err != nil {
+	// loadBlob verified raw against id.
+	if err := c.w.saver.saveVerified(TreeBlob, id, raw); err != nil {
 		return err
 	}
 	c.seen[format.TreeHandle(id)] = true
@@ -273,7 +274,8 @@ func (c *copier) blob(ctx context.Context, t BlobType, id ID) error {
 	if err != nil {
 		return fmt.Errorf("source: %w", err)
 	}
-	if _, err := c.w.saver.saveCopy(t, data); err != nil {
+	// loadBlob verified data against id.
+	if err := c.w.saver.saveVerified(t, id, data); err != nil {
 		return err
 	}
 	c.queued.Add(int64(len(data)))

@@ -189,13 +189,19 @@ func (s *blobSaver) save(t BlobType, id ID, full []byte, n int) (bool, error) {
 // saveCopy is save for data the caller keeps.
 func (s *blobSaver) saveCopy(t BlobType, data []byte) (ID, error) {
 	id := ID(sha256.Sum256(data))
+	return id, s.saveVerified(t, id, data)
+}
+
+// saveVerified is saveCopy for data just verified to hash to id (a blob
+// read from a repository), which is not hashed a second time.
+func (s *blobSaver) saveVerified(t BlobType, id ID, data []byte) error {
 	if s.r.index().Has(BlobHandle{Type: t, ID: id}) {
-		return id, nil
+		return nil
 	}
 	full, b := s.newBuf(len(data))
 	copy(b, data)
 	_, err := s.save(t, id, full, len(data))
-	return id, err
+	return err
 }
 
 // packMode says where a backup assembles its packs.

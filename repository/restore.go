@@ -906,7 +906,7 @@ func (rs *restorer) ranges() []packRange {
 // bytes is written.
 func (rs *restorer) writeContents(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(max(restoreFetchWorkers, 2*runtime.GOMAXPROCS(0)))
+	g.SetLimit(rs.r.readers(max(restoreFetchWorkers, 2*runtime.GOMAXPROCS(0))))
 	for _, h := range rs.handles {
 		if len(h.files) == 0 {
 			continue

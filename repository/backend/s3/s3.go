@@ -238,6 +238,9 @@ func newBackend(ctx context.Context, opts Options) (*Backend, error) {
 		// S3-compatible servers often send no checksums; the SDK would log a
 		// warning for every such response.
 		o.DisableLogOutputChecksumValidationSkipped = true
+		// Uploads are not hashed a second time for the signature
+		// (UNSIGNED-PAYLOAD; see unsignedPayload).
+		o.APIOptions = append(o.APIOptions, unsignedPayload)
 	})
 
 	shown := endpoint
