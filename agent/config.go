@@ -73,6 +73,10 @@ type RepositorySpec struct {
 	Fixity *FixitySpec
 	// Retention, when set, runs forget (and prune) on a schedule.
 	Retention *RetentionSpec
+	// Connections, when not 0, is how many requests readers keep in flight
+	// on the repository's storage (repository.SetConnections); 0 means the
+	// backend's default (16 on S3; on a local folder, by the CPUs).
+	Connections int
 
 	passwordFrom string // "password_file /x" etc., for messages; never the secret
 }
@@ -434,6 +438,11 @@ func decodeRepository(d *decoder, n *yaml.Node, prefix, dir string) *RepositoryS
 		"never_from":    func(v *yaml.Node, f string) { d.strList(v, f, &r.NeverFrom) },
 		"fixity":        func(v *yaml.Node, f string) { r.Fixity = decodeFixity(d, v, f) },
 		"retention":     func(v *yaml.Node, f string) { r.Retention = decodeRetention(d, v, f) },
+		"connections": func(v *yaml.Node, f string) {
+			if d.integer(v, f, &r.Connections) && (r.Connections < 1 || r.Connections > 256) {
+				d.errorf(v, f, "%d: want 1 to 256 requests in flight", r.Connections)
+			}
+		},
 	})
 	if n.Kind != yaml.MappingNode {
 		return nil

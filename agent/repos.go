@@ -135,6 +135,7 @@ func openOrInit(ctx context.Context, spec *RepositorySpec, log *slog.Logger) (*r
 	if err == nil {
 		repo, oerr := repository.Open(ctx, be, spec.Password.Bytes())
 		if oerr == nil {
+			repo.SetConnections(spec.Connections)
 			return repo, nil
 		}
 		be.Close()
@@ -158,5 +159,6 @@ func openOrInit(ctx context.Context, spec *RepositorySpec, log *slog.Logger) (*r
 		return nil, fmt.Errorf("repository %s (%s): initialise: %w", spec.Name, spec.URL, err)
 	}
 	log.Info("created a new repository", "repository", spec.Name, "url", spec.URL, "encrypted", !spec.Unencrypted)
+	repo.SetConnections(spec.Connections)
 	return repo, nil
 }
