@@ -326,7 +326,7 @@ func (rs *restorer) loadPlanTrees(ctx context.Context, rootTree ID, filter *incl
 				ids = append(ids, d.id)
 			}
 		}
-		got, err := rs.r.loadTrees(ctx, ids)
+		got, err := rs.r.loadTrees(ctx, ids, false)
 		if err != nil {
 			return nil, err
 		}

@@ -1,6 +1,7 @@
 package repository
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -26,6 +27,7 @@ func (r *Repository) loadTree(ctx context.Context, id ID) (*format.Tree, error) 
 // loadedTree is a tree loadTrees read, or why it could not.
 type loadedTree struct {
 	t   *format.Tree
+	raw []byte // the verified plaintext, if asked for
 	err error
 }
 
@@ -37,8 +39,9 @@ func treeWorkers() int { return max(4, runtime.GOMAXPROCS(0)) }
 // their offsets allow, several packs at once. A walk that loads a tree at a
 // time waits a round trip per directory on remote storage; one that hands
 // each level of the tree over at once waits about one per level. The
-// result has every id; it returns an error only when ctx ends.
-func (r *Repository) loadTrees(ctx context.Context, ids []ID) (map[ID]loadedTree, error) {
+// result has every id, with the plaintext too if keepRaw; it returns an
+// error only when ctx ends.
+func (r *Repository) loadTrees(ctx context.Context, ids []ID, keepRaw bool) (map[ID]loadedTree, error) {
 	out := make(map[ID]loadedTree, len(ids))
 	x := r.index()
 	want := map[ID][]format.PackedBlob{}
@@ -62,6 +65,8 @@ func (r *Repository) loadTrees(ctx context.Context, ids []ID) (map[ID]loadedTree
 			lt.err = fmt.Errorf("load tree: %w", b.Err)
 		} else if lt.t, lt.err = format.DecodeTree(b.Plain); lt.err != nil {
 			lt.err = fmt.Errorf("tree %s: %w", b.Entry.ID, lt.err)
+		} else if keepRaw {
+			lt.raw = bytes.Clone(b.Plain)
 		}
 		mu.Lock()
 		out[b.Entry.ID] = lt
