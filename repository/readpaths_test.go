@@ -322,3 +322,43 @@ func TestConnections(t *testing.T) {
 		})
 	}
 }
+
+// TestCopyReadsByPack: copy reads the source's blobs by pack, nearby ones
+// with one request, not a request per blob, and the copy restores whole.
+func TestCopyReadsByPack(t *testing.T) {
+	ctx := context.Background()
+	src, _ := newTestRepo(t, false)
+	dir := filepath.Join(t.TempDir(), "src")
+	nestedTree(t, dir, 4, 3) // 85 directories, a file in each
+	sn, err := src.Backup(ctx, dir, nil, BackupOptions{Dataset: "d", Host: "h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blobs, packs := src.index().Count()
+	pl := &packLoads{Backend: src.Backend()}
+	src2, err := Open(ctx, pl, testPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src2.Close()
+	dst, _ := newTestRepo(t, false)
+	if _, err := Copy(ctx, src2, dst, []*Snapshot{sn}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Trees: a load per level and tree pack; data: a load per data pack.
+	if n := pl.loads(); n == 0 || n > 4*packs+packs {
+		t.Errorf("copy read %d blobs of %d packs with %d loads, want at most %d", blobs, packs, n, 5*packs)
+	}
+	if n := pl.loads(); n >= blobs/2 {
+		t.Errorf("copy read %d blobs with %d loads: about one per blob", blobs, n)
+	}
+	snaps, err := dst.Snapshots(ctx)
+	if err != nil || len(snaps) != 1 {
+		t.Fatalf("destination snapshots: %v %v", snaps, err)
+	}
+	target := filepath.Join(t.TempDir(), "out")
+	if _, err := dst.Restore(ctx, snaps[0], target, RestoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	compareTrees(t, dir, target)
+}
