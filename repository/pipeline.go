@@ -95,7 +95,9 @@ func (r *Repository) newBlobSaver(ctx context.Context, g *errgroup.Group, bufs *
 	case packStaged:
 		packers = n
 	case packInMemory:
-		uploaders = 2
+		// On remote storage more uploads in flight hide the round trips,
+		// at a pack buffer each.
+		uploaders = min(4, r.readers(2))
 	}
 	s := &blobSaver{
 		r:          r,
