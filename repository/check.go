@@ -219,14 +219,22 @@ func (c *checkState) pass(ctx context.Context, opts CheckOptions, now time.Time)
 	if err := c.checkUnindexed(ctx, now); err != nil {
 		return err
 	}
-	missing, err := c.checkTrees(ctx, snaps)
-	if err != nil {
+	// The trees and the packs are read at the same time: neither needs
+	// what the other finds until attributeMissing, and on remote storage
+	// the walk's round trips, a level of the tree at a time, then cost
+	// nothing.
+	var missing map[BlobHandle]bool
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		var err error
+		missing, err = c.checkTrees(gctx, snaps)
 		return err
-	}
+	})
 	if opts.ReadData {
-		if err := c.readPacks(ctx, opts); err != nil {
-			return err
-		}
+		g.Go(func() error { return c.readPacks(gctx, opts) })
+	}
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	c.attributeMissing(missing)
 	if len(c.damagedBlobs) > 0 {
