@@ -339,7 +339,9 @@ func (c *copier) flush() error {
 		}
 		want[pack] = append(want[pack], pb)
 	}
-	err := c.src.readPackSet(c.ctx, want, c.src.readers(treeWorkers()), func(_ ID, b readBlob) error {
+	// A local source is read fast enough by two; remote storage gets its
+	// connections.
+	err := c.src.readPackSet(c.ctx, want, c.src.readers(2), func(_ ID, b readBlob) error {
 		if b.Err != nil {
 			return fmt.Errorf("source: %w", b.Err)
 		}
