@@ -80,6 +80,10 @@ type RepositorySpec struct {
 	// Archive is the S3 storage class of packs and how fixity restores
 	// archived ones (storage_class, restore_tier, restore_days).
 	Archive s3.Archive
+	// Connections, when not 0, is how many requests readers keep in flight
+	// on the repository's storage (repository.SetConnections); 0 means the
+	// backend's default (16 on S3; on a local folder, by the CPUs).
+	Connections int
 
 	passwordFrom string // "password_file /x" etc., for messages; never the secret
 }
@@ -496,6 +500,11 @@ func decodeRepository(d *decoder, n *yaml.Node, prefix, dir string) *RepositoryS
 		"storage_class": func(v *yaml.Node, f string) { d.str(v, f, &r.Archive.StorageClass) },
 		"restore_tier":  func(v *yaml.Node, f string) { d.str(v, f, &r.Archive.RestoreTier) },
 		"restore_days":  func(v *yaml.Node, f string) { decodeRestoreDays(d, v, f, &r.Archive.RestoreDays) },
+		"connections": func(v *yaml.Node, f string) {
+			if d.integer(v, f, &r.Connections) && (r.Connections < 1 || r.Connections > 256) {
+				d.errorf(v, f, "%d: want 1 to 256 requests in flight", r.Connections)
+			}
+		},
 	})
 	if n.Kind != yaml.MappingNode {
 		return nil

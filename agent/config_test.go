@@ -104,6 +104,11 @@ func TestConfigErrors(t *testing.T) {
 			want: []string{`handlers/b.yml:1: field "name": handler "dump" is already defined in `},
 		},
 		{
+			name:  "connections out of range",
+			files: map[string]string{"agent.yml": goodAgent + "    connections: 0\n"},
+			want:  []string{`agent.yml:6: field "repositories[0].connections": 0: want 1 to 256 requests in flight`},
+		},
+		{
 			name:  "duplicate repository names",
 			files: map[string]string{"agent.yml": goodAgent + "  - name: local\n    url: other\n    password: x\n"},
 			want:  []string{`agent.yml:6: field "repositories[1].name": repository "local" is defined more than once`},
@@ -357,6 +362,9 @@ func TestConfigDefaultsAndRelativePaths(t *testing.T) {
 	if cfg.Queues["ingest"] != 2 {
 		t.Errorf("default ingest concurrency: got %d", cfg.Queues["ingest"])
 	}
+	if c := cfg.Repositories[0].Connections; c != 0 {
+		t.Errorf("default connections: got %d, want 0 (the backend's own)", c)
+	}
 	// The file handler's root is relative to the source file's folder.
 	h, err := NewHandler(cfg.Handler("file"), cfg.Sources[0])
 	if err != nil {
@@ -503,5 +511,16 @@ func TestSourcePriority(t *testing.T) {
 		if o.NiceLevel != c.nice || o.IOClass != c.class {
 			t.Errorf("source %q: nice %d, I/O class %d; want %d, %d", c.source, o.NiceLevel, o.IOClass, c.nice, c.class)
 		}
+	}
+}
+
+func TestRepositoryConnections(t *testing.T) {
+	dir := writeTree(t, t.TempDir(), map[string]string{"agent.yml": goodAgent + "    connections: 8\n"})
+	cfg, err := LoadConfig(filepath.Join(dir, "agent.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := cfg.Repositories[0].Connections; c != 8 {
+		t.Errorf("connections: got %d, want 8", c)
 	}
 }

@@ -141,6 +141,7 @@ func (p *repoPool) openOrInit(ctx context.Context, spec *RepositorySpec) (*repos
 	if err == nil {
 		repo, oerr := repository.Open(ctx, be, spec.Password.Bytes())
 		if oerr == nil {
+			repo.SetConnections(spec.Connections)
 			return repo, nil
 		}
 		be.Close()
@@ -164,6 +165,7 @@ func (p *repoPool) openOrInit(ctx context.Context, spec *RepositorySpec) (*repos
 		return nil, fmt.Errorf("repository %s (%s): initialise: %w", spec.Name, spec.URL, err)
 	}
 	log.Info("created a new repository", "repository", spec.Name, "url", spec.URL, "encrypted", !spec.Unencrypted)
+	repo.SetConnections(spec.Connections)
 	return repo, nil
 }
 

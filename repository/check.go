@@ -219,14 +219,22 @@ func (c *checkState) pass(ctx context.Context, opts CheckOptions, now time.Time)
 	if err := c.checkUnindexed(ctx, now); err != nil {
 		return err
 	}
-	missing, err := c.checkTrees(ctx, snaps)
-	if err != nil {
+	// The trees and the packs are read at the same time: neither needs
+	// what the other finds until attributeMissing, and on remote storage
+	// the walk's round trips, a level of the tree at a time, then cost
+	// nothing.
+	var missing map[BlobHandle]bool
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		var err error
+		missing, err = c.checkTrees(gctx, snaps)
 		return err
-	}
+	})
 	if opts.ReadData {
-		if err := c.readPacks(ctx, opts); err != nil {
-			return err
-		}
+		g.Go(func() error { return c.readPacks(gctx, opts) })
+	}
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	c.attributeMissing(missing)
 	if len(c.damagedBlobs) > 0 {
@@ -523,54 +531,92 @@ func (c *checkState) checkTrees(ctx context.Context, snaps []*Snapshot) (map[Blo
 			queue = append(queue, sn.Tree)
 		}
 	}
-	// Trees are small; load them a level at a time with a few workers.
+	// A level at a time, each level by pack (loadTrees): one round trip
+	// per level rather than per directory.
 	for len(queue) > 0 {
-		next := make([][]ID, len(queue))
-		g, gctx := errgroup.WithContext(ctx)
-		g.SetLimit(max(4, runtime.GOMAXPROCS(0)))
-		for i, tid := range queue {
-			g.Go(func() error {
-				t, err := c.loadTree(gctx, tid)
-				if err != nil {
-					if ctx.Err() != nil {
-						return ctx.Err()
+		trees, err := c.loadTrees(ctx, queue)
+		if err != nil {
+			return nil, fmt.Errorf("check: %w", err)
+		}
+		var next []ID
+		for _, tid := range queue {
+			t := trees[tid]
+			if t == nil {
+				continue
+			}
+			for j := range t.Nodes {
+				n := &t.Nodes[j]
+				switch n.Type {
+				case format.NodeDir:
+					if !seen[n.Subtree] {
+						seen[n.Subtree] = true
+						next = append(next, n.Subtree)
 					}
-					return nil
-				}
-				var subs []ID
-				for j := range t.Nodes {
-					n := &t.Nodes[j]
-					switch n.Type {
-					case format.NodeDir:
-						subs = append(subs, n.Subtree)
-					case format.NodeFile:
-						for _, b := range n.Content {
-							if _, _, ok := c.lookupBlob(format.DataHandle(b)); !ok {
-								c.mu.Lock()
-								missing[format.DataHandle(b)] = true
-								c.mu.Unlock()
-							}
+				case format.NodeFile:
+					for _, b := range n.Content {
+						if _, _, ok := c.lookupBlob(format.DataHandle(b)); !ok {
+							missing[format.DataHandle(b)] = true
 						}
 					}
 				}
-				next[i] = subs
-				return nil
-			})
-		}
-		if err := g.Wait(); err != nil {
-			return nil, fmt.Errorf("check: %w", err)
-		}
-		queue = queue[:0]
-		for _, subs := range next {
-			for _, s := range subs {
-				if !seen[s] {
-					seen[s] = true
-					queue = append(queue, s)
-				}
 			}
 		}
+		queue = next
 	}
 	return missing, nil
+}
+
+// loadTrees reads trees through check's own index view, the trees of one
+// pack together and several packs at once (Repository.loadTrees), and
+// records why a tree could not be read, as loadTree does. The result holds
+// the trees that were read; it returns an error only when ctx ends.
+func (c *checkState) loadTrees(ctx context.Context, ids []ID) (map[ID]*format.Tree, error) {
+	want := map[ID][]format.PackedBlob{}
+	for _, id := range ids {
+		h := format.TreeHandle(id)
+		pack, pb, ok := c.lookupBlob(h)
+		if !ok {
+			c.mu.Lock()
+			c.damagedBlobs[h] = ""
+			c.mu.Unlock()
+			continue
+		}
+		if _, ok := c.stored[pack]; !ok {
+			continue // already reported
+		}
+		want[pack] = append(want[pack], pb)
+	}
+	out := make(map[ID]*format.Tree, len(ids))
+	var mu sync.Mutex
+	err := c.r.readPackSet(ctx, want, c.r.readers(treeWorkers()), func(pack ID, b readBlob) error {
+		if t := c.openTree(pack, b); t != nil {
+			mu.Lock()
+			out[b.Entry.ID] = t
+			mu.Unlock()
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// openTree decodes a tree blob read from pack, or records why it cannot.
+func (c *checkState) openTree(pack ID, b readBlob) *format.Tree {
+	id := b.Entry.ID
+	if b.Err != nil {
+		c.problem(packPath(pack), "tree blob %s: %v", id.Short(), blobCause(b.Err))
+		c.damageBlob(packPath(pack), format.TreeHandle(id))
+		return nil
+	}
+	t, err := format.DecodeTree(b.Plain)
+	if err != nil {
+		c.problem(packPath(pack), "tree blob %s: %v", id.Short(), err)
+		c.damageBlob(packPath(pack), format.TreeHandle(id))
+		return nil
+	}
+	return t
 }
 
 // loadTree reads one tree through check's own index view and records why it
@@ -588,21 +634,12 @@ func (c *checkState) loadTree(ctx context.Context, id ID) (*format.Tree, error) 
 		return nil, errors.New("pack missing") // already reported
 	}
 	pr := c.r.newPackReader(false)
-	var got readBlob
-	if err := pr.read(ctx, pack, []format.PackedBlob{pb}, func(b readBlob) error { got = b; return nil }); err != nil {
+	var t *format.Tree
+	if err := pr.read(ctx, pack, []format.PackedBlob{pb}, func(b readBlob) error { t = c.openTree(pack, b); return nil }); err != nil {
 		return nil, err
 	}
-	if got.Err != nil {
-		c.problem(packPath(pack), "tree blob %s: %v", id.Short(), blobCause(got.Err))
-		c.damageBlob(packPath(pack), h)
-		return nil, got.Err
-	}
-	pt := got.Plain
-	t, err := format.DecodeTree(pt)
-	if err != nil {
-		c.problem(packPath(pack), "tree blob %s: %v", id.Short(), err)
-		c.damageBlob(packPath(pack), h)
-		return nil, err
+	if t == nil {
+		return nil, fmt.Errorf("tree %s is damaged", id) // reported by openTree
 	}
 	return t, nil
 }
@@ -695,29 +732,38 @@ func (c *checkState) readPacks(ctx context.Context, opts CheckOptions) error {
 	if start+len(scope) < len(all) && len(scope) > 0 {
 		c.res.Cursor = scope[len(scope)-1].String()
 	}
-	workers := max(2, runtime.GOMAXPROCS(0))
+	return c.readPackList(ctx, scope, func(_ ID, n int64) {
+		c.mu.Lock()
+		c.res.PacksChecked++
+		c.res.BytesRead += n
+		c.mu.Unlock()
+	})
+}
+
+// readPackList verifies packs (readPack), as many at once as the backend
+// has connections for (on local folders, one per core), and calls done
+// with the bytes read of each. It returns an error only when ctx ends.
+func (c *checkState) readPackList(ctx context.Context, packs []ID, done func(id ID, n int64)) error {
+	workers := c.r.readers(max(2, runtime.GOMAXPROCS(0)))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(workers)
-	var mu sync.Mutex
-	// One pack buffer per worker, reused: packs are large and a fresh
-	// buffer per pack would let garbage pile up to several packs' worth.
-	bufs := make(chan []byte, workers)
-	for _, id := range scope {
+	// Readers (and the rare whole-pack buffer) are reused: a fresh one per
+	// pack would let garbage pile up.
+	readers := make(chan *packReader, workers)
+	for _, id := range packs {
 		g.Go(func() error {
-			var buf []byte
+			var pr *packReader
 			select {
-			case buf = <-bufs:
+			case pr = <-readers:
 			default:
+				pr = c.r.newPackReader(false)
 			}
-			n, buf, err := c.readPack(gctx, id, buf)
-			bufs <- buf
+			n, err := c.readPack(gctx, id, pr)
+			readers <- pr
 			if err != nil {
 				return err
 			}
-			mu.Lock()
-			c.res.PacksChecked++
-			c.res.BytesRead += n
-			mu.Unlock()
+			done(id, n)
 			return nil
 		})
 	}
@@ -727,10 +773,176 @@ func (c *checkState) readPacks(ctx context.Context, opts CheckOptions) error {
 	return nil
 }
 
-// readPack verifies one whole pack, reading it into buf's memory. It
+// readPack verifies one pack with pr and returns the bytes it read; an
+// error only when ctx ended. A pack whose index entries are in order and
+// inside it is streamed through verification (streamPack), so memory holds
+// one blob, not the pack; any other, damaged or unindexed, is read whole.
+func (c *checkState) readPack(ctx context.Context, id ID, pr *packReader) (int64, error) {
+	if blobs, ok := c.streamable(id); ok {
+		return c.streamPack(ctx, id, blobs, pr)
+	}
+	n, buf, err := c.readWholePack(ctx, id, pr.whole)
+	pr.whole = buf
+	return n, err
+}
+
+// streamable returns the index entries of pack sorted by offset, if they
+// can be verified as the pack streams past: the pack is indexed, stored with
+// the size the index records, and its entries do not overlap.
+func (c *checkState) streamable(pack ID) ([]format.PackedBlob, bool) {
+	if c.entry[pack] == nil || c.packs[pack] != c.stored[pack] {
+		return nil, false
+	}
+	blobs := slices.SortedFunc(slices.Values(c.packBlobs[pack]), byOffset)
+	size := c.stored[pack]
+	for i, pb := range blobs {
+		if int64(pb.Offset)+int64(pb.Length) > size-format.PackTrailerSize ||
+			(i > 0 && int64(blobs[i-1].Offset)+int64(blobs[i-1].Length) > int64(pb.Offset)) {
+			return nil, false
+		}
+	}
+	return blobs, true
+}
+
+// streamPack verifies a pack in one pass over one request: every byte goes
+// through the pack's SHA-256, each indexed blob is verified as it passes,
+// and the header is read from what follows the last blob. It reports what
+// readWholePack would, in the same order.
+func (c *checkState) streamPack(ctx context.Context, id ID, blobs []format.PackedBlob, pr *packReader) (int64, error) {
+	pp := packPath(id)
+	size := c.stored[id]
+	h := backend.Handle{Type: backend.PackFile, Name: id.String()}
+	sum := sha256.New()
+	var read int64
+	fail := func(err error) (int64, error) {
+		if ctx.Err() != nil {
+			return read, ctx.Err()
+		}
+		c.problem(pp, "reading pack: %v", err)
+		for _, pb := range c.packBlobs[id] {
+			c.damageBlob(pp, pb.Handle())
+		}
+		return read, nil
+	}
+	rd, err := c.r.be.Load(ctx, h, 0, 0)
+	if err != nil {
+		return fail(err)
+	}
+	defer func() { _ = rd.Close() }()
+	in := io.TeeReader(&countReader{r: rd, n: &read}, sum)
+	var damaged []readBlob
+	var pos int64
+	for i, pb := range blobs {
+		if skip := int64(pb.Offset) - pos; skip > 0 {
+			if _, err := io.CopyN(io.Discard, in, skip); err != nil {
+				return fail(fmt.Errorf("read %s: %w", h, err))
+			}
+		}
+		if cap(pr.sealed) < int(pb.Length) {
+			pr.sealed = make([]byte, pb.Length)
+		}
+		sealed := pr.sealed[:pb.Length]
+		if _, err := io.ReadFull(in, sealed); err != nil {
+			return fail(fmt.Errorf("read %s: %w", h, err))
+		}
+		pos = int64(pb.Offset) + int64(pb.Length)
+		if b := pr.open(id, i, pb, sealed); b.Err != nil {
+			damaged = append(damaged, b)
+		}
+	}
+	// The rest holds the header and trailer, and possibly blobs no index
+	// lists; only its end (the longest header there can be) is kept.
+	rest := size - pos
+	keep := min(rest, format.MaxPackHeaderBytes+format.PackTrailerSize)
+	if _, err := io.CopyN(io.Discard, in, rest-keep); err != nil {
+		return fail(fmt.Errorf("read %s: %w", h, err))
+	}
+	if int64(cap(pr.whole)) < keep {
+		pr.whole = make([]byte, keep)
+	}
+	tail := pr.whole[:keep]
+	if _, err := io.ReadFull(in, tail); err != nil {
+		return fail(fmt.Errorf("read %s: %w", h, err))
+	}
+	if n, _ := io.ReadFull(in, make([]byte, 1)); n > 0 {
+		return fail(fmt.Errorf("read %s: more than the %d bytes listed", h, size))
+	}
+	if ID(sum.Sum(nil)) != id {
+		c.problem(pp, "pack content does not match its name (SHA-256 mismatch)")
+		defer c.damageAllIfNone(id)
+	}
+	c.checkHeader(id, tail, size)
+	for _, b := range damaged {
+		c.blobProblem(pp, b)
+	}
+	return read, nil
+}
+
+// countReader counts the bytes read through it into *n.
+type countReader struct {
+	r io.Reader
+	n *int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	*c.n += int64(n)
+	return n, err
+}
+
+// damageAllIfNone marks every blob of a pack whose hash fails as damaged
+// when none was found damaged itself: the pack is damaged even where every
+// indexed blob still verifies (e.g. in its header), and its problem must
+// name what depends on it.
+func (c *checkState) damageAllIfNone(id ID) {
+	pp := packPath(id)
+	c.mu.Lock()
+	p := c.problems[pp]
+	nb := len(p.Blobs)
+	c.mu.Unlock()
+	if nb == 0 {
+		for _, pb := range c.packBlobs[id] {
+			c.damageBlob(pp, pb.Handle())
+		}
+	}
+}
+
+// checkHeader parses a pack's header from tail (the end of the pack of
+// size bytes) and checks that the index entries of the pack agree with it.
+// It returns the header, or nil if it cannot be read.
+func (c *checkState) checkHeader(id ID, tail []byte, size int64) *format.PackHeader {
+	pp := packPath(id)
+	hdr, err := format.ParsePackTail(c.r.seal, tail, size)
+	if err != nil {
+		c.problem(pp, "pack header: %v", err)
+		return nil
+	}
+	inHeader := make(map[BlobHandle]format.PackedBlob, len(hdr.Blobs))
+	for _, pb := range hdr.Blobs {
+		inHeader[pb.Handle()] = pb
+	}
+	for h, pb := range c.entry[id] {
+		if hb, ok := inHeader[h]; !ok || hb != pb {
+			c.problem(pp, "index entry for %s blob %s does not match the pack header", h.Type, h.ID.Short())
+		}
+	}
+	return hdr
+}
+
+// blobProblem records a blob that failed verification.
+func (c *checkState) blobProblem(pp string, b readBlob) {
+	if errors.Is(b.Err, errBeyondEnd) {
+		c.problem(pp, "blob %s lies beyond the end of the pack", b.Entry.ID.Short())
+	} else {
+		c.problem(pp, "%s blob %s: %v", b.Entry.Type, b.Entry.ID.Short(), blobCause(b.Err))
+	}
+	c.damageBlob(pp, b.Entry.Handle())
+}
+
+// readWholePack verifies one whole pack, reading it into buf's memory. It
 // returns the bytes read and the buffer for reuse; an error only when ctx
 // ended.
-func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []byte, error) {
+func (c *checkState) readWholePack(ctx context.Context, id ID, buf []byte) (int64, []byte, error) {
 	pp := packPath(id)
 	size := c.stored[id]
 	h := backend.Handle{Type: backend.PackFile, Name: id.String()}
@@ -748,35 +960,9 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 	indexed := c.entry[id]
 	if sha256.Sum256(buf) != id {
 		c.problem(pp, "pack content does not match its name (SHA-256 mismatch)")
-		defer func() {
-			// A pack whose hash fails is damaged even where every indexed
-			// blob still verifies (e.g. in its header): make sure it names
-			// what depends on it.
-			c.mu.Lock()
-			p := c.problems[pp]
-			nb := len(p.Blobs)
-			c.mu.Unlock()
-			if nb == 0 {
-				for _, pb := range c.packBlobs[id] {
-					c.damageBlob(pp, pb.Handle())
-				}
-			}
-		}()
+		defer c.damageAllIfNone(id)
 	}
-	hdr, herr := format.ParsePackTail(c.r.seal, buf, int64(len(buf)))
-	if herr != nil {
-		c.problem(pp, "pack header: %v", herr)
-	} else {
-		inHeader := make(map[BlobHandle]format.PackedBlob, len(hdr.Blobs))
-		for _, pb := range hdr.Blobs {
-			inHeader[pb.Handle()] = pb
-		}
-		for h, pb := range indexed {
-			if hb, ok := inHeader[h]; !ok || hb != pb {
-				c.problem(pp, "index entry for %s blob %s does not match the pack header", h.Type, h.ID.Short())
-			}
-		}
-	}
+	hdr := c.checkHeader(id, buf, int64(len(buf)))
 	// Verify blobs by the index entries (what restore uses); for a pack no
 	// index lists, by its header.
 	var blobs []format.PackedBlob
@@ -790,12 +976,7 @@ func (c *checkState) readPack(ctx context.Context, id ID, buf []byte) (int64, []
 	pr := c.r.newPackReader(false)
 	_ = pr.readBuffer(id, buf, blobs, func(b readBlob) error {
 		if b.Err != nil {
-			if errors.Is(b.Err, errBeyondEnd) {
-				c.problem(pp, "blob %s lies beyond the end of the pack", b.Entry.ID.Short())
-			} else {
-				c.problem(pp, "%s blob %s: %v", b.Entry.Type, b.Entry.ID.Short(), blobCause(b.Err))
-			}
-			c.damageBlob(pp, b.Entry.Handle())
+			c.blobProblem(pp, b)
 		}
 		return nil
 	})

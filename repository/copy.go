@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/custos-backup/custos/repository/format"
-	"golang.org/x/sync/errgroup"
 )
 
 // CopyStats says what Copy sent.
@@ -160,16 +159,10 @@ func findCopied(ctx context.Context, existing []*Snapshot, parent *ID, src *Repo
 	return nil
 }
 
-// blobLoader returns the verified plaintext of a blob
-// (Repository.loadBlob).
-type blobLoader interface {
-	loadBlob(ctx context.Context, t BlobType, id ID, buf []byte) ([]byte, error)
-}
-
 // copier moves blobs from src to dst through dst's blob saver.
 type copier struct {
 	ctx      context.Context
-	src      blobLoader
+	src      *Repository
 	dst      *Repository
 	st       *CopyStats
 	seen     map[BlobHandle]bool // queued in this run
@@ -184,7 +177,22 @@ type copier struct {
 	w      *writeSession // its saver is the destination's
 	queued atomic.Int64  // plaintext bytes queued since the last commit
 	bytes  atomic.Int64  // plaintext bytes copied (progress)
+
+	// The data blobs to read next, and the trees (in the order they are
+	// to be saved, each after its subtree) that wait for them.
+	batch      []BlobHandle
+	batchBytes int64
+	trees      []copyTree
 }
+
+type copyTree struct {
+	id  ID
+	raw []byte
+}
+
+// copyBatchBytes is how much data the copier gathers before it reads it:
+// enough for the blobs to come from few, merged ranges of few packs.
+const copyBatchBytes = 32 << 20
 
 // commit makes everything queued durable and indexed in dst, then starts a
 // new saver.
@@ -215,68 +223,149 @@ func (c *copier) report(done int64, final bool) {
 	c.progress(Progress{Files: c.done, TotalFiles: c.total, Bytes: c.bytes.Load(), Current: c.current})
 }
 
-// tree copies the tree id and everything below it that dst lacks, the
-// tree blob itself last.
-func (c *copier) tree(id ID) error {
-	if c.seen[format.TreeHandle(id)] || c.dst.index().Has(format.TreeHandle(id)) {
+// has reports whether h is queued in this run or held by dst.
+func (c *copier) has(h BlobHandle) bool {
+	return c.seen[h] || c.dst.index().Has(h)
+}
+
+// tree copies the tree id and everything below it that dst lacks. A tree
+// dst holds has its whole subtree there (see Copy), so the walk stops
+// there. The trees are read a level at a time (loadTrees), the data in
+// batches by pack (flush); each tree is queued after the blobs and trees
+// below it.
+func (c *copier) tree(root ID) error {
+	if c.has(format.TreeHandle(root)) {
 		return nil
 	}
-	raw, err := c.src.loadBlob(c.ctx, TreeBlob, id, nil)
+	trees, err := c.loadTrees(root)
 	if err != nil {
-		return fmt.Errorf("source tree: %w", err)
+		return err
 	}
-	t, err := format.DecodeTree(raw)
-	if err != nil {
-		return fmt.Errorf("source tree %s: %w", id, err)
-	}
-	// File contents of this directory, a few blobs at a time.
-	g, gctx := errgroup.WithContext(c.ctx)
-	g.SetLimit(4)
-	for i := range t.Nodes {
-		n := &t.Nodes[i]
-		if n.Type != format.NodeFile {
-			continue
+	var walk func(id ID) error
+	walk = func(id ID) error {
+		if c.has(format.TreeHandle(id)) {
+			return nil
 		}
-		for _, b := range n.Content {
-			h := format.DataHandle(b)
-			skip := c.seen[h]
-			c.seen[h] = true
-			if skip || c.dst.index().Has(h) {
+		lt := trees[id]
+		if lt.err != nil {
+			return fmt.Errorf("source tree: %w", lt.err)
+		}
+		for i := range lt.t.Nodes {
+			n := &lt.t.Nodes[i]
+			switch n.Type {
+			case format.NodeFile:
+				for _, b := range n.Content {
+					if err := c.want(format.DataHandle(b)); err != nil {
+						return err
+					}
+				}
+			case format.NodeDir:
+				if err := walk(n.Subtree); err != nil {
+					return err
+				}
+			}
+		}
+		c.seen[format.TreeHandle(id)] = true
+		c.trees = append(c.trees, copyTree{id: id, raw: lt.raw})
+		if c.batchBytes >= min(copyBatchBytes, c.commitEvery) {
+			return c.flush()
+		}
+		return nil
+	}
+	if err := walk(root); err != nil {
+		return err
+	}
+	return c.flush()
+}
+
+// loadTrees reads the trees below root that dst lacks, a level at a time.
+func (c *copier) loadTrees(root ID) (map[ID]loadedTree, error) {
+	trees := map[ID]loadedTree{}
+	level := []ID{root}
+	for len(level) > 0 {
+		got, err := c.src.loadTrees(c.ctx, level, true)
+		if err != nil {
+			return nil, err
+		}
+		var next []ID
+		queued := map[ID]bool{}
+		for id, lt := range got {
+			trees[id] = lt
+			if lt.t == nil {
 				continue
 			}
-			g.Go(func() error { return c.blob(gctx, DataBlob, b) })
-		}
-	}
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	for i := range t.Nodes {
-		if n := &t.Nodes[i]; n.Type == format.NodeDir {
-			if err := c.tree(n.Subtree); err != nil {
-				return err
+			for i := range lt.t.Nodes {
+				n := &lt.t.Nodes[i]
+				if n.Type != format.NodeDir || c.has(format.TreeHandle(n.Subtree)) {
+					continue
+				}
+				if _, ok := trees[n.Subtree]; !ok && !queued[n.Subtree] {
+					queued[n.Subtree] = true
+					next = append(next, n.Subtree)
+				}
 			}
 		}
+		level = next
 	}
-	if _, err := c.w.saver.saveCopy(TreeBlob, raw); err != nil {
-		return err
+	return trees, nil
+}
+
+// want adds a data blob dst lacks to the batch.
+func (c *copier) want(h BlobHandle) error {
+	if c.has(h) {
+		return nil
 	}
-	c.seen[format.TreeHandle(id)] = true
-	c.report(c.done, false)
-	if c.queued.Add(int64(len(raw))) >= c.commitEvery {
-		return c.commit()
+	_, pb, ok := c.src.index().Lookup(h)
+	if !ok {
+		return fmt.Errorf("source: %w", &BlobError{Blob: h.ID, Type: h.Type, Err: fmt.Errorf("%s blob not in index", h.Type)})
 	}
+	c.seen[h] = true
+	c.batch = append(c.batch, h)
+	c.batchBytes += int64(pb.RawLength)
 	return nil
 }
 
-func (c *copier) blob(ctx context.Context, t BlobType, id ID) error {
-	data, err := c.src.loadBlob(ctx, t, id, nil)
-	if err != nil {
-		return fmt.Errorf("source: %w", err)
+// flush reads the batch, the blobs of each source pack with as few
+// requests as their offsets allow and several packs at once, queues every
+// blob (verified against its id by the pack reader) and then the waiting
+// trees, and commits when enough is queued.
+func (c *copier) flush() error {
+	want := map[ID][]format.PackedBlob{}
+	x := c.src.index()
+	for _, h := range c.batch {
+		pack, pb, ok := x.Lookup(h)
+		if !ok {
+			return fmt.Errorf("source: %w", &BlobError{Blob: h.ID, Type: h.Type, Err: fmt.Errorf("%s blob not in index", h.Type)})
+		}
+		want[pack] = append(want[pack], pb)
 	}
-	if _, err := c.w.saver.saveCopy(t, data); err != nil {
+	// A local source is read fast enough by two; remote storage gets its
+	// connections.
+	err := c.src.readPackSet(c.ctx, want, c.src.readers(2), func(_ ID, b readBlob) error {
+		if b.Err != nil {
+			return fmt.Errorf("source: %w", b.Err)
+		}
+		if err := c.w.saver.saveVerified(b.Entry.Type, b.Entry.ID, b.Plain); err != nil {
+			return err
+		}
+		c.queued.Add(int64(len(b.Plain)))
+		c.bytes.Add(int64(len(b.Plain)))
+		return nil
+	})
+	if err != nil {
 		return err
 	}
-	c.queued.Add(int64(len(data)))
-	c.bytes.Add(int64(len(data)))
+	for _, t := range c.trees {
+		// The pack reader verified t.raw against t.id.
+		if err := c.w.saver.saveVerified(TreeBlob, t.id, t.raw); err != nil {
+			return err
+		}
+		c.queued.Add(int64(len(t.raw)))
+	}
+	c.batch, c.batchBytes, c.trees = c.batch[:0], 0, c.trees[:0]
+	c.report(c.done, false)
+	if c.queued.Load() >= c.commitEvery {
+		return c.commit()
+	}
 	return nil
 }

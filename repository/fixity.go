@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"sync"
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/format"
@@ -110,8 +111,24 @@ func (r *Repository) verifyPackSet(ctx context.Context, packs []ID) (*checkState
 	if err := c.listPacks(ctx); err != nil {
 		return nil, nil, err
 	}
+	// The stored packs are read as check reads them: several at once.
+	var read []ID
+	for _, id := range packs {
+		if _, stored := c.stored[id]; stored {
+			read = append(read, id)
+		}
+	}
+	var mu sync.Mutex
+	bytesRead := make(map[ID]int64, len(read))
+	err := c.readPackList(ctx, read, func(id ID, n int64) {
+		mu.Lock()
+		bytesRead[id] = n
+		mu.Unlock()
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("verify: %w", err)
+	}
 	out := make([]PackVerdict, 0, len(packs))
-	var buf []byte
 	for _, id := range packs {
 		pp := packPath(id)
 		v := PackVerdict{Pack: id, Size: c.packs[id]}
@@ -121,13 +138,7 @@ func (r *Repository) verifyPackSet(ctx context.Context, packs []ID) (*checkState
 				c.damageBlob(pp, pb.Handle())
 			}
 		} else {
-			var n int64
-			var err error
-			n, buf, err = c.readPack(ctx, id, buf)
-			if err != nil {
-				return nil, nil, fmt.Errorf("verify %s: %w", pp, err)
-			}
-			v.BytesRead = n
+			v.BytesRead = bytesRead[id]
 		}
 		if p := c.problems[pp]; p != nil {
 			v.Err = p.Err

@@ -10,6 +10,7 @@ import (
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/format"
+	"golang.org/x/sync/errgroup"
 )
 
 // Ranges of a pack closer than maxRangeGap are loaded with one request
@@ -45,6 +46,8 @@ type packReader struct {
 	keepSealed bool
 
 	sealed, plain, scratch []byte
+	// whole holds a pack's tail, or a whole pack, for check.
+	whole []byte
 }
 
 // packLoader is what the pack reader needs of a backend.
@@ -112,6 +115,29 @@ func (pr *packReader) read(ctx context.Context, pack ID, entries []format.Packed
 		from = to
 	}
 	return nil
+}
+
+// readPackSet reads the given entries of several packs: each pack with one
+// pr.read, so that its nearby blobs share a request, and up to workers
+// packs at a time, so that remote storage is not read one round trip after
+// another. fn is called concurrently for different packs, and for the blobs
+// of one pack in offset order; like read, readPackSet returns an error only
+// when ctx ends or fn fails.
+func (r *Repository) readPackSet(ctx context.Context, packs map[ID][]format.PackedBlob, workers int, fn func(pack ID, b readBlob) error) error {
+	ids := make([]ID, 0, len(packs))
+	for id := range packs {
+		ids = append(ids, id)
+	}
+	slices.SortFunc(ids, func(a, b ID) int { return cmp.Compare(a.String(), b.String()) })
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(1, workers))
+	for _, id := range ids {
+		g.Go(func() error {
+			pr := r.newPackReader(false)
+			return pr.read(gctx, id, packs[id], func(b readBlob) error { return fn(id, b) })
+		})
+	}
+	return g.Wait()
 }
 
 func byOffset(a, b format.PackedBlob) int { return cmp.Compare(a.Offset, b.Offset) }

@@ -106,7 +106,9 @@ func (r *Repository) newBlobSaver(ctx context.Context, g *errgroup.Group, bufs *
 	case packStaged:
 		packers = n
 	case packInMemory:
-		uploaders = 2
+		// On remote storage more uploads in flight hide the round trips,
+		// at a pack buffer each.
+		uploaders = min(4, r.readers(2))
 	}
 	s := &blobSaver{
 		r:          r,
@@ -200,13 +202,19 @@ func (s *blobSaver) save(t BlobType, id ID, full []byte, n int) (bool, error) {
 // saveCopy is save for data the caller keeps.
 func (s *blobSaver) saveCopy(t BlobType, data []byte) (ID, error) {
 	id := ID(sha256.Sum256(data))
+	return id, s.saveVerified(t, id, data)
+}
+
+// saveVerified is saveCopy for data just verified to hash to id (a blob
+// read from a repository), which is not hashed a second time.
+func (s *blobSaver) saveVerified(t BlobType, id ID, data []byte) error {
 	if s.r.index().Has(BlobHandle{Type: t, ID: id}) {
-		return id, nil
+		return nil
 	}
 	full, b := s.newBuf(len(data))
 	copy(b, data)
 	_, err := s.save(t, id, full, len(data))
-	return id, err
+	return err
 }
 
 // packMode says where a backup assembles its packs.
@@ -308,72 +316,106 @@ func compressible(b []byte) bool {
 type finishedPack struct {
 	id ID
 	p  *packBuilder
+	// token: the pack holds one of packTokens, which its upload returns.
+	token bool
 }
 
+// packLoop packs sealed blobs. Trees go into packs of their own, as
+// restic's do: readers of trees (restore, check, copy, prune) then find a
+// level of a snapshot's directories in a few nearby ranges of one pack,
+// instead of one small range in each of many data packs, which costs a
+// request each. A tree pack takes no pack token: it is small, and a packer
+// holding two tokens could wait for a token that only packers hold.
 func (s *blobSaver) packLoop() error {
-	var cur *packBuilder
+	var cur, trees *packBuilder
 	defer func() {
-		if cur != nil {
-			cur.close()
+		for _, p := range []*packBuilder{cur, trees} {
+			if p != nil {
+				p.close()
+			}
 		}
 	}()
 	limit := s.r.cfg.PackSize
-	flush := func() error {
-		if cur == nil || len(cur.blobs) == 0 {
+	flush := func(pp **packBuilder, token bool) error {
+		p := *pp
+		if p == nil || len(p.blobs) == 0 {
 			return nil
 		}
-		id, err := cur.finish(s.r.seal, time.Now())
+		id, err := p.finish(s.r.seal, time.Now())
 		if err != nil {
 			return err
 		}
 		select {
-		case s.toSave <- &finishedPack{id: id, p: cur}:
-			cur = nil
+		case s.toSave <- &finishedPack{id: id, p: p, token: token}:
+			*pp = nil
 			return nil
 		case <-s.ctx.Done():
 			return context.Cause(s.ctx)
 		}
 	}
 	for sb := range s.toPack {
+		pp, token := &cur, true
+		if sb.t == TreeBlob {
+			pp, token = &trees, false
+		}
 		// The whole pack, header included, stays within pack_size (unless a
 		// single blob is larger), so an in-memory pack never outgrows its
 		// buffer.
-		if cur != nil && !cur.fits(s.r.seal, len(sb.sealed), limit) {
-			if err := flush(); err != nil {
+		if *pp != nil && !(*pp).fits(s.r.seal, len(sb.sealed), limit) {
+			if err := flush(pp, token); err != nil {
 				return err
 			}
 		}
-		if cur == nil {
-			var buf []byte
-			select {
-			case buf = <-s.packTokens:
-			case <-s.ctx.Done():
-				return context.Cause(s.ctx)
+		if *pp == nil {
+			p, err := s.startPack(token, limit)
+			if err != nil {
+				return err
 			}
-			switch s.packMode {
-			case packStaged:
-				p, err := newStagedPackBuilder(s.ctx, s.stager)
-				if err != nil {
-					return fmt.Errorf("start a pack: %w", err)
-				}
-				cur = p
-			case packInMemory:
-				if buf == nil {
-					buf = make([]byte, 0, limit)
-				}
-				cur = newPackBuilderBuf(buf)
-			default:
-				cur = newPackBuilder(false)
-			}
+			*pp = p
 		}
-		err := cur.add(sb.t, sb.id, sb.flags, sb.rawLen, sb.sealed)
+		err := (*pp).add(sb.t, sb.id, sb.flags, sb.rawLen, sb.sealed)
 		s.bufs.put(sb.buf)
 		s.inflight.Release(sb.w)
 		if err != nil {
 			return err
 		}
 	}
-	return flush()
+	if err := flush(&cur, true); err != nil {
+		return err
+	}
+	return flush(&trees, false)
+}
+
+// startPack starts a pack in the saver's pack mode; with token, an
+// in-memory pack waits for a pack token and fills its buffer, while
+// without one it grows as it fills.
+func (s *blobSaver) startPack(token bool, limit int64) (*packBuilder, error) {
+	var buf []byte
+	if token {
+		select {
+		case buf = <-s.packTokens:
+		case <-s.ctx.Done():
+			return nil, context.Cause(s.ctx)
+		}
+	}
+	switch s.packMode {
+	case packStaged:
+		p, err := newStagedPackBuilder(s.ctx, s.stager)
+		if err != nil {
+			return nil, fmt.Errorf("start a pack: %w", err)
+		}
+		return p, nil
+	case packInMemory:
+		if !token {
+			return newPackBuilder(true), nil
+		}
+		if buf == nil {
+			buf = make([]byte, 0, limit)
+		}
+		return newPackBuilderBuf(buf), nil
+	default:
+		return newPackBuilder(false), nil
+	}
 }
 
 func (s *blobSaver) saveLoop() error {
@@ -383,8 +425,10 @@ func (s *blobSaver) saveLoop() error {
 		if err != nil {
 			return err
 		}
-		// Never blocks: there are as many slots as tokens.
-		s.packTokens <- fp.p.buf[:0]
+		if fp.token {
+			// Never blocks: there are as many slots as tokens.
+			s.packTokens <- fp.p.buf[:0]
+		}
 		fp.p.buf = nil
 	}
 	return nil

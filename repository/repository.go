@@ -54,6 +54,9 @@ type Repository struct {
 	// indexLoads counts index files read (tests check that a refresh
 	// reads only the new ones).
 	indexLoads atomic.Int64
+	// conns, when not 0, is how many requests readers keep in flight
+	// (SetConnections); else the backend's backend.Connections.
+	conns atomic.Int32
 
 	encoders sync.Pool // *zstd.Encoder
 	decoders sync.Pool // *zstd.Decoder
@@ -212,6 +215,26 @@ func (r *Repository) Close() error {
 		d.Close()
 	}
 	return nil
+}
+
+// SetConnections sets how many requests the repository's readers (check,
+// restore, copy, fixity, tree walks) keep in flight on its backend at once.
+// n <= 0 restores the default: the backend's own (backend.Connections: S3's
+// Options.Connections, 16 unless set), or for a local folder what each
+// reader derives from the CPUs.
+func (r *Repository) SetConnections(n int) { r.conns.Store(int32(max(0, n))) }
+
+// readers returns how many requests to keep in flight: the configured
+// connections, else local, the caller's own choice for a backend that says
+// nothing (a local folder).
+func (r *Repository) readers(local int) int {
+	if n := int(r.conns.Load()); n > 0 {
+		return n
+	}
+	if n := backend.Connections(r.be); n > 0 {
+		return n
+	}
+	return local
 }
 
 // Backend returns the storage the repository lives on.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path"
 	"runtime"
@@ -39,7 +40,6 @@ type RestoreStats struct{ Files, Dirs, Bytes int64 }
 // cores because they also wait on the backend and on file creation.
 const (
 	restoreFetchWorkers = 8
-	restoreTreeWorkers  = 8
 )
 
 // restoreFile is one regular file being written.
@@ -151,6 +151,17 @@ func newIncludeFilter(inc []string) (*includeFilter, error) {
 	}
 	f.used = make([]bool, len(f.inc))
 	return f, nil
+}
+
+// descends reports whether the walk must descend into the directory p,
+// without counting p as a use of an include (match does).
+func (f *includeFilter) descends(p string) bool {
+	for _, inc := range f.inc {
+		if inc == p || strings.HasPrefix(p, inc+"/") || strings.HasPrefix(inc, p+"/") {
+			return true
+		}
+	}
+	return len(f.inc) == 0
 }
 
 // match reports whether p is included (itself or as part of an included
@@ -285,39 +296,79 @@ func (rs *restorer) startProgress(fn func(Progress)) func() {
 // as a *TreeError and skipped; only a damaged root tree, a cancelled
 // context or an unusable node type stop the walk.
 func (rs *restorer) plan(ctx context.Context, rootTree ID, filter *includeFilter) error {
-	ctx, cancel := context.WithCancel(ctx)
-	tl := newTreeLoader(ctx, rs.r, restoreTreeWorkers)
-	defer func() { cancel(); tl.stop() }()
-	t, err := tl.get(ctx, rootTree)
+	trees, err := rs.loadPlanTrees(ctx, rootTree, filter)
 	if err != nil {
-		if ctx.Err() != nil {
-			return context.Cause(ctx)
-		}
-		return &TreeError{Tree: rootTree, Err: err}
+		return err
+	}
+	root := trees[rootTree]
+	if root.err != nil {
+		return &TreeError{Tree: rootTree, Err: root.err}
 	}
 	links := map[[2]uint64]string{}
-	return rs.planTree(ctx, tl, "", 0, t, filter, links)
+	return rs.planTree(ctx, trees, "", 0, root.t, filter, links)
 }
 
-func (rs *restorer) planTree(ctx context.Context, tl *treeLoader, prefix string, depth int, t *format.Tree, filter *includeFilter, links map[[2]uint64]string) error {
-	join := func(name string) string {
-		if prefix == "" {
-			return name
-		}
-		return prefix + "/" + name
+// loadPlanTrees loads every tree the walk will enter, a level of the
+// snapshot at a time, each level with one loadTrees (restores from remote
+// storage must not wait a round trip per directory). The plan keeps the
+// nodes of every file anyway, so holding the trees costs little more.
+func (rs *restorer) loadPlanTrees(ctx context.Context, rootTree ID, filter *includeFilter) (map[ID]loadedTree, error) {
+	type dir struct {
+		path string
+		id   ID
 	}
-	// Ask for the subtrees first, so that they load while this directory
-	// is being created.
-	for i := len(t.Nodes) - 1; i >= 0; i-- {
-		if n := &t.Nodes[i]; n.Type == format.NodeDir {
-			if _, desc := filter.match(join(n.Name)); desc {
-				tl.want(n.Subtree)
+	trees := map[ID]loadedTree{}
+	level := []dir{{"", rootTree}}
+	for len(level) > 0 {
+		var ids []ID
+		for _, d := range level {
+			if _, ok := trees[d.id]; !ok {
+				ids = append(ids, d.id)
 			}
 		}
+		got, err := rs.r.loadTrees(ctx, ids, false)
+		if err != nil {
+			return nil, err
+		}
+		maps.Copy(trees, got)
+		var next []dir
+		for _, d := range level {
+			t := trees[d.id].t
+			if t == nil {
+				continue
+			}
+			for i := range t.Nodes {
+				n := &t.Nodes[i]
+				if n.Type != format.NodeDir {
+					continue
+				}
+				p := joinPath(d.path, n.Name)
+				// A subtree seen before is entered again here: the
+				// include filter may reach other paths below it.
+				if filter.descends(p) {
+					next = append(next, dir{p, n.Subtree})
+				}
+			}
+		}
+		level = next
 	}
+	return trees, nil
+}
+
+func joinPath(prefix, name string) string {
+	if prefix == "" {
+		return name
+	}
+	return prefix + "/" + name
+}
+
+func (rs *restorer) planTree(ctx context.Context, trees map[ID]loadedTree, prefix string, depth int, t *format.Tree, filter *includeFilter, links map[[2]uint64]string) error {
 	for i := range t.Nodes {
+		if err := ctx.Err(); err != nil {
+			return context.Cause(ctx)
+		}
 		n := &t.Nodes[i]
-		p := join(n.Name)
+		p := joinPath(prefix, n.Name)
 		inc, desc := filter.match(p)
 		if !inc && !(desc && n.Type == format.NodeDir) {
 			continue
@@ -329,108 +380,19 @@ func (rs *restorer) planTree(ctx context.Context, tl *treeLoader, prefix string,
 		if !rs.mkdir(p, depth, n) {
 			continue
 		}
-		sub, err := tl.get(ctx, n.Subtree)
-		if err != nil {
-			if ctx.Err() != nil {
-				return context.Cause(ctx)
-			}
-			rs.fail(&TreeError{Tree: n.Subtree, Path: p, Err: err})
+		sub := trees[n.Subtree]
+		if sub.err != nil {
+			rs.fail(&TreeError{Tree: n.Subtree, Path: p, Err: sub.err})
 			continue
 		}
-		if err := rs.planTree(ctx, tl, p, depth+1, sub, filter, links); err != nil {
+		if sub.t == nil {
+			return fmt.Errorf("tree %s of %q was not loaded", n.Subtree, p) // loadPlanTrees missed it: a bug
+		}
+		if err := rs.planTree(ctx, trees, p, depth+1, sub.t, filter, links); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// treeLoader loads trees ahead of a depth-first walk with a few workers
-// (restores from remote storage must not wait for one tree at a time).
-// Requests form a stack, so the most recently wanted trees, the ones the
-// walk needs next, load first.
-type treeLoader struct {
-	r       *Repository
-	mu      sync.Mutex
-	cond    *sync.Cond
-	stack   []ID
-	loads   map[ID]*treeLoad
-	stopped bool
-	wg      sync.WaitGroup
-}
-
-type treeLoad struct {
-	done chan struct{}
-	t    *format.Tree
-	err  error
-}
-
-func newTreeLoader(ctx context.Context, r *Repository, workers int) *treeLoader {
-	tl := &treeLoader{r: r, loads: map[ID]*treeLoad{}}
-	tl.cond = sync.NewCond(&tl.mu)
-	tl.wg.Add(workers)
-	for range workers {
-		go func() {
-			defer tl.wg.Done()
-			tl.work(ctx)
-		}()
-	}
-	return tl
-}
-
-func (tl *treeLoader) work(ctx context.Context) {
-	for {
-		tl.mu.Lock()
-		for len(tl.stack) == 0 && !tl.stopped {
-			tl.cond.Wait()
-		}
-		if tl.stopped {
-			tl.mu.Unlock()
-			return
-		}
-		id := tl.stack[len(tl.stack)-1]
-		tl.stack = tl.stack[:len(tl.stack)-1]
-		l := tl.loads[id]
-		tl.mu.Unlock()
-		l.t, l.err = tl.r.loadTree(ctx, id)
-		close(l.done)
-	}
-}
-
-// want queues id for loading unless it is loaded or queued already.
-func (tl *treeLoader) want(id ID) *treeLoad {
-	tl.mu.Lock()
-	defer tl.mu.Unlock()
-	l := tl.loads[id]
-	if l == nil {
-		l = &treeLoad{done: make(chan struct{})}
-		tl.loads[id] = l
-		tl.stack = append(tl.stack, id)
-		tl.cond.Signal()
-	}
-	return l
-}
-
-// get returns the tree id, waiting for its load. The loaded tree is
-// forgotten, so memory holds only the trees loaded ahead of the walk.
-func (tl *treeLoader) get(ctx context.Context, id ID) (*format.Tree, error) {
-	l := tl.want(id)
-	select {
-	case <-l.done:
-	case <-ctx.Done():
-		return nil, context.Cause(ctx)
-	}
-	tl.mu.Lock()
-	delete(tl.loads, id)
-	tl.mu.Unlock()
-	return l.t, l.err
-}
-
-func (tl *treeLoader) stop() {
-	tl.mu.Lock()
-	tl.stopped = true
-	tl.cond.Broadcast()
-	tl.mu.Unlock()
-	tl.wg.Wait()
 }
 
 // removeExisting clears p for a new non-directory entry.
@@ -944,7 +906,7 @@ func (rs *restorer) ranges() []packRange {
 // bytes is written.
 func (rs *restorer) writeContents(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(max(restoreFetchWorkers, 2*runtime.GOMAXPROCS(0)))
+	g.SetLimit(rs.r.readers(max(restoreFetchWorkers, 2*runtime.GOMAXPROCS(0))))
 	for _, h := range rs.handles {
 		if len(h.files) == 0 {
 			continue

@@ -1,9 +1,12 @@
 package repository
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
+	"sync"
 
 	"github.com/custos-backup/custos/repository/format"
 )
@@ -19,6 +22,66 @@ func (r *Repository) loadTree(ctx context.Context, id ID) (*format.Tree, error) 
 		return nil, fmt.Errorf("tree %s: %w", id, err)
 	}
 	return t, nil
+}
+
+// loadedTree is a tree loadTrees read, or why it could not.
+type loadedTree struct {
+	t   *format.Tree
+	raw []byte // the verified plaintext, if asked for
+	err error
+}
+
+// treeWorkers is how many packs of trees a local repository reads at once.
+func treeWorkers() int { return max(4, runtime.GOMAXPROCS(0)) }
+
+// loadTrees loads, verifies and decodes the trees ids, as loadTree does
+// each, but by pack: the trees of one pack are read with as few requests as
+// their offsets allow, several packs at once. A walk that loads a tree at a
+// time waits a round trip per directory on remote storage; one that hands
+// each level of the tree over at once waits about one per level. The
+// result has every id, with the plaintext too if keepRaw; it returns an
+// error only when ctx ends.
+func (r *Repository) loadTrees(ctx context.Context, ids []ID, keepRaw bool) (map[ID]loadedTree, error) {
+	out := make(map[ID]loadedTree, len(ids))
+	x := r.index()
+	want := map[ID][]format.PackedBlob{}
+	for _, id := range ids {
+		if _, ok := out[id]; ok {
+			continue
+		}
+		pack, pb, ok := x.Lookup(format.TreeHandle(id))
+		if !ok {
+			err := &BlobError{Blob: id, Type: TreeBlob, Err: fmt.Errorf("%s blob not in index", TreeBlob)}
+			out[id] = loadedTree{err: fmt.Errorf("load tree: %w", err)}
+			continue
+		}
+		out[id] = loadedTree{}
+		want[pack] = append(want[pack], pb)
+	}
+	var mu sync.Mutex
+	err := r.readPackSet(ctx, want, r.readers(treeWorkers()), func(_ ID, b readBlob) error {
+		var lt loadedTree
+		if b.Err != nil {
+			lt.err = fmt.Errorf("load tree: %w", b.Err)
+		} else if lt.t, lt.err = format.DecodeTree(b.Plain); lt.err != nil {
+			lt.err = fmt.Errorf("tree %s: %w", b.Entry.ID, lt.err)
+		} else if keepRaw {
+			lt.raw = bytes.Clone(b.Plain)
+		}
+		mu.Lock()
+		out[b.Entry.ID] = lt
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for id, lt := range out {
+		if lt.t == nil && lt.err == nil {
+			out[id] = loadedTree{err: fmt.Errorf("load tree %s: not read", id)} // cannot happen: read visits every entry
+		}
+	}
+	return out, nil
 }
 
 // walkTree calls fn for every node below the tree id in depth-first order

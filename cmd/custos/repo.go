@@ -27,6 +27,7 @@ type repoFlags struct {
 	passwordFile    string
 	passwordCommand string
 	quiet           bool
+	connections     int
 }
 
 // newRepoCmd returns the "custos repo" command group.
@@ -54,6 +55,7 @@ ignored.`,
 	pf.StringVar(&f.passwordCommand, "password-command", "", "shell command that prints the repository password")
 	cmd.MarkFlagsMutuallyExclusive("password-file", "password-command")
 	pf.BoolVarP(&f.quiet, "quiet", "q", false, "print no progress")
+	pf.IntVar(&f.connections, "connections", 0, "requests to keep in flight on the repository's storage (default: 16 on S3; on a local folder, by the CPUs)")
 	cmd.AddCommand(
 		newRepoInitCmd(f),
 		newRepoBackupCmd(f),
@@ -174,7 +176,12 @@ func (f *repoFlags) openMode(ctx context.Context, tolerant bool) (*repository.Re
 	if err != nil {
 		return nil, err
 	}
-	return openRepo(ctx, u, pw, "--password-file, --password-command, CUSTOS_PASSWORD_FILE or CUSTOS_PASSWORD", tolerant)
+	r, err := openRepo(ctx, u, pw, "--password-file, --password-command, CUSTOS_PASSWORD_FILE or CUSTOS_PASSWORD", tolerant)
+	if err != nil {
+		return nil, err
+	}
+	r.SetConnections(f.connections)
+	return r, nil
 }
 
 // openRepo opens the repository at url and turns the common failures into

@@ -155,6 +155,7 @@ named by CUSTOS_TO_PASSWORD_FILE, else CUSTOS_TO_PASSWORD.`,
 				return err
 			}
 			defer dst.Close()
+			dst.SetConnections(f.connections)
 			var snaps []*repository.Snapshot
 			if len(args) > 0 {
 				for _, a := range args {

@@ -137,3 +137,25 @@ type LeftoverRemover interface {
 // for clocks that differ by minutes. Prune, which knows the repository's
 // locks, may remove younger ones.
 const LeftoverAge = 24 * time.Hour
+
+// Connections returns how many requests to keep in flight on be, as its
+// backend reports it through a Connections() int method (S3 does: its
+// Options.Connections), looking through wrappers that expose what they wrap
+// with Unwrap() Backend. 0 means be says nothing: a local folder, whose
+// readers size their concurrency by the CPUs and disks instead.
+//
+// Remote storage is latency bound: each request waits a round trip before
+// its first byte, so readers keep this many requests going at once.
+func Connections(be Backend) int {
+	for be != nil {
+		if c, ok := be.(interface{ Connections() int }); ok {
+			return c.Connections()
+		}
+		u, ok := be.(interface{ Unwrap() Backend })
+		if !ok {
+			return 0
+		}
+		be = u.Unwrap()
+	}
+	return 0
+}

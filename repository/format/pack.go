@@ -37,6 +37,10 @@ const (
 	PackTrailerSize    = 4                // little-endian uint32: sealed header length
 	MaxBlobSize        = 64 << 20         // larger plaintexts are rejected on decode
 	maxPackHeaderBytes = 16 << 20
+	// MaxPackHeaderBytes is the longest sealed header a pack may have: a
+	// reader that keeps this much of a pack's end (plus the trailer) holds
+	// its header.
+	MaxPackHeaderBytes = maxPackHeaderBytes
 )
 
 // PackedBlob is one entry of a pack header: where a sealed blob sits in its

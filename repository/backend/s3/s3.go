@@ -96,6 +96,10 @@ type Options struct {
 	UsePathStyle bool
 	// Credentials overrides the standard AWS credential chain.
 	Credentials aws.CredentialsProvider
+	// Connections is how many requests the repository's readers keep in
+	// flight on this backend at once (Backend.Connections). 0 means
+	// DefaultConnections.
+	Connections int
 
 	// PartSize is the size of multipart upload parts (S3 requires at least
 	// 5 MiB for all but the last part). 0 means DefaultPartSize.
@@ -231,6 +235,9 @@ func newBackend(ctx context.Context, opts Options) (*Backend, error) {
 		// S3-compatible servers often send no checksums; the SDK would log a
 		// warning for every such response.
 		o.DisableLogOutputChecksumValidationSkipped = true
+		// Uploads are not hashed a second time for the signature
+		// (UNSIGNED-PAYLOAD; see unsignedPayload).
+		o.APIOptions = append(o.APIOptions, unsignedPayload)
 	})
 
 	shown := endpoint
