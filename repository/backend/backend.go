@@ -147,15 +147,8 @@ const LeftoverAge = 24 * time.Hour
 // Remote storage is latency bound: each request waits a round trip before
 // its first byte, so readers keep this many requests going at once.
 func Connections(be Backend) int {
-	for be != nil {
-		if c, ok := be.(interface{ Connections() int }); ok {
-			return c.Connections()
-		}
-		u, ok := be.(interface{ Unwrap() Backend })
-		if !ok {
-			return 0
-		}
-		be = u.Unwrap()
+	if c, ok := As[interface{ Connections() int }](be); ok {
+		return c.Connections()
 	}
 	return 0
 }
