@@ -524,3 +524,23 @@ func TestRepositoryConnections(t *testing.T) {
 		t.Errorf("connections: got %d, want 8", c)
 	}
 }
+
+// TestConfigErrorsMessageIsBounded: one mistake repeated in every item of
+// a long list does not make every command that fails on the config print
+// thousands of lines; the count of the rest is given.
+func TestConfigErrorsMessageIsBounded(t *testing.T) {
+	cases := []struct{ n, lines int }{{1, 1}, {maxErrorLines, maxErrorLines}, {maxErrorLines + 1, maxErrorLines + 1}, {20000, maxErrorLines + 1}}
+	for _, tc := range cases {
+		var es ConfigErrors
+		for i := range tc.n {
+			es = append(es, &ConfigError{File: "sources/mail.yml", Line: i + 1, Field: "datasets[0].atoms", Msg: "expected a mapping"})
+		}
+		msg := es.Error()
+		if got := strings.Count(msg, "\n") + 1; got != tc.lines {
+			t.Errorf("%d errors: %d lines, want %d", tc.n, got, tc.lines)
+		}
+		if more := tc.n - maxErrorLines; more > 0 && !strings.HasSuffix(msg, fmt.Sprintf("... and %d more problem(s)", more)) {
+			t.Errorf("%d errors: the message does not count the rest: ...%s", tc.n, msg[max(0, len(msg)-80):])
+		}
+	}
+}

@@ -33,10 +33,19 @@ func (e *ConfigError) Error() string {
 // goes on after the first problem so that a person sees all of them at once.
 type ConfigErrors []*ConfigError
 
+// maxErrorLines bounds the lines Error prints: one mistake repeated in
+// every item of a long list (20,000 atoms) would otherwise bury the rest.
+// The errors themselves stay in the slice.
+const maxErrorLines = 50
+
 func (es ConfigErrors) Error() string {
-	lines := make([]string, len(es))
-	for i, e := range es {
+	n := min(len(es), maxErrorLines)
+	lines := make([]string, n, n+1)
+	for i, e := range es[:n] {
 		lines[i] = e.Error()
+	}
+	if more := len(es) - n; more > 0 {
+		lines = append(lines, fmt.Sprintf("... and %d more problem(s)", more))
 	}
 	return strings.Join(lines, "\n")
 }
