@@ -309,23 +309,7 @@ func TestConfigErrors(t *testing.T) {
 				files[k] = v
 			}
 			writeTree(t, dir, files)
-			_, err := LoadConfig(filepath.Join(dir, "agent.yml"))
-			var ce ConfigErrors
-			if !errors.As(err, &ce) {
-				t.Fatalf("want ConfigErrors, got %v", err)
-			}
-			var got []string
-			for _, e := range ce {
-				got = append(got, strings.TrimPrefix(e.Error(), dir+"/"))
-			}
-			if len(got) != len(tc.want) {
-				t.Fatalf("got %d errors, want %d:\n%s", len(got), len(tc.want), strings.Join(got, "\n"))
-			}
-			for i := range got {
-				if !strings.HasPrefix(got[i], tc.want[i]) {
-					t.Errorf("error %d:\n got  %s\n want %s...", i, got[i], tc.want[i])
-				}
-			}
+			wantConfigErrors(t, dir, tc.want)
 		})
 	}
 }
@@ -541,6 +525,29 @@ func TestConfigErrorsMessageIsBounded(t *testing.T) {
 		}
 		if more := tc.n - maxErrorLines; more > 0 && !strings.HasSuffix(msg, fmt.Sprintf("... and %d more problem(s)", more)) {
 			t.Errorf("%d errors: the message does not count the rest: ...%s", tc.n, msg[max(0, len(msg)-80):])
+		}
+	}
+}
+
+// wantConfigErrors loads dir/agent.yml and checks that it fails with
+// exactly the errors want, each given by its start (file relative to dir).
+func wantConfigErrors(t *testing.T, dir string, want []string) {
+	t.Helper()
+	_, err := LoadConfig(filepath.Join(dir, "agent.yml"))
+	var ce ConfigErrors
+	if !errors.As(err, &ce) {
+		t.Fatalf("want ConfigErrors, got %v", err)
+	}
+	var got []string
+	for _, e := range ce {
+		got = append(got, strings.TrimPrefix(e.Error(), dir+"/"))
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d errors, want %d:\n%s", len(got), len(want), strings.Join(got, "\n"))
+	}
+	for i := range got {
+		if !strings.HasPrefix(got[i], want[i]) {
+			t.Errorf("error %d:\n got  %s\n want %s...", i, got[i], want[i])
 		}
 	}
 }

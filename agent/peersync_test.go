@@ -2,7 +2,6 @@ package agent
 
 import (
 	"encoding/json"
-	"errors"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -83,23 +82,7 @@ func TestPeerConfig(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := writeTree(t, t.TempDir(), map[string]string{"agent.yml": peerAgent + tc.peers})
-			_, err := LoadConfig(filepath.Join(dir, "agent.yml"))
-			var ce ConfigErrors
-			if !errors.As(err, &ce) {
-				t.Fatalf("want ConfigErrors, got %v", err)
-			}
-			var got []string
-			for _, e := range ce {
-				got = append(got, strings.TrimPrefix(e.Error(), dir+"/"))
-			}
-			if len(got) != len(tc.want) {
-				t.Fatalf("got %d errors, want %d:\n%s", len(got), len(tc.want), strings.Join(got, "\n"))
-			}
-			for i := range got {
-				if !strings.HasPrefix(got[i], tc.want[i]) {
-					t.Errorf("error %d:\n got  %s\n want %s...", i, got[i], tc.want[i])
-				}
-			}
+			wantConfigErrors(t, dir, tc.want)
 		})
 	}
 }

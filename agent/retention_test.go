@@ -2,7 +2,6 @@ package agent
 
 import (
 	"encoding/json"
-	"errors"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -100,23 +99,7 @@ func TestRetentionAndSyncConfig(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			writeTree(t, dir, map[string]string{"agent.yml": tc.agent})
-			_, err := LoadConfig(filepath.Join(dir, "agent.yml"))
-			var ce ConfigErrors
-			if !errors.As(err, &ce) {
-				t.Fatalf("want ConfigErrors, got %v", err)
-			}
-			var got []string
-			for _, e := range ce {
-				got = append(got, strings.TrimPrefix(e.Error(), dir+"/"))
-			}
-			if len(got) != len(tc.want) {
-				t.Fatalf("got %d errors, want %d:\n%s", len(got), len(tc.want), strings.Join(got, "\n"))
-			}
-			for i := range got {
-				if !strings.HasPrefix(got[i], tc.want[i]) {
-					t.Errorf("error %d:\n got  %s\n want %s...", i, got[i], tc.want[i])
-				}
-			}
+			wantConfigErrors(t, dir, tc.want)
 		})
 	}
 }
