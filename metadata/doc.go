@@ -7,39 +7,22 @@
 //
 // # Model
 //
-//	Backup{ID, Timestamp, Host, Datasets []*Dataset}
-//	Dataset{ID, Source, Name, Handler, Atoms []Atom, SnapshotID, Repository,
-//	        TotalFiles, TotalBytes, BytesAdded, Duration time.Duration}
-//	Dataset.AtomCount                     // number of atoms, also when Atoms is not filled in
-//	Atom{Name, Path, SnapshotID}          // SnapshotID: the snapshot holding the atom
-//	AtomName(source, dataset, atom) string  // "source/dataset/atom"
-//	SplitAtomName(name) (source, dataset, atom string, ok bool)
-//	FindRequest{Pattern, Host, NumVersions, OlderThan}
-//	JobStatus{Host, JobID, Kind, Source, Dataset, BackupID, DatasetID, State,
-//	          StartedAt, Progress *JobProgress, Message}
-//	FixityResult{Repository, Pack, Time, OK, Bytes, Error, Host,
-//	             DamagedBlobs, Atoms, Healed}
-//	ReplicaRecord{Repository, SnapshotID, FromRepository, SourceSnapshot,
-//	              Source, Dataset, BackupID, Time, Verified, BlobsCopied, BytesCopied}
-//
-// Source and dataset names may not contain "/" or NUL; atom names may
-// contain "/" but not NUL. Errors: ErrInvalid, ErrConflict, ErrNotFound,
-// ErrClosed (test with errors.Is).
+// A Backup is one run of one host; it holds Datasets, each stored as one
+// or more repository snapshots and listing its Atoms (the restorable
+// units, each with the snapshot that holds it). Job status, fixity results
+// and replica records are kept beside them. Source and dataset names may
+// not contain "/" or NUL; atom names may contain "/" but not NUL. Errors
+// wrap ErrInvalid, ErrConflict, ErrNotFound or ErrClosed.
 //
 // # Opening the catalog
 //
-//	conn, err := metadata.Connect(ctx, metadata.Config{Embedded: true, DataDir: dir, Own: true})
-//	defer conn.Close()                 // after store.Close()
-//	store, err := metadata.NewStore(conn.Client, metadata.Options{SpoolDir: spoolDir, Host: host})
-//	defer store.Close()
-//
-// Config{Embedded, DataDir, Own, Endpoints, TLS *TLSConfig{CAFile, CertFile,
-// KeyFile, ServerName}, DialTimeout, Username, Password, Server
-// etcdserver.Options}. The agent sets Own: it serves the embedded catalog
-// and writes its client URL to DataDir/endpoint. A CLI leaves Own false: it
+// Connect returns a client and, when this process started it, the embedded
+// server. The agent sets Config.Own: it serves the embedded catalog and
+// writes its client URL to the data directory. A CLI leaves Own false: it
 // connects to that endpoint when it answers and otherwise starts the
-// server itself for as long as it runs. Conn{Client, Server} (Server is nil
-// when another process serves).
+// server itself for as long as it runs, or, when it only reads and the
+// last server stopped cleanly, reads the database file without a server.
+// The store (NewStore) is closed before the connection.
 //
 // Connect asks every endpoint at once and succeeds as soon as one answers
 // (each within DialTimeout), so a member that is down does not block it;
@@ -75,33 +58,13 @@
 //
 // # EtcdStore
 //
-//	NewStore(cli *clientv3.Client, Options) (*EtcdStore, error)
-//	Options{Prefix ("/custos/"), SpoolDir, Host, Logger, WriteTimeout (5s),
-//	        MinBackoff (1s), MaxBackoff (1m), LeaseTTL (15s), MaxTxnOps (128),
-//	        PageSize (256), OnSpoolDepth func(int)}
-//
-//	AddDataset(ctx, *Backup, *Dataset) error        // idempotent, replaces the atom set; spools when etcd is down
-//	RecordDataset(ctx, *Backup, *Dataset) (Recorded{Spooled, SpoolDepth}, error) // AddDataset, saying where it went
-//	FindAtoms(ctx, FindRequest) ([]*Backup, error)  // Backup→Dataset→matching atoms, newest first
-//	GetBackup(ctx, id) (*Backup, error)             // with all datasets and atoms; ErrNotFound
-//	ListBackups(ctx, host, limit) ([]*Backup, error) // newest first; host "" = all; datasets without atoms
-//	DatasetVersions(ctx, source, dataset, host, limit) ([]*Backup, error) // newest first
-//	PutJobStatus(ctx, host, []JobStatus) error      // replaces host's jobs; lease-bound
-//	StartUpdates(ctx, func() []JobStatus, interval) // PutJobStatus(Options.Host, fn()) every interval
-//	ActiveJobs(ctx) ([]JobStatus, error)
-//	PutFixityResult(ctx, *FixityResult) error
-//	GetFixityResult(ctx, repo, pack) (*FixityResult, error)
-//	ListFixityResults(ctx, repo) ([]*FixityResult, error) // latest per pack
-//	FixityHistory(ctx, repo, pack, limit) ([]*FixityResult, error) // newest first
-//	PutReplica(ctx, *ReplicaRecord) error
-//	GetReplica(ctx, repo, snapshotID) (*ReplicaRecord, error)
-//	ListReplicas(ctx, repo) ([]*ReplicaRecord, error)
-//	SpoolDepth() int; FlushSpool(ctx) error
-//	SpoolFailed() int; FailedRecords() ([]FailedRecord, error) // records set aside for good
-//	Client(); Prefix(); LockPrefix(); ElectionPrefix(); JournalPrefix()
-//	Close() error  // stops background work, revokes the job lease
-//
-// Store is the three-method interface {AddDataset, FindAtoms, GetBackup}.
+// EtcdStore is the catalog on etcd, under one key prefix. Writes of a
+// dataset are idempotent and replace its atom set; finds return backups,
+// newest first, holding only the matching datasets and atoms. Job status
+// entries are replaced per host and bound to a lease; fixity results keep
+// a history per pack; replica records are per repository and snapshot.
+// Callers that need only part of it name that part as an interface where
+// they use it (Store is the record-and-find part).
 //
 // # Find
 //
