@@ -15,24 +15,6 @@
 // POSTs from another origin are refused. GET /api/status, /api/jobs,
 // /api/backups and /api/schedule answer JSON; /metrics and /debug/pprof/
 // are there too.
-//
-// # API
-//
-//	func LoadConfig(path string) (*Config, error)          // error is ConfigErrors
-//	func NewConfigManager(path string, log *slog.Logger) (*ConfigManager, error)
-//	func (m *ConfigManager) Current() *RuntimeContext       // one job's view
-//	func (m *ConfigManager) Reload() error                  // keeps the old config on error
-//	func OpenCatalog(ctx, cfg, CatalogOptions) (*Catalog, error) // metadata.Connect: Serve = Own
-//	func NewManager(cm, catalog CatalogStore, events Events, log) *Manager
-//	func (m *Manager) Ingest(ctx, rc, src, backup, dataset) *DatasetResult
-//	func BackupNow(ctx, m, rc, source, dataset string) ([]*DatasetResult, error)
-//	func (m *Manager) Find(ctx, metadata.FindRequest) ([]*metadata.Backup, error)
-//	func (m *Manager) Restore(ctx, RestoreRequest) ([]RestoredAtom, error)
-//	func New(cm, catalog *Catalog, opts Options) *Agent
-//	func SnapshotIDs(d *metadata.Dataset) []string        // the snapshots holding d's atoms
-//	func (a *Agent) Start(ctx) error; Reload() error; Stop(ctx) error; Handler() http.Handler
-//	func (a *Agent) Status(ctx) *StatusReport               // what the status page shows
-//	func Run(ctx, path string, opts RunOptions) error       // the whole daemon
 package agent
 
 import (

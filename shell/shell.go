@@ -10,54 +10,6 @@
 // every descendant inherits them; no external nice/ionice binaries are
 // needed. In dry-run mode commands are logged and not run.
 //
-// # API
-//
-//	type Options struct {
-//	    NiceLevel int           // absolute nice level -20..19; 0 = inherit the agent's
-//	    IOClass   int           // 1 realtime, 2 best-effort, 3 idle; 0 = inherit
-//	    DryRun    bool          // log commands instead of running them
-//	    Env       []string      // extra "KEY=value" entries on top of os.Environ()
-//	    Dir       string        // working directory; "" = the agent's
-//	    Logger    *slog.Logger  // nil = slog.Default()
-//	    KillGrace time.Duration // SIGTERM -> SIGKILL delay; 0 = 5s
-//	}
-//	func New(opts Options) *Shell            // &Shell{} is usable too (all defaults)
-//	func (s *Shell) SetNiceLevel(n int)
-//	func (s *Shell) SetIOClass(n int)
-//	func (s *Shell) SetDryRun(v bool)
-//	func (s *Shell) DryRun() bool
-//	func (s *Shell) Options() Options         // a copy of the current settings
-//	func (s *Shell) WithEnv(kv ...string) *Shell     // copy with extra env ("KEY=value")
-//	func (s *Shell) WithLogger(l *slog.Logger) *Shell // copy with another logger
-//	func (s *Shell) WithDir(dir string) *Shell        // copy with another working dir
-//	func ContextWithLogger(ctx context.Context, l *slog.Logger) context.Context
-//
-//	func (s *Shell) Run(ctx context.Context, cmd string) error
-//	func (s *Shell) Output(ctx context.Context, cmd string) ([]byte, error)
-//	func (s *Shell) RunWithStdoutCallback(ctx context.Context, cmd string, fn func(line []byte)) error
-//	func (s *Shell) Start(ctx context.Context, cmd string, opts StartOptions) (*Process, error)
-//
-//	type StartOptions struct {
-//	    Stdin      io.Reader // fed to the command's stdin (nil = /dev/null unless PipeStdin)
-//	    PipeStdin  bool      // Process.Stdin is a pipe to the command's stdin
-//	    PipeStdout bool      // Process.Stdout is a pipe from the command's stdout
-//	}
-//	type Process struct {
-//	    Pid    int
-//	    Stdin  io.WriteCloser // only with PipeStdin
-//	    Stdout io.ReadCloser  // only with PipeStdout
-//	}
-//	func (p *Process) Wait() error
-//
-//	type Error struct {           // every failed command, as *Error
-//	    Command  string
-//	    ExitCode int            // -1 if killed by a signal
-//	    Signal   syscall.Signal // 0 unless killed by a signal
-//	    Stderr   string         // last non-empty stderr line (truncated)
-//	    Cause    error          // ctx.Err() when the command was killed for the context
-//	    Err      error          // the underlying *exec.ExitError or wait error
-//	}
-//
 // # Streams
 //
 // For a backup command whose stdout is stored, Start with PipeStdout and

@@ -7,20 +7,6 @@
 //
 // The Host header is passed through unchanged, so signed requests (AWS
 // SigV4) made to the proxy's address still verify at the real server.
-//
-// Exported API:
-//
-//	func Start(tb testing.TB, target string) *Proxy
-//	type Match struct{ Method, PathContains string }
-//	func (p *Proxy) URL() string
-//	func (p *Proxy) FailNext(n, status int, m Match)
-//	func (p *Proxy) StallNext(n int, d time.Duration, m Match)
-//	func (p *Proxy) CutBodyNext(n int, after int64, m Match)
-//	func (p *Proxy) DropNext(n int, m Match)
-//	func (p *Proxy) Requests() int
-//	func (p *Proxy) Count(m Match) int
-//	func (p *Proxy) Log() []string          // "METHOD /path?query" per request, in order
-//	func (p *Proxy) Reset()                 // drop pending faults and the request log
 package faultproxy
 
 import (

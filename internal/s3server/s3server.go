@@ -7,19 +7,6 @@
 // there it is built with `go install` (a few minutes, once per machine; a file
 // lock keeps parallel test binaries from racing). If it cannot be had, the
 // test fails: S3 tests are never skipped.
-//
-// Exported API:
-//
-//	const Version = "v1.8.0"
-//	func Start(tb testing.TB) *Server
-//	type Server struct{ Endpoint, AccessKey, Secret, Region, Dir string }
-//	func (s *Server) CreateBucket(tb testing.TB, name string)
-//	func (s *Server) URL(bucket, prefix string) string // "s3:http://127.0.0.1:PORT/bucket/prefix"
-//	func (s *Server) Env() []string                    // AWS_ACCESS_KEY_ID=..., AWS_SECRET_ACCESS_KEY=..., AWS_REGION=...
-//	func (s *Server) SetEnv(tb testing.TB)             // tb.Setenv of Env, and isolates ~/.aws
-//	func (s *Server) Client(tb testing.TB) *s3.Client  // a plain SDK client, for inspecting the server
-//	func (s *Server) Stop()                            // kill it early (also done by tb.Cleanup)
-//	func Binary() (string, error)                      // path to versitygw, installing it if needed
 package s3server
 
 import (

@@ -14,17 +14,6 @@
 //
 // Saving over an existing object replaces it atomically (last writer wins).
 //
-// Exported API:
-//
-//	func Create(ctx context.Context, dir string) (*Backend, error)
-//	func Open(ctx context.Context, dir string) (*Backend, error)
-//	const TempPrefix = ".custos-tmp-"
-//	func (*Backend) Location() string   // "local:/abs/dir"
-//	func (*Backend) Dir() string
-//	func (*Backend) Stage(ctx, t backend.FileType) (w io.Writer,
-//	        commit func(ctx, backend.Handle) error, abort func(), err error)
-//	plus the backend.Backend methods Save, Load, Stat, List, Remove, Close.
-//
 // Stage lets a writer that learns an object's name only at the end (packs
 // are named by their hash) write it straight into the repository folder.
 package local

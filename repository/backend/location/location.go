@@ -14,15 +14,6 @@
 // S3 credentials and region come from the standard AWS chain
 // (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, shared files); a URL
 // with credentials in it is refused, so they never end up in logs.
-//
-// Exported API:
-//
-//	func Open(ctx context.Context, url string) (backend.Backend, error)
-//	func Create(ctx context.Context, url string) (backend.Backend, error)
-//	func Parse(url string) (Location, error)
-//	type Location struct{ Kind Kind; Path, Endpoint, Bucket, Prefix string }
-//	type Kind string; const Local Kind = "local"; const S3 Kind = "s3"
-//	func (Location) String() string
 package location
 
 import (

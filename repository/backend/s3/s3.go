@@ -36,20 +36,6 @@
 // requests (Stat) cannot tell a missing bucket from a missing object. S3
 // deletes missing keys silently, so Remove looks the object up first to
 // report ErrNotExist (two requests; not atomic against a concurrent Save).
-//
-// Exported API:
-//
-//	type Options struct{ Endpoint, Bucket, Prefix, Region string; UsePathStyle bool;
-//	    Credentials aws.CredentialsProvider; PartSize, MultipartThreshold int64;
-//	    MaxAttempts int; StallTimeout time.Duration;
-//	    ListPageSize int32; Logger *slog.Logger }
-//	func Open(ctx context.Context, opts Options) (*Backend, error)
-//	func Create(ctx context.Context, opts Options) (*Backend, error)
-//	var ErrBucketNotFound, ErrAccessDenied, ErrNoCredentials error
-//	const DefaultPartSize (8 MiB), DefaultMultipartThreshold (16 MiB), DefaultMaxAttempts (6),
-//	    DefaultStallTimeout (2 min), DefaultRegion
-//	func (*Backend) Location() string // "s3:http://host:port/bucket/prefix", never secrets
-//	plus the backend.Backend methods Save, Load, Stat, List, Remove, Close.
 package s3
 
 import (
