@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-backup/custos/jobs"
 	"github.com/custos-backup/custos/shell"
 )
 
@@ -281,6 +282,16 @@ func TestConfigErrors(t *testing.T) {
 			want:  []string{`agent.yml:10: field "repositories[1].restore_days": restore_days must be a number of days from 1 to 30000, not 0`},
 		},
 		{
+			name:  "monthly fixity of an archive whose restores last the default week",
+			files: map[string]string{"agent.yml": goodAgent + "  - name: cold\n    url: s3:http://127.0.0.1:9/b\n    password: x\n    storage_class: GLACIER\n    fixity: {schedule: \"@monthly\"}\n"},
+			want:  []string{`agent.yml:10: field "repositories[1].fixity.schedule": restored packs stay readable for 7 days, but fixity runs ("@monthly") can be 31 days apart`},
+		},
+		{
+			name:  "restore days shorter than the week between fixity runs",
+			files: map[string]string{"agent.yml": goodAgent + "  - name: cold\n    url: s3:http://127.0.0.1:9/b\n    password: x\n    storage_class: GLACIER\n    restore_days: 3\n    fixity: {schedule: \"@weekly\"}\n"},
+			want:  []string{`agent.yml:10: field "repositories[1].restore_days": restored packs stay readable for 3 days, but fixity runs ("@weekly") can be 7 days apart`},
+		},
+		{
 			name:  "restore tier without an archive class",
 			files: map[string]string{"agent.yml": goodAgent + "  - name: cold\n    url: s3:http://127.0.0.1:9/b\n    password: x\n    restore_tier: Bulk\n"},
 			want:  []string{`agent.yml:9: field "repositories[1].restore_tier": restore_tier needs an archive storage_class`},
@@ -549,5 +560,41 @@ func wantConfigErrors(t *testing.T, dir string, want []string) {
 		if !strings.HasPrefix(got[i], want[i]) {
 			t.Errorf("error %d:\n got  %s\n want %s...", i, got[i], want[i])
 		}
+	}
+}
+
+func TestLongestGapBetweenFixityRuns(t *testing.T) {
+	from := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	cases := []struct {
+		spec string
+		want time.Duration
+	}{
+		{"@daily", 24 * time.Hour},
+		{"@weekly", 7 * 24 * time.Hour},
+		{"@monthly", 31 * 24 * time.Hour},
+		{"0 3 * * 1,4", 4 * 24 * time.Hour},
+		{"@every 36h", 36 * time.Hour},
+		{"@random_every 240h", 10 * 24 * time.Hour},
+		{"0 3 1 1,7 *", 184 * 24 * time.Hour},
+	}
+	for _, tc := range cases {
+		sched, err := jobs.ParseSchedule(tc.spec)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.spec, err)
+		}
+		if got := longestGap(sched, from); got != tc.want {
+			t.Errorf("%s: longest gap %v, want %v", tc.spec, got, tc.want)
+		}
+	}
+}
+
+func TestArchiveRestoreDaysCoverFixityGap(t *testing.T) {
+	dir := t.TempDir()
+	cfg := goodAgent + "  - name: cold\n    url: s3:http://127.0.0.1:9/b\n    password: x\n    storage_class: DEEP_ARCHIVE\n    restore_days: 8\n    fixity: {schedule: \"@weekly\"}\n"
+	if err := os.WriteFile(filepath.Join(dir, "agent.yml"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadConfig(filepath.Join(dir, "agent.yml")); err != nil {
+		t.Fatalf("restore_days 8 covers weekly fixity runs, yet: %v", err)
 	}
 }

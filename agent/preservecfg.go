@@ -7,8 +7,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/robfig/cron/v3"
 	"gopkg.in/yaml.v3"
 
+	"github.com/custos-backup/custos/jobs"
 	"github.com/custos-backup/custos/repository/backend/location"
 	"github.com/custos-backup/custos/repository/backend/s3"
 )
@@ -145,6 +147,56 @@ func checkArchive(d *decoder, keys map[string]*yaml.Node, prefix string, r *Repo
 			}
 		}
 	}
+	checkRestoreDays(d, keys, prefix, r)
+}
+
+// checkRestoreDays rejects an archived repository whose restored packs
+// expire before the next fixity run: fixity requests a pack's restore in
+// one run and verifies it in a later one, so with a shorter restore_days
+// it would request the same packs again every run and never verify them.
+func checkRestoreDays(d *decoder, keys map[string]*yaml.Node, prefix string, r *RepositorySpec) {
+	if !s3.IsArchived(r.Archive.StorageClass) || r.Fixity == nil || r.Fixity.Schedule == "" {
+		return
+	}
+	sched, err := jobs.ParseSchedule(r.Fixity.Schedule)
+	if err != nil {
+		return // reported at the schedule
+	}
+	days := r.Archive.RestoreDays
+	if days == 0 {
+		days = s3.DefaultRestoreDays
+	}
+	gap := longestGap(sched, time.Now())
+	if gap <= time.Duration(days)*24*time.Hour {
+		return
+	}
+	need := int((gap + 24*time.Hour - 1) / (24 * time.Hour))
+	n, field := keys["restore_days"], "restore_days"
+	if n == nil {
+		n, field = keys["fixity"], "fixity.schedule"
+	}
+	d.errorf(n, join(prefix, field), "restored packs stay readable for %d days, but fixity runs (%q) can be %d days apart: a pack restored for one run expires before the next can verify it; set restore_days to %d or more, or run fixity more often",
+		days, r.Fixity.Schedule, need, need)
+}
+
+// longestGap is the longest time between two consecutive activations of
+// sched in the year after from (a cron schedule's gaps repeat within a
+// year, leap days aside). It looks at 20,000 activations at most: a
+// schedule that fires that often within a year could still pause for
+// months, but not as a fixity schedule anyone writes.
+func longestGap(sched cron.Schedule, from time.Time) time.Duration {
+	var longest time.Duration
+	end := from.AddDate(1, 0, 1)
+	prev := sched.Next(from)
+	for i := 0; i < 20000 && !prev.IsZero() && prev.Before(end); i++ {
+		next := sched.Next(prev)
+		if next.IsZero() {
+			break
+		}
+		longest = max(longest, next.Sub(prev))
+		prev = next
+	}
+	return longest
 }
 
 // parseSize reads a byte count: 1048576, 512KiB, 100MiB, 2GiB, 1GB, 0.
