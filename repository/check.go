@@ -588,7 +588,7 @@ func (c *checkState) loadTrees(ctx context.Context, ids []ID) (map[ID]*format.Tr
 	}
 	out := make(map[ID]*format.Tree, len(ids))
 	var mu sync.Mutex
-	err := c.r.readPackSet(ctx, want, c.r.readers(treeWorkers()), func(pack ID, b readBlob) error {
+	err := readPackSet(ctx, c.r, want, c.r.readers(treeWorkers()), func(pack ID, b readBlob) error {
 		if t := c.openTree(pack, b); t != nil {
 			mu.Lock()
 			out[b.Entry.ID] = t

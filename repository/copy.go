@@ -341,7 +341,7 @@ func (c *copier) flush() error {
 	}
 	// A local source is read fast enough by two; remote storage gets its
 	// connections.
-	err := c.src.readPackSet(c.ctx, want, c.src.readers(2), func(_ ID, b readBlob) error {
+	err := readPackSet(c.ctx, c.src, want, c.src.readers(2), func(_ ID, b readBlob) error {
 		if b.Err != nil {
 			return fmt.Errorf("source: %w", b.Err)
 		}

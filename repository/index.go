@@ -351,3 +351,11 @@ func (r *Repository) index() *index.Index {
 	defer r.idxMu.RUnlock()
 	return r.idx
 }
+
+// lookupBlob returns where the current index says h is stored.
+func (r *Repository) lookupBlob(h BlobHandle) (ID, format.PackedBlob, bool) {
+	return r.index().Lookup(h)
+}
+
+// hasBlob reports whether the current index lists h.
+func (r *Repository) hasBlob(h BlobHandle) bool { return r.index().Has(h) }
