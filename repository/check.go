@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"runtime"
 	"slices"
 	"sort"
@@ -59,9 +60,45 @@ type CheckResult struct {
 // repository's file list.
 const maxPathsPerProblem = 1000
 
+// checkSource is the repository as check reads it, role by role, so that
+// a test can hand check a real repository wrapped to count or to fail in
+// one of them. Check reads objects itself instead of through the
+// repository's index, which a damaged index file may have left incomplete.
+type checkSource struct {
+	be           checkBackend
+	objectOpener                // index files, snapshots, pack headers
+	packSource                  // pack readers for trees and indexed blobs
+	seal         *format.Sealer // opens the headers of packs read whole
+}
+
+// checkBackend is the storage as check reads it: listings, and packs
+// streamed or read whole.
+type checkBackend interface {
+	lister
+	packLoader
+}
+
+// objectOpener loads the small objects check opens with the key, each
+// verified against its name: index files, snapshots and pack headers.
+type objectOpener interface {
+	loadIndexFile(ctx context.Context, id ID) (*format.IndexFile, error)
+	LoadSnapshot(ctx context.Context, id ID) (*Snapshot, error)
+	readPackHeader(ctx context.Context, pack ID, packSize int64) (*format.PackHeader, error)
+}
+
+// checkSource returns r as check reads it.
+func (r *Repository) checkSource() checkSource {
+	return checkSource{be: r.be, objectOpener: r, packSource: r, seal: r.seal}
+}
+
+// listIDs lists the objects of type t whose names are valid ids.
+func (s checkSource) listIDs(ctx context.Context, t backend.FileType, bad func(name string)) ([]ID, error) {
+	return listObjectIDs(ctx, s.be, t, bad)
+}
+
 // checkState collects what Check learns while it walks the repository.
 type checkState struct {
-	r   *Repository
+	src checkSource
 	res *CheckResult
 
 	mu       sync.Mutex
@@ -160,13 +197,18 @@ const maxCheckPasses = 5
 // over. Real damage survives every pass and is reported; a repository that
 // keeps changing for maxCheckPasses passes is an error, not damage.
 func (r *Repository) check(ctx context.Context, opts CheckOptions, now time.Time) (*CheckResult, error) {
+	return checkFrom(ctx, r.checkSource(), r.log, opts, now)
+}
+
+// checkFrom is check reading from src.
+func checkFrom(ctx context.Context, src checkSource, log *slog.Logger, opts CheckOptions, now time.Time) (*CheckResult, error) {
 	if opts.Cursor != "" {
 		if _, err := ParseID(opts.Cursor); err != nil {
 			return nil, fmt.Errorf("check: bad cursor: %w", err)
 		}
 	}
 	for pass := 1; ; pass++ {
-		c := newCheckState(r)
+		c := newCheckState(src)
 		if err := c.pass(ctx, opts, now); err != nil {
 			return nil, err
 		}
@@ -184,13 +226,13 @@ func (r *Repository) check(ctx context.Context, opts CheckOptions, now time.Time
 			return nil, fmt.Errorf("check: the repository changed while it was read, %d times in a row (last: %s); its %d findings could not be confirmed; run check again when no prune or forget is running",
 				pass, changed, len(c.problems))
 		}
-		r.log.Info("check: the repository changed while it was read; looking again", "pass", pass, "change", changed)
+		log.Info("check: the repository changed while it was read; looking again", "pass", pass, "change", changed)
 	}
 }
 
-func newCheckState(r *Repository) *checkState {
+func newCheckState(src checkSource) *checkState {
 	return &checkState{
-		r:            r,
+		src:          src,
 		res:          &CheckResult{Problems: []Problem{}},
 		problems:     map[string]*Problem{},
 		packs:        map[ID]int64{},
@@ -260,7 +302,7 @@ func (c *checkState) result() *CheckResult {
 // an object the pass listed is gone, or a new index file supersedes others,
 // indexes a pack the pass called unindexed, or cannot be loaded.
 func (c *checkState) changed(ctx context.Context) (string, error) {
-	r := c.r
+	r := c.src
 	snaps, err := r.listIDs(ctx, backend.SnapshotFile, nil)
 	if err != nil {
 		return "", fmt.Errorf("check: %w", err)
@@ -332,7 +374,7 @@ func missingFrom(before, now []ID) *ID {
 
 // listPacks lists data/ (after the index files: see check).
 func (c *checkState) listPacks(ctx context.Context) error {
-	err := c.r.be.List(ctx, backend.PackFile, func(fi backend.FileInfo) error {
+	err := c.src.be.List(ctx, backend.PackFile, func(fi backend.FileInfo) error {
 		id, err := ParseID(fi.Name)
 		if err != nil {
 			c.problem(backend.Handle{Type: backend.PackFile, Name: fi.Name}.Path(), "object name is not a pack id")
@@ -355,7 +397,7 @@ func cancelled(ctx context.Context, _ error) bool { return ctx.Err() != nil }
 // reported instead of hiding the others) and checks each entry against the
 // packs that exist.
 func (c *checkState) checkIndex(ctx context.Context) error {
-	r := c.r
+	r := c.src
 	ids, err := r.listIDs(ctx, backend.IndexFile, func(name string) {
 		c.problem(backend.Handle{Type: backend.IndexFile, Name: name}.Path(), "object name is not an index id")
 	})
@@ -447,7 +489,7 @@ func (c *checkState) checkUnindexed(ctx context.Context, now time.Time) error {
 	}
 	slices.SortFunc(ids, func(a, b ID) int { return bytes.Compare(a[:], b[:]) })
 	readHeader := func(ctx context.Context, id ID) (*format.PackHeader, error) {
-		return c.r.readPackHeader(ctx, id, c.stored[id])
+		return c.src.readPackHeader(ctx, id, c.stored[id])
 	}
 	hdrs, errs, err := loadAll(ctx, ids, 8, readHeader, cancelled)
 	if err != nil {
@@ -483,7 +525,7 @@ func (c *checkState) checkUnindexed(ctx context.Context, now time.Time) error {
 
 // checkSnapshots loads every snapshot file and returns the readable ones.
 func (c *checkState) checkSnapshots(ctx context.Context) ([]*Snapshot, error) {
-	r := c.r
+	r := c.src
 	ids, err := r.listIDs(ctx, backend.SnapshotFile, func(name string) {
 		c.problem(backend.Handle{Type: backend.SnapshotFile, Name: name}.Path(), "object name is not a snapshot id")
 	})
@@ -588,7 +630,7 @@ func (c *checkState) loadTrees(ctx context.Context, ids []ID) (map[ID]*format.Tr
 	}
 	out := make(map[ID]*format.Tree, len(ids))
 	var mu sync.Mutex
-	err := c.r.readPackSet(ctx, want, c.r.readers(treeWorkers()), func(pack ID, b readBlob) error {
+	err := readPackSet(ctx, c.src, want, c.src.readers(treeWorkers()), func(pack ID, b readBlob) error {
 		if t := c.openTree(pack, b); t != nil {
 			mu.Lock()
 			out[b.Entry.ID] = t
@@ -633,7 +675,7 @@ func (c *checkState) loadTree(ctx context.Context, id ID) (*format.Tree, error) 
 	if _, ok := c.stored[pack]; !ok {
 		return nil, errors.New("pack missing") // already reported
 	}
-	pr := c.r.newPackReader(false)
+	pr := c.src.newPackReader(false)
 	var t *format.Tree
 	if err := pr.read(ctx, pack, []format.PackedBlob{pb}, func(b readBlob) error { t = c.openTree(pack, b); return nil }); err != nil {
 		return nil, err
@@ -744,7 +786,7 @@ func (c *checkState) readPacks(ctx context.Context, opts CheckOptions) error {
 // has connections for (on local folders, one per core), and calls done
 // with the bytes read of each. It returns an error only when ctx ends.
 func (c *checkState) readPackList(ctx context.Context, packs []ID, done func(id ID, n int64)) error {
-	workers := c.r.readers(max(2, runtime.GOMAXPROCS(0)))
+	workers := c.src.readers(max(2, runtime.GOMAXPROCS(0)))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(workers)
 	// Readers (and the rare whole-pack buffer) are reused: a fresh one per
@@ -756,7 +798,7 @@ func (c *checkState) readPackList(ctx context.Context, packs []ID, done func(id 
 			select {
 			case pr = <-readers:
 			default:
-				pr = c.r.newPackReader(false)
+				pr = c.src.newPackReader(false)
 			}
 			n, err := c.readPack(gctx, id, pr)
 			readers <- pr
@@ -824,7 +866,7 @@ func (c *checkState) streamPack(ctx context.Context, id ID, blobs []format.Packe
 		}
 		return read, nil
 	}
-	rd, err := c.r.be.Load(ctx, h, 0, 0)
+	rd, err := c.src.be.Load(ctx, h, 0, 0)
 	if err != nil {
 		return fail(err)
 	}
@@ -912,7 +954,7 @@ func (c *checkState) damageAllIfNone(id ID) {
 // It returns the header, or nil if it cannot be read.
 func (c *checkState) checkHeader(id ID, tail []byte, size int64) *format.PackHeader {
 	pp := packPath(id)
-	hdr, err := format.ParsePackTail(c.r.seal, tail, size)
+	hdr, err := format.ParsePackTail(c.src.seal, tail, size)
 	if err != nil {
 		c.problem(pp, "pack header: %v", err)
 		return nil
@@ -946,7 +988,7 @@ func (c *checkState) readWholePack(ctx context.Context, id ID, buf []byte) (int6
 	pp := packPath(id)
 	size := c.stored[id]
 	h := backend.Handle{Type: backend.PackFile, Name: id.String()}
-	buf, err := loadWhole(ctx, c.r.be, h, size, buf)
+	buf, err := loadWhole(ctx, c.src.be, h, size, buf)
 	if err != nil {
 		if ctx.Err() != nil {
 			return 0, buf, ctx.Err()
@@ -973,7 +1015,7 @@ func (c *checkState) readWholePack(ctx context.Context, id ID, buf []byte) (int6
 	}
 	// The pack hash and header are done with, so blobs are opened in
 	// place.
-	pr := c.r.newPackReader(false)
+	pr := c.src.newPackReader(false)
 	_ = pr.readBuffer(id, buf, blobs, func(b readBlob) error {
 		if b.Err != nil {
 			c.blobProblem(pp, b)
@@ -985,7 +1027,7 @@ func (c *checkState) readWholePack(ctx context.Context, id ID, buf []byte) (int6
 
 // loadWhole reads a whole object of the given size into buf's memory (or a
 // new buffer if buf is too small).
-func loadWhole(ctx context.Context, be backend.Backend, h backend.Handle, size int64, buf []byte) ([]byte, error) {
+func loadWhole(ctx context.Context, be packLoader, h backend.Handle, size int64, buf []byte) ([]byte, error) {
 	if int64(cap(buf)) < size+1 {
 		buf = make([]byte, 0, size+1)
 	}

@@ -44,12 +44,21 @@ const copyCommitEvery = 64 << 20
 // has its whole subtree present: an interrupted copy resumes by skipping
 // what dst holds. progress may be nil.
 func Copy(ctx context.Context, src, dst *Repository, snaps []*Snapshot, progress func(Progress)) (*CopyStats, error) {
-	return copySnapshots(ctx, src, dst, snaps, progress, copyCommitEvery)
+	return copySnapshots(ctx, src, dst, snaps, progress, copyConfig{commitEvery: copyCommitEvery})
 }
 
-// copySnapshots is Copy with the commit interval as a parameter (tests use
-// a small one).
-func copySnapshots(ctx context.Context, src, dst *Repository, snaps []*Snapshot, progress func(Progress), commitEvery int64) (*CopyStats, error) {
+// copyConfig is what Copy fixes and tests vary.
+type copyConfig struct {
+	commitEvery int64 // tests use a small one
+	// wrapSource and wrapDest, when set, stand between the copier and the
+	// source or the destination's write session, so that a test can count
+	// or fail what passes.
+	wrapSource func(copySource) copySource
+	wrapDest   func(copyDest) copyDest
+}
+
+// copySnapshots is Copy as configured by cfg.
+func copySnapshots(ctx context.Context, src, dst *Repository, snaps []*Snapshot, progress func(Progress), cfg copyConfig) (*CopyStats, error) {
 	st := &CopyStats{}
 	srcLock, err := src.Lock(ctx, false)
 	if err != nil {
@@ -70,7 +79,13 @@ func copySnapshots(ctx context.Context, src, dst *Repository, snaps []*Snapshot,
 	if err != nil {
 		return st, fmt.Errorf("copy: destination: %w", err)
 	}
-	c := &copier{ctx: ctx, src: src, dst: dst, w: w, st: st, seen: map[BlobHandle]bool{}, progress: progress, total: int64(len(snaps)), commitEvery: commitEvery}
+	c := &copier{ctx: ctx, src: src, dst: w, st: st, seen: map[BlobHandle]bool{}, progress: progress, total: int64(len(snaps)), commitEvery: cfg.commitEvery}
+	if cfg.wrapSource != nil {
+		c.src = cfg.wrapSource(c.src)
+	}
+	if cfg.wrapDest != nil {
+		c.dst = cfg.wrapDest(c.dst)
+	}
 	w.start()
 	for i, sn := range snaps {
 		c.current = sn.ID.Short()
@@ -159,11 +174,29 @@ func findCopied(ctx context.Context, existing []*Snapshot, parent *ID, src *Repo
 	return nil
 }
 
+// copySource is the source as the copier reads it: trees a level at a
+// time, where each blob is, and the packs that hold them.
+type copySource interface {
+	blobLocator
+	treeLoader
+	packSource
+}
+
+// copyDest is the destination as the copier writes it: whether it holds a
+// blob already, and its write session's saver, committed every few MiB
+// (commit, then start a new saver). *writeSession is one.
+type copyDest interface {
+	hasBlob(h BlobHandle) bool
+	saveVerified(t BlobType, id ID, data []byte) error
+	commit() ([]format.IndexPack, error)
+	start()
+}
+
 // copier moves blobs from src to dst through dst's blob saver.
 type copier struct {
 	ctx      context.Context
-	src      *Repository
-	dst      *Repository
+	src      copySource
+	dst      copyDest // the destination's write session
 	st       *CopyStats
 	seen     map[BlobHandle]bool // queued in this run
 	progress func(Progress)
@@ -174,9 +207,8 @@ type copier struct {
 
 	commitEvery int64
 
-	w      *writeSession // its saver is the destination's
-	queued atomic.Int64  // plaintext bytes queued since the last commit
-	bytes  atomic.Int64  // plaintext bytes copied (progress)
+	queued atomic.Int64 // plaintext bytes queued since the last commit
+	bytes  atomic.Int64 // plaintext bytes copied (progress)
 
 	// The data blobs to read next, and the trees (in the order they are
 	// to be saved, each after its subtree) that wait for them.
@@ -197,7 +229,7 @@ const copyBatchBytes = 32 << 20
 // commit makes everything queued durable and indexed in dst, then starts a
 // new saver.
 func (c *copier) commit() error {
-	packs, err := c.w.commit()
+	packs, err := c.dst.commit()
 	if err != nil {
 		return err
 	}
@@ -206,7 +238,7 @@ func (c *copier) commit() error {
 		c.st.BytesCopied += p.Size
 	}
 	c.queued.Store(0)
-	c.w.start()
+	c.dst.start()
 	return nil
 }
 
@@ -225,7 +257,7 @@ func (c *copier) report(done int64, final bool) {
 
 // has reports whether h is queued in this run or held by dst.
 func (c *copier) has(h BlobHandle) bool {
-	return c.seen[h] || c.dst.index().Has(h)
+	return c.seen[h] || c.dst.hasBlob(h)
 }
 
 // tree copies the tree id and everything below it that dst lacks. A tree
@@ -315,7 +347,7 @@ func (c *copier) want(h BlobHandle) error {
 	if c.has(h) {
 		return nil
 	}
-	_, pb, ok := c.src.index().Lookup(h)
+	_, pb, ok := c.src.lookupBlob(h)
 	if !ok {
 		return fmt.Errorf("source: %w", &BlobError{Blob: h.ID, Type: h.Type, Err: fmt.Errorf("%s blob not in index", h.Type)})
 	}
@@ -331,9 +363,8 @@ func (c *copier) want(h BlobHandle) error {
 // trees, and commits when enough is queued.
 func (c *copier) flush() error {
 	want := map[ID][]format.PackedBlob{}
-	x := c.src.index()
 	for _, h := range c.batch {
-		pack, pb, ok := x.Lookup(h)
+		pack, pb, ok := c.src.lookupBlob(h)
 		if !ok {
 			return fmt.Errorf("source: %w", &BlobError{Blob: h.ID, Type: h.Type, Err: fmt.Errorf("%s blob not in index", h.Type)})
 		}
@@ -341,11 +372,11 @@ func (c *copier) flush() error {
 	}
 	// A local source is read fast enough by two; remote storage gets its
 	// connections.
-	err := c.src.readPackSet(c.ctx, want, c.src.readers(2), func(_ ID, b readBlob) error {
+	err := readPackSet(c.ctx, c.src, want, c.src.readers(2), func(_ ID, b readBlob) error {
 		if b.Err != nil {
 			return fmt.Errorf("source: %w", b.Err)
 		}
-		if err := c.w.saver.saveVerified(b.Entry.Type, b.Entry.ID, b.Plain); err != nil {
+		if err := c.dst.saveVerified(b.Entry.Type, b.Entry.ID, b.Plain); err != nil {
 			return err
 		}
 		c.queued.Add(int64(len(b.Plain)))
@@ -357,7 +388,7 @@ func (c *copier) flush() error {
 	}
 	for _, t := range c.trees {
 		// The pack reader verified t.raw against t.id.
-		if err := c.w.saver.saveVerified(TreeBlob, t.id, t.raw); err != nil {
+		if err := c.dst.saveVerified(TreeBlob, t.id, t.raw); err != nil {
 			return err
 		}
 		c.queued.Add(int64(len(t.raw)))

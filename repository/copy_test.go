@@ -125,7 +125,7 @@ func TestCopyResumesAfterInterruption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st1, err := copySnapshots(cctx, src, dst, []*Snapshot{sn}, nil, 1<<20)
+	st1, err := copySnapshots(cctx, src, dst, []*Snapshot{sn}, nil, copyConfig{commitEvery: 1 << 20})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("interrupted copy: err %v, want context.Canceled", err)
 	}

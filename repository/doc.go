@@ -41,11 +41,19 @@
 //     a callback; a blob that fails arrives as a *BlobError naming pack
 //     and blob, and the read goes on with the next.
 //   - Operations on top: backup and stream backup, restore, check and
-//     fixity, forget and prune, copy, stats and ls. Where a part needs
-//     only one role of another, it names that role as a small interface
-//     where it is used (backup's blob sink, copy's blob loader, the pack
-//     reader's loader and opener), so that a test can hand it a real part
-//     wrapped to count or to fail.
+//     fixity, forget and prune, copy, stats and ls. Backup, restore, check
+//     (and fixity, which shares its state) and copy do not hold the whole
+//     repository: each asks for the roles it uses, small interfaces
+//     defined where they are used. Backup writes to a blob sink; restore
+//     and copy's source read through where a blob is, trees a level at a
+//     time, and pack readers; RestoreFile through single trees and blobs;
+//     check through the backend's listings and loads, an opener of the
+//     keyed objects (index files, snapshots, pack headers) and pack
+//     readers; copy writes to its destination's write session (dedup
+//     lookup, saver, commits); the pack reader loads through a loader and
+//     verifies through an opener. A test hands any of them a real part
+//     wrapped to count or to fail in one role. Forget, prune, stats and
+//     ls still take the repository itself.
 //
 // # Contracts between the parts
 //

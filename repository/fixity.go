@@ -104,7 +104,7 @@ func (r *Repository) VerifyPacks(ctx context.Context, packs []ID) ([]PackVerdict
 
 // verifyPackSet reads packs once with a fresh view of the index.
 func (r *Repository) verifyPackSet(ctx context.Context, packs []ID) (*checkState, []PackVerdict, error) {
-	c := newCheckState(r)
+	c := newCheckState(r.checkSource())
 	if err := c.checkIndex(ctx); err != nil {
 		return nil, nil, err
 	}

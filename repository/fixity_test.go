@@ -26,7 +26,7 @@ func TestVerifyHealPack(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A pack holding data of a/: the first blob of the first file.
-	node, err := f.r.findNode(ctx, f.snapA.Tree, "a-01.bin")
+	node, err := findNode(ctx, f.r, f.snapA.Tree, "a-01.bin")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func TestVerifyHealPack(t *testing.T) {
 func TestVerifyDigestsFindsDamage(t *testing.T) {
 	ctx := context.Background()
 	f := newCorruptionFixture(t)
-	node, err := f.r.findNode(ctx, f.snapB.Tree, "b-02.bin")
+	node, err := findNode(ctx, f.r, f.snapB.Tree, "b-02.bin")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func TestVerifyHealPackS3(t *testing.T) {
 	if _, err := Copy(ctx, r, replica, []*Snapshot{sn}, nil); err != nil {
 		t.Fatal(err)
 	}
-	node, err := r.findNode(ctx, sn.Tree, "s-01.bin")
+	node, err := findNode(ctx, r, sn.Tree, "s-01.bin")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -88,8 +88,18 @@ func anyError(context.Context, error) bool { return true }
 // listIDs lists the objects of type t whose names are valid ids. Other
 // names are reported through bad (may be nil).
 func (r *Repository) listIDs(ctx context.Context, t backend.FileType, bad func(name string)) ([]ID, error) {
+	return listObjectIDs(ctx, r.be, t, bad)
+}
+
+// lister lists a backend's objects of one type (backend.Backend.List).
+type lister interface {
+	List(ctx context.Context, t backend.FileType, fn func(backend.FileInfo) error) error
+}
+
+// listObjectIDs is listIDs on be.
+func listObjectIDs(ctx context.Context, be lister, t backend.FileType, bad func(name string)) ([]ID, error) {
 	var ids []ID
-	err := r.be.List(ctx, t, func(fi backend.FileInfo) error {
+	err := be.List(ctx, t, func(fi backend.FileInfo) error {
 		id, err := ParseID(fi.Name)
 		if err != nil {
 			if bad != nil {
@@ -351,3 +361,11 @@ func (r *Repository) index() *index.Index {
 	defer r.idxMu.RUnlock()
 	return r.idx
 }
+
+// lookupBlob returns where the current index says h is stored.
+func (r *Repository) lookupBlob(h BlobHandle) (ID, format.PackedBlob, bool) {
+	return r.index().Lookup(h)
+}
+
+// hasBlob reports whether the current index lists h.
+func (r *Repository) hasBlob(h BlobHandle) bool { return r.index().Has(h) }

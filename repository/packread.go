@@ -60,6 +60,14 @@ type blobOpener interface {
 	openBlob(pb format.PackedBlob, sealed, dst []byte) ([]byte, error)
 }
 
+// packSource is what an operation needs to read packs: pack readers of one
+// repository's packs, and how many requests to keep in flight on its
+// storage. *Repository is one; a test wraps it to count or to fail reads.
+type packSource interface {
+	newPackReader(keepSealed bool) *packReader
+	readers(local int) int
+}
+
 // newPackReader returns a pack reader of r's packs.
 func (r *Repository) newPackReader(keepSealed bool) *packReader {
 	return &packReader{be: r.be, opener: r, keepSealed: keepSealed}
@@ -117,13 +125,13 @@ func (pr *packReader) read(ctx context.Context, pack ID, entries []format.Packed
 	return nil
 }
 
-// readPackSet reads the given entries of several packs: each pack with one
-// pr.read, so that its nearby blobs share a request, and up to workers
-// packs at a time, so that remote storage is not read one round trip after
-// another. fn is called concurrently for different packs, and for the blobs
+// readPackSet reads the given entries of several packs of src: each pack
+// with one pr.read, so that its nearby blobs share a request, and up to
+// workers packs at a time, so that remote storage is not read one round
+// trip after another. fn is called concurrently for different packs, and for the blobs
 // of one pack in offset order; like read, readPackSet returns an error only
 // when ctx ends or fn fails.
-func (r *Repository) readPackSet(ctx context.Context, packs map[ID][]format.PackedBlob, workers int, fn func(pack ID, b readBlob) error) error {
+func readPackSet(ctx context.Context, src packSource, packs map[ID][]format.PackedBlob, workers int, fn func(pack ID, b readBlob) error) error {
 	ids := make([]ID, 0, len(packs))
 	for id := range packs {
 		ids = append(ids, id)
@@ -133,7 +141,7 @@ func (r *Repository) readPackSet(ctx context.Context, packs map[ID][]format.Pack
 	g.SetLimit(max(1, workers))
 	for _, id := range ids {
 		g.Go(func() error {
-			pr := r.newPackReader(false)
+			pr := src.newPackReader(false)
 			return pr.read(gctx, id, packs[id], func(b readBlob) error { return fn(id, b) })
 		})
 	}

@@ -469,7 +469,7 @@ func TestModifiedWhileReading(t *testing.T) {
 			if len(sn.Warnings) != 1 || !strings.Contains(sn.Warnings[0], "busy.bin") || !strings.Contains(sn.Warnings[0], tc.wantWarn) {
 				t.Fatalf("warnings %q", sn.Warnings)
 			}
-			n, err := r.findNode(ctx, sn.Tree, "busy.bin")
+			n, err := findNode(ctx, r, sn.Tree, "busy.bin")
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -83,8 +83,31 @@ type packBlob struct {
 	uses []blobUse
 }
 
+// What restore reads of a repository, each role named where it is used,
+// so that a test can hand the restorer a real repository wrapped to count
+// or to fail in one of them.
+
+// blobLocator says where a blob is stored: the repository's index.
+type blobLocator interface {
+	lookupBlob(h BlobHandle) (pack ID, pb format.PackedBlob, ok bool)
+}
+
+// treeLoader loads trees by pack, several packs at once
+// (Repository.loadTrees).
+type treeLoader interface {
+	loadTrees(ctx context.Context, ids []ID, keepRaw bool) (map[ID]loadedTree, error)
+}
+
+// restoreSource is the repository as a restore reads it: the trees to
+// plan from, where each data blob is, and the packs that hold them.
+type restoreSource interface {
+	blobLocator
+	treeLoader
+	packSource
+}
+
 type restorer struct {
-	r      *Repository
+	src    restoreSource
 	root   *os.Root
 	asRoot bool
 	umask  int // -1 when unknown
@@ -215,15 +238,20 @@ func (r *Repository) Restore(ctx context.Context, snap *Snapshot, target string,
 // ever resolved outside that target. Messages name the folder by
 // root.Name().
 func (r *Repository) RestoreRoot(ctx context.Context, snap *Snapshot, root *os.Root, opts RestoreOptions) (*RestoreStats, error) {
+	if err := r.refreshIndex(ctx, false); err != nil {
+		return nil, fmt.Errorf("restore snapshot %s: %w", snap.ID.Short(), err)
+	}
+	return restoreRoot(ctx, r, snap, root, opts)
+}
+
+// restoreRoot is RestoreRoot reading from src, whose index is up to date.
+func restoreRoot(ctx context.Context, src restoreSource, snap *Snapshot, root *os.Root, opts RestoreOptions) (*RestoreStats, error) {
 	target := root.Name()
 	filter, err := newIncludeFilter(opts.Include)
 	if err != nil {
 		return nil, err
 	}
-	if err := r.refreshIndex(ctx, false); err != nil {
-		return nil, fmt.Errorf("restore snapshot %s: %w", snap.ID.Short(), err)
-	}
-	rs := &restorer{r: r, root: root, asRoot: os.Geteuid() == 0, umask: readUmask(),
+	rs := &restorer{src: src, root: root, asRoot: os.Geteuid() == 0, umask: readUmask(),
 		packs: map[ID]map[ID]*packBlob{}, zeroIDs: map[uint32]ID{}, handles: map[string]*dirHandle{}}
 	stop := rs.startProgress(opts.Progress)
 	defer stop()
@@ -326,7 +354,7 @@ func (rs *restorer) loadPlanTrees(ctx context.Context, rootTree ID, filter *incl
 				ids = append(ids, d.id)
 			}
 		}
-		got, err := rs.r.loadTrees(ctx, ids, false)
+		got, err := rs.src.loadTrees(ctx, ids, false)
 		if err != nil {
 			return nil, err
 		}
@@ -507,7 +535,7 @@ func (rs *restorer) planFile(p string, n *format.Node, links map[[2]uint64]strin
 		locs = make([]located, 0, len(n.Content))
 	)
 	for _, id := range n.Content {
-		pack, pb, ok := rs.r.index().Lookup(format.DataHandle(id))
+		pack, pb, ok := rs.src.lookupBlob(format.DataHandle(id))
 		if !ok {
 			rf.errs = append(rf.errs, &BlobError{Blob: id, Type: DataBlob, Err: errors.New("data blob not in index")})
 			break
@@ -871,7 +899,7 @@ func (rs *restorer) ranges() []packRange {
 	order := map[ID]int{}
 	for i, f := range rs.files {
 		for _, c := range f.node.Content {
-			if p, _, ok := rs.r.index().Lookup(format.DataHandle(c)); ok {
+			if p, _, ok := rs.src.lookupBlob(format.DataHandle(c)); ok {
 				if _, seen := order[p]; !seen {
 					order[p] = i
 				}
@@ -906,7 +934,7 @@ func (rs *restorer) ranges() []packRange {
 // bytes is written.
 func (rs *restorer) writeContents(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(rs.r.readers(max(restoreFetchWorkers, 2*runtime.GOMAXPROCS(0))))
+	g.SetLimit(rs.src.readers(max(restoreFetchWorkers, 2*runtime.GOMAXPROCS(0))))
 	for _, h := range rs.handles {
 		if len(h.files) == 0 {
 			continue
@@ -929,7 +957,7 @@ func (rs *restorer) writeContents(ctx context.Context) error {
 		g.Go(func() error {
 			pr, _ := pool.Get().(*packReader)
 			if pr == nil {
-				pr = rs.r.newPackReader(false)
+				pr = rs.src.newPackReader(false)
 			}
 			err := pr.read(gctx, rg.pack, rg.entries, func(b readBlob) error {
 				rs.deliver(rg.blobs[b.Index], b.Plain, b.Err)
@@ -949,7 +977,29 @@ func (r *Repository) RestoreFile(ctx context.Context, snap *Snapshot, p string, 
 	if err := r.refreshIndex(ctx, false); err != nil {
 		return fmt.Errorf("restore %q from snapshot %s: %w", p, snap.ID.Short(), err)
 	}
-	n, err := r.findNode(ctx, snap.Tree, p)
+	return restoreFileFrom(ctx, r, snap, p, w)
+}
+
+// treeGetter loads, verifies and decodes one tree (Repository.loadTree).
+type treeGetter interface {
+	loadTree(ctx context.Context, id ID) (*format.Tree, error)
+}
+
+// blobLoader loads one blob and verifies it (Repository.loadBlob).
+type blobLoader interface {
+	loadBlob(ctx context.Context, t BlobType, id ID, buf []byte) ([]byte, error)
+}
+
+// fileSource is the repository as RestoreFile reads it: the trees down to
+// the file, then its blobs one by one.
+type fileSource interface {
+	treeGetter
+	blobLoader
+}
+
+// restoreFileFrom is RestoreFile reading from src, whose index is up to date.
+func restoreFileFrom(ctx context.Context, src fileSource, snap *Snapshot, p string, w io.Writer) error {
+	n, err := findNode(ctx, src, snap.Tree, p)
 	if err != nil {
 		return fmt.Errorf("restore %q from snapshot %s: %w", p, snap.ID.Short(), err)
 	}
@@ -976,7 +1026,7 @@ func (r *Repository) RestoreFile(ctx context.Context, snap *Snapshot, p string, 
 				return
 			}
 			go func() {
-				b, err := r.loadBlob(ctx, DataBlob, id, nil)
+				b, err := src.loadBlob(ctx, DataBlob, id, nil)
 				results[i] <- result{b, err}
 			}()
 		}
@@ -1005,7 +1055,7 @@ func (r *Repository) RestoreFile(ctx context.Context, snap *Snapshot, p string, 
 }
 
 // findNode resolves a slash path in a tree.
-func (r *Repository) findNode(ctx context.Context, treeID ID, p string) (*format.Node, error) {
+func findNode(ctx context.Context, trees treeGetter, treeID ID, p string) (*format.Node, error) {
 	c := path.Clean("/" + p)[1:]
 	if c == "" {
 		return nil, errors.New("empty path")
@@ -1013,7 +1063,7 @@ func (r *Repository) findNode(ctx context.Context, treeID ID, p string) (*format
 	els := strings.Split(c, "/")
 	id := treeID
 	for i, el := range els {
-		t, err := r.loadTree(ctx, id)
+		t, err := trees.loadTree(ctx, id)
 		if err != nil {
 			return nil, err
 		}

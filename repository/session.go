@@ -118,6 +118,16 @@ func (w *writeSession) commit() ([]format.IndexPack, error) {
 	return packs, nil
 }
 
+// saveVerified hands the current saver a blob already verified against id.
+func (w *writeSession) saveVerified(t BlobType, id ID, data []byte) error {
+	return w.saver.saveVerified(t, id, data)
+}
+
+// hasBlob reports whether the repository's index lists h: the session
+// started from a strictly refreshed one, so that writers dedup against
+// every committed blob.
+func (w *writeSession) hasBlob(h BlobHandle) bool { return w.r.hasBlob(h) }
+
 // saveSnapshot records sn, whose blobs must all be committed.
 func (w *writeSession) saveSnapshot(sn *Snapshot) error {
 	if err := w.lock.Valid(); err != nil {

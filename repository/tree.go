@@ -59,7 +59,7 @@ func (r *Repository) loadTrees(ctx context.Context, ids []ID, keepRaw bool) (map
 		want[pack] = append(want[pack], pb)
 	}
 	var mu sync.Mutex
-	err := r.readPackSet(ctx, want, r.readers(treeWorkers()), func(_ ID, b readBlob) error {
+	err := readPackSet(ctx, r, want, r.readers(treeWorkers()), func(_ ID, b readBlob) error {
 		var lt loadedTree
 		if b.Err != nil {
 			lt.err = fmt.Errorf("load tree: %w", b.Err)

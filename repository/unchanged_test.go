@@ -25,7 +25,7 @@ func TestUnchangedComparesEveryField(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	old, err := r.findNode(ctx, sn.Tree, "f")
+	old, err := findNode(ctx, r, sn.Tree, "f")
 	if err != nil {
 		t.Fatal(err)
 	}
