@@ -847,50 +847,104 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 	// chunks (chunk_min plus twice the average excess: 86% of them), so
 	// a new chunk is not copied again; a larger one is.
 	fit := int(min(b.r.cfg.MaxChunk, b.r.cfg.MinChunk+2<<b.r.cfg.AverageBits()))
-	for i := 0; ; i++ {
-		bfull, bdata := b.saver.newBuf(fit)
-		c, err := cs.ch.Next(bdata[:0:fit])
-		if err == io.EOF {
-			b.bufs.put(bfull)
-			break
-		}
-		if err != nil {
-			b.bufs.put(bfull)
-			return nil, err
-		}
-		cs.digest.Write(c.Data)
-		id := w.blobID(c.Data)
-		if b.r.testHookChunk != nil {
-			b.r.testHookChunk(p, i)
-		}
-		res.content = append(res.content, id)
-		res.size += int64(len(c.Data))
-		switch {
-		case b.r.index().Has(format.DataHandle(id)):
-			b.bufs.put(bfull)
-		case &c.Data[:1][0] == &bdata[:1][0]: // not reallocated: cut in place
-			if _, err := b.saver.save(DataBlob, id, bfull, len(c.Data)); err != nil {
-				return nil, &repoError{err}
-			}
-		default:
-			b.bufs.put(bfull)
-			full, buf := b.saver.newBuf(len(c.Data))
-			copy(buf, c.Data)
-			if _, err := b.saver.save(DataBlob, id, full, len(c.Data)); err != nil {
-				return nil, &repoError{err}
-			}
-		}
-		if i%8 == 7 {
-			if err := b.ctx.Err(); err != nil {
-				return nil, &repoError{context.Cause(b.ctx)}
-			}
-		}
+	// The chunks are hashed (blob id and whole-file digest) and queued by
+	// another goroutine while this one cuts the next: one large file, as
+	// in a backup that finds one big file changed, then keeps both cores
+	// busy instead of one. The channel is unbuffered: the hand-off costs
+	// one chunk buffer per chunker, the one being cut while the previous
+	// one is hashed.
+	cuts := make(chan cutChunk)
+	stored := make(chan struct{})
+	var storeErr error
+	go func() {
+		defer close(stored)
+		storeErr = w.storeChunks(cuts, cs.digest, res)
+	}()
+	cutErr := w.cutChunks(p, cs.ch, fit, cuts, stored)
+	close(cuts)
+	<-stored
+	if storeErr != nil {
+		return nil, storeErr
+	}
+	if cutErr != nil {
+		return nil, cutErr
 	}
 	copy(res.digest[:], cs.digest.Sum(nil))
 	if err := syscall.Fstat(int(f.Fd()), &res.after); err != nil {
 		return nil, fmt.Errorf("fstat: %w", err)
 	}
 	return res, nil
+}
+
+// cutChunk is one chunk of a large file on its way from cutChunks to
+// storeChunks: data is the chunk, inside full (from newBuf) when the
+// chunker cut it in place, else in a slice of its own (full then nil).
+type cutChunk struct {
+	full, data []byte
+}
+
+// cutChunks cuts a file into chunks and sends them to cuts in order, until
+// the end of the file, an error, or stored closing (storeChunks failed).
+func (w *chunkWorker) cutChunks(p string, ch *chunker.Chunker, fit int, cuts chan<- cutChunk, stored <-chan struct{}) error {
+	b := w.b
+	for i := 0; ; i++ {
+		bfull, bdata := b.saver.newBuf(fit)
+		c, err := ch.Next(bdata[:0:fit])
+		if err == io.EOF {
+			b.bufs.put(bfull)
+			return nil
+		}
+		if err != nil {
+			b.bufs.put(bfull)
+			return err
+		}
+		cut := cutChunk{full: bfull, data: c.Data}
+		if &c.Data[:1][0] != &bdata[:1][0] { // reallocated: too large for fit
+			b.bufs.put(bfull)
+			cut.full = nil
+		}
+		if b.r.testHookChunk != nil {
+			b.r.testHookChunk(p, i)
+		}
+		select {
+		case cuts <- cut:
+		case <-stored:
+			b.bufs.put(cut.full)
+			return nil // storeChunks' error is the one reported
+		}
+		if i%8 == 7 {
+			if err := b.ctx.Err(); err != nil {
+				return &repoError{context.Cause(b.ctx)}
+			}
+		}
+	}
+}
+
+// storeChunks hashes the chunks from cuts in order into the file digest
+// and res, and queues the new ones. It returns at the first error.
+func (w *chunkWorker) storeChunks(cuts <-chan cutChunk, digest hash.Hash, res *readResult) error {
+	b := w.b
+	for c := range cuts {
+		digest.Write(c.data)
+		id := w.blobID(c.data)
+		res.content = append(res.content, id)
+		res.size += int64(len(c.data))
+		switch {
+		case b.r.index().Has(format.DataHandle(id)):
+			b.bufs.put(c.full)
+		case c.full != nil:
+			if _, err := b.saver.save(DataBlob, id, c.full, len(c.data)); err != nil {
+				return &repoError{err}
+			}
+		default:
+			full, buf := b.saver.newBuf(len(c.data))
+			copy(buf, c.data)
+			if _, err := b.saver.save(DataBlob, id, full, len(c.data)); err != nil {
+				return &repoError{err}
+			}
+		}
+	}
+	return nil
 }
 
 // readSmall is io.ReadFull for the first read of a file whose fstat said
