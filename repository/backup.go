@@ -18,10 +18,12 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/custos-backup/custos/repository/format"
 	"github.com/restic/chunker"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 )
 
 // Progress reports how far a backup or restore is.
@@ -827,7 +829,9 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 	// Larger file: content-defined chunks. The bytes already read are fed
 	// to the chunker first.
 	head := &bytesReader{b: small}
-	rd := io.MultiReader(head, f)
+	ra := newReadAhead(f, int64(len(small)), b.bufs)
+	defer ra.close()
+	rd := io.MultiReader(head, ra)
 	var cs *chunkState
 	select {
 	case cs = <-b.chunkers:
@@ -945,6 +949,177 @@ func (w *chunkWorker) storeChunks(cuts <-chan cutChunk, digest hash.Hash, res *r
 		}
 	}
 	return nil
+}
+
+// readAhead reads a large file on a goroutine of its own, a buffer ahead
+// of its reader: waiting for the disk then happens on the other core while
+// the chunker cuts what was read before. It reads with O_DIRECT where the
+// file system allows it: for large files on a cold cache, the page cache's
+// work (allocating, filling and copying pages, later evicting them) cost
+// as much CPU as SHA-256 did (sys 0.3 to 0.6 s for 610 MB read buffered,
+// 0.04 s direct, here). Small files gain nothing from it (their cost is
+// opening and the inode), and they are read before a readAhead starts.
+type readAhead struct {
+	f      *os.File
+	off    int64 // file offset of the next read
+	bufs   *bufPool
+	full   chan readAheadBuf // read, in file order
+	free   chan []byte       // consumed, to read into again
+	done   chan struct{}     // closed by close: stop reading
+	exited chan struct{}     // closed when the goroutine returns
+	direct atomic.Bool       // O_DIRECT is on
+	// directBytes counts the bytes read with O_DIRECT (tests look).
+	directBytes atomic.Int64
+	// tryDirect: O_DIRECT is still to be turned on at the first aligned
+	// offset (false when the buffers are not aligned).
+	tryDirect bool
+	cur       readAheadBuf
+	pos       int
+	held      [][]byte // the pooled buffers, to return them
+}
+
+type readAheadBuf struct {
+	b   []byte
+	err error // after b
+}
+
+const (
+	// readAheadSize is the size of each of the two buffers: one read
+	// (one I/O, with O_DIRECT) each.
+	readAheadSize = 512 << 10
+	// directAlign is the alignment O_DIRECT asks of buffers and offsets
+	// (the logical block size, at most a page).
+	directAlign = 4096
+)
+
+// newReadAhead reads f from offset off, where its file offset is.
+func newReadAhead(f *os.File, off int64, bufs *bufPool) *readAhead {
+	ra := &readAhead{
+		f:      f,
+		off:    off,
+		bufs:   bufs,
+		full:   make(chan readAheadBuf, 1),
+		free:   make(chan []byte, 2),
+		done:   make(chan struct{}),
+		exited: make(chan struct{}),
+	}
+	aligned := true
+	for range 2 {
+		// Pooled buffers this large are whole pages of the Go heap, so
+		// they are aligned; should one not be, the file is read
+		// buffered.
+		b := bufs.get(readAheadSize)
+		ra.held = append(ra.held, b)
+		aligned = aligned && uintptr(unsafe.Pointer(unsafe.SliceData(b)))%directAlign == 0
+		ra.free <- b
+	}
+	ra.tryDirect = aligned
+	go ra.run()
+	return ra
+}
+
+func (ra *readAhead) run() {
+	defer close(ra.exited)
+	// O_DIRECT reads must start at an aligned offset: the first one is
+	// shortened to reach one (chunk_min need not be a multiple of 4 KiB).
+	for {
+		var buf []byte
+		select {
+		case buf = <-ra.free:
+		case <-ra.done:
+			return
+		}
+		want := len(buf)
+		if r := int(ra.off % directAlign); r != 0 {
+			want = directAlign - r
+		} else if ra.tryDirect {
+			ra.tryDirect = false
+			ra.direct.Store(ra.setDirect(true))
+		}
+		n, err := ra.read(buf[:want])
+		ra.off += int64(n)
+		select {
+		case ra.full <- readAheadBuf{b: buf[:n], err: err}:
+		case <-ra.done:
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// read fills buf unless the file ends first (io.EOF, with what there
+// was). A file system that refuses O_DIRECT reads at read time (EINVAL)
+// is read through the page cache from then on.
+func (ra *readAhead) read(buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := ra.f.Read(buf[n:])
+		if ra.direct.Load() && m > 0 {
+			ra.directBytes.Add(int64(m))
+		}
+		if errors.Is(err, syscall.EINVAL) && ra.direct.Load() {
+			ra.direct.Store(false)
+			if !ra.setDirect(false) {
+				return n, err
+			}
+			continue
+		}
+		// A direct read that ends short of a block ends at the end of
+		// the file, or the file grew: then the next read, at an
+		// unaligned offset, fails with EINVAL and goes buffered.
+		n += m
+		if err != nil {
+			return n, err
+		}
+		if m == 0 {
+			return n, io.EOF
+		}
+	}
+	return n, nil
+}
+
+// setDirect turns O_DIRECT on or off for the file and reports whether it
+// worked.
+func (ra *readAhead) setDirect(on bool) bool {
+	fd := int(ra.f.Fd())
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return false
+	}
+	if on {
+		fl |= unix.O_DIRECT
+	} else {
+		fl &^= unix.O_DIRECT
+	}
+	_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl)
+	return err == nil
+}
+
+func (ra *readAhead) Read(p []byte) (int, error) {
+	for ra.pos == len(ra.cur.b) {
+		if ra.cur.err != nil {
+			return 0, ra.cur.err
+		}
+		if ra.cur.b != nil {
+			ra.free <- ra.cur.b[:readAheadSize] // never blocks: two buffers, two slots
+		}
+		ra.cur, ra.pos = <-ra.full, 0
+	}
+	n := copy(p, ra.cur.b[ra.pos:])
+	ra.pos += n
+	return n, nil
+}
+
+// close stops the goroutine and waits for it, so that the file can be
+// closed, and returns the buffers to the pool.
+func (ra *readAhead) close() {
+	close(ra.done)
+	<-ra.exited
+	for _, b := range ra.held {
+		ra.bufs.put(b)
+	}
 }
 
 // readSmall is io.ReadFull for the first read of a file whose fstat said
