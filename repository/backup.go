@@ -829,9 +829,6 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 	// Larger file: content-defined chunks. The bytes already read are fed
 	// to the chunker first.
 	head := &bytesReader{b: small}
-	ra := newReadAhead(f, int64(len(small)), b.bufs)
-	defer ra.close()
-	rd := io.MultiReader(head, ra)
 	var cs *chunkState
 	select {
 	case cs = <-b.chunkers:
@@ -840,6 +837,21 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 		return nil, &repoError{context.Cause(b.ctx)}
 	}
 	defer func() { b.chunkers <- cs }()
+	// Alone (no other large file being chunked), as when a backup finds
+	// one big file changed, the file is read a buffer ahead and its
+	// chunks hashed and queued on two more goroutines, so that both cores
+	// work on it. With another large file on the other core that gains
+	// nothing and would cost the two read buffers and a chunk buffer more
+	// per file, so then one goroutine does it all, as before.
+	alone := len(b.chunkers) == cap(b.chunkers)-1
+	dr := &directReader{f: f, off: int64(len(small))}
+	var src io.Reader = dr
+	if alone {
+		ra := newReadAhead(dr, b.bufs)
+		defer ra.close()
+		src = ra
+	}
+	rd := io.MultiReader(head, src)
 	if cs == nil {
 		cs = &chunkState{ch: b.r.cfg.NewChunker(rd), digest: sha256.New()}
 	} else {
@@ -851,27 +863,44 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 	// chunks (chunk_min plus twice the average excess: 86% of them), so
 	// a new chunk is not copied again; a larger one is.
 	fit := int(min(b.r.cfg.MaxChunk, b.r.cfg.MinChunk+2<<b.r.cfg.AverageBits()))
-	// The chunks are hashed (blob id and whole-file digest) and queued by
-	// another goroutine while this one cuts the next: one large file, as
-	// in a backup that finds one big file changed, then keeps both cores
-	// busy instead of one. The channel is unbuffered: the hand-off costs
-	// one chunk buffer per chunker, the one being cut while the previous
-	// one is hashed.
-	cuts := make(chan cutChunk)
-	stored := make(chan struct{})
-	var storeErr error
-	go func() {
-		defer close(stored)
-		storeErr = w.storeChunks(cuts, cs.digest, res)
-	}()
-	cutErr := w.cutChunks(p, cs.ch, fit, cuts, stored)
-	close(cuts)
-	<-stored
-	if storeErr != nil {
-		return nil, storeErr
-	}
-	if cutErr != nil {
-		return nil, cutErr
+	if !alone {
+		err := w.cutChunks(p, cs.ch, fit, func(c cutChunk) error { return w.storeChunk(c, cs.digest, res) })
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		// The channel is unbuffered: the hand-off costs one chunk buffer,
+		// the one being cut while the previous one is hashed.
+		cuts := make(chan cutChunk)
+		stored := make(chan struct{})
+		// stop ends cutChunks when storing failed; storeErr is reported.
+		stop := errors.New("storing the chunks failed")
+		var storeErr error
+		go func() {
+			defer close(stored)
+			for c := range cuts {
+				if storeErr = w.storeChunk(c, cs.digest, res); storeErr != nil {
+					return
+				}
+			}
+		}()
+		cutErr := w.cutChunks(p, cs.ch, fit, func(c cutChunk) error {
+			select {
+			case cuts <- c:
+				return nil
+			case <-stored:
+				b.bufs.put(c.full)
+				return stop
+			}
+		})
+		close(cuts)
+		<-stored
+		if storeErr != nil {
+			return nil, storeErr
+		}
+		if cutErr != nil {
+			return nil, cutErr
+		}
 	}
 	copy(res.digest[:], cs.digest.Sum(nil))
 	if err := syscall.Fstat(int(f.Fd()), &res.after); err != nil {
@@ -887,9 +916,9 @@ type cutChunk struct {
 	full, data []byte
 }
 
-// cutChunks cuts a file into chunks and sends them to cuts in order, until
-// the end of the file, an error, or stored closing (storeChunks failed).
-func (w *chunkWorker) cutChunks(p string, ch *chunker.Chunker, fit int, cuts chan<- cutChunk, stored <-chan struct{}) error {
+// cutChunks cuts a file into chunks and passes them to store in order,
+// until the end of the file or an error (its own, or store's).
+func (w *chunkWorker) cutChunks(p string, ch *chunker.Chunker, fit int, store func(cutChunk) error) error {
 	b := w.b
 	for i := 0; ; i++ {
 		bfull, bdata := b.saver.newBuf(fit)
@@ -910,11 +939,8 @@ func (w *chunkWorker) cutChunks(p string, ch *chunker.Chunker, fit int, cuts cha
 		if b.r.testHookChunk != nil {
 			b.r.testHookChunk(p, i)
 		}
-		select {
-		case cuts <- cut:
-		case <-stored:
-			b.bufs.put(cut.full)
-			return nil // storeChunks' error is the one reported
+		if err := store(cut); err != nil {
+			return err
 		}
 		if i%8 == 7 {
 			if err := b.ctx.Err(); err != nil {
@@ -924,58 +950,107 @@ func (w *chunkWorker) cutChunks(p string, ch *chunker.Chunker, fit int, cuts cha
 	}
 }
 
-// storeChunks hashes the chunks from cuts in order into the file digest
-// and res, and queues the new ones. It returns at the first error.
-func (w *chunkWorker) storeChunks(cuts <-chan cutChunk, digest hash.Hash, res *readResult) error {
+// storeChunk hashes a chunk into the file digest and res, and queues it
+// when it is new. It takes c.full.
+func (w *chunkWorker) storeChunk(c cutChunk, digest hash.Hash, res *readResult) error {
 	b := w.b
-	for c := range cuts {
-		digest.Write(c.data)
-		id := w.blobID(c.data)
-		res.content = append(res.content, id)
-		res.size += int64(len(c.data))
-		switch {
-		case b.r.index().Has(format.DataHandle(id)):
-			b.bufs.put(c.full)
-		case c.full != nil:
-			if _, err := b.saver.save(DataBlob, id, c.full, len(c.data)); err != nil {
-				return &repoError{err}
-			}
-		default:
-			full, buf := b.saver.newBuf(len(c.data))
-			copy(buf, c.data)
-			if _, err := b.saver.save(DataBlob, id, full, len(c.data)); err != nil {
-				return &repoError{err}
-			}
+	digest.Write(c.data)
+	id := w.blobID(c.data)
+	res.content = append(res.content, id)
+	res.size += int64(len(c.data))
+	switch {
+	case b.r.index().Has(format.DataHandle(id)):
+		b.bufs.put(c.full)
+	case c.full != nil:
+		if _, err := b.saver.save(DataBlob, id, c.full, len(c.data)); err != nil {
+			return &repoError{err}
+		}
+	default:
+		full, buf := b.saver.newBuf(len(c.data))
+		copy(buf, c.data)
+		if _, err := b.saver.save(DataBlob, id, full, len(c.data)); err != nil {
+			return &repoError{err}
 		}
 	}
 	return nil
 }
 
-// readAhead reads a large file on a goroutine of its own, a buffer ahead
-// of its reader: waiting for the disk then happens on the other core while
-// the chunker cuts what was read before. It reads with O_DIRECT where the
-// file system allows it: for large files on a cold cache, the page cache's
-// work (allocating, filling and copying pages, later evicting them) cost
-// as much CPU as SHA-256 did (sys 0.3 to 0.6 s for 610 MB read buffered,
-// 0.04 s direct, here). Small files gain nothing from it (their cost is
-// opening and the inode), and they are read before a readAhead starts.
-type readAhead struct {
+// directReader reads a file with O_DIRECT where it can: for large files on
+// a cold cache, the page cache's work (allocating, filling and copying
+// pages, later evicting them) cost as much CPU as SHA-256 did (sys 0.3 to
+// 0.6 s for 610 MB read buffered, 0.04 s direct, here). Small files gain
+// nothing from it (their cost is opening and the inode), and they are read
+// before a directReader starts. A read goes direct when its offset, buffer
+// and length are aligned, else through the page cache; a file system that
+// refuses O_DIRECT (EINVAL) is read through the page cache. The chunker's
+// and readAhead's buffers are aligned (whole pages of the Go heap) and
+// hold the file from aligned offsets on, all but the first after the
+// chunk_min bytes read before, which ends at an aligned offset.
+type directReader struct {
 	f      *os.File
 	off    int64 // file offset of the next read
+	direct bool  // O_DIRECT is set on f
+	failed bool  // O_DIRECT was refused: do not try again
+	// directBytes counts the bytes read with O_DIRECT (tests look).
+	directBytes int64
+}
+
+// directAlign is the alignment O_DIRECT asks of buffers, offsets and
+// lengths (the logical block size, at most a page).
+const directAlign = 4096
+
+func (d *directReader) Read(p []byte) (int, error) {
+	want := !d.failed && d.off%directAlign == 0 && len(p) >= directAlign && len(p)%directAlign == 0 &&
+		uintptr(unsafe.Pointer(unsafe.SliceData(p)))%directAlign == 0
+	if want != d.direct && !d.setDirect(want) {
+		d.failed = true
+	}
+	n, err := d.f.Read(p)
+	if errors.Is(err, syscall.EINVAL) && d.direct {
+		d.failed = true
+		if !d.setDirect(false) {
+			return n, err
+		}
+		n, err = d.f.Read(p)
+	} else if d.direct {
+		d.directBytes += int64(n)
+	}
+	d.off += int64(n)
+	return n, err
+}
+
+// setDirect turns O_DIRECT on or off for the file and reports whether it
+// worked.
+func (d *directReader) setDirect(on bool) bool {
+	fd := uintptr(d.f.Fd())
+	fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
+	if err != nil {
+		return false
+	}
+	if on {
+		fl |= unix.O_DIRECT
+	} else {
+		fl &^= unix.O_DIRECT
+	}
+	if _, err := unix.FcntlInt(fd, unix.F_SETFL, fl); err != nil {
+		return false
+	}
+	d.direct = on
+	return true
+}
+
+// readAhead reads on a goroutine of its own, a buffer ahead of its reader:
+// the read calls (and, on a cold cache, the waits for the disk) then
+// happen on the other core while the chunker cuts what was read before.
+type readAhead struct {
 	bufs   *bufPool
-	full   chan readAheadBuf // read, in file order
+	full   chan readAheadBuf // read, in order
 	free   chan []byte       // consumed, to read into again
 	done   chan struct{}     // closed by close: stop reading
 	exited chan struct{}     // closed when the goroutine returns
-	direct atomic.Bool       // O_DIRECT is on
-	// directBytes counts the bytes read with O_DIRECT (tests look).
-	directBytes atomic.Int64
-	// tryDirect: O_DIRECT is still to be turned on at the first aligned
-	// offset (false when the buffers are not aligned).
-	tryDirect bool
-	cur       readAheadBuf
-	pos       int
-	held      [][]byte // the pooled buffers, to return them
+	cur    readAheadBuf
+	pos    int
+	held   [][]byte // the pooled buffers, to return them
 }
 
 type readAheadBuf struct {
@@ -983,45 +1058,29 @@ type readAheadBuf struct {
 	err error // after b
 }
 
-const (
-	// readAheadSize is the size of each of the two buffers: one read
-	// (one I/O, with O_DIRECT) each.
-	readAheadSize = 512 << 10
-	// directAlign is the alignment O_DIRECT asks of buffers and offsets
-	// (the logical block size, at most a page).
-	directAlign = 4096
-)
+// readAheadSize is the size of each of the two buffers: one read (one
+// I/O, read direct) each.
+const readAheadSize = 512 << 10
 
-// newReadAhead reads f from offset off, where its file offset is.
-func newReadAhead(f *os.File, off int64, bufs *bufPool) *readAhead {
+func newReadAhead(rd *directReader, bufs *bufPool) *readAhead {
 	ra := &readAhead{
-		f:      f,
-		off:    off,
 		bufs:   bufs,
 		full:   make(chan readAheadBuf, 1),
 		free:   make(chan []byte, 2),
 		done:   make(chan struct{}),
 		exited: make(chan struct{}),
 	}
-	aligned := true
 	for range 2 {
-		// Pooled buffers this large are whole pages of the Go heap, so
-		// they are aligned; should one not be, the file is read
-		// buffered.
 		b := bufs.get(readAheadSize)
 		ra.held = append(ra.held, b)
-		aligned = aligned && uintptr(unsafe.Pointer(unsafe.SliceData(b)))%directAlign == 0
 		ra.free <- b
 	}
-	ra.tryDirect = aligned
-	go ra.run()
+	go ra.run(rd)
 	return ra
 }
 
-func (ra *readAhead) run() {
+func (ra *readAhead) run(rd *directReader) {
 	defer close(ra.exited)
-	// O_DIRECT reads must start at an aligned offset: the first one is
-	// shortened to reach one (chunk_min need not be a multiple of 4 KiB).
 	for {
 		var buf []byte
 		select {
@@ -1029,15 +1088,16 @@ func (ra *readAhead) run() {
 		case <-ra.done:
 			return
 		}
-		want := len(buf)
-		if r := int(ra.off % directAlign); r != 0 {
-			want = directAlign - r
-		} else if ra.tryDirect {
-			ra.tryDirect = false
-			ra.direct.Store(ra.setDirect(true))
+		// From an unaligned offset (chunk_min need not be a multiple of
+		// 4 KiB), a short first read reaches an aligned one, so that
+		// the aligned buffers line up with aligned offsets after it.
+		if r := int(rd.off % directAlign); r != 0 {
+			buf = buf[:directAlign-r]
 		}
-		n, err := ra.read(buf[:want])
-		ra.off += int64(n)
+		n, err := io.ReadFull(rd, buf)
+		if err == io.ErrUnexpectedEOF {
+			err = io.EOF
+		}
 		select {
 		case ra.full <- readAheadBuf{b: buf[:n], err: err}:
 		case <-ra.done:
@@ -1047,54 +1107,6 @@ func (ra *readAhead) run() {
 			return
 		}
 	}
-}
-
-// read fills buf unless the file ends first (io.EOF, with what there
-// was). A file system that refuses O_DIRECT reads at read time (EINVAL)
-// is read through the page cache from then on.
-func (ra *readAhead) read(buf []byte) (int, error) {
-	n := 0
-	for n < len(buf) {
-		m, err := ra.f.Read(buf[n:])
-		if ra.direct.Load() && m > 0 {
-			ra.directBytes.Add(int64(m))
-		}
-		if errors.Is(err, syscall.EINVAL) && ra.direct.Load() {
-			ra.direct.Store(false)
-			if !ra.setDirect(false) {
-				return n, err
-			}
-			continue
-		}
-		// A direct read that ends short of a block ends at the end of
-		// the file, or the file grew: then the next read, at an
-		// unaligned offset, fails with EINVAL and goes buffered.
-		n += m
-		if err != nil {
-			return n, err
-		}
-		if m == 0 {
-			return n, io.EOF
-		}
-	}
-	return n, nil
-}
-
-// setDirect turns O_DIRECT on or off for the file and reports whether it
-// worked.
-func (ra *readAhead) setDirect(on bool) bool {
-	fd := int(ra.f.Fd())
-	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
-	if err != nil {
-		return false
-	}
-	if on {
-		fl |= unix.O_DIRECT
-	} else {
-		fl &^= unix.O_DIRECT
-	}
-	_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl)
-	return err == nil
 }
 
 func (ra *readAhead) Read(p []byte) (int, error) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -13,11 +14,12 @@ import (
 	"github.com/restic/chunker"
 )
 
-// TestReadAhead reads files of awkward sizes from awkward offsets through
-// readAhead and compares every byte. t.TempDir is on a disk file system
-// here, where the reads must go direct; /dev/shm (tmpfs) is read too when
-// it exists.
-func TestReadAhead(t *testing.T) {
+// TestDirectRead reads files of awkward sizes from awkward offsets with a
+// directReader, alone (in page-aligned pooled buffers, as the chunker
+// reads) and behind a readAhead, and compares every byte. t.TempDir is on
+// a disk file system here, where the reads must go direct; /dev/shm
+// (tmpfs) is read too when it exists.
+func TestDirectRead(t *testing.T) {
 	dirs := []string{t.TempDir()}
 	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
 		d, err := os.MkdirTemp("/dev/shm", "custos-readahead-")
@@ -28,64 +30,92 @@ func TestReadAhead(t *testing.T) {
 		dirs = append(dirs, d)
 	}
 	for di, dir := range dirs {
-		for _, tc := range []struct {
-			name      string
-			size, off int
-			stopAfter int // 0: read to the end; else close after this many bytes
-		}{
-			{"empty-rest", 4096, 4096, 0},
-			{"aligned", 2 << 20, 256 << 10, 0},
-			{"odd-size", 3<<20 + 12345, 256 << 10, 0},
-			{"odd-offset", 3<<20 + 1, 300001, 0},
-			{"one-byte-rest", readAheadSize + 1, readAheadSize, 0},
-			{"from-zero", readAheadSize * 3, 0, 0},
-			{"stop-early", 8 << 20, 4096, 1 << 20},
-		} {
-			t.Run(tc.name, func(t *testing.T) {
-				data := randBytes(uint64(tc.size), tc.size)
-				p := filepath.Join(dir, tc.name)
-				writeFile(t, p, data, 0o644)
-				f, err := os.Open(p)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer func() { _ = f.Close() }()
-				if _, err := f.Seek(int64(tc.off), io.SeekStart); err != nil {
-					t.Fatal(err)
-				}
-				bufs := &bufPool{}
-				ra := newReadAhead(f, int64(tc.off), bufs)
-				var got []byte
-				if tc.stopAfter > 0 {
-					got = make([]byte, tc.stopAfter)
-					_, err = io.ReadFull(ra, got)
-				} else {
-					got, err = io.ReadAll(ra)
-				}
-				ra.close()
-				if err != nil {
-					t.Fatal(err)
-				}
-				want := data[tc.off:]
-				if tc.stopAfter > 0 {
-					want = want[:tc.stopAfter]
-				}
-				mustEqual(t, got, want, tc.name)
-				if di == 0 && len(data)-tc.off >= 2*directAlign && ra.directBytes.Load() == 0 {
-					t.Errorf("nothing read with O_DIRECT from %s", dir)
-				}
-				if bufs.retained != 2*readAheadSize {
-					t.Errorf("pool holds %d bytes after close, want both buffers back", bufs.retained)
-				}
-			})
+		for _, ahead := range []bool{false, true} {
+			for _, tc := range []struct {
+				name      string
+				size, off int
+				stopAfter int // 0: read to the end; else stop after this many bytes
+			}{
+				{"empty-rest", 4096, 4096, 0},
+				{"aligned", 2 << 20, 256 << 10, 0},
+				{"odd-size", 3<<20 + 12345, 256 << 10, 0},
+				{"odd-offset", 3<<20 + 1, 300001, 0},
+				{"one-byte-rest", readAheadSize + 1, readAheadSize, 0},
+				{"from-zero", readAheadSize * 3, 0, 0},
+				{"stop-early", 8 << 20, 4096, 2 << 20},
+			} {
+				t.Run(fmt.Sprintf("%d-%v-%s", di, ahead, tc.name), func(t *testing.T) {
+					data := randBytes(uint64(tc.size), tc.size)
+					p := filepath.Join(dir, tc.name)
+					writeFile(t, p, data, 0o644)
+					f, err := os.Open(p)
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer func() { _ = f.Close() }()
+					if _, err := f.Seek(int64(tc.off), io.SeekStart); err != nil {
+						t.Fatal(err)
+					}
+					bufs := &bufPool{}
+					dr := &directReader{f: f, off: int64(tc.off)}
+					var rd io.Reader = dr
+					var ra *readAhead
+					if ahead {
+						ra = newReadAhead(dr, bufs)
+						rd = ra
+					}
+					// As in readFile, the first off bytes were read before.
+					rd = io.MultiReader(&bytesReader{b: data[:tc.off]}, rd)
+					got, err := readAligned(rd, bufs, tc.stopAfter)
+					if ra != nil {
+						ra.close()
+						if bufs.retained != 2*readAheadSize+readAheadSize {
+							t.Errorf("pool holds %d bytes after close, want every buffer back", bufs.retained)
+						}
+					}
+					if err != nil {
+						t.Fatal(err)
+					}
+					want := data
+					if tc.stopAfter > 0 {
+						want = want[:tc.stopAfter]
+					}
+					mustEqual(t, got, want, tc.name)
+					if di == 0 && len(data)-tc.off >= 2*directAlign && dr.directBytes == 0 {
+						t.Errorf("nothing read with O_DIRECT from %s", dir)
+					}
+				})
+			}
 		}
 	}
 }
 
-// TestReadAheadFallsBack makes a direct read fail (the file offset is not
-// where readAhead believes, so it is not aligned) and expects the rest of
-// the file, read through the page cache.
-func TestReadAheadFallsBack(t *testing.T) {
+// readAligned reads rd to its end (or limit bytes, if not 0) the way the
+// chunker does: io.ReadFull into one pooled buffer of readAheadSize.
+func readAligned(rd io.Reader, bufs *bufPool, limit int) ([]byte, error) {
+	buf := bufs.get(readAheadSize)
+	defer bufs.put(buf)
+	var out []byte
+	for limit == 0 || len(out) < limit {
+		n, err := io.ReadFull(rd, buf)
+		out = append(out, buf[:n]...)
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if limit > 0 {
+		out = out[:limit]
+	}
+	return out, nil
+}
+
+// TestDirectReadFallsBack makes a direct read fail (the file offset is
+// not where the reader believes, so it is not aligned) and expects the
+// rest of the file, read through the page cache.
+func TestDirectReadFallsBack(t *testing.T) {
 	data := randBytes(9, 2<<20+77)
 	p := filepath.Join(t.TempDir(), "f")
 	writeFile(t, p, data, 0o644)
@@ -97,15 +127,29 @@ func TestReadAheadFallsBack(t *testing.T) {
 	if _, err := f.Seek(100, io.SeekStart); err != nil {
 		t.Fatal(err)
 	}
-	ra := newReadAhead(f, 0, &bufPool{})
-	got, err := io.ReadAll(ra)
+	dr := &directReader{f: f}
+	got, err := readAligned(dr, &bufPool{}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustEqual(t, got, data[100:], "rest")
+	if !dr.failed || dr.direct || dr.directBytes != 0 {
+		t.Errorf("after EINVAL: failed %v, direct %v, %d bytes direct", dr.failed, dr.direct, dr.directBytes)
+	}
+	// The same behind a readAhead.
+	if _, err := f.Seek(100, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	dr = &directReader{f: f}
+	ra := newReadAhead(dr, &bufPool{})
+	got, err = readAligned(ra, &bufPool{}, 0)
 	ra.close()
 	if err != nil {
 		t.Fatal(err)
 	}
 	mustEqual(t, got, data[100:], "rest")
-	if ra.direct.Load() || ra.directBytes.Load() != 0 {
-		t.Errorf("still direct after EINVAL (direct %v, %d bytes)", ra.direct.Load(), ra.directBytes.Load())
+	if !dr.failed || dr.direct || dr.directBytes != 0 {
+		t.Errorf("after EINVAL: failed %v, direct %v, %d bytes direct", dr.failed, dr.direct, dr.directBytes)
 	}
 }
 
