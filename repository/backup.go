@@ -842,8 +842,9 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 	// chunks hashed and queued on two more goroutines, so that both cores
 	// work on it. With another large file on the other core that gains
 	// nothing and would cost the two read buffers and a chunk buffer more
-	// per file, so then one goroutine does it all, as before.
-	alone := len(b.chunkers) == cap(b.chunkers)-1
+	// per file, so then one goroutine does it all, as before; so it does
+	// on one core.
+	alone := cap(b.chunkers) > 1 && len(b.chunkers) == cap(b.chunkers)-1
 	dr := &directReader{f: f, off: int64(len(small))}
 	var src io.Reader = dr
 	if alone {

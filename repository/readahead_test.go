@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 
 	"github.com/custos-backup/custos/repository/format"
@@ -155,69 +156,84 @@ func TestDirectReadFallsBack(t *testing.T) {
 
 // TestBackupCutsLikeRestic backs up large files of odd sizes and checks
 // that their content is restic/chunker v0.4.0's chunks with the
-// repository's polynomial and sizes, in order (deduplication against
-// existing repositories depends on it), and that they restore byte-exact.
+// repository's parameters, in order (deduplication against existing
+// repositories depends on it), and that they restore byte-exact. On one
+// core the chunker's goroutine stores the chunks itself; with two and one
+// large file, the file is read ahead and stored by goroutines of its own.
 func TestBackupCutsLikeRestic(t *testing.T) {
-	ctx := context.Background()
-	r, _ := newTestRepo(t, false)
-	src := t.TempDir()
-	files := map[string][]byte{}
 	mixed := randBytes(5, 20<<20)
 	clear(mixed[3<<20 : 12<<20]) // zeros longer than chunk_max: cuts at chunk_max
-	for name, data := range map[string][]byte{
-		"min":       randBytes(1, int(r.cfg.MinChunk)),
-		"min+1":     randBytes(2, int(r.cfg.MinChunk)+1),
-		"odd":       randBytes(3, 5<<20+12345),
-		"aligned":   randBytes(4, 4<<20),
-		"mixed":     mixed,
-		"sub/small": randBytes(6, 1000),
+	for _, tc := range []struct {
+		name  string
+		procs int
+		files []string
+	}{
+		{"one-core", 1, []string{"min", "min+1", "odd", "aligned", "mixed", "sub/small"}},
+		{"alone", 2, []string{"mixed", "sub/small"}},
+		{"two-at-once", 2, []string{"min", "min+1", "odd", "aligned", "mixed", "sub/small"}},
 	} {
-		writeFile(t, filepath.Join(src, name), data, 0o644)
-		files[name] = data
-	}
-	sn, err := r.Backup(ctx, src, nil, BackupOptions{Dataset: "d"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol, err := chunkerPol(r.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, data := range files {
-		n, err := r.findNode(ctx, sn.Tree, name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ch := chunker.NewWithBoundaries(bytes.NewReader(data), pol, r.cfg.MinChunk, r.cfg.MaxChunk)
-		ch.SetAverageBits(r.cfg.AverageBits())
-		var want []ID
-		for {
-			c, err := ch.Next(nil)
-			if err == io.EOF {
-				break
+		t.Run(tc.name, func(t *testing.T) {
+			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(tc.procs))
+			ctx := context.Background()
+			r, _ := newTestRepo(t, false)
+			all := map[string][]byte{
+				"min":       randBytes(1, int(r.cfg.MinChunk)),
+				"min+1":     randBytes(2, int(r.cfg.MinChunk)+1),
+				"odd":       randBytes(3, 5<<20+12345),
+				"aligned":   randBytes(4, 4<<20),
+				"mixed":     mixed,
+				"sub/small": randBytes(6, 1000),
 			}
+			src := t.TempDir()
+			for _, name := range tc.files {
+				writeFile(t, filepath.Join(src, name), all[name], 0o644)
+			}
+			sn, err := r.Backup(ctx, src, nil, BackupOptions{Dataset: "d"})
 			if err != nil {
 				t.Fatal(err)
 			}
-			want = append(want, sha256.Sum256(c.Data))
-		}
-		if len(n.Content) != len(want) {
-			t.Fatalf("%s: %d chunks, restic/chunker cuts %d", name, len(n.Content), len(want))
-		}
-		for i := range want {
-			if n.Content[i] != want[i] {
-				t.Fatalf("%s: chunk %d is not restic/chunker's", name, i)
+			pol, err := chunkerPol(r.cfg)
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-		if n.Digest != ID(sha256.Sum256(data)) {
-			t.Errorf("%s: digest is not the file's SHA-256", name)
-		}
+			for _, name := range tc.files {
+				data := all[name]
+				n, err := r.findNode(ctx, sn.Tree, name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ch := chunker.NewWithBoundaries(bytes.NewReader(data), pol, r.cfg.MinChunk, r.cfg.MaxChunk)
+				ch.SetAverageBits(r.cfg.AverageBits())
+				var want []ID
+				for {
+					c, err := ch.Next(nil)
+					if err == io.EOF {
+						break
+					}
+					if err != nil {
+						t.Fatal(err)
+					}
+					want = append(want, sha256.Sum256(c.Data))
+				}
+				if len(n.Content) != len(want) {
+					t.Fatalf("%s: %d chunks, restic/chunker cuts %d", name, len(n.Content), len(want))
+				}
+				for i := range want {
+					if n.Content[i] != want[i] {
+						t.Fatalf("%s: chunk %d is not restic/chunker's", name, i)
+					}
+				}
+				if n.Digest != ID(sha256.Sum256(data)) {
+					t.Errorf("%s: digest is not the file's SHA-256", name)
+				}
+			}
+			target := t.TempDir()
+			if _, err := r.Restore(ctx, sn, target, RestoreOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			compareTrees(t, src, target)
+		})
 	}
-	target := t.TempDir()
-	if _, err := r.Restore(ctx, sn, target, RestoreOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	compareTrees(t, src, target)
 }
 
 // chunkerPol is the repository's chunker polynomial.
