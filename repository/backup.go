@@ -18,10 +18,12 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/custos-backup/custos/repository/format"
 	"github.com/restic/chunker"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 )
 
 // Progress reports how far a backup or restore is.
@@ -827,7 +829,6 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 	// Larger file: content-defined chunks. The bytes already read are fed
 	// to the chunker first.
 	head := &bytesReader{b: small}
-	rd := io.MultiReader(head, f)
 	var cs *chunkState
 	select {
 	case cs = <-b.chunkers:
@@ -836,6 +837,22 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 		return nil, &repoError{context.Cause(b.ctx)}
 	}
 	defer func() { b.chunkers <- cs }()
+	// Alone (no other large file being chunked), as when a backup finds
+	// one big file changed, the file is read a buffer ahead and its
+	// chunks hashed and queued on two more goroutines, so that both cores
+	// work on it. With another large file on the other core that gains
+	// nothing and would cost the two read buffers and a chunk buffer more
+	// per file, so then one goroutine does it all, as before; so it does
+	// on one core.
+	alone := cap(b.chunkers) > 1 && len(b.chunkers) == cap(b.chunkers)-1
+	dr := &directReader{f: f, off: int64(len(small))}
+	var src io.Reader = dr
+	if alone {
+		ra := newReadAhead(dr, b.bufs)
+		defer ra.close()
+		src = ra
+	}
+	rd := io.MultiReader(head, src)
 	if cs == nil {
 		cs = &chunkState{ch: b.r.cfg.NewChunker(rd), digest: sha256.New()}
 	} else {
@@ -847,43 +864,43 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 	// chunks (chunk_min plus twice the average excess: 86% of them), so
 	// a new chunk is not copied again; a larger one is.
 	fit := int(min(b.r.cfg.MaxChunk, b.r.cfg.MinChunk+2<<b.r.cfg.AverageBits()))
-	for i := 0; ; i++ {
-		bfull, bdata := b.saver.newBuf(fit)
-		c, err := cs.ch.Next(bdata[:0:fit])
-		if err == io.EOF {
-			b.bufs.put(bfull)
-			break
-		}
+	if !alone {
+		err := w.cutChunks(p, cs.ch, fit, func(c cutChunk) error { return w.storeChunk(c, cs.digest, res) })
 		if err != nil {
-			b.bufs.put(bfull)
 			return nil, err
 		}
-		cs.digest.Write(c.Data)
-		id := w.blobID(c.Data)
-		if b.r.testHookChunk != nil {
-			b.r.testHookChunk(p, i)
+	} else {
+		// The channel is unbuffered: the hand-off costs one chunk buffer,
+		// the one being cut while the previous one is hashed.
+		cuts := make(chan cutChunk)
+		stored := make(chan struct{})
+		// stop ends cutChunks when storing failed; storeErr is reported.
+		stop := errors.New("storing the chunks failed")
+		var storeErr error
+		go func() {
+			defer close(stored)
+			for c := range cuts {
+				if storeErr = w.storeChunk(c, cs.digest, res); storeErr != nil {
+					return
+				}
+			}
+		}()
+		cutErr := w.cutChunks(p, cs.ch, fit, func(c cutChunk) error {
+			select {
+			case cuts <- c:
+				return nil
+			case <-stored:
+				b.bufs.put(c.full)
+				return stop
+			}
+		})
+		close(cuts)
+		<-stored
+		if storeErr != nil {
+			return nil, storeErr
 		}
-		res.content = append(res.content, id)
-		res.size += int64(len(c.Data))
-		switch {
-		case b.r.index().Has(format.DataHandle(id)):
-			b.bufs.put(bfull)
-		case &c.Data[:1][0] == &bdata[:1][0]: // not reallocated: cut in place
-			if _, err := b.saver.save(DataBlob, id, bfull, len(c.Data)); err != nil {
-				return nil, &repoError{err}
-			}
-		default:
-			b.bufs.put(bfull)
-			full, buf := b.saver.newBuf(len(c.Data))
-			copy(buf, c.Data)
-			if _, err := b.saver.save(DataBlob, id, full, len(c.Data)); err != nil {
-				return nil, &repoError{err}
-			}
-		}
-		if i%8 == 7 {
-			if err := b.ctx.Err(); err != nil {
-				return nil, &repoError{context.Cause(b.ctx)}
-			}
+		if cutErr != nil {
+			return nil, cutErr
 		}
 	}
 	copy(res.digest[:], cs.digest.Sum(nil))
@@ -891,6 +908,231 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 		return nil, fmt.Errorf("fstat: %w", err)
 	}
 	return res, nil
+}
+
+// cutChunk is one chunk of a large file on its way from cutChunks to
+// storeChunks: data is the chunk, inside full (from newBuf) when the
+// chunker cut it in place, else in a slice of its own (full then nil).
+type cutChunk struct {
+	full, data []byte
+}
+
+// cutChunks cuts a file into chunks and passes them to store in order,
+// until the end of the file or an error (its own, or store's).
+func (w *chunkWorker) cutChunks(p string, ch *chunker.Chunker, fit int, store func(cutChunk) error) error {
+	b := w.b
+	for i := 0; ; i++ {
+		bfull, bdata := b.saver.newBuf(fit)
+		c, err := ch.Next(bdata[:0:fit])
+		if err == io.EOF {
+			b.bufs.put(bfull)
+			return nil
+		}
+		if err != nil {
+			b.bufs.put(bfull)
+			return err
+		}
+		cut := cutChunk{full: bfull, data: c.Data}
+		if &c.Data[:1][0] != &bdata[:1][0] { // reallocated: too large for fit
+			b.bufs.put(bfull)
+			cut.full = nil
+		}
+		if b.r.testHookChunk != nil {
+			b.r.testHookChunk(p, i)
+		}
+		if err := store(cut); err != nil {
+			return err
+		}
+		if i%8 == 7 {
+			if err := b.ctx.Err(); err != nil {
+				return &repoError{context.Cause(b.ctx)}
+			}
+		}
+	}
+}
+
+// storeChunk hashes a chunk into the file digest and res, and queues it
+// when it is new. It takes c.full.
+func (w *chunkWorker) storeChunk(c cutChunk, digest hash.Hash, res *readResult) error {
+	b := w.b
+	digest.Write(c.data)
+	id := w.blobID(c.data)
+	res.content = append(res.content, id)
+	res.size += int64(len(c.data))
+	switch {
+	case b.r.index().Has(format.DataHandle(id)):
+		b.bufs.put(c.full)
+	case c.full != nil:
+		if _, err := b.saver.save(DataBlob, id, c.full, len(c.data)); err != nil {
+			return &repoError{err}
+		}
+	default:
+		full, buf := b.saver.newBuf(len(c.data))
+		copy(buf, c.data)
+		if _, err := b.saver.save(DataBlob, id, full, len(c.data)); err != nil {
+			return &repoError{err}
+		}
+	}
+	return nil
+}
+
+// directReader reads a file with O_DIRECT where it can: for large files on
+// a cold cache, the page cache's work (allocating, filling and copying
+// pages, later evicting them) cost as much CPU as SHA-256 did (sys 0.3 to
+// 0.6 s for 610 MB read buffered, 0.04 s direct, here). Small files gain
+// nothing from it (their cost is opening and the inode), and they are read
+// before a directReader starts. A read goes direct when its offset, buffer
+// and length are aligned, else through the page cache; a file system that
+// refuses O_DIRECT (EINVAL) is read through the page cache. The chunker's
+// and readAhead's buffers are aligned (whole pages of the Go heap) and
+// hold the file from aligned offsets on, all but the first after the
+// chunk_min bytes read before, which ends at an aligned offset.
+type directReader struct {
+	f      *os.File
+	off    int64 // file offset of the next read
+	direct bool  // O_DIRECT is set on f
+	failed bool  // O_DIRECT was refused: do not try again
+	// directBytes counts the bytes read with O_DIRECT (tests look).
+	directBytes int64
+}
+
+// directAlign is the alignment O_DIRECT asks of buffers, offsets and
+// lengths (the logical block size, at most a page).
+const directAlign = 4096
+
+func (d *directReader) Read(p []byte) (int, error) {
+	want := !d.failed && d.off%directAlign == 0 && len(p) >= directAlign && len(p)%directAlign == 0 &&
+		uintptr(unsafe.Pointer(unsafe.SliceData(p)))%directAlign == 0
+	if want != d.direct && !d.setDirect(want) {
+		d.failed = true
+	}
+	n, err := d.f.Read(p)
+	if errors.Is(err, syscall.EINVAL) && d.direct {
+		d.failed = true
+		if !d.setDirect(false) {
+			return n, err
+		}
+		n, err = d.f.Read(p)
+	} else if d.direct {
+		d.directBytes += int64(n)
+	}
+	d.off += int64(n)
+	return n, err
+}
+
+// setDirect turns O_DIRECT on or off for the file and reports whether it
+// worked.
+func (d *directReader) setDirect(on bool) bool {
+	fd := uintptr(d.f.Fd())
+	fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
+	if err != nil {
+		return false
+	}
+	if on {
+		fl |= unix.O_DIRECT
+	} else {
+		fl &^= unix.O_DIRECT
+	}
+	if _, err := unix.FcntlInt(fd, unix.F_SETFL, fl); err != nil {
+		return false
+	}
+	d.direct = on
+	return true
+}
+
+// readAhead reads on a goroutine of its own, a buffer ahead of its reader:
+// the read calls (and, on a cold cache, the waits for the disk) then
+// happen on the other core while the chunker cuts what was read before.
+type readAhead struct {
+	bufs   *bufPool
+	full   chan readAheadBuf // read, in order
+	free   chan []byte       // consumed, to read into again
+	done   chan struct{}     // closed by close: stop reading
+	exited chan struct{}     // closed when the goroutine returns
+	cur    readAheadBuf
+	pos    int
+	held   [][]byte // the pooled buffers, to return them
+}
+
+type readAheadBuf struct {
+	b   []byte
+	err error // after b
+}
+
+// readAheadSize is the size of each of the two buffers: one read (one
+// I/O, read direct) each.
+const readAheadSize = 512 << 10
+
+func newReadAhead(rd *directReader, bufs *bufPool) *readAhead {
+	ra := &readAhead{
+		bufs:   bufs,
+		full:   make(chan readAheadBuf, 1),
+		free:   make(chan []byte, 2),
+		done:   make(chan struct{}),
+		exited: make(chan struct{}),
+	}
+	for range 2 {
+		b := bufs.get(readAheadSize)
+		ra.held = append(ra.held, b)
+		ra.free <- b
+	}
+	go ra.run(rd)
+	return ra
+}
+
+func (ra *readAhead) run(rd *directReader) {
+	defer close(ra.exited)
+	for {
+		var buf []byte
+		select {
+		case buf = <-ra.free:
+		case <-ra.done:
+			return
+		}
+		// From an unaligned offset (chunk_min need not be a multiple of
+		// 4 KiB), a short first read reaches an aligned one, so that
+		// the aligned buffers line up with aligned offsets after it.
+		if r := int(rd.off % directAlign); r != 0 {
+			buf = buf[:directAlign-r]
+		}
+		n, err := io.ReadFull(rd, buf)
+		if err == io.ErrUnexpectedEOF {
+			err = io.EOF
+		}
+		select {
+		case ra.full <- readAheadBuf{b: buf[:n], err: err}:
+		case <-ra.done:
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (ra *readAhead) Read(p []byte) (int, error) {
+	for ra.pos == len(ra.cur.b) {
+		if ra.cur.err != nil {
+			return 0, ra.cur.err
+		}
+		if ra.cur.b != nil {
+			ra.free <- ra.cur.b[:readAheadSize] // never blocks: two buffers, two slots
+		}
+		ra.cur, ra.pos = <-ra.full, 0
+	}
+	n := copy(p, ra.cur.b[ra.pos:])
+	ra.pos += n
+	return n, nil
+}
+
+// close stops the goroutine and waits for it, so that the file can be
+// closed, and returns the buffers to the pool.
+func (ra *readAhead) close() {
+	close(ra.done)
+	<-ra.exited
+	for _, b := range ra.held {
+		ra.bufs.put(b)
+	}
 }
 
 // readSmall is io.ReadFull for the first read of a file whose fstat said
