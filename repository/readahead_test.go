@@ -198,7 +198,7 @@ func TestBackupCutsLikeRestic(t *testing.T) {
 			}
 			for _, name := range tc.files {
 				data := all[name]
-				n, err := r.findNode(ctx, sn.Tree, name)
+				n, err := findNode(ctx, r, sn.Tree, name)
 				if err != nil {
 					t.Fatal(err)
 				}
