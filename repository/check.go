@@ -1227,6 +1227,15 @@ func (c *checkState) walk(ctx context.Context, prefix string, id ID, fn func(p s
 	return nil
 }
 
+// OpenForCheck opens a repository for Check alone: without loading its
+// index, which Check does not use (it reads and verifies every index file
+// itself, and reports the damaged ones), so that no index file is fetched
+// twice. Readers that need the index (restore, listings of files) load it
+// when they start, as they do after another process added index files.
+func OpenForCheck(ctx context.Context, be backend.Backend, password []byte) (*Repository, error) {
+	return openConfig(ctx, be, password)
+}
+
 // OpenTolerant opens a repository like Open, but an index file that cannot
 // be read, for whatever reason, does not stop it either: the in-memory
 // index is built from the index files that load, and those that do not are

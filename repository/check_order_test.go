@@ -131,7 +131,15 @@ func TestCheckReportsInStepOrder(t *testing.T) {
 	}
 	writeFile(t, filepath.Join(f.dir, strayObj), []byte("stray"), 0o644)
 
-	r, _ := f.reopenTolerant(t)
+	be, err := local.Open(context.Background(), f.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := OpenForCheck(context.Background(), be, []byte(corruptPW))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
 	res, err := r.Check(context.Background(), CheckOptions{ReadData: true})
 	if err != nil {
 		t.Fatal(err)
@@ -149,5 +157,35 @@ func TestCheckReportsInStepOrder(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("problems %v, want %v in this order", order, want)
+	}
+}
+
+// TestOpenForCheckLoadsIndexOnce: opened as the check command opens it, a
+// check loads every index file once, open included.
+func TestOpenForCheckLoadsIndexOnce(t *testing.T) {
+	f := newCorruptionFixture(t)
+	be, err := local.Open(context.Background(), f.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb := &recordingBackend{Backend: be, loads: map[backend.Handle]int{}}
+	r, err := OpenForCheck(context.Background(), rb, []byte(corruptPW))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	mustCheckClean(t, r, true)
+	indexes := 0
+	for h, n := range rb.loads {
+		if h.Type != backend.IndexFile {
+			continue
+		}
+		indexes++
+		if n != 1 {
+			t.Errorf("%s loaded %d times, want once", h, n)
+		}
+	}
+	if want := len(indexIDs(t, f.r)); indexes != want {
+		t.Errorf("loaded %d index files, want all %d", indexes, want)
 	}
 }
