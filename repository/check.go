@@ -1244,11 +1244,13 @@ func OpenForCheck(ctx context.Context, be backend.Backend, password []byte) (*Re
 // need them and still restores every other file, and Check names the
 // damaged file. Prune refuses to run while an index file cannot be read.
 func OpenTolerant(ctx context.Context, be backend.Backend, password []byte) (*Repository, []string, error) {
+	pre := prefetchIndex(ctx, be)
+	defer pre.stop()
 	r, err := openConfig(ctx, be, password)
 	if err != nil {
 		return nil, nil, err
 	}
-	x, err := r.buildIndex(ctx, func(error) bool { return true })
+	x, err := r.buildIndex(ctx, func(error) bool { return true }, pre)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open %s: load index: %w", be.Location(), err)
 	}

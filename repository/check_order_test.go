@@ -2,11 +2,13 @@ package repository
 
 import (
 	"context"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -187,5 +189,100 @@ func TestOpenForCheckLoadsIndexOnce(t *testing.T) {
 	}
 	if want := len(indexIDs(t, f.r)); indexes != want {
 		t.Errorf("loaded %d index files, want all %d", indexes, want)
+	}
+}
+
+// inflightBackend counts the calls running on the wrapped backend (a
+// loaded object until its reader is closed).
+type inflightBackend struct {
+	backend.Backend
+	n atomic.Int64
+	// holdIndexList makes listing index/ wait until its context ends.
+	holdIndexList bool
+}
+
+func (b *inflightBackend) List(ctx context.Context, t backend.FileType, fn func(backend.FileInfo) error) error {
+	b.n.Add(1)
+	defer b.n.Add(-1)
+	if b.holdIndexList && t == backend.IndexFile {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return b.Backend.List(ctx, t, fn)
+}
+
+func (b *inflightBackend) Load(ctx context.Context, h backend.Handle, length int, offset int64) (io.ReadCloser, error) {
+	b.n.Add(1)
+	rc, err := b.Backend.Load(ctx, h, length, offset)
+	if err != nil {
+		b.n.Add(-1)
+		return nil, err
+	}
+	return &countedCloser{ReadCloser: rc, n: &b.n}, nil
+}
+
+type countedCloser struct {
+	io.ReadCloser
+	n    *atomic.Int64
+	once sync.Once
+}
+
+func (c *countedCloser) Close() error {
+	c.once.Do(func() { c.n.Add(-1) })
+	return c.ReadCloser.Close()
+}
+
+// TestOpenLoadsIndexOnceAndStops: Open lists the keys and loads the index
+// files while it derives the key; it loads each index file once, and
+// whether it succeeds or not (wrong password, with the index listing still
+// running) nothing it started is still running on the backend when it
+// returns.
+func TestOpenLoadsIndexOnceAndStops(t *testing.T) {
+	f := newCorruptionFixture(t)
+	opens := []struct {
+		name string
+		open func(context.Context, backend.Backend, []byte) (*Repository, error)
+	}{
+		{"Open", Open},
+		{"OpenTolerant", func(ctx context.Context, be backend.Backend, pw []byte) (*Repository, error) {
+			r, _, err := OpenTolerant(ctx, be, pw)
+			return r, err
+		}},
+	}
+	for _, o := range opens {
+		for _, pw := range []string{corruptPW, "wrong"} {
+			t.Run(o.name+"/"+pw, func(t *testing.T) {
+				be, err := local.Open(context.Background(), f.dir)
+				if err != nil {
+					t.Fatal(err)
+				}
+				rb := &recordingBackend{Backend: be, loads: map[backend.Handle]int{}}
+				ib := &inflightBackend{Backend: rb, holdIndexList: pw != corruptPW}
+				r, err := o.open(context.Background(), ib, []byte(pw))
+				if n := ib.n.Load(); n != 0 {
+					t.Errorf("%d backend calls still running after the open returned", n)
+				}
+				if pw != corruptPW {
+					if !errors.Is(err, ErrWrongPassword) {
+						t.Fatalf("open with a wrong password: %v, want ErrWrongPassword", err)
+					}
+					return
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer func() { _ = r.Close() }()
+				ids := indexIDs(t, f.r)
+				for _, id := range ids {
+					if n := rb.loads[backend.Handle{Type: backend.IndexFile, Name: id.String()}]; n != 1 {
+						t.Errorf("index file %s loaded %d times, want once", id.Short(), n)
+					}
+				}
+				if got, _ := r.index().Count(); got == 0 {
+					t.Fatal("the opened index is empty")
+				}
+				restoreAndCompare(t, r, f.snapA, f.srcA, nil)
+			})
+		}
 	}
 }
