@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"runtime"
 	"slices"
 	"sort"
@@ -247,14 +248,8 @@ func newCheckState(src checkSource) *checkState {
 
 // pass checks the repository once, in the reverse of the write order.
 func (c *checkState) pass(ctx context.Context, opts CheckOptions, now time.Time) error {
-	snaps, err := c.checkSnapshots(ctx)
+	snaps, err := c.checkSnapshotsAndIndex(ctx)
 	if err != nil {
-		return err
-	}
-	if err := c.checkIndex(ctx); err != nil {
-		return err
-	}
-	if err := c.listPacks(ctx); err != nil {
 		return err
 	}
 	c.checkIndexedPacks()
@@ -372,44 +367,155 @@ func missingFrom(before, now []ID) *ID {
 	return nil
 }
 
-// listPacks lists data/ (after the index files: see check).
-func (c *checkState) listPacks(ctx context.Context) error {
+// packListing is what listing data/ found.
+type packListing struct {
+	stored map[ID]int64
+	bad    []string // names that are not pack ids
+}
+
+// listPackFiles lists data/ (after the index files: see check) without
+// recording anything, so that it can run while index files load.
+func (c *checkState) listPackFiles(ctx context.Context) (packListing, error) {
+	l := packListing{stored: map[ID]int64{}}
 	err := c.src.be.List(ctx, backend.PackFile, func(fi backend.FileInfo) error {
 		id, err := ParseID(fi.Name)
 		if err != nil {
-			c.problem(backend.Handle{Type: backend.PackFile, Name: fi.Name}.Path(), "object name is not a pack id")
+			l.bad = append(l.bad, fi.Name)
 			return nil
 		}
-		c.stored[id] = fi.Size
+		l.stored[id] = fi.Size
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("check: list packs: %w", err)
+		return l, fmt.Errorf("check: list packs: %w", err)
 	}
+	return l, nil
+}
+
+func (c *checkState) recordPacks(l packListing) {
+	for _, name := range l.bad {
+		c.problem(backend.Handle{Type: backend.PackFile, Name: name}.Path(), "object name is not a pack id")
+	}
+	maps.Copy(c.stored, l.stored)
+}
+
+// checkIndexAndPacks is checkIndex and then listPacks, listing the packs
+// while the index files load (see checkSnapshotsAndIndex).
+func (c *checkState) checkIndexAndPacks(ctx context.Context) error {
+	idx, packs, err := c.listIndexAndPacks(ctx)
+	if err != nil {
+		return err
+	}
+	c.recordIndex(idx)
+	c.recordPacks(packs)
 	return nil
+}
+
+// listIndexAndPacks lists index/, then lists data/ while it loads the
+// index files listed, and records nothing.
+func (c *checkState) listIndexAndPacks(ctx context.Context) (indexListing, packListing, error) {
+	idx, err := c.listIndex(ctx)
+	if err != nil {
+		return idx, packListing{}, err
+	}
+	var packs packListing
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		var err error
+		packs, err = c.listPackFiles(gctx)
+		return err
+	})
+	g.Go(func() error { return c.loadIndexFiles(gctx, &idx) })
+	err = g.Wait()
+	return idx, packs, err
+}
+
+// checkSnapshotsAndIndex is checkSnapshots, checkIndex and listPacks in
+// one: the three listings keep that order (see check), each starting when
+// the one before has returned, while the files each listing named load
+// during the next listing. On remote storage that saves the round trips of
+// loading snapshot and index files. What they find is recorded in the
+// order of the three steps, so a pass reports as it would one step after
+// another.
+func (c *checkState) checkSnapshotsAndIndex(ctx context.Context) ([]*Snapshot, error) {
+	var snapBad []string
+	snapIDs, err := c.src.listIDs(ctx, backend.SnapshotFile, func(name string) { snapBad = append(snapBad, name) })
+	if err != nil {
+		return nil, fmt.Errorf("check: %w", err)
+	}
+	var (
+		snaps    []*Snapshot
+		snapErrs []error
+		idx      indexListing
+		packs    packListing
+	)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		var err error
+		if snaps, snapErrs, err = loadAll(gctx, snapIDs, 16, c.src.LoadSnapshot, cancelled); err != nil {
+			return fmt.Errorf("check: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		var err error
+		idx, packs, err = c.listIndexAndPacks(gctx)
+		return err
+	})
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	c.snapIDs = snapIDs
+	out := c.recordSnapshots(snapIDs, snapBad, snaps, snapErrs)
+	c.recordIndex(idx)
+	c.recordPacks(packs)
+	return out, nil
 }
 
 // cancelled is loadAll's fatal function for check: a damaged object is a
 // problem to report, only a cancelled check stops.
 func cancelled(ctx context.Context, _ error) bool { return ctx.Err() != nil }
 
-// checkIndex loads every index file itself (so that one damaged file is
-// reported instead of hiding the others) and checks each entry against the
-// packs that exist.
-func (c *checkState) checkIndex(ctx context.Context) error {
+// indexListing is what listing and loading index/ found.
+type indexListing struct {
+	ids   []ID
+	bad   []string // names that are not index ids
+	files []*format.IndexFile
+	errs  []error
+}
+
+// listIndex lists index/ without recording anything.
+func (c *checkState) listIndex(ctx context.Context) (indexListing, error) {
+	var l indexListing
+	ids, err := c.src.listIDs(ctx, backend.IndexFile, func(name string) { l.bad = append(l.bad, name) })
+	if err != nil {
+		return l, fmt.Errorf("check: %w", err)
+	}
+	l.ids = ids
+	return l, nil
+}
+
+// loadIndexFiles loads the index files l lists, without recording anything.
+func (c *checkState) loadIndexFiles(ctx context.Context, l *indexListing) error {
+	files, errs, err := loadAll(ctx, l.ids, 8, c.src.loadIndexFile, cancelled)
+	if err != nil {
+		return fmt.Errorf("check: %w", err)
+	}
+	l.files, l.errs = files, errs
+	return nil
+}
+
+// recordIndex records the index files of l as check's own view of the
+// index (loaded by check itself, so that one damaged file is reported
+// instead of hiding the others), and their problems.
+func (c *checkState) recordIndex(l indexListing) {
 	r := c.src
-	ids, err := r.listIDs(ctx, backend.IndexFile, func(name string) {
+	for _, name := range l.bad {
 		c.problem(backend.Handle{Type: backend.IndexFile, Name: name}.Path(), "object name is not an index id")
-	})
-	if err != nil {
-		return fmt.Errorf("check: %w", err)
 	}
+	ids, files := l.ids, l.files
 	c.indexIDs = ids
-	files, errs, err := loadAll(ctx, ids, 8, r.loadIndexFile, cancelled)
-	if err != nil {
-		return fmt.Errorf("check: %w", err)
-	}
-	for i, err := range errs {
+	for i, err := range l.errs {
 		if err != nil {
 			o := backend.Handle{Type: backend.IndexFile, Name: ids[i].String()}.Path()
 			c.problem(o, "%v", err)
@@ -452,7 +558,6 @@ func (c *checkState) checkIndex(ctx context.Context) error {
 			}
 		}
 	}
-	return nil
 }
 
 // checkIndexedPacks checks that every indexed pack is stored with the size
@@ -525,17 +630,25 @@ func (c *checkState) checkUnindexed(ctx context.Context, now time.Time) error {
 
 // checkSnapshots loads every snapshot file and returns the readable ones.
 func (c *checkState) checkSnapshots(ctx context.Context) ([]*Snapshot, error) {
-	r := c.src
-	ids, err := r.listIDs(ctx, backend.SnapshotFile, func(name string) {
-		c.problem(backend.Handle{Type: backend.SnapshotFile, Name: name}.Path(), "object name is not a snapshot id")
-	})
+	var bad []string
+	ids, err := c.src.listIDs(ctx, backend.SnapshotFile, func(name string) { bad = append(bad, name) })
 	if err != nil {
 		return nil, fmt.Errorf("check: %w", err)
 	}
 	c.snapIDs = ids
-	out, errs, err := loadAll(ctx, ids, 16, r.LoadSnapshot, cancelled)
+	out, errs, err := loadAll(ctx, ids, 16, c.src.LoadSnapshot, cancelled)
 	if err != nil {
 		return nil, fmt.Errorf("check: %w", err)
+	}
+	return c.recordSnapshots(ids, bad, out, errs), nil
+}
+
+// recordSnapshots records the problems of the snapshot files ids (loaded
+// as out, or failing with errs; bad are names that are not ids) and
+// returns the readable ones, sorted by id.
+func (c *checkState) recordSnapshots(ids []ID, bad []string, out []*Snapshot, errs []error) []*Snapshot {
+	for _, name := range bad {
+		c.problem(backend.Handle{Type: backend.SnapshotFile, Name: name}.Path(), "object name is not a snapshot id")
 	}
 	for i, err := range errs {
 		if err != nil {
@@ -547,7 +660,7 @@ func (c *checkState) checkSnapshots(ctx context.Context) ([]*Snapshot, error) {
 	}
 	snaps := slices.DeleteFunc(out, func(s *Snapshot) bool { return s == nil })
 	sort.Slice(snaps, func(i, j int) bool { return snaps[i].ID.String() < snaps[j].ID.String() })
-	return snaps, nil
+	return snaps
 }
 
 // lookupBlob finds a blob in check's own view of the index: by type and
@@ -1156,6 +1269,15 @@ func (c *checkState) walk(ctx context.Context, prefix string, id ID, fn func(p s
 	return nil
 }
 
+// OpenForCheck opens a repository for Check alone: without loading its
+// index, which Check does not use (it reads and verifies every index file
+// itself, and reports the damaged ones), so that no index file is fetched
+// twice. Readers that need the index (restore, listings of files) load it
+// when they start, as they do after another process added index files.
+func OpenForCheck(ctx context.Context, be backend.Backend, password []byte) (*Repository, error) {
+	return openConfig(ctx, be, password)
+}
+
 // OpenTolerant opens a repository like Open, but an index file that cannot
 // be read, for whatever reason, does not stop it either: the in-memory
 // index is built from the index files that load, and those that do not are
@@ -1164,11 +1286,13 @@ func (c *checkState) walk(ctx context.Context, prefix string, id ID, fn func(p s
 // need them and still restores every other file, and Check names the
 // damaged file. Prune refuses to run while an index file cannot be read.
 func OpenTolerant(ctx context.Context, be backend.Backend, password []byte) (*Repository, []string, error) {
+	pre := prefetchIndex(ctx, be)
+	defer pre.stop()
 	r, err := openConfig(ctx, be, password)
 	if err != nil {
 		return nil, nil, err
 	}
-	x, err := r.buildIndex(ctx, func(error) bool { return true })
+	x, err := r.buildIndex(ctx, func(error) bool { return true }, pre)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open %s: load index: %w", be.Location(), err)
 	}

@@ -105,10 +105,7 @@ func (r *Repository) VerifyPacks(ctx context.Context, packs []ID) ([]PackVerdict
 // verifyPackSet reads packs once with a fresh view of the index.
 func (r *Repository) verifyPackSet(ctx context.Context, packs []ID) (*checkState, []PackVerdict, error) {
 	c := newCheckState(r.checkSource())
-	if err := c.checkIndex(ctx); err != nil {
-		return nil, nil, err
-	}
-	if err := c.listPacks(ctx); err != nil {
+	if err := c.checkIndexAndPacks(ctx); err != nil {
 		return nil, nil, err
 	}
 	// The stored packs are read as check reads them: several at once.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 
 	"github.com/custos-backup/custos/repository/backend"
@@ -51,6 +52,12 @@ func (r *Repository) loadIndexFile(ctx context.Context, id ID) (*format.IndexFil
 	if err != nil {
 		return nil, err
 	}
+	return r.openIndexFile(id, b)
+}
+
+// openIndexFile verifies and opens the stored bytes b of index file id.
+func (r *Repository) openIndexFile(id ID, b []byte) (*format.IndexFile, error) {
+	h := backend.Handle{Type: backend.IndexFile, Name: id.String()}
 	if format.HashID(b) != id {
 		return nil, &indexDamageError{h, errors.New("content does not match its name")}
 	}
@@ -152,21 +159,99 @@ func (r *Repository) forEachIndexFileIDs(ctx context.Context, all bool, fn func(
 	return ids, nil
 }
 
-// buildIndex builds a new in-memory index from every index file. A file
-// that fails to load with an error tolerate accepts is recorded in the
-// index's damaged set instead of failing the build; a nil tolerate accepts
-// none.
-func (r *Repository) buildIndex(ctx context.Context, tolerate func(error) bool) (*index.Index, error) {
-	ids, err := r.listIDs(ctx, backend.IndexFile, func(name string) {
-		r.log.Warn("ignoring index object with an invalid name", "name", name)
-	})
-	if err != nil {
-		return nil, err
+// indexPrefetch lists index/ and loads the bytes of every index file in
+// the background, before the repository's key is known: opening a
+// repository derives the key from the password, which takes about as long
+// as those round trips to remote storage.
+type indexPrefetch struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error // listing failed
+	ids    []ID
+	raw    [][]byte
+	errs   []error // of loading raw[i]
+}
+
+// prefetchIndex starts an indexPrefetch; stop ends it.
+func prefetchIndex(ctx context.Context, be backend.Backend) *indexPrefetch {
+	ctx, cancel := context.WithCancel(ctx)
+	p := &indexPrefetch{cancel: cancel, done: make(chan struct{})}
+	log := slog.Default().With("repository", be.Location())
+	go func() {
+		defer close(p.done)
+		p.ids, p.err = listObjectIDs(ctx, be, backend.IndexFile, func(name string) {
+			log.Warn("ignoring index object with an invalid name", "name", name)
+		})
+		if p.err != nil {
+			return
+		}
+		load := func(ctx context.Context, id ID) ([]byte, error) {
+			return loadSmall(ctx, be, backend.Handle{Type: backend.IndexFile, Name: id.String()}, format.MaxIndexFileSize)
+		}
+		// Every failure is kept for buildIndex to judge.
+		p.raw, p.errs, _ = loadAll(ctx, p.ids, 8, load, func(context.Context, error) bool { return false })
+	}()
+	return p
+}
+
+// stop cancels p if it still runs and waits until it has ended.
+func (p *indexPrefetch) stop() {
+	p.cancel()
+	<-p.done
+}
+
+// files waits for p and opens what it loaded, as loadAll of loadIndexFile
+// would: the results by position, or the first error fatal returns true
+// for.
+func (p *indexPrefetch) files(ctx context.Context, r *Repository, fatal func(context.Context, error) bool) ([]ID, []*format.IndexFile, []error, error) {
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		return nil, nil, nil, context.Cause(ctx)
 	}
+	if p.err != nil {
+		return nil, nil, nil, p.err
+	}
+	files := make([]*format.IndexFile, len(p.ids))
+	errs := make([]error, len(p.ids))
+	for i, id := range p.ids {
+		r.indexLoads.Add(1)
+		err := p.errs[i]
+		if err == nil {
+			files[i], err = r.openIndexFile(id, p.raw[i])
+		}
+		if err != nil && fatal(ctx, err) {
+			return nil, nil, nil, err
+		}
+		errs[i] = err
+	}
+	return p.ids, files, errs, nil
+}
+
+// buildIndex builds a new in-memory index from every index file, listed
+// and loaded now or, if pre is not nil, by pre. A file that fails to load
+// with an error tolerate accepts is recorded in the index's damaged set
+// instead of failing the build; a nil tolerate accepts none.
+func (r *Repository) buildIndex(ctx context.Context, tolerate func(error) bool, pre *indexPrefetch) (*index.Index, error) {
 	fatal := func(gctx context.Context, err error) bool {
 		return tolerate == nil || gctx.Err() != nil || !tolerate(err)
 	}
-	files, errs, err := loadAll(ctx, ids, 8, r.loadIndexFile, fatal)
+	var (
+		ids   []ID
+		files []*format.IndexFile
+		errs  []error
+		err   error
+	)
+	if pre != nil {
+		ids, files, errs, err = pre.files(ctx, r, fatal)
+	} else {
+		ids, err = r.listIDs(ctx, backend.IndexFile, func(name string) {
+			r.log.Warn("ignoring index object with an invalid name", "name", name)
+		})
+		if err == nil {
+			files, errs, err = loadAll(ctx, ids, 8, r.loadIndexFile, fatal)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -214,7 +299,7 @@ func (r *Repository) setIndex(x *index.Index) {
 func (r *Repository) loadIndex(ctx context.Context) error {
 	r.refreshMu.Lock()
 	defer r.refreshMu.Unlock()
-	x, err := r.buildIndex(ctx, nil)
+	x, err := r.buildIndex(ctx, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -226,10 +311,10 @@ func (r *Repository) loadIndex(ctx context.Context) error {
 // backing up: a damaged index file is left out (a backup then stores its
 // blobs again, and check names it), while failing to read one is an error,
 // since that may pass.
-func (r *Repository) loadIndexSkipDamaged(ctx context.Context) error {
+func (r *Repository) loadIndexSkipDamaged(ctx context.Context, pre *indexPrefetch) error {
 	r.refreshMu.Lock()
 	defer r.refreshMu.Unlock()
-	x, err := r.buildIndex(ctx, isIndexDamage)
+	x, err := r.buildIndex(ctx, isIndexDamage, pre)
 	if err != nil {
 		return err
 	}
@@ -298,7 +383,7 @@ func (r *Repository) refreshIndex(ctx context.Context, strict bool) error {
 			return nil
 		}
 	}
-	nx, err := r.buildIndex(ctx, isIndexDamage)
+	nx, err := r.buildIndex(ctx, isIndexDamage, nil)
 	if err != nil {
 		if strict {
 			return err

@@ -10,17 +10,22 @@ import (
 	"github.com/custos-backup/custos/repository/format"
 )
 
-// findMasterKey tries every key file with password and returns the master key
-// of the first that opens, checked against the config.
-func findMasterKey(ctx context.Context, be backend.Backend, cf *format.ConfigFile, password []byte) ([]byte, *format.Config, string, error) {
+// listKeyNames lists keys/.
+func listKeyNames(ctx context.Context, be backend.Backend) ([]string, error) {
 	var names []string
 	err := be.List(ctx, backend.KeyFile, func(fi backend.FileInfo) error {
 		names = append(names, fi.Name)
 		return nil
 	})
 	if err != nil {
-		return nil, nil, "", fmt.Errorf("list keys: %w", err)
+		return nil, fmt.Errorf("list keys: %w", err)
 	}
+	return names, nil
+}
+
+// findMasterKey tries every key file (names, from keys/) with password and
+// returns the master key of the first that opens, checked against the config.
+func findMasterKey(ctx context.Context, be backend.Backend, names []string, cf *format.ConfigFile, password []byte) ([]byte, *format.Config, string, error) {
 	if len(names) == 0 {
 		return nil, nil, "", errors.New("encrypted repository has no key files")
 	}

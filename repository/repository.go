@@ -149,11 +149,13 @@ func newRepository(be backend.Backend, cfg *format.Config, s *format.Sealer) *Re
 // work. Failing to read an index file is an error. Prune re-reads every
 // index file itself and refuses while one is damaged.
 func Open(ctx context.Context, be backend.Backend, password []byte) (*Repository, error) {
+	pre := prefetchIndex(ctx, be)
+	defer pre.stop()
 	r, err := openConfig(ctx, be, password)
 	if err != nil {
 		return nil, err
 	}
-	if err := r.loadIndexSkipDamaged(ctx); err != nil {
+	if err := r.loadIndexSkipDamaged(ctx, pre); err != nil {
 		return nil, fmt.Errorf("open %s: load index: %w", be.Location(), err)
 	}
 	return r, nil
@@ -161,6 +163,23 @@ func Open(ctx context.Context, be backend.Backend, password []byte) (*Repository
 
 // openConfig opens the repository in be without loading its index.
 func openConfig(ctx context.Context, be backend.Backend, password []byte) (*Repository, error) {
+	// keys/ is listed while the config loads: on remote storage a round
+	// trip less (an unencrypted repository does not need the listing).
+	type keyListing struct {
+		names []string
+		err   error
+	}
+	keys := make(chan keyListing, 1)
+	lctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		names, err := listKeyNames(lctx, be)
+		keys <- keyListing{names, err}
+	}()
 	b, err := loadSmall(ctx, be, backend.Handle{Type: backend.ConfigFile}, format.MaxConfigSize)
 	if errors.Is(err, backend.ErrNotExist) {
 		return nil, fmt.Errorf("open %s: %w", be.Location(), ErrNotInitialized)
@@ -177,7 +196,11 @@ func openConfig(ctx context.Context, be backend.Backend, password []byte) (*Repo
 		if len(password) == 0 {
 			return nil, fmt.Errorf("open %s: the repository is encrypted and no password was given: %w", be.Location(), ErrWrongPassword)
 		}
-		master, cfg, keyName, err := findMasterKey(ctx, be, cf, password)
+		kl := <-keys
+		if kl.err != nil {
+			return nil, fmt.Errorf("open %s: %w", be.Location(), kl.err)
+		}
+		master, cfg, keyName, err := findMasterKey(ctx, be, kl.names, cf, password)
 		if err != nil {
 			return nil, fmt.Errorf("open %s: %w", be.Location(), err)
 		}

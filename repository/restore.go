@@ -324,7 +324,7 @@ func (rs *restorer) startProgress(fn func(Progress)) func() {
 // as a *TreeError and skipped; only a damaged root tree, a cancelled
 // context or an unusable node type stop the walk.
 func (rs *restorer) plan(ctx context.Context, rootTree ID, filter *includeFilter) error {
-	trees, err := rs.loadPlanTrees(ctx, rootTree, filter)
+	trees, made, err := rs.loadPlanTrees(ctx, rootTree, filter)
 	if err != nil {
 		return err
 	}
@@ -333,34 +333,60 @@ func (rs *restorer) plan(ctx context.Context, rootTree ID, filter *includeFilter
 		return &TreeError{Tree: rootTree, Err: root.err}
 	}
 	links := map[[2]uint64]string{}
-	return rs.planTree(ctx, trees, "", 0, root.t, filter, links)
+	return rs.planTree(ctx, trees, made, "", root.t, filter, links)
 }
 
 // loadPlanTrees loads every tree the walk will enter, a level of the
 // snapshot at a time, each level with one loadTrees (restores from remote
 // storage must not wait a round trip per directory). The plan keeps the
 // nodes of every file anyway, so holding the trees costs little more.
-func (rs *restorer) loadPlanTrees(ctx context.Context, rootTree ID, filter *includeFilter) (map[ID]loadedTree, error) {
-	type dir struct {
-		path string
-		id   ID
-	}
-	trees := map[ID]loadedTree{}
-	level := []dir{{"", rootTree}}
-	for len(level) > 0 {
+//
+// The directories of a level are created while their trees load: creating
+// thousands of directories is kernel work that would otherwise wait for
+// the walk, and the walk's round trips leave the cores idle. The result
+// made says which directories exist (true) or failed (false); the walk
+// does not descend into one that failed.
+func (rs *restorer) loadPlanTrees(ctx context.Context, rootTree ID, filter *includeFilter) (trees map[ID]loadedTree, made map[string]bool, err error) {
+	trees = map[ID]loadedTree{}
+	made = map[string]bool{}
+	level := []planDir{{"", rootTree, nil}}
+	for depth := -1; len(level) > 0; depth++ {
 		var ids []ID
 		for _, d := range level {
 			if _, ok := trees[d.id]; !ok {
 				ids = append(ids, d.id)
 			}
 		}
-		got, err := rs.src.loadTrees(ctx, ids, false)
-		if err != nil {
-			return nil, err
+		var got map[ID]loadedTree
+		g, gctx := errgroup.WithContext(ctx)
+		g.Go(func() error {
+			var err error
+			got, err = rs.src.loadTrees(gctx, ids, false)
+			return err
+		})
+		ok := make([]bool, len(level))
+		if depth >= 0 {
+			rs.mkdirAll(gctx, g, level, ok)
+		}
+		if err := g.Wait(); err != nil {
+			return nil, nil, err
+		}
+		if depth >= 0 {
+			for i, d := range level {
+				if ok[i] {
+					rs.dirs = append(rs.dirs, dirMeta{path: d.path, depth: depth, node: d.node})
+				}
+			}
 		}
 		maps.Copy(trees, got)
-		var next []dir
-		for _, d := range level {
+		var next []planDir
+		for i, d := range level {
+			if depth >= 0 {
+				made[d.path] = ok[i]
+				if !ok[i] {
+					continue
+				}
+			}
 			t := trees[d.id].t
 			if t == nil {
 				continue
@@ -374,13 +400,40 @@ func (rs *restorer) loadPlanTrees(ctx context.Context, rootTree ID, filter *incl
 				// A subtree seen before is entered again here: the
 				// include filter may reach other paths below it.
 				if filter.descends(p) {
-					next = append(next, dir{p, n.Subtree})
+					next = append(next, planDir{p, n.Subtree, n})
 				}
 			}
 		}
 		level = next
 	}
-	return trees, nil
+	return trees, made, nil
+}
+
+// planDir is a directory the plan enters: its path, tree and node.
+type planDir struct {
+	path string
+	id   ID
+	node *format.Node
+}
+
+// mkdirAll creates the directories dirs (whose parents exist) with a few
+// goroutines of g, and sets ok[i] when dirs[i] exists afterwards.
+func (rs *restorer) mkdirAll(ctx context.Context, g *errgroup.Group, dirs []planDir, ok []bool) {
+	var next atomic.Int64
+	for range min(len(dirs), max(2, runtime.GOMAXPROCS(0))) {
+		g.Go(func() error {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(dirs) {
+					return nil
+				}
+				if err := ctx.Err(); err != nil {
+					return context.Cause(ctx)
+				}
+				ok[i] = rs.mkdir(dirs[i].path)
+			}
+		})
+	}
 }
 
 func joinPath(prefix, name string) string {
@@ -390,7 +443,7 @@ func joinPath(prefix, name string) string {
 	return prefix + "/" + name
 }
 
-func (rs *restorer) planTree(ctx context.Context, trees map[ID]loadedTree, prefix string, depth int, t *format.Tree, filter *includeFilter, links map[[2]uint64]string) error {
+func (rs *restorer) planTree(ctx context.Context, trees map[ID]loadedTree, made map[string]bool, prefix string, t *format.Tree, filter *includeFilter, links map[[2]uint64]string) error {
 	for i := range t.Nodes {
 		if err := ctx.Err(); err != nil {
 			return context.Cause(ctx)
@@ -405,7 +458,11 @@ func (rs *restorer) planTree(ctx context.Context, trees map[ID]loadedTree, prefi
 			rs.create(p, n, links)
 			continue
 		}
-		if !rs.mkdir(p, depth, n) {
+		ok, tried := made[p]
+		if !tried {
+			return fmt.Errorf("directory %q was not created", p) // loadPlanTrees missed it: a bug
+		}
+		if !ok {
 			continue
 		}
 		sub := trees[n.Subtree]
@@ -416,7 +473,7 @@ func (rs *restorer) planTree(ctx context.Context, trees map[ID]loadedTree, prefi
 		if sub.t == nil {
 			return fmt.Errorf("tree %s of %q was not loaded", n.Subtree, p) // loadPlanTrees missed it: a bug
 		}
-		if err := rs.planTree(ctx, trees, p, depth+1, sub.t, filter, links); err != nil {
+		if err := rs.planTree(ctx, trees, made, p, sub.t, filter, links); err != nil {
 			return err
 		}
 	}
@@ -432,7 +489,7 @@ func (rs *restorer) removeExisting(p string) {
 
 // mkdir creates the directory p and reports whether the walk can descend
 // into it.
-func (rs *restorer) mkdir(p string, depth int, n *format.Node) bool {
+func (rs *restorer) mkdir(p string) bool {
 	s := p
 	rs.current.Store(&s)
 	if err := rs.root.Mkdir(p, 0o700); err != nil {
@@ -447,7 +504,6 @@ func (rs *restorer) mkdir(p string, depth int, n *format.Node) bool {
 			return false
 		}
 	}
-	rs.dirs = append(rs.dirs, dirMeta{path: p, depth: depth, node: n})
 	rs.nDirs.Add(1)
 	return true
 }

@@ -155,19 +155,28 @@ func trimOneNewline(b []byte) []byte {
 	return bytes.TrimSuffix(b, []byte("\r"))
 }
 
+// indexMode says how a command's open loads the repository's index.
+type indexMode int
+
+const (
+	indexStrict   indexMode = iota // a damaged index file fails the open
+	indexTolerant                  // a damaged index file is reported and left out
+	indexNone                      // not loaded: check reads every index file itself
+)
+
 // open opens the repository named by the flags.
 func (f *repoFlags) open(ctx context.Context) (*repository.Repository, error) {
-	return f.openMode(ctx, false)
+	return f.openMode(ctx, indexStrict)
 }
 
-// openReading opens the repository for commands that only read (check,
-// restore, listings): a damaged index file is reported and the rest of the
+// openReading opens the repository for commands that only read (restore,
+// listings): a damaged index file is reported and the rest of the
 // repository stays usable.
 func (f *repoFlags) openReading(ctx context.Context) (*repository.Repository, error) {
-	return f.openMode(ctx, true)
+	return f.openMode(ctx, indexTolerant)
 }
 
-func (f *repoFlags) openMode(ctx context.Context, tolerant bool) (*repository.Repository, error) {
+func (f *repoFlags) openMode(ctx context.Context, mode indexMode) (*repository.Repository, error) {
 	u, err := f.url()
 	if err != nil {
 		return nil, err
@@ -176,7 +185,7 @@ func (f *repoFlags) openMode(ctx context.Context, tolerant bool) (*repository.Re
 	if err != nil {
 		return nil, err
 	}
-	r, err := openRepo(ctx, u, pw, "--password-file, --password-command, CUSTOS_PASSWORD_FILE or CUSTOS_PASSWORD", tolerant)
+	r, err := openRepo(ctx, u, pw, "--password-file, --password-command, CUSTOS_PASSWORD_FILE or CUSTOS_PASSWORD", mode)
 	if err != nil {
 		return nil, err
 	}
@@ -186,7 +195,7 @@ func (f *repoFlags) openMode(ctx context.Context, tolerant bool) (*repository.Re
 
 // openRepo opens the repository at url and turns the common failures into
 // one actionable line.
-func openRepo(ctx context.Context, url string, pw []byte, pwHint string, tolerant bool) (*repository.Repository, error) {
+func openRepo(ctx context.Context, url string, pw []byte, pwHint string, mode indexMode) (*repository.Repository, error) {
 	be, err := location.Open(ctx, url)
 	if errors.Is(err, backend.ErrNotExist) {
 		return nil, withExitCode(exitNoRepository, fmt.Errorf("no repository found at %s (create one with: custos repo init --repo %s)", url, url))
@@ -195,13 +204,16 @@ func openRepo(ctx context.Context, url string, pw []byte, pwHint string, toleran
 		return nil, fmt.Errorf("opening repository at %s: %w", url, err)
 	}
 	var r *repository.Repository
-	if tolerant {
+	switch mode {
+	case indexTolerant:
 		var damaged []string
 		r, damaged, err = repository.OpenTolerant(ctx, be, pw)
 		for _, d := range damaged {
 			fmt.Fprintf(os.Stderr, "warning: damaged index file %s (run custos repo check)\n", d)
 		}
-	} else {
+	case indexNone:
+		r, err = repository.OpenForCheck(ctx, be, pw)
+	default:
 		r, err = repository.Open(ctx, be, pw)
 	}
 	if err != nil {

@@ -50,7 +50,7 @@ depend on it. The command exits non-zero when it finds a problem.`,
 				opts.Budget = b
 				opts.ReadData = true
 			}
-			r, err := f.openReading(ctx)
+			r, err := f.openMode(ctx, indexNone)
 			if err != nil {
 				return err
 			}
@@ -150,7 +150,7 @@ named by CUSTOS_TO_PASSWORD_FILE, else CUSTOS_TO_PASSWORD.`,
 			if err != nil {
 				return err
 			}
-			dst, err := openRepo(ctx, to, pw, "--to-password-file, CUSTOS_TO_PASSWORD_FILE or CUSTOS_TO_PASSWORD", false)
+			dst, err := openRepo(ctx, to, pw, "--to-password-file, CUSTOS_TO_PASSWORD_FILE or CUSTOS_TO_PASSWORD", indexStrict)
 			if err != nil {
 				return err
 			}
