@@ -237,10 +237,11 @@ step() {
 		esac || true
 		;;
 	restore)
-		# Every restore of a round stays until the round ends: deleting
-		# one right before the next tool's restore made that one slower
-		# (ext4 skips inodes freed in the last minute when it creates
-		# files), so whichever tool restored second paid for the first.
+		# Every tool's restore stays until all tools have restored
+		# (restored_all deletes them): deleting one right before the next
+		# tool's restore made that one slower (ext4 skips inodes freed in
+		# the last minute when it creates files), so whichever tool
+		# restored second paid for the first.
 		local target=$run/restore-$name
 		rm -rf "$target"
 		prepare "$repo"
@@ -283,6 +284,10 @@ step() {
 }
 
 # all_tools STEP TOOL...: STEP for every tool, in this round's order.
+# restored_all deletes the restores of a step once every tool has made
+# its own, so that a round keeps at most one restore per tool on disk.
+restored_all() { rm -rf "$run"/restore-*; }
+
 all_tools() {
 	local s=$1 i n
 	shift
@@ -490,6 +495,7 @@ for mode in $MODES; do
 			fi
 			echo "-- full restore of the latest snapshot, verified with diff -r"
 			all_tools restore "${tools[@]}"
+			restored_all
 			;;
 		s3)
 			# Local source repositories for the copy step, unmeasured.
@@ -516,6 +522,7 @@ for mode in $MODES; do
 				all_tools check "${tools[@]}"
 				echo "-- $tag: full restore, verified with diff -r"
 				all_tools restore "${tools[@]}"
+				restored_all
 				echo "-- $tag: copy of the whole dataset from a local repository"
 				# kopia has no copy between repositories (sync-to copies the
 				# raw blobs, which is another operation).
