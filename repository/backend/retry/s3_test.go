@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -134,16 +135,18 @@ func TestS3(t *testing.T) {
 			t.Errorf("cancelled Save sent %d requests", got)
 		}
 
-		slow := quick(io.Discard)
+		// The wrapper logs its warning once the first attempt's 503 has
+		// arrived, right before it waits: cancel then, not when the proxy
+		// merely saw the request (the request itself would be cancelled).
+		waiting := make(chan struct{})
+		slow := quick(&firstWrite{c: waiting})
 		slow.Backoff = backoff.Policy{Initial: time.Hour} // the test would hang if ctx were ignored
 		be := retry.New(raw, slow)
 		p.FailNext(100, 503, put)
 		ctx, cancel = context.WithCancel(context.Background())
 		errc := make(chan error, 1)
 		go func() { errc <- be.Save(ctx, h, bytes.NewReader(body), int64(len(body))) }()
-		for p.Count(put) == 0 {
-			time.Sleep(time.Millisecond)
-		}
+		<-waiting
 		cancel()
 		if err := <-errc; !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "HTTP 503") {
 			t.Errorf("Save cancelled while waiting = %v, want context.Canceled and the 503", err)
@@ -152,4 +155,15 @@ func TestS3(t *testing.T) {
 			t.Errorf("%d PUTs, want 1", got)
 		}
 	})
+}
+
+// firstWrite closes c at its first write.
+type firstWrite struct {
+	once sync.Once
+	c    chan struct{}
+}
+
+func (w *firstWrite) Write(b []byte) (int, error) {
+	w.once.Do(func() { close(w.c) })
+	return len(b), nil
 }
