@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -55,12 +56,14 @@ func TestClusterStopRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Each member serves the value by itself (serializable read: its own
-	// copy, no leader involved).
+	// copy, no leader involved). A put returns once a quorum has it, so a
+	// follower may apply it a moment later: wait for each.
 	for i, ep := range c.Endpoints() {
-		resp, err := client(t, c, ep).Get(ctx, "k", clientv3.WithSerializable())
-		if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "v1" {
-			t.Fatalf("member %d: %v %v", i, resp, err)
-		}
+		cli := client(t, c, ep)
+		waitFor(t, fmt.Sprintf("member %d to serve the value", i), func() bool {
+			resp, err := cli.Get(ctx, "k", clientv3.WithSerializable())
+			return err == nil && len(resp.Kvs) == 1 && string(resp.Kvs[0].Value) == "v1"
+		})
 	}
 	leader := c.Leader()
 	if leader < 0 {
