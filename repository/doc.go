@@ -52,8 +52,11 @@
 //     readers; copy writes to its destination's write session (dedup
 //     lookup, saver, commits); the pack reader loads through a loader and
 //     verifies through an opener. A test hands any of them a real part
-//     wrapped to count or to fail in one role. Forget, prune, stats and
-//     ls still take the repository itself.
+//     wrapped to count or to fail in one role. Prune finds what snapshots
+//     use through the tree loader (a level at a time, as restore plans),
+//     as restic's prune finds used blobs through its Loader; prune's
+//     planning and deletion, forget, stats and ls still take the
+//     repository itself.
 //
 // # Contracts between the parts
 //

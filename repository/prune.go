@@ -203,7 +203,7 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, op
 		}
 		return st, fmt.Errorf("refusing to prune: %d snapshot files cannot be read (repair or remove them first): %w", len(damaged), errors.Join(errs...))
 	}
-	used, err := r.usedBlobs(ctx, snaps)
+	used, err := usedBlobs(ctx, r, snaps)
 	if err != nil {
 		return st, err
 	}
@@ -414,38 +414,51 @@ func (r *Repository) writeIndexes(ctx context.Context, packs []format.IndexPack,
 
 // usedBlobs returns every blob (trees and data) reachable from snaps. A
 // data blob whose id equals a tree's keeps neither the tree nor what lies
-// below it: they are different blobs.
-func (r *Repository) usedBlobs(ctx context.Context, snaps []*Snapshot) (map[BlobHandle]bool, error) {
+// below it: they are different blobs. Trees are loaded a level at a time
+// (one round trip per level on remote storage, not one per directory), as
+// restore plans.
+func usedBlobs(ctx context.Context, trees treeLoader, snaps []*Snapshot) (map[BlobHandle]bool, error) {
 	used := map[BlobHandle]bool{}
-	var visit func(id ID) error
-	visit = func(id ID) error {
-		if used[format.TreeHandle(id)] {
-			return nil
+	// root names, for each tree of the current level, a snapshot that
+	// reaches it, so that an error says which snapshot depends on it.
+	root := map[ID]*Snapshot{}
+	var level []ID
+	for _, sn := range snaps {
+		if h := format.TreeHandle(sn.Tree); !used[h] {
+			used[h] = true
+			root[sn.Tree] = sn
+			level = append(level, sn.Tree)
 		}
-		used[format.TreeHandle(id)] = true
-		t, err := r.loadTree(ctx, id)
+	}
+	for len(level) > 0 {
+		loaded, err := trees.loadTrees(ctx, level, false)
 		if err != nil {
-			return fmt.Errorf("%w (run check; prune refuses to guess what a damaged tree references)", err)
+			return nil, err
 		}
-		for i := range t.Nodes {
-			n := &t.Nodes[i]
-			switch n.Type {
-			case format.NodeDir:
-				if err := visit(n.Subtree); err != nil {
-					return err
-				}
-			case format.NodeFile:
-				for _, b := range n.Content {
-					used[format.DataHandle(b)] = true
+		var next []ID
+		nextRoot := map[ID]*Snapshot{}
+		for _, id := range level {
+			lt := loaded[id]
+			if lt.err != nil {
+				return nil, fmt.Errorf("snapshot %s: %w (run check; prune refuses to guess what a damaged tree references)", root[id].ID.Short(), lt.err)
+			}
+			for i := range lt.t.Nodes {
+				n := &lt.t.Nodes[i]
+				switch n.Type {
+				case format.NodeDir:
+					if h := format.TreeHandle(n.Subtree); !used[h] {
+						used[h] = true
+						nextRoot[n.Subtree] = root[id]
+						next = append(next, n.Subtree)
+					}
+				case format.NodeFile:
+					for _, b := range n.Content {
+						used[format.DataHandle(b)] = true
+					}
 				}
 			}
 		}
-		return nil
-	}
-	for _, sn := range snaps {
-		if err := visit(sn.Tree); err != nil {
-			return nil, fmt.Errorf("snapshot %s: %w", sn.ID.Short(), err)
-		}
+		level, root = next, nextRoot
 	}
 	return used, nil
 }

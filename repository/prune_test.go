@@ -298,7 +298,7 @@ func pruneUsage(t *testing.T, r *Repository) (packs map[ID]repackCandidate, used
 	if err != nil || len(damaged) > 0 {
 		t.Fatalf("list snapshots: %v, %d damaged", err, len(damaged))
 	}
-	used, err := r.usedBlobs(ctx, snaps)
+	used, err := usedBlobs(ctx, r, snaps)
 	if err != nil {
 		t.Fatal(err)
 	}

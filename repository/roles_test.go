@@ -598,3 +598,80 @@ func TestCheckThroughFaultyRoles(t *testing.T) {
 	// repository is still clean.
 	mustCheckClean(t, r, true)
 }
+
+// levelCounter is prune's tree loader, counting its calls and failing the
+// load of one tree.
+type levelCounter struct {
+	treeLoader
+	calls int
+	fail  ID
+}
+
+func (l *levelCounter) loadTrees(ctx context.Context, ids []ID, keepRaw bool) (map[ID]loadedTree, error) {
+	l.calls++
+	out, err := l.treeLoader.loadTrees(ctx, ids, keepRaw)
+	if _, ok := out[l.fail]; ok {
+		out[l.fail] = loadedTree{err: fmt.Errorf("load tree %s: %w", l.fail, errRoleFault)}
+	}
+	return out, err
+}
+
+// TestPruneUsedBlobsThroughTreeLoader: prune finds what snapshots use with
+// one tree load per level of the deepest snapshot (not one per directory),
+// finds exactly what a walk of each snapshot finds, and a tree that fails
+// to load stops it, naming the snapshot.
+func TestPruneUsedBlobsThroughTreeLoader(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newTestRepo(t, false)
+	dir := t.TempDir()
+	writeTreeOfFiles(t, dir, 3, 2, 20<<10, 5) // root/dNN/files: two levels of trees
+	s1 := backupDir(t, r, dir, "a")
+	deep := filepath.Join(dir, "x", "y", "z")
+	writeRandomFiles(t, deep, "f", 2, 10<<10, 6) // four levels now
+	s2 := backupDir(t, r, dir, "b")
+	want := union(snapshotBlobs(t, r, s1), snapshotBlobs(t, r, s2))
+
+	var zTree ID
+	if err := r.walkTree(ctx, s2.Tree, func(p string, n *format.Node) error {
+		if p == "x/y/z" {
+			zTree = n.Subtree
+		}
+		return nil
+	}); err != nil || zTree == (ID{}) {
+		t.Fatalf("no tree for x/y/z in the second snapshot: %v", err)
+	}
+
+	for _, tc := range []struct {
+		name      string
+		fail      ID
+		wantCalls int
+	}{
+		{name: "clean", wantCalls: 4}, // the roots; x and the dNN; y; z
+		{name: "a deep tree fails", fail: zTree},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := &levelCounter{treeLoader: r, fail: tc.fail}
+			used, err := usedBlobs(ctx, l, []*Snapshot{s1, s2})
+			if tc.fail != (ID{}) {
+				if !errors.Is(err, errRoleFault) || !strings.Contains(err.Error(), s2.ID.Short()) {
+					t.Fatalf("usedBlobs with tree %s failing: %v, want the fault naming snapshot %s", tc.fail.Short(), err, s2.ID.Short())
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l.calls != tc.wantCalls {
+				t.Errorf("%d tree loads, want %d (one per level)", l.calls, tc.wantCalls)
+			}
+			if len(used) != len(want) {
+				t.Errorf("%d blobs used, want %d", len(used), len(want))
+			}
+			for h := range want {
+				if !used[h] {
+					t.Errorf("%s is referenced but not counted as used", h)
+				}
+			}
+		})
+	}
+}
