@@ -134,9 +134,7 @@ func (r *Repository) forEachIndexFile(ctx context.Context, all bool, fn func(id 
 // forEachIndexFileIDs is forEachIndexFile that also returns every index
 // file id it listed.
 func (r *Repository) forEachIndexFileIDs(ctx context.Context, all bool, fn func(id ID, f *format.IndexFile) error) ([]ID, error) {
-	ids, err := r.listIDs(ctx, backend.IndexFile, func(name string) {
-		r.log.Warn("ignoring index object with an invalid name", "name", name)
-	})
+	ids, err := r.listIDs(ctx, backend.IndexFile, ignoredIndexName(r.log))
 	if err != nil {
 		return nil, err
 	}
@@ -159,6 +157,12 @@ func (r *Repository) forEachIndexFileIDs(ctx context.Context, all bool, fn func(
 	return ids, nil
 }
 
+// ignoredIndexName is how loading the index reports an object in index/
+// whose name is no id: it is left out, and a warning says so.
+func ignoredIndexName(log *slog.Logger) func(name string) {
+	return func(name string) { log.Warn("ignoring index object with an invalid name", "name", name) }
+}
+
 // indexPrefetch lists index/ and loads the bytes of every index file in
 // the background, before the repository's key is known: opening a
 // repository derives the key from the password, which takes about as long
@@ -176,12 +180,9 @@ type indexPrefetch struct {
 func prefetchIndex(ctx context.Context, be backend.Backend) *indexPrefetch {
 	ctx, cancel := context.WithCancel(ctx)
 	p := &indexPrefetch{cancel: cancel, done: make(chan struct{})}
-	log := slog.Default().With("repository", be.Location())
 	go func() {
 		defer close(p.done)
-		p.ids, p.err = listObjectIDs(ctx, be, backend.IndexFile, func(name string) {
-			log.Warn("ignoring index object with an invalid name", "name", name)
-		})
+		p.ids, p.err = listObjectIDs(ctx, be, backend.IndexFile, ignoredIndexName(repoLogger(be)))
 		if p.err != nil {
 			return
 		}
@@ -245,9 +246,7 @@ func (r *Repository) buildIndex(ctx context.Context, tolerate func(error) bool, 
 	if pre != nil {
 		ids, files, errs, err = pre.files(ctx, r, fatal)
 	} else {
-		ids, err = r.listIDs(ctx, backend.IndexFile, func(name string) {
-			r.log.Warn("ignoring index object with an invalid name", "name", name)
-		})
+		ids, err = r.listIDs(ctx, backend.IndexFile, ignoredIndexName(r.log))
 		if err == nil {
 			files, errs, err = loadAll(ctx, ids, 8, r.loadIndexFile, fatal)
 		}

@@ -136,8 +136,13 @@ func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repositor
 	return r, nil
 }
 
+// repoLogger is the logger of everything done to the repository on be.
+func repoLogger(be backend.Backend) *slog.Logger {
+	return slog.Default().With("repository", be.Location())
+}
+
 func newRepository(be backend.Backend, cfg *format.Config, s *format.Sealer) *Repository {
-	return &Repository{be: be, cfg: cfg, seal: s, log: slog.Default().With("repository", be.Location()), idx: index.New()}
+	return &Repository{be: be, cfg: cfg, seal: s, log: repoLogger(be), idx: index.New()}
 }
 
 // Open opens the repository in be. password is ignored for an unencrypted
