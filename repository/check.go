@@ -990,7 +990,7 @@ func (c *checkState) streamPack(ctx context.Context, id ID, blobs []format.Packe
 	for i, pb := range blobs {
 		if skip := int64(pb.Offset) - pos; skip > 0 {
 			if _, err := io.CopyN(io.Discard, in, skip); err != nil {
-				return fail(fmt.Errorf("read %s: %w", h, err))
+				return fail(fmt.Errorf("read %s: %w", h, shortBody(err)))
 			}
 		}
 		if cap(pr.sealed) < int(pb.Length) {
@@ -998,7 +998,7 @@ func (c *checkState) streamPack(ctx context.Context, id ID, blobs []format.Packe
 		}
 		sealed := pr.sealed[:pb.Length]
 		if _, err := io.ReadFull(in, sealed); err != nil {
-			return fail(fmt.Errorf("read %s: %w", h, err))
+			return fail(fmt.Errorf("read %s: %w", h, shortBody(err)))
 		}
 		pos = int64(pb.Offset) + int64(pb.Length)
 		if b := pr.open(id, i, pb, sealed); b.Err != nil {
@@ -1010,14 +1010,14 @@ func (c *checkState) streamPack(ctx context.Context, id ID, blobs []format.Packe
 	rest := size - pos
 	keep := min(rest, format.MaxPackHeaderBytes+format.PackTrailerSize)
 	if _, err := io.CopyN(io.Discard, in, rest-keep); err != nil {
-		return fail(fmt.Errorf("read %s: %w", h, err))
+		return fail(fmt.Errorf("read %s: %w", h, shortBody(err)))
 	}
 	if int64(cap(pr.whole)) < keep {
 		pr.whole = make([]byte, keep)
 	}
 	tail := pr.whole[:keep]
 	if _, err := io.ReadFull(in, tail); err != nil {
-		return fail(fmt.Errorf("read %s: %w", h, err))
+		return fail(fmt.Errorf("read %s: %w", h, shortBody(err)))
 	}
 	if n, _ := io.ReadFull(in, make([]byte, 1)); n > 0 {
 		return fail(fmt.Errorf("read %s: more than the %d bytes listed", h, size))

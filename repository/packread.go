@@ -181,7 +181,7 @@ func (pr *packReader) readRange(ctx context.Context, pack ID, entries []format.P
 		}
 		if skip := int64(pb.Offset) - pos; skip > 0 {
 			if _, err := io.CopyN(io.Discard, rd, skip); err != nil {
-				return failFrom(i, fmt.Errorf("load %s at %d: %w", h, pos, err))
+				return failFrom(i, fmt.Errorf("load %s at %d: %w", h, pos, shortBody(err)))
 			}
 		}
 		if cap(pr.sealed) < int(pb.Length) {
@@ -189,7 +189,7 @@ func (pr *packReader) readRange(ctx context.Context, pack ID, entries []format.P
 		}
 		sealed := pr.sealed[:pb.Length]
 		if _, err := io.ReadFull(rd, sealed); err != nil {
-			return failFrom(i, fmt.Errorf("load %s at %d+%d: %w", h, pb.Offset, pb.Length, err))
+			return failFrom(i, fmt.Errorf("load %s at %d+%d: %w", h, pb.Offset, pb.Length, shortBody(err)))
 		}
 		pos = int64(pb.Offset) + int64(pb.Length)
 		if err := fn(pr.open(pack, idx[i], pb, sealed)); err != nil {
@@ -197,6 +197,16 @@ func (pr *packReader) readRange(ctx context.Context, pack ID, entries []format.P
 		}
 	}
 	return nil
+}
+
+// shortBody turns io.EOF, met while reading a body that must hold more,
+// into io.ErrUnexpectedEOF: a body that ends between two blobs is as short
+// as one that ends inside a blob.
+func shortBody(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // readBuffer verifies entries of pack from buf, the whole pack already in
