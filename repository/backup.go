@@ -716,7 +716,7 @@ func (w *chunkWorker) backupFile(j *fileJob) error {
 	n := &j.dir.nodes[j.idx]
 	before := j.st
 	for attempt := 0; ; attempt++ {
-		res, err := w.readFile(j.path, &before)
+		res, err := w.readFile(j.path, &before, j.old)
 		if err != nil {
 			if b.ctx.Err() != nil || isRepoError(err) {
 				return err
@@ -775,8 +775,10 @@ type readResult struct {
 
 // readFile reads, chunks and queues one file. want is the stat the walker
 // saw; when the opened file is a different one it is replaced by the opened
-// file's stat, so that the caller compares like with like.
-func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, error) {
+// file's stat, so that the caller compares like with like. old is the
+// file's node in the parent snapshot, if any: the chunks the file still
+// begins with are recognised without the chunker (reusableChunks).
+func (w *chunkWorker) readFile(p string, want *syscall.Stat_t, old *format.Node) (*readResult, error) {
 	b := w.b
 	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
@@ -845,9 +847,12 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 	// per file, so then one goroutine does it all, as before; so it does
 	// on one core.
 	alone := cap(b.chunkers) > 1 && len(b.chunkers) == cap(b.chunkers)-1
+	plan := w.reusableChunks(old)
 	dr := &directReader{f: f, off: int64(len(small))}
 	var src io.Reader = dr
-	if alone {
+	// Reused chunks are read by their own lengths, which would leave the
+	// reads unaligned for O_DIRECT; the read-ahead reads aligned buffers.
+	if alone || len(plan) > 0 {
 		ra := newReadAhead(dr, b.bufs)
 		defer ra.close()
 		src = ra
@@ -856,7 +861,6 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 	if cs == nil {
 		cs = &chunkState{ch: b.r.cfg.NewChunker(rd), digest: sha256.New()}
 	} else {
-		b.r.cfg.ResetChunker(cs.ch, rd)
 		cs.digest.Reset()
 	}
 	defer b.bufs.put(full)
@@ -864,8 +868,22 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 	// chunks (chunk_min plus twice the average excess: 86% of them), so
 	// a new chunk is not copied again; a larger one is.
 	fit := int(min(b.r.cfg.MaxChunk, b.r.cfg.MinChunk+2<<b.r.cfg.AverageBits()))
+	// cut hands the file's chunks to store in order: the reused ones,
+	// then the chunker's from where the file first differs.
+	cut := func(store func(cutChunk) error) error {
+		rest, reused, release, err := w.reuseChunks(p, rd, plan, store)
+		if err != nil {
+			return err
+		}
+		defer release()
+		if b.r.testHookReuse != nil {
+			b.r.testHookReuse(p, reused)
+		}
+		b.r.cfg.ResetChunker(cs.ch, rest)
+		return w.cutChunks(p, cs.ch, fit, reused, store)
+	}
 	if !alone {
-		err := w.cutChunks(p, cs.ch, fit, func(c cutChunk) error { return w.storeChunk(c, cs.digest, res) })
+		err := cut(func(c cutChunk) error { return w.storeChunk(c, cs.digest, res) })
 		if err != nil {
 			return nil, err
 		}
@@ -885,7 +903,7 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 				}
 			}
 		}()
-		cutErr := w.cutChunks(p, cs.ch, fit, func(c cutChunk) error {
+		cutErr := cut(func(c cutChunk) error {
 			select {
 			case cuts <- c:
 				return nil
@@ -913,15 +931,88 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t) (*readResult, err
 // cutChunk is one chunk of a large file on its way from cutChunks to
 // storeChunks: data is the chunk, inside full (from newBuf) when the
 // chunker cut it in place, else in a slice of its own (full then nil).
+// A chunk of the parent snapshot's that the file still holds comes with
+// its id (reused): it is stored already.
 type cutChunk struct {
 	full, data []byte
+	reused     bool
+	id         ID
+}
+
+// oldChunk is a chunk of a file's previous version: its id and length.
+type oldChunk struct {
+	id ID
+	n  int
+}
+
+// reusableChunks returns the chunks that a changed file may still begin
+// with: those of its previous version old, but the last, while the index
+// knows their lengths. The chunker decides each cut from the bytes since
+// the chunk's start alone (it starts afresh after every cut), so a chunk
+// whose bytes are unchanged ends where it ended before; the old last chunk
+// ended at the old end of the file, which may be no cut any longer. A file
+// that grew at its end (logs, mail folders, database dumps) is then hashed
+// but not run through the chunker up to where it changed, and its chunks
+// are the ones a backup without parent cuts. (A parent copied from a
+// repository with another chunker polynomial gives that repository's
+// cuts: the bytes are the same, only deduplication against new data
+// suffers.)
+func (w *chunkWorker) reusableChunks(old *format.Node) []oldChunk {
+	if old == nil || old.Type != format.NodeFile || len(old.Content) < 2 {
+		return nil
+	}
+	x := w.b.r.index()
+	lo, hi := w.b.r.cfg.MinChunk, w.b.r.cfg.MaxChunk
+	plan := make([]oldChunk, 0, len(old.Content)-1)
+	for _, id := range old.Content[:len(old.Content)-1] {
+		_, pb, ok := x.Lookup(format.DataHandle(id))
+		// A cut the chunker made lies within [chunk_min, chunk_max].
+		if !ok || uint64(pb.RawLength) < uint64(lo) || uint64(pb.RawLength) > uint64(hi) {
+			break
+		}
+		plan = append(plan, oldChunk{id: id, n: int(pb.RawLength)})
+	}
+	return plan
+}
+
+// reuseChunks reads the chunks of plan from rd as long as the file still
+// holds them (same length, same id) and passes each to store as reused.
+// It returns what the chunker must go on with: the bytes read of the
+// first chunk that differs, then the rest of rd; how many chunks it
+// reused; and release, which frees those bytes once the chunker is done.
+func (w *chunkWorker) reuseChunks(p string, rd io.Reader, plan []oldChunk, store func(cutChunk) error) (rest io.Reader, reused int, release func(), err error) {
+	b := w.b
+	for i, oc := range plan {
+		full, buf := b.saver.newBuf(oc.n)
+		n, err := io.ReadFull(rd, buf)
+		if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+			b.bufs.put(full)
+			return nil, 0, nil, err
+		}
+		if n < oc.n || w.blobID(buf) != oc.id {
+			return io.MultiReader(&bytesReader{b: buf[:n]}, rd), i, func() { b.bufs.put(full) }, nil
+		}
+		if b.r.testHookChunk != nil {
+			b.r.testHookChunk(p, i)
+		}
+		if err := store(cutChunk{full: full, data: buf, reused: true, id: oc.id}); err != nil {
+			return nil, 0, nil, err
+		}
+		if i%8 == 7 {
+			if err := b.ctx.Err(); err != nil {
+				return nil, 0, nil, &repoError{context.Cause(b.ctx)}
+			}
+		}
+	}
+	return rd, len(plan), func() {}, nil
 }
 
 // cutChunks cuts a file into chunks and passes them to store in order,
-// until the end of the file or an error (its own, or store's).
-func (w *chunkWorker) cutChunks(p string, ch *chunker.Chunker, fit int, store func(cutChunk) error) error {
+// until the end of the file or an error (its own, or store's). The chunks
+// are numbered from first on (for testHookChunk).
+func (w *chunkWorker) cutChunks(p string, ch *chunker.Chunker, fit, first int, store func(cutChunk) error) error {
 	b := w.b
-	for i := 0; ; i++ {
+	for i := first; ; i++ {
 		bfull, bdata := b.saver.newBuf(fit)
 		c, err := ch.Next(bdata[:0:fit])
 		if err == io.EOF {
@@ -956,6 +1047,12 @@ func (w *chunkWorker) cutChunks(p string, ch *chunker.Chunker, fit int, store fu
 func (w *chunkWorker) storeChunk(c cutChunk, digest hash.Hash, res *readResult) error {
 	b := w.b
 	digest.Write(c.data)
+	if c.reused {
+		res.content = append(res.content, c.id)
+		res.size += int64(len(c.data))
+		b.bufs.put(c.full)
+		return nil
+	}
 	id := w.blobID(c.data)
 	res.content = append(res.content, id)
 	res.size += int64(len(c.data))

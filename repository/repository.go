@@ -65,6 +65,9 @@ type Repository struct {
 	// file (path is the source path, n the chunk number), so tests can
 	// change the file deterministically while it is being read.
 	testHookChunk func(path string, n int)
+	// testHookReuse, when set, learns how many chunks of its parent's a
+	// changed large file was found to begin with (reusableChunks).
+	testHookReuse func(path string, reused int)
 	// commitEvery, when not 0, replaces the blobs a backup holds in
 	// uploaded packs before it indexes them (tests use a few).
 	commitEvery int
