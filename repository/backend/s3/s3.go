@@ -221,6 +221,11 @@ func newBackend(ctx context.Context, opts Options) (*Backend, error) {
 		// S3-compatible servers often send no checksums; the SDK would log a
 		// warning for every such response.
 		o.DisableLogOutputChecksumValidationSkipped = true
+		// Every object custos reads carries its own SHA-256, AEAD tag or
+		// checksum, verified by the repository as it reads; the SDK's
+		// CRC32 of each download would check the same bytes again (about
+		// 2% of a check's CPU).
+		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
 		// Uploads are not hashed a second time for the signature
 		// (UNSIGNED-PAYLOAD; see unsignedPayload).
 		o.APIOptions = append(o.APIOptions, unsignedPayload)
