@@ -70,6 +70,8 @@ type checkSource struct {
 	objectOpener                // index files, snapshots, pack headers
 	packSource                  // pack readers for trees and indexed blobs
 	seal         *format.Sealer // opens the headers of packs read whole
+	// pre, if not nil, is the first pass's fetch, started by OpenForCheck.
+	pre *checkPrefetch
 }
 
 // checkBackend is the storage as check reads it: listings, and packs
@@ -79,11 +81,13 @@ type checkBackend interface {
 	packLoader
 }
 
-// objectOpener loads the small objects check opens with the key, each
-// verified against its name: index files, snapshots and pack headers.
+// objectOpener opens the small objects check reads with the key, each
+// verified against its name: index files and snapshots from their stored
+// bytes (loaded through the checkBackend, so that they can be fetched
+// before the key is known), and pack headers.
 type objectOpener interface {
-	loadIndexFile(ctx context.Context, id ID) (*format.IndexFile, error)
-	LoadSnapshot(ctx context.Context, id ID) (*Snapshot, error)
+	openIndexFile(id ID, b []byte) (*format.IndexFile, error)
+	openSnapshot(id ID, b []byte) (*Snapshot, error)
 	readPackHeader(ctx context.Context, pack ID, packSize int64) (*format.PackHeader, error)
 }
 
@@ -95,6 +99,29 @@ func (r *Repository) checkSource() checkSource {
 // listIDs lists the objects of type t whose names are valid ids.
 func (s checkSource) listIDs(ctx context.Context, t backend.FileType, bad func(name string)) ([]ID, error) {
 	return listObjectIDs(ctx, s.be, t, bad)
+}
+
+// loadIndexFile loads and opens index file id.
+func (s checkSource) loadIndexFile(ctx context.Context, id ID) (*format.IndexFile, error) {
+	b, err := fetchIndexFile(ctx, s.be, id)
+	if err != nil {
+		return nil, err
+	}
+	return s.openIndexFile(id, b)
+}
+
+// LoadSnapshot loads and opens snapshot file id.
+func (s checkSource) LoadSnapshot(ctx context.Context, id ID) (*Snapshot, error) {
+	b, err := fetchSnapshot(ctx, s.be, id)
+	if err != nil {
+		return nil, err
+	}
+	return s.openSnapshot(id, b)
+}
+
+// fetchIndexFile loads the stored bytes of index file id.
+func fetchIndexFile(ctx context.Context, be packLoader, id ID) ([]byte, error) {
+	return loadSmall(ctx, be, backend.Handle{Type: backend.IndexFile, Name: id.String()}, format.MaxIndexFileSize)
 }
 
 // checkState collects what Check learns while it walks the repository.
@@ -198,11 +225,17 @@ const maxCheckPasses = 5
 // over. Real damage survives every pass and is reported; a repository that
 // keeps changing for maxCheckPasses passes is an error, not damage.
 func (r *Repository) check(ctx context.Context, opts CheckOptions, now time.Time) (*CheckResult, error) {
-	return checkFrom(ctx, r.checkSource(), r.log, opts, now)
+	src := r.checkSource()
+	src.pre = r.checkPre.Swap(nil)
+	return checkFrom(ctx, src, r.log, opts, now)
 }
 
 // checkFrom is check reading from src.
 func checkFrom(ctx context.Context, src checkSource, log *slog.Logger, opts CheckOptions, now time.Time) (*CheckResult, error) {
+	pre := src.pre // the first pass's only
+	if pre != nil {
+		defer pre.stop()
+	}
 	if opts.Cursor != "" {
 		if _, err := ParseID(opts.Cursor); err != nil {
 			return nil, fmt.Errorf("check: bad cursor: %w", err)
@@ -210,7 +243,9 @@ func checkFrom(ctx context.Context, src checkSource, log *slog.Logger, opts Chec
 	}
 	for pass := 1; ; pass++ {
 		c := newCheckState(src)
-		if err := c.pass(ctx, opts, now); err != nil {
+		err := c.pass(ctx, opts, now, pre)
+		pre = nil
+		if err != nil {
 			return nil, err
 		}
 		if len(c.problems) == 0 {
@@ -247,8 +282,8 @@ func newCheckState(src checkSource) *checkState {
 }
 
 // pass checks the repository once, in the reverse of the write order.
-func (c *checkState) pass(ctx context.Context, opts CheckOptions, now time.Time) error {
-	snaps, err := c.checkSnapshotsAndIndex(ctx)
+func (c *checkState) pass(ctx context.Context, opts CheckOptions, now time.Time, pre *checkPrefetch) error {
+	snaps, err := c.checkSnapshotsAndIndex(ctx, pre)
 	if err != nil {
 		return err
 	}
@@ -376,8 +411,12 @@ type packListing struct {
 // listPackFiles lists data/ (after the index files: see check) without
 // recording anything, so that it can run while index files load.
 func (c *checkState) listPackFiles(ctx context.Context) (packListing, error) {
+	return listPackFiles(ctx, c.src.be)
+}
+
+func listPackFiles(ctx context.Context, be lister) (packListing, error) {
 	l := packListing{stored: map[ID]int64{}}
-	err := c.src.be.List(ctx, backend.PackFile, func(fi backend.FileInfo) error {
+	err := be.List(ctx, backend.PackFile, func(fi backend.FileInfo) error {
 		id, err := ParseID(fi.Name)
 		if err != nil {
 			l.bad = append(l.bad, fi.Name)
@@ -430,46 +469,156 @@ func (c *checkState) listIndexAndPacks(ctx context.Context) (indexListing, packL
 	return idx, packs, err
 }
 
-// checkSnapshotsAndIndex is checkSnapshots, checkIndex and listPacks in
-// one: the three listings keep that order (see check), each starting when
-// the one before has returned, while the files each listing named load
-// during the next listing. On remote storage that saves the round trips of
-// loading snapshot and index files. What they find is recorded in the
-// order of the three steps, so a pass reports as it would one step after
-// another.
-func (c *checkState) checkSnapshotsAndIndex(ctx context.Context) ([]*Snapshot, error) {
-	var snapBad []string
-	snapIDs, err := c.src.listIDs(ctx, backend.SnapshotFile, func(name string) { snapBad = append(snapBad, name) })
+// checkFetch is what a pass lists and loads before it opens anything with
+// the key: the snapshot, index and pack listings, in that order (see
+// check), each starting when the one before has returned, and the stored
+// bytes of the snapshot and index files they named, which load during the
+// next listing. OpenForCheck starts one while it derives the key, so that
+// on remote storage those round trips cost nothing.
+type checkFetch struct {
+	snapIDs  []ID
+	snapBad  []string
+	snapRaw  [][]byte
+	snapErrs []error
+	idx      indexListing // ids and bad; opening fills files and errs
+	idxRaw   [][]byte
+	packs    packListing
+}
+
+// fetchForCheck lists and loads what checkFetch holds. Failing to list is
+// an error; failing to load a file is recorded for that file.
+func fetchForCheck(ctx context.Context, be checkBackend) (*checkFetch, error) {
+	f := &checkFetch{}
+	var err error
+	f.snapIDs, err = listObjectIDs(ctx, be, backend.SnapshotFile, func(name string) { f.snapBad = append(f.snapBad, name) })
 	if err != nil {
 		return nil, fmt.Errorf("check: %w", err)
 	}
-	var (
-		snaps    []*Snapshot
-		snapErrs []error
-		idx      indexListing
-		packs    packListing
-	)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		var err error
-		if snaps, snapErrs, err = loadAll(gctx, snapIDs, 16, c.src.LoadSnapshot, cancelled); err != nil {
+		f.snapRaw, f.snapErrs, err = loadAll(gctx, f.snapIDs, 16, func(ctx context.Context, id ID) ([]byte, error) {
+			return fetchSnapshot(ctx, be, id)
+		}, cancelled)
+		if err != nil {
 			return fmt.Errorf("check: %w", err)
 		}
 		return nil
 	})
 	g.Go(func() error {
-		var err error
-		idx, packs, err = c.listIndexAndPacks(gctx)
-		return err
+		ids, err := listObjectIDs(gctx, be, backend.IndexFile, func(name string) { f.idx.bad = append(f.idx.bad, name) })
+		if err != nil {
+			return fmt.Errorf("check: %w", err)
+		}
+		f.idx.ids = ids
+		g2, g2ctx := errgroup.WithContext(gctx)
+		g2.Go(func() error {
+			var err error
+			f.packs, err = listPackFiles(g2ctx, be)
+			return err
+		})
+		g2.Go(func() error {
+			var err error
+			f.idxRaw, f.idx.errs, err = loadAll(g2ctx, ids, 8, func(ctx context.Context, id ID) ([]byte, error) {
+				return fetchIndexFile(ctx, be, id)
+			}, cancelled)
+			if err != nil {
+				return fmt.Errorf("check: %w", err)
+			}
+			return nil
+		})
+		return g2.Wait()
 	})
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	c.snapIDs = snapIDs
-	out := c.recordSnapshots(snapIDs, snapBad, snaps, snapErrs)
+	return f, nil
+}
+
+// checkPrefetch is a fetchForCheck running in the background.
+type checkPrefetch struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	f      *checkFetch
+	err    error
+}
+
+func startCheckFetch(ctx context.Context, be checkBackend) *checkPrefetch {
+	ctx, cancel := context.WithCancel(ctx)
+	p := &checkPrefetch{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		p.f, p.err = fetchForCheck(ctx, be)
+	}()
+	return p
+}
+
+// wait returns the fetch's result once it has ended, or ctx's cause.
+func (p *checkPrefetch) wait(ctx context.Context) (*checkFetch, error) {
+	select {
+	case <-p.done:
+		return p.f, p.err
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+// stop cancels the fetch if it still runs and waits until it has ended.
+func (p *checkPrefetch) stop() {
+	p.cancel()
+	<-p.done
+}
+
+// checkSnapshotsAndIndex is checkSnapshots, checkIndex and listPacks in
+// one: it fetches (fetchForCheck) unless pre has already, opens what was
+// fetched with the key, and records what it found in the order of the
+// three steps, so a pass reports as it would one step after another.
+func (c *checkState) checkSnapshotsAndIndex(ctx context.Context, pre *checkPrefetch) ([]*Snapshot, error) {
+	var (
+		f   *checkFetch
+		err error
+	)
+	if pre != nil {
+		f, err = pre.wait(ctx)
+	} else {
+		f, err = fetchForCheck(ctx, c.src.be)
+	}
+	if err != nil {
+		return nil, err
+	}
+	snaps, snapErrs, err := openFetched(ctx, f.snapIDs, f.snapRaw, f.snapErrs, 16, c.src.openSnapshot)
+	if err != nil {
+		return nil, fmt.Errorf("check: %w", err)
+	}
+	idx := f.idx
+	idx.files, idx.errs, err = openFetched(ctx, idx.ids, f.idxRaw, idx.errs, 8, c.src.openIndexFile)
+	if err != nil {
+		return nil, fmt.Errorf("check: %w", err)
+	}
+	c.snapIDs = f.snapIDs
+	out := c.recordSnapshots(f.snapIDs, f.snapBad, snaps, snapErrs)
 	c.recordIndex(idx)
-	c.recordPacks(packs)
+	c.recordPacks(f.packs)
 	return out, nil
+}
+
+// openFetched opens raw[i], the stored bytes of object ids[i], unless
+// loading it failed (errs[i]), at most limit at once: the results and the
+// errors by position, or an error when ctx ends.
+func openFetched[T any](ctx context.Context, ids []ID, raw [][]byte, errs []error, limit int, open func(ID, []byte) (T, error)) ([]T, []error, error) {
+	at := make(map[ID]int, len(ids))
+	for i, id := range ids {
+		at[id] = i
+	}
+	out, oerrs, err := loadAll(ctx, ids, limit, func(_ context.Context, id ID) (T, error) {
+		i := at[id]
+		if errs[i] != nil {
+			var zero T
+			return zero, errs[i]
+		}
+		return open(id, raw[i])
+	}, cancelled)
+	return out, oerrs, err
 }
 
 // cancelled is loadAll's fatal function for check: a damaged object is a
@@ -1274,8 +1423,19 @@ func (c *checkState) walk(ctx context.Context, prefix string, id ID, fn func(p s
 // itself, and reports the damaged ones), so that no index file is fetched
 // twice. Readers that need the index (restore, listings of files) load it
 // when they start, as they do after another process added index files.
+//
+// It also lists and loads, while it derives the key, what the first Check
+// lists and loads before it needs the key (checkFetch); Close stops that
+// if no Check takes it.
 func OpenForCheck(ctx context.Context, be backend.Backend, password []byte) (*Repository, error) {
-	return openConfig(ctx, be, password)
+	pre := startCheckFetch(ctx, be)
+	r, err := openConfig(ctx, be, password)
+	if err != nil {
+		pre.stop()
+		return nil, err
+	}
+	r.checkPre.Store(pre)
+	return r, nil
 }
 
 // OpenTolerant opens a repository like Open, but an index file that cannot

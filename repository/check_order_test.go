@@ -3,6 +3,7 @@ package repository
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -162,33 +163,72 @@ func TestCheckReportsInStepOrder(t *testing.T) {
 	}
 }
 
-// TestOpenForCheckLoadsIndexOnce: opened as the check command opens it, a
-// check loads every index file once, open included.
-func TestOpenForCheckLoadsIndexOnce(t *testing.T) {
+// keyGate is a recordingBackend whose loads of key files wait until a
+// listing of snapshots has started: a check that lists only once it holds
+// the key then cannot open at all.
+type keyGate struct {
+	*recordingBackend
+}
+
+func (g keyGate) Load(ctx context.Context, h backend.Handle, length int, offset int64) (io.ReadCloser, error) {
+	if h.Type == backend.KeyFile {
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			g.mu.Lock()
+			started := slices.Contains(g.events, "start "+string(backend.SnapshotFile))
+			g.mu.Unlock()
+			if started {
+				break
+			}
+			if time.Now().After(deadline) {
+				return nil, fmt.Errorf("load %s: nothing was listed while the key was loaded", h)
+			}
+		}
+	}
+	return g.recordingBackend.Load(ctx, h, length, offset)
+}
+
+// TestOpenForCheckFetchesWhileKeyDerives: opened as the check command opens
+// it, the first check's listings and loads run while the key is loaded and
+// derived, still in the write-reverse order, and the check loads every
+// snapshot and index file once, open included.
+func TestOpenForCheckFetchesWhileKeyDerives(t *testing.T) {
 	f := newCorruptionFixture(t)
 	be, err := local.Open(context.Background(), f.dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rb := &recordingBackend{Backend: be, loads: map[backend.Handle]int{}}
-	r, err := OpenForCheck(context.Background(), rb, []byte(corruptPW))
+	rb := &recordingBackend{Backend: be, loads: map[backend.Handle]int{}, slowLists: true}
+	r, err := OpenForCheck(context.Background(), keyGate{rb}, []byte(corruptPW))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = r.Close() })
 	mustCheckClean(t, r, true)
-	indexes := 0
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	pos := func(e string) int {
+		i := slices.Index(rb.events, e)
+		if i < 0 {
+			t.Fatalf("check did not %s; events %v", e, rb.events)
+		}
+		return i
+	}
+	if pos("end "+string(backend.SnapshotFile)) > pos("start "+string(backend.IndexFile)) ||
+		pos("end "+string(backend.IndexFile)) > pos("start "+string(backend.PackFile)) {
+		t.Errorf("listings out of order: %v", rb.events)
+	}
+	counts := map[backend.FileType]int{}
 	for h, n := range rb.loads {
-		if h.Type != backend.IndexFile {
+		if h.Type != backend.IndexFile && h.Type != backend.SnapshotFile {
 			continue
 		}
-		indexes++
+		counts[h.Type]++
 		if n != 1 {
 			t.Errorf("%s loaded %d times, want once", h, n)
 		}
 	}
-	if want := len(indexIDs(t, f.r)); indexes != want {
-		t.Errorf("loaded %d index files, want all %d", indexes, want)
+	if want := len(indexIDs(t, f.r)); counts[backend.IndexFile] != want || counts[backend.SnapshotFile] != 2 {
+		t.Errorf("loaded %d index files and %d snapshots, want all %d and 2", counts[backend.IndexFile], counts[backend.SnapshotFile], want)
 	}
 }
 

@@ -9,7 +9,7 @@ import (
 )
 
 // loadSmall reads a whole object of at most limit bytes.
-func loadSmall(ctx context.Context, be backend.Backend, h backend.Handle, limit int64) ([]byte, error) {
+func loadSmall(ctx context.Context, be packLoader, h backend.Handle, limit int64) ([]byte, error) {
 	rd, err := be.Load(ctx, h, 0, 0)
 	if err != nil {
 		return nil, err

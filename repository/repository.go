@@ -65,6 +65,9 @@ type Repository struct {
 	// file (path is the source path, n the chunk number), so tests can
 	// change the file deterministically while it is being read.
 	testHookChunk func(path string, n int)
+	// checkPre is what OpenForCheck fetches for the first Check (nil once
+	// taken).
+	checkPre atomic.Pointer[checkPrefetch]
 	// testHookReuse, when set, learns how many chunks of its parent's a
 	// changed large file was found to begin with (reusableChunks).
 	testHookReuse func(path string, reused int)
@@ -231,6 +234,9 @@ func openConfig(ctx context.Context, be backend.Backend, password []byte) (*Repo
 
 // Close releases resources. It does not close the backend.
 func (r *Repository) Close() error {
+	if p := r.checkPre.Swap(nil); p != nil {
+		p.stop()
+	}
 	for {
 		e, ok := r.encoders.Get().(*zstd.Encoder)
 		if !ok {

@@ -453,25 +453,25 @@ func minus(a, b map[BlobHandle]bool) map[BlobHandle]bool {
 	return out
 }
 
-// faultyOpener is check's opener of keyed objects with the loads of one
+// faultyOpener is check's opener of keyed objects with the opening of one
 // index file or snapshot failed.
 type faultyOpener struct {
 	objectOpener
 	fail ID
 }
 
-func (o faultyOpener) loadIndexFile(ctx context.Context, id ID) (*format.IndexFile, error) {
+func (o faultyOpener) openIndexFile(id ID, b []byte) (*format.IndexFile, error) {
 	if id == o.fail {
-		return nil, fmt.Errorf("load index %s: %w", id.Short(), errRoleFault)
+		return nil, fmt.Errorf("open index %s: %w", id.Short(), errRoleFault)
 	}
-	return o.objectOpener.loadIndexFile(ctx, id)
+	return o.objectOpener.openIndexFile(id, b)
 }
 
-func (o faultyOpener) LoadSnapshot(ctx context.Context, id ID) (*Snapshot, error) {
+func (o faultyOpener) openSnapshot(id ID, b []byte) (*Snapshot, error) {
 	if id == o.fail {
-		return nil, fmt.Errorf("load snapshot %s: %w", id.Short(), errRoleFault)
+		return nil, fmt.Errorf("open snapshot %s: %w", id.Short(), errRoleFault)
 	}
-	return o.objectOpener.LoadSnapshot(ctx, id)
+	return o.objectOpener.openSnapshot(id, b)
 }
 
 // faultyPackSource is check's pack source with its readers' loads of one

@@ -43,8 +43,18 @@ var errSnapshotDamaged = errors.New("damaged")
 // loadSnapshot is LoadSnapshot; its error wraps errSnapshotDamaged when the
 // object was read but its bytes do not verify or decode.
 func (r *Repository) loadSnapshot(ctx context.Context, id ID) (*Snapshot, error) {
+	b, err := fetchSnapshot(ctx, r.be, id)
+	if err != nil {
+		return nil, err
+	}
+	return r.openSnapshot(id, b)
+}
+
+// fetchSnapshot loads the stored bytes of snapshot file id, up to one byte
+// more than a snapshot may have (openSnapshot calls that damage).
+func fetchSnapshot(ctx context.Context, be packLoader, id ID) ([]byte, error) {
 	h := backend.Handle{Type: backend.SnapshotFile, Name: id.String()}
-	rd, err := r.be.Load(ctx, h, 0, 0)
+	rd, err := be.Load(ctx, h, 0, 0)
 	if err != nil {
 		return nil, fmt.Errorf("load snapshot %s: %w", h, err)
 	}
@@ -53,6 +63,13 @@ func (r *Repository) loadSnapshot(ctx context.Context, id ID) (*Snapshot, error)
 	if err != nil {
 		return nil, fmt.Errorf("load snapshot %s: %w", h, err)
 	}
+	return b, nil
+}
+
+// openSnapshot verifies and decodes the stored bytes b of snapshot file
+// id; its error wraps errSnapshotDamaged.
+func (r *Repository) openSnapshot(id ID, b []byte) (*Snapshot, error) {
+	h := backend.Handle{Type: backend.SnapshotFile, Name: id.String()}
 	if len(b) > format.MaxSnapshotSize {
 		return nil, fmt.Errorf("snapshot %s: %w: larger than %d bytes", h, errSnapshotDamaged, format.MaxSnapshotSize)
 	}
