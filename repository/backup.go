@@ -1047,17 +1047,14 @@ func (w *chunkWorker) cutChunks(p string, ch *chunker.Chunker, fit, first int, s
 func (w *chunkWorker) storeChunk(c cutChunk, digest hash.Hash, res *readResult) error {
 	b := w.b
 	digest.Write(c.data)
-	if c.reused {
-		res.content = append(res.content, c.id)
-		res.size += int64(len(c.data))
-		b.bufs.put(c.full)
-		return nil
+	id := c.id
+	if !c.reused {
+		id = w.blobID(c.data)
 	}
-	id := w.blobID(c.data)
 	res.content = append(res.content, id)
 	res.size += int64(len(c.data))
 	switch {
-	case b.r.index().Has(format.DataHandle(id)):
+	case c.reused || b.r.index().Has(format.DataHandle(id)):
 		b.bufs.put(c.full)
 	case c.full != nil:
 		if _, err := b.saver.save(DataBlob, id, c.full, len(c.data)); err != nil {

@@ -119,11 +119,6 @@ func (s checkSource) LoadSnapshot(ctx context.Context, id ID) (*Snapshot, error)
 	return s.openSnapshot(id, b)
 }
 
-// fetchIndexFile loads the stored bytes of index file id.
-func fetchIndexFile(ctx context.Context, be packLoader, id ID) ([]byte, error) {
-	return loadSmall(ctx, be, backend.Handle{Type: backend.IndexFile, Name: id.String()}, format.MaxIndexFileSize)
-}
-
 // checkState collects what Check learns while it walks the repository.
 type checkState struct {
 	src checkSource
@@ -536,38 +531,7 @@ func fetchForCheck(ctx context.Context, be checkBackend) (*checkFetch, error) {
 }
 
 // checkPrefetch is a fetchForCheck running in the background.
-type checkPrefetch struct {
-	cancel context.CancelFunc
-	done   chan struct{}
-	f      *checkFetch
-	err    error
-}
-
-func startCheckFetch(ctx context.Context, be checkBackend) *checkPrefetch {
-	ctx, cancel := context.WithCancel(ctx)
-	p := &checkPrefetch{cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(p.done)
-		p.f, p.err = fetchForCheck(ctx, be)
-	}()
-	return p
-}
-
-// wait returns the fetch's result once it has ended, or ctx's cause.
-func (p *checkPrefetch) wait(ctx context.Context) (*checkFetch, error) {
-	select {
-	case <-p.done:
-		return p.f, p.err
-	case <-ctx.Done():
-		return nil, context.Cause(ctx)
-	}
-}
-
-// stop cancels the fetch if it still runs and waits until it has ended.
-func (p *checkPrefetch) stop() {
-	p.cancel()
-	<-p.done
-}
+type checkPrefetch = background[*checkFetch]
 
 // checkSnapshotsAndIndex is checkSnapshots, checkIndex and listPacks in
 // one: it fetches (fetchForCheck) unless pre has already, opens what was
@@ -1428,7 +1392,7 @@ func (c *checkState) walk(ctx context.Context, prefix string, id ID, fn func(p s
 // lists and loads before it needs the key (checkFetch); Close stops that
 // if no Check takes it.
 func OpenForCheck(ctx context.Context, be backend.Backend, password []byte) (*Repository, error) {
-	pre := startCheckFetch(ctx, be)
+	pre := startBackground(ctx, func(ctx context.Context) (*checkFetch, error) { return fetchForCheck(ctx, be) })
 	r, err := openConfig(ctx, be, password)
 	if err != nil {
 		pre.stop()

@@ -47,12 +47,16 @@ func isIndexDamage(err error) bool {
 // loadIndexFile loads and verifies one index file (name = SHA-256 of its bytes).
 func (r *Repository) loadIndexFile(ctx context.Context, id ID) (*format.IndexFile, error) {
 	r.indexLoads.Add(1)
-	h := backend.Handle{Type: backend.IndexFile, Name: id.String()}
-	b, err := loadSmall(ctx, r.be, h, format.MaxIndexFileSize)
+	b, err := fetchIndexFile(ctx, r.be, id)
 	if err != nil {
 		return nil, err
 	}
 	return r.openIndexFile(id, b)
+}
+
+// fetchIndexFile loads the stored bytes of index file id.
+func fetchIndexFile(ctx context.Context, be packLoader, id ID) ([]byte, error) {
+	return loadSmall(ctx, be, backend.Handle{Type: backend.IndexFile, Name: id.String()}, format.MaxIndexFileSize)
 }
 
 // openIndexFile verifies and opens the stored bytes b of index file id.
@@ -163,70 +167,56 @@ func ignoredIndexName(log *slog.Logger) func(name string) {
 	return func(name string) { log.Warn("ignoring index object with an invalid name", "name", name) }
 }
 
-// indexPrefetch lists index/ and loads the bytes of every index file in
-// the background, before the repository's key is known: opening a
-// repository derives the key from the password, which takes about as long
-// as those round trips to remote storage.
-type indexPrefetch struct {
-	cancel context.CancelFunc
-	done   chan struct{}
-	err    error // listing failed
-	ids    []ID
-	raw    [][]byte
-	errs   []error // of loading raw[i]
+// rawIndex is index/ listed, with the stored bytes of each file or why
+// they could not be loaded.
+type rawIndex struct {
+	ids  []ID
+	raw  [][]byte
+	errs []error // of loading raw[i]
 }
+
+// indexPrefetch lists index/ and loads the bytes of every index file in
+// the background, before the repository's key is known.
+type indexPrefetch = background[rawIndex]
 
 // prefetchIndex starts an indexPrefetch; stop ends it.
 func prefetchIndex(ctx context.Context, be backend.Backend) *indexPrefetch {
-	ctx, cancel := context.WithCancel(ctx)
-	p := &indexPrefetch{cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(p.done)
-		p.ids, p.err = listObjectIDs(ctx, be, backend.IndexFile, ignoredIndexName(repoLogger(be)))
-		if p.err != nil {
-			return
+	return startBackground(ctx, func(ctx context.Context) (rawIndex, error) {
+		var x rawIndex
+		var err error
+		x.ids, err = listObjectIDs(ctx, be, backend.IndexFile, ignoredIndexName(repoLogger(be)))
+		if err != nil {
+			return x, err
 		}
-		load := func(ctx context.Context, id ID) ([]byte, error) {
-			return loadSmall(ctx, be, backend.Handle{Type: backend.IndexFile, Name: id.String()}, format.MaxIndexFileSize)
-		}
+		load := func(ctx context.Context, id ID) ([]byte, error) { return fetchIndexFile(ctx, be, id) }
 		// Every failure is kept for buildIndex to judge.
-		p.raw, p.errs, _ = loadAll(ctx, p.ids, 8, load, func(context.Context, error) bool { return false })
-	}()
-	return p
+		x.raw, x.errs, _ = loadAll(ctx, x.ids, 8, load, func(context.Context, error) bool { return false })
+		return x, nil
+	})
 }
 
-// stop cancels p if it still runs and waits until it has ended.
-func (p *indexPrefetch) stop() {
-	p.cancel()
-	<-p.done
-}
-
-// files waits for p and opens what it loaded, as loadAll of loadIndexFile
-// would: the results by position, or the first error fatal returns true
-// for.
-func (p *indexPrefetch) files(ctx context.Context, r *Repository, fatal func(context.Context, error) bool) ([]ID, []*format.IndexFile, []error, error) {
-	select {
-	case <-p.done:
-	case <-ctx.Done():
-		return nil, nil, nil, context.Cause(ctx)
+// openPrefetched waits for p and opens what it loaded, as loadAll of
+// loadIndexFile would: the results by position, or the first error fatal
+// returns true for.
+func (r *Repository) openPrefetched(ctx context.Context, p *indexPrefetch, fatal func(context.Context, error) bool) ([]ID, []*format.IndexFile, []error, error) {
+	x, err := p.wait(ctx)
+	if err != nil {
+		return nil, nil, nil, err
 	}
-	if p.err != nil {
-		return nil, nil, nil, p.err
-	}
-	files := make([]*format.IndexFile, len(p.ids))
-	errs := make([]error, len(p.ids))
-	for i, id := range p.ids {
+	files := make([]*format.IndexFile, len(x.ids))
+	errs := make([]error, len(x.ids))
+	for i, id := range x.ids {
 		r.indexLoads.Add(1)
-		err := p.errs[i]
+		err := x.errs[i]
 		if err == nil {
-			files[i], err = r.openIndexFile(id, p.raw[i])
+			files[i], err = r.openIndexFile(id, x.raw[i])
 		}
 		if err != nil && fatal(ctx, err) {
 			return nil, nil, nil, err
 		}
 		errs[i] = err
 	}
-	return p.ids, files, errs, nil
+	return x.ids, files, errs, nil
 }
 
 // buildIndex builds a new in-memory index from every index file, listed
@@ -244,7 +234,7 @@ func (r *Repository) buildIndex(ctx context.Context, tolerate func(error) bool, 
 		err   error
 	)
 	if pre != nil {
-		ids, files, errs, err = pre.files(ctx, r, fatal)
+		ids, files, errs, err = r.openPrefetched(ctx, pre, fatal)
 	} else {
 		ids, err = r.listIDs(ctx, backend.IndexFile, ignoredIndexName(r.log))
 		if err == nil {

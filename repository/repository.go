@@ -57,6 +57,9 @@ type Repository struct {
 	// conns, when not 0, is how many requests readers keep in flight
 	// (SetConnections); else the backend's backend.Connections.
 	conns atomic.Int32
+	// checkPre is what OpenForCheck fetches for the first Check (nil once
+	// taken).
+	checkPre atomic.Pointer[checkPrefetch]
 
 	encoders sync.Pool // *zstd.Encoder
 	decoders sync.Pool // *zstd.Decoder
@@ -65,9 +68,6 @@ type Repository struct {
 	// file (path is the source path, n the chunk number), so tests can
 	// change the file deterministically while it is being read.
 	testHookChunk func(path string, n int)
-	// checkPre is what OpenForCheck fetches for the first Check (nil once
-	// taken).
-	checkPre atomic.Pointer[checkPrefetch]
 	// testHookReuse, when set, learns how many chunks of its parent's a
 	// changed large file was found to begin with (reusableChunks).
 	testHookReuse func(path string, reused int)
