@@ -171,7 +171,7 @@ type DigestStats struct {
 func (r *Repository) VerifyDigests(ctx context.Context, snaps []*Snapshot) (*DigestStats, error) {
 	st := &DigestStats{Problems: []DigestProblem{}}
 	for _, sn := range snaps {
-		err := r.walkTree(ctx, sn.Tree, func(p string, n *format.Node) error {
+		err := r.walkWholeTreeAt(ctx, "", sn.Tree, func(p string, n *format.Node) error {
 			if n.Type != format.NodeFile {
 				return nil
 			}
@@ -437,7 +437,7 @@ func (r *Repository) VerifyHeld(ctx context.Context, id ID) error {
 	}
 	var missing int
 	var first ID
-	err = r.walkTree(ctx, sn.Tree, func(_ string, n *format.Node) error {
+	err = r.walkWholeTreeAt(ctx, "", sn.Tree, func(_ string, n *format.Node) error {
 		if n.Type != format.NodeFile {
 			return nil
 		}

@@ -58,7 +58,11 @@ func (r *Repository) List(ctx context.Context, snap *Snapshot, dir string, recur
 			return fmt.Errorf("snapshot %s: no folder %q", snap.ID.Short(), dir)
 		}
 	}
-	err := r.walkTreeAt(ctx, dir, root, func(p string, n *format.Node) error {
+	walk := r.walkTreeAt
+	if recursive {
+		walk = r.walkWholeTreeAt
+	}
+	err := walk(ctx, dir, root, func(p string, n *format.Node) error {
 		if err := fn(entryOf(p, n)); err != nil {
 			return err
 		}
@@ -82,7 +86,7 @@ func (r *Repository) Find(ctx context.Context, snap *Snapshot, pattern string, f
 	if _, err := path.Match(pattern, ""); err != nil {
 		return fmt.Errorf("pattern %q: %w", pattern, err)
 	}
-	err := r.walkTree(ctx, snap.Tree, func(p string, n *format.Node) error {
+	err := r.walkWholeTreeAt(ctx, "", snap.Tree, func(p string, n *format.Node) error {
 		base, _ := path.Match(pattern, n.Name)
 		full, _ := path.Match(pattern, p)
 		if base || full {

@@ -95,16 +95,53 @@ func (r *Repository) walkTree(ctx context.Context, id ID, fn func(p string, n *f
 var errSkipSubtree = errors.New("skip subtree")
 
 func (r *Repository) walkTreeAt(ctx context.Context, prefix string, id ID, fn func(p string, n *format.Node) error) error {
-	if err := ctx.Err(); err != nil {
+	t, err := r.loadWalked(ctx, prefix, id)
+	if err != nil {
 		return err
+	}
+	return walkNodes(ctx, prefix, t, r.loadTree, fn)
+}
+
+// walkWholeTreeAt walks as walkTreeAt does, for walks that go into every
+// folder (a recursive listing, find, a digest audit, a replica's
+// verification): on remote storage the trees come through a treePrefetch,
+// a level at a time, instead of a round trip per folder.
+func (r *Repository) walkWholeTreeAt(ctx context.Context, prefix string, id ID, fn func(p string, n *format.Node) error) error {
+	t, err := r.loadWalked(ctx, prefix, id)
+	if err != nil {
+		return err
+	}
+	load := r.loadTree
+	if r.readers(0) > 0 {
+		p := startTreePrefetch(ctx, r, r.loadTree, t, treePrefetchBudget)
+		defer p.stop()
+		load = p.take
+	}
+	return walkNodes(ctx, prefix, t, load, fn)
+}
+
+// treePrefetchBudget bounds the nodes of trees loaded ahead of a walk and
+// not yet walked (about 200 bytes each in memory).
+const treePrefetchBudget = 1 << 18
+
+type treeLoadFunc func(ctx context.Context, id ID) (*format.Tree, error)
+
+// loadWalked loads the tree of the folder prefix, its error naming the
+// folder.
+func (r *Repository) loadWalked(ctx context.Context, prefix string, id ID) (*format.Tree, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
 	t, err := r.loadTree(ctx, id)
-	if err != nil {
-		if prefix != "" {
-			return fmt.Errorf("%s: %w", prefix, err)
-		}
-		return err
+	if err != nil && prefix != "" {
+		return nil, fmt.Errorf("%s: %w", prefix, err)
 	}
+	return t, err
+}
+
+// walkNodes calls fn for the nodes of t and, depth first, below them,
+// loading each subtree with load.
+func walkNodes(ctx context.Context, prefix string, t *format.Tree, load treeLoadFunc, fn func(p string, n *format.Node) error) error {
 	for i := range t.Nodes {
 		n := &t.Nodes[i]
 		p := n.Name
@@ -119,7 +156,14 @@ func (r *Repository) walkTreeAt(ctx context.Context, prefix string, id ID, fn fu
 			return err
 		}
 		if n.Type == format.NodeDir {
-			if err := r.walkTreeAt(ctx, p, n.Subtree, fn); err != nil {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			sub, err := load(ctx, n.Subtree)
+			if err != nil {
+				return fmt.Errorf("%s: %w", p, err)
+			}
+			if err := walkNodes(ctx, p, sub, load, fn); err != nil {
 				return err
 			}
 		}

@@ -1,0 +1,294 @@
+package repository
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/backend/backendtest"
+	"github.com/custos-backup/custos/repository/format"
+)
+
+// writeDeepTree writes root/dNN/sNN/files (two levels of trees below the
+// root's) plus twinN/x/files, two folders with equal content (one subtree
+// id, named twice).
+func writeDeepTree(t *testing.T, root string) (dirs int) {
+	t.Helper()
+	for d := range 4 {
+		for s := range 3 {
+			writeRandomFiles(t, filepath.Join(root, fmt.Sprintf("d%02d", d), fmt.Sprintf("s%02d", s)), "f", 2, 3<<10, uint64(100*d+10*s))
+		}
+	}
+	for _, twin := range []string{"twin1", "twin2"} {
+		writeRandomFiles(t, filepath.Join(root, twin, "x"), "f", 2, 3<<10, 7)
+	}
+	return 1 + 4 + 4*3 + 2*2
+}
+
+// failingTrees is a tree loader that fails every call as a whole.
+type failingTrees struct{}
+
+func (failingTrees) loadTrees(context.Context, []ID, bool) (map[ID]loadedTree, error) {
+	return nil, errRoleFault
+}
+
+// TestTreePrefetch: every take returns what loadTree returns, whether the
+// prefetch read the tree (one loadTrees call per level), stopped at its
+// budget, failed for one tree or failed as a whole; takes run from several
+// goroutines, as backup's walkers do, and equal subtrees named twice are
+// taken twice.
+func TestTreePrefetch(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newTestRepo(t, false)
+	dir := t.TempDir()
+	dirs := writeDeepTree(t, dir)
+	sn := backupDir(t, r, dir, "a")
+	root, err := r.loadTree(ctx, sn.Tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failID ID // d01/s02
+	if err := r.walkTree(ctx, sn.Tree, func(p string, n *format.Node) error {
+		if p == "d01/s02" {
+			failID = n.Subtree
+		}
+		return nil
+	}); err != nil || failID == (ID{}) {
+		t.Fatalf("no tree d01/s02: %v", err)
+	}
+
+	for _, tc := range []struct {
+		name   string
+		trees  func() treeLoader
+		budget int
+		// settle: let the prefetch run until it stops before any take.
+		settle     bool
+		wantCalls  int // loadTrees calls (two levels below the root); -1: do not check
+		wantDirect int // takes that loaded their tree themselves; -1: do not check
+		wantFail   bool
+	}{
+		{name: "ahead of the walk", trees: func() treeLoader { return &levelCounter{treeLoader: r} }, budget: 1 << 20, wantCalls: 2, wantDirect: 0},
+		{name: "budget reached after the first level", trees: func() treeLoader { return &levelCounter{treeLoader: r} }, budget: 1, settle: true,
+			wantCalls: 1, wantDirect: dirs - 1 - 6}, // the root's own six subtrees come from the prefetch
+		{name: "one tree fails", trees: func() treeLoader { return &levelCounter{treeLoader: r, fail: failID} }, budget: 1 << 20, wantCalls: 2, wantDirect: 0, wantFail: true},
+		{name: "the loader fails as a whole", trees: func() treeLoader { return failingTrees{} }, budget: 1 << 20, wantCalls: -1, wantDirect: dirs - 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var direct atomic.Int64
+			one := func(ctx context.Context, id ID) (*format.Tree, error) {
+				direct.Add(1)
+				return r.loadTree(ctx, id)
+			}
+			trees := tc.trees()
+			p := startTreePrefetch(ctx, trees, one, root, tc.budget)
+			defer p.stop()
+			if tc.settle {
+				<-p.done
+			}
+			var (
+				wg     sync.WaitGroup
+				mu     sync.Mutex
+				failed []string
+				takes  atomic.Int64
+			)
+			var walk func(path string, tr *format.Tree)
+			walk = func(path string, tr *format.Tree) {
+				for i := range tr.Nodes {
+					n := &tr.Nodes[i]
+					if n.Type != format.NodeDir {
+						continue
+					}
+					p2 := path + "/" + n.Name
+					wg.Go(func() {
+						got, err := p.take(ctx, n.Subtree)
+						takes.Add(1)
+						want, werr := r.loadTree(ctx, n.Subtree)
+						switch {
+						case n.Subtree == failID && tc.wantFail:
+							if !errors.Is(err, errRoleFault) {
+								t.Errorf("%s: take = %v, want the loader's fault", p2, err)
+							}
+							mu.Lock()
+							failed = append(failed, p2)
+							mu.Unlock()
+							return
+						case err != nil || werr != nil:
+							t.Errorf("%s: take: %v (loadTree: %v)", p2, err, werr)
+							return
+						}
+						gb := format.EncodeTree(got)
+						wb := format.EncodeTree(want)
+						if !bytes.Equal(gb, wb) {
+							t.Errorf("%s: take returned another tree than loadTree", p2)
+						}
+						walk(p2, got)
+					})
+				}
+			}
+			walk("", root)
+			wg.Wait()
+			if int(takes.Load()) != dirs-1 {
+				t.Errorf("%d takes, want one per folder below the root (%d)", takes.Load(), dirs-1)
+			}
+			if tc.wantFail && (len(failed) != 1 || failed[0] != "/d01/s02") {
+				t.Errorf("failed takes %v, want /d01/s02", failed)
+			}
+			if lc, ok := trees.(*levelCounter); ok && tc.wantCalls >= 0 && lc.calls != tc.wantCalls {
+				t.Errorf("loadTrees calls = %d, want %d", lc.calls, tc.wantCalls)
+			}
+			if tc.wantDirect >= 0 && int(direct.Load()) != tc.wantDirect {
+				t.Errorf("direct loads = %d, want %d", direct.Load(), tc.wantDirect)
+			}
+		})
+	}
+}
+
+// TestTreePrefetchTakeCancelled: a take waiting for a tree the prefetch has
+// not named yet returns when its context ends.
+func TestTreePrefetchTakeCancelled(t *testing.T) {
+	ctx := context.Background()
+	block := make(chan struct{})
+	defer close(block)
+	trees := blockingTrees{block}
+	root := &format.Tree{Nodes: []format.Node{{Name: "a", Type: format.NodeDir, Subtree: ID{1}}}}
+	p := startTreePrefetch(ctx, trees, func(context.Context, ID) (*format.Tree, error) {
+		return nil, errors.New("must not load directly")
+	}, root, 1<<20)
+	defer p.stop()
+	cctx, cancel := context.WithCancelCause(ctx)
+	cancel(errRoleFault)
+	if _, err := p.take(cctx, ID{2}); !errors.Is(err, errRoleFault) {
+		t.Fatalf("take of an unnamed tree with its context ended: %v, want the cause", err)
+	}
+	if _, err := p.take(cctx, ID{1}); !errors.Is(err, errRoleFault) {
+		t.Fatalf("take of a tree being read with its context ended: %v, want the cause", err)
+	}
+}
+
+// blockingTrees is a tree loader that waits until block closes or ctx ends.
+type blockingTrees struct{ block chan struct{} }
+
+func (b blockingTrees) loadTrees(ctx context.Context, _ []ID, _ bool) (map[ID]loadedTree, error) {
+	select {
+	case <-b.block:
+	case <-ctx.Done():
+	}
+	return nil, errors.New("blocked")
+}
+
+// TestBackupParentTreesByLevel: on remote storage a backup reads the
+// parent snapshot's trees a level at a time (a few pack requests, not one
+// per folder), and the result is the same: nothing read again, the same
+// root tree. On a local folder it reads each tree when it walks its folder.
+func TestBackupParentTreesByLevel(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		remote bool
+	}{{"local folder", false}, {"remote", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			be, _ := newBackend(t)
+			f := backendtest.NewFaulty(be)
+			var wrapped backend.Backend = f
+			if tc.remote {
+				wrapped = withConns{f, 8}
+			}
+			r, err := Init(ctx, wrapped, InitOptions{Password: testPassword, kdfParams: cheapKDF})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			dir := t.TempDir()
+			dirs := writeDeepTree(t, dir)
+			first := backupDir(t, r, dir, "a")
+			f.Reset()
+			second := backupDir(t, r, dir, "a")
+			if second.Tree != first.Tree || second.Summary.BytesRead != 0 {
+				t.Fatalf("no-change backup: tree %s (was %s), read %d bytes", second.Tree.Short(), first.Tree.Short(), second.Summary.BytesRead)
+			}
+			var loads []string
+			for _, c := range f.Calls() {
+				if c.Op == backendtest.OpLoad && c.Handle.Type == backend.PackFile {
+					loads = append(loads, c.Handle.Name[:8])
+				}
+			}
+			// The root (by the parent lookup), then one loadTrees per
+			// level below it: at most a request per level while the trees
+			// fit one pack.
+			if tc.remote && len(loads) > 4 {
+				t.Errorf("%d pack reads for %d trees (%s), want about one per level", len(loads), dirs, strings.Join(loads, " "))
+			}
+			// Locally every folder's tree is read as the walk reaches it
+			// (nothing held ahead): the twins' equal trees twice.
+			if !tc.remote && len(loads) != dirs {
+				t.Errorf("local: %d pack reads for %d folders, want one each", len(loads), dirs)
+			}
+		})
+	}
+}
+
+// TestWholeTreeWalksByLevel: the walks that go into every folder (a
+// replica's verification, find, a recursive listing) read a remote
+// repository's trees a level at a time, and find what a walk a tree at a
+// time finds.
+func TestWholeTreeWalksByLevel(t *testing.T) {
+	ctx := context.Background()
+	be, _ := newBackend(t)
+	f := backendtest.NewFaulty(be)
+	r, err := Init(ctx, withConns{f, 8}, InitOptions{Password: testPassword, kdfParams: cheapKDF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	dir := t.TempDir()
+	dirs := writeDeepTree(t, dir)
+	sn := backupDir(t, r, dir, "a")
+	var want []string // every path, as a walk a tree at a time finds them
+	if err := r.walkTree(ctx, sn.Tree, func(p string, _ *format.Node) error {
+		want = append(want, p)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		run  func() ([]string, error)
+	}{
+		{"verify held", func() ([]string, error) { return want, r.VerifyHeld(ctx, sn.ID) }},
+		{"find", func() (got []string, err error) {
+			err = r.Find(ctx, sn, "*", func(e Entry) error { got = append(got, e.Path); return nil })
+			return got, err
+		}},
+		{"recursive list", func() (got []string, err error) {
+			err = r.List(ctx, sn, "", true, func(e Entry) error { got = append(got, e.Path); return nil })
+			return got, err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f.Reset()
+			got, err := tc.run()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Join(got, "\n") != strings.Join(want, "\n") {
+				t.Errorf("walked\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+			var loads int
+			for _, c := range f.Calls() {
+				if c.Op == backendtest.OpLoad && c.Handle.Type == backend.PackFile {
+					loads++
+				}
+			}
+			if loads > 4 {
+				t.Errorf("%d pack reads for %d trees, want about one per level", loads, dirs)
+			}
+		})
+	}
+}
