@@ -16,8 +16,10 @@
 #   s3     the bench dataset into S3 (versitygw on loopback, the project's own
 #          internal/s3server) through a proxy (internal/faultproxy) that adds
 #          S3_DELAY_MS (default 30) to every request, and through one that adds
-#          nothing; cold page cache. Also `repo copy` of the whole dataset from
-#          a local repository to S3 against `restic copy`.
+#          nothing; cold page cache: first and no-change backup, check and
+#          restore (each tool with its own local cache, as it keeps one by
+#          default; custos keeps none). Also `repo copy` of the whole dataset
+#          from a local repository to S3 against `restic copy`.
 #   small  SMALL_FILES (default 300,000) files of 1-3 KiB, ~1.2 GB on disk
 #          (a mail spool's shape), local repositories, cold page cache
 #
@@ -378,7 +380,7 @@ table() {
 	local | cold) rows=("first backup|s|backup1|0.5" "no-change backup|s|backup2|0.67" "mutated backup|s|backup3|0.67"
 		"check, all data|s|check|0.67" "restore|s|restore|" "peak RSS, first backup (MiB)|m|backup1|"
 		"peak RSS, restore (MiB)|m|restore|" "repository size (MiB)|z|size|") ;;
-	s3-*) rows=("first backup|s|backup1|0.5" "check --read-data|s|check|0.67" "restore|s|restore|0.67"
+	s3-*) rows=("first backup|s|backup1|0.5" "no-change backup|s|backup2|" "check --read-data|s|check|0.67" "restore|s|restore|0.67"
 		"copy local to S3|s|copy|0.5" "peak RSS, first backup (MiB)|m|backup1|" "peak RSS, restore (MiB)|m|restore|"
 		"repository size (MiB)|z|size|") ;;
 	small) rows=("first backup|s|backup1|" "no-change backup|s|backup2|" "restore|s|restore|"
@@ -518,6 +520,8 @@ for mode in $MODES; do
 				all_tools init "${tools[@]}"
 				echo "-- $tag: first backup"
 				all_tools backup1 "${tools[@]}"
+				echo "-- $tag: second backup, nothing changed"
+				all_tools backup2 "${tools[@]}"
 				echo "-- $tag: check, reading all data"
 				all_tools check "${tools[@]}"
 				echo "-- $tag: full restore, verified with diff -r"
