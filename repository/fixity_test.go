@@ -6,9 +6,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/custos-backup/custos/internal/s3server"
+	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/backend/backendtest"
 	"github.com/custos-backup/custos/repository/backend/location"
 	"github.com/custos-backup/custos/repository/format"
 )
@@ -203,5 +207,130 @@ func TestCopyCancel(t *testing.T) {
 	snaps, err := dst.Snapshots(context.Background())
 	if err != nil || len(snaps) != 0 {
 		t.Fatalf("destination after a cancelled copy: %v %v", snaps, err)
+	}
+}
+
+// TestVerifyDigestsKeepsRequestsInFlight: on remote storage the deep audit
+// hashes several files of several blobs at once (each of its blob reads
+// waits a round trip), and still counts and judges every file.
+func TestVerifyDigestsKeepsRequestsInFlight(t *testing.T) {
+	ctx := context.Background()
+	be, _ := newBackend(t)
+	f := backendtest.NewFaulty(be)
+	const conns = 4
+	r, err := Init(ctx, withConns{f, conns}, InitOptions{Password: testPassword, kdfParams: cheapKDF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	dir := t.TempDir()
+	const size = 1200 << 10 // several chunks each
+	writeRandomFiles(t, dir, "f", 12, size, 40)
+	sn := backupDir(t, r, dir, "a")
+
+	var (
+		mu               sync.Mutex
+		inFlight, most   int
+		arrived          = make(chan struct{})
+		released, timing bool
+	)
+	f.Add(&backendtest.Rule{Op: backendtest.OpLoad, Type: backend.PackFile, Skip: 1, // the root tree
+		Before: func(ctx context.Context, _ backend.Handle) error {
+			mu.Lock()
+			inFlight++
+			most = max(most, inFlight)
+			if inFlight == conns && !released {
+				released = true
+				close(arrived)
+			}
+			mu.Unlock()
+			// The first reads wait until conns of them are in flight at
+			// once; read one at a time, they would wait out the timer.
+			select {
+			case <-arrived:
+			case <-time.After(2 * time.Second):
+				mu.Lock()
+				timing = true
+				mu.Unlock()
+			case <-ctx.Done():
+			}
+			return nil
+		},
+		After: func(context.Context, backend.Handle, error) error {
+			mu.Lock()
+			inFlight--
+			mu.Unlock()
+			return nil
+		},
+	})
+	ds, err := r.VerifyDigests(ctx, []*Snapshot{sn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ds.Files != 12 || len(ds.Problems) != 0 || ds.Bytes != 12*size {
+		t.Fatalf("deep verification: %+v", ds)
+	}
+	if timing || most < conns {
+		t.Fatalf("at most %d blob reads in flight, want %d", most, conns)
+	}
+}
+
+// TestVerifyDigestsOneBlobFilesByPack: files of one blob (whose digest is
+// the blob's id) are verified by reading their packs, nearby blobs with one
+// request, not a request per file; a damaged one is still named.
+func TestVerifyDigestsOneBlobFilesByPack(t *testing.T) {
+	ctx := context.Background()
+	be, dir := newBackend(t)
+	f := backendtest.NewFaulty(be)
+	r, err := Init(ctx, withConns{f, 8}, InitOptions{Password: testPassword, kdfParams: cheapKDF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	src := t.TempDir()
+	writeRandomFiles(t, src, "f", 40, 8<<10, 50)
+	writeFile(t, filepath.Join(src, "same-as-f-03.bin"), randBytes(53, 8<<10), 0o644) // one blob, two files
+	sn := backupDir(t, r, src, "a")
+	packs := storedPacks(t, r)
+
+	f.Reset()
+	ds, err := r.VerifyDigests(ctx, []*Snapshot{sn})
+	if err != nil || ds.Files != 41 || ds.Bytes != 41*8<<10 || len(ds.Problems) != 0 {
+		t.Fatalf("deep verification: %+v %v", ds, err)
+	}
+	var loads int
+	for _, c := range f.Calls() {
+		if c.Op == backendtest.OpLoad && c.Handle.Type == backend.PackFile {
+			loads++
+		}
+	}
+	if loads > 1+len(packs) { // the root tree, then a request per pack
+		t.Errorf("%d pack reads for 41 one-blob files in %d packs", loads, len(packs))
+	}
+
+	node, err := findNode(ctx, r, sn.Tree, "f-03.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pack, pb, _ := r.index().Lookup(format.DataHandle(node.Content[0]))
+	p := filepath.Join(dir, filepath.FromSlash(packPath(pack)))
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[pb.Offset+20] ^= 1
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ds, err = r.VerifyDigests(ctx, []*Snapshot{sn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var paths []string
+	for _, pr := range ds.Problems {
+		paths = append(paths, pr.Path)
+	}
+	if ds.Files != 41 || strings.Join(paths, " ") != "f-03.bin same-as-f-03.bin" {
+		t.Fatalf("with f-03.bin's blob damaged: %d files, problems at %v, want both files that hold it, in walk order", ds.Files, paths)
 	}
 }
