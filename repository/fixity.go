@@ -506,44 +506,65 @@ func joinShort(items []string, n int) string {
 
 // CopyNeeds returns how many bytes (sealed, as src stores them) copying
 // snaps into dst would write at most: the blobs below the snapshots that
-// dst lacks. Space checks use it before a copy starts.
+// dst lacks. Space checks use it before a copy starts. It reads src's
+// trees a level at a time (loadTrees), as the copy itself does, and not
+// below a tree dst already has (Copy writes a tree after its subtree).
 func CopyNeeds(ctx context.Context, src, dst *Repository, snaps []*Snapshot) (int64, error) {
 	if err := dst.refreshIndex(ctx, false); err != nil {
 		return 0, err
 	}
 	seen := map[BlobHandle]bool{}
 	var need int64
-	add := func(h BlobHandle) {
+	// add counts h unless it is counted already or dst has it, and says
+	// whether it did.
+	add := func(h BlobHandle) bool {
 		if seen[h] || dst.index().Has(h) {
-			return
+			return false
 		}
 		seen[h] = true
 		if _, pb, ok := src.index().Lookup(h); ok {
 			need += int64(pb.Length)
 		}
+		return true
 	}
+	// root names, for each tree of the level, a snapshot that reaches it,
+	// so that an error says which snapshot depends on it.
+	root := map[ID]*Snapshot{}
+	var level []ID
 	for _, sn := range snaps {
-		if dst.index().Has(format.TreeHandle(sn.Tree)) {
-			continue // a tree in dst has its whole subtree there (Copy's order)
+		if add(format.TreeHandle(sn.Tree)) {
+			root[sn.Tree] = sn
+			level = append(level, sn.Tree)
 		}
-		add(format.TreeHandle(sn.Tree))
-		err := src.walkTree(ctx, sn.Tree, func(_ string, n *format.Node) error {
-			switch n.Type {
-			case format.NodeDir:
-				if seen[format.TreeHandle(n.Subtree)] || dst.index().Has(format.TreeHandle(n.Subtree)) {
-					return errSkipSubtree
-				}
-				add(format.TreeHandle(n.Subtree))
-			case format.NodeFile:
-				for _, b := range n.Content {
-					add(format.DataHandle(b))
+	}
+	for len(level) > 0 {
+		loaded, err := src.loadTrees(ctx, level, false)
+		if err != nil {
+			return 0, err
+		}
+		var next []ID
+		nextRoot := map[ID]*Snapshot{}
+		for _, id := range level {
+			lt := loaded[id]
+			if lt.err != nil {
+				return 0, fmt.Errorf("snapshot %s: %w", root[id].ID.Short(), lt.err)
+			}
+			for i := range lt.t.Nodes {
+				n := &lt.t.Nodes[i]
+				switch n.Type {
+				case format.NodeDir:
+					if add(format.TreeHandle(n.Subtree)) {
+						nextRoot[n.Subtree] = root[id]
+						next = append(next, n.Subtree)
+					}
+				case format.NodeFile:
+					for _, b := range n.Content {
+						add(format.DataHandle(b))
+					}
 				}
 			}
-			return nil
-		})
-		if err != nil {
-			return 0, fmt.Errorf("snapshot %s: %w", sn.ID.Short(), err)
 		}
+		level, root = next, nextRoot
 	}
 	return need, nil
 }

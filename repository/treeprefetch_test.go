@@ -292,3 +292,67 @@ func TestWholeTreeWalksByLevel(t *testing.T) {
 		})
 	}
 }
+
+// TestCopyNeedsByLevel: the space a copy needs is the sealed size of the
+// blobs below the snapshots that the destination lacks, counted once, and
+// a remote source's trees are read a level at a time to find it.
+func TestCopyNeedsByLevel(t *testing.T) {
+	ctx := context.Background()
+	be, _ := newBackend(t)
+	f := backendtest.NewFaulty(be)
+	src, err := Init(ctx, withConns{f, 8}, InitOptions{Password: testPassword, kdfParams: cheapKDF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dir := t.TempDir()
+	writeDeepTree(t, dir)
+	s1 := backupDir(t, src, dir, "a")
+	writeRandomFiles(t, filepath.Join(dir, "d00", "s00", "new"), "g", 3, 5<<10, 90)
+	s2 := backupDir(t, src, dir, "a")
+
+	sealed := func(hs map[BlobHandle]bool) (n int64) {
+		for h := range hs {
+			_, pb, ok := src.index().Lookup(h)
+			if !ok {
+				t.Fatalf("blob %v not in the source's index", h)
+			}
+			n += int64(pb.Length)
+		}
+		return n
+	}
+	both := union(snapshotBlobs(t, src, s1), snapshotBlobs(t, src, s2))
+	dst, _ := newTestRepo(t, false)
+	for _, tc := range []struct {
+		name string
+		pre  []*Snapshot // copied into dst first
+		want int64
+	}{
+		{"empty destination", nil, sealed(both)},
+		{"destination holds the first snapshot", []*Snapshot{s1}, sealed(minus(both, snapshotBlobs(t, src, s1)))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if len(tc.pre) > 0 {
+				if _, err := Copy(ctx, src, dst, tc.pre, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f.Reset()
+			got, err := CopyNeeds(ctx, src, dst, []*Snapshot{s1, s2})
+			if err != nil || got != tc.want {
+				t.Fatalf("CopyNeeds = %d, %v; want %d", got, err, tc.want)
+			}
+			var loads int
+			for _, c := range f.Calls() {
+				if c.Op == backendtest.OpLoad && c.Handle.Type == backend.PackFile {
+					loads++
+				}
+			}
+			// Four levels, each in at most the two backups' tree packs: a
+			// tree at a time would be 25 reads.
+			if loads > 8 {
+				t.Errorf("%d pack reads of the source, want about one per level and pack", loads)
+			}
+		})
+	}
+}
