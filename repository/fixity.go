@@ -14,6 +14,7 @@ import (
 	"github.com/custos-backup/custos/repository/format"
 	"github.com/custos-backup/custos/repository/index"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 )
 
 // Fixity: the pieces a scheduler needs to prove, pack by pack, that a
@@ -185,9 +186,9 @@ func (r *Repository) VerifyDigests(ctx context.Context, snaps []*Snapshot) (*Dig
 // that blob's id as its digest (FORMAT.md), so the pack reader's check of
 // the blob against its id is its whole verification: those blobs are read
 // by pack, nearby ones with one request, several packs at once. Larger
-// files are hashed blob by blob in order, several files at once (as many
-// as the repository keeps requests in flight: on remote storage each blob
-// read waits a round trip).
+// files are hashed in order, a few runs of each read ahead, several files
+// at once (as many as the repository keeps requests in flight: on remote
+// storage each read waits a round trip).
 func (r *Repository) verifySnapshotDigests(ctx context.Context, sn *Snapshot, st *DigestStats) error {
 	type found struct {
 		seq int
@@ -209,6 +210,7 @@ func (r *Repository) verifySnapshotDigests(ctx context.Context, sn *Snapshot, st
 		problems = append(problems, found{seq, DigestProblem{Snapshot: sn.ID.String(), Path: p, Err: what}})
 	}
 	workers := r.readers(runtime.GOMAXPROCS(0))
+	mem := semaphore.NewWeighted(digestBytes)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(workers)
 	walkErr := r.walkWholeTreeAt(gctx, "", sn.Tree, func(p string, n *format.Node) error {
@@ -234,7 +236,7 @@ func (r *Repository) verifySnapshotDigests(ctx context.Context, sn *Snapshot, st
 			return nil
 		}
 		g.Go(func() error {
-			read, what := r.verifyFileDigest(gctx, n)
+			read, what := r.verifyFileDigest(gctx, n, mem)
 			if gctx.Err() != nil {
 				return gctx.Err()
 			}
@@ -282,45 +284,120 @@ func (r *Repository) verifySnapshotDigests(ctx context.Context, sn *Snapshot, st
 	return err
 }
 
+// The deep audit reads a file's blobs in runs: consecutive blobs stored
+// one after another in one pack (as a backup writes a file), up to
+// digestRunBytes of plaintext, read with as few requests as their offsets
+// allow. Up to digestWindow runs of one file are read while the earliest
+// is hashed, within digestBytes of plaintext read and not yet hashed
+// across all the files one audit hashes at once.
+const (
+	digestRunBytes = 4 << 20
+	digestWindow   = 4
+	digestBytes    = 64 << 20
+)
+
+// blobRun is one read of a file's blobs.
+type blobRun struct {
+	pack    ID
+	entries []format.PackedBlob
+	raw     int64 // plaintext bytes
+}
+
+// fileRuns splits the blobs of n into runs.
+func (r *Repository) fileRuns(n *format.Node) ([]blobRun, error) {
+	x := r.index()
+	var runs []blobRun
+	for _, id := range n.Content {
+		pack, pb, ok := x.Lookup(format.DataHandle(id))
+		if !ok {
+			return nil, &BlobError{Blob: id, Type: DataBlob, Err: fmt.Errorf("%s blob not in index", DataBlob)}
+		}
+		if k := len(runs) - 1; k >= 0 && runs[k].pack == pack &&
+			pb.Offset > runs[k].entries[len(runs[k].entries)-1].Offset && runs[k].raw+int64(pb.RawLength) <= digestRunBytes {
+			runs[k].entries = append(runs[k].entries, pb)
+			runs[k].raw += int64(pb.RawLength)
+			continue
+		}
+		runs = append(runs, blobRun{pack: pack, entries: []format.PackedBlob{pb}, raw: int64(pb.RawLength)})
+	}
+	return runs, nil
+}
+
+// readRun reads a run's blobs, verified, and returns their plaintext in
+// order.
+func (r *Repository) readRun(ctx context.Context, run blobRun) ([]byte, error) {
+	out := make([]byte, 0, run.raw)
+	next := 0
+	err := r.newPackReader(false).read(ctx, run.pack, run.entries, func(b readBlob) error {
+		switch {
+		case b.Err != nil:
+			return b.Err
+		case b.Index != next: // offsets rise along a run: cannot happen
+			return fmt.Errorf("blob %s of pack %s read out of order", b.Entry.ID.Short(), run.pack.Short())
+		}
+		next++
+		out = append(out, b.Plain...)
+		return nil
+	})
+	return out, err
+}
+
 // verifyFileDigest hashes the blobs of the file n in order and compares
 // the hash with its recorded digest. It returns the bytes it read and what
-// is wrong, if anything. Consecutive blobs stored one after another in a
-// pack (as a backup writes a file) are read as one run, nearby ones with
-// one request, so that a large file costs a request per pack it spans
-// rather than one per blob.
-func (r *Repository) verifyFileDigest(ctx context.Context, n *format.Node) (read int64, problem string) {
+// is wrong, if anything. mem holds the plaintext read ahead: the run the
+// file needs next is waited for only while the file holds none (so files
+// waiting for each other's memory never deadlock), the runs after it are
+// read ahead only while there is room.
+func (r *Repository) verifyFileDigest(ctx context.Context, n *format.Node, mem *semaphore.Weighted) (read int64, problem string) {
+	runs, err := r.fileRuns(n)
+	if err != nil {
+		return 0, err.Error()
+	}
+	type result struct {
+		plain []byte
+		err   error
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	weight := func(k int) int64 { return min(runs[k].raw, digestBytes) }
+	results := make([]chan result, len(runs))
+	start := func(k int) {
+		results[k] = make(chan result, 1)
+		go func() {
+			plain, err := r.readRun(ctx, runs[k])
+			results[k] <- result{plain, err}
+		}()
+	}
+	started, done := 0, 0
+	defer func() {
+		// Runs read ahead of a failure: let them end, give back their room.
+		cancel()
+		for k := done; k < started; k++ {
+			<-results[k]
+			mem.Release(weight(k))
+		}
+	}()
 	h := sha256.New()
-	x := r.index()
-	for i := 0; i < len(n.Content); {
-		pack, first, ok := x.Lookup(format.DataHandle(n.Content[i]))
-		if !ok {
-			return read, (&BlobError{Blob: n.Content[i], Type: DataBlob, Err: fmt.Errorf("%s blob not in index", DataBlob)}).Error()
-		}
-		run := []format.PackedBlob{first}
-		for i+len(run) < len(n.Content) {
-			p, pb, ok := x.Lookup(format.DataHandle(n.Content[i+len(run)]))
-			if !ok || p != pack || pb.Offset <= run[len(run)-1].Offset {
-				break
+	for done < len(runs) {
+		if started == done {
+			if err := mem.Acquire(ctx, weight(done)); err != nil {
+				return read, err.Error()
 			}
-			run = append(run, pb)
+			start(done)
+			started++
 		}
-		next := 0
-		err := r.newPackReader(false).read(ctx, pack, run, func(b readBlob) error {
-			switch {
-			case b.Err != nil:
-				return b.Err
-			case b.Index != next: // offsets rise along the run: cannot happen
-				return fmt.Errorf("blob %s of pack %s read out of order", b.Entry.ID.Short(), pack.Short())
-			}
-			next++
-			h.Write(b.Plain)
-			read += int64(len(b.Plain))
-			return nil
-		})
-		if err != nil {
-			return read, err.Error()
+		for started < len(runs) && started < done+digestWindow && mem.TryAcquire(weight(started)) {
+			start(started)
+			started++
 		}
-		i += len(run)
+		res := <-results[done]
+		mem.Release(weight(done))
+		done++
+		if res.err != nil {
+			return read, res.err.Error()
+		}
+		h.Write(res.plain)
+		read += int64(len(res.plain))
 	}
 	if n.Digest.IsNull() {
 		return read, ""

@@ -334,3 +334,86 @@ func TestVerifyDigestsOneBlobFilesByPack(t *testing.T) {
 		t.Fatalf("with f-03.bin's blob damaged: %d files, problems at %v, want both files that hold it, in walk order", ds.Files, paths)
 	}
 }
+
+// TestVerifyDigestsReadsAheadInAFile: a file spread over several packs has
+// a few of its runs read at once while the first is hashed, and damage in
+// a run read ahead still names the file.
+func TestVerifyDigestsReadsAheadInAFile(t *testing.T) {
+	ctx := context.Background()
+	be, dir := newBackend(t)
+	f := backendtest.NewFaulty(be)
+	r, err := Init(ctx, withConns{f, 8}, InitOptions{Password: testPassword, kdfParams: cheapKDF, PackSize: format.MinPackSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	src := t.TempDir()
+	const size = 6 << 20
+	writeFile(t, filepath.Join(src, "big.bin"), randBytes(60, size), 0o644)
+	sn := backupDir(t, r, src, "a")
+	node, err := findNode(ctx, r, sn.Tree, "big.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs, err := r.fileRuns(node)
+	if err != nil || len(runs) < digestWindow {
+		t.Fatalf("the file is in %d runs (%v), want at least %d", len(runs), err, digestWindow)
+	}
+
+	var (
+		mu       sync.Mutex
+		inFlight int
+		most     int
+		arrived  = make(chan struct{})
+		released bool
+	)
+	rule := &backendtest.Rule{Op: backendtest.OpLoad, Type: backend.PackFile, Skip: 1, // the root tree
+		Before: func(ctx context.Context, _ backend.Handle) error {
+			mu.Lock()
+			inFlight++
+			most = max(most, inFlight)
+			if inFlight == digestWindow && !released {
+				released = true
+				close(arrived)
+			}
+			mu.Unlock()
+			select { // read one run at a time, these would wait out the timer
+			case <-arrived:
+			case <-time.After(2 * time.Second):
+			case <-ctx.Done():
+			}
+			return nil
+		},
+		After: func(context.Context, backend.Handle, error) error {
+			mu.Lock()
+			inFlight--
+			mu.Unlock()
+			return nil
+		},
+	}
+	f.Add(rule)
+	ds, err := r.VerifyDigests(ctx, []*Snapshot{sn})
+	if err != nil || ds.Files != 1 || ds.Bytes != size || len(ds.Problems) != 0 {
+		t.Fatalf("deep verification: %+v %v", ds, err)
+	}
+	if most < digestWindow {
+		t.Errorf("at most %d of the file's runs read at once, want %d", most, digestWindow)
+	}
+	f.Reset()
+
+	// Damage the last run's pack: found, though that run was read ahead.
+	last := runs[len(runs)-1]
+	p := filepath.Join(dir, filepath.FromSlash(packPath(last.pack)))
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[last.entries[0].Offset+30] ^= 1
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ds, err = r.VerifyDigests(ctx, []*Snapshot{sn})
+	if err != nil || len(ds.Problems) != 1 || ds.Problems[0].Path != "big.bin" || !strings.Contains(ds.Problems[0].Err, last.pack.Short()) {
+		t.Fatalf("with the last run damaged: %+v %v, want big.bin named with pack %s", ds, err, last.pack.Short())
+	}
+}
