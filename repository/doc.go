@@ -54,8 +54,9 @@
 //     verifies through an opener. A test hands any of them a real part
 //     wrapped to count or to fail in one role. Prune finds what snapshots
 //     use through the tree loader (a level at a time, as restore plans),
-//     as restic's prune finds used blobs through its Loader; prune's
-//     planning and deletion, forget, stats and ls still take the
+//     as restic's prune finds used blobs through its Loader; forget asks
+//     for a snapshot remover (lock, snapshots, removal of one snapshot
+//     file); prune's planning and deletion, stats and ls still take the
 //     repository itself.
 //
 // # Contracts between the parts

@@ -138,36 +138,50 @@ func applyPolicy(snaps []*Snapshot, p RetentionPolicy, loc *time.Location) (keep
 	return keep, remove
 }
 
+// snapshotRemover is what forget reads and changes of a repository: its
+// lock, its snapshots, and the removal of one snapshot file (Repository).
+type snapshotRemover interface {
+	Lock(ctx context.Context, exclusive bool) (*Lock, error)
+	Snapshots(ctx context.Context) ([]*Snapshot, error)
+	removeSnapshot(ctx context.Context, id ID) error
+}
+
 // Forget applies p to every snapshot, grouped by (Dataset, Host), the
-// snapshots of one backup counting as one, and removes the snapshot files of those it does not keep (unless dryRun).
-// Buckets use local time. Only snapshot files are removed; Prune frees the
-// data. Forget holds a shared lock: removing a snapshot never removes data
-// a running backup needs, so it need not wait for backups, while prune's
-// exclusive lock keeps the two apart. Damaged snapshot files are neither
-// kept nor removed, only logged: the policy is applied to the readable
-// snapshots (a damaged one cannot be restored, so it does not count
-// towards keeping), and the damaged files stay for repair. Prune refuses
-// to run while they exist.
+// snapshots of one backup counting as one, and removes the snapshot files
+// of those it does not keep (unless dryRun). Buckets use local time. Only
+// snapshot files are removed; Prune frees the data. Forget holds a shared
+// lock: removing a snapshot never removes data a running backup needs, so
+// it need not wait for backups, while prune's exclusive lock keeps the two
+// apart. Damaged snapshot files are neither kept nor removed, only logged:
+// the policy is applied to the readable snapshots (a damaged one cannot be
+// restored, so it does not count towards keeping), and the damaged files
+// stay for repair. Prune refuses to run while they exist.
 func (r *Repository) Forget(ctx context.Context, p RetentionPolicy, dryRun bool) (keep, remove []*Snapshot, err error) {
+	return forget(ctx, r, p, dryRun, time.Local)
+}
+
+// forget is Forget through its roles. A removal that fails stops it: the
+// snapshots before it are gone, the ones after it stay, and the error names
+// the one that failed.
+func forget(ctx context.Context, s snapshotRemover, p RetentionPolicy, dryRun bool, loc *time.Location) (keep, remove []*Snapshot, err error) {
 	if !dryRun {
-		lock, err := r.Lock(ctx, false)
+		lock, err := s.Lock(ctx, false)
 		if err != nil {
 			return nil, nil, fmt.Errorf("forget: %w", err)
 		}
 		defer func() { _ = lock.Unlock(context.WithoutCancel(ctx)) }()
 	}
-	snaps, err := r.Snapshots(ctx)
+	snaps, err := s.Snapshots(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("forget: %w", err)
 	}
-	keep, remove = applyPolicy(snaps, p, time.Local)
+	keep, remove = applyPolicy(snaps, p, loc)
 	if dryRun {
 		return keep, remove, nil
 	}
-	for _, s := range remove {
-		h := backend.Handle{Type: backend.SnapshotFile, Name: s.ID.String()}
-		if err := r.be.Remove(ctx, h); err != nil && !errors.Is(err, backend.ErrNotExist) {
-			return keep, remove, fmt.Errorf("forget: remove %s: %w", h, err)
+	for _, sn := range remove {
+		if err := s.removeSnapshot(ctx, sn.ID); err != nil {
+			return keep, remove, fmt.Errorf("forget: %w", err)
 		}
 	}
 	return keep, remove, nil
@@ -184,10 +198,18 @@ func (r *Repository) RemoveSnapshots(ctx context.Context, ids ...ID) error {
 	}
 	defer func() { _ = lock.Unlock(context.WithoutCancel(ctx)) }()
 	for _, id := range ids {
-		h := backend.Handle{Type: backend.SnapshotFile, Name: id.String()}
-		if err := r.be.Remove(ctx, h); err != nil && !errors.Is(err, backend.ErrNotExist) {
-			return fmt.Errorf("remove snapshot %s: %w", h, err)
+		if err := r.removeSnapshot(ctx, id); err != nil {
+			return fmt.Errorf("remove snapshots: %w", err)
 		}
+	}
+	return nil
+}
+
+// removeSnapshot removes one snapshot file; a missing one is no error.
+func (r *Repository) removeSnapshot(ctx context.Context, id ID) error {
+	h := backend.Handle{Type: backend.SnapshotFile, Name: id.String()}
+	if err := r.be.Remove(ctx, h); err != nil && !errors.Is(err, backend.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", h, err)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package repository
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -201,4 +202,52 @@ func TestApplyPolicyKeepsBackupsWhole(t *testing.T) {
 			t.Errorf("%+v: keep %d + remove %d != %d", tc.p, len(keep), len(remove), len(snaps))
 		}
 	}
+}
+
+// failingRemover is forget's repository, failing the removal of one
+// snapshot and counting the removals it lets through.
+type failingRemover struct {
+	snapshotRemover
+	fail    ID
+	removed []ID
+}
+
+func (f *failingRemover) removeSnapshot(ctx context.Context, id ID) error {
+	if id == f.fail {
+		return fmt.Errorf("remove snapshots/%s: %w", id, errRoleFault)
+	}
+	f.removed = append(f.removed, id)
+	return f.snapshotRemover.removeSnapshot(ctx, id)
+}
+
+// TestForgetThroughSnapshotRemover: a removal that fails stops forget with
+// an error naming the snapshot; the snapshots removed before it are gone,
+// the rest stay, none of the kept ones is touched, and the repository
+// still checks clean (forget never goes below snapshot files).
+func TestForgetThroughSnapshotRemover(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newSmallPackRepo(t, "pw")
+	base := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
+	for i := range 5 {
+		if _, err := r.BackupStream(ctx, "f", strings.NewReader(fmt.Sprint(i)), BackupOptions{Dataset: "a", Host: "h", Time: base.AddDate(0, 0, i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, plan, err := forget(ctx, r, RetentionPolicy{Last: 1}, true, time.UTC)
+	if err != nil || len(plan) != 4 {
+		t.Fatalf("dry run: %d to remove, %v", len(plan), err)
+	}
+	fr := &failingRemover{snapshotRemover: r, fail: plan[2].ID}
+	_, _, err = forget(ctx, fr, RetentionPolicy{Last: 1}, false, time.UTC)
+	if !errors.Is(err, errRoleFault) || !strings.Contains(err.Error(), plan[2].ID.String()) {
+		t.Fatalf("forget with the third removal failing: %v, want the fault naming %s", err, plan[2].ID.Short())
+	}
+	if len(fr.removed) != 2 || fr.removed[0] != plan[0].ID || fr.removed[1] != plan[1].ID {
+		t.Errorf("removed %v before the failure, want the two oldest", fr.removed)
+	}
+	left, err := r.Snapshots(ctx)
+	if err != nil || len(left) != 3 {
+		t.Fatalf("after the failed forget: %d snapshots, %v; want 3", len(left), err)
+	}
+	mustCheckClean(t, r, true)
 }
