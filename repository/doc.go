@@ -56,8 +56,10 @@
 //     use through the tree loader (a level at a time, as restore plans),
 //     as restic's prune finds used blobs through its Loader; forget asks
 //     for a snapshot remover (lock, snapshots, removal of one snapshot
-//     file); prune's planning and deletion, stats and ls still take the
-//     repository itself.
+//     file); ls and find through a tree walker (single trees, trees a level
+//     at a time, requests in flight), stats through its snapshots and
+//     index; prune's planning and deletion still take the repository
+//     itself.
 //
 // # Contracts between the parts
 //

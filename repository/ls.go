@@ -35,11 +35,15 @@ func entryOf(p string, n *format.Node) Entry {
 // depth first, a directory before its children. With recursive false only
 // dir's direct children are listed. An unknown dir is an error naming it.
 func (r *Repository) List(ctx context.Context, snap *Snapshot, dir string, recursive bool, fn func(Entry) error) error {
+	return list(ctx, r, snap, dir, recursive, fn)
+}
+
+func list(ctx context.Context, tw treeWalker, snap *Snapshot, dir string, recursive bool, fn func(Entry) error) error {
 	dir = strings.Trim(path.Clean("/"+dir), "/")
 	root := snap.Tree
 	if dir != "" {
 		found := false
-		err := r.walkTree(ctx, snap.Tree, func(p string, n *format.Node) error {
+		err := walkTreeAt(ctx, tw, "", snap.Tree, func(p string, n *format.Node) error {
 			switch {
 			case p == dir && n.Type == format.NodeDir:
 				root, found = n.Subtree, true
@@ -58,11 +62,11 @@ func (r *Repository) List(ctx context.Context, snap *Snapshot, dir string, recur
 			return fmt.Errorf("snapshot %s: no folder %q", snap.ID.Short(), dir)
 		}
 	}
-	walk := r.walkTreeAt
+	walk := walkTreeAt
 	if recursive {
-		walk = r.walkWholeTreeAt
+		walk = walkWholeTreeAt
 	}
-	err := walk(ctx, dir, root, func(p string, n *format.Node) error {
+	err := walk(ctx, tw, dir, root, func(p string, n *format.Node) error {
 		if err := fn(entryOf(p, n)); err != nil {
 			return err
 		}
@@ -83,10 +87,14 @@ var errStopWalk = errors.New("stop walk")
 // Find calls fn for every node of snap whose base name, or whole path,
 // matches the glob pattern (path.Match syntax).
 func (r *Repository) Find(ctx context.Context, snap *Snapshot, pattern string, fn func(Entry) error) error {
+	return find(ctx, r, snap, pattern, fn)
+}
+
+func find(ctx context.Context, tw treeWalker, snap *Snapshot, pattern string, fn func(Entry) error) error {
 	if _, err := path.Match(pattern, ""); err != nil {
 		return fmt.Errorf("pattern %q: %w", pattern, err)
 	}
-	err := r.walkWholeTreeAt(ctx, "", snap.Tree, func(p string, n *format.Node) error {
+	err := walkWholeTreeAt(ctx, tw, "", snap.Tree, func(p string, n *format.Node) error {
 		base, _ := path.Match(pattern, n.Name)
 		full, _ := path.Match(pattern, p)
 		if base || full {

@@ -3,6 +3,8 @@ package repository
 import (
 	"context"
 	"fmt"
+
+	"github.com/custos-backup/custos/repository/index"
 )
 
 // Stats are repository totals.
@@ -18,9 +20,20 @@ type Stats struct {
 	LogicalBytes int64 `json:"logical_bytes"`
 }
 
+// statsSource is what Stats reads of a repository: its snapshots and its
+// index (Repository).
+type statsSource interface {
+	Snapshots(ctx context.Context) ([]*Snapshot, error)
+	index() *index.Index
+}
+
 // Stats counts snapshots, packs and blobs, and sums their sizes.
 func (r *Repository) Stats(ctx context.Context) (*Stats, error) {
-	snaps, err := r.Snapshots(ctx)
+	return stats(ctx, r)
+}
+
+func stats(ctx context.Context, src statsSource) (*Stats, error) {
+	snaps, err := src.Snapshots(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("stats: %w", err)
 	}
@@ -28,7 +41,7 @@ func (r *Repository) Stats(ctx context.Context) (*Stats, error) {
 	for _, s := range snaps {
 		st.LogicalBytes += s.Summary.Bytes
 	}
-	x := r.index()
+	x := src.index()
 	st.Blobs, st.Packs = x.Count()
 	st.PackBytes = x.PackBytes()
 	return st, nil

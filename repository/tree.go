@@ -95,11 +95,7 @@ func (r *Repository) walkTree(ctx context.Context, id ID, fn func(p string, n *f
 var errSkipSubtree = errors.New("skip subtree")
 
 func (r *Repository) walkTreeAt(ctx context.Context, prefix string, id ID, fn func(p string, n *format.Node) error) error {
-	t, err := r.loadWalked(ctx, prefix, id)
-	if err != nil {
-		return err
-	}
-	return walkNodes(ctx, prefix, t, r.loadTree, fn)
+	return walkTreeAt(ctx, r, prefix, id, fn)
 }
 
 // walkWholeTreeAt walks as walkTreeAt does, for walks that go into every
@@ -107,13 +103,34 @@ func (r *Repository) walkTreeAt(ctx context.Context, prefix string, id ID, fn fu
 // verification): on remote storage the trees come through a treePrefetch,
 // a level at a time, instead of a round trip per folder.
 func (r *Repository) walkWholeTreeAt(ctx context.Context, prefix string, id ID, fn func(p string, n *format.Node) error) error {
-	t, err := r.loadWalked(ctx, prefix, id)
+	return walkWholeTreeAt(ctx, r, prefix, id, fn)
+}
+
+// treeWalker is what a walk reads of a repository: single trees, trees a
+// level at a time (by pack), and how many requests the storage keeps in
+// flight (0 for a local folder, which gets no reading ahead) (Repository).
+type treeWalker interface {
+	loadTree(ctx context.Context, id ID) (*format.Tree, error)
+	treeLoader
+	readers(local int) int
+}
+
+func walkTreeAt(ctx context.Context, tw treeWalker, prefix string, id ID, fn func(p string, n *format.Node) error) error {
+	t, err := loadWalked(ctx, tw, prefix, id)
 	if err != nil {
 		return err
 	}
-	load := r.loadTree
-	if r.readers(0) > 0 {
-		p := startTreePrefetch(ctx, r, r.loadTree, t, treePrefetchBudget)
+	return walkNodes(ctx, prefix, t, tw.loadTree, fn)
+}
+
+func walkWholeTreeAt(ctx context.Context, tw treeWalker, prefix string, id ID, fn func(p string, n *format.Node) error) error {
+	t, err := loadWalked(ctx, tw, prefix, id)
+	if err != nil {
+		return err
+	}
+	load := tw.loadTree
+	if tw.readers(0) > 0 {
+		p := startTreePrefetch(ctx, tw, tw.loadTree, t, treePrefetchBudget)
 		defer p.stop()
 		load = p.take
 	}
@@ -128,11 +145,11 @@ type treeLoadFunc func(ctx context.Context, id ID) (*format.Tree, error)
 
 // loadWalked loads the tree of the folder prefix, its error naming the
 // folder.
-func (r *Repository) loadWalked(ctx context.Context, prefix string, id ID) (*format.Tree, error) {
+func loadWalked(ctx context.Context, tw treeWalker, prefix string, id ID) (*format.Tree, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	t, err := r.loadTree(ctx, id)
+	t, err := tw.loadTree(ctx, id)
 	if err != nil && prefix != "" {
 		return nil, fmt.Errorf("%s: %w", prefix, err)
 	}

@@ -356,3 +356,129 @@ func TestCopyNeedsByLevel(t *testing.T) {
 		})
 	}
 }
+
+// countingWalker is the listings' repository, counting single tree loads
+// and level loads, failing one tree, and reporting conns requests in
+// flight (0: a local folder).
+type countingWalker struct {
+	treeWalker
+	conns          int
+	fail           ID
+	single, levels atomic.Int64
+}
+
+func (w *countingWalker) loadTree(ctx context.Context, id ID) (*format.Tree, error) {
+	w.single.Add(1)
+	if id == w.fail {
+		return nil, fmt.Errorf("load tree %s: %w", id.Short(), errRoleFault)
+	}
+	return w.treeWalker.loadTree(ctx, id)
+}
+
+func (w *countingWalker) loadTrees(ctx context.Context, ids []ID, keepRaw bool) (map[ID]loadedTree, error) {
+	w.levels.Add(1)
+	out, err := w.treeWalker.loadTrees(ctx, ids, keepRaw)
+	if _, ok := out[w.fail]; ok {
+		out[w.fail] = loadedTree{err: fmt.Errorf("load tree %s: %w", w.fail.Short(), errRoleFault)}
+	}
+	return out, err
+}
+
+func (w *countingWalker) readers(local int) int {
+	if w.conns > 0 {
+		return w.conns
+	}
+	return local
+}
+
+// TestListingsThroughTreeWalker: find and a recursive listing read a local
+// repository's trees one folder at a time and a remote one's a level at a
+// time, find the same entries either way, and a tree that cannot be read
+// stops them with an error naming its folder.
+func TestListingsThroughTreeWalker(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newTestRepo(t, false)
+	dir := t.TempDir()
+	dirs := writeDeepTree(t, dir)
+	sn := backupDir(t, r, dir, "a")
+	var want []string
+	var failID ID
+	if err := r.walkTree(ctx, sn.Tree, func(p string, n *format.Node) error {
+		want = append(want, p)
+		if p == "d01/s02" {
+			failID = n.Subtree
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	walks := []struct {
+		name string
+		run  func(tw treeWalker) ([]string, error)
+	}{
+		{"find", func(tw treeWalker) (got []string, err error) {
+			err = find(ctx, tw, sn, "*", func(e Entry) error { got = append(got, e.Path); return nil })
+			return got, err
+		}},
+		{"recursive list", func(tw treeWalker) (got []string, err error) {
+			err = list(ctx, tw, sn, "", true, func(e Entry) error { got = append(got, e.Path); return nil })
+			return got, err
+		}},
+	}
+	for _, w := range walks {
+		for _, tc := range []struct {
+			name                   string
+			conns                  int
+			fail                   bool
+			wantSingle, wantLevels int64
+		}{
+			{"local", 0, false, int64(dirs), 0},
+			{"remote", 8, false, 1, 2},
+			{"local, a tree fails", 0, true, -1, -1},
+			{"remote, a tree fails", 8, true, -1, -1},
+		} {
+			t.Run(w.name+"/"+tc.name, func(t *testing.T) {
+				cw := &countingWalker{treeWalker: r, conns: tc.conns}
+				if tc.fail {
+					cw.fail = failID
+				}
+				got, err := w.run(cw)
+				if tc.fail {
+					if !errors.Is(err, errRoleFault) || !strings.Contains(err.Error(), "d01/s02") {
+						t.Fatalf("with d01/s02's tree failing: %v, want the fault naming the folder", err)
+					}
+					return
+				}
+				if err != nil || strings.Join(got, "\n") != strings.Join(want, "\n") {
+					t.Fatalf("walked %v (%v), want %v", got, err, want)
+				}
+				if s, l := cw.single.Load(), cw.levels.Load(); s != tc.wantSingle || l != tc.wantLevels {
+					t.Errorf("%d single tree loads and %d level loads, want %d and %d", s, l, tc.wantSingle, tc.wantLevels)
+				}
+			})
+		}
+	}
+}
+
+// failingSnapshots is Stats' source, failing to list snapshots.
+type failingSnapshots struct{ statsSource }
+
+func (failingSnapshots) Snapshots(context.Context) ([]*Snapshot, error) { return nil, errRoleFault }
+
+// TestStatsThroughSource: stats counts what the index and the snapshots
+// say, and a source whose snapshots cannot be listed is an error.
+func TestStatsThroughSource(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newTestRepo(t, false)
+	dir := t.TempDir()
+	writeDeepTree(t, dir)
+	sn := backupDir(t, r, dir, "a")
+	st, err := stats(ctx, r)
+	blobs, packs := r.index().Count()
+	if err != nil || st.Snapshots != 1 || st.LogicalBytes != sn.Summary.Bytes || st.Blobs != blobs || st.Packs != packs || st.PackBytes <= 0 {
+		t.Fatalf("stats %+v %v; want 1 snapshot of %d bytes, %d blobs in %d packs", st, err, sn.Summary.Bytes, blobs, packs)
+	}
+	if _, err := stats(ctx, failingSnapshots{r}); !errors.Is(err, errRoleFault) {
+		t.Fatalf("stats with the snapshots failing: %v", err)
+	}
+}
