@@ -3,7 +3,8 @@
 //
 // What it guarantees:
 //   - A bag is built in a hidden folder beside its final place and renamed
-//     to its final name only once every file is written and synced, so a
+//     to its final name only once every file is written and synced (the
+//     file system at once with syncfs on Linux, else file by file), so a
 //     failed or interrupted export never leaves a partial bag under the
 //     final name. It never replaces an existing bag.
 //   - Every payload file is hashed as it is written, and the digest of the
@@ -75,6 +76,9 @@ type Bag struct {
 	files  map[string]string
 	octets int64
 	closed bool
+	// perFileSync makes Commit sync each file and folder instead of the
+	// file system at once (what it falls back to where syncfs fails).
+	perFileSync bool
 }
 
 // Create starts a bag that Commit will name name inside dir. name must be a
@@ -188,10 +192,10 @@ func (b *Bag) AddFile(ctx context.Context, rel string, size int64, sha256Hex str
 		return fmt.Errorf("bag %s: payload file %q: %w", b.name, p, err)
 	}
 	hw := &hashWriter{w: f, h: sha256.New()}
+	// Not synced here: Commit syncs the whole bag at once (one syncfs on
+	// Linux), which for a bag of many small files is most of the time a
+	// sync per file would take.
 	err = fill(hw)
-	if err == nil {
-		err = f.Sync()
-	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -287,8 +291,14 @@ func (b *Bag) commit(now time.Time, info []Field) (string, error) {
 	if err := writeSynced(b.root, TagManifestFile, manifest(tagSums)); err != nil {
 		return "", err
 	}
-	if err := syncDirs(b.root); err != nil {
-		return "", err
+	// Every payload file and folder on disk before the rename publishes
+	// them: the file system at once where it can (syncfs also flushes other
+	// writers' data on it, which only costs them a flush they would do
+	// later), else one by one.
+	if b.perFileSync || syncFS(b.root) != nil {
+		if err := syncEach(b.root); err != nil {
+			return "", err
+		}
 	}
 	if err := b.root.Close(); err != nil {
 		return "", err
@@ -397,15 +407,12 @@ func writeSynced(root *os.Root, name string, body []byte) error {
 	return nil
 }
 
-// syncDirs syncs every folder of the bag, so that the rename publishes
-// entries that are on disk.
-func syncDirs(root *os.Root) error {
+// syncEach syncs every file and folder of the bag, so that the rename
+// publishes entries that are on disk.
+func syncEach(root *os.Root) error {
 	return fs.WalkDir(root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
-		}
-		if !d.IsDir() {
-			return nil
 		}
 		f, err := root.Open(p)
 		if err != nil {
@@ -416,7 +423,7 @@ func syncDirs(root *os.Root) error {
 			err = cerr
 		}
 		if err != nil {
-			return fmt.Errorf("sync folder %q: %w", p, err)
+			return fmt.Errorf("sync %q: %w", p, err)
 		}
 		return nil
 	})

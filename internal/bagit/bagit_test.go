@@ -292,3 +292,31 @@ func TestRefuses(t *testing.T) {
 		})
 	}
 }
+
+// TestCommitSyncingEachFile: where the file system cannot be synced at
+// once, Commit syncs every file and folder itself and the bag is as valid.
+func TestCommitSyncingEachFile(t *testing.T) {
+	ctx := context.Background()
+	dir, root := openDir(t)
+	b, err := bagit.Create(root, "bag")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bagit.SyncEachFile(b)
+	files := map[string]string{"a.txt": "a", "x/y/b.txt": "bb", "x/c.txt": ""}
+	for name, content := range files {
+		if err := b.AddFile(ctx, name, int64(len(content)), digest(content), write(content)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := b.Commit(time.Now(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bagitcheck.Validate(p); err != nil {
+		t.Fatalf("bag is not valid: %v", err)
+	}
+	if got := entries(t, dir); len(got) != 1 || got[0] != "bag" {
+		t.Fatalf("target holds %q, want only the bag", got)
+	}
+}
