@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -52,8 +51,7 @@ type ExportedBag struct {
 // exportSource is what an export reads from a repository;
 // *repository.Repository has it.
 type exportSource interface {
-	List(ctx context.Context, snap *repository.Snapshot, dir string, recursive bool, fn func(repository.Entry) error) error
-	RestoreFile(ctx context.Context, snap *repository.Snapshot, p string, w io.Writer) error
+	WalkFiles(ctx context.Context, snap *repository.Snapshot, p string, fn func(e repository.Entry, write func(io.Writer) error) error) error
 }
 
 // ExportBagIt writes one BagIt bag (RFC 8493) per matching atom version
@@ -191,23 +189,26 @@ func atomSnapshot(d *metadata.Dataset, a metadata.Atom, load func(string) (*repo
 }
 
 // exportAtom writes the bag of the files at p (a file, or a folder and
-// everything below it) in snap.
+// everything below it) in snap. Entries that are not regular files go to
+// eb.Skipped; folders add nothing (a bag cannot hold an empty one).
 func exportAtom(ctx context.Context, src exportSource, dir *os.Root, snap *repository.Snapshot, p string, fields []bagit.Field, eb *ExportedBag) error {
-	files, err := atomFiles(ctx, src, snap, p, &eb.Skipped)
-	if err != nil {
-		return err
-	}
 	bag, err := bagit.Create(dir, bagName(eb.Atom, eb.Time))
 	if err != nil {
 		return err
 	}
 	defer bag.Abort() // a no-op once committed
-	for _, e := range files {
-		if err := bag.AddFile(ctx, e.Path, int64(e.Size), e.SHA256, func(w io.Writer) error {
-			return src.RestoreFile(ctx, snap, e.Path, w)
-		}); err != nil {
-			return err
+	err = src.WalkFiles(ctx, snap, p, func(e repository.Entry, write func(io.Writer) error) error {
+		switch e.Type {
+		case "file":
+			return bag.AddFile(ctx, e.Path, int64(e.Size), e.SHA256, write)
+		case "dir":
+		default:
+			eb.Skipped = append(eb.Skipped, e.Path+" ("+e.Type+")")
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if n := len(eb.Skipped); n > 0 {
 		fields = append(fields, bagit.Field{Label: "Custos-Not-Exported", Value: strconv.Itoa(n) + " entries that are not regular files (symbolic links, devices, sockets, FIFOs)"})
@@ -215,45 +216,6 @@ func exportAtom(ctx context.Context, src exportSource, dir *os.Root, snap *repos
 	eb.Path, err = bag.Commit(time.Now(), fields)
 	eb.Files, eb.Bytes = bag.Files(), bag.Octets()
 	return err
-}
-
-// atomFiles lists the regular files at or below p in snap. Other entries
-// go to skipped; folders add nothing (a bag cannot hold an empty one).
-func atomFiles(ctx context.Context, src exportSource, snap *repository.Snapshot, p string, skipped *[]string) ([]repository.Entry, error) {
-	parent := path.Dir(p)
-	if parent == "." {
-		parent = ""
-	}
-	var top *repository.Entry
-	if err := src.List(ctx, snap, parent, false, func(e repository.Entry) error {
-		if e.Path == p {
-			top = &e
-		}
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-	if top == nil {
-		return nil, fmt.Errorf("snapshot %s has nothing at %q", snap.ID.Short(), p)
-	}
-	var files []repository.Entry
-	add := func(e repository.Entry) error {
-		switch e.Type {
-		case "file":
-			files = append(files, e)
-		case "dir":
-		default:
-			*skipped = append(*skipped, e.Path+" ("+e.Type+")")
-		}
-		return nil
-	}
-	if top.Type != "dir" {
-		return files, add(*top)
-	}
-	if err := src.List(ctx, snap, p, true, add); err != nil {
-		return nil, err
-	}
-	return files, nil
 }
 
 // bagFields is bag-info.txt: the reserved labels of RFC 8493 §2.2.2 where

@@ -210,20 +210,19 @@ type faultySource struct {
 	flip, forge bool
 }
 
-func (f *faultySource) List(ctx context.Context, snap *repository.Snapshot, dir string, recursive bool, fn func(repository.Entry) error) error {
-	return f.exportSource.List(ctx, snap, dir, recursive, func(e repository.Entry) error {
-		if f.forge && e.Path == f.path {
-			e.SHA256 = strings.Repeat("ab", 32)
+func (f *faultySource) WalkFiles(ctx context.Context, snap *repository.Snapshot, p string, fn func(repository.Entry, func(io.Writer) error) error) error {
+	return f.exportSource.WalkFiles(ctx, snap, p, func(e repository.Entry, write func(io.Writer) error) error {
+		if e.Path == f.path {
+			if f.forge {
+				e.SHA256 = strings.Repeat("ab", 32)
+			}
+			if f.flip {
+				inner := write
+				write = func(w io.Writer) error { return inner(&flipWriter{w: w}) }
+			}
 		}
-		return fn(e)
+		return fn(e, write)
 	})
-}
-
-func (f *faultySource) RestoreFile(ctx context.Context, snap *repository.Snapshot, p string, w io.Writer) error {
-	if f.flip && p == f.path {
-		w = &flipWriter{w: w}
-	}
-	return f.exportSource.RestoreFile(ctx, snap, p, w)
 }
 
 type flipWriter struct {

@@ -1059,6 +1059,52 @@ func restoreFileFrom(ctx context.Context, src fileSource, snap *Snapshot, p stri
 	if err != nil {
 		return fmt.Errorf("restore %q from snapshot %s: %w", p, snap.ID.Short(), err)
 	}
+	return writeFileNode(ctx, src, snap, p, n, w)
+}
+
+// WalkFiles calls fn for the entry at p in snap and, when it is a folder,
+// for every entry below it, depth first, a folder before what it holds.
+// For a regular file write streams its content to a writer, as
+// RestoreFile does (each blob verified, the whole against the file's
+// digest); for anything else write is nil. It refreshes the index once and
+// reads a remote repository's trees a level at a time: where RestoreFile
+// per file would walk from the root (and list the index) for every file,
+// this reads each tree once. fn returning an error ends the walk with it.
+func (r *Repository) WalkFiles(ctx context.Context, snap *Snapshot, p string, fn func(e Entry, write func(io.Writer) error) error) error {
+	if err := r.refreshIndex(ctx, false); err != nil {
+		return fmt.Errorf("snapshot %s: %w", snap.ID.Short(), err)
+	}
+	p = path.Clean("/" + p)[1:]
+	var fnErr error // returned as fn gave it, not as the walk's
+	visit := func(q string, n *format.Node) error {
+		var write func(io.Writer) error
+		if n.Type == format.NodeFile {
+			write = func(w io.Writer) error { return writeFileNode(ctx, r, snap, q, n, w) }
+		}
+		fnErr = fn(entryOf(q, n), write)
+		return fnErr
+	}
+	sub := snap.Tree
+	if p != "" {
+		n, err := findNode(ctx, r, snap.Tree, p)
+		if err != nil {
+			return fmt.Errorf("snapshot %s: %w", snap.ID.Short(), err)
+		}
+		if err := visit(p, n); err != nil || n.Type != format.NodeDir {
+			return err
+		}
+		sub = n.Subtree
+	}
+	err := walkWholeTreeAt(ctx, r, p, sub, visit)
+	if err != nil && err != fnErr && ctx.Err() == nil {
+		return fmt.Errorf("snapshot %s: %w", snap.ID.Short(), err)
+	}
+	return err
+}
+
+// writeFileNode writes the content of the file n (at p in snap) to w,
+// verifying each blob and the whole against n's digest.
+func writeFileNode(ctx context.Context, src blobLoader, snap *Snapshot, p string, n *format.Node, w io.Writer) error {
 	if n.Type != format.NodeFile {
 		return fmt.Errorf("restore %q from snapshot %s: is a %s, not a regular file", p, snap.ID.Short(), n.Type)
 	}

@@ -5,6 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -480,5 +483,60 @@ func TestStatsThroughSource(t *testing.T) {
 	}
 	if _, err := stats(ctx, failingSnapshots{r}); !errors.Is(err, errRoleFault) {
 		t.Fatalf("stats with the snapshots failing: %v", err)
+	}
+}
+
+// TestWalkFiles: the entry at a path and, for a folder, everything below
+// it, each regular file's content streamed byte-exact; a missing path is
+// fs.ErrNotExist, and fn's own error comes back as it gave it.
+func TestWalkFiles(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newTestRepo(t, false)
+	dir := t.TempDir()
+	writeDeepTree(t, dir)
+	sn := backupDir(t, r, dir, "a")
+	walk := func(p string) (map[string]string, error) {
+		got := map[string]string{} // path -> type, or the file's content's digest check
+		err := r.WalkFiles(ctx, sn, p, func(e Entry, write func(io.Writer) error) error {
+			if e.Type != "file" {
+				if write != nil {
+					t.Errorf("%s: a %s with content", e.Path, e.Type)
+				}
+				got[e.Path] = e.Type
+				return nil
+			}
+			var buf bytes.Buffer
+			if err := write(&buf); err != nil {
+				return err
+			}
+			want, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(e.Path)))
+			if err != nil || !bytes.Equal(buf.Bytes(), want) {
+				t.Errorf("%s: %d bytes streamed, not the file's %d (%v)", e.Path, buf.Len(), len(want), err)
+			}
+			got[e.Path] = "file"
+			return nil
+		})
+		return got, err
+	}
+	for _, tc := range []struct {
+		p    string
+		want int // entries
+	}{
+		{"d01/s02/f-01.bin", 1},
+		{"d01", 1 + 3 + 3*2},
+		{"", 4 + 4*3 + 4*3*2 + 2 + 2 + 2*2},
+	} {
+		got, err := walk(tc.p)
+		if err != nil || len(got) != tc.want {
+			t.Errorf("WalkFiles(%q): %d entries (%v), want %d", tc.p, len(got), err, tc.want)
+		}
+	}
+	if _, err := walk("d01/nothing"); !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), "d01/nothing") {
+		t.Errorf("WalkFiles of a missing path: %v", err)
+	}
+	stop := errors.New("stop here")
+	err := r.WalkFiles(ctx, sn, "d02", func(Entry, func(io.Writer) error) error { return stop })
+	if err != stop {
+		t.Errorf("WalkFiles returned %v, want fn's error as it was", err)
 	}
 }
