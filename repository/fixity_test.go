@@ -228,41 +228,7 @@ func TestVerifyDigestsKeepsRequestsInFlight(t *testing.T) {
 	writeRandomFiles(t, dir, "f", 12, size, 40)
 	sn := backupDir(t, r, dir, "a")
 
-	var (
-		mu               sync.Mutex
-		inFlight, most   int
-		arrived          = make(chan struct{})
-		released, timing bool
-	)
-	f.Add(&backendtest.Rule{Op: backendtest.OpLoad, Type: backend.PackFile, Skip: 1, // the root tree
-		Before: func(ctx context.Context, _ backend.Handle) error {
-			mu.Lock()
-			inFlight++
-			most = max(most, inFlight)
-			if inFlight == conns && !released {
-				released = true
-				close(arrived)
-			}
-			mu.Unlock()
-			// The first reads wait until conns of them are in flight at
-			// once; read one at a time, they would wait out the timer.
-			select {
-			case <-arrived:
-			case <-time.After(2 * time.Second):
-				mu.Lock()
-				timing = true
-				mu.Unlock()
-			case <-ctx.Done():
-			}
-			return nil
-		},
-		After: func(context.Context, backend.Handle, error) error {
-			mu.Lock()
-			inFlight--
-			mu.Unlock()
-			return nil
-		},
-	})
+	most := inFlightBarrier(f, 1, conns) // the root tree first
 	ds, err := r.VerifyDigests(ctx, []*Snapshot{sn})
 	if err != nil {
 		t.Fatal(err)
@@ -270,8 +236,8 @@ func TestVerifyDigestsKeepsRequestsInFlight(t *testing.T) {
 	if ds.Files != 12 || len(ds.Problems) != 0 || ds.Bytes != 12*size {
 		t.Fatalf("deep verification: %+v", ds)
 	}
-	if timing || most < conns {
-		t.Fatalf("at most %d blob reads in flight, want %d", most, conns)
+	if most() < conns {
+		t.Fatalf("at most %d blob reads in flight, want %d", most(), conns)
 	}
 }
 
@@ -298,14 +264,8 @@ func TestVerifyDigestsOneBlobFilesByPack(t *testing.T) {
 	if err != nil || ds.Files != 41 || ds.Bytes != 41*8<<10 || len(ds.Problems) != 0 {
 		t.Fatalf("deep verification: %+v %v", ds, err)
 	}
-	var loads int
-	for _, c := range f.Calls() {
-		if c.Op == backendtest.OpLoad && c.Handle.Type == backend.PackFile {
-			loads++
-		}
-	}
-	if loads > 1+len(packs) { // the root tree, then a request per pack
-		t.Errorf("%d pack reads for 41 one-blob files in %d packs", loads, len(packs))
+	if loads := packReads(f); loads > 1+len(packs) { // the root tree, then a request per pack
+		t.Errorf("%d pack reads for 41 one-blob files in %d packs", packReads(f), len(packs))
 	}
 
 	node, err := findNode(ctx, r, sn.Tree, "f-03.bin")
@@ -360,44 +320,13 @@ func TestVerifyDigestsReadsAheadInAFile(t *testing.T) {
 		t.Fatalf("the file is in %d runs (%v), want at least %d", len(runs), err, digestWindow)
 	}
 
-	var (
-		mu       sync.Mutex
-		inFlight int
-		most     int
-		arrived  = make(chan struct{})
-		released bool
-	)
-	rule := &backendtest.Rule{Op: backendtest.OpLoad, Type: backend.PackFile, Skip: 1, // the root tree
-		Before: func(ctx context.Context, _ backend.Handle) error {
-			mu.Lock()
-			inFlight++
-			most = max(most, inFlight)
-			if inFlight == digestWindow && !released {
-				released = true
-				close(arrived)
-			}
-			mu.Unlock()
-			select { // read one run at a time, these would wait out the timer
-			case <-arrived:
-			case <-time.After(2 * time.Second):
-			case <-ctx.Done():
-			}
-			return nil
-		},
-		After: func(context.Context, backend.Handle, error) error {
-			mu.Lock()
-			inFlight--
-			mu.Unlock()
-			return nil
-		},
-	}
-	f.Add(rule)
+	most := inFlightBarrier(f, 1, digestWindow) // the root tree first
 	ds, err := r.VerifyDigests(ctx, []*Snapshot{sn})
 	if err != nil || ds.Files != 1 || ds.Bytes != size || len(ds.Problems) != 0 {
 		t.Fatalf("deep verification: %+v %v", ds, err)
 	}
-	if most < digestWindow {
-		t.Errorf("at most %d of the file's runs read at once, want %d", most, digestWindow)
+	if most() < digestWindow {
+		t.Errorf("at most %d of the file's runs read at once, want %d", most(), digestWindow)
 	}
 	f.Reset()
 
@@ -416,4 +345,56 @@ func TestVerifyDigestsReadsAheadInAFile(t *testing.T) {
 	if err != nil || len(ds.Problems) != 1 || ds.Problems[0].Path != "big.bin" || !strings.Contains(ds.Problems[0].Err, last.pack.Short()) {
 		t.Fatalf("with the last run damaged: %+v %v, want big.bin named with pack %s", ds, err, last.pack.Short())
 	}
+}
+
+// inFlightBarrier holds the pack reads f sees (after the first skip) until
+// n of them are in flight at once, or 2 s pass: read fewer at a time, they
+// wait out the timer. most reports the most reads that were in flight.
+func inFlightBarrier(f *backendtest.Faulty, skip, n int) (most func() int) {
+	var (
+		mu             sync.Mutex
+		inFlight, peak int
+		arrived        = make(chan struct{})
+		released       bool
+	)
+	f.Add(&backendtest.Rule{Op: backendtest.OpLoad, Type: backend.PackFile, Skip: skip,
+		Before: func(ctx context.Context, _ backend.Handle) error {
+			mu.Lock()
+			inFlight++
+			peak = max(peak, inFlight)
+			if inFlight == n && !released {
+				released = true
+				close(arrived)
+			}
+			mu.Unlock()
+			select {
+			case <-arrived:
+			case <-time.After(2 * time.Second):
+			case <-ctx.Done():
+			}
+			return nil
+		},
+		After: func(context.Context, backend.Handle, error) error {
+			mu.Lock()
+			inFlight--
+			mu.Unlock()
+			return nil
+		},
+	})
+	return func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return peak
+	}
+}
+
+// packReads counts the pack reads f has recorded.
+func packReads(f *backendtest.Faulty) int {
+	n := 0
+	for _, c := range f.Calls() {
+		if c.Op == backendtest.OpLoad && c.Handle.Type == backend.PackFile {
+			n++
+		}
+	}
+	return n
 }

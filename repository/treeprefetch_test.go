@@ -216,22 +216,17 @@ func TestBackupParentTreesByLevel(t *testing.T) {
 			if second.Tree != first.Tree || second.Summary.BytesRead != 0 {
 				t.Fatalf("no-change backup: tree %s (was %s), read %d bytes", second.Tree.Short(), first.Tree.Short(), second.Summary.BytesRead)
 			}
-			var loads []string
-			for _, c := range f.Calls() {
-				if c.Op == backendtest.OpLoad && c.Handle.Type == backend.PackFile {
-					loads = append(loads, c.Handle.Name[:8])
-				}
-			}
+			loads := packReads(f)
 			// The root (by the parent lookup), then one loadTrees per
 			// level below it: at most a request per level while the trees
 			// fit one pack.
-			if tc.remote && len(loads) > 4 {
-				t.Errorf("%d pack reads for %d trees (%s), want about one per level", len(loads), dirs, strings.Join(loads, " "))
+			if tc.remote && loads > 4 {
+				t.Errorf("%d pack reads for %d trees, want about one per level", loads, dirs)
 			}
 			// Locally every folder's tree is read as the walk reaches it
 			// (nothing held ahead): the twins' equal trees twice.
-			if !tc.remote && len(loads) != dirs {
-				t.Errorf("local: %d pack reads for %d folders, want one each", len(loads), dirs)
+			if !tc.remote && loads != dirs {
+				t.Errorf("local: %d pack reads for %d folders, want one each", loads, dirs)
 			}
 		})
 	}
@@ -283,13 +278,7 @@ func TestWholeTreeWalksByLevel(t *testing.T) {
 			if strings.Join(got, "\n") != strings.Join(want, "\n") {
 				t.Errorf("walked\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 			}
-			var loads int
-			for _, c := range f.Calls() {
-				if c.Op == backendtest.OpLoad && c.Handle.Type == backend.PackFile {
-					loads++
-				}
-			}
-			if loads > 4 {
+			if loads := packReads(f); loads > 4 {
 				t.Errorf("%d pack reads for %d trees, want about one per level", loads, dirs)
 			}
 		})
@@ -345,12 +334,7 @@ func TestCopyNeedsByLevel(t *testing.T) {
 			if err != nil || got != tc.want {
 				t.Fatalf("CopyNeeds = %d, %v; want %d", got, err, tc.want)
 			}
-			var loads int
-			for _, c := range f.Calls() {
-				if c.Op == backendtest.OpLoad && c.Handle.Type == backend.PackFile {
-					loads++
-				}
-			}
+			loads := packReads(f)
 			// Four levels, each in at most the two backups' tree packs: a
 			// tree at a time would be 25 reads.
 			if loads > 8 {
