@@ -215,14 +215,8 @@ func TestCopyCancel(t *testing.T) {
 // waits a round trip), and still counts and judges every file.
 func TestVerifyDigestsKeepsRequestsInFlight(t *testing.T) {
 	ctx := context.Background()
-	be, _ := newBackend(t)
-	f := backendtest.NewFaulty(be)
 	const conns = 4
-	r, err := Init(ctx, withConns{f, conns}, InitOptions{Password: testPassword, kdfParams: cheapKDF})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r, f, _ := newRecordedRepo(t, conns, 0)
 	dir := t.TempDir()
 	const size = 1200 << 10 // several chunks each
 	writeRandomFiles(t, dir, "f", 12, size, 40)
@@ -246,13 +240,7 @@ func TestVerifyDigestsKeepsRequestsInFlight(t *testing.T) {
 // request, not a request per file; a damaged one is still named.
 func TestVerifyDigestsOneBlobFilesByPack(t *testing.T) {
 	ctx := context.Background()
-	be, dir := newBackend(t)
-	f := backendtest.NewFaulty(be)
-	r, err := Init(ctx, withConns{f, 8}, InitOptions{Password: testPassword, kdfParams: cheapKDF})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r, f, dir := newRecordedRepo(t, 8, 0)
 	src := t.TempDir()
 	writeRandomFiles(t, src, "f", 40, 8<<10, 50)
 	writeFile(t, filepath.Join(src, "same-as-f-03.bin"), randBytes(53, 8<<10), 0o644) // one blob, two files
@@ -300,13 +288,7 @@ func TestVerifyDigestsOneBlobFilesByPack(t *testing.T) {
 // a run read ahead still names the file.
 func TestVerifyDigestsReadsAheadInAFile(t *testing.T) {
 	ctx := context.Background()
-	be, dir := newBackend(t)
-	f := backendtest.NewFaulty(be)
-	r, err := Init(ctx, withConns{f, 8}, InitOptions{Password: testPassword, kdfParams: cheapKDF, PackSize: format.MinPackSize})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r, f, dir := newRecordedRepo(t, 8, format.MinPackSize)
 	src := t.TempDir()
 	const size = 6 << 20
 	writeFile(t, filepath.Join(src, "big.bin"), randBytes(60, size), 0o644)

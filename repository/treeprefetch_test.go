@@ -196,18 +196,11 @@ func TestBackupParentTreesByLevel(t *testing.T) {
 		remote bool
 	}{{"local folder", false}, {"remote", true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx := context.Background()
-			be, _ := newBackend(t)
-			f := backendtest.NewFaulty(be)
-			var wrapped backend.Backend = f
+			conns := 0
 			if tc.remote {
-				wrapped = withConns{f, 8}
+				conns = 8
 			}
-			r, err := Init(ctx, wrapped, InitOptions{Password: testPassword, kdfParams: cheapKDF})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
+			r, f, _ := newRecordedRepo(t, conns, 0)
 			dir := t.TempDir()
 			dirs := writeDeepTree(t, dir)
 			first := backupDir(t, r, dir, "a")
@@ -238,13 +231,7 @@ func TestBackupParentTreesByLevel(t *testing.T) {
 // time finds.
 func TestWholeTreeWalksByLevel(t *testing.T) {
 	ctx := context.Background()
-	be, _ := newBackend(t)
-	f := backendtest.NewFaulty(be)
-	r, err := Init(ctx, withConns{f, 8}, InitOptions{Password: testPassword, kdfParams: cheapKDF})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r, f, _ := newRecordedRepo(t, 8, 0)
 	dir := t.TempDir()
 	dirs := writeDeepTree(t, dir)
 	sn := backupDir(t, r, dir, "a")
@@ -290,13 +277,7 @@ func TestWholeTreeWalksByLevel(t *testing.T) {
 // a remote source's trees are read a level at a time to find it.
 func TestCopyNeedsByLevel(t *testing.T) {
 	ctx := context.Background()
-	be, _ := newBackend(t)
-	f := backendtest.NewFaulty(be)
-	src, err := Init(ctx, withConns{f, 8}, InitOptions{Password: testPassword, kdfParams: cheapKDF})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
+	src, f, _ := newRecordedRepo(t, 8, 0)
 	dir := t.TempDir()
 	writeDeepTree(t, dir)
 	s1 := backupDir(t, src, dir, "a")
@@ -523,4 +504,23 @@ func TestWalkFiles(t *testing.T) {
 	if err != stop {
 		t.Errorf("WalkFiles returned %v, want fn's error as it was", err)
 	}
+}
+
+// newRecordedRepo makes a repository on a local folder through a Faulty
+// that records every call; conns > 0 makes the backend report that many
+// connections, as S3 does (a remote repository to the readers).
+func newRecordedRepo(t *testing.T, conns int, packSize int64) (r *Repository, f *backendtest.Faulty, dir string) {
+	t.Helper()
+	be, dir := newBackend(t)
+	f = backendtest.NewFaulty(be)
+	var wrapped backend.Backend = f
+	if conns > 0 {
+		wrapped = withConns{f, conns}
+	}
+	r, err := Init(context.Background(), wrapped, InitOptions{Password: testPassword, kdfParams: cheapKDF, PackSize: packSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	return r, f, dir
 }
