@@ -16,6 +16,7 @@ import (
 	"github.com/custos-backup/custos/internal/bagit"
 	"github.com/custos-backup/custos/metadata"
 	"github.com/custos-backup/custos/repository"
+	"golang.org/x/sync/errgroup"
 )
 
 // ExportRequest says which atom versions to export as BagIt bags, and
@@ -188,6 +189,9 @@ func atomSnapshot(d *metadata.Dataset, a metadata.Atom, load func(string) (*repo
 	return nil, fmt.Errorf("none of the dataset's snapshots %s holds it", strings.Join(ids, ", "))
 }
 
+// exportFilesAtOnce is how many files of one bag an export writes at once.
+const exportFilesAtOnce = 16
+
 // exportAtom writes the bag of the files at p (a file, or a folder and
 // everything below it) in snap. Entries that are not regular files go to
 // eb.Skipped; folders add nothing (a bag cannot hold an empty one).
@@ -197,18 +201,28 @@ func exportAtom(ctx context.Context, src exportSource, dir *os.Root, snap *repos
 		return err
 	}
 	defer bag.Abort() // a no-op once committed
-	err = src.WalkFiles(ctx, snap, p, func(e repository.Entry, write func(io.Writer) error) error {
+	// Several files at once: on remote storage each one's first blob waits
+	// a round trip, and locally the hashing of one overlaps the reads of
+	// the next.
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(exportFilesAtOnce)
+	walkErr := src.WalkFiles(gctx, snap, p, func(e repository.Entry, write func(io.Writer) error) error {
 		switch e.Type {
 		case "file":
-			return bag.AddFile(ctx, e.Path, int64(e.Size), e.SHA256, write)
+			g.Go(func() error { return bag.AddFile(gctx, e.Path, int64(e.Size), e.SHA256, write) })
 		case "dir":
 		default:
 			eb.Skipped = append(eb.Skipped, e.Path+" ("+e.Type+")")
 		}
-		return nil
+		return gctx.Err()
 	})
-	if err != nil {
+	// A file that failed ended the walk through gctx: its error, not the
+	// walk's cancellation, is the one to report.
+	if err := g.Wait(); err != nil {
 		return err
+	}
+	if walkErr != nil {
+		return walkErr
 	}
 	if n := len(eb.Skipped); n > 0 {
 		fields = append(fields, bagit.Field{Label: "Custos-Not-Exported", Value: strconv.Itoa(n) + " entries that are not regular files (symbolic links, devices, sockets, FIFOs)"})

@@ -35,6 +35,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 )
@@ -67,13 +68,17 @@ func (e *DigestError) Error() string {
 	return fmt.Sprintf("payload file %q: the SHA-256 of the bytes written is %s, but the digest recorded at ingest is %s", e.Path, e.Got, e.Want)
 }
 
-// Bag is one bag being written. It is not safe for concurrent use.
+// Bag is one bag being written. AddFile may be called from several
+// goroutines at once (each file is written on its own); Commit and Abort
+// must not run at the same time as anything else.
 type Bag struct {
-	dir    *os.Root // the folder that receives the bag
-	name   string   // the bag's final name in dir
-	tmp    string   // the hidden folder it is built in
-	root   *os.Root // opened on tmp
-	files  map[string]string
+	dir  *os.Root // the folder that receives the bag
+	name string   // the bag's final name in dir
+	tmp  string   // the hidden folder it is built in
+	root *os.Root // opened on tmp
+
+	mu     sync.Mutex
+	files  map[string]string // payload path -> hex digest ("" while written)
 	octets int64
 	closed bool
 	// perFileSync makes Commit sync each file and folder instead of the
@@ -118,8 +123,17 @@ func Create(dir *os.Root, name string) (*Bag, error) {
 func (b *Bag) Name() string { return b.name }
 
 // Files and Octets are the payload written so far (the Payload-Oxum).
-func (b *Bag) Files() int    { return len(b.files) }
-func (b *Bag) Octets() int64 { return b.octets }
+func (b *Bag) Files() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.files)
+}
+
+func (b *Bag) Octets() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.octets
+}
 
 func checkBagName(name string) error {
 	switch {
@@ -165,9 +179,6 @@ func checkPayloadPath(rel string) error {
 // sha256Hex, or AddFile returns a *DigestError naming the file. After any
 // error the bag is unusable; call Abort.
 func (b *Bag) AddFile(ctx context.Context, rel string, size int64, sha256Hex string, fill func(io.Writer) error) error {
-	if b.closed {
-		return errors.New("bag: AddFile after Commit or Abort")
-	}
 	if err := checkPayloadPath(rel); err != nil {
 		return fmt.Errorf("bag %s: %w", b.name, err)
 	}
@@ -176,7 +187,17 @@ func (b *Bag) AddFile(ctx context.Context, rel string, size int64, sha256Hex str
 	if err != nil || len(want) != sha256.Size {
 		return fmt.Errorf("bag %s: payload file %q: the recorded digest %q is not a SHA-256", b.name, p, sha256Hex)
 	}
-	if _, dup := b.files[p]; dup {
+	b.mu.Lock()
+	closed := b.closed
+	_, dup := b.files[p]
+	if !closed && !dup {
+		b.files[p] = "" // taken: a second AddFile of p fails
+	}
+	b.mu.Unlock()
+	switch {
+	case closed:
+		return errors.New("bag: AddFile after Commit or Abort")
+	case dup:
 		return fmt.Errorf("bag %s: payload file %q added twice", b.name, p)
 	}
 	if err := ctx.Err(); err != nil {
@@ -209,8 +230,10 @@ func (b *Bag) AddFile(ctx context.Context, rel string, size int64, sha256Hex str
 	case !bytes.Equal(got, want):
 		return &DigestError{Path: p, WantSize: size, GotSize: hw.n, Want: strings.ToLower(sha256Hex), Got: hex.EncodeToString(got)}
 	}
+	b.mu.Lock()
 	b.files[p] = hex.EncodeToString(got)
 	b.octets += hw.n
+	b.mu.Unlock()
 	return nil
 }
 

@@ -5,12 +5,14 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -318,5 +320,63 @@ func TestCommitSyncingEachFile(t *testing.T) {
 	}
 	if got := entries(t, dir); len(got) != 1 || got[0] != "bag" {
 		t.Fatalf("target holds %q, want only the bag", got)
+	}
+}
+
+// TestAddFileConcurrently: files added from many goroutines at once, into
+// shared folders, make a valid bag with every file; of two adds of one
+// path at once exactly one succeeds.
+func TestAddFileConcurrently(t *testing.T) {
+	ctx := context.Background()
+	_, root := openDir(t)
+	b, err := bagit.Create(root, "bag")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	want := map[string]string{}
+	for i := range 60 {
+		name := fmt.Sprintf("d%d/e%d/f%02d.txt", i%3, i%2, i)
+		content := strings.Repeat(name, i+1)
+		want[name] = content
+		wg.Go(func() {
+			if err := b.AddFile(ctx, name, int64(len(content)), digest(content), write(content)); err != nil {
+				t.Errorf("%s: %v", name, err)
+			}
+		})
+	}
+	var mu sync.Mutex
+	var dupOK, dupErr int
+	for range 2 {
+		wg.Go(func() {
+			err := b.AddFile(ctx, "twice.txt", 1, digest("x"), write("x"))
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil {
+				dupOK++
+			} else if strings.Contains(err.Error(), "added twice") {
+				dupErr++
+			}
+		})
+	}
+	wg.Wait()
+	if dupOK != 1 || dupErr != 1 {
+		t.Fatalf("two adds of one path: %d succeeded, %d refused as a duplicate; want 1 and 1", dupOK, dupErr)
+	}
+	p, err := b.Commit(time.Now(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bagitcheck.Validate(p); err != nil {
+		t.Fatalf("bag is not valid: %v", err)
+	}
+	if b.Files() != len(want)+1 {
+		t.Errorf("%d files in the bag, want %d", b.Files(), len(want)+1)
+	}
+	for name, content := range want {
+		got, err := os.ReadFile(filepath.Join(p, "data", filepath.FromSlash(name)))
+		if err != nil || string(got) != content {
+			t.Errorf("data/%s: %d bytes, %v", name, len(got), err)
+		}
 	}
 }
