@@ -88,9 +88,9 @@ type backupState struct {
 	walkers chan struct{}
 	walkWG  sync.WaitGroup
 
-	// parentTrees loads the parent snapshot's trees ahead of the walkers
-	// (remote storage only; nil: each is loaded when its folder is walked).
-	parentTrees *treePrefetch
+	// loadParent loads a tree of the parent snapshot: on remote storage
+	// from trees read ahead of the walkers (loadAhead).
+	loadParent treeLoadFunc
 }
 
 func (b *backupState) warn(format string, args ...any) {
@@ -179,14 +179,14 @@ func (r *Repository) Backup(ctx context.Context, root string, paths []string, op
 	for range cap(b.chunkers) {
 		b.chunkers <- nil // made when first needed
 	}
-	if parentTree != nil && r.readers(0) > 0 {
-		// Remote storage: a tree per directory would cost a round trip
+	b.loadParent = r.loadTree
+	if parentTree != nil {
+		// On remote storage a tree per folder would cost a round trip
 		// each (a no-change backup of the bench dataset over S3 at 30 ms
-		// took 6 s, 0.4 s on a local disk). A local read is cheap, and
-		// the trees held ahead would add to the peak memory of large
-		// trees.
-		b.parentTrees = startTreePrefetch(gctx, r, r.loadTree, parentTree, treePrefetchBudget)
-		defer b.parentTrees.stop()
+		// took 6 s, 0.4 s on a local disk).
+		var stop func()
+		b.loadParent, stop = loadAhead(gctx, r, parentTree)
+		defer stop()
 	}
 	for _, msg := range r.indexDamageWarnings() {
 		b.warn("%s", msg)
@@ -445,7 +445,7 @@ func (b *backupState) walkSub(parent *dirState, idx int, sel *selection, oldID I
 	walk := func() error {
 		var old *format.Tree
 		if hasOld {
-			t, err := b.parentTree(oldID)
+			t, err := b.loadParent(b.ctx, oldID)
 			if err != nil {
 				b.warn("cannot load the parent snapshot's tree for %q, reading it anew: %v", displayPath(rel), err)
 			} else {
@@ -469,14 +469,6 @@ func (b *backupState) walkSub(parent *dirState, idx int, sel *selection, oldID I
 	default:
 		return walk()
 	}
-}
-
-// parentTree returns the parent snapshot's tree id.
-func (b *backupState) parentTree(id ID) (*format.Tree, error) {
-	if b.parentTrees != nil {
-		return b.parentTrees.take(b.ctx, id)
-	}
-	return b.r.loadTree(b.ctx, id)
 }
 
 // lstat returns the stat of p.

@@ -63,12 +63,17 @@ func (r *Repository) openBlob(pb format.PackedBlob, sealed, dst []byte) ([]byte,
 	return pt, nil
 }
 
+// notInIndex is the error of a blob that no index entry locates.
+func notInIndex(t BlobType, id ID) *BlobError {
+	return &BlobError{Blob: id, Type: t, Err: fmt.Errorf("%s blob not in index", t)}
+}
+
 // loadBlob fetches one blob via the index and returns its verified
 // plaintext. buf may be reused for the result.
 func (r *Repository) loadBlob(ctx context.Context, t BlobType, id ID, buf []byte) ([]byte, error) {
 	pack, pb, ok := r.index().Lookup(BlobHandle{Type: t, ID: id})
 	if !ok {
-		return nil, &BlobError{Blob: id, Type: t, Err: fmt.Errorf("%s blob not in index", t)}
+		return nil, notInIndex(t, id)
 	}
 	pr := r.newPackReader(false)
 	pr.plain = buf

@@ -349,7 +349,7 @@ func (c *copier) want(h BlobHandle) error {
 	}
 	_, pb, ok := c.src.lookupBlob(h)
 	if !ok {
-		return fmt.Errorf("source: %w", &BlobError{Blob: h.ID, Type: h.Type, Err: fmt.Errorf("%s blob not in index", h.Type)})
+		return fmt.Errorf("source: %w", notInIndex(h.Type, h.ID))
 	}
 	c.seen[h] = true
 	c.batch = append(c.batch, h)
@@ -366,7 +366,7 @@ func (c *copier) flush() error {
 	for _, h := range c.batch {
 		pack, pb, ok := c.src.lookupBlob(h)
 		if !ok {
-			return fmt.Errorf("source: %w", &BlobError{Blob: h.ID, Type: h.Type, Err: fmt.Errorf("%s blob not in index", h.Type)})
+			return fmt.Errorf("source: %w", notInIndex(h.Type, h.ID))
 		}
 		want[pack] = append(want[pack], pb)
 	}

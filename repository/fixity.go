@@ -226,7 +226,7 @@ func (r *Repository) verifySnapshotDigests(ctx context.Context, sn *Snapshot, st
 				if !ok {
 					mu.Lock()
 					st.Files++
-					problem(i, p, (&BlobError{Blob: id, Type: DataBlob, Err: fmt.Errorf("%s blob not in index", DataBlob)}).Error())
+					problem(i, p, notInIndex(DataBlob, id).Error())
 					mu.Unlock()
 					return nil
 				}
@@ -310,7 +310,7 @@ func (r *Repository) fileRuns(n *format.Node) ([]blobRun, error) {
 	for _, id := range n.Content {
 		pack, pb, ok := x.Lookup(format.DataHandle(id))
 		if !ok {
-			return nil, &BlobError{Blob: id, Type: DataBlob, Err: fmt.Errorf("%s blob not in index", DataBlob)}
+			return nil, notInIndex(DataBlob, id)
 		}
 		if k := len(runs) - 1; k >= 0 && runs[k].pack == pack &&
 			pb.Offset > runs[k].entries[len(runs[k].entries)-1].Offset && runs[k].raw+int64(pb.RawLength) <= digestRunBytes {

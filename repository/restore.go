@@ -593,7 +593,7 @@ func (rs *restorer) planFile(p string, n *format.Node, links map[[2]uint64]strin
 	for _, id := range n.Content {
 		pack, pb, ok := rs.src.lookupBlob(format.DataHandle(id))
 		if !ok {
-			rf.errs = append(rf.errs, &BlobError{Blob: id, Type: DataBlob, Err: errors.New("data blob not in index")})
+			rf.errs = append(rf.errs, notInIndex(DataBlob, id))
 			break
 		}
 		if rs.isZeroBlob(pb) {

@@ -51,7 +51,7 @@ func (r *Repository) loadTrees(ctx context.Context, ids []ID, keepRaw bool) (map
 		}
 		pack, pb, ok := x.Lookup(format.TreeHandle(id))
 		if !ok {
-			err := &BlobError{Blob: id, Type: TreeBlob, Err: fmt.Errorf("%s blob not in index", TreeBlob)}
+			err := notInIndex(TreeBlob, id)
 			out[id] = loadedTree{err: fmt.Errorf("load tree: %w", err)}
 			continue
 		}
@@ -128,13 +128,21 @@ func walkWholeTreeAt(ctx context.Context, tw treeWalker, prefix string, id ID, f
 	if err != nil {
 		return err
 	}
-	load := tw.loadTree
-	if tw.readers(0) > 0 {
-		p := startTreePrefetch(ctx, tw, tw.loadTree, t, treePrefetchBudget)
-		defer p.stop()
-		load = p.take
-	}
+	load, stop := loadAhead(ctx, tw, t)
+	defer stop()
 	return walkNodes(ctx, prefix, t, load, fn)
+}
+
+// loadAhead returns how a walk into every folder below root gets its
+// trees: on remote storage through a treePrefetch, which stop ends; on a
+// local folder one at a time, as reached (a local read is cheap, and trees
+// held ahead would add to the peak memory of large trees).
+func loadAhead(ctx context.Context, tw treeWalker, root *format.Tree) (load treeLoadFunc, stop func()) {
+	if tw.readers(0) == 0 {
+		return tw.loadTree, func() {}
+	}
+	p := startTreePrefetch(ctx, tw, tw.loadTree, root, treePrefetchBudget)
+	return p.take, p.stop
 }
 
 // treePrefetchBudget bounds the nodes of trees loaded ahead of a walk and

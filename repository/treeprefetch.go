@@ -21,7 +21,7 @@ import (
 // request, as a walk without a prefetch does.
 type treePrefetch struct {
 	trees  treeLoader
-	one    func(ctx context.Context, id ID) (*format.Tree, error)
+	one    treeLoadFunc
 	budget int
 
 	cancel context.CancelFunc
@@ -55,7 +55,7 @@ const treeBatch = 1024
 // startTreePrefetch starts loading the subtrees of root (whose own tree the
 // caller has) in the background. stop ends it; takes after stop load
 // directly what it did not read.
-func startTreePrefetch(ctx context.Context, trees treeLoader, one func(context.Context, ID) (*format.Tree, error), root *format.Tree, budget int) *treePrefetch {
+func startTreePrefetch(ctx context.Context, trees treeLoader, one treeLoadFunc, root *format.Tree, budget int) *treePrefetch {
 	ctx, cancel := context.WithCancel(ctx)
 	p := &treePrefetch{
 		trees: trees, one: one, budget: budget, cancel: cancel, done: make(chan struct{}),
