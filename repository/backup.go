@@ -21,7 +21,6 @@ import (
 	"unsafe"
 
 	"github.com/custos-backup/custos/repository/format"
-	"github.com/restic/chunker"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 )
@@ -718,7 +717,7 @@ type chunkWorker struct {
 // chunkState is a chunker with its digest. A worker borrows one from
 // backupState.chunkers for each file larger than chunk_min.
 type chunkState struct {
-	ch     *chunker.Chunker
+	ch     format.Chunker
 	digest hash.Hash
 }
 
@@ -892,7 +891,7 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t, old *format.Node)
 		if b.r.testHookReuse != nil {
 			b.r.testHookReuse(p, reused)
 		}
-		b.r.cfg.ResetChunker(cs.ch, rest)
+		cs.ch.Reset(rest)
 		return w.cutChunks(p, cs.ch, fit, reused, store)
 	}
 	if !alone {
@@ -1023,11 +1022,11 @@ func (w *chunkWorker) reuseChunks(p string, rd io.Reader, plan []oldChunk, store
 // cutChunks cuts a file into chunks and passes them to store in order,
 // until the end of the file or an error (its own, or store's). The chunks
 // are numbered from first on (for testHookChunk).
-func (w *chunkWorker) cutChunks(p string, ch *chunker.Chunker, fit, first int, store func(cutChunk) error) error {
+func (w *chunkWorker) cutChunks(p string, ch format.Chunker, fit, first int, store func(cutChunk) error) error {
 	b := w.b
 	for i := first; ; i++ {
 		bfull, bdata := b.saver.newBuf(fit)
-		c, err := ch.Next(bdata[:0:fit])
+		data, err := ch.Next(bdata[:0:fit])
 		if err == io.EOF {
 			b.bufs.put(bfull)
 			return nil
@@ -1036,8 +1035,8 @@ func (w *chunkWorker) cutChunks(p string, ch *chunker.Chunker, fit, first int, s
 			b.bufs.put(bfull)
 			return err
 		}
-		cut := cutChunk{full: bfull, data: c.Data}
-		if &c.Data[:1][0] != &bdata[:1][0] { // reallocated: too large for fit
+		cut := cutChunk{full: bfull, data: data}
+		if &data[:1][0] != &bdata[:1][0] { // reallocated: too large for fit
 			b.bufs.put(bfull)
 			cut.full = nil
 		}

@@ -13,7 +13,7 @@ import (
 // chunk_avg_bits, older configs without it keep restic's 2^20, and values
 // out of range are refused.
 func TestChunkAvgBits(t *testing.T) {
-	c, err := format.NewRepoConfig(0, false)
+	c, err := format.NewRepoConfig(0, false, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,8 +38,8 @@ func TestCopyToRepositoryWithOtherKey(t *testing.T) {
 			ctx := context.Background()
 			src, _ := newSmallPackRepo(t, "pw")
 			dst, dstDir := newSmallPackRepo(t, dstPW)
-			if src.cfg.Polynomial == dst.cfg.Polynomial {
-				t.Fatal("both repositories drew the same chunker polynomial")
+			if src.cfg.ChunkerSeed == dst.cfg.ChunkerSeed {
+				t.Fatal("both repositories drew the same chunker seed")
 			}
 			dir := t.TempDir()
 			writeTreeOfFiles(t, dir, 3, 3, 200<<10, 1)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/custos-backup/custos/repository/cdc"
 	"github.com/custos-backup/custos/repository/format"
 	"github.com/restic/chunker"
 )
@@ -154,13 +156,21 @@ func TestDirectReadFallsBack(t *testing.T) {
 	}
 }
 
-// TestBackupCutsLikeRestic backs up large files of odd sizes and checks
-// that their content is restic/chunker v0.4.0's chunks with the
-// repository's parameters, in order (deduplication against existing
-// repositories depends on it), and that they restore byte-exact. On one
-// core the chunker's goroutine stores the chunks itself; with two and one
-// large file, the file is read ahead and stored by goroutines of its own.
-func TestBackupCutsLikeRestic(t *testing.T) {
+// TestBackupCutsLikeItsChunker backs up large files of odd sizes and
+// checks that their content is the chunks that the repository's chunker
+// (cdc's gear, or restic/chunker v0.4.0), driven directly with the
+// repository's secret and sizes, cuts, in order (deduplication against
+// existing repositories depends on it), and that they restore byte-exact.
+// On one core the chunker's goroutine stores the chunks itself; with two
+// and one large file, the file is read ahead and stored by goroutines of
+// its own.
+func TestBackupCutsLikeItsChunker(t *testing.T) {
+	for _, name := range []string{format.ChunkerGear, format.ChunkerRabin} {
+		t.Run(name, func(t *testing.T) { testBackupCuts(t, name) })
+	}
+}
+
+func testBackupCuts(t *testing.T, chunkerName string) {
 	mixed := randBytes(5, 20<<20)
 	clear(mixed[3<<20 : 12<<20]) // zeros longer than chunk_max: cuts at chunk_max
 	for _, tc := range []struct {
@@ -175,7 +185,10 @@ func TestBackupCutsLikeRestic(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(tc.procs))
 			ctx := context.Background()
-			r, _ := newTestRepo(t, false)
+			r := newChunkerRepo(t, chunkerName)
+			if r.cfg.Chunker != chunkerName {
+				t.Fatalf("repository uses chunker %q", r.cfg.Chunker)
+			}
 			all := map[string][]byte{
 				"min":       randBytes(1, int(r.cfg.MinChunk)),
 				"min+1":     randBytes(2, int(r.cfg.MinChunk)+1),
@@ -192,35 +205,19 @@ func TestBackupCutsLikeRestic(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			pol, err := chunkerPol(r.cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
 			for _, name := range tc.files {
 				data := all[name]
 				n, err := findNode(ctx, r, sn.Tree, name)
 				if err != nil {
 					t.Fatal(err)
 				}
-				ch := chunker.NewWithBoundaries(bytes.NewReader(data), pol, r.cfg.MinChunk, r.cfg.MaxChunk)
-				ch.SetAverageBits(r.cfg.AverageBits())
-				var want []ID
-				for {
-					c, err := ch.Next(nil)
-					if err == io.EOF {
-						break
-					}
-					if err != nil {
-						t.Fatal(err)
-					}
-					want = append(want, sha256.Sum256(c.Data))
-				}
+				want := referenceChunks(t, r.cfg, data)
 				if len(n.Content) != len(want) {
-					t.Fatalf("%s: %d chunks, restic/chunker cuts %d", name, len(n.Content), len(want))
+					t.Fatalf("%s: %d chunks, the chunker cuts %d", name, len(n.Content), len(want))
 				}
 				for i := range want {
 					if n.Content[i] != want[i] {
-						t.Fatalf("%s: chunk %d is not restic/chunker's", name, i)
+						t.Fatalf("%s: chunk %d is not the chunker's", name, i)
 					}
 				}
 				if n.Digest != ID(sha256.Sum256(data)) {
@@ -236,9 +233,53 @@ func TestBackupCutsLikeRestic(t *testing.T) {
 	}
 }
 
-// chunkerPol is the repository's chunker polynomial.
-func chunkerPol(cfg *format.Config) (chunker.Pol, error) {
-	var p chunker.Pol
-	err := p.UnmarshalJSON([]byte(`"` + cfg.Polynomial + `"`))
-	return p, err
+// newChunkerRepo is newTestRepo with the chunker chosen.
+func newChunkerRepo(t testing.TB, chunkerName string) *Repository {
+	t.Helper()
+	be, _ := newBackend(t)
+	r, err := Init(context.Background(), be, InitOptions{Password: testPassword, kdfParams: cheapKDF, PackSize: 4 << 20, Chunker: chunkerName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	return r
+}
+
+// referenceChunks is the ids of the chunks of data as the chunker library
+// itself cuts them, built from the config's fields without the config's
+// own NewChunker.
+func referenceChunks(t testing.TB, cfg *format.Config, data []byte) []ID {
+	t.Helper()
+	var next func() ([]byte, error)
+	switch cfg.Chunker {
+	case format.ChunkerGear:
+		seed, err := hex.DecodeString(cfg.ChunkerSeed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ch := cdc.New(bytes.NewReader(data), cdc.NewTable(seed), cdc.Params{Min: int(cfg.MinChunk), Max: int(cfg.MaxChunk), AvgBits: cfg.AverageBits()})
+		next = func() ([]byte, error) { return ch.Next(nil) }
+	default:
+		var pol chunker.Pol
+		if err := pol.UnmarshalJSON([]byte(`"` + cfg.Polynomial + `"`)); err != nil {
+			t.Fatal(err)
+		}
+		ch := chunker.NewWithBoundaries(bytes.NewReader(data), pol, cfg.MinChunk, cfg.MaxChunk)
+		ch.SetAverageBits(cfg.AverageBits())
+		next = func() ([]byte, error) {
+			c, err := ch.Next(nil)
+			return c.Data, err
+		}
+	}
+	var ids []ID
+	for {
+		c, err := next()
+		if err == io.EOF {
+			return ids
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, sha256.Sum256(c))
+	}
 }

@@ -29,6 +29,10 @@ type InitOptions struct {
 	Unencrypted bool   // recorded in config; no keys/ then
 	KDF         string // "argon2id" (default) or "scrypt"
 	PackSize    int64  // target pack size in bytes; 0 = 16 MiB
+	// Chunker is "gear" (the default) or "rabin": restic's chunker, for a
+	// repository that receives copies from one that uses it and should
+	// deduplicate its own backups against them.
+	Chunker string
 
 	// kdfParams overrides the KDF cost (tests use cheap parameters).
 	kdfParams *format.KdfParams
@@ -89,7 +93,7 @@ func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repositor
 	} else if !errors.Is(err, backend.ErrNotExist) {
 		return nil, fmt.Errorf("init %s: %w", be.Location(), err)
 	}
-	cfg, err := format.NewRepoConfig(opts.PackSize, opts.Unencrypted)
+	cfg, err := format.NewRepoConfig(opts.PackSize, opts.Unencrypted, opts.Chunker)
 	if err != nil {
 		return nil, fmt.Errorf("init %s: %w", be.Location(), err)
 	}

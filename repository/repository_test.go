@@ -44,8 +44,8 @@ func TestInitOpen(t *testing.T) {
 			if r2.ID() != r.ID() || len(r.ID()) != 64 || !r2.Encrypted() {
 				t.Fatalf("ids %q %q encrypted %v", r.ID(), r2.ID(), r2.Encrypted())
 			}
-			if r2.cfg.Polynomial != r.cfg.Polynomial {
-				t.Fatal("polynomial differs after Open")
+			if r2.cfg.Chunker != format.ChunkerGear || r2.cfg.ChunkerSeed == "" || r2.cfg.ChunkerSeed != r.cfg.ChunkerSeed {
+				t.Fatalf("chunker %q, seed %q after Open; created with seed %q", r2.cfg.Chunker, r2.cfg.ChunkerSeed, r.cfg.ChunkerSeed)
 			}
 			_, err = Open(ctx, be, []byte("wrong"))
 			if !errors.Is(err, ErrWrongPassword) {
@@ -61,7 +61,7 @@ func TestInitOpen(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !bytes.Contains(raw, []byte(`"encrypted": true`)) || bytes.Contains(raw, []byte("polynomial")) {
+			if !bytes.Contains(raw, []byte(`"encrypted": true`)) || bytes.Contains(raw, []byte("chunker")) {
 				t.Fatalf("encrypted config shows its inner part:\n%s", raw)
 			}
 			keys, _ := os.ReadDir(filepath.Join(dir, "keys"))

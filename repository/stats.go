@@ -18,6 +18,9 @@ type Stats struct {
 	// all snapshots would write. LogicalBytes / PackBytes is the space saved
 	// by deduplication and compression.
 	LogicalBytes int64 `json:"logical_bytes"`
+	// Chunker is the content-defined chunker of new backups: "gear" or
+	// "rabin".
+	Chunker string `json:"chunker"`
 }
 
 // statsSource is what Stats reads of a repository: its snapshots and its
@@ -29,7 +32,12 @@ type statsSource interface {
 
 // Stats counts snapshots, packs and blobs, and sums their sizes.
 func (r *Repository) Stats(ctx context.Context) (*Stats, error) {
-	return stats(ctx, r)
+	st, err := stats(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	st.Chunker = r.cfg.ChunkerName()
+	return st, nil
 }
 
 func stats(ctx context.Context, src statsSource) (*Stats, error) {

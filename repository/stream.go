@@ -50,23 +50,23 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 		buf := make([]byte, 0, r.cfg.MaxChunk)
 		digest := sha256.New()
 		for {
-			c, err := ch.Next(buf[:0])
+			data, err := ch.Next(buf[:0])
 			if err == io.EOF {
 				break
 			}
 			if err != nil {
 				return fmt.Errorf("read %q: %w", name, err)
 			}
-			digest.Write(c.Data)
-			id := ID(sha256.Sum256(c.Data))
+			digest.Write(data)
+			id := ID(sha256.Sum256(data))
 			n.Content = append(n.Content, id)
-			n.Size += uint64(len(c.Data))
-			b.bytesRead.Add(int64(len(c.Data)))
-			b.bytes.Add(int64(len(c.Data)))
+			n.Size += uint64(len(data))
+			b.bytesRead.Add(int64(len(data)))
+			b.bytes.Add(int64(len(data)))
 			if !r.index().Has(format.DataHandle(id)) {
-				full, pb := saver.newBuf(len(c.Data))
-				copy(pb, c.Data)
-				if _, err := saver.save(DataBlob, id, full, len(c.Data)); err != nil {
+				full, pb := saver.newBuf(len(data))
+				copy(pb, data)
+				if _, err := saver.save(DataBlob, id, full, len(data)); err != nil {
 					return err
 				}
 			}

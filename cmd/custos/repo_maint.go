@@ -490,6 +490,7 @@ func newRepoStatsCmd(f *repoFlags) *cobra.Command {
 			fmt.Fprintf(w, "stored size:   %s\n", agent.HumanBytes(st.PackBytes))
 			fmt.Fprintf(w, "logical size:  %s (all snapshots)\n", agent.HumanBytes(st.LogicalBytes))
 			fmt.Fprintf(w, "space saving:  %.2fx\n", ratio)
+			fmt.Fprintf(w, "chunker:       %s\n", st.Chunker)
 			return nil
 		},
 	}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/custos-backup/custos/repository/cdc"
 	"github.com/restic/chunker"
 )
 
@@ -23,6 +24,8 @@ const (
 	compressionNone  = "none"
 	cipherAESGCM     = "aes-256-gcm"
 	cipherNone       = "none"
+	ChunkerGear      = "gear"
+	ChunkerRabin     = "rabin"
 	defaultPackSize  = 16 << 20
 	MinPackSize      = 1 << 20
 	maxPackSize      = 1 << 30
@@ -49,12 +52,17 @@ type ConfigFile struct {
 
 // Config is the inner configuration.
 type Config struct {
-	Version    int       `json:"version"`
-	ID         string    `json:"id"`
-	Created    time.Time `json:"created"`
-	Polynomial string    `json:"chunker_polynomial"` // hex
-	MinChunk   uint      `json:"chunk_min"`
-	MaxChunk   uint      `json:"chunk_max"`
+	Version int       `json:"version"`
+	ID      string    `json:"id"`
+	Created time.Time `json:"created"`
+	// Chunker is "gear" (FastCDC's gear hash, keyed by ChunkerSeed) or
+	// "rabin" (restic's Rabin fingerprint with Polynomial). Absent means
+	// rabin: repositories made before gear existed.
+	Chunker     string `json:"chunker,omitempty"`
+	ChunkerSeed string `json:"chunker_seed,omitempty"`       // hex, 32 bytes
+	Polynomial  string `json:"chunker_polynomial,omitempty"` // hex
+	MinChunk    uint   `json:"chunk_min"`
+	MaxChunk    uint   `json:"chunk_max"`
 	// AvgBits sets the chunker's cut condition: a cut where the low AvgBits
 	// bits of the fingerprint are zero, so chunks average about chunk_min
 	// plus 2^AvgBits bytes. 0 (repositories made before it existed) means
@@ -64,7 +72,8 @@ type Config struct {
 	PackSize    int64  `json:"pack_size"`
 	Cipher      string `json:"cipher"` // "aes-256-gcm" or "none"
 
-	pol chunker.Pol
+	pol  chunker.Pol
+	gear *cdc.Table
 }
 
 // Validate checks every field, so that later code can trust the config.
@@ -78,13 +87,30 @@ func (c *Config) Validate() error {
 	if _, err := hex.DecodeString(c.ID); err != nil {
 		return fmt.Errorf("invalid repository id %q", c.ID)
 	}
-	p, err := strconv.ParseUint(c.Polynomial, 16, 64)
-	if err != nil {
-		return fmt.Errorf("invalid chunker polynomial %q", c.Polynomial)
-	}
-	c.pol = chunker.Pol(p)
-	if !c.pol.Irreducible() || c.pol.Deg() != 53 {
-		return fmt.Errorf("chunker polynomial %q is not an irreducible polynomial of degree 53", c.Polynomial)
+	switch c.Chunker {
+	case "", ChunkerRabin:
+		if c.ChunkerSeed != "" {
+			return errors.New("chunker_seed is set for the rabin chunker")
+		}
+		p, err := strconv.ParseUint(c.Polynomial, 16, 64)
+		if err != nil {
+			return fmt.Errorf("invalid chunker polynomial %q", c.Polynomial)
+		}
+		c.pol = chunker.Pol(p)
+		if !c.pol.Irreducible() || c.pol.Deg() != 53 {
+			return fmt.Errorf("chunker polynomial %q is not an irreducible polynomial of degree 53", c.Polynomial)
+		}
+	case ChunkerGear:
+		if c.Polynomial != "" {
+			return errors.New("chunker_polynomial is set for the gear chunker")
+		}
+		seed, err := hex.DecodeString(c.ChunkerSeed)
+		if err != nil || len(seed) != 32 {
+			return fmt.Errorf("invalid chunker seed %q (want 64 hex digits)", c.ChunkerSeed)
+		}
+		c.gear = cdc.NewTable(seed)
+	default:
+		return fmt.Errorf("unknown chunker %q", c.Chunker)
 	}
 	if c.MinChunk < 64<<10 || c.MaxChunk > 64<<20 || c.MinChunk >= c.MaxChunk {
 		return fmt.Errorf("invalid chunk size bounds %d..%d", c.MinChunk, c.MaxChunk)
@@ -108,11 +134,10 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-func NewRepoConfig(packSize int64, unencrypted bool) (*Config, error) {
-	pol, err := chunker.RandomPolynomial()
-	if err != nil {
-		return nil, fmt.Errorf("chunker polynomial: %w", err)
-	}
+// NewRepoConfig returns the config of a new repository. chunkerName is
+// ChunkerGear (the default, for "") or ChunkerRabin; its secret (seed or
+// polynomial) is chosen at random.
+func NewRepoConfig(packSize int64, unencrypted bool, chunkerName string) (*Config, error) {
 	var id [32]byte
 	if _, err := rand.Read(id[:]); err != nil {
 		return nil, err
@@ -121,13 +146,28 @@ func NewRepoConfig(packSize int64, unencrypted bool) (*Config, error) {
 		Version:     Version,
 		ID:          hex.EncodeToString(id[:]),
 		Created:     time.Now().UTC().Truncate(time.Second),
-		Polynomial:  strconv.FormatUint(uint64(pol), 16),
+		Chunker:     chunkerName,
 		MinChunk:    DefaultMinChunk,
 		MaxChunk:    chunker.MaxSize,
 		AvgBits:     DefaultAvgBits,
 		Compression: CompressionZstd,
 		PackSize:    packSize,
 		Cipher:      cipherAESGCM,
+	}
+	switch c.Chunker {
+	case "", ChunkerGear:
+		c.Chunker = ChunkerGear
+		var seed [32]byte
+		if _, err := rand.Read(seed[:]); err != nil {
+			return nil, err
+		}
+		c.ChunkerSeed = hex.EncodeToString(seed[:])
+	case ChunkerRabin:
+		pol, err := chunker.RandomPolynomial()
+		if err != nil {
+			return nil, fmt.Errorf("chunker polynomial: %w", err)
+		}
+		c.Polynomial = strconv.FormatUint(uint64(pol), 16)
 	}
 	if c.PackSize == 0 {
 		c.PackSize = defaultPackSize
@@ -154,6 +194,15 @@ const (
 	DefaultAvgBits  = 19
 )
 
+// ChunkerName is the chunker's name, also for configs from before the
+// field existed.
+func (c *Config) ChunkerName() string {
+	if c.Chunker == "" {
+		return ChunkerRabin
+	}
+	return c.Chunker
+}
+
 // AverageBits is the chunker's average-size exponent.
 func (c *Config) AverageBits() int {
 	if c.AvgBits == 0 {
@@ -162,19 +211,44 @@ func (c *Config) AverageBits() int {
 	return c.AvgBits
 }
 
-// NewChunker returns a chunker with the repository's polynomial and chunk
-// sizes that reads rd.
-func (c *Config) NewChunker(rd io.Reader) *chunker.Chunker {
-	ch := chunker.NewWithBoundaries(rd, c.pol, c.MinChunk, c.MaxChunk)
-	ch.SetAverageBits(c.AverageBits())
-	return ch
+// Chunker cuts a file's content into chunks: Next appends the next one to
+// buf[:0] and returns it, or io.EOF after the last; Reset starts over on
+// another reader, keeping the buffers.
+type Chunker interface {
+	Next(buf []byte) ([]byte, error)
+	Reset(rd io.Reader)
 }
 
-// ResetChunker points ch at rd. The chunker's reset forgets the average
-// size, so it is set again here.
-func (c *Config) ResetChunker(ch *chunker.Chunker, rd io.Reader) {
-	ch.ResetWithBoundaries(rd, c.pol, c.MinChunk, c.MaxChunk)
+// NewChunker returns the repository's chunker, with its secret and chunk
+// sizes, over rd.
+func (c *Config) NewChunker(rd io.Reader) Chunker {
+	if c.gear != nil {
+		return cdc.New(rd, c.gear, cdc.Params{Min: int(c.MinChunk), Max: int(c.MaxChunk), AvgBits: c.AverageBits()})
+	}
+	ch := chunker.NewWithBoundaries(rd, c.pol, c.MinChunk, c.MaxChunk)
 	ch.SetAverageBits(c.AverageBits())
+	return &rabinChunker{ch: ch, cfg: c}
+}
+
+// rabinChunker is restic's chunker as a Chunker.
+type rabinChunker struct {
+	ch  *chunker.Chunker
+	cfg *Config
+}
+
+func (r *rabinChunker) Next(buf []byte) ([]byte, error) {
+	c, err := r.ch.Next(buf)
+	if err != nil {
+		return nil, err
+	}
+	return c.Data, nil
+}
+
+// Reset points the chunker at rd. restic's reset forgets the average
+// size, so it is set again here.
+func (r *rabinChunker) Reset(rd io.Reader) {
+	r.ch.ResetWithBoundaries(rd, r.cfg.pol, r.cfg.MinChunk, r.cfg.MaxChunk)
+	r.ch.SetAverageBits(r.cfg.AverageBits())
 }
 
 // DecodeConfigFile parses the outer config object.

@@ -169,15 +169,17 @@ func FuzzKeyFile(f *testing.F) {
 }
 
 func FuzzConfig(f *testing.F) {
-	cfg, err := NewRepoConfig(0, false)
-	if err != nil {
-		f.Fatal(err)
-	}
-	plain, _ := EncodeConfigFile(cfg, &Sealer{})
-	f.Add(plain)
 	s, _ := NewSealer(make([]byte, KeySize))
-	enc, _ := EncodeConfigFile(cfg, s)
-	f.Add(enc)
+	for _, name := range []string{ChunkerGear, ChunkerRabin} {
+		cfg, err := NewRepoConfig(0, false, name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		plain, _ := EncodeConfigFile(cfg, &Sealer{})
+		f.Add(plain)
+		enc, _ := EncodeConfigFile(cfg, s)
+		f.Add(enc)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		cf, err := DecodeConfigFile(b)
 		if err != nil {
@@ -188,7 +190,7 @@ func FuzzConfig(f *testing.F) {
 			if err != nil {
 				continue
 			}
-			if c.PackSize < MinPackSize || c.PackSize > maxPackSize || !c.pol.Irreducible() {
+			if c.PackSize < MinPackSize || c.PackSize > maxPackSize || (c.gear == nil && !c.pol.Irreducible()) {
 				t.Fatalf("invalid config accepted: %+v", c)
 			}
 		}
