@@ -84,6 +84,10 @@ type RepositorySpec struct {
 	// on the repository's storage (repository.SetConnections); 0 means the
 	// backend's default (16 on S3; on a local folder, by the CPUs).
 	Connections int
+	// CacheDir is work_dir/cache: where the snapshot and index files of a
+	// repository on S3 are kept, so that each is fetched once
+	// (repository/backend/cache).
+	CacheDir string
 
 	passwordFrom string // "password_file /x" etc., for messages; never the secret
 }
@@ -726,6 +730,11 @@ func (cfg *Config) applyDefaults(d *decoder, root *yaml.Node) {
 	}
 	if cfg.RandomSeedFile == "" && cfg.WorkDir != "" {
 		cfg.RandomSeedFile = filepath.Join(cfg.WorkDir, "seed")
+	}
+	if cfg.WorkDir != "" {
+		for _, r := range cfg.Repositories {
+			r.CacheDir = filepath.Join(cfg.WorkDir, "cache")
+		}
 	}
 	if !cfg.MetaDB.Embedded && len(cfg.MetaDB.Endpoints) == 0 {
 		cfg.MetaDB.Embedded = true

@@ -718,4 +718,15 @@ http_listen: 127.0.0.1:0
 	if !found {
 		t.Errorf("no verified replica record after the second run: %v", held)
 	}
+	// The S3 replica's snapshot and index files are kept in work/cache, in
+	// one folder (the local repository has none).
+	for _, kind := range []string{"snapshots", "index"} {
+		got, _ := filepath.Glob(filepath.Join(ts.dir, "work", "cache", "*", kind, "*"))
+		if len(got) == 0 {
+			t.Errorf("no %s copies in work/cache after a replication to S3", kind)
+		}
+	}
+	if dirs, _ := filepath.Glob(filepath.Join(ts.dir, "work", "cache", "*")); len(dirs) != 1 {
+		t.Errorf("cache folders %v, want one (the S3 repository's)", dirs)
+	}
 }

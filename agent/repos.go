@@ -78,6 +78,11 @@ func (p *repoPool) Get(ctx context.Context, spec *RepositorySpec) (*repository.R
 	return e.repo, nil
 }
 
+// locationOptions are how spec's storage is opened.
+func (spec *RepositorySpec) locationOptions() location.Options {
+	return location.Options{CacheDir: spec.CacheDir}
+}
+
 // Ensure makes sure the repository exists, creating it if its URL holds
 // none, without keeping it open: worker processes open it themselves, and
 // must find it initialised, or two of them would each create one.
@@ -91,7 +96,7 @@ func (p *repoPool) Ensure(ctx context.Context, spec *RepositorySpec) error {
 	if done {
 		return nil
 	}
-	if be, err := location.Open(ctx, spec.URL); err == nil {
+	if be, err := location.Open(ctx, spec.URL, spec.locationOptions()); err == nil {
 		_, serr := be.Stat(ctx, backend.Handle{Type: backend.ConfigFile})
 		be.Close()
 		if serr == nil {
@@ -171,8 +176,8 @@ func (p *repoPool) openOrInit(ctx context.Context, spec *RepositorySpec) (*repos
 
 // backend opens (or creates) the backend of spec with its storage class
 // settings, decorated by wrap.
-func (p *repoPool) backend(ctx context.Context, spec *RepositorySpec, open func(context.Context, string) (backend.Backend, error)) (backend.Backend, error) {
-	be, err := open(ctx, spec.URL)
+func (p *repoPool) backend(ctx context.Context, spec *RepositorySpec, open func(context.Context, string, location.Options) (backend.Backend, error)) (backend.Backend, error) {
+	be, err := open(ctx, spec.URL, spec.locationOptions())
 	if err != nil {
 		return nil, err
 	}

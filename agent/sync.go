@@ -129,7 +129,7 @@ var errNoRepository = errors.New("no repository there")
 // retention run against an empty new repository would take every record
 // of it for gone.
 func repositoryExists(ctx context.Context, spec *RepositorySpec) error {
-	be, err := location.Open(ctx, spec.URL)
+	be, err := location.Open(ctx, spec.URL, spec.locationOptions())
 	if err == nil {
 		_, err = be.Stat(ctx, backend.Handle{Type: backend.ConfigFile})
 		be.Close()

@@ -18,7 +18,7 @@
 #          S3_DELAY_MS (default 30) to every request, and through one that adds
 #          nothing; cold page cache: first and no-change backup, check and
 #          restore (each tool with its own local cache, as it keeps one by
-#          default; custos keeps none). Also `repo copy` of the whole dataset
+#          default, custos too). Also `repo copy` of the whole dataset
 #          from a local repository to S3 against `restic copy`.
 #   small  SMALL_FILES (default 300,000) files of 1-3 KiB, ~1.2 GB on disk
 #          (a mail spool's shape), local repositories, cold page cache
@@ -110,7 +110,7 @@ printf 'bench-password-%s\n' "$RANDOM$RANDOM" >"$run/password"
 export CUSTOS_PASSWORD_FILE=$run/password RESTIC_PASSWORD_FILE=$run/password
 KOPIA_PASSWORD=$(cat "$run/password")
 export KOPIA_PASSWORD KOPIA_CHECK_FOR_UPDATES=false
-export XDG_CACHE_HOME=$run/cache # restic's cache, fresh every round
+export XDG_CACHE_HOME=$run/cache # restic's and custos's caches, fresh every round
 unset CUSTOS_PASSWORD RESTIC_PASSWORD CUSTOS_REPOSITORY RESTIC_REPOSITORY
 
 tool_name() {

@@ -198,6 +198,7 @@ func packPath(id ID) string {
 // same time never make it report a problem that is not there (see check);
 // damage present for the whole run is always reported.
 func (r *Repository) Check(ctx context.Context, opts CheckOptions) (*CheckResult, error) {
+	ctx = backend.Uncached(ctx) // check vouches for the stored bytes, not a local copy
 	return r.check(ctx, opts, time.Now())
 }
 
@@ -1392,7 +1393,7 @@ func (c *checkState) walk(ctx context.Context, prefix string, id ID, fn func(p s
 // lists and loads before it needs the key (checkFetch); Close stops that
 // if no Check takes it.
 func OpenForCheck(ctx context.Context, be backend.Backend, password []byte) (*Repository, error) {
-	pre := startBackground(ctx, func(ctx context.Context) (*checkFetch, error) { return fetchForCheck(ctx, be) })
+	pre := startBackground(ctx, func(ctx context.Context) (*checkFetch, error) { return fetchForCheck(backend.Uncached(ctx), be) })
 	r, err := openConfig(ctx, be, password)
 	if err != nil {
 		pre.stop()

@@ -159,7 +159,7 @@ func TestCopyLocalToS3(t *testing.T) {
 	srv := s3server.Start(t)
 	srv.CreateBucket(t, "custos")
 	srv.SetEnv(t)
-	be, err := location.Create(ctx, srv.URL("custos", "replica"))
+	be, err := location.Create(ctx, srv.URL("custos", "replica"), location.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +179,7 @@ func TestCopyLocalToS3(t *testing.T) {
 	if st.Snapshots != 1 || calls == 0 {
 		t.Errorf("copy stats %+v, %d progress calls", st, calls)
 	}
-	be2, err := location.Open(ctx, srv.URL("custos", "replica"))
+	be2, err := location.Open(ctx, srv.URL("custos", "replica"), location.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -107,6 +107,7 @@ func (r *Repository) VerifyPacks(ctx context.Context, packs []ID) ([]PackVerdict
 
 // verifyPackSet reads packs once with a fresh view of the index.
 func (r *Repository) verifyPackSet(ctx context.Context, packs []ID) (*checkState, []PackVerdict, error) {
+	ctx = backend.Uncached(ctx) // the index files are checked too: as stored
 	c := newCheckState(r.checkSource())
 	if err := c.checkIndexAndPacks(ctx); err != nil {
 		return nil, nil, err

@@ -128,7 +128,7 @@ func TestVerifyHealPackS3(t *testing.T) {
 	srv := s3server.Start(t)
 	srv.CreateBucket(t, "custos")
 	srv.SetEnv(t)
-	be, err := location.Create(ctx, srv.URL("custos", "primary"))
+	be, err := location.Create(ctx, srv.URL("custos", "primary"), location.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

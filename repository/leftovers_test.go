@@ -23,7 +23,7 @@ func TestOnlyWritersRemoveLeftovers(t *testing.T) {
 	srv := s3server.Start(t)
 	srv.CreateBucket(t, "custos")
 	srv.SetEnv(t)
-	be, err := location.Create(ctx, srv.URL("custos", "r"))
+	be, err := location.Create(ctx, srv.URL("custos", "r"), location.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -353,7 +353,7 @@ func (r *Repository) removeOldLeftovers(ctx context.Context) (wait func()) {
 // beside the writer's own work, and its failure is only logged: nothing
 // the writer does depends on it.
 func (r *Repository) removeLeftovers(ctx context.Context, before time.Time) (wait func()) {
-	lr, ok := r.be.(backend.LeftoverRemover)
+	lr, ok := backend.As[backend.LeftoverRemover](r.be)
 	if !ok {
 		return func() {}
 	}

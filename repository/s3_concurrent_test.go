@@ -23,6 +23,7 @@ import (
 type s3Fixture struct {
 	url, pw string
 	root    string // source folders live here, for the whole test
+	cache   string // one cache folder for all "processes", as an agent's workers share work_dir/cache
 	mu      sync.Mutex
 	srcs    map[string]string // dataset -> source folder of its only snapshot
 	victims []*Snapshot       // snapshots forget may remove
@@ -31,7 +32,7 @@ type s3Fixture struct {
 
 func (f *s3Fixture) open(t *testing.T, wrap func(backend.Backend) backend.Backend) *Repository {
 	t.Helper()
-	be, err := location.Open(context.Background(), f.url)
+	be, err := location.Open(context.Background(), f.url, location.Options{CacheDir: f.cache})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,8 +174,8 @@ func TestConcurrentWritersS3(t *testing.T) {
 	srv := s3server.Start(t)
 	srv.CreateBucket(t, "custos")
 	srv.SetEnv(t)
-	f := &s3Fixture{url: srv.URL("custos", "conc"), pw: "s3 pw", root: t.TempDir(), srcs: map[string]string{}}
-	be, err := location.Create(ctx, f.url)
+	f := &s3Fixture{url: srv.URL("custos", "conc"), pw: "s3 pw", root: t.TempDir(), cache: t.TempDir(), srcs: map[string]string{}}
+	be, err := location.Create(ctx, f.url, location.Options{CacheDir: f.cache})
 	if err != nil {
 		t.Fatal(err)
 	}

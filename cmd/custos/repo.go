@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -28,6 +29,27 @@ type repoFlags struct {
 	passwordCommand string
 	quiet           bool
 	connections     int
+	cacheDir        string
+	noCache         bool
+}
+
+// locationOptions: a remote repository's snapshot and index files are kept
+// under --cache-dir, else $CUSTOS_CACHE_DIR, else the user's cache folder
+// (~/.cache/custos/repositories), unless --no-cache.
+func (f *repoFlags) locationOptions() location.Options {
+	if f.noCache {
+		return location.Options{}
+	}
+	dir := f.cacheDir
+	if dir == "" {
+		dir = os.Getenv("CUSTOS_CACHE_DIR")
+	}
+	if dir == "" {
+		if d, err := os.UserCacheDir(); err == nil {
+			dir = filepath.Join(d, "custos", "repositories")
+		}
+	}
+	return location.Options{CacheDir: dir}
 }
 
 // newRepoCmd returns the "custos repo" command group.
@@ -56,6 +78,8 @@ ignored.`,
 	cmd.MarkFlagsMutuallyExclusive("password-file", "password-command")
 	pf.BoolVarP(&f.quiet, "quiet", "q", false, "print no progress")
 	pf.IntVar(&f.connections, "connections", 0, "requests to keep in flight on the repository's storage (default: 16 on S3; on a local folder, by the CPUs)")
+	pf.StringVar(&f.cacheDir, "cache-dir", "", "where copies of an S3 repository's snapshot and index files are kept (default $CUSTOS_CACHE_DIR, then ~/.cache/custos/repositories)")
+	pf.BoolVar(&f.noCache, "no-cache", false, "keep no copies of an S3 repository's snapshot and index files")
 	cmd.AddCommand(
 		newRepoInitCmd(f),
 		newRepoBackupCmd(f),
@@ -185,7 +209,7 @@ func (f *repoFlags) openMode(ctx context.Context, mode indexMode) (*repository.R
 	if err != nil {
 		return nil, err
 	}
-	r, err := openRepo(ctx, u, pw, "--password-file, --password-command, CUSTOS_PASSWORD_FILE or CUSTOS_PASSWORD", mode)
+	r, err := openRepo(ctx, u, f.locationOptions(), pw, "--password-file, --password-command, CUSTOS_PASSWORD_FILE or CUSTOS_PASSWORD", mode)
 	if err != nil {
 		return nil, err
 	}
@@ -195,8 +219,8 @@ func (f *repoFlags) openMode(ctx context.Context, mode indexMode) (*repository.R
 
 // openRepo opens the repository at url and turns the common failures into
 // one actionable line.
-func openRepo(ctx context.Context, url string, pw []byte, pwHint string, mode indexMode) (*repository.Repository, error) {
-	be, err := location.Open(ctx, url)
+func openRepo(ctx context.Context, url string, lo location.Options, pw []byte, pwHint string, mode indexMode) (*repository.Repository, error) {
+	be, err := location.Open(ctx, url, lo)
 	if errors.Is(err, backend.ErrNotExist) {
 		return nil, withExitCode(exitNoRepository, fmt.Errorf("no repository found at %s (create one with: custos repo init --repo %s)", url, url))
 	}
@@ -272,7 +296,7 @@ func newRepoInitCmd(f *repoFlags) *cobra.Command {
 					return errors.New("a password is required for an encrypted repository: use --password-file, CUSTOS_PASSWORD_FILE or CUSTOS_PASSWORD (or --insecure-no-encryption)")
 				}
 			}
-			be, err := location.Create(ctx, u)
+			be, err := location.Create(ctx, u, f.locationOptions())
 			if err != nil {
 				return fmt.Errorf("creating repository at %s: %w", u, err)
 			}

@@ -150,7 +150,7 @@ named by CUSTOS_TO_PASSWORD_FILE, else CUSTOS_TO_PASSWORD.`,
 			if err != nil {
 				return err
 			}
-			dst, err := openRepo(ctx, to, pw, "--to-password-file, CUSTOS_TO_PASSWORD_FILE or CUSTOS_TO_PASSWORD", indexStrict)
+			dst, err := openRepo(ctx, to, f.locationOptions(), pw, "--to-password-file, CUSTOS_TO_PASSWORD_FILE or CUSTOS_TO_PASSWORD", indexStrict)
 			if err != nil {
 				return err
 			}

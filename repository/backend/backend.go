@@ -80,6 +80,22 @@ type FileInfo struct {
 // Test with errors.Is.
 var ErrNotExist = errors.New("object does not exist")
 
+// uncachedKey marks a context whose loads must reach the storage itself.
+type uncachedKey struct{}
+
+// Uncached returns ctx marked so that a caching wrapper
+// (repository/backend/cache) loads every object from the storage: check
+// and fixity vouch for the stored bytes and must not be shown a local copy.
+func Uncached(ctx context.Context) context.Context {
+	return context.WithValue(ctx, uncachedKey{}, true)
+}
+
+// IsUncached reports whether ctx was marked by Uncached.
+func IsUncached(ctx context.Context) bool {
+	v, _ := ctx.Value(uncachedKey{}).(bool)
+	return v
+}
+
 // ErrArchived is returned (wrapped) by Load of an object kept in an archive
 // storage class (S3 GLACIER, DEEP_ARCHIVE) that has not been restored.
 var ErrArchived = errors.New("object is archived")

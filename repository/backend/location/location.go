@@ -9,7 +9,10 @@
 //	s3:https://host/bucket             the prefix is optional
 //
 // An S3 backend comes wrapped in repository/backend/retry, so that its
-// failed requests are retried with backoff before they are reported.
+// failed requests are retried with backoff before they are reported, and,
+// when Options name a cache folder, in repository/backend/cache, so that
+// its snapshot and index files are fetched once. A local folder has no
+// cache: it would only copy files from one disk to another.
 //
 // S3 credentials and region come from the standard AWS chain
 // (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, shared files); a URL
@@ -23,6 +26,7 @@ import (
 	"strings"
 
 	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/backend/cache"
 	"github.com/custos-backup/custos/repository/backend/local"
 	"github.com/custos-backup/custos/repository/backend/retry"
 	"github.com/custos-backup/custos/repository/backend/s3"
@@ -140,10 +144,17 @@ func redact(raw string) string {
 	return raw
 }
 
+// Options are how a location is opened.
+type Options struct {
+	// CacheDir is the folder under which a remote repository's snapshot
+	// and index files are kept (a folder per location); empty: none.
+	CacheDir string
+}
+
 // Open returns the backend of an existing repository location. For a local
 // directory it must exist; for S3 the bucket must exist and be readable with
 // the credentials from the AWS chain.
-func Open(ctx context.Context, raw string) (backend.Backend, error) {
+func Open(ctx context.Context, raw string, opts Options) (backend.Backend, error) {
 	l, err := Parse(raw)
 	if err != nil {
 		return nil, err
@@ -152,14 +163,14 @@ func Open(ctx context.Context, raw string) (backend.Backend, error) {
 	case Local:
 		return local.Open(ctx, l.Path)
 	default:
-		return openS3(ctx, "open", l, s3.Open)
+		return openS3(ctx, "open", l, s3.Open, opts)
 	}
 }
 
 // Create prepares a location for a new repository: it makes the local
 // directory and its layout, or checks that the S3 bucket exists and is
 // accessible (buckets are not created).
-func Create(ctx context.Context, raw string) (backend.Backend, error) {
+func Create(ctx context.Context, raw string, opts Options) (backend.Backend, error) {
 	l, err := Parse(raw)
 	if err != nil {
 		return nil, err
@@ -168,14 +179,14 @@ func Create(ctx context.Context, raw string) (backend.Backend, error) {
 	case Local:
 		return local.Create(ctx, l.Path)
 	default:
-		return openS3(ctx, "create", l, s3.Create)
+		return openS3(ctx, "create", l, s3.Create, opts)
 	}
 }
 
 // openS3 opens an S3 location, retrying the bucket check as any request,
-// and wraps the backend in the retries of repository/backend/retry: the S3
-// backend tries each request once.
-func openS3(ctx context.Context, op string, l Location, open func(context.Context, s3.Options) (*s3.Backend, error)) (backend.Backend, error) {
+// and wraps the backend in the retries of repository/backend/retry (the S3
+// backend tries each request once) and in the cache of opts.
+func openS3(ctx context.Context, op string, l Location, open func(context.Context, s3.Options) (*s3.Backend, error), opts Options) (backend.Backend, error) {
 	var be *s3.Backend
 	err := retry.NewRetrier(retry.Options{}).Do(ctx, op+" "+l.String(), func(int) error {
 		var err error
@@ -185,7 +196,16 @@ func openS3(ctx context.Context, op string, l Location, open func(context.Contex
 	if err != nil {
 		return nil, err
 	}
-	return retry.New(be, retry.Options{}), nil
+	rb := retry.New(be, retry.Options{})
+	if opts.CacheDir == "" {
+		return rb, nil
+	}
+	cb, err := cache.New(rb, opts.CacheDir)
+	if err != nil {
+		_ = rb.Close()
+		return nil, err
+	}
+	return cb, nil
 }
 
 func (l Location) s3Options() s3.Options {

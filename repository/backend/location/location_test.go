@@ -101,7 +101,7 @@ func TestStringRoundTrip(t *testing.T) {
 func roundTrip(t *testing.T, url string) {
 	t.Helper()
 	ctx := context.Background()
-	be, err := location.Create(ctx, url)
+	be, err := location.Create(ctx, url, location.Options{})
 	if err != nil {
 		t.Fatalf("Create(%q): %v", url, err)
 	}
@@ -111,7 +111,7 @@ func roundTrip(t *testing.T, url string) {
 	}
 	be.Close()
 
-	be, err = location.Open(ctx, url)
+	be, err = location.Open(ctx, url, location.Options{})
 	if err != nil {
 		t.Fatalf("Open(%q): %v", url, err)
 	}
@@ -130,7 +130,7 @@ func TestLocal(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "repo")
 	roundTrip(t, dir)
 	roundTrip(t, "local:"+dir)
-	be, err := location.Open(context.Background(), dir)
+	be, err := location.Open(context.Background(), dir, location.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func TestLocal(t *testing.T) {
 	t.Chdir(filepath.Dir(dir))
 	roundTrip(t, "./repo")
 	roundTrip(t, "repo")
-	if _, err := location.Open(context.Background(), "./missing"); !errors.Is(err, backend.ErrNotExist) {
+	if _, err := location.Open(context.Background(), "./missing", location.Options{}); !errors.Is(err, backend.ErrNotExist) {
 		t.Errorf("Open(./missing) = %v, want ErrNotExist", err)
 	}
 }
@@ -152,7 +152,7 @@ func TestS3(t *testing.T) {
 	roundTrip(t, srv.URL("repos", "team/one"))
 	roundTrip(t, srv.URL("repos", ""))
 
-	be, err := location.Open(context.Background(), srv.URL("repos", "team/one"))
+	be, err := location.Open(context.Background(), srv.URL("repos", "team/one"), location.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +170,7 @@ func TestS3(t *testing.T) {
 	if _, ok := be.(backend.LeftoverRemover); !ok {
 		t.Errorf("wrapped S3 backend %T does not remove leftovers", be)
 	}
-	_, err = location.Create(context.Background(), srv.URL("no-bucket", "x"))
+	_, err = location.Create(context.Background(), srv.URL("no-bucket", "x"), location.Options{})
 	if !errors.Is(err, s3.ErrBucketNotFound) || !strings.Contains(err.Error(), `"no-bucket"`) {
 		t.Errorf("Create on a missing bucket = %v, want ErrBucketNotFound naming it", err)
 	}
@@ -185,7 +185,7 @@ func TestS3OpenRetries(t *testing.T) {
 	p := faultproxy.Start(t, srv.Endpoint)
 	url := "s3:" + p.URL() + "/repos/r"
 	p.FailNext(2, 503, faultproxy.Match{Method: "GET"})
-	be, err := location.Create(context.Background(), url)
+	be, err := location.Create(context.Background(), url, location.Options{})
 	if err != nil {
 		t.Fatalf("Create after two 503s: %v", err)
 	}

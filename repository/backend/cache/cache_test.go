@@ -1,0 +1,245 @@
+package cache_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/backend/backendtest"
+	"github.com/custos-backup/custos/repository/backend/cache"
+	"github.com/custos-backup/custos/repository/backend/local"
+)
+
+func TestConformance(t *testing.T) {
+	backendtest.Run(t, func(t *testing.T) backend.Backend {
+		be, err := local.Create(context.Background(), filepath.Join(t.TempDir(), "repo"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := cache.New(be, t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	})
+}
+
+// named is an object of type t named by the SHA-256 of its bytes, as the
+// repository names snapshot and index files.
+func named(t backend.FileType, data []byte) backend.Handle {
+	sum := sha256.Sum256(data)
+	return backend.Handle{Type: t, Name: hex.EncodeToString(sum[:])}
+}
+
+// fixture is a cache over a real local backend, through a Faulty that
+// counts the loads that reach the storage.
+type fixture struct {
+	store *backendtest.Faulty
+	c     *cache.Backend
+	loads *backendtest.Rule
+}
+
+func newFixture(t *testing.T, root string) *fixture {
+	t.Helper()
+	be, err := local.Create(context.Background(), filepath.Join(t.TempDir(), "repo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return wrap(t, be, root)
+}
+
+func wrap(t *testing.T, be backend.Backend, root string) *fixture {
+	t.Helper()
+	f := &fixture{store: backendtest.NewFaulty(be), loads: &backendtest.Rule{Op: backendtest.OpLoad}}
+	f.store.Add(f.loads)
+	c, err := cache.New(f.store, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.c = c
+	return f
+}
+
+func (f *fixture) save(t *testing.T, be backend.Backend, h backend.Handle, data []byte) {
+	t.Helper()
+	if err := be.Save(context.Background(), h, bytes.NewReader(data), int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (f *fixture) list(t *testing.T, ft backend.FileType) {
+	t.Helper()
+	if err := f.c.List(context.Background(), ft, func(backend.FileInfo) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func load(t *testing.T, be backend.Backend, ctx context.Context, h backend.Handle) []byte {
+	t.Helper()
+	rd, err := be.Load(ctx, h, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	b, err := io.ReadAll(rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestListedObjectsAreLoadedOnce: after a listing, a snapshot or index
+// file is fetched from the storage once, also by another process sharing
+// the folder; packs, ranged reads and uncached contexts always go to the
+// storage.
+func TestListedObjectsAreLoadedOnce(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	f := newFixture(t, root)
+	snap := []byte("sealed snapshot bytes")
+	idx := bytes.Repeat([]byte("index "), 1000)
+	hs := named(backend.SnapshotFile, snap)
+	hi := named(backend.IndexFile, idx)
+	pack := named(backend.PackFile, []byte("pack"))
+	f.save(t, f.store, hs, snap) // written by another host: not through the cache
+	f.save(t, f.store, hi, idx)
+	f.save(t, f.store, pack, []byte("pack"))
+	f.list(t, backend.SnapshotFile)
+	f.list(t, backend.IndexFile)
+
+	for range 3 {
+		if got := load(t, f.c, ctx, hs); !bytes.Equal(got, snap) {
+			t.Fatalf("snapshot: %q", got)
+		}
+		if got := load(t, f.c, ctx, hi); !bytes.Equal(got, idx) {
+			t.Fatal("index file differs")
+		}
+	}
+	if n := f.store.Hits(f.loads); n != 2 {
+		t.Fatalf("%d loads reached the storage for 2 objects read 3 times each", n)
+	}
+
+	// Another process, same folder: its first listing lets it use the
+	// copies at once.
+	g := wrap(t, f.store.Backend, root)
+	g.list(t, backend.SnapshotFile)
+	if got := load(t, g.c, ctx, hs); !bytes.Equal(got, snap) || g.store.Hits(g.loads) != 0 {
+		t.Fatalf("second process: %q after %d loads from the storage", got, g.store.Hits(g.loads))
+	}
+
+	before := f.store.Hits(f.loads)
+	load(t, f.c, ctx, pack)
+	load(t, f.c, backend.Uncached(ctx), hs)
+	rd, err := f.c.Load(ctx, hi, 10, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	part, _ := io.ReadAll(rd)
+	rd.Close()
+	if !bytes.Equal(part, idx[5:15]) {
+		t.Fatalf("ranged read: %q", part)
+	}
+	if n := f.store.Hits(f.loads) - before; n != 3 {
+		t.Fatalf("pack, uncached and ranged loads: %d reached the storage, want 3", n)
+	}
+}
+
+// TestUnlistedObjectsComeFromTheStorage: a copy of an object that the
+// latest listing does not name (forgotten on another host) is not used:
+// the load reaches the storage and fails as it would without a cache.
+func TestUnlistedObjectsComeFromTheStorage(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, t.TempDir())
+	snap := []byte("a snapshot")
+	h := named(backend.SnapshotFile, snap)
+	f.save(t, f.c, h, snap) // through the cache: a copy is kept
+	if _, err := os.Stat(filepath.Join(f.c.Dir(), "snapshots", h.Name)); err != nil {
+		t.Fatalf("no copy after Save: %v", err)
+	}
+	if err := f.store.Remove(ctx, h); err != nil { // another host forgets it
+		t.Fatal(err)
+	}
+	f.list(t, backend.SnapshotFile)
+	if _, err := f.c.Load(ctx, h, 0, 0); !errors.Is(err, backend.ErrNotExist) {
+		t.Fatalf("load of a forgotten snapshot: %v, want not exist", err)
+	}
+	if _, err := os.Stat(filepath.Join(f.c.Dir(), "snapshots", h.Name)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the listing kept the copy of an object it does not name: %v", err)
+	}
+	// Saved through this cache after the listing: its copy is used.
+	snap2 := []byte("another snapshot")
+	h2 := named(backend.SnapshotFile, snap2)
+	f.save(t, f.c, h2, snap2)
+	before := f.store.Hits(f.loads)
+	if got := load(t, f.c, ctx, h2); !bytes.Equal(got, snap2) || f.store.Hits(f.loads) != before {
+		t.Fatalf("a snapshot saved through the cache: %q, %d loads from the storage", got, f.store.Hits(f.loads)-before)
+	}
+	if err := f.c.Remove(ctx, h2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.c.Load(ctx, h2, 0, 0); !errors.Is(err, backend.ErrNotExist) {
+		t.Fatalf("load after Remove: %v, want not exist", err)
+	}
+}
+
+// TestDamage: a damaged copy is replaced from the storage; a stored object
+// that does not match its name is returned as stored (for the repository
+// to report) and never copied.
+func TestDamage(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, t.TempDir())
+	idx := []byte("index file bytes")
+	h := named(backend.IndexFile, idx)
+	f.save(t, f.store, h, idx)
+	f.list(t, backend.IndexFile)
+	load(t, f.c, ctx, h)
+	copyPath := filepath.Join(f.c.Dir(), "index", h.Name)
+	if err := os.WriteFile(copyPath, []byte("index file bytez"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := load(t, f.c, ctx, h); !bytes.Equal(got, idx) {
+		t.Fatalf("with a damaged copy: %q", got)
+	}
+	if got, _ := os.ReadFile(copyPath); !bytes.Equal(got, idx) {
+		t.Fatalf("the damaged copy was not replaced: %q", got)
+	}
+
+	bad := []byte("stored bytes that changed")
+	hb := backend.Handle{Type: backend.IndexFile, Name: named(backend.IndexFile, []byte("what was written")).Name}
+	f.save(t, f.store, hb, bad)
+	f.list(t, backend.IndexFile)
+	for range 2 {
+		if got := load(t, f.c, ctx, hb); !bytes.Equal(got, bad) {
+			t.Fatalf("damaged object: %q, want its stored bytes", got)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(f.c.Dir(), "index", hb.Name)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a damaged object was copied: %v", err)
+	}
+}
+
+// TestAbilitiesStayReachable: the wrapped backend's optional abilities are
+// found through the cache (backend.As).
+func TestAbilitiesStayReachable(t *testing.T) {
+	be, err := local.Create(context.Background(), filepath.Join(t.TempDir(), "repo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := cache.New(be, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := backend.As[backend.LeftoverRemover](c); !ok {
+		t.Fatal("the local backend's leftover removal is hidden by the cache")
+	}
+	if fi, err := os.Stat(c.Dir()); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("cache folder: %v, %v; want it private", fi.Mode(), err)
+	}
+}

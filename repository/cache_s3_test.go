@@ -1,0 +1,106 @@
+package repository
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/custos-backup/custos/internal/s3server"
+	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/backend/backendtest"
+	"github.com/custos-backup/custos/repository/backend/cache"
+	"github.com/custos-backup/custos/repository/backend/location"
+)
+
+// TestCacheS3 runs a repository on a real S3 server through the cache, as
+// every command on S3 does: a second process that shares the cache folder
+// opens the repository and backs up without fetching any snapshot or index
+// file it has a copy of, and check still reads the stored index files, so
+// that damage to one is reported although the cache holds a good copy.
+func TestCacheS3(t *testing.T) {
+	ctx := context.Background()
+	srv := s3server.Start(t)
+	srv.CreateBucket(t, "custos")
+	srv.SetEnv(t)
+	url := srv.URL("custos", "cached")
+	dir := t.TempDir()
+	// open is one process: the S3 backend as location makes it, counted
+	// by a Faulty below the cache.
+	open := func(create bool) (*Repository, *backendtest.Faulty, *backendtest.Rule, *backendtest.Rule) {
+		t.Helper()
+		openBE := location.Open
+		if create {
+			openBE = location.Create
+		}
+		be, err := openBE(ctx, url, location.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := backendtest.NewFaulty(be)
+		snapLoads := &backendtest.Rule{Op: backendtest.OpLoad, Type: backend.SnapshotFile}
+		idxLoads := &backendtest.Rule{Op: backendtest.OpLoad, Type: backend.IndexFile}
+		f.Add(snapLoads)
+		f.Add(idxLoads)
+		c, err := cache.New(f, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r *Repository
+		if create {
+			r, err = Init(ctx, c, InitOptions{Password: []byte("pw"), kdfParams: cheapKDF})
+		} else {
+			r, err = Open(ctx, c, []byte("pw"))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = r.Close() })
+		return r, f, snapLoads, idxLoads
+	}
+	src := t.TempDir()
+	writeRandomFiles(t, src, "f", 4, 100<<10, 7)
+	r1, f1, _, _ := open(true)
+	for _, ds := range []string{"a", "b", "c"} {
+		backupDir(t, r1, src, ds)
+	}
+	_ = f1
+
+	r2, f2, snaps2, idx2 := open(false)
+	sn := backupDir(t, r2, src, "b")
+	if sn.Parent == nil {
+		t.Fatal("the second process's backup found no parent")
+	}
+	if n, m := f2.Hits(snaps2), f2.Hits(idx2); n != 0 || m != 0 {
+		t.Fatalf("a process sharing the cache fetched %d snapshot and %d index files from S3, want none", n, m)
+	}
+	target := t.TempDir()
+	if _, err := r2.Restore(ctx, sn, target, RestoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	compareTrees(t, src, target)
+
+	// Damage one stored index file; the cache keeps its good copy.
+	var victim string
+	err := r2.be.List(ctx, backend.IndexFile, func(fi backend.FileInfo) error { victim = fi.Name; return nil })
+	if err != nil || victim == "" {
+		t.Fatalf("no index file listed: %v", err)
+	}
+	obj := filepath.Join(srv.Dir, "custos", "cached", "index", victim)
+	b, err := os.ReadFile(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(obj, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res, err := r2.Check(ctx, CheckOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := findProblem(t, res, "index/"+victim)
+	if p == nil {
+		t.Fatalf("check did not report the damaged index file: %+v", res.Problems)
+	}
+}
