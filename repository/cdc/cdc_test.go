@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"testing/iotest"
 )
@@ -95,7 +96,7 @@ func TestCutsFollowTheDefinition(t *testing.T) {
 			}
 			for rn, rd := range readers {
 				got := cuts(t, New(rd, tab, tc.p))
-				if !equal(got, want) {
+				if !slices.Equal(got, want) {
 					t.Fatalf("%s: cuts %v, want %v", rn, head(got), head(want))
 				}
 			}
@@ -158,7 +159,7 @@ func TestTheSeedMovesTheCuts(t *testing.T) {
 	data := randData(10, 200000)
 	a := refCuts(data, NewTable([]byte("one")), small)
 	b := refCuts(data, NewTable([]byte("two")), small)
-	if equal(a, b) {
+	if slices.Equal(a, b) {
 		t.Fatal("two seeds cut alike")
 	}
 }
@@ -174,7 +175,7 @@ func TestFormatIsStable(t *testing.T) {
 	}
 	got := cuts(t, New(bytes.NewReader(randData(11, 20000)), tab, small))
 	want := []int{593, 717, 325, 793, 865, 816, 996, 824, 463, 599, 1209, 761, 301, 976, 629, 1120, 953, 346, 1982, 611, 842, 974, 808, 421, 433, 268, 375}
-	if !equal(got, want) {
+	if !slices.Equal(got, want) {
 		t.Errorf("cuts %v, want %v", got, want)
 	}
 }
@@ -200,7 +201,7 @@ func TestResetCutsAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Reset(bytes.NewReader(data))
-	if got, want := cuts(t, c), refCuts(data, tab, small); !equal(got, want) {
+	if got, want := cuts(t, c), refCuts(data, tab, small); !slices.Equal(got, want) {
 		t.Fatalf("after reset: %v, want %v", head(got), head(want))
 	}
 }
@@ -215,22 +216,10 @@ func FuzzCuts(f *testing.F) {
 		tab := NewTable(seed)
 		want := refCuts(data, tab, p)
 		got := cuts(t, New(iotest.HalfReader(bytes.NewReader(data)), tab, p))
-		if !equal(got, want) {
+		if !slices.Equal(got, want) {
 			t.Fatalf("cuts %v, want %v", head(got), head(want))
 		}
 	})
-}
-
-func equal(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func head(s []int) []int {

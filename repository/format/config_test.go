@@ -2,6 +2,7 @@ package format
 
 import (
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -86,7 +87,7 @@ func TestConfigChunkerRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if a, b := chunkLengths(t, cfg, data), chunkLengths(t, got, data); len(a) < 2 || !equalInts(a, b) {
+		if a, b := chunkLengths(t, cfg, data), chunkLengths(t, got, data); len(a) < 2 || !slices.Equal(a, b) {
 			t.Fatalf("%s: cuts %v before, %v after the round trip", name, a, b)
 		}
 	}
@@ -103,16 +104,4 @@ func chunkLengths(t *testing.T, c *Config, data []byte) []int {
 		}
 		out = append(out, len(b))
 	}
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

@@ -67,6 +67,11 @@ func wrap(t *testing.T, be backend.Backend, root string) *fixture {
 	return f
 }
 
+// copyOf is where the cache keeps h.
+func (f *fixture) copyOf(h backend.Handle) string {
+	return filepath.Join(f.c.Dir(), string(h.Type), h.Name)
+}
+
 func (f *fixture) save(t *testing.T, be backend.Backend, h backend.Handle, data []byte) {
 	t.Helper()
 	if err := be.Save(context.Background(), h, bytes.NewReader(data), int64(len(data))); err != nil {
@@ -160,7 +165,7 @@ func TestUnlistedObjectsComeFromTheStorage(t *testing.T) {
 	snap := []byte("a snapshot")
 	h := named(backend.SnapshotFile, snap)
 	f.save(t, f.c, h, snap) // through the cache: a copy is kept
-	if _, err := os.Stat(filepath.Join(f.c.Dir(), "snapshots", h.Name)); err != nil {
+	if _, err := os.Stat(f.copyOf(h)); err != nil {
 		t.Fatalf("no copy after Save: %v", err)
 	}
 	if err := f.store.Remove(ctx, h); err != nil { // another host forgets it
@@ -170,7 +175,7 @@ func TestUnlistedObjectsComeFromTheStorage(t *testing.T) {
 	if _, err := f.c.Load(ctx, h, 0, 0); !errors.Is(err, backend.ErrNotExist) {
 		t.Fatalf("load of a forgotten snapshot: %v, want not exist", err)
 	}
-	if _, err := os.Stat(filepath.Join(f.c.Dir(), "snapshots", h.Name)); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(f.copyOf(h)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the listing kept the copy of an object it does not name: %v", err)
 	}
 	// Saved through this cache after the listing: its copy is used.
@@ -200,7 +205,7 @@ func TestDamage(t *testing.T) {
 	f.save(t, f.store, h, idx)
 	f.list(t, backend.IndexFile)
 	load(t, f.c, ctx, h)
-	copyPath := filepath.Join(f.c.Dir(), "index", h.Name)
+	copyPath := f.copyOf(h)
 	if err := os.WriteFile(copyPath, []byte("index file bytez"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +225,7 @@ func TestDamage(t *testing.T) {
 			t.Fatalf("damaged object: %q, want its stored bytes", got)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(f.c.Dir(), "index", hb.Name)); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(f.copyOf(hb)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("a damaged object was copied: %v", err)
 	}
 }
