@@ -74,15 +74,14 @@ type Backend struct {
 }
 
 // New wraps be, keeping copies in a folder of root named after be's
-// location, which it creates.
+// location. The folder is made when the first copy is written, so that a
+// location only looked at leaves none.
 func New(be backend.Backend, root string) (*Backend, error) {
+	if root == "" {
+		return nil, fmt.Errorf("cache for %s: no folder given", be.Location())
+	}
 	sum := sha256.Sum256([]byte(be.Location()))
 	dir := filepath.Join(root, hex.EncodeToString(sum[:16]))
-	for _, t := range cached {
-		if err := os.MkdirAll(filepath.Join(dir, string(t)), 0o700); err != nil {
-			return nil, fmt.Errorf("cache for %s: %w", be.Location(), err)
-		}
-	}
 	return &Backend{be: be, dir: dir, listed: map[backend.FileType]map[string]bool{}}, nil
 }
 
@@ -177,7 +176,11 @@ func (b *Backend) wasListed(h backend.Handle) bool {
 // keep writes a copy. A copy that cannot be written is not an error: the
 // object is fetched again next time.
 func (b *Backend) keep(h backend.Handle, data []byte) {
-	f, err := os.CreateTemp(filepath.Join(b.dir, string(h.Type)), tmpPrefix)
+	folder := filepath.Join(b.dir, string(h.Type))
+	if err := os.MkdirAll(folder, 0o700); err != nil {
+		return
+	}
+	f, err := os.CreateTemp(folder, tmpPrefix)
 	if err != nil {
 		return
 	}

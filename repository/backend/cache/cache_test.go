@@ -231,7 +231,8 @@ func TestDamage(t *testing.T) {
 }
 
 // TestAbilitiesStayReachable: the wrapped backend's optional abilities are
-// found through the cache (backend.As).
+// found through the cache (backend.As). The cache's folder is made with
+// its first copy, private.
 func TestAbilitiesStayReachable(t *testing.T) {
 	be, err := local.Create(context.Background(), filepath.Join(t.TempDir(), "repo"))
 	if err != nil {
@@ -244,7 +245,17 @@ func TestAbilitiesStayReachable(t *testing.T) {
 	if _, ok := backend.As[backend.LeftoverRemover](c); !ok {
 		t.Fatal("the local backend's leftover removal is hidden by the cache")
 	}
-	if fi, err := os.Stat(c.Dir()); err != nil || fi.Mode().Perm() != 0o700 {
-		t.Fatalf("cache folder: %v, %v; want it private", fi.Mode(), err)
+	if _, err := os.Stat(c.Dir()); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a cache with no copies made its folder: %v", err)
+	}
+	snap := []byte("snapshot")
+	h := named(backend.SnapshotFile, snap)
+	if err := c.Save(context.Background(), h, bytes.NewReader(snap), int64(len(snap))); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{c.Dir(), filepath.Join(c.Dir(), "snapshots")} {
+		if fi, err := os.Stat(d); err != nil || fi.Mode().Perm() != 0o700 {
+			t.Fatalf("cache folder %s: %v, %v; want it private", d, fi.Mode(), err)
+		}
 	}
 }
