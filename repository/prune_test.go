@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -33,7 +34,13 @@ func TestPrune(t *testing.T) {
 	src := t.TempDir()
 	writeRandomFiles(t, src, "keep", 3, 200<<10, 1)
 	writeRandomFiles(t, src, "gone", 3, 200<<10, 100)
+	// One packer, so that kept and forgotten blobs share a pack (six
+	// 200 KiB blobs fill the first 1 MiB pack) and prune has a pack to
+	// rewrite; with two, the blobs of each kind could land in packs of
+	// their own, as they did once under -race.
+	procs := runtime.GOMAXPROCS(1)
 	backupDir(t, r, src, "a")
+	runtime.GOMAXPROCS(procs)
 	for i := range 3 {
 		if err := os.Remove(filepath.Join(src, fmt.Sprintf("gone-%02d.bin", i))); err != nil {
 			t.Fatal(err)
