@@ -208,37 +208,14 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, op
 		return st, err
 	}
 
-	// Which packs hold which blobs, by the in-memory index. A blob is kept
-	// only at its canonical location (the one lookup returns); other copies
-	// count as unused.
-	type packUse struct {
-		size         int64
-		all          []format.PackedBlob // as the index file lists them
-		keep, drop   []format.PackedBlob
-		used, unused int64 // sealed bytes of keep and drop
-	}
-	packs := map[ID]*packUse{}
-	var order []ID
+	// The indexed packs, each as the first index file that lists it does.
+	var indexed []format.IndexPack
+	seen := map[ID]bool{}
 	err = r.forEachIndexFile(ctx, false, func(_ ID, f *format.IndexFile) error {
-		x := r.index()
 		for _, p := range f.Packs {
-			pu := packs[p.ID]
-			if pu == nil {
-				pu = &packUse{size: p.Size, all: p.Blobs}
-				packs[p.ID] = pu
-				order = append(order, p.ID)
-			} else {
-				continue // listed by two index files; the first suffices
-			}
-			for _, pb := range p.Blobs {
-				canon, _, ok := x.Lookup(pb.Handle())
-				if used[pb.Handle()] && ok && canon == p.ID {
-					pu.keep = append(pu.keep, pb)
-					pu.used += int64(pb.Length)
-				} else {
-					pu.drop = append(pu.drop, pb)
-					pu.unused += int64(pb.Length)
-				}
+			if !seen[p.ID] {
+				seen[p.ID] = true
+				indexed = append(indexed, p)
 			}
 		}
 		return nil
@@ -246,52 +223,22 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, op
 	if err != nil {
 		return st, err
 	}
-
-	var (
-		cands     []repackCandidate
-		usedTotal int64
-	)
-	for _, id := range order {
-		pu := packs[id]
-		usedTotal += pu.used
-		if len(pu.keep) > 0 && len(pu.drop) > 0 {
-			cands = append(cands, repackCandidate{id: id, used: pu.used, unused: pu.unused})
-		}
-	}
-	rewrite := chooseRepack(cands, usedTotal, opts)
-
-	var (
-		keepPacks   []format.IndexPack
-		deletePacks = map[ID]int64{}
-		toRewrite   []ID
-	)
-	for _, id := range order {
-		pu := packs[id]
-		switch {
-		case len(pu.keep) == 0:
-			deletePacks[id] = pu.size
-		case len(pu.drop) == 0 || !rewrite[id]:
-			// A kept pack stays indexed with every blob it holds, unused
-			// ones too: a blob left out of the index would still take
-			// space, yet no later prune could see it to reclaim it.
-			keepPacks = append(keepPacks, format.IndexPack{ID: id, Size: pu.size, Blobs: pu.all})
-			if len(pu.drop) > 0 {
-				st.PacksKeptPartlyUsed++
-				st.UnusedBytesKept += pu.unused
-			}
-		default:
-			toRewrite = append(toRewrite, id)
-		}
-	}
+	x := r.index()
+	plan := planPrune(indexed, func(h BlobHandle) (ID, bool) {
+		p, _, ok := x.Lookup(h)
+		return p, ok
+	}, used, opts)
+	st.PacksKeptPartlyUsed, st.UnusedBytesKept = plan.keptPartlyUsed, plan.unusedKept
+	keepPacks, deletePacks := plan.keep, plan.delete
 
 	// Rewrite: copy the used blobs, still sealed, into new packs.
 	rp := r.newRepacker(ctx)
 	defer rp.close()
-	for _, id := range toRewrite {
-		pu := packs[id]
+	for _, rw := range plan.rewrite {
+		id := rw.id
 		h := backend.Handle{Type: backend.PackFile, Name: id.String()}
 		pr := r.newPackReader(true)
-		err := pr.read(ctx, id, pu.keep, func(b readBlob) error {
+		err := pr.read(ctx, id, rw.keep, func(b readBlob) error {
 			if b.Err != nil {
 				return fmt.Errorf("rewrite %s: %w; run check and repair before pruning", h, b.Err)
 			}
@@ -303,7 +250,7 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, op
 		if err != nil {
 			return st, err
 		}
-		deletePacks[id] = pu.size
+		deletePacks[id] = rw.size
 		st.PacksRewritten++
 	}
 	newPacks, err := rp.finish()
@@ -333,7 +280,7 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, op
 		written[np.ID] = true
 	}
 	for id, size := range stored {
-		if _, indexed := packs[id]; indexed || written[id] {
+		if seen[id] || written[id] {
 			continue
 		}
 		if !cutoff.After(time.Time{}) {
@@ -386,6 +333,79 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, op
 		}
 	}
 	return st, r.loadIndex(ctx)
+}
+
+// prunePlan is what prune does with the indexed packs.
+type prunePlan struct {
+	// keep stays indexed as listed, unused blobs too: a blob left out of
+	// the index would still take space, yet no later prune could see it
+	// to reclaim it.
+	keep []format.IndexPack
+	// rewrite has its used blobs copied into new packs; then it goes.
+	rewrite []packRewrite
+	// delete holds no used blob: it goes (pack id to size).
+	delete map[ID]int64
+	// keptPartlyUsed and unusedKept: the partly used packs kept whole.
+	keptPartlyUsed int
+	unusedKept     int64
+}
+
+// packRewrite is a pack to rewrite and the blobs to copy out of it.
+type packRewrite struct {
+	id   ID
+	size int64
+	keep []format.PackedBlob
+}
+
+// planPrune decides what happens to each of the indexed packs, given the
+// blobs the snapshots use and canonical, the pack where the index finds a
+// blob. A blob is kept only at its canonical location; other copies count
+// as unused. Of the partly used packs, chooseRepack picks which to
+// rewrite. It reads nothing: the plan follows from its arguments alone.
+func planPrune(packs []format.IndexPack, canonical func(BlobHandle) (ID, bool), used map[BlobHandle]bool, opts PruneOptions) *prunePlan {
+	type packUse struct {
+		keep         []format.PackedBlob
+		used, unused int64 // sealed bytes of the used and unused blobs
+	}
+	uses := make([]packUse, len(packs))
+	var (
+		cands     []repackCandidate
+		usedTotal int64
+	)
+	for i, p := range packs {
+		pu := &uses[i]
+		for _, pb := range p.Blobs {
+			if at, ok := canonical(pb.Handle()); ok && at == p.ID && used[pb.Handle()] {
+				pu.keep = append(pu.keep, pb)
+				pu.used += int64(pb.Length)
+			} else {
+				pu.unused += int64(pb.Length)
+			}
+		}
+		usedTotal += pu.used
+		if len(pu.keep) > 0 && len(pu.keep) < len(p.Blobs) {
+			cands = append(cands, repackCandidate{id: p.ID, used: pu.used, unused: pu.unused})
+		}
+	}
+	rewrite := chooseRepack(cands, usedTotal, opts)
+	plan := &prunePlan{delete: map[ID]int64{}}
+	for i, p := range packs {
+		pu := uses[i]
+		partly := len(pu.keep) < len(p.Blobs)
+		switch {
+		case len(pu.keep) == 0:
+			plan.delete[p.ID] = p.Size
+		case !partly || !rewrite[p.ID]:
+			plan.keep = append(plan.keep, p)
+			if partly {
+				plan.keptPartlyUsed++
+				plan.unusedKept += pu.unused
+			}
+		default:
+			plan.rewrite = append(plan.rewrite, packRewrite{id: p.ID, size: p.Size, keep: pu.keep})
+		}
+	}
+	return plan
 }
 
 // writeIndexes stores packs in index files of at most maxBlobsPerIndex
