@@ -66,8 +66,9 @@ const maxCopy = 1 << 30
 // Backend is a backend whose snapshot and index files are kept in a local
 // folder too.
 type Backend struct {
-	be  backend.Backend
-	dir string
+	be      backend.Backend
+	dir     string
+	maxCopy int // maxCopy; tests lower it
 
 	mu     sync.Mutex
 	listed map[backend.FileType]map[string]bool // names of the latest complete listing
@@ -82,7 +83,7 @@ func New(be backend.Backend, root string) (*Backend, error) {
 	}
 	sum := sha256.Sum256([]byte(be.Location()))
 	dir := filepath.Join(root, hex.EncodeToString(sum[:16]))
-	return &Backend{be: be, dir: dir, listed: map[backend.FileType]map[string]bool{}}, nil
+	return &Backend{be: be, dir: dir, maxCopy: maxCopy, listed: map[backend.FileType]map[string]bool{}}, nil
 }
 
 // Dir is the folder that holds this backend's copies.
@@ -109,7 +110,7 @@ func nameMatches(h backend.Handle, data []byte) bool {
 // Save stores the object and, for a cached type whose bytes match its
 // name, keeps a copy.
 func (b *Backend) Save(ctx context.Context, h backend.Handle, rd io.ReadSeeker, size int64) error {
-	if !isCached(h.Type) || size > maxCopy {
+	if !isCached(h.Type) || size > int64(b.maxCopy) {
 		return b.be.Save(ctx, h, rd, size)
 	}
 	start, err := rd.Seek(0, io.SeekCurrent)
@@ -156,12 +157,20 @@ func (b *Backend) Load(ctx context.Context, h backend.Handle, length int, offset
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = rd.Close() }()
-	data, err := io.ReadAll(io.LimitReader(rd, maxCopy+1))
+	data, err := io.ReadAll(io.LimitReader(rd, int64(b.maxCopy)+1))
 	if err != nil {
+		_ = rd.Close()
 		return nil, fmt.Errorf("load %s: %w", h, err)
 	}
-	if len(data) <= maxCopy && nameMatches(h, data) {
+	if len(data) > b.maxCopy {
+		// Not the repository's: passed on whole, never copied.
+		return struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(data), rd), rd}, nil
+	}
+	_ = rd.Close()
+	if nameMatches(h, data) {
 		b.keep(h, data)
 	}
 	return io.NopCloser(bytes.NewReader(data)), nil

@@ -259,3 +259,26 @@ func TestAbilitiesStayReachable(t *testing.T) {
 		}
 	}
 }
+
+// TestLargeObjectsPassThrough: an object larger than any the repository
+// writes of a cached type is returned whole and never copied.
+func TestLargeObjectsPassThrough(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, t.TempDir())
+	big := bytes.Repeat([]byte("0123456789"), 100)
+	h := named(backend.IndexFile, big)
+	f.save(t, f.store, h, big)
+	f.list(t, backend.IndexFile)
+	cache.SetMaxCopy(f.c, 64)
+	for range 2 {
+		if got := load(t, f.c, ctx, h); !bytes.Equal(got, big) {
+			t.Fatalf("got %d bytes, want %d", len(got), len(big))
+		}
+	}
+	if _, err := os.Stat(f.copyOf(h)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a large object was copied: %v", err)
+	}
+	if n := f.store.Hits(f.loads); n != 2 {
+		t.Fatalf("%d loads reached the storage, want 2", n)
+	}
+}
