@@ -63,10 +63,9 @@ type Config struct {
 	Polynomial  string `json:"chunker_polynomial,omitempty"` // hex
 	MinChunk    uint   `json:"chunk_min"`
 	MaxChunk    uint   `json:"chunk_max"`
-	// AvgBits sets the chunker's cut condition: a cut where the low AvgBits
-	// bits of the fingerprint are zero, so chunks average about chunk_min
-	// plus 2^AvgBits bytes. 0 (repositories made before it existed) means
-	// 20.
+	// AvgBits sets the average chunk size: about chunk_min plus 2^AvgBits
+	// bytes (FORMAT.md §5 gives each chunker's cut condition). 0
+	// (repositories made before it existed) means 20.
 	AvgBits     int    `json:"chunk_avg_bits,omitempty"`
 	Compression string `json:"compression"` // "zstd" or "none"
 	PackSize    int64  `json:"pack_size"`
@@ -181,7 +180,7 @@ func NewRepoConfig(packSize int64, unencrypted bool, chunkerName string) (*Confi
 	return c, nil
 }
 
-// Chunk sizes of new repositories: at least 256 KiB, about 768 KiB on
+// Chunk sizes of new repositories: at least 256 KiB, about 800 KiB on
 // average, at most 8 MiB. restic's defaults (512 KiB, 2^20, 8 MiB) average
 // about 1.5 MiB; halving that costs twice the index entries for large files
 // (about 100 bytes of memory per MiB stored instead of 50) and gains
