@@ -149,16 +149,19 @@ func (r *Repository) Backup(ctx context.Context, root string, paths []string, op
 	if err := checkExcludes(opts.Excludes); err != nil {
 		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
 	}
-	w, err := r.beginWrite(ctx, true)
+	var parent *Snapshot
+	w, err := r.beginWrite(ctx, true, func(ctx context.Context) (err error) {
+		parent, err = r.findParent(ctx, &opts)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
 	}
 	defer w.end()
 	w.commitAsYouGo = true
-
-	parent, parentTree, err := r.parentFor(ctx, &opts)
-	if err != nil {
-		return nil, fmt.Errorf("backup %s: %w", absRoot, err)
+	parentTree := r.parentTree(ctx, parent)
+	if parentTree == nil {
+		parent = nil
 	}
 
 	w.start()
@@ -269,32 +272,40 @@ func (b *backupState) snapshot(opts BackupOptions, rootID ID, start time.Time) *
 	}
 }
 
-// parentFor picks the parent snapshot and loads its root tree.
-func (r *Repository) parentFor(ctx context.Context, opts *BackupOptions) (*Snapshot, *format.Tree, error) {
+// findParent picks the parent snapshot: the one given, else the latest of
+// the dataset from this host.
+func (r *Repository) findParent(ctx context.Context, opts *BackupOptions) (*Snapshot, error) {
 	if opts.NoParent {
-		return nil, nil, nil
+		return nil, nil
 	}
-	parent := opts.Parent
-	if parent == nil {
-		snaps, err := r.Snapshots(ctx)
-		if err != nil {
-			return nil, nil, err
-		}
-		for _, sn := range snaps {
-			if sn.Dataset == opts.Dataset && sn.Host == opts.Host {
-				parent = sn
-			}
+	if opts.Parent != nil {
+		return opts.Parent, nil
+	}
+	snaps, err := r.Snapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var parent *Snapshot
+	for _, sn := range snaps {
+		if sn.Dataset == opts.Dataset && sn.Host == opts.Host {
+			parent = sn
 		}
 	}
+	return parent, nil
+}
+
+// parentTree loads the root tree of parent, if there is one. A parent
+// whose tree cannot be loaded is no parent: every file is read.
+func (r *Repository) parentTree(ctx context.Context, parent *Snapshot) *format.Tree {
 	if parent == nil {
-		return nil, nil, nil
+		return nil
 	}
 	t, err := r.loadTree(ctx, parent.Tree)
 	if err != nil {
 		r.log.Warn("backup: cannot load the parent snapshot's tree; reading every file", "parent", parent.ID.Short(), "err", err)
-		return nil, nil, nil
+		return nil
 	}
-	return parent, t, nil
+	return t
 }
 
 func (b *backupState) startProgress() (stop func()) {

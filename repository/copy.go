@@ -69,7 +69,7 @@ func copySnapshots(ctx context.Context, src, dst *Repository, snaps []*Snapshot,
 	// an earlier, interrupted copy or another process added packs: the
 	// session's fresh index keeps the copy from sending again what dst
 	// holds.
-	w, err := dst.beginWrite(ctx, false)
+	w, err := dst.beginWrite(ctx, false, nil)
 	if err != nil {
 		return st, fmt.Errorf("copy: destination: %w", err)
 	}

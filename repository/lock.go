@@ -10,6 +10,7 @@ import (
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/format"
+	"golang.org/x/sync/errgroup"
 )
 
 // ErrLocked is wrapped by Lock when a conflicting live lock exists.
@@ -101,32 +102,63 @@ type lockEntry struct {
 
 // listLocks loads every lock file.
 func (r *Repository) listLocks(ctx context.Context) ([]lockEntry, error) {
+	return r.listLocksExcept(ctx, "")
+}
+
+// maxLockLoads bounds the lock files loaded at once. Each concurrent
+// backup holds one, so a bucket shared by many hosts has many, and loading
+// them one after another would cost a round trip each.
+const maxLockLoads = 8
+
+// listLocksExcept loads every lock file but the one named own, which the
+// caller wrote and need not read back.
+func (r *Repository) listLocksExcept(ctx context.Context, own string) ([]lockEntry, error) {
 	var names []string
 	if err := r.be.List(ctx, backend.LockFile, func(fi backend.FileInfo) error {
-		names = append(names, fi.Name)
+		if fi.Name != own {
+			names = append(names, fi.Name)
+		}
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("list locks: %w", err)
 	}
-	out := make([]lockEntry, 0, len(names))
-	for _, name := range names {
-		h := backend.Handle{Type: backend.LockFile, Name: name}
-		b, err := loadSmall(ctx, r.be, h, maxLockFileSize)
-		if errors.Is(err, backend.ErrNotExist) {
-			continue // released meanwhile
-		}
-		e := lockEntry{Name: name}
-		if err == nil {
-			var pt []byte
-			pt, err = r.seal.Open(nil, b)
-			if err == nil {
-				e.Info, err = decodeLockInfo(pt)
+	entries := make([]lockEntry, len(names))
+	found := make([]bool, len(names))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(maxLockLoads)
+	for i, name := range names {
+		g.Go(func() error {
+			h := backend.Handle{Type: backend.LockFile, Name: name}
+			b, err := loadSmall(gctx, r.be, h, maxLockFileSize)
+			if errors.Is(err, backend.ErrNotExist) {
+				return nil // released meanwhile
 			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			e := lockEntry{Name: name}
+			if err == nil {
+				var pt []byte
+				pt, err = r.seal.Open(nil, b)
+				if err == nil {
+					e.Info, err = decodeLockInfo(pt)
+				}
+			}
+			if err != nil {
+				e.Err = fmt.Errorf("lock %s: %w", h, err)
+			}
+			entries[i], found[i] = e, true
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, fmt.Errorf("list locks: %w", err)
+	}
+	out := make([]lockEntry, 0, len(names))
+	for i, e := range entries {
+		if found[i] {
+			out = append(out, e)
 		}
-		if err != nil {
-			e.Err = fmt.Errorf("lock %s: %w", h, err)
-		}
-		out = append(out, e)
 	}
 	return out, nil
 }
@@ -187,14 +219,21 @@ func (r *Repository) Lock(ctx context.Context, exclusive bool) (*Lock, error) {
 }
 
 func (r *Repository) lock(ctx context.Context, exclusive bool, refresh time.Duration) (*Lock, error) {
-	locks, err := r.listLocks(ctx)
-	if err != nil {
-		return nil, err
-	}
 	now := time.Now()
 	me := thisProcess()
-	if err := conflicts(locks, "", exclusive, now, me); err != nil {
-		return nil, err
+	// What makes locking safe is the look after writing (below). The look
+	// before only spares a lock file that would be removed at once; a
+	// shared lock, taken by every backup, skips it, which saves a round
+	// trip per backup on remote storage and costs nothing but a short-lived
+	// file while an exclusive lock is held.
+	if exclusive {
+		locks, err := r.listLocks(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if err := conflicts(locks, "", exclusive, now, me); err != nil {
+			return nil, err
+		}
 	}
 	l := &Lock{
 		r:    r,
@@ -209,7 +248,7 @@ func (r *Repository) lock(ctx context.Context, exclusive bool, refresh time.Dura
 	l.lastRefresh = now
 	// Look again: a conflicting lock written at the same time as ours is
 	// seen by at least one of the two writers, which backs off.
-	locks, err = r.listLocks(ctx)
+	locks, err := r.listLocksExcept(ctx, l.name)
 	if err == nil {
 		err = conflicts(locks, l.name, exclusive, time.Now(), me)
 	}

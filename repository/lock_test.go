@@ -4,11 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os/exec"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/backend/backendtest"
 	"github.com/custos-backup/custos/repository/format"
 )
 
@@ -146,5 +150,100 @@ func TestUnindexedCutoff(t *testing.T) {
 				t.Errorf("cutoff %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestLockRequests: what taking a lock asks of the backend, which on
+// remote storage is a round trip per step. A shared lock (every backup)
+// is written and then checked, without a look before and without reading
+// its own file back; other holders' files are read at the same time. An
+// exclusive lock looks before it writes too. Either kind, refused, leaves
+// no file of its own.
+func TestLockRequests(t *testing.T) {
+	ops := func(calls []backendtest.Call) []string {
+		var out []string
+		for _, c := range calls {
+			if c.Handle.Type == backend.LockFile {
+				out = append(out, string(c.Op))
+			}
+		}
+		return out
+	}
+	cases := []struct {
+		name      string
+		exclusive bool
+		others    int // shared locks held by others
+		want      []string
+	}{
+		{"shared alone", false, 0, []string{"Save", "List"}},
+		{"shared among three", false, 3, []string{"Save", "List", "Load", "Load", "Load"}},
+		{"exclusive alone", true, 0, []string{"List", "Save", "List"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			r, f := newFaultyRepo(t)
+			now := time.Now().UTC()
+			for i := range tc.others {
+				li := lockInfo{Version: 1, Created: now, Refreshed: now}
+				li.setProcess(thisProcess())
+				writeLockFile(t, r, fmt.Sprintf("%064x", i+1), li)
+			}
+			f.Reset()
+			if tc.others > 0 {
+				// Every other lock file is being loaded before any load
+				// returns: they are read at once, not one after another.
+				var started sync.WaitGroup
+				started.Add(tc.others)
+				f.Add(&backendtest.Rule{Op: backendtest.OpLoad, Type: backend.LockFile, Times: tc.others, Before: func(ctx context.Context, h backend.Handle) error {
+					started.Done()
+					all := make(chan struct{})
+					go func() { started.Wait(); close(all) }()
+					select {
+					case <-all:
+						return nil
+					case <-time.After(5 * time.Second):
+						return fmt.Errorf("lock %s: loaded alone, the others were not loaded beside it", h.Name)
+					}
+				}})
+			}
+			l, err := r.Lock(ctx, tc.exclusive)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := ops(f.Calls()); !slices.Equal(got, tc.want) {
+				t.Errorf("lock files: %v, want %v", got, tc.want)
+			}
+			if err := l.Unlock(ctx); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestRefusedLockLeavesNoFile: a shared lock refused because an exclusive
+// one is held, and an exclusive one refused because a shared one is,
+// leave the held lock the only file in locks/.
+func TestRefusedLockLeavesNoFile(t *testing.T) {
+	for _, held := range []bool{true, false} {
+		ctx := context.Background()
+		r, _ := newTestRepo(t, false)
+		h, err := r.Lock(ctx, held)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Lock(ctx, !held); !errors.Is(err, ErrLocked) {
+			t.Fatalf("exclusive=%v while exclusive=%v is held: %v, want ErrLocked", !held, held, err)
+		}
+		locks, err := r.listLocks(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(locks) != 1 || locks[0].Name != h.Name() {
+			t.Errorf("exclusive=%v held, exclusive=%v refused: locks/ holds %v, want only %s", held, !held, locks, h.Name())
+		}
+		if err := h.Unlock(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

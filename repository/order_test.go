@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/backend/backendtest"
@@ -114,6 +116,44 @@ func TestIndexBeforeSnapshot(t *testing.T) {
 			// And what was written restores.
 			if _, err := r.Restore(ctx, sn, filepath.Join(t.TempDir(), "out"), RestoreOptions{}); err != nil {
 				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestParentFoundBesideIndexRefresh: a backup, with the lock held, lists
+// the snapshots (to find its parent) while it lists the index files, not
+// after: on remote storage that is a round trip less for every backup.
+func TestParentFoundBesideIndexRefresh(t *testing.T) {
+	for _, tc := range orderCases(t) {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			r, f := newFaultyRepo(t)
+			first, err := tc.backup(ctx, r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Each listing waits, once, until the other one has started.
+			meet := func(mine, other chan struct{}) func(context.Context, backend.Handle) error {
+				return func(ctx context.Context, h backend.Handle) error {
+					close(mine)
+					select {
+					case <-other:
+						return nil
+					case <-time.After(5 * time.Second):
+						return fmt.Errorf("listing %s: the other listing did not start beside it", h.Type)
+					}
+				}
+			}
+			idx, snaps := make(chan struct{}), make(chan struct{})
+			f.Add(&backendtest.Rule{Op: backendtest.OpList, Type: backend.IndexFile, Times: 1, Before: meet(idx, snaps)})
+			f.Add(&backendtest.Rule{Op: backendtest.OpList, Type: backend.SnapshotFile, Times: 1, Before: meet(snaps, idx)})
+			sn, err := tc.backup(ctx, r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sn.Parent == nil || *sn.Parent != first.ID {
+				t.Errorf("parent %v, want %s", sn.Parent, first.ID.Short())
 			}
 		})
 	}

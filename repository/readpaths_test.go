@@ -180,7 +180,7 @@ func TestTreesLoadByLevel(t *testing.T) {
 func TestRestoreIncludeBelowSharedSubtree(t *testing.T) {
 	ctx := context.Background()
 	r, _ := newTestRepo(t, false)
-	w, err := r.beginWrite(ctx, false)
+	w, err := r.beginWrite(ctx, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,9 +40,11 @@ type writeSession struct {
 
 // beginWrite takes a shared lock and refreshes the index strictly, so that
 // deduplication sees every blob another process has committed. With
-// leftovers, it also starts removing old partial uploads. The caller must
-// call end.
-func (r *Repository) beginWrite(ctx context.Context, leftovers bool) (*writeSession, error) {
+// leftovers, it also starts removing old partial uploads. alongside, if
+// not nil, runs at the same time as the refresh, under the lock (a backup
+// lists the snapshots there to find its parent): on remote storage each is
+// a round trip, and neither needs the other. The caller must call end.
+func (r *Repository) beginWrite(ctx context.Context, leftovers bool, alongside func(context.Context) error) (*writeSession, error) {
 	lock, err := r.Lock(ctx, false)
 	if err != nil {
 		return nil, err
@@ -51,7 +53,12 @@ func (r *Repository) beginWrite(ctx context.Context, leftovers bool) (*writeSess
 	if leftovers {
 		w.leftovers = r.removeOldLeftovers(ctx)
 	}
-	if err := r.refreshIndex(ctx, true); err != nil {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return r.refreshIndex(gctx, true) })
+	if alongside != nil {
+		g.Go(func() error { return alongside(gctx) })
+	}
+	if err := g.Wait(); err != nil {
 		w.end()
 		return nil, err
 	}

@@ -19,18 +19,16 @@ func (r *Repository) BackupStream(ctx context.Context, name string, rd io.Reader
 	if err := format.CheckName(name); err != nil {
 		return nil, fmt.Errorf("backup stream: %w", err)
 	}
-	w, err := r.beginWrite(ctx, true)
+	var parent *Snapshot
+	w, err := r.beginWrite(ctx, true, func(ctx context.Context) (err error) {
+		parent, err = r.findParent(ctx, &opts)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("backup stream %q: %w", name, err)
 	}
 	defer w.end()
 	w.commitAsYouGo = true
-	var parent *Snapshot
-	if !opts.NoParent {
-		if parent, _, err = r.parentFor(ctx, &opts); err != nil {
-			return nil, fmt.Errorf("backup stream %q: %w", name, err)
-		}
-	}
 
 	w.start()
 	saver := w.saver
