@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/format"
+	"golang.org/x/sync/errgroup"
 )
 
 // DefaultMaxUnused is the MaxUnused the command line uses unless told
@@ -315,24 +317,56 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, op
 	if err := lock.Valid(); err != nil {
 		return st, err
 	}
-	for id, size := range deletePacks {
-		h := backend.Handle{Type: backend.PackFile, Name: id.String()}
-		if err := r.be.Remove(ctx, h); err != nil && !errors.Is(err, backend.ErrNotExist) {
-			return st, fmt.Errorf("remove %s: %w", h, err)
-		}
-		st.PacksDeleted++
-		st.BytesFreed += size
-	}
 	for _, np := range newPacks {
 		st.BytesFreed -= np.Size
 	}
-	for _, id := range oldIndexes {
-		h := backend.Handle{Type: backend.IndexFile, Name: id.String()}
-		if err := r.be.Remove(ctx, h); err != nil && !errors.Is(err, backend.ErrNotExist) {
-			return st, fmt.Errorf("remove %s: %w", h, err)
-		}
+	packs := make([]backend.Handle, 0, len(deletePacks))
+	sizes := make([]int64, 0, len(deletePacks))
+	for id, size := range deletePacks {
+		packs = append(packs, backend.Handle{Type: backend.PackFile, Name: id.String()})
+		sizes = append(sizes, size)
+	}
+	if err := r.removeFiles(ctx, packs, func(i int) {
+		st.PacksDeleted++
+		st.BytesFreed += sizes[i]
+	}); err != nil {
+		return st, err
+	}
+	indexes := make([]backend.Handle, len(oldIndexes))
+	for i, id := range oldIndexes {
+		indexes[i] = backend.Handle{Type: backend.IndexFile, Name: id.String()}
+	}
+	if err := r.removeFiles(ctx, indexes, func(int) {}); err != nil {
+		return st, err
 	}
 	return st, r.loadIndex(ctx)
+}
+
+// removeFiles removes the objects hs, several at once: on remote storage
+// each removal is a round trip or two, and a prune after a large forget
+// removes thousands of packs. removed(i) is called, one call at a time,
+// for each object gone (a missing one counts as gone). The first failure
+// stops it and is returned, naming its object; the removals already
+// started finish.
+func (r *Repository) removeFiles(ctx context.Context, hs []backend.Handle, removed func(i int)) error {
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(r.readers(4))
+	for i, h := range hs {
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error {
+			if err := r.be.Remove(gctx, h); err != nil && !errors.Is(err, backend.ErrNotExist) {
+				return fmt.Errorf("remove %s: %w", h, err)
+			}
+			mu.Lock()
+			removed(i)
+			mu.Unlock()
+			return nil
+		})
+	}
+	return g.Wait()
 }
 
 // prunePlan is what prune does with the indexed packs.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/backend/backendtest"
 	"github.com/custos-backup/custos/repository/format"
 )
 
@@ -578,4 +579,71 @@ func TestPruneBadOptions(t *testing.T) {
 		t.Fatalf("lock after refused prunes: %v", err)
 	}
 	_ = l.Unlock(ctx)
+}
+
+// TestPruneRemovesSeveralAtOnce: prune removes the packs it frees several
+// at a time (on S3 each removal is a round trip or two, and a prune after
+// a large forget frees thousands), counts exactly those it removed, and a
+// removal that fails stops it with an error naming the pack.
+func TestPruneRemovesSeveralAtOnce(t *testing.T) {
+	cases := []struct {
+		name string
+		fail bool
+	}{
+		{"all removed", false},
+		{"one removal fails", true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			r, f := newFaultyRepo(t)
+			keep, gone := t.TempDir(), t.TempDir()
+			writeRandomFiles(t, keep, "k", 3, 300<<10, 1)
+			writeRandomFiles(t, gone, "g", 8, 300<<10, 50)
+			kept := backupDir(t, r, keep, "keep")
+			forgotten := backupDir(t, r, gone, "gone")
+			if err := r.RemoveSnapshots(ctx, forgotten.ID); err != nil {
+				t.Fatal(err)
+			}
+			before := storedPacks(t, r)
+			if tc.fail {
+				f.Add(&backendtest.Rule{Op: backendtest.OpRemove, Type: backend.PackFile, Skip: 1, Times: 1, Before: backendtest.Fail("refused")})
+			} else {
+				// The first two removals each wait until the other has
+				// started: one after another, they would wait in vain.
+				var started sync.WaitGroup
+				started.Add(2)
+				f.Add(&backendtest.Rule{Op: backendtest.OpRemove, Type: backend.PackFile, Times: 2, Before: func(ctx context.Context, h backend.Handle) error {
+					started.Done()
+					both := make(chan struct{})
+					go func() { started.Wait(); close(both) }()
+					select {
+					case <-both:
+						return nil
+					case <-time.After(5 * time.Second):
+						return fmt.Errorf("%s: removed alone, no other removal started beside it", h)
+					}
+				}})
+			}
+			st, err := r.Prune(ctx, PruneOptions{})
+			after := storedPacks(t, r)
+			if removed := len(before) - len(after); st.PacksDeleted != removed {
+				t.Errorf("prune says it deleted %d packs; %d are gone", st.PacksDeleted, removed)
+			}
+			if tc.fail {
+				if !errors.Is(err, backendtest.ErrInjected) || !strings.Contains(err.Error(), "data/") {
+					t.Fatalf("prune with a pack removal failing: %v, want the fault naming the pack", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.PacksDeleted < 3 {
+				t.Errorf("prune deleted %d packs, want the forgotten backup's (at least 3)", st.PacksDeleted)
+			}
+			mustCheckClean(t, r, true)
+			restoreCompare(t, r, kept, keep)
+		})
+	}
 }
