@@ -84,7 +84,7 @@ type RepositorySpec struct {
 	// on the repository's storage (repository.SetConnections); 0 means the
 	// backend's default (16 on S3; on a local folder, by the CPUs).
 	Connections int
-	// CacheDir is work_dir/cache: where the snapshot and index files of a
+	// CacheDir is work_dir/cache: where the snapshot and index files and tree packs of a
 	// repository on S3 are kept, so that each is fetched once
 	// (repository/backend/cache).
 	CacheDir string

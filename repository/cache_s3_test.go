@@ -11,6 +11,7 @@ import (
 	"github.com/custos-backup/custos/repository/backend/backendtest"
 	"github.com/custos-backup/custos/repository/backend/cache"
 	"github.com/custos-backup/custos/repository/backend/location"
+	"github.com/custos-backup/custos/repository/format"
 )
 
 // TestCacheS3 runs a repository on a real S3 server through the cache, as
@@ -27,6 +28,7 @@ func TestCacheS3(t *testing.T) {
 	dir := t.TempDir()
 	// open is one process: the S3 backend as location makes it, counted
 	// by a Faulty below the cache.
+	var packLoads *backendtest.Rule // of the latest open
 	open := func(create bool) (*Repository, *backendtest.Faulty, *backendtest.Rule, *backendtest.Rule) {
 		t.Helper()
 		openBE := location.Open
@@ -40,8 +42,10 @@ func TestCacheS3(t *testing.T) {
 		f := backendtest.NewFaulty(be)
 		snapLoads := &backendtest.Rule{Op: backendtest.OpLoad, Type: backend.SnapshotFile}
 		idxLoads := &backendtest.Rule{Op: backendtest.OpLoad, Type: backend.IndexFile}
+		packLoads = &backendtest.Rule{Op: backendtest.OpLoad, Type: backend.PackFile}
 		f.Add(snapLoads)
 		f.Add(idxLoads)
+		f.Add(packLoads)
 		c, err := cache.New(f, dir)
 		if err != nil {
 			t.Fatal(err)
@@ -60,6 +64,7 @@ func TestCacheS3(t *testing.T) {
 	}
 	src := t.TempDir()
 	writeRandomFiles(t, src, "f", 4, 100<<10, 7)
+	writeRandomFiles(t, filepath.Join(src, "sub", "deeper"), "g", 2, 10<<10, 70)
 	r1, f1, _, _ := open(true)
 	for _, ds := range []string{"a", "b", "c"} {
 		backupDir(t, r1, src, ds)
@@ -73,6 +78,18 @@ func TestCacheS3(t *testing.T) {
 	}
 	if n, m := f2.Hits(snaps2), f2.Hits(idx2); n != 0 || m != 0 {
 		t.Fatalf("a process sharing the cache fetched %d snapshot and %d index files from S3, want none", n, m)
+	}
+	// The parent's trees, three levels, come from the copy of the tree
+	// pack the first process saved through the cache.
+	if n := f2.Hits(packLoads); n != 0 {
+		t.Fatalf("a process sharing the cache loaded %d packs from S3 for a backup with nothing new, want none", n)
+	}
+	// Check reads the trees from S3, not from the copy.
+	if _, err := r2.Check(ctx, CheckOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if n := f2.Hits(packLoads); n == 0 {
+		t.Fatal("check read the trees from the cache's copy of their pack, not from S3")
 	}
 	target := t.TempDir()
 	if _, err := r2.Restore(ctx, sn, target, RestoreOptions{}); err != nil {
@@ -102,5 +119,74 @@ func TestCacheS3(t *testing.T) {
 	p := findProblem(t, res, "index/"+victim)
 	if p == nil {
 		t.Fatalf("check did not report the damaged index file: %+v", res.Problems)
+	}
+}
+
+// TestCachedTreePacksFollowTheIndex: a copy of a tree pack that a prune
+// elsewhere (not through this cache) deleted is dropped when the
+// repository is next opened through the cache, and the copies of packs
+// still indexed stay.
+func TestCachedTreePacksFollowTheIndex(t *testing.T) {
+	ctx := context.Background()
+	be, _ := newBackend(t)
+	c, err := cache.New(be, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Init(ctx, c, InitOptions{Password: []byte("pw"), kdfParams: cheapKDF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep, gone := t.TempDir(), t.TempDir()
+	writeRandomFiles(t, filepath.Join(keep, "k"), "k", 2, 10<<10, 1)
+	writeRandomFiles(t, filepath.Join(gone, "g"), "g", 2, 10<<10, 2)
+	backupDir(t, r, keep, "keep")
+	forgotten := backupDir(t, r, gone, "gone")
+	copies := func() map[string]bool {
+		t.Helper()
+		ents, err := os.ReadDir(filepath.Join(c.Dir(), string(backend.PackFile)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for _, e := range ents {
+			out[e.Name()] = true
+		}
+		return out
+	}
+	before := copies()
+	if len(before) != 2 {
+		t.Fatalf("%d tree packs kept by the cache after two backups, want 2", len(before))
+	}
+	_ = r.Close()
+
+	// Another host, no cache: forget and prune.
+	other, err := Open(ctx, be, []byte("pw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.RemoveSnapshots(ctx, forgotten.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Prune(ctx, PruneOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := Open(ctx, c, []byte("pw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	after := copies()
+	for name := range before {
+		id, err := format.ParseID(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if indexed := r2.index().HasPack(id); after[name] != indexed {
+			t.Errorf("tree pack %s: indexed %v, copy kept %v", id.Short(), indexed, after[name])
+		}
+	}
+	if len(after) != 1 {
+		t.Errorf("%d copies after the prune, want the kept dataset's tree pack only", len(after))
 	}
 }

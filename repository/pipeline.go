@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/format"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
@@ -318,6 +319,7 @@ type finishedPack struct {
 	p  *packBuilder
 	// token: the pack holds one of packTokens, which its upload returns.
 	token bool
+	trees bool // a pack of trees
 }
 
 // packLoop packs sealed blobs. Trees go into packs of their own, as
@@ -346,7 +348,7 @@ func (s *blobSaver) packLoop() error {
 			return err
 		}
 		select {
-		case s.toSave <- &finishedPack{id: id, p: p, token: token}:
+		case s.toSave <- &finishedPack{id: id, p: p, token: token, trees: pp == &trees}:
 			*pp = nil
 			return nil
 		case <-s.ctx.Done():
@@ -436,7 +438,12 @@ func (s *blobSaver) saveLoop() error {
 
 func (s *blobSaver) savePack(fp *finishedPack) error {
 	p := fp.p
-	if err := p.save(s.ctx, s.r.be, fp.id); err != nil {
+	ctx := s.ctx
+	if fp.trees {
+		// Read again by every walk of a snapshot: a cache keeps it.
+		ctx = backend.CachePack(ctx)
+	}
+	if err := p.save(ctx, s.r.be, fp.id); err != nil {
 		return err
 	}
 	ip := format.IndexPack{ID: fp.id, Size: p.size, Blobs: p.blobs}

@@ -173,7 +173,30 @@ func Open(ctx context.Context, be backend.Backend, password []byte) (*Repository
 	if err := r.loadIndexSkipDamaged(ctx, pre); err != nil {
 		return nil, fmt.Errorf("open %s: load index: %w", be.Location(), err)
 	}
+	r.retainPackCopies()
 	return r, nil
+}
+
+// packRetainer is a cache that keeps copies of packs (backend/cache).
+type packRetainer interface {
+	RetainPacks(keep func(name string) bool) int
+}
+
+// retainPackCopies drops the cached copies of packs the index no longer
+// names: pruned since, by this host or another.
+func (r *Repository) retainPackCopies() {
+	pr, ok := backend.As[packRetainer](r.be)
+	if !ok {
+		return
+	}
+	x := r.index()
+	n := pr.RetainPacks(func(name string) bool {
+		id, err := format.ParseID(name)
+		return err == nil && x.HasPack(id)
+	})
+	if n > 0 {
+		r.log.Debug("removed cached copies of packs no longer in the index", "repository", r.be.Location(), "copies", n)
+	}
 }
 
 // openConfig opens the repository in be without loading its index.

@@ -8,12 +8,13 @@ import (
 	"runtime"
 	"sync"
 
+	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/format"
 )
 
 // loadTree loads, verifies and decodes a tree blob.
 func (r *Repository) loadTree(ctx context.Context, id ID) (*format.Tree, error) {
-	b, err := r.loadBlob(ctx, TreeBlob, id, nil)
+	b, err := r.loadBlob(backend.CachePack(ctx), TreeBlob, id, nil)
 	if err != nil {
 		return nil, fmt.Errorf("load tree: %w", err)
 	}
@@ -59,7 +60,8 @@ func (r *Repository) loadTrees(ctx context.Context, ids []ID, keepRaw bool) (map
 		want[pack] = append(want[pack], pb)
 	}
 	var mu sync.Mutex
-	err := readPackSet(ctx, r, want, r.readers(treeWorkers()), func(_ ID, b readBlob) error {
+	// Tree packs are marked for a cache to keep whole (backend.CachePack).
+	err := readPackSet(backend.CachePack(ctx), r, want, r.readers(treeWorkers()), func(_ ID, b readBlob) error {
 		var lt loadedTree
 		if b.Err != nil {
 			lt.err = fmt.Errorf("load tree: %w", b.Err)

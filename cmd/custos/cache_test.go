@@ -11,8 +11,8 @@ import (
 )
 
 // TestRepoCacheS3: commands on an S3 repository keep its snapshot and
-// index files under $CUSTOS_CACHE_DIR (or --cache-dir), and keep nothing
-// with --no-cache; a local repository has no cache.
+// index files and its tree packs under $CUSTOS_CACHE_DIR (or --cache-dir),
+// and keep nothing with --no-cache; a local repository has no cache.
 func TestRepoCacheS3(t *testing.T) {
 	ctx := context.Background()
 	srv := s3server.Start(t)
@@ -41,8 +41,8 @@ func TestRepoCacheS3(t *testing.T) {
 		flags      []string
 		env, flag  int // copies expected under $CUSTOS_CACHE_DIR and --cache-dir
 	}{
-		{"env", srv.URL("custos", "env"), nil, 2, 0},
-		{"flag", srv.URL("custos", "flag"), []string{"--cache-dir", filepath.Join(dir, "flag-cache")}, 0, 2},
+		{"env", srv.URL("custos", "env"), nil, 3, 0},
+		{"flag", srv.URL("custos", "flag"), []string{"--cache-dir", filepath.Join(dir, "flag-cache")}, 0, 3},
 		{"no-cache", srv.URL("custos", "none"), []string{"--no-cache"}, 0, 0},
 		{"local", filepath.Join(dir, "local"), nil, 0, 0},
 	} {
@@ -61,7 +61,7 @@ func TestRepoCacheS3(t *testing.T) {
 			if out := run("snapshots"); !strings.Contains(out, "d") {
 				t.Fatalf("snapshots: %s", out)
 			}
-			// a snapshot and an index file
+			// a snapshot, an index file and the pack of the trees
 			if got := copies(env) - before; got != tc.env {
 				t.Errorf("%d copies under $CUSTOS_CACHE_DIR, want %d", got, tc.env)
 			}

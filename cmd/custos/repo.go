@@ -33,7 +33,7 @@ type repoFlags struct {
 	noCache         bool
 }
 
-// locationOptions: a remote repository's snapshot and index files are kept
+// locationOptions: a remote repository's snapshot and index files and tree packs are kept
 // under --cache-dir, else $CUSTOS_CACHE_DIR, else the user's cache folder
 // (~/.cache/custos/repositories), unless --no-cache.
 func (f *repoFlags) locationOptions() location.Options {
@@ -78,8 +78,8 @@ ignored.`,
 	cmd.MarkFlagsMutuallyExclusive("password-file", "password-command")
 	pf.BoolVarP(&f.quiet, "quiet", "q", false, "print no progress")
 	pf.IntVar(&f.connections, "connections", 0, "requests to keep in flight on the repository's storage (default: 16 on S3; on a local folder, by the CPUs)")
-	pf.StringVar(&f.cacheDir, "cache-dir", "", "where copies of an S3 repository's snapshot and index files are kept (default $CUSTOS_CACHE_DIR, then ~/.cache/custos/repositories)")
-	pf.BoolVar(&f.noCache, "no-cache", false, "keep no copies of an S3 repository's snapshot and index files")
+	pf.StringVar(&f.cacheDir, "cache-dir", "", "where copies of an S3 repository's snapshot and index files and tree packs are kept (default $CUSTOS_CACHE_DIR, then ~/.cache/custos/repositories)")
+	pf.BoolVar(&f.noCache, "no-cache", false, "keep no copies of an S3 repository's files")
 	cmd.AddCommand(
 		newRepoInitCmd(f),
 		newRepoBackupCmd(f),

@@ -96,6 +96,26 @@ func IsUncached(ctx context.Context) bool {
 	return v
 }
 
+// cachePackKey marks a context whose pack loads and saves are of packs
+// read again and again.
+type cachePackKey struct{}
+
+// CachePack returns ctx marked so that a caching wrapper
+// (repository/backend/cache) may keep a whole copy of each pack loaded or
+// saved with it, and serve later ranged loads of that pack from the copy.
+// The repository marks the packs that hold its trees: every backup reads
+// its parent's trees, and every restore, find and listing reads trees, a
+// level of folders at a time, each level a round trip on remote storage.
+func CachePack(ctx context.Context) context.Context {
+	return context.WithValue(ctx, cachePackKey{}, true)
+}
+
+// IsCachePack reports whether ctx was marked by CachePack.
+func IsCachePack(ctx context.Context) bool {
+	v, _ := ctx.Value(cachePackKey{}).(bool)
+	return v
+}
+
 // ErrArchived is returned (wrapped) by Load of an object kept in an archive
 // storage class (S3 GLACIER, DEEP_ARCHIVE) that has not been restored.
 var ErrArchived = errors.New("object is archived")

@@ -133,6 +133,14 @@ func (x *Index) PackIDs() []format.ID {
 	return slices.Clone(x.packs)
 }
 
+// HasPack reports whether the index knows the pack id.
+func (x *Index) HasPack(id format.ID) bool {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	_, ok := x.packNum[id]
+	return ok
+}
+
 // Each calls fn for every blob with its pack, under the read lock (fn must
 // not call back into x).
 func (x *Index) Each(fn func(h format.BlobHandle, pack format.ID)) {

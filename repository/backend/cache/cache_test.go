@@ -282,3 +282,168 @@ func TestLargeObjectsPassThrough(t *testing.T) {
 		t.Fatalf("%d loads reached the storage, want 2", n)
 	}
 }
+
+// loadRange reads length bytes at offset of h through be.
+func loadRange(t *testing.T, be backend.Backend, ctx context.Context, h backend.Handle, length int, offset int64) []byte {
+	t.Helper()
+	rd, err := be.Load(ctx, h, length, offset)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	b, err := io.ReadAll(rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestMarkedPacks: a pack loaded with backend.CachePack is fetched whole
+// once and its ranges served from the copy, also to another process
+// sharing the folder and after it was saved through the cache; unmarked
+// and uncached loads, and packs over the limit, read ranges from the
+// storage; a damaged copy is fetched again; a listing, a removal and
+// RetainPacks drop the copies of packs that are gone.
+func TestMarkedPacks(t *testing.T) {
+	ctx := context.Background()
+	marked := backend.CachePack(ctx)
+	pack := make([]byte, 100<<10)
+	for i := range pack {
+		pack[i] = byte(i * 7 % 251)
+	}
+	h := named(backend.PackFile, pack)
+	ranges := []struct {
+		length int
+		offset int64
+	}{{100, 0}, {4096, 5000}, {0, 90 << 10}, {1, int64(len(pack) - 1)}}
+	readAll := func(t *testing.T, be backend.Backend, ctx context.Context) {
+		t.Helper()
+		for _, r := range ranges {
+			want := pack[r.offset:]
+			if r.length > 0 {
+				want = want[:r.length]
+			}
+			if got := loadRange(t, be, ctx, h, r.length, r.offset); !bytes.Equal(got, want) {
+				t.Fatalf("range %d at %d: %d bytes, not the pack's", r.length, r.offset, len(got))
+			}
+		}
+	}
+	cases := []struct {
+		name string
+		// prepare stores the pack and may do more; it returns the
+		// context the loads use and how many of them reach the storage.
+		prepare    func(t *testing.T, f *fixture) (context.Context, int)
+		copyAfter  bool
+		otherFinds bool // a second process sharing the folder finds the copy
+	}{
+		{"marked", func(t *testing.T, f *fixture) (context.Context, int) {
+			f.save(t, f.store, h, pack)
+			return marked, 1
+		}, true, true},
+		{"saved through the cache", func(t *testing.T, f *fixture) (context.Context, int) {
+			if err := f.c.Save(marked, h, bytes.NewReader(pack), int64(len(pack))); err != nil {
+				t.Fatal(err)
+			}
+			return marked, 0
+		}, true, true},
+		{"not marked", func(t *testing.T, f *fixture) (context.Context, int) {
+			f.save(t, f.store, h, pack)
+			return ctx, len(ranges)
+		}, false, false},
+		{"marked but uncached", func(t *testing.T, f *fixture) (context.Context, int) {
+			f.save(t, f.store, h, pack)
+			return backend.Uncached(marked), len(ranges)
+		}, false, false},
+		{"over the limit", func(t *testing.T, f *fixture) (context.Context, int) {
+			cache.SetMaxPackCopy(f.c, len(pack)-1)
+			f.save(t, f.store, h, pack)
+			// One whole load finds it too large; then ranges.
+			return marked, 1 + len(ranges)
+		}, false, false},
+		{"damaged copy", func(t *testing.T, f *fixture) (context.Context, int) {
+			f.save(t, f.store, h, pack)
+			bad := bytes.Clone(pack)
+			bad[10] ^= 1
+			if err := os.MkdirAll(filepath.Dir(f.copyOf(h)), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(f.copyOf(h), bad, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return marked, 1
+		}, true, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			f := newFixture(t, root)
+			lctx, want := tc.prepare(t, f)
+			before := f.store.Hits(f.loads)
+			readAll(t, f.c, lctx)
+			if n := f.store.Hits(f.loads) - before; n != want {
+				t.Errorf("%d loads reached the storage, want %d", n, want)
+			}
+			if _, err := os.Stat(f.copyOf(h)); (err == nil) != tc.copyAfter {
+				t.Errorf("copy kept: %v, want %v", err == nil, tc.copyAfter)
+			}
+			g := wrap(t, f.store.Backend, root)
+			readAll(t, g.c, marked)
+			if n := g.store.Hits(g.loads); (n == 0) != tc.otherFinds {
+				t.Errorf("a second process sharing the folder made %d loads from the storage", n)
+			}
+		})
+	}
+
+	t.Run("damaged in the storage", func(t *testing.T) {
+		f := newFixture(t, t.TempDir())
+		bad := bytes.Clone(pack)
+		bad[10] ^= 1
+		f.save(t, f.store, h, bad)
+		for range 2 {
+			// Each load returns the stored bytes, for the repository to
+			// report, and keeps no copy.
+			if got := loadRange(t, f.c, marked, h, 100, 0); !bytes.Equal(got, bad[:100]) {
+				t.Fatal("a range of a pack damaged in the storage is not the stored bytes")
+			}
+		}
+		if _, err := os.Stat(f.copyOf(h)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("a pack whose bytes do not match its name was copied: %v", err)
+		}
+		ents, _ := os.ReadDir(filepath.Dir(f.copyOf(h)))
+		if len(ents) != 0 {
+			t.Errorf("the folder holds %d files after the fetches, want none", len(ents))
+		}
+	})
+
+	t.Run("gone", func(t *testing.T) {
+		f := newFixture(t, t.TempDir())
+		other := []byte("another pack")
+		ho := named(backend.PackFile, other)
+		f.save(t, f.store, h, pack)
+		f.save(t, f.store, ho, other)
+		readAll(t, f.c, marked)
+		loadRange(t, f.c, marked, ho, 0, 0)
+		if n := f.c.RetainPacks(func(name string) bool { return name == ho.Name }); n != 1 {
+			t.Errorf("RetainPacks removed %d copies, want 1", n)
+		}
+		if _, err := os.Stat(f.copyOf(h)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the copy of a pack the index no longer names survived RetainPacks: %v", err)
+		}
+		// Removed through the cache: the copy goes too.
+		if err := f.c.Remove(ctx, ho); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(f.copyOf(ho)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the copy of a removed pack survived: %v", err)
+		}
+		// Removed by another host: the next listing drops the copy.
+		readAll(t, f.c, marked)
+		if err := f.store.Remove(ctx, h); err != nil {
+			t.Fatal(err)
+		}
+		f.list(t, backend.PackFile)
+		if _, err := os.Stat(f.copyOf(h)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the copy of a pack no longer listed survived the listing: %v", err)
+		}
+	})
+}

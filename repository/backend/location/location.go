@@ -11,7 +11,7 @@
 // An S3 backend comes wrapped in repository/backend/retry, so that its
 // failed requests are retried with backoff before they are reported, and,
 // when Options name a cache folder, in repository/backend/cache, so that
-// its snapshot and index files are fetched once. A local folder has no
+// its snapshot and index files and tree packs are fetched once. A local folder has no
 // cache: it would only copy files from one disk to another.
 //
 // S3 credentials and region come from the standard AWS chain
