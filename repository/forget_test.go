@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/backend/backendtest"
 	"github.com/custos-backup/custos/repository/format"
 )
 
@@ -205,10 +208,12 @@ func TestApplyPolicyKeepsBackupsWhole(t *testing.T) {
 }
 
 // failingRemover is forget's repository, failing the removal of one
-// snapshot and counting the removals it lets through.
+// snapshot and recording the removals it lets through.
 type failingRemover struct {
 	snapshotRemover
-	fail    ID
+	fail ID
+
+	mu      sync.Mutex
 	removed []ID
 }
 
@@ -216,14 +221,16 @@ func (f *failingRemover) removeSnapshot(ctx context.Context, id ID) error {
 	if id == f.fail {
 		return fmt.Errorf("remove snapshots/%s: %w", id, errRoleFault)
 	}
+	f.mu.Lock()
 	f.removed = append(f.removed, id)
+	f.mu.Unlock()
 	return f.snapshotRemover.removeSnapshot(ctx, id)
 }
 
 // TestForgetThroughSnapshotRemover: a removal that fails stops forget with
-// an error naming the snapshot; the snapshots removed before it are gone,
-// the rest stay, none of the kept ones is touched, and the repository
-// still checks clean (forget never goes below snapshot files).
+// an error naming the snapshot, which stays; none of the kept ones is
+// touched; the repository still checks clean (forget never goes below
+// snapshot files); and forget run again removes what is left.
 func TestForgetThroughSnapshotRemover(t *testing.T) {
 	ctx := context.Background()
 	r, _ := newSmallPackRepo(t, "pw")
@@ -233,21 +240,75 @@ func TestForgetThroughSnapshotRemover(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	_, plan, err := forget(ctx, r, RetentionPolicy{Last: 1}, true, time.UTC)
-	if err != nil || len(plan) != 4 {
-		t.Fatalf("dry run: %d to remove, %v", len(plan), err)
+	keep, plan, err := forget(ctx, r, RetentionPolicy{Last: 1}, true, time.UTC)
+	if err != nil || len(plan) != 4 || len(keep) != 1 {
+		t.Fatalf("dry run: %d to keep, %d to remove, %v", len(keep), len(plan), err)
 	}
 	fr := &failingRemover{snapshotRemover: r, fail: plan[2].ID}
 	_, _, err = forget(ctx, fr, RetentionPolicy{Last: 1}, false, time.UTC)
 	if !errors.Is(err, errRoleFault) || !strings.Contains(err.Error(), plan[2].ID.String()) {
 		t.Fatalf("forget with the third removal failing: %v, want the fault naming %s", err, plan[2].ID.Short())
 	}
-	if len(fr.removed) != 2 || fr.removed[0] != plan[0].ID || fr.removed[1] != plan[1].ID {
-		t.Errorf("removed %v before the failure, want the two oldest", fr.removed)
-	}
 	left, err := r.Snapshots(ctx)
-	if err != nil || len(left) != 3 {
-		t.Fatalf("after the failed forget: %d snapshots, %v; want 3", len(left), err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[ID]bool{}
+	for _, sn := range left {
+		have[sn.ID] = true
+	}
+	if !have[keep[0].ID] || !have[plan[2].ID] {
+		t.Errorf("after the failed forget: kept snapshot there %v, failed one there %v; want both", have[keep[0].ID], have[plan[2].ID])
+	}
+	for _, id := range fr.removed {
+		if have[id] {
+			t.Errorf("snapshot %s was removed, but is still listed", id.Short())
+		}
+	}
+	if len(left) != 5-len(fr.removed) {
+		t.Errorf("%d snapshots left after %d removals of 5", len(left), len(fr.removed))
 	}
 	mustCheckClean(t, r, true)
+	if _, removed, err := forget(ctx, r, RetentionPolicy{Last: 1}, false, time.UTC); err != nil || len(removed) != 5-1-len(fr.removed) {
+		t.Fatalf("forget again: removed %d, %v", len(removed), err)
+	}
+	if left, err := r.Snapshots(ctx); err != nil || len(left) != 1 || left[0].ID != keep[0].ID {
+		t.Fatalf("after forget again: %d snapshots, %v; want only the kept one", len(left), err)
+	}
+	mustCheckClean(t, r, true)
+}
+
+// TestForgetRemovesSeveralAtOnce: forget removes snapshot files several at
+// a time (a repository shared by many datasets loses hundreds a day, each
+// a round trip or two on S3).
+func TestForgetRemovesSeveralAtOnce(t *testing.T) {
+	ctx := context.Background()
+	r, f := newFaultyRepo(t)
+	base := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
+	for i := range 4 {
+		if _, err := r.BackupStream(ctx, "f", strings.NewReader(fmt.Sprint(i)), BackupOptions{Dataset: "a", Host: "h", Time: base.AddDate(0, 0, i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first two removals each wait until the other has started: one
+	// after another, they would wait in vain.
+	var started sync.WaitGroup
+	started.Add(2)
+	f.Add(&backendtest.Rule{Op: backendtest.OpRemove, Type: backend.SnapshotFile, Times: 2, Before: func(ctx context.Context, h backend.Handle) error {
+		started.Done()
+		both := make(chan struct{})
+		go func() { started.Wait(); close(both) }()
+		select {
+		case <-both:
+			return nil
+		case <-time.After(5 * time.Second):
+			return fmt.Errorf("%s: removed alone, no other removal started beside it", h)
+		}
+	}})
+	if _, removed, err := r.Forget(ctx, RetentionPolicy{Last: 1}, false); err != nil || len(removed) != 3 {
+		t.Fatalf("forget: removed %d, %v", len(removed), err)
+	}
+	if left, err := r.Snapshots(ctx); err != nil || len(left) != 1 {
+		t.Fatalf("after forget: %d snapshots, %v", len(left), err)
+	}
 }

@@ -7,12 +7,10 @@ import (
 	"fmt"
 	"math"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/format"
-	"golang.org/x/sync/errgroup"
 )
 
 // DefaultMaxUnused is the MaxUnused the command line uses unless told
@@ -340,33 +338,6 @@ func (r *Repository) prune(ctx context.Context, lock *Lock, tStart time.Time, op
 		return st, err
 	}
 	return st, r.loadIndex(ctx)
-}
-
-// removeFiles removes the objects hs, several at once: on remote storage
-// each removal is a round trip or two, and a prune after a large forget
-// removes thousands of packs. removed(i) is called, one call at a time,
-// for each object gone (a missing one counts as gone). The first failure
-// stops it and is returned, naming its object; the removals already
-// started finish.
-func (r *Repository) removeFiles(ctx context.Context, hs []backend.Handle, removed func(i int)) error {
-	var mu sync.Mutex
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(r.readers(4))
-	for i, h := range hs {
-		if gctx.Err() != nil {
-			break
-		}
-		g.Go(func() error {
-			if err := r.be.Remove(gctx, h); err != nil && !errors.Is(err, backend.ErrNotExist) {
-				return fmt.Errorf("remove %s: %w", h, err)
-			}
-			mu.Lock()
-			removed(i)
-			mu.Unlock()
-			return nil
-		})
-	}
-	return g.Wait()
 }
 
 // prunePlan is what prune does with the indexed packs.
