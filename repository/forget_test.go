@@ -221,10 +221,13 @@ func (f *failingRemover) removeSnapshot(ctx context.Context, id ID) error {
 	if id == f.fail {
 		return fmt.Errorf("remove snapshots/%s: %w", id, errRoleFault)
 	}
+	if err := f.snapshotRemover.removeSnapshot(ctx, id); err != nil {
+		return err
+	}
 	f.mu.Lock()
 	f.removed = append(f.removed, id)
 	f.mu.Unlock()
-	return f.snapshotRemover.removeSnapshot(ctx, id)
+	return nil
 }
 
 // TestForgetThroughSnapshotRemover: a removal that fails stops forget with

@@ -22,7 +22,9 @@ func removeEach(ctx context.Context, n, limit int, remove func(ctx context.Conte
 		if gctx.Err() != nil {
 			break
 		}
-		g.Go(func() error { return remove(gctx, i) })
+		// ctx, not gctx: a removal under way is not cut off by another's
+		// failure.
+		g.Go(func() error { return remove(ctx, i) })
 	}
 	return g.Wait()
 }
