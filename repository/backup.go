@@ -911,9 +911,12 @@ func (w *chunkWorker) readFile(p string, want *syscall.Stat_t, old *format.Node)
 			return nil, err
 		}
 	} else {
-		// The channel is unbuffered: the hand-off costs one chunk buffer,
-		// the one being cut while the previous one is hashed.
-		cuts := make(chan cutChunk)
+		// Two chunks may wait between the cutter and the hasher, so that
+		// neither waits for the other whenever one chunk takes the one
+		// longer and the next the other (an unbuffered hand-off, which
+		// holds one chunk buffer less, made a file that grew at its end
+		// take 300 ms instead of 280 for 210 MiB on tmpfs).
+		cuts := make(chan cutChunk, 2)
 		stored := make(chan struct{})
 		// stop ends cutChunks when storing failed; storeErr is reported.
 		stop := errors.New("storing the chunks failed")
