@@ -51,3 +51,56 @@ func TestWriteFileNodeDigest(t *testing.T) {
 		})
 	}
 }
+
+// verifyingWriter promises to verify the digest d itself, as a bag's
+// payload writer does.
+type verifyingWriter struct {
+	bytes.Buffer
+	d ID
+}
+
+func (w *verifyingWriter) VerifiesSHA256() [32]byte { return w.d }
+
+// TestWriteFileNodeLeavesDigestToVerifier: a file of several blobs is
+// hashed as a whole only when the writer does not check the node's digest
+// itself. A writer that promises to check exactly that digest gets the
+// bytes without a second check (so a wrong digest passes here, for the
+// writer to catch); one that promises another digest does not.
+func TestWriteFileNodeLeavesDigestToVerifier(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newTestRepo(t, false)
+	src := t.TempDir()
+	large := randBytes(3, 3<<20)
+	writeFile(t, filepath.Join(src, "large"), large, 0o644)
+	sn := backupDir(t, r, src, "d")
+	n, err := findNode(ctx, r, sn.Tree, "large")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(n.Content) < 2 {
+		t.Fatalf("test data: %d blobs, want several", len(n.Content))
+	}
+	wrong := *n
+	wrong.Digest[0] ^= 1
+	other := wrong.Digest
+	other[1] ^= 1
+	for _, tc := range []struct {
+		name     string
+		promised ID
+		wantErr  bool
+	}{
+		{"writer checks the node's digest", wrong.Digest, false},
+		{"writer checks another digest", other, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := &verifyingWriter{d: tc.promised}
+			err := writeFileNode(ctx, r, sn, "large", &wrong, w)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("writeFileNode with a wrong node digest: %v, want error %v", err, tc.wantErr)
+			}
+			if !tc.wantErr && !bytes.Equal(w.Bytes(), large) {
+				t.Fatal("the content written is not the file's")
+			}
+		})
+	}
+}

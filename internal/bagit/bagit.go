@@ -212,7 +212,7 @@ func (b *Bag) AddFile(ctx context.Context, rel string, size int64, sha256Hex str
 	if err != nil {
 		return fmt.Errorf("bag %s: payload file %q: %w", b.name, p, err)
 	}
-	hw := &hashWriter{w: f, h: sha256.New()}
+	hw := &hashWriter{w: f, h: sha256.New(), want: [sha256.Size]byte(want)}
 	// Not synced here: Commit syncs the whole bag at once (one syncfs on
 	// Linux), which for a bag of many small files is most of the time a
 	// sync per file would take.
@@ -238,10 +238,17 @@ func (b *Bag) AddFile(ctx context.Context, rel string, size int64, sha256Hex str
 }
 
 type hashWriter struct {
-	w io.Writer
-	h hash.Hash
-	n int64
+	w    io.Writer
+	h    hash.Hash
+	n    int64
+	want [sha256.Size]byte
 }
+
+// VerifiesSHA256 is the digest the bytes written must have: AddFile checks
+// it once fill returns, and fails the file otherwise. A fill that would
+// hash the same bytes for the same check (a restore of a file against its
+// recorded digest) can leave it to the bag and hash once.
+func (w *hashWriter) VerifiesSHA256() [sha256.Size]byte { return w.want }
 
 func (w *hashWriter) Write(p []byte) (int, error) {
 	n, err := w.w.Write(p)

@@ -380,3 +380,34 @@ func TestAddFileConcurrently(t *testing.T) {
 		}
 	}
 }
+
+// TestWriterSaysWhatItVerifies: the writer AddFile hands to fill says which
+// SHA-256 it will hold the bytes to, so that a fill that would hash them
+// for the same check (a restore against the recorded digest) can leave it
+// to the bag; and it does hold them to it.
+func TestWriterSaysWhatItVerifies(t *testing.T) {
+	_, root := openDir(t)
+	b, err := bagit.Create(root, "bag")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Abort()
+	want := sha256.Sum256([]byte("content"))
+	var promised [32]byte
+	err = b.AddFile(context.Background(), "f.txt", -1, hex.EncodeToString(want[:]), func(w io.Writer) error {
+		v, ok := w.(interface{ VerifiesSHA256() [32]byte })
+		if !ok {
+			return errors.New("the payload writer does not say what it verifies")
+		}
+		promised = v.VerifiesSHA256()
+		_, err := io.WriteString(w, "CONTENT")
+		return err
+	})
+	if promised != want {
+		t.Errorf("the writer says it verifies %x, the recorded digest is %x", promised, want)
+	}
+	var de *bagit.DigestError
+	if !errors.As(err, &de) {
+		t.Fatalf("AddFile of bytes that do not match: %v, want a *DigestError", err)
+	}
+}
