@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/custos-backup/custos/internal/s3server"
 	"github.com/custos-backup/custos/repository/backend"
@@ -188,5 +189,72 @@ func TestCachedTreePacksFollowTheIndex(t *testing.T) {
 	}
 	if len(after) != 1 {
 		t.Errorf("%d copies after the prune, want the kept dataset's tree pack only", len(after))
+	}
+}
+
+// TestCacheKeepsOnlyTreePacks: a tree in a pack that also holds file data
+// (as prune's rewrites made them before they kept trees apart) is read by
+// range, and no copy of that pack is kept; a pack of trees only is kept.
+func TestCacheKeepsOnlyTreePacks(t *testing.T) {
+	ctx := context.Background()
+	be, _ := newBackend(t)
+	c, err := cache.New(be, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Init(ctx, c, InitOptions{Password: []byte("pw"), kdfParams: cheapKDF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	tree := format.EncodeTree(&format.Tree{Nodes: []format.Node{{Name: "f", Type: format.NodeFile, Mode: 0o644}}})
+	data := randBytes(5, 4000)
+	build := func(blobs ...[]byte) ID {
+		t.Helper()
+		var pb packBuilder
+		for i, b := range blobs {
+			typ := TreeBlob
+			if i > 0 {
+				typ = DataBlob
+			}
+			pb.add(typ, format.HashID(b), 0, len(b), r.seal.Seal(nil, b))
+		}
+		if _, err := pb.finish(r.seal, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		id := format.HashID(pb.buf)
+		if err := saveBytes(ctx, be, backend.Handle{Type: backend.PackFile, Name: id.String()}, pb.buf); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.writeIndexes(ctx, []format.IndexPack{{ID: id, Size: int64(len(pb.buf)), Blobs: pb.blobs}}, nil); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	mixed := build(tree, data)
+	if err := r.refreshIndex(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	copyOf := func(id ID) bool {
+		_, err := os.Stat(filepath.Join(c.Dir(), string(backend.PackFile), id.String()))
+		return err == nil
+	}
+	if _, err := r.loadTree(ctx, format.HashID(tree)); err != nil {
+		t.Fatal(err)
+	}
+	if copyOf(mixed) {
+		t.Error("the cache kept a copy of a pack that holds file data")
+	}
+	// The same tree in a pack of its own is kept.
+	other := format.EncodeTree(&format.Tree{Nodes: []format.Node{{Name: "g", Type: format.NodeFile, Mode: 0o644}}})
+	alone := build(other)
+	if err := r.refreshIndex(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.loadTree(ctx, format.HashID(other)); err != nil {
+		t.Fatal(err)
+	}
+	if !copyOf(alone) {
+		t.Error("the cache kept no copy of a pack of trees only")
 	}
 }

@@ -441,7 +441,7 @@ func (s *blobSaver) savePack(fp *finishedPack) error {
 	ctx := s.ctx
 	if fp.trees {
 		// Read again by every walk of a snapshot: a cache keeps it.
-		ctx = backend.CachePack(ctx)
+		ctx = backend.CachePacks(ctx, func(string) bool { return true })
 	}
 	if err := p.save(ctx, s.r.be, fp.id); err != nil {
 		return err

@@ -87,6 +87,7 @@ func TestPrune(t *testing.T) {
 	if r.index().Has(format.DataHandle(goneBlob)) {
 		t.Error("a blob of a forgotten file is still indexed")
 	}
+
 	idx := indexedPacks(r)
 	for id := range after {
 		if !idx[id] {
@@ -646,4 +647,58 @@ func TestPruneRemovesSeveralAtOnce(t *testing.T) {
 			restoreCompare(t, r, kept, keep)
 		})
 	}
+}
+
+// mixedPacks returns the indexed packs that hold trees and data.
+func mixedPacks(r *Repository) []ID {
+	kinds := map[ID]map[BlobType]bool{}
+	r.index().Each(func(h format.BlobHandle, pack ID) {
+		if kinds[pack] == nil {
+			kinds[pack] = map[BlobType]bool{}
+		}
+		kinds[pack][h.Type] = true
+	})
+	var out []ID
+	for pack, k := range kinds {
+		if k[TreeBlob] && k[DataBlob] {
+			out = append(out, pack)
+		}
+	}
+	return out
+}
+
+// TestPruneKeepsTreesApart: when prune rewrites a partly used pack of
+// trees and one of data in the same run, trees and data still land in
+// packs of their own, as a backup writes them: walks of a snapshot read a
+// level of folders from a few ranges of one pack, and a cache keeps only
+// packs of trees.
+func TestPruneKeepsTreesApart(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newSmallPackRepo(t, "pw")
+	src := t.TempDir()
+	writeRandomFiles(t, filepath.Join(src, "keep"), "k", 2, 200<<10, 1)
+	writeRandomFiles(t, filepath.Join(src, "gone"), "g", 2, 200<<10, 2)
+	// One packer: kept and forgotten data share a pack.
+	procs := runtime.GOMAXPROCS(1)
+	backupDir(t, r, src, "a")
+	runtime.GOMAXPROCS(procs)
+	if err := os.RemoveAll(filepath.Join(src, "gone")); err != nil {
+		t.Fatal(err)
+	}
+	s2 := backupDir(t, r, src, "a")
+	if _, removed, err := r.Forget(ctx, RetentionPolicy{Last: 1}, false); err != nil || len(removed) != 1 {
+		t.Fatalf("forget: removed %d, %v", len(removed), err)
+	}
+	st, err := r.Prune(ctx, PruneOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.PacksRewritten < 2 {
+		t.Fatalf("prune rewrote %d packs, want a pack of trees and one of data", st.PacksRewritten)
+	}
+	if m := mixedPacks(r); len(m) != 0 {
+		t.Errorf("%d packs hold trees and data after prune", len(m))
+	}
+	mustCheckClean(t, r, true)
+	restoreCompare(t, r, s2, src)
 }

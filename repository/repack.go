@@ -4,20 +4,25 @@ import (
 	"context"
 	"time"
 
+	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/format"
 )
 
 // repacker writes blobs that are already sealed with this repository's key
 // (prune's rewrite, heal) into new packs, unchanged, through the same pack
 // builder as the blob saver and with the same limit: a pack, header
-// included, stays within pack_size unless one blob alone is larger. Every
-// pack is durable when add or finish returns; none is indexed: the caller
-// writes the index files (after checking its lock), then removes what they
-// supersede.
+// included, stays within pack_size unless one blob alone is larger. Trees
+// go into packs of their own, as the blob saver puts them, so that walks
+// of a snapshot still read a level of folders from a few nearby ranges
+// after a prune, and a cache (backend.CachePacks) still keeps those packs.
+// Every pack is durable when add or finish returns; none is indexed: the
+// caller writes the index files (after checking its lock), then removes
+// what they supersede.
 type repacker struct {
 	r     *Repository
 	ctx   context.Context
-	cur   *packBuilder
+	data  *packBuilder
+	trees *packBuilder
 	packs []format.IndexPack
 	bytes int64 // sealed blob bytes added
 }
@@ -28,28 +33,33 @@ func (r *Repository) newRepacker(ctx context.Context) *repacker {
 
 // add appends one sealed blob described by pb (its offset is ignored).
 func (rp *repacker) add(pb format.PackedBlob, sealed []byte) error {
-	if rp.cur != nil && !rp.cur.fits(rp.r.seal, len(sealed), rp.r.cfg.PackSize) {
-		if err := rp.flush(); err != nil {
+	cur := &rp.data
+	if pb.Type == format.TreeBlob {
+		cur = &rp.trees
+	}
+	if *cur != nil && !(*cur).fits(rp.r.seal, len(sealed), rp.r.cfg.PackSize) {
+		if err := rp.flush(cur); err != nil {
 			return err
 		}
 	}
-	if rp.cur == nil {
+	if *cur == nil {
 		p, err := rp.r.startPack(rp.ctx)
 		if err != nil {
 			return err
 		}
-		rp.cur = p
+		*cur = p
 	}
 	rp.bytes += int64(len(sealed))
-	return rp.cur.add(pb.Type, pb.ID, pb.Flags, int(pb.RawLength), sealed)
+	return (*cur).add(pb.Type, pb.ID, pb.Flags, int(pb.RawLength), sealed)
 }
 
-func (rp *repacker) flush() error {
-	p := rp.cur
+// flush writes the pack *cur, if it holds anything, and starts none.
+func (rp *repacker) flush(cur **packBuilder) error {
+	p := *cur
 	if p == nil {
 		return nil
 	}
-	rp.cur = nil
+	*cur = nil
 	defer p.close()
 	if len(p.blobs) == 0 {
 		return nil
@@ -58,25 +68,34 @@ func (rp *repacker) flush() error {
 	if err != nil {
 		return err
 	}
-	if err := p.save(rp.ctx, rp.r.be, id); err != nil {
+	ctx := rp.ctx
+	if cur == &rp.trees {
+		ctx = backend.CachePacks(ctx, func(string) bool { return true })
+	}
+	if err := p.save(ctx, rp.r.be, id); err != nil {
 		return err
 	}
 	rp.packs = append(rp.packs, format.IndexPack{ID: id, Size: p.size, Blobs: p.blobs})
 	return nil
 }
 
-// finish writes the last pack and returns every pack written.
+// finish writes the last packs and returns every pack written.
 func (rp *repacker) finish() ([]format.IndexPack, error) {
-	if err := rp.flush(); err != nil {
+	if err := rp.flush(&rp.data); err != nil {
+		return nil, err
+	}
+	if err := rp.flush(&rp.trees); err != nil {
 		return nil, err
 	}
 	return rp.packs, nil
 }
 
-// close removes an unfinished pack (after an error).
+// close removes unfinished packs (after an error).
 func (rp *repacker) close() {
-	if rp.cur != nil {
-		rp.cur.close()
-		rp.cur = nil
+	for _, cur := range []**packBuilder{&rp.data, &rp.trees} {
+		if *cur != nil {
+			(*cur).close()
+			*cur = nil
+		}
 	}
 }

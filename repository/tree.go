@@ -14,7 +14,7 @@ import (
 
 // loadTree loads, verifies and decodes a tree blob.
 func (r *Repository) loadTree(ctx context.Context, id ID) (*format.Tree, error) {
-	b, err := r.loadBlob(backend.CachePack(ctx), TreeBlob, id, nil)
+	b, err := r.loadBlob(r.cacheTreePacks(ctx), TreeBlob, id, nil)
 	if err != nil {
 		return nil, fmt.Errorf("load tree: %w", err)
 	}
@@ -23,6 +23,18 @@ func (r *Repository) loadTree(ctx context.Context, id ID) (*format.Tree, error) 
 		return nil, fmt.Errorf("tree %s: %w", id, err)
 	}
 	return t, nil
+}
+
+// cacheTreePacks marks ctx so that a cache (backend/cache) keeps whole
+// copies of the packs that hold only trees, which every walk of a
+// snapshot reads (backend.CachePacks). A pack that holds file data too (a
+// prune rewrote it) is read by ranges, as without a cache.
+func (r *Repository) cacheTreePacks(ctx context.Context) context.Context {
+	x := r.index()
+	return backend.CachePacks(ctx, func(name string) bool {
+		id, err := format.ParseID(name)
+		return err == nil && x.TreesOnly(id)
+	})
 }
 
 // loadedTree is a tree loadTrees read, or why it could not.
@@ -60,8 +72,7 @@ func (r *Repository) loadTrees(ctx context.Context, ids []ID, keepRaw bool) (map
 		want[pack] = append(want[pack], pb)
 	}
 	var mu sync.Mutex
-	// Tree packs are marked for a cache to keep whole (backend.CachePack).
-	err := readPackSet(backend.CachePack(ctx), r, want, r.readers(treeWorkers()), func(_ ID, b readBlob) error {
+	err := readPackSet(r.cacheTreePacks(ctx), r, want, r.readers(treeWorkers()), func(_ ID, b readBlob) error {
 		var lt loadedTree
 		if b.Err != nil {
 			lt.err = fmt.Errorf("load tree: %w", b.Err)

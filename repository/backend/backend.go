@@ -96,24 +96,27 @@ func IsUncached(ctx context.Context) bool {
 	return v
 }
 
-// cachePackKey marks a context whose pack loads and saves are of packs
-// read again and again.
-type cachePackKey struct{}
+// cachePacksKey marks a context whose loads and saves of some packs are
+// of packs read again and again.
+type cachePacksKey struct{}
 
-// CachePack returns ctx marked so that a caching wrapper
+// CachePacks returns ctx marked so that a caching wrapper
 // (repository/backend/cache) may keep a whole copy of each pack loaded or
-// saved with it, and serve later ranged loads of that pack from the copy.
-// The repository marks the packs that hold its trees: every backup reads
-// its parent's trees, and every restore, find and listing reads trees, a
-// level of folders at a time, each level a round trip on remote storage.
-func CachePack(ctx context.Context) context.Context {
-	return context.WithValue(ctx, cachePackKey{}, true)
+// saved with it whose name keep accepts, and serve later ranged loads of
+// that pack from the copy. The repository marks the packs that hold only
+// trees: every backup reads its parent's trees, and every restore, find
+// and listing reads trees, a level of folders at a time, each level a
+// round trip on remote storage; a pack that also holds file data is not
+// worth a local copy.
+func CachePacks(ctx context.Context, keep func(name string) bool) context.Context {
+	return context.WithValue(ctx, cachePacksKey{}, keep)
 }
 
-// IsCachePack reports whether ctx was marked by CachePack.
-func IsCachePack(ctx context.Context) bool {
-	v, _ := ctx.Value(cachePackKey{}).(bool)
-	return v
+// CachesPack reports whether ctx marks the pack name for a cache to keep
+// (CachePacks).
+func CachesPack(ctx context.Context, name string) bool {
+	keep, _ := ctx.Value(cachePacksKey{}).(func(string) bool)
+	return keep != nil && keep(name)
 }
 
 // ErrArchived is returned (wrapped) by Load of an object kept in an archive

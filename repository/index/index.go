@@ -35,6 +35,7 @@ type Index struct {
 	blobs    map[format.BlobHandle]blobLoc
 	packs    []format.ID
 	packSize []int64
+	mixed    []bool // the pack holds a blob that is not a tree
 	packNum  map[format.ID]uint32
 	files    map[format.ID]struct{} // index files loaded (neither superseded nor damaged)
 	// seen holds every index file listed when this index was built or last
@@ -60,9 +61,13 @@ func (x *Index) addPackLocked(p format.IndexPack) {
 		n = uint32(len(x.packs))
 		x.packs = append(x.packs, p.ID)
 		x.packSize = append(x.packSize, p.Size)
+		x.mixed = append(x.mixed, false)
 		x.packNum[p.ID] = n
 	}
 	for _, pb := range p.Blobs {
+		if pb.Type != format.TreeBlob {
+			x.mixed[n] = true
+		}
 		h := pb.Handle()
 		if _, dup := x.blobs[h]; dup {
 			continue
@@ -131,6 +136,15 @@ func (x *Index) PackIDs() []format.ID {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	return slices.Clone(x.packs)
+}
+
+// TreesOnly reports whether the index knows the pack id and every blob it
+// lists in it is a tree.
+func (x *Index) TreesOnly(id format.ID) bool {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	n, ok := x.packNum[id]
+	return ok && !x.mixed[n]
 }
 
 // HasPack reports whether the index knows the pack id.

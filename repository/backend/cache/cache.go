@@ -3,7 +3,7 @@
 // backup, to find its parent; every open, to build the index) fetches
 // only the ones it has not seen before, as restic's and kopia's caches do;
 // and whole copies of the packs the repository marks with
-// backend.CachePack (those holding its trees), so that a walk of a
+// backend.CachePacks (those holding only trees), so that a walk of a
 // snapshot's folders (the parent of every backup, restore, find, ls)
 // reads them from local disk instead of a round trip per level.
 //
@@ -136,7 +136,7 @@ func (b *Backend) copyLimit(ctx context.Context, h backend.Handle) int {
 	switch {
 	case isCached(h.Type):
 		return b.maxCopy
-	case h.Type == backend.PackFile && backend.IsCachePack(ctx):
+	case h.Type == backend.PackFile && backend.CachesPack(ctx, h.Name):
 		return b.maxPackCopy
 	}
 	return 0
@@ -179,7 +179,7 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, rd io.ReadSeeker, 
 // listing names it and the copy matches its name; otherwise it loads the
 // object from the storage and keeps a copy.
 func (b *Backend) Load(ctx context.Context, h backend.Handle, length int, offset int64) (io.ReadCloser, error) {
-	if h.Type == backend.PackFile && backend.IsCachePack(ctx) && !backend.IsUncached(ctx) && h.Valid() == nil {
+	if h.Type == backend.PackFile && backend.CachesPack(ctx, h.Name) && !backend.IsUncached(ctx) && h.Valid() == nil {
 		return b.loadPack(ctx, h, length, offset)
 	}
 	if !isCached(h.Type) || length != 0 || offset != 0 || h.Valid() != nil {

@@ -298,15 +298,16 @@ func loadRange(t *testing.T, be backend.Backend, ctx context.Context, h backend.
 	return b
 }
 
-// TestMarkedPacks: a pack loaded with backend.CachePack is fetched whole
+// TestMarkedPacks: a pack loaded with backend.CachePacks is fetched whole
 // once and its ranges served from the copy, also to another process
 // sharing the folder and after it was saved through the cache; unmarked
-// and uncached loads, and packs over the limit, read ranges from the
+// and uncached loads, loads marked for other packs, and packs over the
+// limit, read ranges from the
 // storage; a damaged copy is fetched again; a listing, a removal and
 // RetainPacks drop the copies of packs that are gone.
 func TestMarkedPacks(t *testing.T) {
 	ctx := context.Background()
-	marked := backend.CachePack(ctx)
+	marked := backend.CachePacks(ctx, func(string) bool { return true })
 	pack := make([]byte, 100<<10)
 	for i := range pack {
 		pack[i] = byte(i * 7 % 251)
@@ -349,6 +350,10 @@ func TestMarkedPacks(t *testing.T) {
 		{"not marked", func(t *testing.T, f *fixture) (context.Context, int) {
 			f.save(t, f.store, h, pack)
 			return ctx, len(ranges)
+		}, false, false},
+		{"marked for other packs", func(t *testing.T, f *fixture) (context.Context, int) {
+			f.save(t, f.store, h, pack)
+			return backend.CachePacks(ctx, func(name string) bool { return name != h.Name }), len(ranges)
 		}, false, false},
 		{"marked but uncached", func(t *testing.T, f *fixture) (context.Context, int) {
 			f.save(t, f.store, h, pack)
