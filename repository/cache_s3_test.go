@@ -129,15 +129,7 @@ func TestCacheS3(t *testing.T) {
 // still indexed stay.
 func TestCachedTreePacksFollowTheIndex(t *testing.T) {
 	ctx := context.Background()
-	be, _ := newBackend(t)
-	c, err := cache.New(be, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := Init(ctx, c, InitOptions{Password: []byte("pw"), kdfParams: cheapKDF})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, be, c := newCachedRepo(t)
 	keep, gone := t.TempDir(), t.TempDir()
 	writeRandomFiles(t, filepath.Join(keep, "k"), "k", 2, 10<<10, 1)
 	writeRandomFiles(t, filepath.Join(gone, "g"), "g", 2, 10<<10, 2)
@@ -197,15 +189,7 @@ func TestCachedTreePacksFollowTheIndex(t *testing.T) {
 // range, and no copy of that pack is kept; a pack of trees only is kept.
 func TestCacheKeepsOnlyTreePacks(t *testing.T) {
 	ctx := context.Background()
-	be, _ := newBackend(t)
-	c, err := cache.New(be, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := Init(ctx, c, InitOptions{Password: []byte("pw"), kdfParams: cheapKDF})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, be, c := newCachedRepo(t)
 	defer r.Close()
 	tree := format.EncodeTree(&format.Tree{Nodes: []format.Node{{Name: "f", Type: format.NodeFile, Mode: 0o644}}})
 	data := randBytes(5, 4000)

@@ -4,14 +4,18 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
+	"github.com/custos-backup/custos/repository/backend/cache"
 	"github.com/custos-backup/custos/repository/backend/local"
 	"github.com/custos-backup/custos/repository/format"
 	"github.com/custos-backup/custos/repository/index"
@@ -158,4 +162,42 @@ func mustEqual(t *testing.T, a, b []byte, what string) {
 // the decoders behind the seal are reachable without a backend.
 func fuzzRepo() *Repository {
 	return &Repository{seal: &format.Sealer{}, idx: index.New()}
+}
+
+// together returns a Before (backendtest.Rule) for n calls that each wait
+// until all n have started: calls made one after another fail it after
+// 5 s, naming the object. A rule with Times: n asserts that n calls run at
+// once; one shared by two rules, that their calls overlap.
+func together(n int) func(context.Context, backend.Handle) error {
+	var started sync.WaitGroup
+	started.Add(n)
+	all := make(chan struct{})
+	go func() { started.Wait(); close(all) }()
+	return func(ctx context.Context, h backend.Handle) error {
+		started.Done()
+		select {
+		case <-all:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Second):
+			return fmt.Errorf("%s: no other call started beside this one", h)
+		}
+	}
+}
+
+// newCachedRepo initialises a repository on a real local backend wrapped
+// in the S3 cache (backend/cache), which location puts only around S3.
+func newCachedRepo(t *testing.T) (*Repository, backend.Backend, *cache.Backend) {
+	t.Helper()
+	be, _ := newBackend(t)
+	c, err := cache.New(be, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Init(context.Background(), c, InitOptions{Password: []byte("pw"), kdfParams: cheapKDF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, be, c
 }

@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/backend/backendtest"
@@ -133,21 +131,10 @@ func TestParentFoundBesideIndexRefresh(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// Each listing waits, once, until the other one has started.
-			meet := func(mine, other chan struct{}) func(context.Context, backend.Handle) error {
-				return func(ctx context.Context, h backend.Handle) error {
-					close(mine)
-					select {
-					case <-other:
-						return nil
-					case <-time.After(5 * time.Second):
-						return fmt.Errorf("listing %s: the other listing did not start beside it", h.Type)
-					}
-				}
-			}
-			idx, snaps := make(chan struct{}), make(chan struct{})
-			f.Add(&backendtest.Rule{Op: backendtest.OpList, Type: backend.IndexFile, Times: 1, Before: meet(idx, snaps)})
-			f.Add(&backendtest.Rule{Op: backendtest.OpList, Type: backend.SnapshotFile, Times: 1, Before: meet(snaps, idx)})
+			// The two listings overlap.
+			both := together(2)
+			f.Add(&backendtest.Rule{Op: backendtest.OpList, Type: backend.IndexFile, Times: 1, Before: both})
+			f.Add(&backendtest.Rule{Op: backendtest.OpList, Type: backend.SnapshotFile, Times: 1, Before: both})
 			sn, err := tc.backup(ctx, r)
 			if err != nil {
 				t.Fatal(err)

@@ -88,16 +88,7 @@ func (f *fixture) list(t *testing.T, ft backend.FileType) {
 
 func load(t *testing.T, be backend.Backend, ctx context.Context, h backend.Handle) []byte {
 	t.Helper()
-	rd, err := be.Load(ctx, h, 0, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
-	b, err := io.ReadAll(rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return loadRange(t, be, ctx, h, 0, 0)
 }
 
 // TestListedObjectsAreLoadedOnce: after a listing, a snapshot or index
