@@ -397,24 +397,45 @@ func (b *Backend) Stat(ctx context.Context, h backend.Handle) (backend.FileInfo,
 // List lists the storage. After a complete listing of a cached type, its
 // names are the ones whose copies may be used; after one of any type that
 // has copies (packs too), copies of objects it does not name are removed.
+// A listing of packs keeps only the names of the copies in memory, not
+// those of every pack.
 func (b *Backend) List(ctx context.Context, t backend.FileType, fn func(backend.FileInfo) error) error {
-	if !isCached(t) && t != backend.PackFile {
+	if isCached(t) {
+		names := map[string]bool{}
+		err := b.be.List(ctx, t, func(fi backend.FileInfo) error {
+			names[fi.Name] = true
+			return fn(fi)
+		})
+		if err != nil {
+			return err
+		}
+		b.mu.Lock()
+		b.listed[t] = names
+		b.mu.Unlock()
+		b.removeCopies(t, func(name string) bool { return names[name] })
+		return nil
+	}
+	if t != backend.PackFile {
 		return b.be.List(ctx, t, fn)
 	}
-	names := map[string]bool{}
+	ents, _ := os.ReadDir(filepath.Join(b.dir, string(t)))
+	if len(ents) == 0 {
+		return b.be.List(ctx, t, fn)
+	}
+	copies := make(map[string]bool, len(ents)) // name -> listed
+	for _, e := range ents {
+		copies[e.Name()] = false
+	}
 	err := b.be.List(ctx, t, func(fi backend.FileInfo) error {
-		names[fi.Name] = true
+		if _, ok := copies[fi.Name]; ok {
+			copies[fi.Name] = true
+		}
 		return fn(fi)
 	})
 	if err != nil {
 		return err
 	}
-	if isCached(t) {
-		b.mu.Lock()
-		b.listed[t] = names
-		b.mu.Unlock()
-	}
-	b.removeCopies(t, func(name string) bool { return names[name] })
+	b.removeCopies(t, func(name string) bool { return copies[name] })
 	return nil
 }
 
