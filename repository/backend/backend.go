@@ -151,7 +151,9 @@ type Backend interface {
 	// the config object, if any, with the name "config". An error from fn
 	// stops the listing and is returned.
 	List(ctx context.Context, t FileType, fn func(FileInfo) error) error
-	// Remove deletes h. Removing a missing object wraps ErrNotExist.
+	// Remove deletes h. Removing a missing object succeeds or wraps
+	// ErrNotExist: a store that could tell only with a request more (S3,
+	// whose DELETE of a missing key succeeds) need not.
 	Remove(ctx context.Context, h Handle) error
 	// Close releases resources.
 	Close() error

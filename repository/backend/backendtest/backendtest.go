@@ -173,6 +173,15 @@ func sameContent(t *testing.T, what string, got, want []byte) {
 	}
 }
 
+// assertGone checks the result of removing a missing object: success, or
+// an error wrapping backend.ErrNotExist (see Backend.Remove).
+func assertGone(t *testing.T, what string, err error) {
+	t.Helper()
+	if err != nil && !errors.Is(err, backend.ErrNotExist) {
+		t.Fatalf("%s: error %q, want none or one wrapping backend.ErrNotExist", what, err)
+	}
+}
+
 func assertNotExist(t *testing.T, what string, err error) {
 	t.Helper()
 	if err == nil {
@@ -428,7 +437,7 @@ func testRemove(t *testing.T, be backend.Backend) {
 	if got := listAll(t, be, backend.PackFile); !equalMaps(got, map[string]int64{keep.Name: 4}) {
 		t.Fatalf("List(data) after Remove = %v, want only %s", got, keep.Name)
 	}
-	assertNotExist(t, "second Remove", be.Remove(ctx, gone))
+	assertGone(t, "second Remove", be.Remove(ctx, gone))
 	cfg := backend.Handle{Type: backend.ConfigFile}
 	save(t, be, cfg, []byte("cfg"))
 	if err := be.Remove(ctx, cfg); err != nil {
@@ -458,7 +467,7 @@ func testMissing(t *testing.T, be backend.Backend) {
 			rd.Close()
 		}
 		assertNotExist(t, fmt.Sprintf("Load(missing %v, range)", h), err)
-		assertNotExist(t, fmt.Sprintf("Remove(missing %v)", h), be.Remove(ctx, h))
+		assertGone(t, fmt.Sprintf("Remove(missing %v)", h), be.Remove(ctx, h))
 		if ft != backend.ConfigFile && !strings.Contains(fmt.Sprint(err), h.Name) {
 			t.Errorf("error %q does not name the object %s", err, h.Name)
 		}

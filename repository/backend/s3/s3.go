@@ -345,16 +345,16 @@ func (b *Backend) head(ctx context.Context, op, key string) (size int64, etag st
 	return size, etag, err
 }
 
-// Remove deletes h. S3 deletes missing keys without complaint, so the object
-// is looked up first to report ErrNotExist.
+// Remove deletes h. S3 deletes missing keys without complaint, and so does
+// Remove (the Backend contract allows it).
 func (b *Backend) Remove(ctx context.Context, h backend.Handle) error {
 	if err := h.Valid(); err != nil {
 		return fmt.Errorf("%s: remove: %w", b.where, err)
 	}
 	key := b.key(h)
-	if _, _, err := b.head(ctx, "remove", key); err != nil {
-		return err
-	}
+	// No HEAD first: a DELETE of a missing key succeeds, which the
+	// Backend contract allows, and every removal (a backup's lock, each
+	// pack prune frees) would pay a round trip more to tell.
 	return b.request(ctx, "remove", key, func(a *attempt) error {
 		_, err := b.client.DeleteObject(a.ctx, &s3api.DeleteObjectInput{
 			Bucket: aws.String(b.opts.Bucket),

@@ -690,3 +690,32 @@ func TestListPagination(t *testing.T) {
 		t.Errorf("List made %d listing requests, want 6:\n%s", n, strings.Join(p.Log(), "\n"))
 	}
 }
+
+// TestRemoveIsOneRequest: a removal is one DELETE, whether the object
+// exists or not (the Backend contract lets a missing one succeed): every
+// backup's unlock and every pack prune frees pay it.
+func TestRemoveIsOneRequest(t *testing.T) {
+	ctx := context.Background()
+	srv := startServer(t)
+	p := faultproxy.Start(t, srv.Endpoint)
+	be, err := s3.Open(ctx, options(p.URL(), "remove"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := backend.Handle{Type: backend.LockFile, Name: strings.Repeat("ab", 32)}
+	if err := be.Save(ctx, h, strings.NewReader("lock"), 4); err != nil {
+		t.Fatal(err)
+	}
+	for _, what := range []string{"present", "missing"} {
+		p.Reset()
+		if err := be.Remove(ctx, h); err != nil {
+			t.Fatalf("Remove of a %s object: %v", what, err)
+		}
+		if log := p.Log(); len(log) != 1 || !strings.HasPrefix(log[0], "DELETE ") {
+			t.Errorf("Remove of a %s object sent %q, want one DELETE", what, log)
+		}
+	}
+	if _, err := be.Stat(ctx, h); !errors.Is(err, backend.ErrNotExist) {
+		t.Errorf("Stat after Remove: %v, want ErrNotExist", err)
+	}
+}
