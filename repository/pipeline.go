@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/format"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
@@ -441,7 +440,7 @@ func (s *blobSaver) savePack(fp *finishedPack) error {
 	ctx := s.ctx
 	if fp.trees {
 		// Read again by every walk of a snapshot: a cache keeps it.
-		ctx = backend.CachePacks(ctx, func(string) bool { return true })
+		ctx = savingTreePack(ctx)
 	}
 	if err := p.save(ctx, s.r.be, fp.id); err != nil {
 		return err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"time"
 
-	"github.com/custos-backup/custos/repository/backend"
 	"github.com/custos-backup/custos/repository/format"
 )
 
@@ -70,7 +69,7 @@ func (rp *repacker) flush(cur **packBuilder) error {
 	}
 	ctx := rp.ctx
 	if cur == &rp.trees {
-		ctx = backend.CachePacks(ctx, func(string) bool { return true })
+		ctx = savingTreePack(ctx)
 	}
 	if err := p.save(ctx, rp.r.be, id); err != nil {
 		return err

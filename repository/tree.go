@@ -37,6 +37,12 @@ func (r *Repository) cacheTreePacks(ctx context.Context) context.Context {
 	})
 }
 
+// savingTreePack marks ctx so that a cache keeps the pack of trees a
+// writer (the blob saver, the repacker) saves with it.
+func savingTreePack(ctx context.Context) context.Context {
+	return backend.CachePacks(ctx, func(string) bool { return true })
+}
+
 // loadedTree is a tree loadTrees read, or why it could not.
 type loadedTree struct {
 	t   *format.Tree
